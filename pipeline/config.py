@@ -7,6 +7,7 @@ objects; nothing else in the project reads YAML. Derived output paths live here,
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -92,6 +93,7 @@ class SplitParams(_Section):
     block_size_m: float = Field(512.0, gt=0, description="Side of the square area blocks split as a unit")
     val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of 'auto' blocks assigned to val")
     test_fraction: float = Field(0.0, ge=0, lt=1, description="Share of 'auto' blocks assigned to test")
+    gap_m: float = Field(0.0, ge=0, description="Empty margin between chips of different splits, metres")
     seed: int = Field(0, description="Seed of the block assignment")
 
 
@@ -200,15 +202,28 @@ class PredictParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device")
 
 
-class Params(_Section):
-    synth: SynthParams
-    data: DataParams
-    tile: TileParams = Field(default_factory=TileParams)
-    pretrain: PretrainParams = Field(default_factory=PretrainParams)
-    train: TrainParams = Field(default_factory=TrainParams)
-    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
-    register: RegisterParams = Field(default_factory=RegisterParams)
-    predict: PredictParams = Field(default_factory=PredictParams)
+with warnings.catch_warnings():
+    # "register" is also a classmethod of ABCMeta; as a field name it is harmless.
+    warnings.filterwarnings("ignore", message='Field name "register"')
+
+    class Params(_Section):
+        synth: SynthParams
+        data: DataParams
+        tile: TileParams = Field(default_factory=TileParams)
+        pretrain: PretrainParams = Field(default_factory=PretrainParams)
+        train: TrainParams = Field(default_factory=TrainParams)
+        evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+        register: RegisterParams = Field(default_factory=RegisterParams)
+        predict: PredictParams = Field(default_factory=PredictParams)
+
+        @model_validator(mode="after")
+        def _encoder_is_pretrained(self) -> Params:
+            if self.train.encoder_weights == "repo" and self.train.encoder not in self.pretrain.archs:
+                raise ValueError(
+                    f"train.encoder {self.train.encoder!r} uses repo weights but is not in pretrain.archs "
+                    f"{self.pretrain.archs}; add it there or set train.encoder_weights: none"
+                )
+            return self
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -50,12 +50,14 @@ def tracked_run(
     *,
     tags: Mapping[str, str] | None = None,
     tracking_default: str = DEFAULT_TRACKING_URI,
+    run_id: str | None = None,
 ) -> Iterator[str]:
-    """Start an MLflow run in ``experiment``; yields the run id; ends it (FAILED on error)."""
+    """Start (or, given ``run_id``, reopen) an MLflow run; yields its id; ends it (FAILED on error)."""
     mlflow = _mlflow()
     configure(tracking_default)
     mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name, tags=dict(tags or {})) as run:
+    kwargs = {"run_id": run_id} if run_id else {"run_name": run_name, "tags": dict(tags or {})}
+    with mlflow.start_run(**kwargs) as run:
         yield run.info.run_id
 
 
@@ -97,6 +99,10 @@ def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
     _mlflow().log_dict(dict(data), artifact_file)
 
 
+def log_text(text: str, artifact_file: str) -> None:
+    _mlflow().log_text(text, artifact_file)
+
+
 def active_run_id() -> str | None:
     run = _mlflow().active_run()
     return run.info.run_id if run else None
@@ -106,17 +112,105 @@ def is_model_uri(ref: str) -> bool:
     return ref.startswith(MODEL_URI_PREFIX) or ref.startswith("runs:/")
 
 
+def _pyfunc_artifact_dir(model_root: Path) -> Path:
+    """The model folder inside a downloaded pyfunc model, as recorded in its MLmodel file."""
+    import yaml
+
+    mlmodel = yaml.safe_load((model_root / "MLmodel").read_text())
+    rel = mlmodel["flavors"]["python_function"]["artifacts"]["model_dir"]["path"]
+    return model_root / rel
+
+
 def download_model_dir(uri: str, tracking_default: str = DEFAULT_TRACKING_URI) -> Path:
     """Resolve ``models:/name@alias`` (or ``runs:/``) to a local folder holding the model files.
 
-    The registered pyfunc carries the model folder as its artifact ``model_dir``; only those
-    plain files are downloaded, nothing is unpickled.
+    Only plain files (safetensors weights, model.json) are used from the download; nothing is
+    unpickled.
     """
     mlflow = _mlflow()
     configure(tracking_default)
     dst = Path(tempfile.mkdtemp(prefix="roadseg-model-"))
-    local = mlflow.artifacts.download_artifacts(artifact_uri=uri.rstrip("/") + "/artifacts/model_dir", dst_path=str(dst))
-    return Path(local)
+    try:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    except mlflow.exceptions.MlflowException as e:
+        raise LookupError(f"{uri}: not found in the registry at {tracking_uri(tracking_default)} ({e.message})") from e
+    return _pyfunc_artifact_dir(root)
+
+
+# ----------------------------------------------------------------------------- registry
+def log_pyfunc_model(model_dir: Path, input_example: Any) -> str:
+    """Log the U-Net folder as a pyfunc model "from code" in the active run; returns its URI."""
+    mlflow = _mlflow()
+    from mlflow.models import infer_signature
+
+    code = Path(__file__).with_name("pyfunc.py")
+    import numpy as np
+
+    example = np.asarray(input_example, dtype=np.float32)
+    output = np.zeros((example.shape[0], 1, *example.shape[2:]), np.float32)
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(code),
+        artifacts={"model_dir": str(model_dir)},
+        signature=infer_signature(example, output),
+        input_example=example,
+    )
+    return info.model_uri
+
+
+def _client():
+    return _mlflow().tracking.MlflowClient()
+
+
+def register_version(model_uri: str, name: str, tags: Mapping[str, str], description: str = "") -> str:
+    """Register ``model_uri`` as a new version of ``name``; returns the version number."""
+    mlflow = _mlflow()
+    mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    if description:
+        _client().update_model_version(name, mv.version, description=description)
+    return str(mv.version)
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version an alias points to, or None."""
+    mlflow = _mlflow()
+    try:
+        return str(_client().get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def version_tags(name: str, version: str) -> dict[str, str]:
+    return dict(_client().get_model_version(name, version).tags)
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    _client().set_registered_model_alias(name, alias, version)
+
+
+def list_versions(name: str) -> list[dict[str, Any]]:
+    """Versions of ``name`` (newest first) with their aliases and tags."""
+    client = _client()
+    mlflow = _mlflow()
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except mlflow.exceptions.MlflowException as e:
+        raise LookupError(f"no registered model {name!r} at {mlflow.get_tracking_uri()}") from e
+    by_version: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    out = []
+    for mv in client.search_model_versions(f"name='{name}'"):
+        out.append(
+            dict(
+                version=str(mv.version),
+                aliases=sorted(by_version.get(str(mv.version), [])),
+                tags=dict(mv.tags),
+                run_id=mv.run_id,
+                created=mv.creation_timestamp,
+            )
+        )
+    return sorted(out, key=lambda r: int(r["version"]), reverse=True)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -1,0 +1,143 @@
+"""Build the road U-Net from a :class:`ModelConfig`, save it and load it without unpickling.
+
+A trained model is a folder: ``model.safetensors`` (the smp.Unet state dict) and
+``model.json`` (this config). The config carries everything predict needs: encoder, bands,
+normalisation, chip size and decision threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model.json"
+
+
+class ModelConfig(BaseModel):
+    """What a trained model is and how to feed it; stored as model.json beside the weights."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    architecture: str = Field("unet", description="Segmentation architecture (smp)")
+    encoder: str = Field(description="Zoo backbone used as encoder, e.g. resnet18")
+    encoder_weights: str = Field("none", description="How the encoder was initialised: repo, none, imagenet")
+    bands: list[str] = Field(description="Input band names, in order")
+    mean: list[float] = Field(description="Per-band mean used for normalisation")
+    std: list[float] = Field(description="Per-band standard deviation used for normalisation")
+    chip_size: int = Field(description="Training chip side in pixels")
+    threshold: float = Field(0.5, ge=0, le=1, description="Decision threshold on the road probability")
+    decoder_upsampling: str = Field("interp", description="interp or transposed")
+    dropout: float = Field(0.0, description="Dropout before the segmentation head")
+    data_fingerprint: str = Field("", description="Fingerprint of the training chips")
+    git_commit: str = Field("", description="Commit of the code that trained the model")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Validation/test metrics")
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.bands)
+
+
+DECODER_CHANNELS = (256, 128, 64, 32, 16)
+
+
+class TransposedUpBlock(nn.Module):
+    """A U-Net decoder block whose 2x upsampling is a learned transposed convolution (the seed's
+    U-Net) instead of smp's interpolation; smp's block then resizes by identity."""
+
+    def __init__(self, block: nn.Module, in_channels: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, in_channels, kernel_size=2, stride=2)
+        self.block = block
+
+    def forward(
+        self, x: torch.Tensor, height: int, width: int, skip_connection: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.block(self.up(x), height, width, skip_connection=skip_connection)
+
+
+def build_unet(config: ModelConfig) -> nn.Module:
+    """An ``smp.Unet`` with the zoo encoder ``rs-<encoder>``, no hub weights, one output logit."""
+    import segmentation_models_pytorch as smp
+
+    from backbones.encoders import encoder_name
+
+    model = smp.Unet(
+        encoder_name=encoder_name(config.encoder),
+        encoder_weights=None,
+        in_channels=config.in_channels,
+        classes=1,
+        decoder_channels=DECODER_CHANNELS,
+    )
+    if config.decoder_upsampling == "transposed":
+        _use_transposed_upsampling(model)
+    if config.dropout > 0:
+        head = model.segmentation_head
+        model.segmentation_head = nn.Sequential(nn.Dropout2d(config.dropout), *head)
+    return model
+
+
+def _use_transposed_upsampling(model: nn.Module) -> None:
+    encoder_channels = list(model.encoder.out_channels)[1:][::-1]
+    in_channels = [encoder_channels[0], *DECODER_CHANNELS[:-1]]
+    model.decoder.blocks = nn.ModuleList(
+        TransposedUpBlock(block, ch) for block, ch in zip(model.decoder.blocks, in_channels)
+    )
+
+
+def save_model(model: nn.Module, config: ModelConfig, folder: Path) -> Path:
+    """Write weights and config into ``folder`` atomically (temp files, then rename)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp_w = folder / f".{WEIGHTS_FILE}.part"
+    tmp_c = folder / f".{CONFIG_FILE}.part"
+    save_file(state, str(tmp_w))
+    tmp_c.write_text(config.model_dump_json(indent=2))
+    os.replace(tmp_w, folder / WEIGHTS_FILE)
+    os.replace(tmp_c, folder / CONFIG_FILE)
+    return folder
+
+
+def read_config(folder: Path) -> ModelConfig:
+    path = Path(folder) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{folder}: not a model folder (no {CONFIG_FILE})")
+    return ModelConfig.model_validate(json.loads(path.read_text()))
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig]:
+    """Load a model folder strictly; returns (model in eval mode on ``device``, config)."""
+    folder = Path(folder)
+    config = read_config(folder)
+    model = build_unet(config)
+    state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), config
+
+
+def resolve_model(ref: str | Path, tracking_default: str = "sqlite:///mlflow.db") -> Path:
+    """A model folder for ``ref``: a local folder as it is, or a ``models:/…`` URI downloaded."""
+    from pipeline import registry
+
+    if isinstance(ref, str) and registry.is_model_uri(ref):
+        return registry.download_model_dir(ref, tracking_default=tracking_default)
+    path = Path(ref)
+    if not (path / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{path}: no model folder here (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
+    return path
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), else CPU."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
