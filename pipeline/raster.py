@@ -49,8 +49,8 @@ class RasterInfo:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(left, bottom, right, top) in the raster CRS."""
-        left, top = self.transform * (0, 0)
-        right, bottom = self.transform * (self.width, self.height)
+        left, top = self.transform @ (0, 0)
+        right, bottom = self.transform @ (self.width, self.height)
         return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
 
 
@@ -152,6 +152,16 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
             tmp.unlink()
 
 
+_COLOR_NAMES = {"red": ColorInterp.red, "green": ColorInterp.green, "blue": ColorInterp.blue}
+
+
+def band_colorinterp(descriptions: list[str] | None, count: int) -> list[ColorInterp]:
+    """Colour interpretation from band names: red/green/blue where named, else undefined/gray."""
+    names = [d.lower() if d else "" for d in (descriptions or [])] + [""] * count
+    default = ColorInterp.gray if count == 1 else ColorInterp.undefined
+    return [_COLOR_NAMES.get(names[i], default) for i in range(count)]
+
+
 def write_geotiff(
     path: str | Path,
     array: np.ndarray,
@@ -184,12 +194,162 @@ def write_geotiff(
     )
     if tiled:
         profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
+    if count != 3:
+        # GDAL would flag a 4th uint8 band as alpha under RGB photometry; NIR is no alpha.
+        profile["photometric"] = "MINISBLACK"
     with atomic_path(path) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(array)
+            dst.colorinterp = band_colorinterp(band_descriptions, count)
             if band_descriptions:
                 for i, d in enumerate(band_descriptions, start=1):
                     dst.set_band_description(i, d)
             if tags:
                 dst.update_tags(**{k: str(v) for k, v in tags.items()})
     return path
+
+
+# ---------------------------------------------------------------- whole-raster reads (evaluate)
+def read_valid_mask(path: str | Path) -> np.ndarray:
+    """GDAL's dataset mask of the whole raster as a bool array (True = valid pixel)."""
+    with _open(Path(path)) as ds:
+        return ds.dataset_mask() > 0
+
+
+def read_band_array(path: str | Path, band: int = 1) -> np.ndarray:
+    """One whole band in the file's dtype (for small rasters: evaluation scenes, labels)."""
+    with _open(Path(path)) as ds:
+        return ds.read(band)
+
+
+def read_decimated(path: str | Path, bands: list[int], height: int, width: int) -> np.ndarray:
+    """Bands (1-based) resampled by area averaging to ``height`` x ``width``, nodata excluded.
+
+    For quicklooks of large rasters: GDAL reads from overviews where present, so memory
+    follows the output size, not the raster's.
+    """
+    from rasterio.enums import Resampling
+
+    with _open(Path(path)) as ds:
+        return ds.read(bands, out_shape=(len(bands), height, width), resampling=Resampling.average)
+
+
+# ---------------------------------------------------------------- class rasters (tile)
+def landcover_classes(path: str | Path) -> list[str]:
+    """Class names of a land-cover raster from its ``CLASSES`` tag (index = pixel value)."""
+    with _open(Path(path)) as ds:
+        names = ds.tags().get("CLASSES", "")
+    return [n.strip() for n in names.split(",") if n.strip()]
+
+
+# ------------------------------------------------------------ streaming COG writer (predict)
+STREAM_CACHE_BYTES = 64 * 2**20  # GDAL block cache while streaming (its default: 5 % of RAM)
+
+
+@contextlib.contextmanager
+def gdal_cache_limit(nbytes: int = STREAM_CACHE_BYTES) -> Iterator[None]:
+    """Cap GDAL's block cache inside the block, so reading or writing a whole large raster
+    window by window does not grow the process by the raster's size."""
+    with rasterio.Env(GDAL_CACHEMAX=int(nbytes)):
+        yield
+
+
+class BlockWriter:
+    """Writes blocks of band 1 into an open, tiled staging GeoTIFF."""
+
+    def __init__(self, ds: Any) -> None:
+        self._ds = ds
+
+    def write(self, data: np.ndarray, row_off: int, col_off: int) -> None:
+        height, width = data.shape
+        self._ds.write(data, 1, window=Window(col_off, row_off, width, height))
+
+
+@contextlib.contextmanager
+def stream_cog(
+    path: str | Path,
+    *,
+    width: int,
+    height: int,
+    crs: CRS | None,
+    transform: Affine,
+    dtype: str,
+    nodata: float | None,
+    description: str | None = None,
+    scale: float | None = None,
+    tags: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    cog_blocksize: int = 512,
+    staging_blocksize: int = 256,
+    overview_resampling: str = "average",
+) -> Iterator[BlockWriter]:
+    """Stream a one-band raster block by block into a Cloud Optimised GeoTIFF at ``path``.
+
+    Blocks go into a tiled staging GeoTIFF beside the output (blocks aligned to
+    ``staging_blocksize`` are written without read-modify-write); on success the staging file
+    is converted with GDAL's COG driver (deflate, overviews by ``overview_resampling``, band
+    description, scale and tags carried over) to a temporary name and renamed over ``path``.
+    On any error, or a kill, no file appears under ``path``; an existing ``path`` is replaced
+    only with ``overwrite=True``. GDAL's cache is capped so memory stays flat in raster size.
+    """
+    from rasterio.shutil import copy as gdal_copy
+
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as final_tmp, gdal_cache_limit():
+        staging = _atomic_target(path)
+        try:
+            profile: dict[str, Any] = dict(
+                driver="GTiff", width=width, height=height, count=1, dtype=dtype, crs=crs,
+                transform=transform, nodata=nodata, tiled=True, blockxsize=staging_blocksize,
+                blockysize=staging_blocksize, compress="deflate", zlevel=1, BIGTIFF="IF_SAFER",
+            )
+            with rasterio.open(staging, "w", **profile) as dst:
+                if description:
+                    dst.set_band_description(1, description)
+                if scale is not None:
+                    dst.scales = (scale,)
+                    dst.offsets = (0.0,)
+                if tags:
+                    dst.update_tags(**{k: str(v) for k, v in tags.items()})
+                yield BlockWriter(dst)
+            with rasterio.open(staging) as src:
+                gdal_copy(
+                    src, str(final_tmp), driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES",
+                    BLOCKSIZE=cog_blocksize, OVERVIEW_RESAMPLING=overview_resampling.upper(),
+                    BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS",
+                )
+        finally:
+            staging.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------ burning vectors (vectors, synth)
+def burn_geometries(
+    geoms: Any,
+    transform: Affine,
+    shape: tuple[int, int],
+    *,
+    values: Any = None,
+    all_touched: bool = False,
+    dtype: str = "uint8",
+    fill: int = 0,
+) -> np.ndarray:
+    """Rasterize shapely geometries onto the grid ``transform`` x ``shape`` (rows, cols).
+
+    A polygon burns the pixels whose centres it contains (``all_touched=False``, the rule
+    the road labels use); a line burns the pixels it crosses. ``values`` gives one burn value
+    per geometry (default 1); later geometries overwrite earlier ones. Missing and empty
+    geometries are skipped; with nothing to burn the result is all ``fill``.
+    """
+    from rasterio.features import rasterize
+
+    out_shape = (int(shape[0]), int(shape[1]))
+    geoms = list(geoms)
+    vals = [1] * len(geoms) if values is None else np.asarray(values).tolist()
+    if len(vals) != len(geoms):
+        raise ValueError(f"burn_geometries: {len(geoms)} geometries but {len(vals)} values")
+    pairs = [(g, v) for g, v in zip(geoms, vals, strict=True) if g is not None and not g.is_empty]
+    if not pairs:
+        return np.full(out_shape, fill, dtype=dtype)
+    return rasterize(
+        pairs, out_shape=out_shape, transform=transform, fill=fill, all_touched=all_touched, dtype=dtype
+    )

@@ -20,7 +20,7 @@ from typing import BinaryIO
 import numpy as np
 from affine import Affine
 
-from pipeline import raster, vectors
+from pipeline import raster
 from pipeline.config import DataParams, SceneSource, TileParams
 from pipeline.splits import ChipWindow, assign_blocks, block_grid, chips_in_blocks, whole_scene_chips
 
@@ -168,6 +168,8 @@ def tile_scene(
     bounds = info.bounds
     roads = None
     if scene.roads is not None:
+        from pipeline import vectors
+
         roads = vectors.load_road_polygons(
             scene.roads,
             info.crs,
@@ -195,9 +197,9 @@ def tile_scene(
                     nodata_fraction = 1.0 - float(valid.mean())
                     if nodata_fraction > tile.max_nodata_fraction:
                         continue
-                    win_transform = info.transform * Affine.translation(chip.col_off, chip.row_off)
+                    win_transform = info.transform @ Affine.translation(chip.col_off, chip.row_off)
                     if roads is not None:
-                        road = vectors.burn_mask(roads, win_transform, (size, size))
+                        road = burn_roads(roads, win_transform, (size, size))
                     else:
                         road = (labels.read_band(1, chip.col_off, chip.row_off, size, size) == 1).astype(np.uint8)
                     mask = np.where(valid, road, MASK_NODATA).astype(np.uint8)
@@ -236,6 +238,12 @@ def tile_scene(
     return result
 
 
+def burn_roads(roads, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+    from pipeline import vectors
+
+    return vectors.burn_mask(roads, transform, shape)
+
+
 class _null:
     def __enter__(self):
         return None
@@ -245,8 +253,8 @@ class _null:
 
 
 def _window_bounds(transform: Affine, size: int) -> tuple[float, float, float, float]:
-    x0, y0 = transform * (0, 0)
-    x1, y1 = transform * (size, size)
+    x0, y0 = transform @ (0, 0)
+    x1, y1 = transform @ (size, size)
     return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
 

@@ -1,0 +1,126 @@
+"""The tile stage on real GeoTIFFs: chips, index, split without overlap, stats, determinism, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from pipeline.config import DataParams, TileParams
+from pipeline.raster import write_geotiff
+from pipeline.tiling import TilingError, check_scenes, run_tile
+from tests.conftest import BANDS, UTM, make_scene, scene_entries
+
+
+def test_index_describes_every_chip(chips_dir):
+    index = gpd.read_file(chips_dir / "index.gpkg", layer="chips")
+    assert set(index.columns) >= {"chip_id", "scene", "array_index", "row_off", "col_off", "split",
+                                  "road_fraction", "nodata_fraction", "geometry"}
+    assert index.crs.to_epsg() == 32632
+    assert index["chip_id"].is_unique
+    for scene, rows in index.groupby("scene"):
+        images = np.load(chips_dir / f"{scene}.images.npy", mmap_mode="r")
+        masks = np.load(chips_dir / f"{scene}.masks.npy", mmap_mode="r")
+        assert images.shape[1:] == (4, 64, 64) and images.dtype == np.uint8
+        assert len(images) == len(masks) == len(rows)
+        assert sorted(rows["array_index"]) == list(range(len(rows)))
+    # footprints are the chip windows: 64 m squares at 1 m GSD
+    assert np.allclose(index.geometry.area, 64 * 64)
+
+
+def test_chips_match_the_source_raster(chips_dir, scenes_dir):
+    index = gpd.read_file(chips_dir / "index.gpkg", layer="chips")
+    row = index[(index.scene == "s2") & (index.nodata_fraction == 0)].iloc[3]
+    images = np.load(chips_dir / "s2.images.npy")
+    masks = np.load(chips_dir / "s2.masks.npy")
+    with rasterio.open(scenes_dir / "s2.tif") as src, rasterio.open(scenes_dir / "s2.labels.tif") as lab:
+        win = rasterio.windows.Window(row.col_off, row.row_off, 64, 64)
+        assert np.array_equal(images[row.array_index], src.read(window=win))
+        assert np.array_equal(masks[row.array_index], lab.read(1, window=win))
+
+
+def test_splits_never_overlap_and_held_out_scene_is_test(chips_dir):
+    index = gpd.read_file(chips_dir / "index.gpkg", layer="chips")
+    assert set(index[index.scene == "held"].split) == {"test"}
+    auto = index[index.scene != "held"]
+    assert {"train", "val"} <= set(auto.split)
+    for _, group in auto.groupby("scene"):
+        for (_, a), (_, b) in itertools.combinations(group.iterrows(), 2):
+            if a.split != b.split:
+                assert a.geometry.intersection(b.geometry).area == 0
+
+
+def test_nodata_is_marked_in_masks_and_heavy_nodata_chips_skipped(chips_dir):
+    index = gpd.read_file(chips_dir / "index.gpkg", layer="chips")
+    assert index.nodata_fraction.max() <= 0.5
+    s1 = index[index.scene == "s1"]
+    corner = s1[(s1.row_off == 0) & (s1.col_off == 0)]
+    assert len(corner) == 1 and corner.nodata_fraction.iloc[0] > 0
+    masks = np.load(chips_dir / "s1.masks.npy")
+    images = np.load(chips_dir / "s1.images.npy")
+    m = masks[corner.array_index.iloc[0]]
+    assert np.array_equal(m == 255, (images[corner.array_index.iloc[0]] == 0).all(axis=0))
+
+
+def test_stats_come_from_valid_train_pixels(chips_dir):
+    stats = json.loads((chips_dir / "stats.json").read_text())
+    index = gpd.read_file(chips_dir / "index.gpkg", layer="chips")
+    pixels = []
+    for _, r in index[index.split == "train"].iterrows():
+        img = np.load(chips_dir / f"{r.scene}.images.npy", mmap_mode="r")[r.array_index]
+        mask = np.load(chips_dir / f"{r.scene}.masks.npy", mmap_mode="r")[r.array_index]
+        pixels.append(img[:, mask != 255].astype(float))
+    px = np.concatenate(pixels, axis=1)
+    assert np.allclose(stats["mean"], px.mean(axis=1), rtol=1e-6)
+    assert np.allclose(stats["std"], px.std(axis=1), rtol=1e-4)
+    assert stats["bands"] == BANDS
+    assert stats["landcover_classes"] == ["forest", "cropland", "grassland", "water"]
+    assert stats["counts"]["test"] > 0
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_tiling_is_deterministic_byte_for_byte(tmp_path, scenes_dir):
+    data = DataParams(scenes=scene_entries(scenes_dir, ("s1", "held")), bands=BANDS)
+    digests = []
+    for run in ("a", "b"):
+        tile = TileParams(out_dir=tmp_path / run, chip_size=64, stride=32, split={"block_size_m": 128})
+        run_tile(data, tile, workers=2, progress=False)
+        digests.append(_digest(tmp_path / run))
+    assert digests[0] == digests[1]
+    assert "index.gpkg" in digests[0]
+
+
+def test_image_without_crs_is_refused_naming_the_file(tmp_path, scenes_dir):
+    bad = tmp_path / "nocrs.tif"
+    write_geotiff(bad, np.ones((4, 64, 64), np.uint8), crs=None, transform=Affine.identity())
+    entries = scene_entries(scenes_dir, ("s1",))
+    entries[0]["image"] = str(bad)
+    with pytest.raises(TilingError, match="nocrs.tif: image has no CRS"):
+        check_scenes(DataParams(scenes=entries, bands=BANDS))
+
+
+def test_band_count_mismatch_is_refused(tmp_path, scenes_dir):
+    three = tmp_path / "rgb.tif"
+    write_geotiff(three, np.ones((3, 64, 64), np.uint8), crs=UTM, transform=Affine(1, 0, 0, 0, -1, 0))
+    entries = scene_entries(scenes_dir, ("s1",))
+    entries.append({"name": "rgb", "image": str(three), "labels": str(scenes_dir / "s1.labels.tif")})
+    with pytest.raises(TilingError, match="rgb.tif: 3 bands"):
+        check_scenes(DataParams(scenes=entries, bands=BANDS))
+
+
+def test_label_raster_on_another_grid_is_refused(tmp_path):
+    scene = make_scene(tmp_path, "x", seed=5)
+    shifted = tmp_path / "shifted.tif"
+    write_geotiff(shifted, np.ones((256, 256), np.uint8), crs=UTM, transform=Affine(1, 0, 500010, 0, -1, 5400000))
+    entry = {"name": "x", "image": scene["image"], "labels": str(shifted)}
+    with pytest.raises(TilingError, match="shifted.tif: label raster is on another grid"):
+        check_scenes(DataParams(scenes=[entry], bands=BANDS))

@@ -1,0 +1,156 @@
+"""The train stage: a real run on real chips, MLflow tracking, and exact resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from pipeline.config import load_params
+from pipeline.datasets import Normalisation, SegmentationChips, dihedral, read_stats
+from pipeline.model import load_model
+from tests.conftest import scene_entries
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def write_params(tmp_path: Path, scenes_dir: Path, chips_dir: Path, **train) -> Path:
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["data"]["scenes"] = scene_entries(scenes_dir)
+    p["tile"].update(out_dir=str(chips_dir), chip_size=64, stride=64)
+    p["pretrain"].update(out_dir=str(tmp_path / "backbones"))
+    p["train"].update(
+        dict(out_dir=str(tmp_path / "models/unet"), epochs=3, batch_size=4, max_batches_per_epoch=3,
+             warmup_epochs=0.5, encoder_weights="none"),
+        **train,
+    )
+    p["register"]["tracking_uri"] = f"sqlite:///{tmp_path}/mlflow.db"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(p))
+    return path
+
+
+def test_dataset_applies_one_dihedral_transform_to_image_mask_and_valid(chips_dir):
+    stats = read_stats(chips_dir)
+    norm = Normalisation.from_lists(stats["mean"], stats["std"])
+    plain = SegmentationChips(chips_dir, "train", norm)
+    aug = SegmentationChips(chips_dir, "train", norm, augment=True, seed=1, jitter=0.0)
+    for i in range(min(6, len(plain))):
+        x0, y0, v0 = plain[i]
+        x1, y1, v1 = aug[i]
+        matches = [k for k in range(8) if np.array_equal(dihedral(y0.numpy(), k), y1.numpy())
+                   and np.array_equal(dihedral(v0.numpy(), k), v1.numpy())
+                   and np.allclose(dihedral(x0.numpy(), k), x1.numpy(), atol=1e-5)]
+        assert matches, f"chip {i}: augmented chip is no dihedral transform of the original"
+    # nodata pixels are zero after normalisation and flagged invalid
+    x, y, v = next((plain[i] for i in range(len(plain)) if plain[i][2].min() == 0))
+    assert torch.all(x[:, v[0] == 0] == 0)
+
+
+def test_dihedral_group_has_eight_distinct_elements():
+    a = np.arange(9).reshape(3, 3)
+    assert len({dihedral(a, k).tobytes() for k in range(8)}) == 8
+
+
+def test_train_writes_model_metrics_and_mlflow_run(tmp_path, scenes_dir, chips_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params_file = write_params(tmp_path, scenes_dir, chips_dir, epochs=2)
+    p = load_params(params_file)
+    from pipeline.train import run_train
+
+    metrics = run_train(p.train, p.tile, p.pretrain, p.register, params_file=params_file)
+    model, config = load_model(p.train.out_dir)
+    assert config.bands == ["red", "green", "blue", "nir"] and config.encoder == "resnet18"
+    assert config.mean == read_stats(chips_dir)["mean"]
+    assert len(config.data_fingerprint) == 64
+    out = model(torch.zeros(1, 4, 64, 64))
+    assert out.shape == (1, 1, 64, 64)
+    saved = json.loads(Path("metrics/train.json").read_text())
+    assert saved == metrics and 0 <= saved["val_iou"] <= 1
+    lines = Path("plots/train.csv").read_text().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("epoch,train_loss")
+
+    import mlflow
+
+    mlflow.set_tracking_uri(p.register.tracking_uri)
+    run_id = json.loads((p.train.out_dir / "run.json").read_text())["mlflow_run_id"]
+    run = mlflow.get_run(run_id)
+    assert run.data.params["train.encoder"] == "resnet18"
+    history = mlflow.MlflowClient().get_metric_history(run_id, "val_iou")
+    assert len(history) == 2
+
+
+def test_repo_weights_load_into_the_encoder(tmp_path, scenes_dir, chips_dir, monkeypatch):
+    from backbones import build_backbone
+
+    monkeypatch.chdir(tmp_path)
+    params_file = write_params(tmp_path, scenes_dir, chips_dir, epochs=1, max_batches_per_epoch=1,
+                               encoder_weights="repo", lr=1e-12)
+    p = load_params(params_file)
+    backbone = build_backbone("resnet18", num_classes=4, in_channels=4)
+    p.pretrain.out_dir.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(p.pretrain.weights_path("resnet18")))
+    from pipeline.train import run_train
+
+    run_train(p.train, p.tile, p.pretrain, p.register)
+    model, _ = load_model(p.train.out_dir)
+    pretrained = load_file(str(p.pretrain.weights_path("resnet18")))
+    # with a vanishing learning rate the encoder still holds the pretrained weights
+    enc = model.encoder.state_dict()
+    conv1 = next(k for k in enc if k.endswith("conv1.weight"))
+    assert torch.allclose(enc[conv1], pretrained[conv1], atol=1e-6)
+
+
+def test_missing_pretrained_weights_is_a_clear_error(tmp_path, scenes_dir, chips_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = load_params(write_params(tmp_path, scenes_dir, chips_dir, encoder_weights="repo"))
+    from pipeline.train import run_train
+
+    with pytest.raises(FileNotFoundError, match="resnet18.safetensors: no pretrained resnet18"):
+        run_train(p.train, p.tile, p.pretrain, p.register)
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, scenes_dir, chips_dir):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    results = {}
+    for name in ("straight", "killed"):
+        work = tmp_path / name
+        work.mkdir()
+        params_file = write_params(work, scenes_dir, chips_dir, epochs=4)
+        cmd = [str(BIN / "pipeline"), "train", "-q", "--params", str(params_file)]
+        if name == "straight":
+            subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True, timeout=600)
+        else:
+            ckpt = work / "models/checkpoints/unet_last.pt"
+            proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 300
+            while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            assert proc.poll() is None, "the run finished before it could be killed"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert not (work / "models/unet/model.safetensors").exists()
+            subprocess.run(cmd + ["--resume"], cwd=work, env=env, check=True, capture_output=True, timeout=600)
+        results[name] = (
+            load_file(str(work / "models/unet/model.safetensors")),
+            json.loads((work / "metrics/train.json").read_text()),
+        )
+    (w_a, m_a), (w_b, m_b) = results["straight"], results["killed"]
+    assert w_a.keys() == w_b.keys()
+    for k in w_a:
+        assert torch.equal(w_a[k], w_b[k]), k
+    for key in ("val_iou", "val_f1", "best_epoch", "epochs"):
+        assert m_a[key] == m_b[key], key
