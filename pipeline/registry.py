@@ -150,12 +150,29 @@ def log_pyfunc_model(model_dir: Path, input_example: Any) -> str:
     output = np.zeros((example.shape[0], 1, *example.shape[2:]), np.float32)
     info = mlflow.pyfunc.log_model(
         name="model",
+        pip_requirements=_requirements(),
         python_model=str(code),
         artifacts={"model_dir": str(model_dir)},
         signature=infer_signature(example, output),
         input_example=example,
     )
     return info.model_uri
+
+
+def _requirements() -> list[str]:
+    """The runtime packages a serving environment needs, at the versions installed here.
+
+    Given explicitly: MLflow would otherwise load the model once more to infer them.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in ("torch", "segmentation-models-pytorch", "safetensors", "numpy", "pydantic", "mlflow"):
+        try:
+            out.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            out.append(dist)
+    return out
 
 
 def _client():

@@ -1,0 +1,128 @@
+"""The register stage against a real MLflow registry: versions, tags, champion/challenger, promote,
+loading by alias in a fresh process; once with the SQLite store, once with a real `mlflow server`."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import registry
+from pipeline.config import load_params
+from pipeline.model import ModelConfig, build_unet, resolve_model, save_model
+from pipeline.register import promote, run_register
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["register"]["tracking_uri"] = f"sqlite:///{tmp_path}/mlflow.db"
+    p["register"]["receipt_path"] = str(tmp_path / "models/registered.json")
+    p["train"]["out_dir"] = str(tmp_path / "models/unet")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    params = load_params(tmp_path / "params.yaml")
+    config = ModelConfig(encoder="resnet18", bands=["red", "green", "blue", "nir"], mean=[90.0] * 4,
+                         std=[30.0] * 4, chip_size=64, threshold=0.4, data_fingerprint="f" * 64, git_commit="abc123")
+    release = tmp_path / "models/release"
+    save_model(build_unet(config), config, release)
+    return params, release
+
+
+def _register_with_iou(params, release: Path, iou: float) -> dict:
+    with registry.tracked_run(params.register.experiment, "train", tracking_default=params.register.tracking_uri) as run_id:
+        pass
+    params.train.out_dir.mkdir(parents=True, exist_ok=True)
+    (params.train.out_dir / "run.json").write_text(json.dumps({"mlflow_run_id": run_id}))
+    eval_path = Path("metrics/eval.json")
+    eval_path.parent.mkdir(exist_ok=True)
+    eval_path.write_text(json.dumps({"iou": iou, "f1": iou + 0.1, "per_scene": {"held": {"iou": iou}}}))
+    return run_register(params, model_dir=release, eval_path=eval_path)
+
+
+def _check_registry_flow(params, release: Path, env: dict) -> None:
+    first = _register_with_iou(params, release, 0.50)
+    assert (first["version"], first["alias"]) == ("1", "champion")
+    worse = _register_with_iou(params, release, 0.40)
+    assert (worse["version"], worse["alias"]) == ("2", "challenger")
+    assert registry.alias_version("road-unet", "champion") == "1"
+    tie = _register_with_iou(params, release, 0.50)
+    assert tie["alias"] == "champion", "a version at least as good as the champion takes the alias"
+
+    versions = registry.list_versions("road-unet")
+    assert [v["version"] for v in versions] == ["3", "2", "1"]
+    assert versions[0]["aliases"] == ["champion"] and versions[1]["aliases"] == ["challenger"]
+    tags = versions[2]["tags"]
+    assert tags["encoder"] == "resnet18" and tags["git_commit"] == "abc123"
+    assert float(tags["test_iou"]) == 0.5 and tags["data_fingerprint"] == "f" * 64
+
+    promote(params, "2")
+    assert registry.alias_version("road-unet", "champion") == "2"
+    with pytest.raises(LookupError, match="no version 9"):
+        promote(params, "9")
+
+    folder = resolve_model("models:/road-unet@champion", tracking_default=params.register.tracking_uri)
+    assert json.loads((folder / "model.json").read_text())["threshold"] == 0.4
+
+    code = (
+        "import mlflow, numpy as np\n"
+        "m = mlflow.pyfunc.load_model('models:/road-unet@champion')\n"
+        "y = m.predict(np.full((1, 4, 64, 64), 90, 'float32'))\n"
+        "assert y.shape == (1, 1, 64, 64) and 0 <= y.min() <= y.max() <= 1\n"
+        "print('ok')\n"
+    )
+    env = {**env, "MLFLOW_TRACKING_URI": registry.tracking_uri(params.register.tracking_uri)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_registry_with_sqlite_store(project):
+    params, release = project
+    _check_registry_flow(params, release, dict(os.environ))
+    card = registry.list_versions("road-unet")[0]
+    assert card["run_id"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_registry_with_a_real_mlflow_server(project, tmp_path, monkeypatch):
+    params, release = project
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow server exited"
+                time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        _check_registry_flow(params, release, dict(os.environ))
+        assert not (tmp_path / "mlflow.db").exists(), "MLFLOW_TRACKING_URI must win over params"
+        assert any((tmp_path / "server-artifacts").rglob("model.safetensors"))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
