@@ -1,0 +1,298 @@
+"""The evaluate stage on a tiny scene: real prediction (predict's code), road vectors in
+EPSG:4326 burned on a UTM grid, a real MLflow SQLite store; plus pure figure helpers."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from pipeline import evaluate, raster
+from pipeline.config import DataParams, EvaluateParams, RegisterParams, SceneSource, TileParams
+from pipeline.evaluate import (
+    ERROR_PALETTE,
+    EvaluateError,
+    error_map_rgb,
+    held_out_scenes,
+    reduce_codes,
+    run_evaluate,
+    sweep_thresholds,
+)
+from pipeline.metrics import confusion
+
+SIZE = 256
+CRS = "EPSG:32632"
+ORIGIN = (500000.0, 5400000.0)
+TRANSFORM = Affine(1.0, 0.0, ORIGIN[0], 0.0, -1.0, ORIGIN[1])
+BANDS = ["red", "green", "blue", "nir"]
+ROAD_ROW = 100  # a horizontal road centred on this pixel row
+RATE_KEYS = (
+    "iou",
+    "f1",
+    "precision",
+    "recall",
+    "relaxed_precision",
+    "relaxed_recall",
+    "relaxed_break_even",
+)
+
+YELLOW, BLUE, RED, BLACK, GREY = (255, 255, 0), (0, 0, 255), (255, 0, 0), (0, 0, 0), (128, 128, 128)
+
+
+# ---------------------------------------------------------------------------------- fixtures
+def _nodata_corner() -> np.ndarray:
+    """True where the image is nodata: a triangle in the top-left corner."""
+    rows, cols = np.mgrid[:SIZE, :SIZE]
+    return rows + cols < 48
+
+
+def _write_image(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    img = rng.integers(60, 120, size=(4, SIZE, SIZE), dtype=np.uint8)
+    img[:, ROAD_ROW - 3 : ROAD_ROW + 3, :] = 200  # the road, 6 m wide
+    img[:, :, 150:154] = 190  # an unmapped track: gives the model something to confuse
+    img[:, _nodata_corner()] = 0
+    return raster.write_geotiff(
+        path, img, crs=CRS, transform=TRANSFORM, nodata=0, band_descriptions=BANDS
+    )
+
+
+def _write_roads(path: Path) -> Path:
+    import geopandas as gpd
+    from shapely.geometry import LineString
+
+    y = ORIGIN[1] - (ROAD_ROW + 0.5)
+    line = LineString([(ORIGIN[0] - 20, y), (ORIGIN[0] + SIZE + 20, y)])
+    gdf = gpd.GeoDataFrame(
+        {"road_class": ["residential"], "width_m": [6.0], "bridge": [False]},
+        geometry=[line],
+        crs=CRS,
+    ).to_crs("EPSG:4326")
+    gdf.to_file(path, layer="roads", driver="GPKG")
+    return path
+
+
+def _write_model(folder: Path) -> Path:
+    import torch
+
+    from pipeline.model import ModelConfig, build_unet, save_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        encoder="resnet18", bands=BANDS, mean=[90.0] * 4, std=[40.0] * 4, chip_size=64
+    )
+    return save_model(build_unet(cfg), cfg, folder)
+
+
+def _params(tmp_path: Path) -> tuple[EvaluateParams, TileParams, RegisterParams]:
+    ev = EvaluateParams(
+        window=128,
+        overlap=32,
+        batch_size=4,
+        relaxed_slack_px=3,
+        metrics_path=tmp_path / "metrics" / "eval.json",
+        plots_dir=tmp_path / "plots",
+        reports_dir=tmp_path / "reports",
+    )
+    reg = RegisterParams(experiment="roadseg-test", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    return ev, TileParams(workers=1), reg
+
+
+@pytest.fixture
+def isolated_mlflow(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working dir
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check_outputs(
+    tmp_path: Path, ev: EvaluateParams, reg: RegisterParams, result: dict, scene: str
+) -> None:
+    """Checks every run_evaluate output against the returned metrics."""
+    import matplotlib.image as mpimg
+    from mlflow.tracking import MlflowClient
+
+    on_disk = json.loads(ev.metrics_path.read_text())
+    assert on_disk == {k: v for k, v in result.items() if k != "mlflow_run_id"}
+    assert set(on_disk["per_scene"]) == {scene}
+    for m in (on_disk, on_disk["per_scene"][scene]):
+        for key in RATE_KEYS:
+            assert 0.0 <= m[key] <= 1.0, key
+            assert 0.0 <= m.get(f"{key}_at_best", 0.0) <= 1.0, key
+    assert on_disk["f1_at_best"] >= on_disk["f1"]
+
+    with open(ev.plots_dir / "pr.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == [
+        "threshold",
+        "precision",
+        "recall",
+        "f1",
+        "iou",
+        "relaxed_precision",
+        "relaxed_recall",
+    ]
+    thresholds = np.array([float(r["threshold"]) for r in rows])
+    recall = np.array([float(r["recall"]) for r in rows])
+    assert thresholds[0] == 0.0 and thresholds[-1] == 1.0 and np.all(np.diff(thresholds) > 0)
+    assert np.all(np.diff(recall) <= 1e-9)  # fewer pixels predicted as the threshold rises
+    best_row = rows[int(np.argmin(np.abs(thresholds - result["best_threshold"])))]
+    assert float(best_row["f1"]) == pytest.approx(result["f1_at_best"], abs=1e-5)
+
+    for kind in ("error_map", "quicklook"):
+        png = mpimg.imread(ev.reports_dir / f"{scene}_{kind}.png")
+        assert png.ndim == 3 and png.shape[0] > 100 and png.shape[1] > 100
+
+    client = MlflowClient(tracking_uri=reg.tracking_uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.info.run_name == "evaluate"
+    assert client.get_experiment(run.info.experiment_id).name == reg.experiment
+    assert run.data.metrics["iou"] == pytest.approx(result["iou"])
+    assert run.data.metrics["relaxed_break_even"] == pytest.approx(result["relaxed_break_even"])
+    assert run.data.metrics[f"{scene}/iou_at_best"] == pytest.approx(
+        result["per_scene"][scene]["iou_at_best"]
+    )
+    logged = {
+        a.path
+        for folder in ("metrics", "plots", "reports")
+        for a in client.list_artifacts(run.info.run_id, folder)
+    }
+    assert {
+        "metrics/eval.json",
+        "plots/pr.csv",
+        f"reports/{scene}_error_map.png",
+        f"reports/{scene}_quicklook.png",
+    } <= logged
+
+
+# ------------------------------------------------------------------------------- the stage
+@pytest.mark.slow
+def test_run_evaluate_end_to_end(tmp_path, isolated_mlflow):
+    image = _write_image(tmp_path / "scene.tif")
+    roads = _write_roads(tmp_path / "scene.roads.gpkg")
+    model_dir = _write_model(tmp_path / "model")
+    weights_before = _sha256(model_dir / "model.safetensors")
+    data = DataParams(
+        scenes=[
+            SceneSource(name="held_out", image=image, roads=roads, split="test"),
+            SceneSource(name="training", image=image, roads=roads, split="train"),
+        ],
+        bands=BANDS,
+    )
+    ev, tile, reg = _params(tmp_path)
+
+    result = run_evaluate(ev, data, tile, model_dir, reg)
+
+    _check_outputs(tmp_path, ev, reg, result, "held_out")
+    valid = ~_nodata_corner()
+    scene = result["per_scene"]["held_out"]
+    assert scene["valid_pixels"] == int(valid.sum())
+    assert scene["road_pixels"] == pytest.approx(6 * SIZE, rel=0.2)  # 6 m wide, across the scene
+    assert result["threshold"] == 0.5
+
+    model_json = json.loads((model_dir / "model.json").read_text())
+    assert model_json["threshold"] == result["best_threshold"]
+    assert model_json["metrics"]["test_iou"] == pytest.approx(result["iou_at_best"])
+    assert model_json["metrics"]["relaxed_break_even"] == pytest.approx(
+        result["relaxed_break_even"]
+    )
+    assert _sha256(model_dir / "model.safetensors") == weights_before
+
+
+@pytest.mark.slow
+def test_run_evaluate_scores_a_known_prediction(tmp_path, isolated_mlflow, monkeypatch):
+    """Label raster truth, a prediction shifted by one pixel: exact expected numbers."""
+    image = _write_image(tmp_path / "scene.tif")
+    truth = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    truth[ROAD_ROW - 2 : ROAD_ROW + 2, :] = 1
+    labels = truth.copy()
+    labels[200:210, 10:20] = 255  # label nodata: must not count
+    raster.write_geotiff(tmp_path / "labels.tif", labels, crs=CRS, transform=TRANSFORM, nodata=255)
+    model_dir = _write_model(tmp_path / "model")
+    prob = np.full((SIZE, SIZE), 0.1, dtype=np.float32)
+    prob[ROAD_ROW - 1 : ROAD_ROW + 3, :] = 0.9  # the road, one pixel too low
+    prob[_nodata_corner()] = np.nan
+
+    def fake_predict(scene, out_dir, model_dir, params, workers):
+        return raster.write_geotiff(
+            Path(out_dir) / "p.tif", prob, crs=CRS, transform=TRANSFORM, nodata=float("nan")
+        )
+
+    monkeypatch.setattr(evaluate, "predict_scene", fake_predict)
+    data = DataParams(
+        scenes=[
+            SceneSource(name="labelled", image=image, labels=tmp_path / "labels.tif", split="test")
+        ]
+    )
+    ev, tile, reg = _params(tmp_path)
+
+    result = run_evaluate(ev, data, tile, model_dir, reg)
+
+    valid = ~_nodata_corner()
+    valid[200:210, 10:20] = False
+    expected = confusion(prob >= 0.5, truth, valid)
+    assert result["valid_pixels"] == int(valid.sum())
+    assert result["iou"] == pytest.approx(expected.iou)
+    assert result["precision"] == pytest.approx(expected.precision)
+    assert 0.5 < result["iou"] < 1.0
+    assert result["relaxed_precision"] == 1.0 and result["relaxed_recall"] == 1.0
+    assert result["relaxed_break_even"] == pytest.approx(1.0)
+    assert result["best_threshold"] == pytest.approx(0.11)  # lowest threshold above 0.1
+    assert result["iou_at_best"] == pytest.approx(expected.iou)
+    _check_outputs(tmp_path, ev, reg, result, "labelled")
+    assert json.loads((model_dir / "model.json").read_text())["threshold"] == pytest.approx(0.11)
+
+
+def test_no_test_scene_names_params(tmp_path):
+    data = DataParams(
+        scenes=[SceneSource(name="a", image=tmp_path / "a.tif", roads=tmp_path / "a.gpkg")]
+    )
+    with pytest.raises(EvaluateError, match=r"data\.scenes.*a \(auto\)"):
+        held_out_scenes(data)
+    ev, tile, reg = _params(tmp_path)
+    with pytest.raises(EvaluateError, match="split: test"):
+        run_evaluate(ev, data, tile, tmp_path / "no-model", reg)
+
+
+def test_sweep_includes_the_model_threshold():
+    assert len(sweep_thresholds(0.37)) == 101
+    th = sweep_thresholds(0.375)
+    assert len(th) == 102 and 0.375 in th and np.all(np.diff(th) > 0)
+
+
+# ------------------------------------------------------------------------------ error map
+def test_error_map_colours():
+    pred = np.array([[1, 1, 0], [0, 1, 0]], dtype=bool)
+    truth = np.array([[1, 0, 1], [0, 1, 1]], dtype=bool)
+    valid = np.array([[1, 1, 1], [1, 1, 0]], dtype=bool)
+    rgb = error_map_rgb(pred, truth, valid)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3)
+    expected = [[YELLOW, RED, BLUE], [BLACK, YELLOW, GREY]]
+    assert rgb.tolist() == [[list(c) for c in row] for row in expected]
+
+
+def test_downsampled_error_map_keeps_errors_visible():
+    codes = np.array(
+        [
+            [1, 1, 2, 2, 0],
+            [1, 4, 2, 3, 0],
+            [1, 1, 0, 0, 0],
+        ],
+        dtype=np.uint8,
+    )
+    assert reduce_codes(codes, 2).tolist() == [[4, 3, 0], [1, 0, 0]]
+    pred = np.zeros((10, 10), bool)
+    truth = np.zeros((10, 10), bool)
+    truth[3, 3] = True  # one missed road pixel
+    rgb = error_map_rgb(pred, truth, np.ones((10, 10), bool), max_side=5)
+    assert rgb.shape == (5, 5, 3)
+    assert tuple(rgb[1, 1]) == BLUE and tuple(rgb[0, 0]) == BLACK
+    assert (ERROR_PALETTE[reduce_codes(np.ones((4, 4), np.uint8), 4)] == 0).all()
