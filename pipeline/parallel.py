@@ -1,11 +1,18 @@
 """The one module that imports dask: clusters, task mapping, per-worker caches.
 
+``map_tasks`` runs a list of independent tasks (tile stage). Predict uses ``cluster_client``
+(a sized LocalCluster, or an existing scheduler), ``stream_results`` (bounded in-flight
+submission, results as they finish) and ``worker_cached`` (the model once per worker).
+
 NOTE for whoever extends this file: keep `map_tasks` (used by the tile stage).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any
 
 
@@ -41,3 +48,186 @@ def map_tasks(
                     results[order[fut.key]] = fut.result()
                     bar.update(1)
     return results
+
+
+# ------------------------------------------------------------------------ clusters (predict)
+_WORKER_ENV_DEFAULTS = {"GDAL_CACHEMAX": "64"}  # MB: GDAL's default is 5 % of RAM per process
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (respects affinity masks / container limits)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def plan_workers(workers: int | None, device: str) -> tuple[int, int, list[int | None]]:
+    """(worker processes, torch threads per worker, GPU index per worker) for a local cluster.
+
+    CUDA (asked for, or ``auto`` with a GPU): one worker per GPU unless ``workers`` says
+    otherwise (then GPUs are shared round-robin). CPU: one single-threaded worker per core by
+    default; fewer workers get ``cores // workers`` torch threads each, so the machine is never
+    oversubscribed.
+    """
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    gpus = _cuda_count() if device in ("auto", "cuda") else 0
+    if device == "cuda" and gpus == 0:
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    if gpus:
+        n = workers or gpus
+        return n, 1, [k % gpus for k in range(n)]
+    cores = available_cores()
+    n = workers or cores
+    return n, max(1, cores // n), [None] * n
+
+
+def _configure_worker(threads: int, gpu: int | None) -> None:
+    """Run once in each worker process: torch threads, and the GPU this worker owns."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if gpu is not None:
+        torch.cuda.set_device(gpu)
+    _CACHE["__gpu__"] = gpu
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int | None, device: str = "auto") -> Iterator[Any]:
+    """A LocalCluster of worker processes sized for ``device``; yields a connected Client.
+
+    One thread per worker process: torch, GDAL and the per-worker model cache then never share
+    a process between tasks running at once.
+    """
+    from distributed import Client, LocalCluster
+
+    n, threads, gpus = plan_workers(workers, device)
+    env = dict(_WORKER_ENV_DEFAULTS)
+    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    with LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",  # a free port: several clusters may run side by side
+        env=env,
+    ) as cluster, Client(cluster) as client:
+        client.wait_for_workers(n)
+        for addr, gpu in zip(sorted(client.scheduler_info()["workers"]), gpus, strict=True):
+            client.run(_configure_worker, threads, gpu, workers=[addr])
+        yield client
+
+
+@contextlib.contextmanager
+def connect(scheduler: str) -> Iterator[Any]:
+    """A Client on a running scheduler (``tcp://host:port``); its workers must see the files."""
+    from distributed import Client
+
+    with Client(scheduler) as client:
+        if not client.scheduler_info()["workers"]:
+            client.wait_for_workers(1, timeout=60)
+        yield client
+
+
+@contextlib.contextmanager
+def cluster_client(scheduler: str | None, workers: int | None, device: str) -> Iterator[Any]:
+    """``connect(scheduler)`` when an address is given, otherwise ``local_cluster``."""
+    cm = connect(scheduler) if scheduler else local_cluster(workers, device)
+    with cm as client:
+        yield client
+
+
+def total_threads(client: Any) -> int:
+    """Task slots on the cluster (sum of worker threads)."""
+    return sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()) or 1
+
+
+def dashboard_link(client: Any) -> str | None:
+    return client.dashboard_link if "dashboard" in client.scheduler_info().get("services", {}) else None
+
+
+def stream_results(
+    client: Any,
+    fn: Callable[..., Any],
+    tasks: Iterable[tuple],
+    *,
+    max_in_flight: int,
+    total: int | None = None,
+    progress: bool = True,
+    desc: str = "",
+    unit: str = "task",
+    weight: Callable[[tuple], int] | None = None,
+) -> Iterator[Any]:
+    """Yield ``fn(*task)`` results as tasks finish, keeping at most ``max_in_flight`` submitted.
+
+    Tasks are submitted in the given order and topped up as results come back, so the
+    consumer sees results roughly in submission order and holds only a bounded window of
+    them (this is what keeps predict's memory flat). The first failing task cancels the rest
+    and its exception is raised here.
+    """
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    it = iter(tasks)
+    pending: dict[str, tuple] = {}
+    ac = as_completed()
+
+    def submit_one() -> bool:
+        task = next(it, None)
+        if task is None:
+            return False
+        fut = client.submit(fn, *task, pure=False)
+        pending[fut.key] = task
+        ac.add(fut)
+        return True
+
+    for _ in range(max(1, max_in_flight)):
+        if not submit_one():
+            break
+    with tqdm(total=total, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True) as bar:
+        try:
+            for fut in ac:
+                task = pending.pop(fut.key)
+                result = fut.result()  # raises the task's exception
+                fut.release()
+                submit_one()
+                bar.update(weight(task) if weight else 1)
+                yield result
+        finally:
+            if pending:
+                client.cancel(list(ac.futures))
+
+
+# ----------------------------------------------------------------------- per-worker caches
+_CACHE: dict[Hashable, Any] = {}
+_CACHE_LOCK = threading.Lock()
+CACHE_LOADS: dict[Hashable, int] = {}  # how often each key was built in this process
+
+
+def worker_cached(key: Hashable, factory: Callable[[], Any]) -> Any:
+    """The value for ``key`` in this worker process, built by ``factory()`` on first use.
+
+    Used for the model (keyed by model folder + device): each worker loads it once and every
+    task it runs afterwards reuses it.
+    """
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = factory()
+            CACHE_LOADS[key] = CACHE_LOADS.get(key, 0) + 1
+        return _CACHE[key]
+
+
+def worker_gpu() -> int | None:
+    """The GPU index ``local_cluster`` gave this worker (None: not set)."""
+    return _CACHE.get("__gpu__")
+
+
+def cache_loads() -> dict[str, int]:
+    """``{repr(key): times built}`` in this process; ``client.run(cache_loads)`` asks workers."""
+    return {repr(k): v for k, v in CACHE_LOADS.items()}

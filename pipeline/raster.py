@@ -318,8 +318,15 @@ def stream_cog(
                     BLOCKSIZE=cog_blocksize, OVERVIEW_RESAMPLING=overview_resampling.upper(),
                     BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS",
                 )
+            final_tmp.chmod(_default_file_mode())  # mkstemp made it owner-only
         finally:
             staging.unlink(missing_ok=True)
+
+
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 # ------------------------------------------------------------ burning vectors (vectors, synth)

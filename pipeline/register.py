@@ -66,7 +66,8 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
     reg = params.register
     config = read_config(model_dir)
     eval_metrics = json.loads(Path(eval_path).read_text())
-    test_iou = float(eval_metrics["iou"])
+    # The released model decides at its calibrated threshold, so that IoU is the one compared.
+    test_iou = float(eval_metrics.get("iou_at_best", eval_metrics["iou"]))
     run_info = json.loads((params.train.out_dir / "run.json").read_text())
     example = _input_example(params, config.in_channels)
 
