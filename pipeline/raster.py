@@ -360,3 +360,18 @@ def burn_geometries(
     return rasterize(
         pairs, out_shape=out_shape, transform=transform, fill=fill, all_touched=all_touched, dtype=dtype
     )
+
+
+def read_window(reader: WindowReader, col_off: int, row_off: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """``reader.read`` with GDAL read failures (a corrupt tile, a vanished VRT source) turned
+    into a RasterError naming the file and window; it also survives pickling between Dask
+    processes, which RasterioIOError does not."""
+    try:
+        return reader.read(col_off, row_off, width, height)
+    except RasterioIOError as e:
+        reason = str(e)
+    # raised outside the except block: no unpicklable RasterioIOError rides along as context
+    raise RasterError(
+        f"{reader.path}: cannot read the window at column {col_off}, row {row_off} "
+        f"({width} x {height} px): {reason}"
+    )

@@ -1,0 +1,167 @@
+"""Road vectors: any OGR format in, road polygons in the image CRS out, widths in metres."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+from affine import Affine
+from shapely.geometry import LineString, Polygon
+
+from pipeline.vectors import VectorError, burn_mask, load_road_polygons, write_vectors
+
+UTM = "EPSG:32632"
+X0, Y0 = 500000.0, 5400000.0
+GRID = Affine(1.0, 0.0, X0, 0.0, -1.0, Y0)  # 1 m pixels, upper-left corner at (X0, Y0)
+
+
+def _roads(widths: list[float | None], crs: str = UTM) -> gpd.GeoDataFrame:
+    """Horizontal centrelines at y = Y0 - 20, - 50, - 80 (pixel row edges), x from 10 to 90 m."""
+    lines = [LineString([(X0 + 10, Y0 - 20 - 30 * i), (X0 + 90, Y0 - 20 - 30 * i)]) for i in range(len(widths))]
+    return gpd.GeoDataFrame({"width_m": widths, "road_class": ["x"] * len(widths)}, geometry=lines, crs=UTM).to_crs(crs)
+
+
+def _column_widths(mask: np.ndarray, col: int = 50) -> list[int]:
+    """Lengths of the runs of road pixels down one column."""
+    runs, n = [], 0
+    for v in mask[:, col]:
+        if v:
+            n += 1
+        elif n:
+            runs.append(n)
+            n = 0
+    return runs + ([n] if n else [])
+
+
+def test_lines_in_epsg4326_are_buffered_in_metres_in_the_image_crs(tmp_path):
+    path = tmp_path / "roads.gpkg"
+    _roads([4.0, 8.0, None], crs="EPSG:4326").to_file(path, layer="roads")
+    polys = load_road_polygons(path, UTM, width_attribute="width_m", default_half_width_m=2.0)
+    assert polys.crs == UTM
+    assert list(polys.road_class) == ["x", "x", "x"]  # attributes are kept
+    mask = burn_mask(polys, GRID, (100, 100))
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
+    # 4 m wide, 8 m wide, and no width -> 2 m each side (SpaceNet's default)
+    assert _column_widths(mask) == [4, 8, 4]
+    assert np.flatnonzero(mask[:, 50])[:4].tolist() == [18, 19, 20, 21]
+
+
+def test_width_attribute_none_uses_the_default_half_width(tmp_path):
+    path = tmp_path / "roads.gpkg"
+    _roads([4.0, 12.0]).to_file(path, layer="roads")
+    polys = load_road_polygons(path, UTM, width_attribute=None, default_half_width_m=3.0)
+    assert _column_widths(burn_mask(polys, GRID, (100, 100))) == [6, 6]
+
+
+def test_polygons_are_burned_as_they_are(tmp_path):
+    square = Polygon([(X0 + 10, Y0 - 10), (X0 + 20, Y0 - 10), (X0 + 20, Y0 - 20), (X0 + 10, Y0 - 20)])
+    path = tmp_path / "areas.gpkg"
+    gpd.GeoDataFrame({"width_m": [30.0]}, geometry=[square], crs=UTM).to_file(path)
+    polys = load_road_polygons(path, UTM, width_attribute="width_m", default_half_width_m=2.0)
+    mask = burn_mask(polys, GRID, (40, 40))
+    assert mask.sum() == 100 and mask[10:20, 10:20].all()
+
+
+def test_geographic_image_crs_buffers_in_the_local_utm_zone(tmp_path):
+    """An image in EPSG:4326 with ~1 m pixels: a 6 m road still burns ~6 pixels across."""
+    line = LineString([(X0 + 50, Y0 - 5), (X0 + 50, Y0 - 95)])  # runs north-south
+    path = tmp_path / "ns.gpkg"
+    gpd.GeoDataFrame({"width_m": [6.0]}, geometry=[line], crs=UTM).to_file(path)
+    lon0, lat0 = gpd.GeoSeries([shapely.Point(X0, Y0)], crs=UTM).to_crs(4326).iloc[0].coords[0]
+    dlat = 1.0 / 111_320.0
+    dlon = dlat / math.cos(math.radians(lat0))
+    grid = Affine(dlon, 0.0, lon0, 0.0, -dlat, lat0)
+    polys = load_road_polygons(path, "EPSG:4326", width_attribute="width_m", default_half_width_m=2.0)
+    assert polys.crs.to_epsg() == 4326
+    mask = burn_mask(polys, grid, (100, 100))
+    across = mask[30:70].sum(axis=1)
+    assert 5 <= across.min() and across.max() <= 7, across
+
+
+def test_invalid_geometry_is_repaired_and_reported(tmp_path, caplog):
+    bowtie = Polygon([(X0, Y0), (X0 + 10, Y0 - 10), (X0 + 10, Y0), (X0, Y0 - 10)])
+    path = tmp_path / "bad_geom.gpkg"
+    gpd.GeoDataFrame({"width_m": [1.0]}, geometry=[bowtie], crs=UTM).to_file(path)
+    with caplog.at_level(logging.WARNING, logger="pipeline.vectors"):
+        polys = load_road_polygons(path, UTM, width_attribute="width_m", default_half_width_m=2.0)
+    assert "repaired 1 invalid" in caplog.text and str(path) in caplog.text
+    assert polys.geometry.is_valid.all()
+    assert polys.geometry.iloc[0].geom_type == "MultiPolygon"
+    assert abs(polys.geometry.area.sum() - 50.0) < 1e-6  # two triangles, not buffered
+
+
+@pytest.mark.parametrize("driver,suffix", [("GeoJSON", ".geojson"), ("ESRI Shapefile", ".shp"), ("GPKG", ".gpkg")])
+def test_any_ogr_format_gives_the_same_mask(tmp_path, driver, suffix):
+    path = tmp_path / f"roads{suffix}"
+    _roads([4.0, 6.0], crs="EPSG:4326").to_file(path, driver=driver)
+    polys = load_road_polygons(path, UTM, width_attribute="width_m", default_half_width_m=2.0)
+    assert _column_widths(burn_mask(polys, GRID, (100, 100))) == [4, 6]
+
+
+def test_the_roads_layer_is_preferred_in_a_multi_layer_file(tmp_path):
+    path = tmp_path / "two.gpkg"
+    _roads([10.0]).to_file(path, layer="aaa_other")
+    _roads([4.0]).to_file(path, layer="roads")
+    polys = load_road_polygons(path, UTM, width_attribute="width_m", default_half_width_m=2.0)
+    assert _column_widths(burn_mask(polys, GRID, (100, 100))) == [4]
+
+
+def test_burn_mask_of_a_window_equals_the_slice_of_the_whole(tmp_path):
+    path = tmp_path / "roads.gpkg"
+    _roads([4.0, 8.0, 3.0], crs="EPSG:4326").to_file(path)
+    polys = load_road_polygons(path, UTM, width_attribute="width_m", default_half_width_m=2.0)
+    whole = burn_mask(polys, GRID, (100, 100))
+    window = burn_mask(polys, GRID * Affine.translation(32, 16), (40, 40))
+    assert np.array_equal(window, whole[16:56, 32:72])
+    assert burn_mask(polys, GRID * Affine.translation(500, 500), (40, 40)).sum() == 0
+
+
+def test_missing_file_names_the_file(tmp_path):
+    path = tmp_path / "nowhere.gpkg"
+    with pytest.raises(VectorError, match="nowhere.gpkg.*not found"):
+        load_road_polygons(path, UTM, width_attribute="width_m", default_half_width_m=2.0)
+
+
+def test_unreadable_file_names_the_file(tmp_path):
+    path = tmp_path / "garbage.gpkg"
+    path.write_bytes(b"this is not a geopackage" * 20)
+    with pytest.raises(VectorError, match="garbage.gpkg"):
+        load_road_polygons(path, UTM, width_attribute="width_m", default_half_width_m=2.0)
+
+
+@pytest.mark.filterwarnings("ignore:'crs' was not provided")
+def test_vectors_without_crs_are_refused(tmp_path):
+    path = tmp_path / "nocrs.shp"
+    gpd.GeoDataFrame({"width_m": [4.0]}, geometry=[LineString([(0, 0), (10, 0)])]).to_file(path)
+    with pytest.raises(VectorError, match="nocrs.shp.*no CRS"):
+        load_road_polygons(path, UTM, width_attribute="width_m", default_half_width_m=2.0)
+
+
+def test_a_file_without_features_is_refused(tmp_path):
+    path = tmp_path / "empty.gpkg"
+    empty = gpd.GeoDataFrame({"width_m": np.array([], float)}, geometry=gpd.GeoSeries([], crs=UTM), crs=UTM)
+    empty.to_file(path, layer="roads", geometry_type="LineString")
+    with pytest.raises(VectorError, match="empty.gpkg.*no features"):
+        load_road_polygons(path, UTM, width_attribute="width_m", default_half_width_m=2.0)
+
+
+def test_labels_that_miss_the_image_are_refused(tmp_path):
+    path = tmp_path / "elsewhere.gpkg"
+    _roads([4.0], crs="EPSG:4326").to_file(path)
+    inside = (X0, Y0 - 100, X0 + 100, Y0)
+    assert len(load_road_polygons(path, UTM, width_attribute="width_m", default_half_width_m=2.0, bounds=inside))
+    far = (X0 + 5000, Y0 - 100, X0 + 5100, Y0)
+    with pytest.raises(VectorError, match="elsewhere.gpkg.*miss the image"):
+        load_road_polygons(path, UTM, width_attribute="width_m", default_half_width_m=2.0, bounds=far)
+
+
+def test_write_vectors_is_atomic_and_readable(tmp_path):
+    path = tmp_path / "out" / "roads.gpkg"
+    write_vectors(_roads([4.0], crs="EPSG:4326"), path)
+    assert [p.name for p in path.parent.iterdir()] == ["roads.gpkg"]
+    back = gpd.read_file(path, layer="roads")
+    assert back.crs.to_epsg() == 4326 and len(back) == 1
