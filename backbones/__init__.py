@@ -24,7 +24,9 @@ def list_backbones() -> list[str]:
     return registered_names()
 
 
-def build_backbone(name: str, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> nn.Module:
+def build_backbone(
+    name: str, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any
+) -> nn.Module:
     """Build backbone ``name`` with a ``num_classes`` head and an ``in_channels`` band stem.
 
     Extra keyword arguments go to the family builder; all accept ``features_only=True`` (no head,
