@@ -52,6 +52,7 @@ def map_tasks(
 
 # ------------------------------------------------------------------------ clusters (predict)
 _WORKER_ENV_DEFAULTS = {"GDAL_CACHEMAX": "64"}  # MB: GDAL's default is 5 % of RAM per process
+CPU_THREADS_PER_WORKER = 4  # torch threads per CPU worker process when workers is not given
 
 
 def available_cores() -> int:
@@ -72,9 +73,12 @@ def plan_workers(workers: int | None, device: str) -> tuple[int, int, list[int |
     """(worker processes, torch threads per worker, GPU index per worker) for a local cluster.
 
     CUDA (asked for, or ``auto`` with a GPU): one worker per GPU unless ``workers`` says
-    otherwise (then GPUs are shared round-robin). CPU: one single-threaded worker per core by
-    default; fewer workers get ``cores // workers`` torch threads each, so the machine is never
-    oversubscribed.
+    otherwise (then GPUs are shared round-robin). CPU: ``cores // CPU_THREADS_PER_WORKER``
+    workers by default (at least one), each running one task at a time with
+    ``cores // workers`` torch threads, so workers x threads = cores: never oversubscribed.
+    Why not one worker per core: every worker process holds torch (~0.4 GB), the model and a
+    batch of activations, so memory grows with workers, while torch's convolutions scale well
+    over a few threads; on 2 cores one worker with 2 threads is as fast as two with one.
     """
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -85,7 +89,7 @@ def plan_workers(workers: int | None, device: str) -> tuple[int, int, list[int |
         n = workers or gpus
         return n, 1, [k % gpus for k in range(n)]
     cores = available_cores()
-    n = workers or cores
+    n = workers or max(1, cores // CPU_THREADS_PER_WORKER)
     return n, max(1, cores // n), [None] * n
 
 
