@@ -119,13 +119,7 @@ def load_truth(
     if scene.roads is not None:
         from pipeline import vectors
 
-        roads = vectors.load_road_polygons(
-            scene.roads,
-            info.crs,
-            width_attribute=data.width_attribute,
-            default_half_width_m=data.default_half_width_m,
-            bounds=info.bounds,  # labels that miss the image (wrong CRS?) are an error, not IoU 0
-        )
+        roads = vectors.load_scene_roads(scene, data, info)
         return np.asarray(vectors.burn_mask(roads, info.transform, shape)) > 0, np.ones(
             shape, dtype=bool
         )

@@ -165,18 +165,11 @@ def tile_scene(
     """Cut one scene's chips into ``tile.out_dir``; returns its index rows and train band sums."""
     out = Path(tile.out_dir)
     size = tile.chip_size
-    bounds = info.bounds
     roads = None
     if scene.roads is not None:
         from pipeline import vectors
 
-        roads = vectors.load_road_polygons(
-            scene.roads,
-            info.crs,
-            width_attribute=data.width_attribute,
-            default_half_width_m=data.default_half_width_m,
-            bounds=bounds,
-        )
+        roads = vectors.load_scene_roads(scene, data, info)
     streams = {
         "images": _NpyStream(out / f"{scene.name}.images.npy", (info.count, size, size), np.dtype(info.dtype)),
         "masks": _NpyStream(out / f"{scene.name}.masks.npy", (size, size), np.uint8),
@@ -194,6 +187,10 @@ def tile_scene(
             with label_reader or _null() as labels, lc_reader or _null() as landcover:
                 for chip in chips:
                     image, valid = img_reader.read(chip.col_off, chip.row_off, size, size)
+                    if labels is not None:
+                        # a label raster's own nodata is unknown ground truth: ignored like image nodata
+                        label, label_valid = labels.read(chip.col_off, chip.row_off, size, size)
+                        valid &= label_valid
                     nodata_fraction = 1.0 - float(valid.mean())
                     if nodata_fraction > tile.max_nodata_fraction:
                         continue
@@ -201,7 +198,7 @@ def tile_scene(
                     if roads is not None:
                         road = burn_roads(roads, win_transform, (size, size))
                     else:
-                        road = (labels.read_band(1, chip.col_off, chip.row_off, size, size) == 1).astype(np.uint8)
+                        road = (label[0] == 1).astype(np.uint8)
                     mask = np.where(valid, road, MASK_NODATA).astype(np.uint8)
                     streams["images"].append(image)
                     streams["masks"].append(mask)

@@ -79,6 +79,21 @@ def load_road_polygons(
     return out
 
 
+def load_scene_roads(scene: Any, data: Any, info: raster.RasterInfo) -> gpd.GeoDataFrame:
+    """The road polygons of a ``SceneSource`` on its image's grid, with ``DataParams``' widths.
+
+    Labels that miss the image entirely (a wrong CRS, the wrong file) are an error, not an
+    empty mask.
+    """
+    return load_road_polygons(
+        scene.roads,
+        info.crs,
+        width_attribute=data.width_attribute,
+        default_half_width_m=data.default_half_width_m,
+        bounds=info.bounds,
+    )
+
+
 def burn_mask(polygons: gpd.GeoDataFrame, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
     """uint8 mask on the grid (1 road, 0 else): pixel centres inside a road polygon.
 
