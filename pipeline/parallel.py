@@ -52,6 +52,14 @@ def map_tasks(
 
 # ------------------------------------------------------------------------ clusters (predict)
 _WORKER_ENV_DEFAULTS = {"GDAL_CACHEMAX": "64"}  # MB: GDAL's default is 5 % of RAM per process
+# glibc malloc, read at process start (so set before the worker is spawned): torch's large
+# activation buffers would otherwise be mmapped and unmapped on every batch (and Dask's
+# default MALLOC_TRIM_THRESHOLD_=65536 returns the rest eagerly), page-faulting them back in
+# each time. One arena, because tasks run in a worker thread, whose own arena would still
+# map and trim its heaps. Measured on a 2-core CPU: a resnet18 U-Net batch of 4 x 512^2 in a
+# thread runs ~1/3 faster (sys time 2 s -> 0.02 s per 3 batches); peak memory is unchanged,
+# the buffers are simply reused.
+ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**34)}
 CPU_THREADS_PER_WORKER = 4  # torch threads per CPU worker process when workers is not given
 
 
@@ -110,17 +118,18 @@ def local_cluster(workers: int | None, device: str = "auto") -> Iterator[Any]:
     One thread per worker process: torch, GDAL and the per-worker model cache then never share
     a process between tasks running at once.
     """
+    import dask
     from distributed import Client, LocalCluster
 
     n, threads, gpus = plan_workers(workers, device)
-    env = dict(_WORKER_ENV_DEFAULTS)
-    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
-    with LocalCluster(
+    pre_spawn = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    pre_spawn.update(ALLOCATOR_ENV, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}), LocalCluster(
         n_workers=n,
         threads_per_worker=1,
         processes=True,
         dashboard_address=":0",  # a free port: several clusters may run side by side
-        env=env,
+        env=_WORKER_ENV_DEFAULTS,
     ) as cluster, Client(cluster) as client:
         client.wait_for_workers(n)
         for addr, gpu in zip(sorted(client.scheduler_info()["workers"]), gpus, strict=True):

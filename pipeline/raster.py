@@ -242,7 +242,7 @@ def landcover_classes(path: str | Path) -> list[str]:
     return [n.strip() for n in names.split(",") if n.strip()]
 
 
-# ------------------------------------------------------------ streaming COG writer (predict)
+# ------------------------------------------- window reads, streaming COG writer (predict)
 STREAM_CACHE_BYTES = 64 * 2**20  # GDAL block cache while streaming (its default: 5 % of RAM)
 
 
@@ -329,6 +329,30 @@ def _default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def read_window(reader: WindowReader, col_off: int, row_off: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """``reader.read``, faster for windows inside the raster, with GDAL read failures (a corrupt
+    tile, a vanished VRT source) turned into a RasterError naming the file and window (which,
+    unlike RasterioIOError, survives pickling between Dask processes).
+
+    rasterio's boundless reads go through a warped VRT (~20 ms for a 4-band 512 px window, six
+    times the read itself), so they are used only for windows that reach past the edge.
+    """
+    ds = reader.ds
+    inside = col_off >= 0 and row_off >= 0 and col_off + width <= ds.width and row_off + height <= ds.height
+    try:
+        if not inside:
+            return reader.read(col_off, row_off, width, height)
+        win = Window(col_off, row_off, width, height)
+        return ds.read(reader._bands, window=win), ds.dataset_mask(window=win) > 0
+    except RasterioIOError as e:
+        reason = str(e)
+    # raised outside the except block: no unpicklable RasterioIOError rides along as context
+    raise RasterError(
+        f"{reader.path}: cannot read the window at column {col_off}, row {row_off} "
+        f"({width} x {height} px): {reason}"
+    )
+
+
 # ------------------------------------------------------------ burning vectors (vectors, synth)
 def burn_geometries(
     geoms: Any,
@@ -359,19 +383,4 @@ def burn_geometries(
         return np.full(out_shape, fill, dtype=dtype)
     return rasterize(
         pairs, out_shape=out_shape, transform=transform, fill=fill, all_touched=all_touched, dtype=dtype
-    )
-
-
-def read_window(reader: WindowReader, col_off: int, row_off: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """``reader.read`` with GDAL read failures (a corrupt tile, a vanished VRT source) turned
-    into a RasterError naming the file and window; it also survives pickling between Dask
-    processes, which RasterioIOError does not."""
-    try:
-        return reader.read(col_off, row_off, width, height)
-    except RasterioIOError as e:
-        reason = str(e)
-    # raised outside the except block: no unpicklable RasterioIOError rides along as context
-    raise RasterError(
-        f"{reader.path}: cannot read the window at column {col_off}, row {row_off} "
-        f"({width} x {height} px): {reason}"
     )

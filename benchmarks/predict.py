@@ -1,0 +1,267 @@
+"""Benchmark ``pipeline predict``: efficiency, overlap cost, throughput, memory.
+
+Measured side by side in one run and printed as a table:
+
+* efficiency = wall time of ``predict_raster`` on an N x N raster (cluster start, reading,
+  blending, COG writing included) / the bare batched forward pass of the same model over the
+  same number of windows in one process with all cores (target <= 1.15). The bare pass runs
+  with the workers' malloc settings (like with like) and, for reference, in a plain process;
+  every measurement runs in a fresh process;
+* overlap cost = ``predict_raster`` wall with the default overlap / with overlap 0
+  (target <= 1.35; the window-count ratio, the floor for any method, is printed beside it);
+* throughput in Mpix/s;
+* memory = peak RSS of the whole process tree (this process + Dask nanny/worker processes,
+  sampled every 50 ms with psutil) while predicting rasters of two sizes (targets: the larger
+  under 2 GB and within 20 % of the smaller).
+
+Usage (the defaults are the full targets; on a 2-core CPU box use smaller sizes)::
+
+    python benchmarks/predict.py                                   # 8192; memory 4096 vs 16384
+    python benchmarks/predict.py --size 3072 --memory-sizes 2048,6144
+    python benchmarks/predict.py --size 2048 --skip-memory
+
+The model is a random-weight U-Net (``--encoder``, resnet18 by default): speed and memory
+do not depend on what the weights learned. Inputs are synthetic 4-band uint8 GeoTIFFs,
+written block by block so making them does not inflate the measured memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+from pipeline import parallel
+from pipeline.model import ModelConfig, build_unet, load_model, pick_device, save_model
+from pipeline.predict import forward_probs, predict_raster
+from pipeline.windows import WindowGrid
+
+
+def make_input(path: Path, size: int, seed: int = 0) -> Path:
+    """A size x size 4-band uint8 tiled GeoTIFF with some texture, written in strips."""
+    import rasterio  # only to make the synthetic input; the pipeline itself reads via raster.py
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    rng = np.random.default_rng(seed)
+    profile = dict(driver="GTiff", width=size, height=size, count=4, dtype="uint8",
+                   crs="EPSG:32632", transform=from_origin(500000, 5400000, 0.5, 0.5),
+                   nodata=0, tiled=True, blockxsize=512, blockysize=512, compress="deflate",
+                   photometric="MINISBLACK", BIGTIFF="IF_SAFER")
+    strip = 512
+    xx = np.arange(size)[None, :]
+    with rasterio.open(path, "w", **profile) as ds:
+        for r in range(0, size, strip):
+            h = min(strip, size - r)
+            yy = np.arange(r, r + h)[:, None]
+            base = 120 + 60 * np.sin(xx / 37.0) * np.cos(yy / 53.0)
+            data = np.stack([base + 10 * b for b in range(4)]) + rng.normal(0, 8, (4, h, size))
+            ds.write(np.clip(data, 1, 255).astype(np.uint8), window=Window(0, r, size, h))
+    return path
+
+
+def make_model(folder: Path, encoder: str) -> Path:
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder=encoder, bands=["red", "green", "blue", "nir"], mean=[120.0] * 4,
+                      std=[40.0] * 4, chip_size=512)
+    return save_model(build_unet(cfg), cfg, folder)
+
+
+class TreeMemory:
+    """Samples the memory of this process and all its descendants; keeps the peaks.
+
+    ``rss`` sums resident sets, counting shared pages (torch's libraries, ~0.4 GB) once per
+    process; ``pss`` shares them out (proportional set size), so its sum is the tree's real
+    footprint.
+    """
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval, self.rss, self.pss = interval, 0, 0
+        self._stop = threading.Event()
+        self._me = psutil.Process()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        rss = pss = 0
+        for p in [self._me, *self._me.children(recursive=True)]:
+            try:
+                m = p.memory_full_info()
+            except psutil.Error:
+                continue
+            rss += m.rss
+            pss += getattr(m, "pss", m.rss)
+        self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            time.sleep(self.interval)
+
+    def __enter__(self) -> TreeMemory:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def bare_forward(model_dir: Path, n_windows: int, window: int, batch_size: int, device: str) -> float:
+    """Seconds for the model alone over ``n_windows`` windows in batches (no I/O, no Dask)."""
+    dev = pick_device(device)
+    torch.set_num_threads(parallel.available_cores())
+    model, cfg = load_model(model_dir, dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(batch_size, cfg.in_channels, window, window)
+    forward_probs(model, x, dev)  # warm-up (allocator, kernels), not timed
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    left = n_windows
+    while left > 0:
+        forward_probs(model, x[: min(batch_size, left)], dev)
+        left -= batch_size
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def run_bare(model_dir: Path, n_windows: int, args: argparse.Namespace, tuned: bool) -> float:
+    """``bare_forward`` in a fresh process; ``tuned`` gives it the workers' malloc settings."""
+    env = dict(os.environ, **(parallel.ALLOCATOR_ENV if tuned else {}))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--measure-bare", str(n_windows),
+           "--model-dir", str(model_dir), "--window", str(args.window),
+           "--batch-size", str(args.batch_size), "--device", args.device]
+    done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=env)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def measure_once(image: Path, out: Path, model_dir: Path, args: argparse.Namespace, overlap: int) -> dict:
+    """One predict_raster call with the memory sampler around it (run in a fresh process)."""
+    with TreeMemory() as mem:
+        t0 = time.perf_counter()
+        res = predict_raster(image, out, model=model_dir, window=args.window, overlap=overlap,
+                             batch_size=args.batch_size, windows_per_task=args.windows_per_task,
+                             workers=args.workers, device=args.device, overwrite=True,
+                             progress=args.progress, block_size=args.block_size)
+        wall = time.perf_counter() - t0
+    return dict(wall=wall, rss=mem.rss, pss=mem.pss, windows=res.windows_run, open_blocks=res.peak_open_blocks)
+
+
+def run_predict(image: Path, out: Path, model_dir: Path, args: argparse.Namespace, overlap: int) -> dict:
+    """``measure_once`` in a fresh Python process, so runs do not inherit each other's memory."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--measure-one", str(image), "--out", str(out),
+           "--model-dir", str(model_dir), "--overlap", str(overlap), "--window", str(args.window),
+           "--batch-size", str(args.batch_size), "--windows-per-task", str(args.windows_per_task),
+           "--block-size", str(args.block_size), "--device", args.device]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    if args.progress:
+        cmd += ["--progress"]
+    done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=8192, help="raster side for efficiency/overlap/throughput")
+    ap.add_argument("--memory-sizes", default="4096,16384", help="two raster sides for the memory comparison")
+    ap.add_argument("--window", type=int, default=512)
+    ap.add_argument("--overlap", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--windows-per-task", type=int, default=4)
+    ap.add_argument("--block-size", type=int, default=1024)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--encoder", default="resnet18")
+    ap.add_argument("--skip-efficiency", action="store_true")
+    ap.add_argument("--skip-overlap", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--progress", action="store_true", help="show the progress bars")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep inputs/outputs here (default: a temp dir)")
+    ap.add_argument("--measure-one", type=Path, help=argparse.SUPPRESS)  # internal: one run, JSON out
+    ap.add_argument("--measure-bare", type=int, help=argparse.SUPPRESS)  # internal: bare seconds out
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.measure_bare:
+        print(bare_forward(args.model_dir, args.measure_bare, args.window, args.batch_size, args.device))
+        return
+    if args.measure_one:
+        print(json.dumps(measure_once(args.measure_one, args.out, args.model_dir, args, args.overlap)))
+        return
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="roadseg-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows: list[tuple[str, str, str]] = []
+    try:
+        model_dir = make_model(work / "model", args.encoder)
+        dev = pick_device(args.device)
+        print(f"device {dev}, cores {parallel.available_cores()}, workers {args.workers or 'auto'}, "
+              f"encoder {args.encoder}, window {args.window}, overlap {args.overlap}, "
+              f"batch {args.batch_size}, windows/task {args.windows_per_task}, block {args.block_size}")
+
+        gib = 2**30
+        if not (args.skip_efficiency and args.skip_overlap):
+            n = args.size
+            image = make_input(work / f"in_{n}.tif", n)
+            r = run_predict(image, work / f"out_{n}.tif", model_dir, args, args.overlap)
+            wall, n_win = r["wall"], r["windows"]
+            rows.append((f"predict {n}^2 (overlap {args.overlap})", f"{wall:.1f} s",
+                         f"{n_win} windows; tree PSS {r['pss'] / gib:.2f} GiB, RSS sum {r['rss'] / gib:.2f} GiB"))
+            if not args.skip_overlap:
+                r0 = run_predict(image, work / f"out0_{n}.tif", model_dir, args, 0)
+                floor = len(WindowGrid(n, n, args.window, args.overlap)) / len(WindowGrid(n, n, args.window, 0))
+                rows.append((f"predict {n}^2 (overlap 0)", f"{r0['wall']:.1f} s", f"{r0['windows']} windows"))
+                rows.append((f"overlap cost = overlap {args.overlap} / 0", f"{wall / r0['wall']:.3f}",
+                             f"target <= 1.35; window-count ratio (the floor) {floor:.3f}"))
+            if not args.skip_efficiency:
+                plain = run_bare(model_dir, n_win, args, tuned=False)
+                bare = run_bare(model_dir, n_win, args, tuned=True)
+                rows.append((f"bare forward, same {n_win} windows", f"{bare:.1f} s",
+                             f"one process, all cores, workers' malloc settings (plain process: {plain:.1f} s)"))
+                rows.append(("efficiency = predict / bare", f"{wall / bare:.3f}",
+                             f"target <= 1.15 (vs the plain process: {wall / plain:.3f})"))
+            rows.append(("throughput", f"{n * n / 1e6 / wall:.3f} Mpix/s", f"{n}^2, overlap {args.overlap}"))
+
+        if not args.skip_memory:
+            small, large = (int(v) for v in args.memory_sizes.split(","))
+            peaks = {}
+            for n in (small, large):
+                image = make_input(work / f"mem_{n}.tif", n)
+                r = run_predict(image, work / f"mem_out_{n}.tif", model_dir, args, args.overlap)
+                peaks[n] = r
+                rows.append((f"peak memory, process tree, {n}^2", f"{r['pss'] / gib:.2f} GiB",
+                             f"PSS (RSS sum {r['rss'] / gib:.2f} GiB); {r['wall']:.1f} s, "
+                             f"at most {r['open_blocks']} open blocks"))
+                image.unlink()
+            for key in ("pss", "rss"):
+                growth = peaks[large][key] / peaks[small][key] - 1
+                rows.append((f"memory growth {small}^2 -> {large}^2 ({key.upper()})", f"{100 * growth:+.1f} %",
+                             f"area x{(large / small) ** 2:.0f}; target within 20 %, under 2 GB"))
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    width = max(len(r[0]) for r in rows)
+    print()
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:>12}  {note}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""parallel.py on real clusters: sizing, bounded streaming, per-worker caches, and predict
+through an external ``dask scheduler`` with two ``dask worker`` processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from distributed import Client
+
+from pipeline import parallel
+from pipeline.predict import predict_raster
+from tests.test_predict import make_model, smooth_image, write_raster
+
+DASK = Path(sys.executable).with_name("dask")
+
+
+@pytest.fixture(scope="module")
+def client():
+    with parallel.local_cluster(2, "cpu") as c:
+        yield c
+
+
+def test_plan_workers_never_oversubscribes_cores() -> None:
+    cores = parallel.available_cores()
+    n, threads, gpus = parallel.plan_workers(None, "cpu")
+    assert n == max(1, cores // parallel.CPU_THREADS_PER_WORKER) and n * threads <= cores
+    assert threads == cores // n and gpus == [None] * n
+    assert parallel.plan_workers(1, "cpu") == (1, cores, [None])
+    assert parallel.plan_workers(cores, "cpu") == (cores, 1, [None] * cores)
+    n, threads, _ = parallel.plan_workers(3, "cpu")
+    assert n == 3 and n * threads <= max(cores, 3)
+    with pytest.raises(ValueError):
+        parallel.plan_workers(0, "cpu")
+
+
+@pytest.mark.skipif(parallel._cuda_count() > 0, reason="this machine has a GPU")
+def test_cuda_without_gpu_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="CUDA"):
+        parallel.plan_workers(None, "cuda")
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_local_cluster_is_processes_with_one_thread_each(client) -> None:
+    workers = client.scheduler_info()["workers"]
+    assert len(workers) == 2 and all(w["nthreads"] == 1 for w in workers.values())
+    pids = client.run(os.getpid)
+    assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
+    threads = client.run(_torch_threads)
+    cores = parallel.available_cores()
+    assert set(threads.values()) == {max(1, cores // 2)}
+    assert set(client.run(os.getenv, "GDAL_CACHEMAX").values()) == {"64"}
+    assert set(client.run(os.getenv, "MALLOC_MMAP_MAX_").values()) == {"0"}  # set before spawn
+    assert parallel.total_threads(client) == 2
+
+
+def test_stream_results_bounds_tasks_in_flight_and_returns_all(client) -> None:
+    pulled = 0
+
+    def tasks():
+        nonlocal pulled
+        for k in range(25):
+            pulled += 1
+            yield (k, 2)
+
+    got = []
+    for value in parallel.stream_results(client, pow, tasks(), max_in_flight=3, progress=False):
+        got.append(value)
+        assert pulled - len(got) <= 3  # never more than max_in_flight outstanding
+    assert sorted(got) == [k * k for k in range(25)]
+
+
+def test_stream_results_raises_the_task_error_and_cancels_the_rest(client) -> None:
+    tasks = [("1",), ("2",), ("x",), ("4",), ("5",), ("6",)]
+    got = []
+    with pytest.raises(ValueError, match="invalid literal"):
+        for v in parallel.stream_results(client, int, tasks, max_in_flight=2, progress=False):
+            got.append(v)
+    assert set(got) <= {1, 2, 4} and 5 not in got and 6 not in got
+
+
+def test_worker_cache_builds_once_per_worker(client) -> None:
+    futures = [client.submit(parallel.worker_cached, ("pid",), os.getpid, pure=False) for _ in range(12)]
+    values = client.gather(futures)
+    pids = set(client.run(os.getpid).values())
+    assert set(values) <= pids
+    loads = client.run(parallel.cache_loads)
+    assert all(v.get(repr(("pid",)), 0) <= 1 for v in loads.values())
+    assert sum(v.get(repr(("pid",)), 0) for v in loads.values()) == len(set(values))
+
+
+def _wait_for(path: Path, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > end:
+            raise TimeoutError(f"{path} did not appear")
+        time.sleep(0.2)
+
+
+def test_predict_through_an_external_scheduler(tmp_path: Path) -> None:
+    model = make_model(tmp_path / "model")
+    img = write_raster(tmp_path / "img.tif", smooth_image(160, 224).astype(np.uint8), nodata=0)
+    sched_file = tmp_path / "scheduler.json"
+    common = dict(cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)], **common)]
+    try:
+        _wait_for(sched_file)
+        for _ in range(2):
+            procs.append(subprocess.Popen([str(DASK), "worker", "--scheduler-file", str(sched_file),
+                                           "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"], **common))
+        address = json.loads(sched_file.read_text())["address"]
+        with Client(address) as c:
+            c.wait_for_workers(2, timeout=60)
+        res = predict_raster(img, tmp_path / "out.tif", model=model, window=64, overlap=16,
+                             windows_per_task=1, scheduler=address, progress=False)
+        assert res.windows_run == 3 * 5  # one window per task
+        with rasterio.open(res.output) as ds:
+            values = ds.read(1)
+            assert ds.crs.to_epsg() == 32632 and ds.nodata == 255
+        assert values.max() <= 254 and values.std() > 0
+        with Client(address) as c:
+            loads = c.run(parallel.cache_loads)
+        model_loads = [n for per_worker in loads.values() for k, n in per_worker.items() if "model" in k]
+        assert model_loads and all(n == 1 for n in model_loads)  # once per worker, not per task
+    finally:
+        for p in reversed(procs):  # workers first, then the scheduler
+            p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

@@ -1,0 +1,396 @@
+"""predict_raster end to end on tiny real GeoTIFFs, a real U-Net and real Dask clusters.
+
+One 2-worker LocalCluster is shared by the module (``scheduler=`` its address); the tests that
+are about worker counts start their own clusters.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+from rio_cogeo.cogeo import cog_validate
+
+from pipeline import parallel
+from pipeline.model import ModelConfig, build_unet, save_model
+from pipeline.predict import default_output_path, predict_raster
+from pipeline.raster import RasterError
+from pipeline.windows import axis_offsets
+
+BANDS = ["red", "green", "blue", "nir"]
+MEAN = [90.0, 100.0, 110.0, 120.0]
+STD = [40.0, 45.0, 50.0, 55.0]
+TRANSFORM = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 5400000.0)
+CRS = "EPSG:32632"
+
+
+# ----------------------------------------------------------------------------------- helpers
+def make_model(folder: Path, mean: list[float] = MEAN, std: list[float] = STD, seed: int = 0) -> Path:
+    """A small random-weight U-Net model folder (resnet18 encoder, 4 bands)."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(encoder="resnet18", bands=BANDS, mean=mean, std=std, chip_size=64)
+    return save_model(build_unet(cfg), cfg, folder)
+
+
+def smooth_image(height: int, width: int, bands: int = 4) -> np.ndarray:
+    """A smooth, road-free test scene in 1..255 (so seams can only come from the windows)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = [110 + 70 * np.sin(xx / 17 + b) * np.cos(yy / 23 - b) + 0.1 * xx for b in range(bands)]
+    return np.clip(np.stack(img), 1, 255)
+
+
+def write_raster(
+    path: Path,
+    data: np.ndarray,
+    *,
+    nodata: float | None = None,
+    crs: str | None = CRS,
+    transform: Affine = TRANSFORM,
+    mask: np.ndarray | None = None,
+    **extra,
+) -> Path:
+    count, height, width = data.shape
+    profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name,
+                   crs=crs, transform=transform, nodata=nodata, photometric="MINISBLACK", **extra)
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data)
+        ds.descriptions = tuple(BANDS[:count]) if count <= 4 else tuple(None for _ in range(count))
+        if mask is not None:
+            ds.write_mask(mask.astype(np.uint8) * 255)
+    return path
+
+
+def read(path: Path) -> tuple[np.ndarray, dict]:
+    with rasterio.open(path) as ds:
+        return ds.read(1), dict(ds.profile, scales=ds.scales, descriptions=ds.descriptions,
+                                tags=ds.tags(), overviews=ds.overviews(1))
+
+
+def valid_mask(path: Path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.dataset_mask() > 0
+
+
+def seam_ratio(p: np.ndarray, positions: list[int], axis: int) -> float:
+    """Largest jump across the given pixel boundaries, relative to the jumps around them.
+
+    ``positions`` are indices k of boundaries between pixel k-1 and k along ``axis``.
+    """
+    profile = p.astype(np.float64).mean(axis=1 - axis)  # pixel noise averages out, a seam not
+    d = np.abs(np.diff(profile))
+    worst = 0.0
+    for k in positions:
+        j = k - 1  # d[j] = |p[k] - p[k-1]|
+        around = np.r_[d[max(0, j - 6) : j - 1], d[j + 2 : j + 7]]
+        worst = max(worst, d[j] / np.median(around))
+    return worst
+
+
+# ---------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model(tmp_path_factory.mktemp("model") / "unet")
+
+
+@pytest.fixture(scope="module")
+def scheduler() -> str:
+    with parallel.local_cluster(2, "cpu") as client:
+        yield client.scheduler.address
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """320 x 448 uint8, nodata 0 over a wedge and a fully empty strip on the left."""
+    img = smooth_image(320, 448).astype(np.uint8)
+    yy, xx = np.mgrid[0:320, 0:448]
+    img[:, (xx < 90) | (yy > 2 * xx + 150)] = 0
+    return write_raster(tmp_path_factory.mktemp("scene") / "scene.tif", img, nodata=0, tiled=True,
+                        blockxsize=64, blockysize=64, compress="deflate")
+
+
+# --------------------------------------------------------------------------------- the tests
+def test_output_is_a_cog_on_the_input_grid_with_exact_nodata(scene, model_dir, scheduler, tmp_path) -> None:
+    out = tmp_path / "scene_roads.tif"
+    res = predict_raster(scene, out, model=model_dir, window=64, overlap=16, scheduler=scheduler,
+                         block_size=256, progress=False)
+    assert res.output == out and out.exists() and res.vectors is None
+    values, prof = read(out)
+    with rasterio.open(scene) as src:
+        assert (prof["crs"], prof["transform"], prof["width"], prof["height"]) == (
+            src.crs, src.transform, src.width, src.height)
+    assert prof["dtype"] == "uint8" and prof["nodata"] == 255
+    invalid = ~valid_mask(scene)
+    assert ((values == 255) == invalid).all()  # nodata exactly where the input is
+    assert values[~invalid].max() <= 254
+    assert prof["scales"] == pytest.approx((1 / 254,))
+    assert prof["descriptions"] == ("road_probability",)
+    assert prof["tags"]["model"] == str(model_dir) and prof["tags"]["threshold"] == "0.5"
+    assert prof["tags"]["scale"] == "1/254"
+    assert prof["compress"] == "deflate" and prof["tiled"]
+    assert prof["overviews"]  # a COG with overviews
+    is_valid, errors, _warnings = cog_validate(str(out))
+    assert is_valid and not errors
+    # windows lying wholly in the empty strip were skipped, the others ran
+    rows, cols = axis_offsets(320, 64, 16), axis_offsets(448, 64, 16)
+    empty = sum(1 for r in rows for c in cols if invalid[r : r + 64, c : c + 64].all())
+    assert empty > 0 and res.windows_skipped == empty
+    assert res.windows_run + res.windows_skipped == len(rows) * len(cols)
+    assert res.mpix_per_s > 0
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp files gone
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def test_float32_output_matches_uint8_and_honours_nodata(scene, model_dir, scheduler, tmp_path) -> None:
+    u8 = predict_raster(scene, tmp_path / "u8.tif", model=model_dir, window=64, overlap=16,
+                        scheduler=scheduler, progress=False).output
+    f32 = predict_raster(scene, tmp_path / "f32.tif", model=model_dir, window=64, overlap=16,
+                         scheduler=scheduler, dtype="float32", progress=False).output
+    q, _ = read(u8)
+    p, prof = read(f32)
+    assert prof["dtype"] == "float32" and np.isnan(prof["nodata"])
+    invalid = ~valid_mask(scene)
+    assert (np.isnan(p) == invalid).all()
+    assert np.nanmin(p) >= 0 and np.nanmax(p) <= 1
+    assert np.abs(np.rint(p[~invalid] * 254) - q[~invalid]).max() <= 1
+    assert np.nanstd(p) > 1e-3  # a real, varying prediction
+
+
+def test_pixels_do_not_depend_on_workers_block_size_or_task_size(model_dir, tmp_path) -> None:
+    img = write_raster(tmp_path / "img.tif", smooth_image(256, 320).astype(np.uint8))
+    a = predict_raster(img, tmp_path / "a.tif", model=model_dir, window=64, overlap=16, workers=1,
+                       device="cpu", block_size=256, windows_per_task=1, progress=False)
+    b = predict_raster(img, tmp_path / "b.tif", model=model_dir, window=64, overlap=16, workers=3,
+                       device="cpu", block_size=512, windows_per_task=5, batch_size=3, progress=False)
+    va, _ = read(a.output)
+    vb, _ = read(b.output)
+    diff = np.abs(va.astype(int) - vb.astype(int))
+    assert diff.max() <= 1
+    assert (diff == 0).mean() > 0.99
+
+
+def test_no_seams_at_window_or_block_edges(model_dir, scheduler, tmp_path) -> None:
+    yy, xx = np.mgrid[0:320, 0:320]
+    ramp = np.broadcast_to(200 + 0.05 * xx + 0.05 * yy, (4, 320, 320))  # no edges of its own
+    img = write_raster(tmp_path / "ramp.tif", ramp.astype(np.uint8))
+    kw = dict(model=model_dir, window=64, scheduler=scheduler, block_size=256, dtype="float32", progress=False)
+    # control: without overlap the window edges show (so the measure can see a seam) ...
+    p0, _ = read(predict_raster(img, tmp_path / "hard.tif", overlap=0, **kw).output)
+    edges0 = axis_offsets(320, 64, 0)[1:]
+    assert seam_ratio(p0, edges0, axis=1) > 3.0
+    # ... with blending, no boundary (window starts and ends, the block edge at 256) stands out
+    p1, _ = read(predict_raster(img, tmp_path / "soft.tif", overlap=32, **kw).output)
+    offs = axis_offsets(320, 64, 32)
+    boundaries = sorted(set(offs[1:]) | {o + 64 for o in offs[:-1]} | {256})
+    for axis in (0, 1):
+        assert seam_ratio(p1, boundaries, axis=axis) < 1.6
+
+
+def test_existing_output_is_not_overwritten(scene, model_dir, tmp_path) -> None:
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"keep me")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        predict_raster(scene, out, model=model_dir, window=64, progress=False)
+    assert out.read_bytes() == b"keep me"
+    vec = tmp_path / "roads.gpkg"
+    vec.write_bytes(b"keep me too")
+    with pytest.raises(FileExistsError, match="roads.gpkg"):
+        predict_raster(scene, tmp_path / "new.tif", model=model_dir, window=64, vectors=vec, progress=False)
+    assert not (tmp_path / "new.tif").exists()
+
+
+def test_failed_run_leaves_no_output_and_keeps_the_old_one(model_dir, scheduler, tmp_path) -> None:
+    """A read error in a late window (a corrupted tile) fails the run mid-way."""
+    img = write_raster(tmp_path / "broken.tif", smooth_image(256, 256).astype(np.uint8), tiled=True,
+                       blockxsize=64, blockysize=64, compress="deflate")
+    with rasterio.open(img) as ds:
+        offset = int(ds.get_tag_item("BLOCK_OFFSET_3_3", "TIFF", bidx=1))
+        size = int(ds.get_tag_item("BLOCK_SIZE_3_3", "TIFF", bidx=1))
+    with open(img, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\x00garbage" * (size // 8))
+    out = tmp_path / "out.tif"
+    with pytest.raises(RasterError, match=r"broken\.tif: cannot read"):
+        predict_raster(img, out, model=model_dir, window=64, overlap=16, scheduler=scheduler,
+                       block_size=256, windows_per_task=1, progress=False)
+    assert not out.exists()
+    out.write_bytes(b"previous result")
+    with pytest.raises(RasterError, match=r"broken\.tif: cannot read"):
+        predict_raster(img, out, model=model_dir, window=64, overlap=16, scheduler=scheduler,
+                       overwrite=True, progress=False)
+    assert out.read_bytes() == b"previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.tif", "out.tif"]
+
+
+def test_killed_run_leaves_no_output(model_dir, scheduler, tmp_path) -> None:
+    """SIGKILL the predicting process mid-run: nothing may appear under the output name."""
+    img = write_raster(tmp_path / "big.tif", smooth_image(512, 512).astype(np.uint8))
+    out = tmp_path / "out.tif"
+    code = ("from pipeline.predict import predict_raster; "
+            f"predict_raster({str(img)!r}, {str(out)!r}, model={str(model_dir)!r}, window=64, "
+            f"overlap=16, scheduler={scheduler!r}, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.name.startswith(".out.tif.") for p in tmp_path.iterdir()):  # staging began
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the run never started writing"
+            time.sleep(0.05)
+        time.sleep(0.5)  # some blocks are being written now
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+
+
+def test_read_window_fast_path_equals_boundless_read(scene, tmp_path) -> None:
+    from pipeline import raster
+
+    alpha = smooth_image(100, 120).astype(np.uint8)
+    rgba = write_raster(tmp_path / "rgba.tif", np.concatenate([alpha[:3], np.where(alpha[3:] > 150, 255, 0)]))
+    with rasterio.open(rgba, "r+") as ds:
+        ds.colorinterp = [rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green,
+                          rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.alpha]
+    for path, bands in ((scene, 4), (rgba, 3)):
+        invalid = 0
+        with raster.open_reader(path) as reader:
+            for col, row, w, h in [(0, 0, 64, 64), (30, 20, 64, 50), (-10, 5, 64, 64), (90, 80, 64, 64)]:
+                fast = raster.read_window(reader, col, row, w, h)
+                slow = reader.read(col, row, w, h)
+                assert fast[0].shape == slow[0].shape == (bands, h, w)  # alpha is a mask, not data
+                assert (fast[0] == slow[0]).all() and (fast[1] == slow[1]).all()
+                invalid += int((~fast[1]).sum())
+        assert invalid > 0
+
+
+def test_band_count_mismatch_is_a_clear_error(model_dir, tmp_path) -> None:
+    img = write_raster(tmp_path / "rgb.tif", smooth_image(64, 64, bands=3).astype(np.uint8))
+    with pytest.raises(RasterError, match=r"rgb\.tif.*3 band.*expects 4"):
+        predict_raster(img, tmp_path / "o.tif", model=model_dir, window=64, progress=False)
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_normalisation_uses_the_models_stats_for_any_input_dtype(model_dir, scheduler, tmp_path) -> None:
+    """uint8 data with (mean, std) and float32 data a*x+b with (a*mean+b, a*std) see the same
+    normalised input, so they must predict the same; uint16 likewise."""
+    base = smooth_image(96, 96).astype(np.uint8)
+    ref = predict_raster(write_raster(tmp_path / "u8.tif", base), tmp_path / "ref.tif", model=model_dir,
+                         window=64, overlap=16, scheduler=scheduler, progress=False).output
+    scaled_model = make_model(tmp_path / "scaled", mean=[m * 10 + 5 for m in MEAN], std=[s * 10 for s in STD])
+    f32 = write_raster(tmp_path / "f32.tif", base.astype(np.float32) * 10 + 5)
+    u16 = write_raster(tmp_path / "u16.tif", base.astype(np.uint16) * 10 + 5)
+    r, _ = read(ref)
+    for img in (f32, u16):
+        out = predict_raster(img, tmp_path / f"{img.stem}_o.tif", model=scaled_model, window=64,
+                             overlap=16, scheduler=scheduler, progress=False).output
+        v, _ = read(out)
+        assert np.abs(v.astype(int) - r.astype(int)).max() <= 1
+    # and a model with other stats does see a different input
+    other = make_model(tmp_path / "other", mean=[0.0] * 4, std=[1.0] * 4)
+    v, _ = read(predict_raster(f32, tmp_path / "other.tif", model=other, window=64, overlap=16,
+                               scheduler=scheduler, progress=False).output)
+    assert np.abs(v.astype(int) - r.astype(int)).max() > 1
+
+
+def test_masked_pixels_are_hidden_from_the_model(model_dir, scheduler, tmp_path) -> None:
+    """A per-dataset mask: what lies under it must not change any valid pixel's prediction."""
+    base = smooth_image(128, 128).astype(np.uint8)
+    mask = np.ones((128, 128), bool)
+    mask[40:70, 30:90] = False
+    other = base.copy()
+    other[:, ~mask] = 255 - other[:, ~mask]  # different garbage under the mask
+    outs = []
+    for name, data in (("a", base), ("b", other)):
+        img = write_raster(tmp_path / f"{name}.tif", data, mask=mask)
+        outs.append(read(predict_raster(img, tmp_path / f"{name}_o.tif", model=model_dir, window=64,
+                                        overlap=16, scheduler=scheduler, progress=False).output)[0])
+    assert ((outs[0] == 255) == ~mask).all()
+    assert np.abs(outs[0].astype(int) - outs[1].astype(int)).max() <= 1
+
+
+def test_raster_without_crs_warns_and_output_has_none(model_dir, scheduler, tmp_path) -> None:
+    img = write_raster(tmp_path / "nocrs.tif", smooth_image(64, 96).astype(np.uint8), crs=None)
+    with pytest.warns(UserWarning, match="no CRS"):
+        out = predict_raster(img, tmp_path / "o.tif", model=model_dir, window=64, overlap=16,
+                             scheduler=scheduler, progress=False).output
+    _, prof = read(out)
+    assert prof["crs"] is None and prof["transform"] == TRANSFORM
+
+
+def test_raster_smaller_than_a_window(model_dir, scheduler, tmp_path) -> None:
+    data = smooth_image(40, 50).astype(np.uint8)
+    data[:, :5, :5] = 0
+    img = write_raster(tmp_path / "tiny.tif", data, nodata=0)
+    res = predict_raster(img, tmp_path / "o.tif", model=model_dir, window=128, overlap=16,
+                         scheduler=scheduler, progress=False)
+    v, prof = read(res.output)
+    assert (prof["height"], prof["width"]) == (40, 50) and res.windows_run == 1
+    assert (v[:5, :5] == 255).all() and (v[5:, 5:] < 255).all()
+
+
+def test_vrt_input_predicts_like_its_source(scene, model_dir, scheduler, tmp_path) -> None:
+    with rasterio.open(scene) as ds:
+        w, h = ds.width, ds.height
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><NoDataValue>0</NoDataValue><SimpleSource>'
+        f'<SourceFilename relativeToVRT="0">{scene}</SourceFilename><SourceBand>{b}</SourceBand>'
+        f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/><DstRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
+        "</SimpleSource></VRTRasterBand>"
+        for b in range(1, 5)
+    )
+    gt = ", ".join(str(v) for v in TRANSFORM.to_gdal())
+    vrt = tmp_path / "scene.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}"><SRS>{CRS}</SRS>'
+                   f"<GeoTransform>{gt}</GeoTransform>{bands}</VRTDataset>")
+    kw = dict(model=model_dir, window=64, overlap=16, scheduler=scheduler, progress=False)
+    a, _ = read(predict_raster(vrt, tmp_path / "vrt_o.tif", **kw).output)
+    b, prof = read(predict_raster(scene, tmp_path / "tif_o.tif", **kw).output)
+    assert prof["crs"] == rasterio.crs.CRS.from_string(CRS)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_tta_makes_prediction_flip_equivariant(model_dir, scheduler, tmp_path) -> None:
+    base = np.random.default_rng(1).integers(1, 255, (4, 64, 64)).astype(np.uint8)
+    flipped = base[:, :, ::-1].copy()
+    outs = {}
+    for tta in (False, True):
+        for name, data in (("base", base), ("flip", flipped)):
+            img = write_raster(tmp_path / f"{name}.tif", data)
+            out = predict_raster(img, tmp_path / f"{name}_{tta}.tif", model=model_dir, window=64,
+                                 overlap=0, scheduler=scheduler, tta=tta, dtype="float32", overwrite=True, progress=False).output
+            outs[name, tta] = read(out)[0]
+    err_plain = np.abs(outs["flip", False][:, ::-1] - outs["base", False]).max()
+    err_tta = np.abs(outs["flip", True][:, ::-1] - outs["base", True]).max()
+    assert err_tta < 1e-4 < err_plain
+
+
+def test_vectors_are_written_as_linestrings(scene, model_dir, scheduler, tmp_path) -> None:
+    import geopandas as gpd
+
+    vec = tmp_path / "roads.gpkg"
+    res = predict_raster(scene, tmp_path / "o.tif", model=model_dir, window=64, overlap=16,
+                         scheduler=scheduler, vectors=vec, progress=False)
+    assert res.vectors == vec
+    roads = gpd.read_file(vec, layer="roads")
+    assert len(roads) > 0 and set(roads.geom_type) == {"LineString"}
+    assert "length_m" in roads and (roads["length_m"] > 0).all()
+    assert roads.crs.to_epsg() == 32632
+
+
+def test_default_output_path() -> None:
+    assert default_output_path(Path("/data/region.tif")) == Path("/data/region_roads.tif")
