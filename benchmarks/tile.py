@@ -24,7 +24,7 @@ from shapely import affinity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import DataParams, SynthParams, TileParams  # noqa: E402
+from pipeline.config import SynthParams  # noqa: E402
 from pipeline.datasets import Normalisation, SegmentationChips, read_stats  # noqa: E402
 from pipeline.raster import raster_info  # noqa: E402
 from pipeline.synth import generate_scene  # noqa: E402
@@ -91,15 +91,16 @@ def mosaic_vrt(src: Path, roads: Path, n: int, out: Path) -> tuple[Path, Path]:
 
 def run_tile_subprocess(image: Path, roads: Path, out: Path, workers: int) -> tuple[float, int, int]:
     """Tile one scene in a child process; returns (seconds, peak RSS bytes, chips)."""
+    root = str(Path(__file__).resolve().parents[1])
     code = (
-        "import sys, json; sys.path.insert(0, %r)\n"
+        f"import sys, json; sys.path.insert(0, {root!r})\n"
         "from pipeline.config import DataParams, TileParams\n"
         "from pipeline.tiling import run_tile\n"
-        "d = DataParams(scenes=[{'name': 'scene', 'image': %r, 'roads': %r}])\n"
-        "t = TileParams(out_dir=%r, chip_size=256, stride=256, split={'block_size_m': 1024})\n"
-        "s = run_tile(d, t, workers=%d, progress=False)\n"
+        f"d = DataParams(scenes=[{{'name': 'scene', 'image': {str(image)!r}, 'roads': {str(roads)!r}}}])\n"
+        f"t = TileParams(out_dir={str(out)!r}, chip_size=256, stride=256, split={{'block_size_m': 1024}})\n"
+        f"s = run_tile(d, t, workers={workers}, progress=False)\n"
         "print(json.dumps(s['counts']))\n"
-    ) % (str(Path(__file__).resolve().parents[1]), str(image), str(roads), str(out), workers)
+    )
     t0 = time.perf_counter()
     with PeakRSS() as rss:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

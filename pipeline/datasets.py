@@ -98,7 +98,7 @@ class SegmentationChips(Dataset):
     ) -> None:
         index = read_chip_index(chips_dir)
         rows = index[index["split"] == split].sort_values(["scene", "array_index"])
-        self.items = list(zip(rows["scene"], rows["array_index"].astype(int)))
+        self.items = list(zip(rows["scene"], rows["array_index"].astype(int), strict=True))
         self.arrays = ChipArrays(chips_dir)
         self.norm = norm
         self.augment = augment

@@ -87,7 +87,7 @@ def _use_transposed_upsampling(model: nn.Module) -> None:
     encoder_channels = list(model.encoder.out_channels)[1:][::-1]
     in_channels = [encoder_channels[0], *DECODER_CHANNELS[:-1]]
     model.decoder.blocks = nn.ModuleList(
-        TransposedUpBlock(block, ch) for block, ch in zip(model.decoder.blocks, in_channels)
+        TransposedUpBlock(block, ch) for block, ch in zip(model.decoder.blocks, in_channels, strict=True)
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,12 @@ def raster_info(path: str | Path) -> RasterInfo:
     path = Path(path)
     with _open(path) as ds:
         alpha = any(ci == ColorInterp.alpha for ci in ds.colorinterp)
+        if alpha:
+            warnings.warn(
+                f"{path}: a band is flagged as alpha and is used as a mask, not as data; if it is a "
+                "spectral band (e.g. NIR), unflag it: gdal_edit.py -colorinterp_4 undefined",
+                stacklevel=2,
+            )
         per_dataset = any(
             rasterio.enums.MaskFlags.per_dataset in flags and rasterio.enums.MaskFlags.nodata not in flags
             for flags in ds.mask_flag_enums
@@ -146,6 +153,7 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     tmp = _atomic_target(path)
     try:
         yield tmp
+        os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp, path)
     finally:
         if tmp.exists():

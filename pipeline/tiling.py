@@ -22,7 +22,13 @@ from affine import Affine
 
 from pipeline import raster
 from pipeline.config import DataParams, SceneSource, TileParams
-from pipeline.splits import ChipWindow, assign_blocks, block_grid, chips_in_blocks, whole_scene_chips
+from pipeline.splits import (
+    ChipWindow,
+    assign_blocks,
+    block_grid,
+    chips_in_blocks,
+    whole_scene_chips,
+)
 
 log = logging.getLogger(__name__)
 

@@ -360,7 +360,7 @@ def _log_figures(history: list[dict], model: nn.Module, val_ds: SegmentationChip
             axes[i, 0].imshow(rgb)
             axes[i, 1].imshow(y[0].numpy(), cmap="gray")
             axes[i, 2].imshow(prob, cmap="magma", vmin=0, vmax=1)
-            for a, t in zip(axes[i], ("image", "truth", "probability")):
+            for a, t in zip(axes[i], ("image", "truth", "probability"), strict=True):
                 a.set_title(t)
                 a.axis("off")
     registry.log_figure(fig, "val_samples.png")

@@ -4,7 +4,14 @@ import itertools
 
 import pytest
 
-from pipeline.splits import ChipWindow, assign_blocks, block_grid, chips_in_blocks, overlaps, whole_scene_chips
+from pipeline.splits import (
+    ChipWindow,
+    assign_blocks,
+    block_grid,
+    chips_in_blocks,
+    overlaps,
+    whole_scene_chips,
+)
 
 
 def _plan(height=1000, width=900, block_px=256, gap_px=0, chip=64, stride=32, seed=0):

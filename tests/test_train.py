@@ -54,7 +54,7 @@ def test_dataset_applies_one_dihedral_transform_to_image_mask_and_valid(chips_di
                    and np.allclose(dihedral(x0.numpy(), k), x1.numpy(), atol=1e-5)]
         assert matches, f"chip {i}: augmented chip is no dihedral transform of the original"
     # nodata pixels are zero after normalisation and flagged invalid
-    x, y, v = next((plain[i] for i in range(len(plain)) if plain[i][2].min() == 0))
+    x, y, v = next(plain[i] for i in range(len(plain)) if plain[i][2].min() == 0)
     assert torch.all(x[:, v[0] == 0] == 0)
 
 
