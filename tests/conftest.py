@@ -17,8 +17,13 @@ BANDS = ["red", "green", "blue", "nir"]
 
 @pytest.fixture(autouse=True)
 def _no_outside_mlflow(monkeypatch):
-    """Tests never write to a tracking server or store named by the developer's environment."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    """Tests never write to a tracking server or store named by the developer's environment.
+
+    mlflow.set_tracking_uri/set_registry_uri also export these variables, so without this a
+    URI set by one test would leak into the next.
+    """
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(var, raising=False)
 
 
 def make_scene(folder: Path, name: str, seed: int, size: int = 256, origin=(500000.0, 5400000.0)) -> dict:

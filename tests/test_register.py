@@ -81,7 +81,8 @@ def _check_registry_flow(params, release: Path, env: dict) -> None:
         "assert y.shape == (1, 1, 64, 64) and 0 <= y.min() <= y.max() <= 1\n"
         "print('ok')\n"
     )
-    env = {**env, "MLFLOW_TRACKING_URI": registry.tracking_uri(params.register.tracking_uri)}
+    env = {k: v for k, v in env.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = registry.tracking_uri(params.register.tracking_uri)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
