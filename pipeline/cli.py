@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, Params, load_params
+from pipeline.config import ConfigError, Params, PredictParams, RegisterParams, load_params
 
 EVALUATED_MODEL_DIR = Path("models/release")
 
@@ -77,12 +77,10 @@ def cmd_register(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from pipeline.predict import default_output_path, predict_raster
 
+    # predict works without a params.yaml (a user's own folder): then the defaults apply
     p = _params(args) if Path(args.params).exists() else None
-    d = p.predict if p else None
-    from pipeline.config import PredictParams
-
-    d = d or PredictParams()
-    tracking_default = p.register.tracking_uri if p else "sqlite:///mlflow.db"
+    d = p.predict if p else PredictParams()
+    tracking_default = p.register.tracking_uri if p else RegisterParams().tracking_uri
     result = predict_raster(
         Path(args.image),
         Path(args.output) if args.output else default_output_path(Path(args.image)),

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -188,9 +189,9 @@ def tile_scene(
     result.band_sumsq = np.zeros(info.count, np.float64)
     try:
         with raster.open_reader(scene.image) as img_reader:
-            label_reader = raster.open_reader(scene.labels) if scene.labels else None
-            lc_reader = raster.open_reader(scene.landcover) if scene.landcover else None
-            with label_reader or _null() as labels, lc_reader or _null() as landcover:
+            label_reader = raster.open_reader(scene.labels) if scene.labels else nullcontext()
+            lc_reader = raster.open_reader(scene.landcover) if scene.landcover else nullcontext()
+            with label_reader as labels, lc_reader as landcover:
                 for chip in chips:
                     image, valid = img_reader.read(chip.col_off, chip.row_off, size, size)
                     if labels is not None:
@@ -202,7 +203,7 @@ def tile_scene(
                         continue
                     win_transform = info.transform @ Affine.translation(chip.col_off, chip.row_off)
                     if roads is not None:
-                        road = burn_roads(roads, win_transform, (size, size))
+                        road = vectors.burn_mask(roads, win_transform, (size, size))
                     else:
                         road = (label[0] == 1).astype(np.uint8)
                     mask = np.where(valid, road, MASK_NODATA).astype(np.uint8)
@@ -241,20 +242,6 @@ def tile_scene(
     return result
 
 
-def burn_roads(roads, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
-    from pipeline import vectors
-
-    return vectors.burn_mask(roads, transform, shape)
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _window_bounds(transform: Affine, size: int) -> tuple[float, float, float, float]:
     x0, y0 = transform @ (0, 0)
     x1, y1 = transform @ (size, size)
@@ -265,6 +252,7 @@ def _window_bounds(transform: Affine, size: int) -> tuple[float, float, float, f
 def run_tile(data: DataParams, tile: TileParams, *, workers: int | None = None, progress: bool = True) -> dict:
     """Tile every scene; write chip arrays, ``index.gpkg`` and ``stats.json``; return the stats."""
     import geopandas as gpd
+    import pandas as pd
     from shapely.geometry import box
 
     from pipeline.parallel import map_tasks
@@ -298,7 +286,7 @@ def run_tile(data: DataParams, tile: TileParams, *, workers: int | None = None, 
             crs=infos[res.scene].crs,
         )
         frames.append(gdf.to_crs(first_crs))
-    index = gpd.GeoDataFrame(pd_concat(frames), crs=first_crs)
+    index = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=first_crs)
     write_index(index, tile.index_path)
 
     classes = _landcover_classes(data)
@@ -323,12 +311,6 @@ def run_tile(data: DataParams, tile: TileParams, *, workers: int | None = None, 
     return stats
 
 
-def pd_concat(frames):
-    import pandas as pd
-
-    return pd.concat(frames, ignore_index=True)
-
-
 def write_index(index, path: Path) -> None:
     """Write the chip index GeoPackage atomically and reproducibly (fixed GeoPackage timestamp)."""
     tmp = path.with_name(f".{path.stem}.part{path.suffix}")
@@ -343,10 +325,3 @@ def _landcover_classes(data: DataParams) -> list[str]:
         if scene.landcover is not None:
             return raster.landcover_classes(scene.landcover)
     return []
-
-
-def read_stats(tile: TileParams) -> dict:
-    path = tile.stats_path
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no chip statistics; run `pipeline tile` first")
-    return json.loads(path.read_text())

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -28,7 +29,14 @@ from pipeline import registry
 from pipeline.config import PretrainParams, RegisterParams, TileParams, TrainParams
 from pipeline.datasets import Normalisation, SegmentationChips, read_stats
 from pipeline.metrics import Confusion
-from pipeline.model import ModelConfig, build_unet, pick_device, save_model
+from pipeline.model import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    ModelConfig,
+    build_unet,
+    pick_device,
+    save_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -283,11 +291,13 @@ def run_train(
 
 def _publish(best_dir: Path, out_dir: Path, history: list[dict], run_id: str) -> dict:
     """Copy the best model to the stage output and write DVC metrics/plots."""
-    from pipeline.model import load_model
-
-    model, config = load_model(best_dir)
-    save_model(model, config, out_dir)
-    (Path(out_dir) / "run.json").write_text(json.dumps({"mlflow_run_id": run_id}))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        tmp = out_dir / f".{name}.part"
+        shutil.copyfile(best_dir / name, tmp)
+        os.replace(tmp, out_dir / name)
+    (out_dir / "run.json").write_text(json.dumps({"mlflow_run_id": run_id}))
     best = max(history, key=lambda r: r["val_iou"])
     metrics = {
         "best_epoch": best["epoch"],
