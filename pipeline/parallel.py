@@ -1,6 +1,7 @@
 """The one module that imports dask: clusters, task mapping, per-worker caches.
 
-``map_tasks`` runs a list of independent tasks (tile stage). Predict uses ``cluster_client``
+``map_ordered`` runs tasks in order with a bounded number in flight (tile stage; ``map_tasks``
+is its simpler all-at-once form). Predict uses ``cluster_client``
 (a sized LocalCluster, or an existing scheduler), ``stream_results`` (bounded in-flight
 submission, results as they finish) and ``worker_cached`` (the model once per worker).
 
@@ -48,6 +49,87 @@ def map_tasks(
                     results[order[fut.key]] = fut.result()
                     bar.update(1)
     return results
+
+
+def map_ordered(
+    fn: Callable[..., Any],
+    tasks: Iterable[tuple],
+    *,
+    workers: int = 2,
+    client: Any = None,
+    max_in_flight: int | None = None,
+    total: int | None = None,
+    weight: Callable[[tuple], int] | None = None,
+    desc: str = "",
+    unit: str = "task",
+    progress: bool = True,
+) -> Iterator[Any]:
+    """Yield ``fn(*task)`` for every task, in task order.
+
+    On ``client`` when given; else on a local cluster of ``workers`` processes with one
+    thread each, started here; with one worker, in this process one task after another.
+    ``tasks`` is pulled lazily, and at most ``max_in_flight`` tasks (default: twice the
+    cluster's threads) are submitted and not yet yielded at any time: a task is submitted only
+    once it is fewer than ``max_in_flight`` places ahead of the next result to yield. Unlike
+    ``stream_results`` (results as they finish), a slow task then stalls submission instead of
+    letting finished results pile up behind it, so the reorder buffer is bounded too and
+    memory does not grow with the number of tasks. The first failing task in task order
+    cancels the rest and its exception is raised here. The progress bar counts
+    ``weight(task)`` per task (e.g. chips) out of ``total``.
+    """
+    from tqdm import tqdm
+
+    with contextlib.ExitStack() as stack:
+        if client is None and workers > 1:
+            from distributed import Client, LocalCluster
+
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    env=_WORKER_ENV_DEFAULTS,
+                )
+            )
+            client = stack.enter_context(Client(cluster))
+        if client is None:
+            pairs: Iterator[tuple[tuple, Any]] = ((task, fn(*task)) for task in tasks)
+        else:
+            pairs = _ordered_on(client, fn, tasks, max_in_flight or 2 * total_threads(client))
+        bar = stack.enter_context(tqdm(total=total, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True))
+        with contextlib.closing(pairs):
+            for task, result in pairs:
+                bar.update(weight(task) if weight else 1)
+                yield result
+
+
+def _ordered_on(client: Any, fn: Callable[..., Any], tasks: Iterable[tuple], max_in_flight: int) -> Iterator[tuple[tuple, Any]]:
+    """(task, result) in task order, keeping a window of at most ``max_in_flight`` futures."""
+    from collections import deque
+
+    it = iter(tasks)
+    window: deque[tuple[Any, tuple]] = deque()
+
+    def fill() -> None:
+        while len(window) < max(1, max_in_flight):
+            task = next(it, None)
+            if task is None:
+                return
+            window.append((client.submit(fn, *task, pure=False), task))
+
+    fill()
+    try:
+        while window:
+            fut, task = window[0]
+            result = fut.result()  # raises the task's exception
+            window.popleft()
+            fut.release()
+            fill()
+            yield task, result
+    finally:
+        if window:
+            client.cancel([f for f, _ in window])
 
 
 # ------------------------------------------------------------------------ clusters (predict)

@@ -2,8 +2,12 @@
 
 Each scene is read window by window (never whole); road masks are burned per chip from the
 vectors (reprojected and buffered in metres once per scene); chips with too much nodata are
-skipped; arrays are streamed to disk, so memory does not grow with the scene. The split is
-spatial (pipeline/splits.py). Output format: docs/formats.md.
+skipped. The work is Dask-parallel over scenes and windows: a task is a run of neighbouring
+chip windows of one scene (so one large scene keeps every worker busy); its chips come back to
+this process, which appends them to the scene's ``.npy`` files in task order, with a bounded
+number of tasks in flight. So memory does not grow with the scene, and the outputs are
+byte-identical whatever the number of workers. The split is spatial (pipeline/splits.py).
+Output format: docs/formats.md.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ import json
 import logging
 import os
 import shutil
-from contextlib import nullcontext
+from collections.abc import Iterable
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from affine import Affine
@@ -36,10 +42,26 @@ log = logging.getLogger(__name__)
 MASK_NODATA = 255
 LANDCOVER_UNKNOWN = 255
 INDEX_LAYER = "chips"
+CHIPS_PER_TASK = 16  # chips per Dask task: a 4096 px scene at 256 px chips is 16 tasks
 
 
 class TilingError(ValueError):
     """An input scene cannot be tiled; the message names the file."""
+
+
+@dataclass
+class ChipBatch:
+    """The chips one task cut from a run of neighbouring chip windows of one scene, in plan
+    order. Each train chip's band sums travel separately, so the client adds them chip by
+    chip in plan order: the statistics do not depend on how the chips were grouped."""
+
+    scene: str
+    images: np.ndarray  # (n, C, S, S), the scene dtype
+    masks: np.ndarray  # (n, S, S) uint8: 0 background, 1 road, MASK_NODATA
+    landcover: np.ndarray | None  # (n, S, S) uint8, LANDCOVER_UNKNOWN where nodata
+    rows: list[dict]  # index rows; array_index counts from 0 within the batch
+    train_sums: list[tuple[np.ndarray, np.ndarray, int]]  # (sum, sum of squares, pixels) per train chip
+    roads_loaded: bool = False  # this task built the scene's road polygons (not cached yet)
 
 
 @dataclass
@@ -52,6 +74,8 @@ class SceneTiles:
     band_sumsq: np.ndarray | None = None
     band_count: int = 0
     digest: str = ""
+    tasks: int = 0
+    roads_loads: int = 0
 
 
 # ----------------------------------------------------------------------------- validation
@@ -141,11 +165,15 @@ class _NpyStream:
         self.n = 0
         self.hash = hashlib.sha256()
 
-    def append(self, row: np.ndarray) -> None:
-        b = np.ascontiguousarray(row, dtype=self.dtype).tobytes()
-        self.fh.write(b)
-        self.hash.update(b)
-        self.n += 1
+    def extend(self, rows: np.ndarray) -> None:
+        """Append ``rows``, an array of shape (n, *row_shape)."""
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.row_shape:
+            raise ValueError(f"{self.path}: rows of shape {rows.shape[1:]}, expected {self.row_shape}")
+        raw = rows.reshape(-1).view(np.uint8)
+        self.fh.write(raw)
+        self.hash.update(raw)
+        self.n += len(rows)
 
     def finish(self) -> None:
         self.fh.close()
@@ -162,76 +190,138 @@ class _NpyStream:
         self.raw.unlink(missing_ok=True)
 
 
-def tile_scene(
+_ROADS: dict[tuple, Any] = {}  # this process's road polygons, one scene at a time
+ROADS_LOADS = 0  # how often this process built road polygons
+
+
+def scene_roads(scene: SceneSource, data: DataParams, info: raster.RasterInfo) -> tuple[Any, bool]:
+    """(road polygons of ``scene`` on its image grid, whether this call built them).
+
+    Reading, reprojecting and buffering a scene's vectors costs far more than burning one
+    chip, so each process builds them once per scene and its later tasks of that scene reuse
+    them. Tasks arrive in scene order, so one scene is held at a time. The key includes the
+    file's size and mtime: a file rewritten between two runs in one process is read again.
+    """
+    global ROADS_LOADS
+    from pipeline import vectors
+
+    stat = Path(scene.roads).stat()
+    key = (
+        str(scene.roads), stat.st_mtime_ns, stat.st_size, info.crs.to_wkt(), info.bounds,
+        data.width_attribute, data.default_half_width_m,
+    )
+    if key in _ROADS:
+        return _ROADS[key], False
+    _ROADS.clear()
+    _ROADS[key] = vectors.load_scene_roads(scene, data, info)
+    ROADS_LOADS += 1
+    return _ROADS[key], True
+
+
+def tile_chips(
     scene: SceneSource,
     chips: list[ChipWindow],
     info: raster.RasterInfo,
     data: DataParams,
     tile: TileParams,
-) -> SceneTiles:
-    """Cut one scene's chips into ``tile.out_dir``; returns its index rows and train band sums."""
+) -> ChipBatch:
+    """Read, label and filter a run of chip windows of one scene (one task of the stage).
+
+    Chips whose nodata fraction passes ``tile.max_nodata_fraction`` are dropped; the rest
+    come back in the order of ``chips``.
+    """
+    from pipeline import vectors
+
+    size = tile.chip_size
+    roads, loaded = scene_roads(scene, data, info) if scene.roads is not None else (None, False)
+    images: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    lcs: list[np.ndarray] = []
+    rows: list[dict] = []
+    train_sums: list[tuple[np.ndarray, np.ndarray, int]] = []
+    with raster.open_reader(scene.image) as img_reader:
+        label_reader = raster.open_reader(scene.labels) if scene.labels else nullcontext()
+        lc_reader = raster.open_reader(scene.landcover) if scene.landcover else nullcontext()
+        with label_reader as labels, lc_reader as landcover:
+            for chip in chips:
+                image, valid = raster.read_window(img_reader, chip.col_off, chip.row_off, size, size)
+                if labels is not None:
+                    # a label raster's own nodata is unknown ground truth: ignored like image nodata
+                    label, label_valid = raster.read_window(labels, chip.col_off, chip.row_off, size, size)
+                    valid &= label_valid
+                nodata_fraction = 1.0 - float(valid.mean())
+                if nodata_fraction > tile.max_nodata_fraction:
+                    continue
+                win_transform = info.transform @ Affine.translation(chip.col_off, chip.row_off)
+                if roads is not None:
+                    road = vectors.burn_mask(roads, win_transform, (size, size))
+                else:
+                    road = (label[0] == 1).astype(np.uint8)
+                mask = np.where(valid, road, MASK_NODATA).astype(np.uint8)
+                images.append(image)
+                masks.append(mask)
+                if landcover is not None:
+                    lc = raster.read_window(landcover, chip.col_off, chip.row_off, size, size)[0][0]
+                    lcs.append(np.where(valid, lc, LANDCOVER_UNKNOWN).astype(np.uint8))
+                if chip.split == "train":
+                    px = image.reshape(info.count, -1)[:, valid.ravel()].astype(np.float64)
+                    train_sums.append((px.sum(axis=1), (px * px).sum(axis=1), px.shape[1]))
+                n_valid = int(valid.sum())
+                rows.append(
+                    dict(
+                        chip_id=f"{scene.name}_{chip.row_off}_{chip.col_off}",
+                        scene=scene.name,
+                        array_index=len(rows),
+                        row_off=chip.row_off,
+                        col_off=chip.col_off,
+                        size=size,
+                        split=chip.split,
+                        road_fraction=float((mask == 1).sum()) / max(n_valid, 1),
+                        nodata_fraction=nodata_fraction,
+                        bounds=_window_bounds(win_transform, size),
+                    )
+                )
+
+    def stack(arrays: list[np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        return np.stack(arrays) if arrays else np.empty((0, *shape), dtype)
+
+    return ChipBatch(
+        scene=scene.name,
+        images=stack(images, (info.count, size, size), info.dtype),
+        masks=stack(masks, (size, size), np.uint8),
+        landcover=stack(lcs, (size, size), np.uint8) if scene.landcover is not None else None,
+        rows=rows,
+        train_sums=train_sums,
+        roads_loaded=loaded,
+    )
+
+
+def write_scene(scene: SceneSource, info: raster.RasterInfo, tile: TileParams, batches: Iterable[ChipBatch]) -> SceneTiles:
+    """Append one scene's chip batches, in the order given, to its ``.npy`` arrays in
+    ``tile.out_dir``; returns its index rows and train band sums (added chip by chip)."""
     out = Path(tile.out_dir)
     size = tile.chip_size
-    roads = None
-    if scene.roads is not None:
-        from pipeline import vectors
-
-        roads = vectors.load_scene_roads(scene, data, info)
     streams = {
         "images": _NpyStream(out / f"{scene.name}.images.npy", (info.count, size, size), np.dtype(info.dtype)),
         "masks": _NpyStream(out / f"{scene.name}.masks.npy", (size, size), np.uint8),
     }
     if scene.landcover is not None:
         streams["landcover"] = _NpyStream(out / f"{scene.name}.landcover.npy", (size, size), np.uint8)
-
-    result = SceneTiles(scene=scene.name)
-    result.band_sum = np.zeros(info.count, np.float64)
-    result.band_sumsq = np.zeros(info.count, np.float64)
+    result = SceneTiles(scene=scene.name, band_sum=np.zeros(info.count), band_sumsq=np.zeros(info.count))
     try:
-        with raster.open_reader(scene.image) as img_reader:
-            label_reader = raster.open_reader(scene.labels) if scene.labels else nullcontext()
-            lc_reader = raster.open_reader(scene.landcover) if scene.landcover else nullcontext()
-            with label_reader as labels, lc_reader as landcover:
-                for chip in chips:
-                    image, valid = img_reader.read(chip.col_off, chip.row_off, size, size)
-                    if labels is not None:
-                        # a label raster's own nodata is unknown ground truth: ignored like image nodata
-                        label, label_valid = labels.read(chip.col_off, chip.row_off, size, size)
-                        valid &= label_valid
-                    nodata_fraction = 1.0 - float(valid.mean())
-                    if nodata_fraction > tile.max_nodata_fraction:
-                        continue
-                    win_transform = info.transform @ Affine.translation(chip.col_off, chip.row_off)
-                    if roads is not None:
-                        road = vectors.burn_mask(roads, win_transform, (size, size))
-                    else:
-                        road = (label[0] == 1).astype(np.uint8)
-                    mask = np.where(valid, road, MASK_NODATA).astype(np.uint8)
-                    streams["images"].append(image)
-                    streams["masks"].append(mask)
-                    if landcover is not None:
-                        lc = landcover.read_band(1, chip.col_off, chip.row_off, size, size)
-                        streams["landcover"].append(np.where(valid, lc, LANDCOVER_UNKNOWN))
-                    if chip.split == "train":
-                        px = image.reshape(info.count, -1)[:, valid.ravel()].astype(np.float64)
-                        result.band_sum += px.sum(axis=1)
-                        result.band_sumsq += (px * px).sum(axis=1)
-                        result.band_count += px.shape[1]
-                    n_valid = int(valid.sum())
-                    result.rows.append(
-                        dict(
-                            chip_id=f"{scene.name}_{chip.row_off}_{chip.col_off}",
-                            scene=scene.name,
-                            array_index=streams["masks"].n - 1,
-                            row_off=chip.row_off,
-                            col_off=chip.col_off,
-                            size=size,
-                            split=chip.split,
-                            road_fraction=float((mask == 1).sum()) / max(n_valid, 1),
-                            nodata_fraction=nodata_fraction,
-                            bounds=_window_bounds(win_transform, size),
-                        )
-                    )
+        for batch in batches:
+            offset = streams["masks"].n
+            result.rows += [{**row, "array_index": offset + row["array_index"]} for row in batch.rows]
+            streams["images"].extend(batch.images)
+            streams["masks"].extend(batch.masks)
+            if "landcover" in streams:
+                streams["landcover"].extend(batch.landcover)
+            for band_sum, band_sumsq, count in batch.train_sums:
+                result.band_sum += band_sum
+                result.band_sumsq += band_sumsq
+                result.band_count += count
+            result.tasks += 1
+            result.roads_loads += batch.roads_loaded
     except BaseException:
         for s in streams.values():
             s.abort()
@@ -249,23 +339,68 @@ def _window_bounds(transform: Affine, size: int) -> tuple[float, float, float, f
 
 
 # ----------------------------------------------------------------------------- the stage
-def run_tile(data: DataParams, tile: TileParams, *, workers: int | None = None, progress: bool = True) -> dict:
-    """Tile every scene; write chip arrays, ``index.gpkg`` and ``stats.json``; return the stats."""
+def task_chunks(chips: list[ChipWindow], chips_per_task: int) -> list[list[ChipWindow]]:
+    """Consecutive runs of ``chips_per_task`` chip windows in plan order (neighbours inside
+    a split block), the unit of work that spreads one large scene over all workers."""
+    if chips_per_task < 1:
+        raise ValueError(f"chips_per_task must be >= 1, got {chips_per_task}")
+    return [chips[i : i + chips_per_task] for i in range(0, len(chips), chips_per_task)]
+
+
+def run_tile(
+    data: DataParams,
+    tile: TileParams,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    chips_per_task: int = CHIPS_PER_TASK,
+    max_in_flight: int | None = None,
+) -> dict:
+    """Tile every scene; write chip arrays, ``index.gpkg`` and ``stats.json``; return the stats.
+
+    Tasks are runs of ``chips_per_task`` chips, scene after scene, on ``workers`` Dask worker
+    processes (``tile.workers`` by default), at most ``max_in_flight`` (default twice the
+    workers) submitted and not yet written at a time. This process writes their chips in task
+    order, so the outputs are byte-identical whatever the workers, the task size or the order
+    in which tasks finish.
+    """
     import geopandas as gpd
     import pandas as pd
     from shapely.geometry import box
 
-    from pipeline.parallel import map_tasks
+    from pipeline.parallel import map_ordered
 
     infos = check_scenes(data)
     plans = plan_chips(data, tile, infos)
     out = Path(tile.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tasks = [(scene, plans[scene.name], infos[scene.name], data, tile) for scene in data.scenes]
-    results: list[SceneTiles] = map_tasks(
-        tile_scene, tasks, workers=workers or tile.workers, desc="tile", progress=progress
+    tasks = {
+        s.name: [(s, chunk, infos[s.name], data, tile) for chunk in task_chunks(plans[s.name], chips_per_task)]
+        for s in data.scenes
+    }
+    n_tasks = sum(len(t) for t in tasks.values())
+    batches = map_ordered(
+        tile_chips,
+        [t for s in data.scenes for t in tasks[s.name]],
+        workers=min(workers or tile.workers, n_tasks),
+        max_in_flight=max_in_flight,
+        total=sum(len(p) for p in plans.values()),
+        weight=lambda task: len(task[1]),
+        desc="tile",
+        unit="chip",
+        progress=progress,
     )
+    results: list[SceneTiles] = []
+    try:
+        with closing(batches):
+            for scene in data.scenes:
+                res = write_scene(scene, infos[scene.name], tile, islice(batches, len(tasks[scene.name])))
+                log.debug("tile: %s: %d chips from %d tasks, roads built %d times",
+                          scene.name, len(res.rows), res.tasks, res.roads_loads)
+                results.append(res)
+    finally:
+        _ROADS.clear()  # in-process runs: do not keep the last scene's roads after the stage
 
     train_count = sum(r.band_count for r in results)
     if train_count == 0:

@@ -144,3 +144,38 @@ def test_predict_through_an_external_scheduler(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def _sleep_then_square(k: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return k * k
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_map_ordered_yields_in_task_order_with_bounded_tasks_in_flight(workers) -> None:
+    """Later tasks finish first (shorter sleeps), yet results come in task order, and the tasks
+    pulled but not yet yielded never exceed max_in_flight: memory stays bounded."""
+    pulled = 0
+
+    def tasks():
+        nonlocal pulled
+        for k in range(12):
+            pulled += 1
+            yield (k, 0.02 * (k % 4 == 0) + 0.002 * (12 - k))
+
+    got, outstanding = [], []
+    for value in parallel.map_ordered(_sleep_then_square, tasks(), workers=workers, max_in_flight=3, progress=False):
+        got.append(value)
+        outstanding.append(pulled - len(got))
+    assert got == [k * k for k in range(12)]
+    assert max(outstanding) <= 3
+    assert workers == 1 or max(outstanding) == 3  # the window was used, not one task at a time
+
+
+def test_map_ordered_raises_the_first_failure_in_task_order(client) -> None:
+    tasks = [("1",), ("2",), ("x",), ("4",), ("5",), ("6",)]
+    got = []
+    with pytest.raises(ValueError, match="invalid literal"):
+        for v in parallel.map_ordered(int, tasks, client=client, max_in_flight=2, progress=False):
+            got.append(v)
+    assert got == [1, 2]

@@ -5,16 +5,20 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
+import re
 
 import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from shapely.geometry import LineString
 
+from pipeline import tiling
 from pipeline.config import DataParams, TileParams
 from pipeline.raster import write_geotiff
-from pipeline.tiling import TilingError, check_scenes, run_tile
+from pipeline.tiling import TilingError, check_scenes, plan_chips, run_tile, task_chunks
 from tests.conftest import BANDS, UTM, make_scene, scene_entries
 
 
@@ -88,15 +92,68 @@ def _digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-def test_tiling_is_deterministic_byte_for_byte(tmp_path, scenes_dir):
-    data = DataParams(scenes=scene_entries(scenes_dir, ("s1", "held")), bands=BANDS)
-    digests = []
-    for run in ("a", "b"):
-        tile = TileParams(out_dir=tmp_path / run, chip_size=64, stride=32, split={"block_size_m": 128})
-        run_tile(data, tile, workers=2, progress=False)
-        digests.append(_digest(tmp_path / run))
-    assert digests[0] == digests[1]
-    assert "index.gpkg" in digests[0]
+@pytest.fixture(scope="module")
+def mixed_scenes(tmp_path_factory, scenes_dir) -> DataParams:
+    """s1 and held with label rasters, plus "r": s2's image with road centrelines in
+    EPSG:4326 (so the vector path, reprojection and the per-worker roads cache are tiled too)."""
+    folder = tmp_path_factory.mktemp("roads")
+    with rasterio.open(scenes_dir / "s2.tif") as src:
+        left, bottom, right, top = src.bounds
+    lines = [LineString([(left, bottom + f * (top - bottom)), (right, top - f * (top - bottom))]) for f in (0.2, 0.6)]
+    lines.append(LineString([(left + 100, bottom), (left + 100, top)]))
+    roads = gpd.GeoDataFrame({"width_m": [6.0, 4.0, 8.0]}, geometry=lines, crs=UTM).to_crs("EPSG:4326")
+    roads.to_file(folder / "r.roads.gpkg", layer="roads")
+    entries = scene_entries(scenes_dir, ("s1", "held"))
+    entries.insert(1, {"name": "r", "image": str(scenes_dir / "s2.tif"), "roads": str(folder / "r.roads.gpkg")})
+    return DataParams(scenes=entries, bands=BANDS)
+
+
+def _tile(out, **kw) -> TileParams:
+    return TileParams(out_dir=out, chip_size=64, stride=32, split={"block_size_m": 128}, **kw)
+
+
+def test_tiling_is_byte_identical_whatever_the_workers_and_task_size(tmp_path, mixed_scenes, caplog):
+    """One task per scene in this process vs 3-chip tasks on two Dask workers, two in flight:
+    chips, index and stats are the same bytes."""
+    plans = plan_chips(mixed_scenes, _tile(tmp_path), check_scenes(mixed_scenes))
+    assert all(len(task_chunks(chips, 3)) >= 10 for chips in plans.values())  # scenes really are split
+    run_tile(mixed_scenes, _tile(tmp_path / "one"), workers=1, chips_per_task=10_000, progress=False)
+    with caplog.at_level(logging.DEBUG, logger="pipeline.tiling"):
+        run_tile(mixed_scenes, _tile(tmp_path / "two"), workers=2, chips_per_task=3, max_in_flight=2, progress=False)
+    one, two = _digest(tmp_path / "one"), _digest(tmp_path / "two")
+    assert {"index.gpkg", "stats.json", "r.images.npy", "r.masks.npy", "s1.landcover.npy"} <= set(one)
+    assert one == two
+    # the roads of scene r were read once per worker, not once per task
+    built = re.search(r"r: \d+ chips from (\d+) tasks, roads built (\d+) times", caplog.text)
+    assert built and int(built[1]) >= 10 and 1 <= int(built[2]) <= 2
+    masks = np.load(tmp_path / "two" / "r.masks.npy")
+    assert 0.02 < (masks == 1).mean() < 0.5  # the vector roads were burned
+
+
+def test_roads_are_built_once_per_scene_in_one_process(tmp_path, mixed_scenes):
+    before = tiling.ROADS_LOADS
+    run_tile(mixed_scenes, _tile(tmp_path), workers=1, chips_per_task=2, progress=False)
+    assert tiling.ROADS_LOADS - before == 1  # one scene with roads, dozens of tasks
+    assert not tiling._ROADS  # and not kept after the stage
+
+
+def test_progress_bar_counts_chips(tmp_path, mixed_scenes, capsys):
+    total = sum(len(c) for c in plan_chips(mixed_scenes, _tile(tmp_path), check_scenes(mixed_scenes)).values())
+    run_tile(mixed_scenes, _tile(tmp_path), workers=2, chips_per_task=8, progress=True)
+    err = capsys.readouterr().err
+    assert "tile" in err and f"{total}/{total}" in err and "chip" in err
+
+
+def test_a_failing_task_names_the_file_and_leaves_no_partial_arrays(tmp_path, scenes_dir):
+    """A task that fails on a worker stops the stage with the worker's error; no .npy is left."""
+    bad = tmp_path / "bad.roads.gpkg"
+    bad.write_text("not a geopackage")
+    entries = scene_entries(scenes_dir, ("s1", "held"))
+    entries.append({"name": "bad", "image": str(scenes_dir / "s3.tif"), "roads": str(bad)})
+    out = tmp_path / "chips"
+    with pytest.raises(Exception, match="bad.roads.gpkg"):
+        run_tile(DataParams(scenes=entries, bands=BANDS), _tile(out), workers=2, chips_per_task=4, progress=False)
+    assert not list(out.glob("bad.*.npy")) and not list(out.glob(".*.raw"))
 
 
 def test_image_without_crs_is_refused_naming_the_file(tmp_path, scenes_dir):
