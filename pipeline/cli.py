@@ -57,7 +57,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from pipeline.evaluate import run_evaluate
 
     p = _params(args)
-    # Evaluate writes its calibrated threshold into a copy: train's output stays as DVC stored it.
+    # Evaluate writes its test metrics into a copy: train's output stays as DVC stored it.
     out = EVALUATED_MODEL_DIR
     if out.exists():
         shutil.rmtree(out)
@@ -151,11 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("arch", nargs="?", help="backbone (default: every arch in pretrain.archs)")
     sp = add("train", cmd_train, "train the road U-Net",
              "Train smp.Unet with the zoo encoder train.encoder on the chips; keeps the best model by "
-             "val IoU in train.out_dir; tracked in MLflow.")
+             "val IoU in train.out_dir, with the threshold that is F1-best on the val chips; tracked "
+             "in MLflow.")
     sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     add("evaluate", cmd_evaluate, "evaluate on the held-out test scenes",
-        "Predict every test scene whole (same code as predict), compute IoU/F1/relaxed metrics, "
-        "choose the F1-best threshold, write metrics/eval.json, plots/ and reports/.")
+        "Predict every test scene whole (same code as predict), compute IoU/F1/relaxed metrics at "
+        "the model's threshold (and, as an optimistic reference, at the test F1-best one), write "
+        "metrics/eval.json, plots/ and reports/.")
     add("register", cmd_register, "register the model in MLflow",
         "Register a new version of the model; alias 'champion' moves only if the test IoU is at "
         "least the champion's, otherwise 'challenger'.")

@@ -2,17 +2,19 @@
 score it against the scene's roads.
 
 Writes (see docs/formats.md): ``metrics/eval.json`` (DVC metrics), ``plots/pr.csv`` (DVC plots),
-``reports/<scene>_error_map.png`` and ``<scene>_quicklook.png``; sets the model folder's
-``model.json`` threshold to the F1-best one, with the test metrics; logs all of it to an MLflow
-run ``evaluate``.
+``reports/<scene>_error_map.png`` and ``<scene>_quicklook.png``; merges the test metrics into
+the model folder's ``model.json``; logs all of it to an MLflow run ``evaluate``.
 
 A scene's probability, truth and valid masks are held whole (relaxed metrics look across
 window borders; test scenes are held-out scenes of modest size). What a scene adds to the
 result is integer counts per threshold, so scenes pool exactly: the overall metrics are over
 all test pixels together (micro average), not a mean of per-scene scores.
 
-The threshold is chosen on the same test scenes it is scored on, so the ``*_at_best`` numbers
-are optimistic; the plain ones, at the threshold the model came with, are not.
+The model is scored at the threshold it came with, which train chose on validation chips
+(F1-best there): those plain numbers are honest. Evaluate never changes that threshold. As a
+labelled reference it also reports the F1-best threshold of the test scenes themselves and
+the metrics there (``test_best_threshold``, ``*_at_test_best``): chosen on the data they
+score, they are optimistic.
 """
 
 from __future__ import annotations
@@ -32,13 +34,19 @@ import numpy as np
 
 from pipeline import raster, registry
 from pipeline.config import DataParams, EvaluateParams, RegisterParams, SceneSource, TileParams
-from pipeline.metrics import SweepResult, ThresholdSweep, best_f1_threshold, relaxed_break_even
+from pipeline.metrics import (
+    DEFAULT_THRESHOLDS,
+    SweepResult,
+    ThresholdSweep,
+    best_f1_threshold,
+    relaxed_break_even,
+)
 from pipeline.model import CONFIG_FILE, read_config
 
 log = logging.getLogger(__name__)
 
-# Thresholds of the sweep: i / 100 is the double nearest to the decimal, as a JSON value is.
-SWEEP_THRESHOLDS = np.arange(101) / 100
+# Thresholds of the sweep, 0.00..1.00 (the same grid train chooses the model's threshold on).
+SWEEP_THRESHOLDS = DEFAULT_THRESHOLDS
 PNG_MAX_SIDE = 1024  # figures of larger scenes are downsampled to at most this many pixels a side
 
 # Error map classes, in increasing priority when a downsampled block holds several.
@@ -147,10 +155,11 @@ def load_scene_arrays(scene: SceneSource, prediction: Path, data: DataParams) ->
 
 
 # ----------------------------------------------------------------------------------- scoring
-def summarize(curve: SweepResult, threshold: float, best: float) -> dict[str, float]:
-    """Flat metrics at ``threshold`` (the model's) and at ``best``, plus the break-even point."""
+def summarize(curve: SweepResult, threshold: float, test_best: float) -> dict[str, float]:
+    """Flat metrics at ``threshold`` (the model's) and, suffixed ``_at_test_best``, at the
+    test F1-best threshold ``test_best`` (optimistic), plus the break-even point."""
     out: dict[str, float] = {"threshold": float(threshold)}
-    for suffix, t in (("", threshold), ("_at_best", best)):
+    for suffix, t in (("", threshold), ("_at_test_best", test_best)):
         k = curve.index_of(t)
         c, r = curve.confusion_at(k), curve.relaxed_at(k)
         out.update(
@@ -172,16 +181,15 @@ def summarize(curve: SweepResult, threshold: float, best: float) -> dict[str, fl
 
 
 def model_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """What model.json records: test metrics at the threshold it now carries (the F1-best)."""
+    """What model.json records: test metrics at the threshold it carries (chosen on validation)."""
     return {
-        "test_iou": result["iou_at_best"],
-        "test_f1": result["f1_at_best"],
-        "test_precision": result["precision_at_best"],
-        "test_recall": result["recall_at_best"],
-        "test_relaxed_precision": result["relaxed_precision_at_best"],
-        "test_relaxed_recall": result["relaxed_recall_at_best"],
+        "test_iou": result["iou"],
+        "test_f1": result["f1"],
+        "test_precision": result["precision"],
+        "test_recall": result["recall"],
+        "test_relaxed_precision": result["relaxed_precision"],
+        "test_relaxed_recall": result["relaxed_recall"],
         "relaxed_break_even": result["relaxed_break_even"],
-        "test_iou_at_prior_threshold": result["iou"],
     }
 
 
@@ -329,10 +337,9 @@ def write_pr_csv(path: Path, curve: SweepResult) -> Path:
     return _write_atomic(path, buf.getvalue())
 
 
-def update_model_config(model_dir: Path, threshold: float, metrics: dict[str, float]) -> Path:
-    """Set model.json's threshold and merge ``metrics`` into its metrics; weights untouched."""
+def update_model_config(model_dir: Path, metrics: dict[str, float]) -> Path:
+    """Merge ``metrics`` into model.json's metrics; threshold and weights untouched."""
     config = read_config(model_dir)
-    config.threshold = float(threshold)
     config.metrics = {**config.metrics, **{k: float(v) for k, v in metrics.items()}}
     return _write_atomic(Path(model_dir) / CONFIG_FILE, config.model_dump_json(indent=2))
 
@@ -421,29 +428,34 @@ def run_evaluate(
                 "the test scenes have no valid pixel (all nodata?): nothing to evaluate"
             )
         curve = pooled.compute()
-        best = best_f1_threshold(curve)
+        test_best = best_f1_threshold(curve)  # an optimistic reference, never the model's
         result: dict[str, Any] = {
-            **summarize(curve, config.threshold, best),
-            "best_threshold": best,
+            **summarize(curve, config.threshold, test_best),
+            "test_best_threshold": test_best,
         }
         result["relaxed_slack_px"] = rho
         result["per_scene"] = {
-            name: summarize(s.compute(), config.threshold, best) for name, s in sweeps.items()
+            name: summarize(s.compute(), config.threshold, test_best)
+            for name, s in sweeps.items()
         }
 
-        # Figures show the model as it leaves this stage: at the F1-best threshold.
+        # Figures show the model as it is used: at its own threshold.
         params.reports_dir.mkdir(parents=True, exist_ok=True)
         figures: list[Path] = []
         for scene in scenes:
             arrays = load_scene_arrays(scene, predictions[scene.name], data)
             m = result["per_scene"][scene.name]
             title = (
-                f"{scene.name}: threshold {best:.2f}, IoU {m['iou_at_best']:.3f}, F1 {m['f1_at_best']:.3f}, "
+                f"{scene.name}: threshold {config.threshold:.2f} (from validation), "
+                f"IoU {m['iou']:.3f}, F1 {m['f1']:.3f}, "
                 f"relaxed break-even {m['relaxed_break_even']:.3f} (rho {rho} px)"
             )
             figures.append(
                 write_error_map(
-                    params.reports_dir / f"{scene.name}_error_map.png", arrays, best, title
+                    params.reports_dir / f"{scene.name}_error_map.png",
+                    arrays,
+                    config.threshold,
+                    title,
                 )
             )
             figures.append(
@@ -458,7 +470,7 @@ def run_evaluate(
 
     metrics_path = _write_atomic(params.metrics_path, json.dumps(result, indent=2) + "\n")
     pr_path = write_pr_csv(params.plots_dir / "pr.csv", curve)
-    update_model_config(model_dir, best, model_metrics(result))
+    update_model_config(model_dir, model_metrics(result))
     run_id = log_run(
         register,
         params,

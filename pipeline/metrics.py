@@ -27,7 +27,8 @@ import numpy as np
 from scipy import ndimage
 
 DEFAULT_RHO = 3
-DEFAULT_THRESHOLDS = np.linspace(0.0, 1.0, 101)
+# 0.00..1.00 in steps of 0.01: i / 100 is the double nearest to the decimal, as a JSON value is.
+DEFAULT_THRESHOLDS = np.arange(101) / 100
 
 
 def _ratio(num: float, den: float, empty: float) -> float:

@@ -1,7 +1,9 @@
 """The train stage: fit the road U-Net on the chips; reads top to bottom.
 
 setup -> (resume?) -> for each epoch: train, validate, log, checkpoint, keep best -> save the
-best model folder (safetensors + model.json) and DVC metrics/plots. A checkpoint carries model,
+best model folder (safetensors + model.json) and DVC metrics/plots. The best epoch is the one
+of highest validation IoU at 0.5; its model.json carries the decision threshold that is
+F1-best on the validation chips of that epoch (nodata excluded), so no test data chooses it. A checkpoint carries model,
 optimiser, scheduler, epoch and RNG state, so ``--resume`` after a kill ends exactly where an
 uninterrupted run ends.
 """
@@ -28,7 +30,7 @@ from torch.utils.data import DataLoader
 from pipeline import registry
 from pipeline.config import PretrainParams, RegisterParams, TileParams, TrainParams
 from pipeline.datasets import Normalisation, SegmentationChips, read_stats
-from pipeline.metrics import Confusion
+from pipeline.metrics import DEFAULT_THRESHOLDS, Confusion, ThresholdSweep, best_f1_threshold
 from pipeline.model import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -263,7 +265,11 @@ def run_train(
             log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
             if val["iou"] > best_iou:
                 best_iou, epochs_without_gain = val["iou"], 0
-                save_model(model, config.model_copy(update={"metrics": {"val_iou": val["iou"]}}), best_dir)
+                chosen = {
+                    "threshold": val["best_threshold"],
+                    "metrics": {"val_iou": val["iou"], "val_iou_at_threshold": val["iou_at_best_threshold"]},
+                }
+                save_model(model, config.model_copy(update=chosen), best_dir)
             else:
                 epochs_without_gain += 1
             save_checkpoint(
@@ -305,6 +311,9 @@ def _publish(best_dir: Path, out_dir: Path, history: list[dict], run_id: str) ->
         "val_f1": best["val_f1"],
         "val_precision": best["val_precision"],
         "val_recall": best["val_recall"],
+        "threshold": best["val_best_threshold"],
+        "val_iou_at_threshold": best["val_iou_at_best_threshold"],
+        "val_f1_at_threshold": best["val_f1_at_best_threshold"],
         "epochs": len(history),
         "train_seconds": sum(r["seconds"] for r in history),
         "chips_per_s": float(np.mean([r["chips_per_s"] for r in history])),
@@ -321,9 +330,11 @@ def _publish(best_dir: Path, out_dir: Path, history: list[dict], run_id: str) ->
 
 @torch.no_grad()
 def evaluate_chips(model: nn.Module, ds: SegmentationChips, params: TrainParams, device: torch.device, use_amp: bool) -> dict:
-    """Validation loss and pixel metrics at threshold 0.5 over valid pixels."""
+    """Validation loss and pixel metrics at threshold 0.5 over valid pixels, plus the F1-best
+    threshold of these chips (``best_threshold``) and IoU/F1 there."""
     model.eval()
     counts = np.zeros(4, np.int64)
+    sweep = ThresholdSweep(DEFAULT_THRESHOLDS, rho=0)  # plain counts only: no slack
     loss_sum, n = 0.0, 0
     for x, y, v in DataLoader(ds, batch_size=params.batch_size, num_workers=params.num_workers):
         x, y, v = x.to(device), y.to(device), v.to(device)
@@ -332,8 +343,24 @@ def evaluate_chips(model: nn.Module, ds: SegmentationChips, params: TrainParams,
         loss_sum += masked_loss(logits, y, v, params).item() * len(x)
         n += len(x)
         counts += confusion_counts(logits, y, v)
+        prob = torch.sigmoid(logits).cpu().numpy()
+        truth, valid = (y > 0.5).cpu().numpy(), (v > 0.5).cpu().numpy()
+        for k in range(len(prob)):
+            sweep.update(prob[k, 0], truth[k, 0], valid[k, 0])
     c = Confusion(*[int(k) for k in counts])
-    return {"loss": loss_sum / max(n, 1), "iou": c.iou, "f1": c.f1, "precision": c.precision, "recall": c.recall}
+    curve = sweep.compute()
+    best = best_f1_threshold(curve)
+    k = curve.index_of(best)
+    return {
+        "loss": loss_sum / max(n, 1),
+        "iou": c.iou,
+        "f1": c.f1,
+        "precision": c.precision,
+        "recall": c.recall,
+        "best_threshold": best,
+        "iou_at_best_threshold": float(curve.iou[k]),
+        "f1_at_best_threshold": float(curve.f1[k]),
+    }
 
 
 def _log_figures(history: list[dict], model: nn.Module, val_ds: SegmentationChips, device: torch.device) -> None:

@@ -77,14 +77,15 @@ def _write_roads(path: Path) -> Path:
     return path
 
 
-def _write_model(folder: Path) -> Path:
+def _write_model(folder: Path, threshold: float = 0.5) -> Path:
     import torch
 
     from pipeline.model import ModelConfig, build_unet, save_model
 
     torch.manual_seed(0)
     cfg = ModelConfig(
-        encoder="resnet18", bands=BANDS, mean=[90.0] * 4, std=[40.0] * 4, chip_size=64
+        encoder="resnet18", bands=BANDS, mean=[90.0] * 4, std=[40.0] * 4, chip_size=64,
+        threshold=threshold,
     )
     return save_model(build_unet(cfg), cfg, folder)
 
@@ -126,8 +127,9 @@ def _check_outputs(
     for m in (on_disk, on_disk["per_scene"][scene]):
         for key in RATE_KEYS:
             assert 0.0 <= m[key] <= 1.0, key
-            assert 0.0 <= m.get(f"{key}_at_best", 0.0) <= 1.0, key
-    assert on_disk["f1_at_best"] >= on_disk["f1"]
+            assert 0.0 <= m.get(f"{key}_at_test_best", 0.0) <= 1.0, key
+    # the test F1-best threshold is at least as good on test as the model's own: optimistic
+    assert on_disk["f1_at_test_best"] >= on_disk["f1"]
 
     with open(ev.plots_dir / "pr.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -144,8 +146,8 @@ def _check_outputs(
     recall = np.array([float(r["recall"]) for r in rows])
     assert thresholds[0] == 0.0 and thresholds[-1] == 1.0 and np.all(np.diff(thresholds) > 0)
     assert np.all(np.diff(recall) <= 1e-9)  # fewer pixels predicted as the threshold rises
-    best_row = rows[int(np.argmin(np.abs(thresholds - result["best_threshold"])))]
-    assert float(best_row["f1"]) == pytest.approx(result["f1_at_best"], abs=1e-5)
+    best_row = rows[int(np.argmin(np.abs(thresholds - result["test_best_threshold"])))]
+    assert float(best_row["f1"]) == pytest.approx(result["f1_at_test_best"], abs=1e-5)
 
     for kind in ("error_map", "quicklook"):
         png = mpimg.imread(ev.reports_dir / f"{scene}_{kind}.png")
@@ -157,8 +159,8 @@ def _check_outputs(
     assert client.get_experiment(run.info.experiment_id).name == reg.experiment
     assert run.data.metrics["iou"] == pytest.approx(result["iou"])
     assert run.data.metrics["relaxed_break_even"] == pytest.approx(result["relaxed_break_even"])
-    assert run.data.metrics[f"{scene}/iou_at_best"] == pytest.approx(
-        result["per_scene"][scene]["iou_at_best"]
+    assert run.data.metrics[f"{scene}/iou_at_test_best"] == pytest.approx(
+        result["per_scene"][scene]["iou_at_test_best"]
     )
     logged = {
         a.path
@@ -199,8 +201,8 @@ def test_run_evaluate_end_to_end(tmp_path, isolated_mlflow):
     assert result["threshold"] == 0.5
 
     model_json = json.loads((model_dir / "model.json").read_text())
-    assert model_json["threshold"] == result["best_threshold"]
-    assert model_json["metrics"]["test_iou"] == pytest.approx(result["iou_at_best"])
+    assert model_json["threshold"] == 0.5, "evaluate must not replace the model's threshold"
+    assert model_json["metrics"]["test_iou"] == pytest.approx(result["iou"])
     assert model_json["metrics"]["relaxed_break_even"] == pytest.approx(
         result["relaxed_break_even"]
     )
@@ -216,7 +218,7 @@ def test_run_evaluate_scores_a_known_prediction(tmp_path, isolated_mlflow, monke
     labels = truth.copy()
     labels[200:210, 10:20] = 255  # label nodata: must not count
     raster.write_geotiff(tmp_path / "labels.tif", labels, crs=CRS, transform=TRANSFORM, nodata=255)
-    model_dir = _write_model(tmp_path / "model")
+    model_dir = _write_model(tmp_path / "model", threshold=0.375)  # off the sweep's grid
     prob = np.full((SIZE, SIZE), 0.1, dtype=np.float32)
     prob[ROAD_ROW - 1 : ROAD_ROW + 3, :] = 0.9  # the road, one pixel too low
     prob[_nodata_corner()] = np.nan
@@ -238,17 +240,21 @@ def test_run_evaluate_scores_a_known_prediction(tmp_path, isolated_mlflow, monke
 
     valid = ~_nodata_corner()
     valid[200:210, 10:20] = False
-    expected = confusion(prob >= 0.5, truth, valid)
+    expected = confusion(prob >= 0.375, truth, valid)
     assert result["valid_pixels"] == int(valid.sum())
+    assert result["threshold"] == 0.375
     assert result["iou"] == pytest.approx(expected.iou)
     assert result["precision"] == pytest.approx(expected.precision)
     assert 0.5 < result["iou"] < 1.0
     assert result["relaxed_precision"] == 1.0 and result["relaxed_recall"] == 1.0
     assert result["relaxed_break_even"] == pytest.approx(1.0)
-    assert result["best_threshold"] == pytest.approx(0.11)  # lowest threshold above 0.1
-    assert result["iou_at_best"] == pytest.approx(expected.iou)
+    assert result["test_best_threshold"] == pytest.approx(0.11)  # lowest threshold above 0.1
+    assert result["iou_at_test_best"] == pytest.approx(expected.iou)
     _check_outputs(tmp_path, ev, reg, result, "labelled")
-    assert json.loads((model_dir / "model.json").read_text())["threshold"] == pytest.approx(0.11)
+    # the model keeps the threshold it came with (chosen on validation by train)
+    model_json = json.loads((model_dir / "model.json").read_text())
+    assert model_json["threshold"] == 0.375
+    assert model_json["metrics"]["test_iou"] == pytest.approx(expected.iou)
 
 
 def test_no_test_scene_names_params(tmp_path):

@@ -91,6 +91,43 @@ def test_train_writes_model_metrics_and_mlflow_run(tmp_path, scenes_dir, chips_d
     assert len(history) == 2
 
 
+def _f1_best_threshold_on_val(model, chips_dir: Path, batch_size: int) -> float:
+    """The F1-best threshold of ``model`` on the val chips, valid pixels only, by plain numpy."""
+    stats = read_stats(chips_dir)
+    val = SegmentationChips(chips_dir, "val", Normalisation.from_lists(stats["mean"], stats["std"]))
+    probs, truths, valids = [], [], []
+    with torch.no_grad():
+        for x, y, v in torch.utils.data.DataLoader(val, batch_size=batch_size):
+            probs.append(torch.sigmoid(model(x)).numpy().ravel())
+            truths.append(y.numpy().ravel() > 0.5)
+            valids.append(v.numpy().ravel() > 0.5)
+    valid = np.concatenate(valids)
+    assert not valid.all(), "the val chips should include nodata for this check to mean something"
+    prob, truth = np.concatenate(probs)[valid], np.concatenate(truths)[valid]
+    thresholds = np.arange(101) / 100
+    f1 = []
+    for t in thresholds:
+        pred = prob >= t
+        tp = np.sum(pred & truth)
+        denom = 2 * tp + np.sum(pred & ~truth) + np.sum(~pred & truth)
+        f1.append(2 * tp / denom if denom else 1.0)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def test_threshold_is_f1_best_on_validation_chips(tmp_path, scenes_dir, chips_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = load_params(write_params(tmp_path, scenes_dir, chips_dir, epochs=2))
+    from pipeline.train import run_train
+
+    metrics = run_train(p.train, p.tile, p.pretrain, p.register)
+    model, config = load_model(p.train.out_dir)
+    expected = _f1_best_threshold_on_val(model, chips_dir, p.train.batch_size)
+    assert config.threshold == pytest.approx(expected, abs=1e-9)
+    assert metrics["threshold"] == config.threshold
+    assert 0.0 <= metrics["val_iou_at_threshold"] <= 1.0
+    assert metrics["val_f1_at_threshold"] >= metrics["val_f1"] - 1e-12  # F1-best beats 0.5 on val
+
+
 def test_repo_weights_load_into_the_encoder(tmp_path, scenes_dir, chips_dir, monkeypatch):
     from backbones import build_backbone
 
