@@ -160,6 +160,11 @@ class TrainParams(_Section):
     )
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the segmentation head")
     augment: bool = Field(True, description="Dihedral flips/rotations and per-band jitter")
+    scale_jitter: float = Field(
+        0.0, ge=0, lt=1,
+        description="With augment: zoom each chip by a factor log-uniform in [1/(1+s), 1+s] "
+        "about its centre (image, mask and nodata alike); 0 = off",
+    )
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N epochs without val IoU gain")
     max_batches_per_epoch: int | None = Field(None, ge=1, description="Cap batches per epoch (tests)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.utils.data import Dataset
 
 MASK_NODATA = 255
@@ -79,11 +80,39 @@ def dihedral(arr: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def rescale(
+    x: np.ndarray, y: np.ndarray, v: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Zoom image (C,H,W), mask (H,W) and valid (H,W) by ``scale`` about the chip centre, keeping
+    the chip size; one sampling grid for all three, so they stay aligned.
+
+    Output pixel ``p`` takes the input at ``c + (p - c) / scale`` (``c`` the centre): bilinear for
+    the image, nearest for mask and valid. Pixels that fall outside the input (``scale < 1``)
+    become nodata: valid 0, image 0, mask 0.
+    """
+    if scale == 1.0:
+        return x, y, v
+    h, w = y.shape
+    inv = 1.0 / scale
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    offset = centre - inv * centre
+    matrix = np.array([inv, inv])
+    kw = dict(matrix=matrix, offset=offset, mode="constant", cval=0.0)
+    y_out = ndimage.affine_transform(y, order=0, **kw)
+    v_out = ndimage.affine_transform(v, order=0, **kw)
+    x_out = np.stack([ndimage.affine_transform(band, order=1, **kw) for band in x])
+    return (x_out * v_out[None]).astype(np.float32), y_out, v_out
+
+
 class SegmentationChips(Dataset):
     """(image, mask, valid) chips of one split for U-Net training.
 
     Returns float32 tensors: image (C,H,W) standardised, mask (1,H,W) in {0,1}, valid (1,H,W)
     in {0,1} (0 where the chip has nodata; loss and metrics ignore those pixels).
+
+    With ``augment``: one of the eight dihedral transforms, then (``scale_jitter`` > 0) a zoom
+    about the centre (:func:`rescale`), both applied identically to image, mask and valid; then
+    per-band brightness/contrast/gamma jitter of the image.
     """
 
     def __init__(
@@ -95,6 +124,7 @@ class SegmentationChips(Dataset):
         augment: bool = False,
         seed: int = 0,
         jitter: float = 0.1,
+        scale_jitter: float = 0.0,
     ) -> None:
         index = read_chip_index(chips_dir)
         rows = index[index["split"] == split].sort_values(["scene", "array_index"])
@@ -104,6 +134,7 @@ class SegmentationChips(Dataset):
         self.augment = augment
         self.seed = seed
         self.jitter = jitter
+        self.scale_jitter = scale_jitter
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -124,12 +155,19 @@ class SegmentationChips(Dataset):
             rng = np.random.default_rng([self.seed, self.epoch, i])
             k = int(rng.integers(8))
             x, y, v = dihedral(x, k), dihedral(y, k), dihedral(v, k)
+            if self.scale_jitter > 0:
+                x, y, v = rescale(x, y, v, self.draw_scale(rng))
             x = self._jitter(x, v, rng)
         return (
             torch.from_numpy(np.ascontiguousarray(x)),
             torch.from_numpy(np.ascontiguousarray(y))[None],
             torch.from_numpy(np.ascontiguousarray(v))[None],
         )
+
+    def draw_scale(self, rng: np.random.Generator) -> float:
+        """A zoom factor, log-uniform in [1 / (1 + scale_jitter), 1 + scale_jitter]."""
+        top = np.log1p(self.scale_jitter)
+        return float(np.exp(rng.uniform(-top, top)))
 
     def _jitter(self, x: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Per-band brightness, contrast and gamma jitter in standardised units."""

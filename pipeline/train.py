@@ -166,7 +166,9 @@ def run_train(
     stats = read_stats(tile.out_dir)
     norm = Normalisation.from_lists(stats["mean"], stats["std"])
 
-    train_ds = SegmentationChips(tile.out_dir, "train", norm, augment=params.augment, seed=params.seed)
+    train_ds = SegmentationChips(
+        tile.out_dir, "train", norm, augment=params.augment, seed=params.seed, scale_jitter=params.scale_jitter
+    )
     val_ds = SegmentationChips(tile.out_dir, "val", norm)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError(

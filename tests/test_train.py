@@ -58,6 +58,73 @@ def test_dataset_applies_one_dihedral_transform_to_image_mask_and_valid(chips_di
     assert torch.all(x[:, v[0] == 0] == 0)
 
 
+def _pattern(size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A road square, a nodata corner, and an image whose band 0 is bright on the road and whose
+    band 1 holds each pixel's column index (so the image's own geometry can be checked)."""
+    rows, cols = np.mgrid[:size, :size].astype(np.float32)
+    y = np.zeros((size, size), np.float32)
+    y[24:40, 16:32] = 1
+    v = (rows + cols >= 30).astype(np.float32)
+    x = np.stack([4 * y, cols]) * v[None]
+    return x.astype(np.float32), y, v
+
+
+def test_rescale_keeps_image_mask_and_nodata_aligned():
+    from scipy import ndimage
+
+    from pipeline.datasets import rescale
+
+    x, y, v = _pattern()
+    c = (64 - 1) / 2
+    for s in (1.5, 0.8):
+        xs, ys, vs = rescale(x, y, v, s)
+        assert xs.shape == x.shape and ys.shape == y.shape and vs.shape == v.shape
+        assert set(np.unique(ys)) <= {0.0, 1.0} and set(np.unique(vs)) <= {0.0, 1.0}
+        # the road square is zoomed about the centre: 16 px -> 16 * s
+        r, q = np.nonzero(ys)
+        assert q.max() - q.min() + 1 == pytest.approx(16 * s, abs=1)
+        assert r.min() == pytest.approx(c + (24 - c) * s, abs=1)
+        # the image's road sits on the mask's road: where the mask (nearest) says road, the
+        # nearest source pixel is road and carries >= 1/4 of the bilinear weight, so band 0 >= 1;
+        # where it says background, band 0 <= 3. A one-pixel shift breaks this.
+        road, ok = ys > 0.5, vs > 0.5
+        assert np.all(xs[0][road & ok] >= 1 - 1e-4) and np.all(xs[0][~road & ok] <= 3 + 1e-4)
+        assert np.all(xs[0][ndimage.binary_erosion(road)] == pytest.approx(4))
+        # the image's own geometry: an interior pixel shows the column it came from
+        inside = ndimage.binary_erosion(vs > 0.5, iterations=2)
+        cols = np.broadcast_to(np.arange(64, dtype=np.float32), (64, 64))
+        assert np.allclose(xs[1][inside], (c + (cols - c) / s)[inside], atol=1e-3)
+        # nodata is zero in the image, and the zoomed nodata corner is still there
+        assert np.all(xs[:, vs == 0] == 0)
+        assert vs[0, 0] == 0 and vs[32, 32] == 1
+    # zooming out pulls in pixels from outside the chip: they are nodata, not background
+    xs, ys, vs = rescale(x, y, v, 0.8)
+    assert np.all(vs[:, -3:] == 0) and np.all(vs[-3:, :] == 0) and np.all(ys[-3:, :] == 0)
+
+
+def test_dataset_scale_jitter_is_applied_to_image_mask_and_valid_alike(chips_dir):
+    from pipeline.datasets import rescale
+
+    stats = read_stats(chips_dir)
+    norm = Normalisation.from_lists(stats["mean"], stats["std"])
+    plain = SegmentationChips(chips_dir, "train", norm)
+    aug = SegmentationChips(chips_dir, "train", norm, augment=True, seed=1, jitter=0.0, scale_jitter=0.3)
+    zoomed = 0
+    for i in range(min(6, len(plain))):
+        x0, y0, v0 = (t.numpy() for t in plain[i])
+        rng = np.random.default_rng([1, 0, i])
+        k = int(rng.integers(8))
+        s = aug.draw_scale(rng)
+        assert 1 / 1.3 <= s <= 1.3
+        xe, ye, ve = rescale(dihedral(x0, k), dihedral(y0[0], k), dihedral(v0[0], k), s)
+        x1, y1, v1 = (t.numpy() for t in aug[i])
+        assert np.array_equal(y1[0], ye) and np.array_equal(v1[0], ve)
+        assert np.allclose(x1, xe, atol=1e-5)
+        assert np.all(x1[:, v1[0] == 0] == 0)
+        zoomed += not np.array_equal(y1[0], dihedral(y0[0], k))
+    assert zoomed, "scale jitter changed no chip"
+
+
 def test_dihedral_group_has_eight_distinct_elements():
     a = np.arange(9).reshape(3, 3)
     assert len({dihedral(a, k).tobytes() for k in range(8)}) == 8
