@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import raster, registry
+from pipeline.baseline import add_baseline_metrics
 from pipeline.config import DataParams, EvaluateParams, RegisterParams, SceneSource, TileParams
 from pipeline.metrics import (
     DEFAULT_THRESHOLDS,
@@ -438,6 +439,9 @@ def run_evaluate(
             name: summarize(s.compute(), config.threshold, test_best)
             for name, s in sweeps.items()
         }
+
+        # Issue 3: how far the U-Net is above band values alone (per-pixel logistic regression).
+        add_baseline_metrics(result, scenes, data, tile.out_dir)
 
         # Figures show the model as it is used: at its own threshold.
         params.reports_dir.mkdir(parents=True, exist_ok=True)

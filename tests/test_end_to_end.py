@@ -80,6 +80,11 @@ def test_dvc_repro_produces_every_stage_output(project):
     assert "changed" not in status, status
     metrics = json.loads((repo / "metrics/eval.json").read_text())
     assert 0.0 <= metrics["iou"] <= 1.0
+    # the per-pixel baseline (issue 3), fitted on the train chips, scored on the held-out scene;
+    # a 2-epoch model need not beat it twice, so only the values are checked
+    held = metrics["per_scene"]["heldout"]
+    assert 0.0 < metrics["baseline_logreg_iou"] == held["baseline_logreg_iou"] < 1.0
+    assert metrics["iou_vs_baseline"] == pytest.approx(metrics["iou"] / metrics["baseline_logreg_iou"])
     shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], repo, env).stdout
     assert "iou" in shown
     run([str(BIN / "dvc"), "plots", "show", "-o", str(repo / "dvc_plots")], repo, env)
