@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://HOST:PORT)")
     sp.add_argument("--workers", type=int, help="local workers (default: one per GPU, else per core)")
     sp.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: auto)")
-    sp.add_argument("--batch-size", type=int, help="windows per forward pass")
+    sp.add_argument("--batch-size", type=int, help="windows per forward pass (default: 2 on CPU, fitted to GPU memory)")
     sp.add_argument("--window", type=int, help="window side in pixels (multiple of 32)")
     sp.add_argument("--overlap", type=int, help="overlap between windows in pixels")
     sp.add_argument("--tta", action="store_true", help="average the eight dihedral transforms")

@@ -179,7 +179,9 @@ class TrainParams(_Section):
 class EvaluateParams(_Section):
     window: int = Field(512, ge=32, description="Prediction window (multiple of 32)")
     overlap: int = Field(64, ge=0, description="Overlap between windows in pixels")
-    batch_size: int = Field(4, ge=1, description="Windows per forward pass")
+    batch_size: int | None = Field(
+        None, ge=1, description="Windows per forward pass (default: 2 on CPU, fitted to GPU memory)"
+    )
     relaxed_slack_px: int = Field(3, ge=0, description="Slack of relaxed precision/recall (Mnih 2013: 3)")
     metrics_path: Path = Field(Path("metrics/eval.json"), description="DVC metrics file")
     plots_dir: Path = Field(Path("plots"), description="DVC plots folder")
@@ -201,7 +203,9 @@ class PredictParams(_Section):
     model: str = Field("models:/road-unet@champion", description="Model URI or folder")
     window: int = Field(512, ge=32, description="Window side in pixels (multiple of 32)")
     overlap: int = Field(64, ge=0, description="Overlap between neighbouring windows")
-    batch_size: int = Field(4, ge=1, description="Windows per forward pass")
+    batch_size: int | None = Field(
+        None, ge=1, description="Windows per forward pass (default: 2 on CPU, fitted to GPU memory)"
+    )
     windows_per_task: int = Field(4, ge=1, description="Windows per Dask task")
     workers: int | None = Field(None, ge=1, description="Local workers (default: GPUs or cores)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device")

@@ -24,7 +24,7 @@ import contextlib
 import re
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,11 @@ from pipeline.windows import Rect, WindowGrid, WindowGroup, window_groups
 
 BAND_DESCRIPTION = "road_probability"
 DEFAULT_BLOCK = 1024
+# Windows per forward pass on CPU when not given: as fast as 4 on 2 cores, and a worker
+# peaks at ~1.0 GiB instead of ~1.4 GiB for 512 px windows (BENCHMARKS.md, issue 6).
+CPU_BATCH_SIZE = 2
+GPU_MEMORY_FRACTION = 0.6  # of the GPU memory free after loading the model, for activations
+MAX_GPU_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,9 @@ class PredictResult:
     windows_skipped: int
     mpix_per_s: float
     peak_open_blocks: int = 0
+    # seconds by phase: cluster_start, windows (all tasks), cog_finalize, cluster_stop on the
+    # client; read, model, blend summed over the workers; assemble_write on the client
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,7 @@ class GroupResult:
     valid: np.ndarray | None
     ran: int
     skipped: int
+    timings: dict[str, float] = field(default_factory=dict)  # worker seconds by phase
 
 
 def default_output_path(image: Path) -> Path:
@@ -103,6 +112,26 @@ def _load_for_worker(model_dir: str, device: str) -> tuple[torch.nn.Module, Mode
 def worker_model(model_dir: str, device: str) -> tuple[torch.nn.Module, ModelConfig, torch.device]:
     """The model for this worker process, loaded on first use and reused by later tasks."""
     return parallel.worker_cached(("model", model_dir, device), lambda: _load_for_worker(model_dir, device))
+
+
+def fitted_batch_size(model_dir: str, device: str, window: int) -> int:
+    """Runs on a worker: the batch size it should use for ``window`` x ``window`` windows.
+
+    CPU: ``CPU_BATCH_SIZE``. CUDA: one window is run to measure its activation memory, and
+    the batch is what fits in ``GPU_MEMORY_FRACTION`` of the memory still free (what the
+    caching allocator holds counts as free), between 1 and ``MAX_GPU_BATCH_SIZE``.
+    """
+    model, config, dev = worker_model(model_dir, device)
+    if dev.type != "cuda":
+        return CPU_BATCH_SIZE
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    before = torch.cuda.memory_allocated(dev)
+    forward_probs(model, torch.zeros(1, config.in_channels, window, window), dev)
+    per_window = max(1, torch.cuda.max_memory_allocated(dev) - before)
+    free, _total = torch.cuda.mem_get_info(dev)
+    free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+    return int(max(1, min(MAX_GPU_BATCH_SIZE, GPU_MEMORY_FRACTION * free // per_window)))
 
 
 def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
@@ -159,13 +188,17 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
     valid_out: np.ndarray | None = None
     batch: list[tuple[tuple[int, int], np.ndarray, np.ndarray]] = []
     ran = skipped = 0
+    timings = {"read": 0.0, "model": 0.0, "blend": 0.0}
 
     def flush() -> None:
         nonlocal contrib, valid_out
         if not batch:
             return
+        t0 = time.perf_counter()
         x = torch.from_numpy(np.stack([b[1] for b in batch]))
         probs = forward_probs(model, x, device, job.tta)
+        t1 = time.perf_counter()
+        timings["model"] += t1 - t0
         if contrib is None:
             contrib = np.zeros((region.height, region.width), np.float32)
             valid_out = np.zeros((region.height, region.width), bool)
@@ -175,20 +208,27 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
             contrib[dst] += weight * prob[: inside.height, : inside.width]
             valid_out[dst] |= valid[: inside.height, : inside.width]
         batch.clear()
+        timings["blend"] += time.perf_counter() - t1
 
     with raster.gdal_cache_limit(), raster.open_reader(job.image) as reader:
         for ij in group.windows:
+            t0 = time.perf_counter()
             rect = job.grid.rect(*ij)
             image, valid = raster.read_window(reader, rect.col_off, rect.row_off, rect.width, rect.height)
             if not valid.any():
                 skipped += 1  # all nodata: the model never sees it
+                timings["read"] += time.perf_counter() - t0
                 continue
-            batch.append((ij, normalise(image, valid, mean, std), valid))
+            x = normalise(image, valid, mean, std)
+            timings["read"] += time.perf_counter() - t0
+            if batch and batch[0][1].shape != x.shape:
+                flush()  # the last row/column of windows is cropped: a batch holds one shape
+            batch.append((ij, x, valid))
             ran += 1
             if len(batch) >= job.batch_size:
                 flush()
         flush()
-    return GroupResult(region, contrib, valid_out, ran, skipped)
+    return GroupResult(region, contrib, valid_out, ran, skipped, timings)
 
 
 # ------------------------------------------------------------------------------ client side
@@ -248,7 +288,7 @@ def predict_raster(
     model: str | Path = "models:/road-unet@champion",
     window: int = 512,
     overlap: int = 64,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     windows_per_task: int = 4,
     workers: int | None = None,
     scheduler: str | None = None,
@@ -264,7 +304,9 @@ def predict_raster(
     """Predict road probability over ``image`` and write a COG to ``output``.
 
     ``block_size`` is the side of the output blocks written as they complete (a multiple of
-    256); it changes memory and write granularity, never pixel values. Raises
+    256); it changes memory and write granularity, never pixel values. ``batch_size`` None
+    lets each worker choose (``fitted_batch_size``: 2 on CPU, what fits on a GPU); tasks hold
+    at least one batch of windows. Raises
     FileExistsError when ``output`` (or ``vectors``) exists and ``overwrite`` is False,
     ``raster.RasterError`` when the band count does not match the model.
     """
@@ -276,7 +318,7 @@ def predict_raster(
         raise ValueError(f"window must be a multiple of 32 (U-Net depth 5), got {window}")
     if block_size <= 0 or block_size % 256:
         raise ValueError(f"block_size must be a positive multiple of 256, got {block_size}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for target in (output, vectors):
         if target is not None and Path(target).exists() and not overwrite:
@@ -289,10 +331,6 @@ def predict_raster(
     config = read_config(folder)
     _check_inputs(image, info, config, str(model))
 
-    grid = WindowGrid(info.height, info.width, window, overlap)
-    groups = window_groups(grid, windows_per_task)
-    assembler = BlockAssembler(info.height, info.width, block_size, [g.region for g in groups])
-    job = PredictJob(str(image.resolve()), str(Path(folder).resolve()), device, grid, batch_size, tta)
     if dtype == "uint8":
         encode, nodata, scale = encode_uint8, float(NODATA_UINT8), UINT8_SCALE
     else:
@@ -306,10 +344,20 @@ def predict_raster(
         tags["scale"] = "1/254"
 
     ran = skipped = 0
+    timings = {"read": 0.0, "model": 0.0, "blend": 0.0, "assemble_write": 0.0}
+    grid = WindowGrid(info.height, info.width, window, overlap)
+    model_dir = str(Path(folder).resolve())
     with parallel.cluster_client(scheduler, workers, device) as client:
+        timings["cluster_start"] = time.perf_counter() - t0
         link = parallel.dashboard_link(client)
         if progress and link:
             print(f"Dask dashboard: {link}")
+        if batch_size is None:  # the smallest any worker can take (workers may differ)
+            batch_size = min(client.run(fitted_batch_size, model_dir, device, window).values())
+        # a task holds at least one full batch of windows
+        groups = window_groups(grid, max(windows_per_task, batch_size))
+        assembler = BlockAssembler(info.height, info.width, block_size, [g.region for g in groups])
+        job = PredictJob(str(image.resolve()), model_dir, device, grid, batch_size, tta)
         with raster.stream_cog(
             output, width=info.width, height=info.height, crs=info.crs, transform=info.transform,
             dtype=dtype, nodata=nodata, description=BAND_DESCRIPTION, scale=scale, tags=tags,
@@ -317,6 +365,7 @@ def predict_raster(
         ) as writer:
             for rect, prob, valid in assembler.initially_complete():
                 writer.write(encode(prob, valid), rect.row_off, rect.col_off)
+            t_stream = time.perf_counter()
             results = parallel.stream_results(
                 client, run_group, ((job, g) for g in groups),
                 max_in_flight=2 * parallel.total_threads(client) + 2, total=len(grid),
@@ -325,12 +374,20 @@ def predict_raster(
             )
             with contextlib.closing(results):  # on any error, cancel what is still queued
                 for res in results:
+                    t_res = time.perf_counter()
                     ran += res.ran
                     skipped += res.skipped
+                    for key, value in res.timings.items():
+                        timings[key] += value
                     for rect, prob, valid in assembler.add(res.region, res.contrib, res.valid):
                         writer.write(encode(prob, valid), rect.row_off, rect.col_off)
+                    timings["assemble_write"] += time.perf_counter() - t_res
             if not assembler.done:
                 raise RuntimeError("internal error: some output blocks were never completed")
+            t_finalize = time.perf_counter()
+            timings["windows"] = t_finalize - t_stream
+        timings["cog_finalize"] = time.perf_counter() - t_finalize
+    timings["cluster_stop"] = time.perf_counter() - t_finalize - timings["cog_finalize"]
 
     vectors_out = None
     if vectors is not None:
@@ -341,5 +398,5 @@ def predict_raster(
     return PredictResult(
         output=output, vectors=vectors_out, seconds=seconds, windows_run=ran,
         windows_skipped=skipped, mpix_per_s=info.width * info.height / 1e6 / seconds,
-        peak_open_blocks=assembler.peak_open,
+        peak_open_blocks=assembler.peak_open, timings=timings,
     )

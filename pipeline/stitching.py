@@ -8,7 +8,8 @@ Weights. Each window gets a separable weight ``w(y, x) = wy(y) * wx(x)``. Along 
 weight is 1 except on a side shared with a neighbouring window, where it rises as a
 cosine-squared (Hann) ramp over the pixels the two windows share::
 
-    ramp(m) = sin^2(pi/2 * (m + 1/2) / L)      m = 0 .. L-1, L = overlap with the neighbour
+    ramp(m) = sin^2(pi/2 * (m + 1/2) / L)      m = 0 .. L-1, L = pixels shared with the neighbour
+                                                (at most half of either window)
 
 The neighbour's falling ramp is ``cos^2`` over the same pixels, so in 1-D the two sum to 1
 (a true cross-fade). Sampling at pixel centres keeps every weight > 0, and a side on the
@@ -26,7 +27,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from pipeline.windows import Rect, WindowGrid, axis_offsets, blocks
+from pipeline.windows import UNET_MULTIPLE, Rect, WindowGrid, axis_spans, blocks
 
 NODATA_UINT8 = 255
 UINT8_MAX_PROB = 254  # probability p is stored as round(p * 254); 255 is nodata
@@ -49,32 +50,34 @@ def taper(window: int, before: int, after: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _axis(size: int, window: int, overlap: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-    offsets = axis_offsets(size, window, overlap)
-    n = len(offsets)
+def _axis(size: int, window: int, overlap: int, multiple: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    spans = axis_spans(size, window, overlap, multiple)
+    n = len(spans)
+
+    def ramp(a: int, b: int) -> int:  # shared pixels of windows a and b, at most half of either
+        (oa, la), (ob, lb) = spans[a], spans[b]
+        return max(0, min(oa + la - ob, la // 2, lb // 2))
+
     weights = []
-    total = np.zeros(max(size, offsets[-1] + window), dtype=np.float64)
-    for k, off in enumerate(offsets):
-        # ramp length = the pixels shared with that neighbour, at most half a window
-        before = min(offsets[k - 1] + window - off, window // 2) if k > 0 else 0
-        after = min(off + window - offsets[k + 1], window // 2) if k < n - 1 else 0
-        w = taper(window, before, after)
+    total = np.zeros(max(size, spans[-1][0] + spans[-1][1]), dtype=np.float64)
+    for k, (off, length) in enumerate(spans):
+        w = taper(length, ramp(k - 1, k) if k > 0 else 0, ramp(k, k + 1) if k < n - 1 else 0)
         w.setflags(write=False)
         weights.append(w)
-        total[off : off + window] += w
+        total[off : off + length] += w
     total = total[:size]
     total.setflags(write=False)
     return tuple(weights), total
 
 
-def axis_weights(size: int, window: int, overlap: int) -> list[np.ndarray]:
-    """The 1-D weight of every window along an axis (same order as ``axis_offsets``)."""
-    return list(_axis(size, window, overlap)[0])
+def axis_weights(size: int, window: int, overlap: int, multiple: int = UNET_MULTIPLE) -> list[np.ndarray]:
+    """The 1-D weight of every window along an axis (same order as ``axis_spans``)."""
+    return list(_axis(size, window, overlap, multiple)[0])
 
 
-def axis_weight_sum(size: int, window: int, overlap: int) -> np.ndarray:
+def axis_weight_sum(size: int, window: int, overlap: int, multiple: int = UNET_MULTIPLE) -> np.ndarray:
     """Sum of all windows' 1-D weights at each of the ``size`` pixels (always > 0)."""
-    return _axis(size, window, overlap)[1]
+    return _axis(size, window, overlap, multiple)[1]
 
 
 def window_contribution_weight(grid: WindowGrid, i: int, j: int) -> tuple[Rect, np.ndarray]:
@@ -85,10 +88,11 @@ def window_contribution_weight(grid: WindowGrid, i: int, j: int) -> tuple[Rect, 
     """
     rect = grid.rect(i, j)
     inside = rect.intersect(grid.bounds)
-    wy = axis_weights(grid.height, grid.window, grid.overlap)[i][: inside.height]
-    wx = axis_weights(grid.width, grid.window, grid.overlap)[j][: inside.width]
-    ty = axis_weight_sum(grid.height, grid.window, grid.overlap)[inside.row_off : inside.row_end]
-    tx = axis_weight_sum(grid.width, grid.window, grid.overlap)[inside.col_off : inside.col_end]
+    g = (grid.window, grid.overlap, grid.multiple)
+    wy = axis_weights(grid.height, *g)[i][: inside.height]
+    wx = axis_weights(grid.width, *g)[j][: inside.width]
+    ty = axis_weight_sum(grid.height, *g)[inside.row_off : inside.row_end]
+    tx = axis_weight_sum(grid.width, *g)[inside.col_off : inside.col_end]
     return inside, np.outer(wy / ty, wx / tx).astype(np.float32)
 
 

@@ -54,75 +54,97 @@ class Rect:
         return slice(r, r + self.height), slice(c, c + self.width)
 
 
-def axis_offsets(size: int, window: int, overlap: int) -> list[int]:
-    """Start offsets of the windows along one axis of ``size`` pixels.
+UNET_MULTIPLE = 32  # a depth-5 U-Net needs sides divisible by 2**5
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def axis_spans(size: int, window: int, overlap: int, multiple: int = UNET_MULTIPLE) -> list[tuple[int, int]]:
+    """``(offset, length)`` of the windows along one axis of ``size`` pixels.
 
     With ``stride = window - overlap``::
 
-        n = 1                                         if size <= window
-        n = ceil((size - window) / stride) + 1        otherwise
-        offset_i = round(i * (size - window) / (n - 1))   for i in 0 .. n-1
+        size <= window:  one window at 0, length round_up(size, multiple) (padded < multiple px)
+        otherwise:       n = ceil((size - window) / stride) + 1 windows;
+                         window k < n-1 at k * stride, full length ``window``;
+                         the last one has length
+                           L = min(window, round_up(max(size - (n-1)*stride, 2*overlap), multiple))
+                         and sits at ``size - L``, ending exactly at the raster edge.
 
-    The first window starts at 0 and the last ends exactly at ``size``, so no window reads
-    past the raster unless the raster is smaller than one window (then one window at 0, padded
-    with nodata). Offsets are spread evenly, so neighbouring windows overlap by at least
-    ``overlap`` pixels and by the same amount (to a pixel) all along the axis: no thin strip is
-    left for a snapped-back last window (rslearn #486). Every pixel is covered.
+    The last window is cropped to what is left of the raster instead of being a full window
+    snapped back over its neighbour: the model computes ~(1 + overlap/stride) times the
+    raster's pixels per axis (1.14 for 8192 px at 512/64), not a whole extra window (1.19).
+    It keeps at least ``2 * overlap`` pixels, so its blending ramp has room and it never is a
+    thin strip with no context (rslearn #486); being flush with the edge, it overlaps its
+    neighbour by at least ``overlap``. No window reads past the raster unless the raster is
+    smaller than one window. Every length is a multiple of ``multiple`` (the U-Net's stride).
     """
-    if window <= 0:
-        raise ValueError(f"window must be positive, got {window}")
+    if window <= 0 or window % multiple:
+        raise ValueError(f"window must be a positive multiple of {multiple}, got {window}")
     if not 0 <= overlap < window:
         raise ValueError(f"overlap must be in [0, window={window}), got {overlap}")
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
     if size <= window:
-        return [0]
-    span = size - window
-    n = math.ceil(span / (window - overlap)) + 1
-    # round half up in integers: floor(i*span/(n-1) + 1/2)
-    return [(2 * i * span + (n - 1)) // (2 * (n - 1)) for i in range(n)]
+        return [(0, _round_up(size, multiple))]
+    stride = window - overlap
+    n = math.ceil((size - window) / stride) + 1
+    last = min(window, _round_up(max(size - (n - 1) * stride, 2 * overlap), multiple))
+    return [(k * stride, window) for k in range(n - 1)] + [(size - last, last)]
 
 
-def axis_cover(offsets: list[int], window: int, start: int, end: int) -> range:
-    """Indices of the windows (sorted ``offsets``) that overlap pixels ``[start, end)``."""
+def axis_cover(spans: list[tuple[int, int]], start: int, end: int) -> range:
+    """Indices of the windows (``axis_spans``, sorted) that overlap pixels ``[start, end)``."""
     lo = 0
-    while lo < len(offsets) and offsets[lo] + window <= start:
+    while lo < len(spans) and spans[lo][0] + spans[lo][1] <= start:
         lo += 1
     hi = lo
-    while hi < len(offsets) and offsets[hi] < end:
+    while hi < len(spans) and spans[hi][0] < end:
         hi += 1
     return range(lo, hi)
 
 
 @dataclass(frozen=True)
 class WindowGrid:
-    """The fixed grid of square prediction windows over a ``height x width`` raster."""
+    """The fixed grid of prediction windows over a ``height x width`` raster.
+
+    Windows are ``window`` pixels square except along the last row and column, which are
+    cropped to the raster (``axis_spans``).
+    """
 
     height: int
     width: int
     window: int
     overlap: int
+    multiple: int = UNET_MULTIPLE
 
     def __post_init__(self) -> None:
         # validates the arguments early, with the axis named
         for name, size in (("height", self.height), ("width", self.width)):
             try:
-                axis_offsets(size, self.window, self.overlap)
+                axis_spans(size, self.window, self.overlap, self.multiple)
             except ValueError as e:
                 raise ValueError(f"window grid, {name}: {e}") from None
 
     @property
-    def row_offsets(self) -> list[int]:
-        return axis_offsets(self.height, self.window, self.overlap)
+    def row_spans(self) -> list[tuple[int, int]]:
+        return axis_spans(self.height, self.window, self.overlap, self.multiple)
 
     @property
-    def col_offsets(self) -> list[int]:
-        return axis_offsets(self.width, self.window, self.overlap)
+    def col_spans(self) -> list[tuple[int, int]]:
+        return axis_spans(self.width, self.window, self.overlap, self.multiple)
 
     @property
     def shape(self) -> tuple[int, int]:
         """Number of windows (rows, columns)."""
-        return len(self.row_offsets), len(self.col_offsets)
+        return len(self.row_spans), len(self.col_spans)
+
+    @property
+    def pixels(self) -> int:
+        """Pixels the model computes over the whole grid (padding included)."""
+        return sum(h for _, h in self.row_spans) * sum(w for _, w in self.col_spans)
 
     def __len__(self) -> int:
         rows, cols = self.shape
@@ -133,8 +155,9 @@ class WindowGrid:
         return Rect(0, 0, self.height, self.width)
 
     def rect(self, i: int, j: int) -> Rect:
-        """Window (i, j) in pixels; may extend past the raster when it is smaller than a window."""
-        return Rect(self.row_offsets[i], self.col_offsets[j], self.window, self.window)
+        """Window (i, j) in pixels; extends past the raster only when that is smaller than a window."""
+        (r, h), (c, w) = self.row_spans[i], self.col_spans[j]
+        return Rect(r, c, h, w)
 
     def indices(self) -> Iterator[tuple[int, int]]:
         """All window indices, row-major."""
@@ -145,8 +168,8 @@ class WindowGrid:
 
     def touching(self, area: Rect) -> list[tuple[int, int]]:
         """Indices of the windows that overlap ``area``, row-major."""
-        rows = axis_cover(self.row_offsets, self.window, area.row_off, area.row_end)
-        cols = axis_cover(self.col_offsets, self.window, area.col_off, area.col_end)
+        rows = axis_cover(self.row_spans, area.row_off, area.row_end)
+        cols = axis_cover(self.col_spans, area.col_off, area.col_end)
         return [(i, j) for i in rows for j in cols]
 
 

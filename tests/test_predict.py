@@ -24,7 +24,7 @@ from pipeline import parallel
 from pipeline.model import ModelConfig, build_unet, save_model
 from pipeline.predict import default_output_path, predict_raster
 from pipeline.raster import RasterError
-from pipeline.windows import axis_offsets
+from pipeline.windows import WindowGrid
 
 BANDS = ["red", "green", "blue", "nir"]
 MEAN = [90.0, 100.0, 110.0, 120.0]
@@ -140,10 +140,11 @@ def test_output_is_a_cog_on_the_input_grid_with_exact_nodata(scene, model_dir, s
     is_valid, errors, _warnings = cog_validate(str(out))
     assert is_valid and not errors
     # windows lying wholly in the empty strip were skipped, the others ran
-    rows, cols = axis_offsets(320, 64, 16), axis_offsets(448, 64, 16)
-    empty = sum(1 for r in rows for c in cols if invalid[r : r + 64, c : c + 64].all())
+    grid = WindowGrid(320, 448, 64, 16)
+    rects = [grid.rect(i, j) for i, j in grid.indices()]
+    empty = sum(1 for r in rects if invalid[r.row_off : r.row_end, r.col_off : r.col_end].all())
     assert empty > 0 and res.windows_skipped == empty
-    assert res.windows_run + res.windows_skipped == len(rows) * len(cols)
+    assert res.windows_run + res.windows_skipped == len(rects)
     assert res.mpix_per_s > 0
     assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp files gone
@@ -190,12 +191,12 @@ def test_no_seams_at_window_or_block_edges(model_dir, scheduler, tmp_path) -> No
     kw = dict(model=model_dir, window=64, scheduler=scheduler, block_size=256, dtype="float32", progress=False)
     # control: without overlap the window edges show (so the measure can see a seam) ...
     p0, _ = read(predict_raster(img, tmp_path / "hard.tif", overlap=0, **kw).output)
-    edges0 = axis_offsets(320, 64, 0)[1:]
+    edges0 = [o for o, _ in WindowGrid(320, 320, 64, 0).row_spans][1:]
     assert seam_ratio(p0, edges0, axis=1) > 3.0
     # ... with blending, no boundary (window starts and ends, the block edge at 256) stands out
     p1, _ = read(predict_raster(img, tmp_path / "soft.tif", overlap=32, **kw).output)
-    offs = axis_offsets(320, 64, 32)
-    boundaries = sorted(set(offs[1:]) | {o + 64 for o in offs[:-1]} | {256})
+    spans = WindowGrid(320, 320, 64, 32).row_spans
+    boundaries = sorted({o for o, _ in spans[1:]} | {o + n for o, n in spans[:-1]} | {256})
     for axis in (0, 1):
         assert seam_ratio(p1, boundaries, axis=axis) < 1.6
 

@@ -18,7 +18,7 @@ from pipeline.stitching import (
     taper,
     window_contribution_weight,
 )
-from pipeline.windows import Rect, WindowGrid, axis_offsets, window_groups
+from pipeline.windows import Rect, WindowGrid, axis_spans, window_groups
 
 CASES = [(1, 64, 16), (40, 64, 16), (64, 64, 0), (100, 64, 16), (300, 64, 16), (300, 64, 0),
          (300, 64, 40), (513, 128, 32), (1000, 96, 8)]
@@ -46,21 +46,32 @@ def test_ramps_cross_fade_to_one() -> None:
 
 @pytest.mark.parametrize(("size", "window", "overlap"), CASES)
 def test_axis_weights_positive_everywhere_and_sum_matches(size: int, window: int, overlap: int) -> None:
-    offs = axis_offsets(size, window, overlap)
+    spans = axis_spans(size, window, overlap)
     ws = axis_weights(size, window, overlap)
-    total = np.zeros(max(size, window))
-    for o, w in zip(offs, ws, strict=True):
-        assert w.shape == (window,) and (w > 0).all()
-        total[o : o + window] += w
+    total = np.zeros(max(size, sum(spans[-1])))
+    for (o, n), w in zip(spans, ws, strict=True):
+        assert w.shape == (n,) and (w > 0).all()
+        total[o : o + n] += w
     s = axis_weight_sum(size, window, overlap)
     assert s.shape == (size,)
     assert (s > 0).all()
     np.testing.assert_allclose(s, total[:size])
-    if len(offs) > 1 and overlap <= window // 2:
-        # evenly spread windows cross-fade: a partition of unity
+    pairs = list(itertools.pairwise(spans))
+    if pairs and all(a + n - b <= min(n, m) // 2 for (a, n), (b, m) in pairs):
+        # ramps over exactly the shared pixels cross-fade: a partition of unity
         np.testing.assert_allclose(s, 1.0, atol=1e-12)
     # border windows keep full weight at the raster edges
-    assert ws[0][0] == 1.0 and ws[-1][min(window, size - offs[-1]) - 1] == 1.0
+    assert ws[0][0] == 1.0 and ws[-1][min(spans[-1][1], size - spans[-1][0]) - 1] == 1.0
+
+
+def test_cropped_last_window_blends_smoothly() -> None:
+    """8192 px at 512/64: the last window is 128 px; the weight sum stays smooth (no step)."""
+    s = axis_weight_sum(8192, 512, 64)
+    np.testing.assert_allclose(s, 1.0, atol=1e-12)  # shared 64 = ramp: still a cross-fade
+    s = axis_weight_sum(900, 512, 64)  # the last pair shares 92 px: the ramp spans all of them
+    np.testing.assert_allclose(s, 1.0, atol=1e-12)
+    w_last = axis_weights(900, 512, 64)[-1]
+    assert w_last.shape == (480,) and (np.diff(w_last[:92]) > 0).all() and (w_last[92:] == 1).all()
 
 
 @pytest.mark.parametrize(("size", "window", "overlap"), CASES)

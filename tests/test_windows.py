@@ -12,50 +12,58 @@ from pipeline.windows import (
     Rect,
     WindowGrid,
     axis_cover,
-    axis_offsets,
+    axis_spans,
     blocks,
     window_groups,
 )
 
 SIZES = [1, 31, 32, 33, 63, 64, 65, 100, 127, 128, 129, 200, 255, 256, 257, 500, 512, 513, 1000]
-WINDOWS = [(32, 0), (32, 8), (64, 0), (64, 16), (64, 63), (128, 32), (96, 40)]
+WINDOWS = [(32, 0), (32, 8), (64, 0), (64, 16), (64, 31), (128, 32), (96, 40), (512, 64)]
+M = 32  # the U-Net multiple
 
 
 @pytest.mark.parametrize(("window", "overlap"), WINDOWS)
-def test_axis_offsets_cover_every_pixel_and_respect_overlap(window: int, overlap: int) -> None:
+def test_axis_spans_cover_every_pixel_and_respect_overlap(window: int, overlap: int) -> None:
     for size in SIZES:
-        offs = axis_offsets(size, window, overlap)
-        covered = np.zeros(size, int)
-        for o in offs:
-            covered[o : o + window] += 1
-        assert covered.min() >= 1, (size, window, overlap)
+        spans = axis_spans(size, window, overlap)
+        offs = [o for o, _ in spans]
+        covered = np.zeros(max(size, spans[-1][0] + spans[-1][1]), int)
+        for o, n in spans:
+            assert n % M == 0 and 0 < n <= window  # every window is a U-Net-valid side
+            covered[o : o + n] += 1
+        assert covered[:size].min() >= 1, (size, window, overlap)
         assert offs[0] == 0
         assert offs == sorted(offs)
         if size <= window:
-            assert offs == [0]
+            assert spans == [(0, -(-size // M) * M)]  # padded by less than one multiple
             continue
-        assert offs[-1] + window == size  # last window ends at the edge: nothing read past it
-        gaps = np.diff(offs)
-        assert (window - gaps >= overlap).all()  # at least the asked overlap everywhere
-        assert gaps.max() - gaps.min() <= 1  # spread evenly
+        assert sum(spans[-1]) == size  # the last window ends at the edge: nothing read past it
+        assert all(n == window for _, n in spans[:-1])  # only the last one is cropped
+        assert spans[-1][1] >= min(window, 2 * overlap)  # never a thin strip
+        shared = [a + n - b for (a, n), (b, _) in itertools.pairwise(spans)]
+        assert min(shared) >= overlap  # at least the asked overlap everywhere
+        assert all(s == overlap for s in shared[:-1])
         # the docstring formula for the count, and no window fewer would do
         n = math.ceil((size - window) / (window - overlap)) + 1
-        assert len(offs) == n
+        assert len(spans) == n
         assert (n - 2) * (window - overlap) + window < size
 
 
-def test_axis_offsets_examples() -> None:
-    assert axis_offsets(8192, 512, 0) == list(range(0, 8192, 512))
-    assert axis_offsets(1000, 512, 64) == [0, 244, 488]
-    assert axis_offsets(900, 512, 64) == [0, 388]
-    assert axis_offsets(300, 512, 64) == [0]
-    assert len(axis_offsets(8192, 512, 64)) == 19
+def test_axis_spans_examples() -> None:
+    assert axis_spans(8192, 512, 0) == [(o, 512) for o in range(0, 8192, 512)]
+    assert axis_spans(1000, 512, 64) == [(0, 512), (448, 512), (872, 128)]
+    assert axis_spans(900, 512, 64) == [(0, 512), (420, 480)]
+    assert axis_spans(300, 512, 64) == [(0, 320)]
+    spans = axis_spans(8192, 512, 64)
+    assert len(spans) == 19 and spans[-1] == (8192 - 128, 128)
+    # what the model computes along the axis: 18 full windows and a cropped one
+    assert sum(n for _, n in spans) == 18 * 512 + 128
 
 
-@pytest.mark.parametrize(("size", "window", "overlap"), [(0, 32, 0), (10, 0, 0), (10, 32, 32), (10, 32, -1)])
-def test_axis_offsets_rejects_bad_arguments(size: int, window: int, overlap: int) -> None:
+@pytest.mark.parametrize(("size", "window", "overlap"), [(0, 32, 0), (10, 0, 0), (10, 32, 32), (10, 32, -1), (10, 48, 0)])
+def test_axis_spans_rejects_bad_arguments(size: int, window: int, overlap: int) -> None:
     with pytest.raises(ValueError):
-        axis_offsets(size, window, overlap)
+        axis_spans(size, window, overlap)
 
 
 def test_grid_rejects_bad_overlap_naming_the_axis() -> None:
@@ -63,13 +71,19 @@ def test_grid_rejects_bad_overlap_naming_the_axis() -> None:
         WindowGrid(100, 100, 64, 64)
 
 
+def test_grid_pixels_counts_what_the_model_computes() -> None:
+    grid = WindowGrid(8192, 8192, 512, 64)
+    assert grid.pixels == sum(grid.rect(i, j).height * grid.rect(i, j).width for i, j in grid.indices())
+    assert grid.pixels / WindowGrid(8192, 8192, 512, 0).pixels == pytest.approx((9344 / 8192) ** 2)
+
+
 def test_axis_cover_matches_brute_force() -> None:
     for size, (window, overlap) in itertools.product([65, 200, 513], WINDOWS):
-        offs = axis_offsets(size, window, overlap)
+        spans = axis_spans(size, window, overlap)
         for start in range(0, size, 7):
             for end in range(start + 1, min(size, start + 150) + 1, 11):
-                expect = [k for k, o in enumerate(offs) if o < end and o + window > start]
-                assert list(axis_cover(offs, window, start, end)) == expect
+                expect = [k for k, (o, n) in enumerate(spans) if o < end and o + n > start]
+                assert list(axis_cover(spans, start, end)) == expect
 
 
 def test_rect_geometry() -> None:
