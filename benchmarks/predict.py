@@ -11,7 +11,7 @@ Measured side by side in one run and printed as a table:
   (target <= 1.35; the window-count ratio, the floor for any method, is printed beside it);
 * throughput in Mpix/s;
 * memory = peak RSS of the whole process tree (this process + Dask nanny/worker processes,
-  sampled every 50 ms with psutil) while predicting rasters of two sizes (targets: the larger
+  sampled every 100 ms with psutil, in separate runs from the timed ones) while predicting rasters of two sizes (targets: the larger
   under 2 GB and within 20 % of the smaller).
 
 Usage (the defaults are the full targets; on a 2-core CPU box use smaller sizes)::
@@ -28,6 +28,7 @@ written block by block so making them does not inflate the measured memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -168,8 +169,10 @@ def run_bare(model_dir: Path, size: int, args: argparse.Namespace, tuned: bool) 
 
 
 def measure_once(image: Path, out: Path, model_dir: Path, args: argparse.Namespace, overlap: int) -> dict:
-    """One predict_raster call with the memory sampler around it (run in a fresh process)."""
-    with TreeMemory() as mem:
+    """One predict_raster call (run in a fresh process), with the memory sampler around it
+    only for memory runs: reading /proc/<pid>/smaps of every process ten times a second costs
+    CPU the timed runs must not lose."""
+    with TreeMemory() if args.sample_memory else contextlib.nullcontext(TreeMemory()) as mem:
         t0 = time.perf_counter()
         res = predict_raster(image, out, model=model_dir, window=args.window, overlap=overlap,
                              batch_size=args.batch_size, windows_per_task=args.windows_per_task,
@@ -180,7 +183,9 @@ def measure_once(image: Path, out: Path, model_dir: Path, args: argparse.Namespa
                 timings=res.timings)
 
 
-def run_predict(image: Path, out: Path, model_dir: Path, args: argparse.Namespace, overlap: int) -> dict:
+def run_predict(
+    image: Path, out: Path, model_dir: Path, args: argparse.Namespace, overlap: int, memory: bool = False
+) -> dict:
     """``measure_once`` in a fresh Python process, so runs do not inherit each other's memory."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--measure-one", str(image), "--out", str(out),
            "--model-dir", str(model_dir), "--overlap", str(overlap), "--window", str(args.window),
@@ -192,6 +197,8 @@ def run_predict(image: Path, out: Path, model_dir: Path, args: argparse.Namespac
         cmd += ["--batch-size", str(args.batch_size)]
     if args.progress:
         cmd += ["--progress"]
+    if memory:
+        cmd += ["--sample-memory"]
     done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -216,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--measure-one", type=Path, help=argparse.SUPPRESS)  # internal: one run, JSON out
     ap.add_argument("--measure-bare", type=int, help=argparse.SUPPRESS)  # internal: bare seconds out
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--sample-memory", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.measure_bare:
@@ -241,8 +249,7 @@ def main(argv: list[str] | None = None) -> None:
             image = make_input(work / f"in_{n}.tif", n)
             r = run_predict(image, work / f"out_{n}.tif", model_dir, args, args.overlap)
             wall, n_win = r["wall"], r["windows"]
-            rows.append((f"predict {n}^2 (overlap {args.overlap})", f"{wall:.1f} s",
-                         f"{n_win} windows; tree PSS {r['pss'] / gib:.2f} GiB, RSS sum {r['rss'] / gib:.2f} GiB"))
+            rows.append((f"predict {n}^2 (overlap {args.overlap})", f"{wall:.1f} s", f"{n_win} windows"))
             rows.append(("  of which (seconds)", "", ", ".join(f"{k} {v:.1f}" for k, v in r["timings"].items())))
             if not args.skip_overlap:
                 r0 = run_predict(image, work / f"out0_{n}.tif", model_dir, args, 0)
@@ -264,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
             peaks = {}
             for n in (small, large):
                 image = make_input(work / f"mem_{n}.tif", n)
-                r = run_predict(image, work / f"mem_out_{n}.tif", model_dir, args, args.overlap)
+                r = run_predict(image, work / f"mem_out_{n}.tif", model_dir, args, args.overlap, memory=True)
                 peaks[n] = r
                 rows.append((f"peak memory, process tree, {n}^2", f"{r['pss'] / gib:.2f} GiB",
                              f"PSS (RSS sum {r['rss'] / gib:.2f} GiB); {r['wall']:.1f} s, "
