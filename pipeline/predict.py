@@ -24,8 +24,10 @@ import contextlib
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -281,6 +283,46 @@ def _cog_blocksize(height: int, width: int) -> int:
     return 512 if min(height, width) >= 2048 else 256
 
 
+def _stream_windows(
+    client: Any,
+    job: PredictJob,
+    groups: list[WindowGroup],
+    assembler: BlockAssembler,
+    writer: raster.BlockWriter,
+    encode: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    timings: dict[str, float],
+    progress: bool,
+    name: str,
+) -> tuple[int, int]:
+    """Run every task on the cluster; write each output block as it completes.
+
+    Returns (windows run, windows skipped); adds the workers' and the assembly's seconds to
+    ``timings``.
+    """
+    ran = skipped = 0
+    for rect, prob, valid in assembler.initially_complete():
+        writer.write(encode(prob, valid), rect.row_off, rect.col_off)
+    results = parallel.stream_results(
+        client, run_group, ((job, g) for g in groups),
+        max_in_flight=2 * parallel.total_threads(client) + 2, total=len(job.grid),
+        progress=progress, desc=f"predict {name}", unit="win",
+        weight=lambda task: len(task[1].windows),
+    )
+    with contextlib.closing(results):  # on any error, cancel what is still queued
+        for res in results:
+            t0 = time.perf_counter()
+            ran += res.ran
+            skipped += res.skipped
+            for key, value in res.timings.items():
+                timings[key] += value
+            for rect, prob, valid in assembler.add(res.region, res.contrib, res.valid):
+                writer.write(encode(prob, valid), rect.row_off, rect.col_off)
+            timings["assemble_write"] += time.perf_counter() - t0
+    if not assembler.done:
+        raise RuntimeError("internal error: some output blocks were never completed")
+    return ran, skipped
+
+
 def predict_raster(
     image: Path,
     output: Path,
@@ -343,7 +385,6 @@ def predict_raster(
     if scale is not None:
         tags["scale"] = "1/254"
 
-    ran = skipped = 0
     timings = {"read": 0.0, "model": 0.0, "blend": 0.0, "assemble_write": 0.0}
     grid = WindowGrid(info.height, info.width, window, overlap)
     model_dir = str(Path(folder).resolve())
@@ -363,31 +404,14 @@ def predict_raster(
             dtype=dtype, nodata=nodata, description=BAND_DESCRIPTION, scale=scale, tags=tags,
             overwrite=overwrite, cog_blocksize=_cog_blocksize(info.height, info.width),
         ) as writer:
-            for rect, prob, valid in assembler.initially_complete():
-                writer.write(encode(prob, valid), rect.row_off, rect.col_off)
             t_stream = time.perf_counter()
-            results = parallel.stream_results(
-                client, run_group, ((job, g) for g in groups),
-                max_in_flight=2 * parallel.total_threads(client) + 2, total=len(grid),
-                progress=progress, desc=f"predict {image.name}", unit="win",
-                weight=lambda task: len(task[1].windows),
-            )
-            with contextlib.closing(results):  # on any error, cancel what is still queued
-                for res in results:
-                    t_res = time.perf_counter()
-                    ran += res.ran
-                    skipped += res.skipped
-                    for key, value in res.timings.items():
-                        timings[key] += value
-                    for rect, prob, valid in assembler.add(res.region, res.contrib, res.valid):
-                        writer.write(encode(prob, valid), rect.row_off, rect.col_off)
-                    timings["assemble_write"] += time.perf_counter() - t_res
-            if not assembler.done:
-                raise RuntimeError("internal error: some output blocks were never completed")
+            ran, skipped = _stream_windows(client, job, groups, assembler, writer, encode, timings,
+                                           progress, image.name)
             t_finalize = time.perf_counter()
             timings["windows"] = t_finalize - t_stream
-        timings["cog_finalize"] = time.perf_counter() - t_finalize
-    timings["cluster_stop"] = time.perf_counter() - t_finalize - timings["cog_finalize"]
+        t_stop = time.perf_counter()
+        timings["cog_finalize"] = t_stop - t_finalize
+    timings["cluster_stop"] = time.perf_counter() - t_stop
 
     vectors_out = None
     if vectors is not None:
