@@ -64,8 +64,8 @@ class PredictResult:
     windows_skipped: int
     mpix_per_s: float
     peak_open_blocks: int = 0
-    # seconds by phase: cluster_start, windows (all tasks), cog_finalize, cluster_stop on the
-    # client; read, model, blend summed over the workers; assemble_write on the client
+    # seconds by phase: cluster_start, model_load, windows (all tasks), cog_finalize,
+    # cluster_stop on the client; read, model, blend summed over the workers; assemble_write on the client
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -393,8 +393,11 @@ def predict_raster(
         link = parallel.dashboard_link(client)
         if progress and link:
             print(f"Dask dashboard: {link}")
-        if batch_size is None:  # the smallest any worker can take (workers may differ)
-            batch_size = min(client.run(fitted_batch_size, model_dir, device, window).values())
+        t_load = time.perf_counter()
+        # every worker loads the model now (and says what batch it can take); the smallest wins
+        fitted = min(client.run(fitted_batch_size, model_dir, device, window).values())
+        batch_size = batch_size or fitted
+        timings["model_load"] = time.perf_counter() - t_load
         # a task holds at least one full batch of windows
         groups = window_groups(grid, max(windows_per_task, batch_size))
         assembler = BlockAssembler(info.height, info.width, block_size, [g.region for g in groups])
