@@ -1,11 +1,9 @@
 """The one module that imports dask: clusters, task mapping, per-worker caches.
 
-``map_ordered`` runs tasks in order with a bounded number in flight (tile stage; ``map_tasks``
-is its simpler all-at-once form). Predict uses ``cluster_client``
-(a sized LocalCluster, or an existing scheduler), ``stream_results`` (bounded in-flight
-submission, results as they finish) and ``worker_cached`` (the model once per worker).
-
-NOTE for whoever extends this file: keep `map_tasks` (used by the tile stage).
+``map_ordered`` runs tasks in order with a bounded number in flight (tile stage). Predict
+uses ``cluster_client`` (a sized LocalCluster, or an existing scheduler), ``stream_results``
+(bounded in-flight submission, results as they finish) and ``worker_cached`` (the model once
+per worker).
 """
 
 from __future__ import annotations
@@ -13,42 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
-
-
-def map_tasks(
-    fn: Callable[..., Any],
-    tasks: Sequence[tuple],
-    *,
-    workers: int = 2,
-    desc: str = "",
-    progress: bool = True,
-) -> list[Any]:
-    """Run ``fn(*task)`` for every task on a local dask.distributed cluster; results in task order.
-
-    One process per worker with one thread each (GDAL and numpy release the GIL, but separate
-    processes keep rasterio handles and memory per worker). With one task or one worker the
-    tasks run in this process: a cluster would only add start-up time.
-    """
-    from tqdm import tqdm
-
-    if workers <= 1 or len(tasks) <= 1:
-        return [fn(*t) for t in tqdm(tasks, desc=desc, disable=not progress)]
-
-    from distributed import Client, LocalCluster, as_completed
-
-    n = min(workers, len(tasks))
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        with Client(cluster) as client:
-            futures = [client.submit(fn, *t, pure=False) for t in tasks]
-            order = {f.key: i for i, f in enumerate(futures)}
-            results: list[Any] = [None] * len(tasks)
-            with tqdm(total=len(tasks), desc=desc, disable=not progress) as bar:
-                for fut in as_completed(futures):
-                    results[order[fut.key]] = fut.result()
-                    bar.update(1)
-    return results
 
 
 def map_ordered(
@@ -143,6 +108,7 @@ _WORKER_ENV_DEFAULTS = {"GDAL_CACHEMAX": "64"}  # MB: GDAL's default is 5 % of R
 # the buffers are simply reused.
 ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**34)}
 CPU_THREADS_PER_WORKER = 4  # torch threads per CPU worker process when workers is not given
+GPU_TASKS_PER_WORKER = 2  # tasks at once per GPU worker: reading overlaps the GPU's work
 
 
 def available_cores() -> int:
@@ -159,16 +125,28 @@ def _cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def plan_workers(workers: int | None, device: str) -> tuple[int, int, list[int | None]]:
-    """(worker processes, torch threads per worker, GPU index per worker) for a local cluster.
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How a local cluster for predict is laid out."""
+
+    workers: int  # worker processes
+    torch_threads: int  # intra-op threads of each worker's torch
+    tasks_per_worker: int  # Dask threads: tasks a worker runs at once
+    gpus: list[int | None]  # the GPU each worker owns (None: CPU)
+
+
+def plan_workers(workers: int | None, device: str) -> WorkerPlan:
+    """Size a local cluster for ``device``.
 
     CUDA (asked for, or ``auto`` with a GPU): one worker per GPU unless ``workers`` says
-    otherwise (then GPUs are shared round-robin). CPU: ``cores // CPU_THREADS_PER_WORKER``
-    workers by default (at least one), each running one task at a time with
-    ``cores // workers`` torch threads, so workers x threads = cores: never oversubscribed.
-    Why not one worker per core: every worker process holds torch (~0.4 GB), the model and a
-    batch of activations, so memory grows with workers, while torch's convolutions scale well
-    over a few threads; on 2 cores one worker with 2 threads is as fast as two with one.
+    otherwise (then GPUs are shared round-robin), each running ``GPU_TASKS_PER_WORKER`` tasks
+    at once so that one task reads and normalises its windows on the CPU while another keeps
+    the GPU busy. CPU: ``cores // CPU_THREADS_PER_WORKER`` workers by default (at least one),
+    each running one task at a time with ``cores // workers`` torch threads, so workers x
+    threads = cores: never oversubscribed. Why not one worker per core: every worker process
+    holds torch (~0.4 GB), the model and a batch of activations, so memory grows with
+    workers, while torch's convolutions scale well over a few threads; on 2 cores one worker
+    with 2 threads is as fast as two with one.
     """
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -177,10 +155,10 @@ def plan_workers(workers: int | None, device: str) -> tuple[int, int, list[int |
         raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
     if gpus:
         n = workers or gpus
-        return n, 1, [k % gpus for k in range(n)]
+        return WorkerPlan(n, 1, GPU_TASKS_PER_WORKER, [k % gpus for k in range(n)])
     cores = available_cores()
     n = workers or max(1, cores // CPU_THREADS_PER_WORKER)
-    return n, max(1, cores // n), [None] * n
+    return WorkerPlan(n, max(1, cores // n), 1, [None] * n)
 
 
 def _configure_worker(threads: int, gpu: int | None) -> None:
@@ -195,26 +173,28 @@ def _configure_worker(threads: int, gpu: int | None) -> None:
 
 @contextlib.contextmanager
 def local_cluster(workers: int | None, device: str = "auto") -> Iterator[Any]:
-    """A LocalCluster of worker processes sized for ``device``; yields a connected Client.
+    """A LocalCluster of worker processes sized by ``plan_workers``; yields a connected Client.
 
-    One thread per worker process: torch, GDAL and the per-worker model cache then never share
-    a process between tasks running at once.
+    On CPU one task at a time per worker process: torch's threads and GDAL then never share a
+    process between tasks running at once. Tasks running at once in one worker (GPU) share
+    its cached model, which inference only reads.
     """
     import dask
     from distributed import Client, LocalCluster
 
-    n, threads, gpus = plan_workers(workers, device)
+    plan = plan_workers(workers, device)
+    threads = plan.torch_threads
     pre_spawn = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     pre_spawn.update(ALLOCATOR_ENV, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}), LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
+        n_workers=plan.workers,
+        threads_per_worker=plan.tasks_per_worker,
         processes=True,
         dashboard_address=":0",  # a free port: several clusters may run side by side
         env=_WORKER_ENV_DEFAULTS,
     ) as cluster, Client(cluster) as client:
-        client.wait_for_workers(n)
-        for addr, gpu in zip(sorted(client.scheduler_info()["workers"]), gpus, strict=True):
+        client.wait_for_workers(plan.workers)
+        for addr, gpu in zip(sorted(client.scheduler_info()["workers"]), plan.gpus, strict=True):
             client.run(_configure_worker, threads, gpu, workers=[addr])
         yield client
 
@@ -241,6 +221,11 @@ def cluster_client(scheduler: str | None, workers: int | None, device: str) -> I
 def total_threads(client: Any) -> int:
     """Task slots on the cluster (sum of worker threads)."""
     return sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()) or 1
+
+
+def max_threads_per_worker(client: Any) -> int:
+    """The most tasks any one worker runs at once."""
+    return max((w["nthreads"] for w in client.scheduler_info()["workers"].values()), default=1)
 
 
 def dashboard_link(client: Any) -> str | None:

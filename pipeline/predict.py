@@ -116,12 +116,13 @@ def worker_model(model_dir: str, device: str) -> tuple[torch.nn.Module, ModelCon
     return parallel.worker_cached(("model", model_dir, device), lambda: _load_for_worker(model_dir, device))
 
 
-def fitted_batch_size(model_dir: str, device: str, window: int) -> int:
+def fitted_batch_size(model_dir: str, device: str, window: int, concurrent: int = 1) -> int:
     """Runs on a worker: the batch size it should use for ``window`` x ``window`` windows.
 
     CPU: ``CPU_BATCH_SIZE``. CUDA: one window is run to measure its activation memory, and
     the batch is what fits in ``GPU_MEMORY_FRACTION`` of the memory still free (what the
-    caching allocator holds counts as free), between 1 and ``MAX_GPU_BATCH_SIZE``.
+    caching allocator holds counts as free), shared by the ``concurrent`` tasks the worker
+    runs at once, between 1 and ``MAX_GPU_BATCH_SIZE``.
     """
     model, config, dev = worker_model(model_dir, device)
     if dev.type != "cuda":
@@ -133,7 +134,7 @@ def fitted_batch_size(model_dir: str, device: str, window: int) -> int:
     per_window = max(1, torch.cuda.max_memory_allocated(dev) - before)
     free, _total = torch.cuda.mem_get_info(dev)
     free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
-    return int(max(1, min(MAX_GPU_BATCH_SIZE, GPU_MEMORY_FRACTION * free // per_window)))
+    return int(max(1, min(MAX_GPU_BATCH_SIZE, GPU_MEMORY_FRACTION * free // (per_window * concurrent))))
 
 
 def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
@@ -395,7 +396,8 @@ def predict_raster(
             print(f"Dask dashboard: {link}")
         t_load = time.perf_counter()
         # every worker loads the model now (and says what batch it can take); the smallest wins
-        fitted = min(client.run(fitted_batch_size, model_dir, device, window).values())
+        concurrent = parallel.max_threads_per_worker(client)
+        fitted = min(client.run(fitted_batch_size, model_dir, device, window, concurrent).values())
         batch_size = batch_size or fitted
         timings["model_load"] = time.perf_counter() - t_load
         # a task holds at least one full batch of windows

@@ -30,13 +30,14 @@ def client():
 
 def test_plan_workers_never_oversubscribes_cores() -> None:
     cores = parallel.available_cores()
-    n, threads, gpus = parallel.plan_workers(None, "cpu")
+    plan = parallel.plan_workers(None, "cpu")
+    n, threads = plan.workers, plan.torch_threads
     assert n == max(1, cores // parallel.CPU_THREADS_PER_WORKER) and n * threads <= cores
-    assert threads == cores // n and gpus == [None] * n
-    assert parallel.plan_workers(1, "cpu") == (1, cores, [None])
-    assert parallel.plan_workers(cores, "cpu") == (cores, 1, [None] * cores)
-    n, threads, _ = parallel.plan_workers(3, "cpu")
-    assert n == 3 and n * threads <= max(cores, 3)
+    assert threads == cores // n and plan.gpus == [None] * n and plan.tasks_per_worker == 1
+    assert parallel.plan_workers(1, "cpu") == parallel.WorkerPlan(1, cores, 1, [None])
+    assert parallel.plan_workers(cores, "cpu") == parallel.WorkerPlan(cores, 1, 1, [None] * cores)
+    plan = parallel.plan_workers(3, "cpu")
+    assert plan.workers == 3 and plan.workers * plan.torch_threads <= max(cores, 3)
     with pytest.raises(ValueError):
         parallel.plan_workers(0, "cpu")
 
@@ -118,9 +119,9 @@ def test_predict_through_an_external_scheduler(tmp_path: Path) -> None:
                                "--no-dashboard", "--scheduler-file", str(sched_file)], **common)]
     try:
         _wait_for(sched_file)
-        for _ in range(2):
+        for nthreads in ("1", "2"):  # the second runs two tasks at once on one cached model (as on a GPU)
             procs.append(subprocess.Popen([str(DASK), "worker", "--scheduler-file", str(sched_file),
-                                           "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"], **common))
+                                           "--nthreads", nthreads, "--host", "127.0.0.1", "--no-dashboard"], **common))
         address = json.loads(sched_file.read_text())["address"]
         with Client(address) as c:
             c.wait_for_workers(2, timeout=60)
@@ -135,6 +136,10 @@ def test_predict_through_an_external_scheduler(tmp_path: Path) -> None:
             loads = c.run(parallel.cache_loads)
         model_loads = [n for per_worker in loads.values() for k, n in per_worker.items() if "model" in k]
         assert model_loads and all(n == 1 for n in model_loads)  # once per worker, not per task
+        local = predict_raster(img, tmp_path / "local.tif", model=model, window=64, overlap=16,
+                               workers=1, device="cpu", progress=False)
+        with rasterio.open(local.output) as ds:
+            assert np.abs(ds.read(1).astype(int) - values.astype(int)).max() <= 1
     finally:
         for p in reversed(procs):  # workers first, then the scheduler
             p.terminate()
