@@ -44,8 +44,9 @@ import psutil
 import torch
 
 from pipeline import parallel
+from pipeline.inference import fitted_batch_size, forward_probs
 from pipeline.model import ModelConfig, build_unet, load_model, pick_device, save_model
-from pipeline.predict import fitted_batch_size, forward_probs, predict_raster
+from pipeline.predict import predict_raster
 from pipeline.windows import WindowGrid, window_groups
 
 

@@ -42,7 +42,7 @@ from pipeline.metrics import (
     best_f1_threshold,
     relaxed_break_even,
 )
-from pipeline.model import CONFIG_FILE, read_config
+from pipeline.model_config import CONFIG_FILE, read_config
 
 log = logging.getLogger(__name__)
 

@@ -1,48 +1,20 @@
 """Build the road U-Net from a :class:`ModelConfig`, save it and load it without unpickling.
 
 A trained model is a folder: ``model.safetensors`` (the smp.Unet state dict) and
-``model.json`` (this config). The config carries everything predict needs: encoder, bands,
-normalisation, chip size and decision threshold.
+``model.json`` (the config, ``pipeline.model_config``). The config carries everything predict
+needs: encoder, bands, normalisation, chip size and decision threshold.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "model.json"
-
-
-class ModelConfig(BaseModel):
-    """What a trained model is and how to feed it; stored as model.json beside the weights."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    architecture: str = Field("unet", description="Segmentation architecture (smp)")
-    encoder: str = Field(description="Zoo backbone used as encoder, e.g. resnet18")
-    encoder_weights: str = Field("none", description="How the encoder was initialised: repo, none, imagenet")
-    bands: list[str] = Field(description="Input band names, in order")
-    mean: list[float] = Field(description="Per-band mean used for normalisation")
-    std: list[float] = Field(description="Per-band standard deviation used for normalisation")
-    chip_size: int = Field(description="Training chip side in pixels")
-    threshold: float = Field(0.5, ge=0, le=1, description="Decision threshold on the road probability")
-    decoder_upsampling: str = Field("interp", description="interp or transposed")
-    dropout: float = Field(0.0, description="Dropout before the segmentation head")
-    data_fingerprint: str = Field("", description="Fingerprint of the training chips")
-    git_commit: str = Field("", description="Commit of the code that trained the model")
-    metrics: dict[str, float] = Field(default_factory=dict, description="Validation/test metrics")
-
-    @property
-    def in_channels(self) -> int:
-        return len(self.bands)
-
+from pipeline.model_config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, read_config
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 
@@ -105,13 +77,6 @@ def save_model(model: nn.Module, config: ModelConfig, folder: Path) -> Path:
     return folder
 
 
-def read_config(folder: Path) -> ModelConfig:
-    path = Path(folder) / CONFIG_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{folder}: not a model folder (no {CONFIG_FILE})")
-    return ModelConfig.model_validate(json.loads(path.read_text()))
-
-
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig]:
     """Load a model folder strictly; returns (model in eval mode on ``device``, config)."""
     folder = Path(folder)
@@ -120,18 +85,6 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
     state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), config
-
-
-def resolve_model(ref: str | Path, tracking_default: str = "sqlite:///mlflow.db") -> Path:
-    """A model folder for ``ref``: a local folder as it is, or a ``models:/…`` URI downloaded."""
-    from pipeline import registry
-
-    if isinstance(ref, str) and registry.is_model_uri(ref):
-        return registry.download_model_dir(ref, tracking_default=tracking_default)
-    path = Path(ref)
-    if not (path / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"{path}: no model folder here (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
-    return path
 
 
 def pick_device(requested: str = "auto") -> torch.device:

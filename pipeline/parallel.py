@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
@@ -119,7 +120,14 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# Device files of a GPU driver (NVIDIA, WSL's GPU bridge, AMD ROCm). Without any of them there
+# is no GPU to count and torch is not imported: the predict client stays light on CPU boxes.
+_GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")
+
+
 def _cuda_count() -> int:
+    if sys.platform.startswith("linux") and not any(os.path.exists(f) for f in _GPU_DEVICE_FILES):
+        return 0
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0

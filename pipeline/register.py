@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline import registry
 from pipeline.config import Params
-from pipeline.model import read_config
+from pipeline.model_config import read_config
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

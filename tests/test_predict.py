@@ -399,3 +399,15 @@ def test_vectors_are_written_as_linestrings(scene, model_dir, scheduler, tmp_pat
 
 def test_default_output_path() -> None:
     assert default_output_path(Path("/data/region.tif")) == Path("/data/region_roads.tif")
+
+
+@pytest.mark.skipif(parallel._cuda_count() > 0, reason="with a GPU the client imports torch to count GPUs")
+def test_the_predict_client_never_imports_torch(scene, model_dir, tmp_path) -> None:
+    """Only the workers load torch: `pipeline predict` starts fast and its process stays small."""
+    out = tmp_path / "out.tif"
+    code = ("import sys; from pipeline.predict import predict_raster; "
+            f"predict_raster({str(scene)!r}, {str(out)!r}, model={str(model_dir)!r}, window=64, overlap=16, "
+            "workers=1, progress=False); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False"
+    assert out.exists()  # and the prediction was made

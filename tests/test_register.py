@@ -16,7 +16,8 @@ import yaml
 
 from pipeline import registry
 from pipeline.config import load_params
-from pipeline.model import ModelConfig, build_unet, resolve_model, save_model
+from pipeline.model import ModelConfig, build_unet, save_model
+from pipeline.model_config import resolve_model
 from pipeline.register import promote, run_register
 
 ROOT = Path(__file__).resolve().parents[1]
