@@ -41,11 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import torch
 
 from pipeline import parallel
-from pipeline.inference import fitted_batch_size, forward_probs
-from pipeline.model import ModelConfig, build_unet, load_model, pick_device, save_model
 from pipeline.predict import predict_raster
 from pipeline.windows import WindowGrid, window_groups
 
@@ -73,7 +70,13 @@ def make_input(path: Path, size: int, seed: int = 0) -> Path:
     return path
 
 
+# torch is imported only where a model is built or run, so the measured predict process is
+# what `pipeline predict` is: a client without torch.
 def make_model(folder: Path, encoder: str) -> Path:
+    import torch
+
+    from pipeline.model import ModelConfig, build_unet, save_model
+
     torch.manual_seed(0)
     cfg = ModelConfig(encoder=encoder, bands=["red", "green", "blue", "nir"], mean=[120.0] * 4,
                       std=[40.0] * 4, chip_size=512)
@@ -127,6 +130,11 @@ def bare_forward(model_dir: Path, size: int, args: argparse.Namespace) -> float:
     The same windows (the cropped last row and column included), batched as ``run_group``
     batches them (per task, one shape per batch); no reading, no Dask, no writing.
     """
+    import torch
+
+    from pipeline.inference import fitted_batch_size, forward_probs
+    from pipeline.model import load_model, pick_device
+
     dev = pick_device(args.device)
     torch.set_num_threads(parallel.available_cores())
     model, cfg = load_model(model_dir, dev)
@@ -239,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[tuple[str, str, str]] = []
     try:
         model_dir = make_model(work / "model", args.encoder)
-        dev = pick_device(args.device)
+        dev = "cuda" if args.device == "cuda" or (args.device == "auto" and parallel._cuda_count()) else "cpu"
         print(f"device {dev}, cores {parallel.available_cores()}, workers {args.workers or 'auto'}, "
               f"encoder {args.encoder}, window {args.window}, overlap {args.overlap}, "
               f"batch {args.batch_size or 'auto'}, windows/task {args.windows_per_task}, block {args.block_size}")
