@@ -233,8 +233,6 @@ def predict_raster(
     image, output = Path(image), Path(output)
     if dtype not in ("uint8", "float32"):
         raise ValueError(f"dtype must be uint8 or float32, got {dtype!r}")
-    if window % 32:
-        raise ValueError(f"window must be a multiple of 32 (U-Net depth 5), got {window}")
     if block_size <= 0 or block_size % 256:
         raise ValueError(f"block_size must be a positive multiple of 256, got {block_size}")
     if batch_size is not None and batch_size < 1:
@@ -263,10 +261,11 @@ def predict_raster(
         tags["scale"] = "1/254"
 
     timings = {"read": 0.0, "model": 0.0, "blend": 0.0, "assemble_write": 0.0}
-    grid = WindowGrid(info.height, info.width, window, overlap)
+    grid = WindowGrid(info.height, info.width, window, overlap)  # checks window and overlap
     model_dir = str(Path(folder).resolve())
+    t_cluster = time.perf_counter()
     with parallel.cluster_client(scheduler, workers, device) as client:
-        timings["cluster_start"] = time.perf_counter() - t0
+        timings["cluster_start"] = time.perf_counter() - t_cluster
         link = parallel.dashboard_link(client)
         if progress and link:
             print(f"Dask dashboard: {link}")

@@ -411,3 +411,9 @@ def test_the_predict_client_never_imports_torch(scene, model_dir, tmp_path) -> N
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "False"
     assert out.exists()  # and the prediction was made
+
+
+def test_window_not_a_multiple_of_32_is_refused_before_any_work(scene, model_dir, tmp_path) -> None:
+    with pytest.raises(ValueError, match="multiple of 32"):
+        predict_raster(scene, tmp_path / "out.tif", model=model_dir, window=100, progress=False)
+    assert not list(tmp_path.iterdir())
