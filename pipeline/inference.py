@@ -23,8 +23,9 @@ from pipeline.predict import GroupResult, PredictJob
 from pipeline.stitching import window_contribution_weight
 from pipeline.windows import WindowGroup
 
-# Windows per forward pass on CPU when not given: as fast as 4 on 2 cores, and a worker
-# peaks at ~1.0 GiB instead of ~1.4 GiB for 512 px windows (BENCHMARKS.md, issue 6).
+# Windows per forward pass on CPU when not given: a CPU's convolutions already use every core
+# at batch 1-2, and a worker then peaks at ~1.0 GiB instead of ~1.4 GiB with batch 4 for
+# 512 px windows (measured; BENCHMARKS.md, issue 6).
 CPU_BATCH_SIZE = 2
 GPU_MEMORY_FRACTION = 0.6  # of the GPU memory free after loading the model, for activations
 MAX_GPU_BATCH_SIZE = 64
