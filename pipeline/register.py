@@ -113,12 +113,15 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
 
 
 def promote(params: Params, version: str) -> None:
-    """Move ``champion`` to ``version`` by hand."""
+    """Move ``champion`` to ``version`` by hand (the version stops being the challenger)."""
     registry.configure(params.register.tracking_uri)
     versions = {v["version"] for v in registry.list_versions(params.register.model_name)}
     if str(version) not in versions:
         raise LookupError(f"{params.register.model_name} has no version {version} (versions: {sorted(versions)})")
-    registry.set_alias(params.register.model_name, CHAMPION, str(version))
+    name = params.register.model_name
+    registry.set_alias(name, CHAMPION, str(version))
+    if registry.alias_version(name, CHALLENGER) == str(version):  # it challenges no one now
+        registry.delete_alias(name, CHALLENGER)
 
 
 def _input_example(params: Params, channels: int) -> np.ndarray:

@@ -205,6 +205,10 @@ def set_alias(name: str, alias: str, version: str) -> None:
     _client().set_registered_model_alias(name, alias, version)
 
 
+def delete_alias(name: str, alias: str) -> None:
+    _client().delete_registered_model_alias(name, alias)
+
+
 def list_versions(name: str) -> list[dict[str, Any]]:
     """Versions of ``name`` (newest first) with their aliases and tags."""
     client = _client()

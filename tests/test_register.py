@@ -69,6 +69,8 @@ def _check_registry_flow(params, release: Path, env: dict) -> None:
 
     promote(params, "2")
     assert registry.alias_version("road-unet", "champion") == "2"
+    assert registry.alias_version("road-unet", "challenger") is None  # the challenger won
+    assert registry.list_versions("road-unet")[1]["aliases"] == ["champion"]
     with pytest.raises(LookupError, match="no version 9"):
         promote(params, "9")
 
