@@ -132,14 +132,12 @@ def bare_forward(model_dir: Path, size: int, args: argparse.Namespace) -> float:
     """
     import torch
 
-    from pipeline.inference import fitted_batch_size, forward_probs
-    from pipeline.model import load_model, pick_device
+    from pipeline.inference import fitted_batch_size, forward_probs, worker_model
 
-    dev = pick_device(args.device)
     torch.set_num_threads(parallel.available_cores())
-    model, cfg = load_model(model_dir, dev)
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    # the model as a worker holds it (device, channels_last), loaded once: fitted_batch_size
+    # below reuses the same cached copy
+    model, cfg, dev = worker_model(str(model_dir), args.device)
     grid = WindowGrid(size, size, args.window, args.overlap)
     batch_size = args.batch_size or fitted_batch_size(str(model_dir), args.device, args.window)
     batches: list[tuple[int, int, int]] = []  # (n, height, width)
