@@ -24,7 +24,7 @@ class RoadUNetPyfunc(PythonModel):
         self.device = pick_device("auto")
         self.model, self.config = load_model(context.artifacts["model_dir"], self.device)
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
         x = np.asarray(model_input, dtype=np.float32)
         if x.ndim == 3:
             x = x[None]
