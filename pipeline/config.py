@@ -159,6 +159,9 @@ class TrainParams(_Section):
         "interp", description="Decoder upsampling: smp's interpolation or transposed convolutions"
     )
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the segmentation head")
+    decoder_attention: Literal["none", "scse"] = Field(
+        "none", description="Attention in each decoder block: none, or smp's scSE (channel + spatial squeeze-excitation)"
+    )
     augment: bool = Field(True, description="Dihedral flips/rotations and per-band jitter")
     scale_jitter: float = Field(
         0.0, ge=0, lt=1,

@@ -46,6 +46,7 @@ def build_unet(config: ModelConfig) -> nn.Module:
         in_channels=config.in_channels,
         classes=1,
         decoder_channels=DECODER_CHANNELS,
+        decoder_attention_type=None if config.decoder_attention == "none" else config.decoder_attention,
     )
     if config.decoder_upsampling == "transposed":
         _use_transposed_upsampling(model)

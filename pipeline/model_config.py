@@ -32,6 +32,7 @@ class ModelConfig(BaseModel):
     threshold: float = Field(0.5, ge=0, le=1, description="Decision threshold on the road probability")
     decoder_upsampling: str = Field("interp", description="interp or transposed")
     dropout: float = Field(0.0, description="Dropout before the segmentation head")
+    decoder_attention: str = Field("none", description="Decoder attention: none or scse")
     data_fingerprint: str = Field("", description="Fingerprint of the training chips")
     git_commit: str = Field("", description="Commit of the code that trained the model")
     metrics: dict[str, float] = Field(default_factory=dict, description="Validation/test metrics")

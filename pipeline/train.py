@@ -185,6 +185,7 @@ def run_train(
         chip_size=stats["chip_size"],
         decoder_upsampling=params.decoder_upsampling,
         dropout=params.dropout,
+        decoder_attention=params.decoder_attention,
         data_fingerprint=stats["fingerprint"],
         git_commit=git_commit(),
     )

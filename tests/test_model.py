@@ -1,0 +1,61 @@
+"""The U-Net options of train (the seed's transposed-convolution decoder, dropout, scSE
+attention) build what they say and survive the save/load round trip predict relies on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.model import build_unet, load_model, save_model
+from pipeline.model_config import ModelConfig
+
+
+def _config(**options) -> ModelConfig:
+    return ModelConfig(encoder="resnet18", bands=["r", "g", "b", "nir"], mean=[0.0] * 4, std=[1.0] * 4,
+                       chip_size=64, **options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"decoder_upsampling": "transposed"}, {"dropout": 0.3}, {"decoder_attention": "scse"},
+     {"decoder_upsampling": "transposed", "dropout": 0.2, "decoder_attention": "scse"}],
+    ids=["default", "transposed", "dropout", "scse", "all"],
+)
+def test_unet_options_round_trip(options, tmp_path):
+    torch.manual_seed(0)
+    model = build_unet(_config(**options)).eval()
+    x = torch.randn(2, 4, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+    assert before.shape == (2, 1, 64, 64)
+
+    save_model(model, _config(**options), tmp_path / "m")
+    loaded, config = load_model(tmp_path / "m")  # strict: the options rebuild the same modules
+    assert config.model_dump() == _config(**options).model_dump()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), before)
+
+
+def test_options_change_the_network():
+    modules = {name: [type(m).__name__ for m in build_unet(_config(**opts)).modules()]
+               for name, opts in {"default": {}, "transposed": {"decoder_upsampling": "transposed"},
+                                  "dropout": {"dropout": 0.3}, "scse": {"decoder_attention": "scse"}}.items()}
+    assert "ConvTranspose2d" not in modules["default"]
+    assert modules["transposed"].count("ConvTranspose2d") == 5  # one per decoder block
+    assert "Dropout2d" in modules["dropout"] and "Dropout2d" not in modules["default"]
+    assert "SCSEModule" in modules["scse"] and "SCSEModule" not in modules["default"]
+
+
+def test_dropout_is_active_in_training_only():
+    torch.manual_seed(0)
+    model = build_unet(_config(dropout=0.5))
+    x = torch.randn(1, 4, 64, 64)
+    model.train()
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    assert not torch.equal(a, b)  # a fresh mask per pass
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    assert isinstance(model.segmentation_head[0], nn.Dropout2d)
