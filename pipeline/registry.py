@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -121,20 +122,97 @@ def _pyfunc_artifact_dir(model_root: Path) -> Path:
     return model_root / rel
 
 
-def download_model_dir(uri: str, tracking_default: str = DEFAULT_TRACKING_URI) -> Path:
-    """Resolve ``models:/name@alias`` (or ``runs:/``) to a local folder holding the model files.
+CACHE_ENV = "ROADSEG_CACHE_DIR"
+_VERSION_URI = re.compile(r"models:/([^/@]+)(?:/(\d+)|@(.+))")
 
-    Only plain files (safetensors weights, model.json) are used from the download; nothing is
-    unpickled.
+
+def model_cache_dir() -> Path:
+    """Where downloaded registry models are kept: ``$ROADSEG_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/roadseg/models`` (``~/.cache/roadseg/models``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "roadseg" / "models"
+
+
+def _store_identity(uri: str) -> str:
+    """The tracking store as an absolute string (a relative SQLite path depends on the cwd)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + os.path.abspath(uri[len(prefix):])
+    return uri
+
+
+def _cache_key(uri: str, store: str) -> str | None:
+    """A folder name that names exactly one immutable set of model files, or None.
+
+    A registered version (``models:/name/3``, or an alias resolved to its version now) and a run
+    artifact (``runs:/<id>/path``) never change once written, so their files are downloaded
+    once per store. Anything else (a stage such as ``models:/name/Production``) is not cached.
     """
+    import hashlib
+
+    m = _VERSION_URI.fullmatch(uri)
+    if m:
+        name, version, alias = m.groups()
+        client = _client()
+        mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
+        ident, label = f"{name}/{mv.version}/{mv.run_id}/{mv.source}", f"{name}-v{mv.version}"
+    elif uri.startswith("runs:/"):
+        ident, label = uri, "run-" + uri[len("runs:/"):].split("/", 1)[0]
+    else:
+        return None
+    digest = hashlib.sha256(f"{store}\n{ident}".encode()).hexdigest()[:12]
+    return f"{''.join(c if c.isalnum() or c in '-_.' else '_' for c in label)}-{digest}"
+
+
+def download_model_dir(uri: str, tracking_default: str = DEFAULT_TRACKING_URI) -> Path:
+    """Resolve ``models:/name@alias`` (or ``/version``, or ``runs:/``) to a local model folder.
+
+    Registered versions and run artifacts are immutable, so they are downloaded once into
+    :func:`model_cache_dir` (under a name from the store, model and version) and reused by
+    every later call; the download goes to a hidden folder renamed into place, so a killed
+    download is never mistaken for a model. An alias is resolved to its version on every call,
+    so moving ``champion`` takes effect at once. Only plain files (safetensors weights,
+    model.json) are used from the download; nothing is unpickled.
+    """
+    import shutil
+
     mlflow = _mlflow()
-    configure(tracking_default)
-    dst = Path(tempfile.mkdtemp(prefix="roadseg-model-"))
+    store = _store_identity(configure(tracking_default))
     try:
-        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+        key = _cache_key(uri, store)
+        cache = model_cache_dir()
+        if key is not None and (hit := _model_root(cache / key)) is not None:
+            return _pyfunc_artifact_dir(hit)
+        if key is None:
+            dst = Path(tempfile.mkdtemp(prefix="roadseg-model-"))  # uncacheable: a fresh copy
+        else:
+            cache.mkdir(parents=True, exist_ok=True)
+            dst = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache))
+        try:
+            root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+        except BaseException:
+            shutil.rmtree(dst, ignore_errors=True)
+            raise
     except mlflow.exceptions.MlflowException as e:
-        raise LookupError(f"{uri}: not found in the registry at {tracking_uri(tracking_default)} ({e.message})") from e
-    return _pyfunc_artifact_dir(root)
+        raise LookupError(f"{uri}: not found in the registry at {store} ({e.message})") from e
+    if key is None:
+        return _pyfunc_artifact_dir(root)
+    try:
+        os.rename(dst, cache / key)
+    except OSError:  # another process cached the same version first: use theirs
+        shutil.rmtree(dst, ignore_errors=True)
+    hit = _model_root(cache / key)
+    if hit is None:
+        raise LookupError(f"{uri}: the download in {cache / key} holds no MLmodel file")
+    return _pyfunc_artifact_dir(hit)
+
+
+def _model_root(folder: Path) -> Path | None:
+    """The folder holding the MLmodel file of a (cached) download, or None."""
+    found = sorted(folder.rglob("MLmodel"), key=lambda p: len(p.parts)) if folder.is_dir() else []
+    return found[0].parent if found else None
 
 
 # ----------------------------------------------------------------------------- registry

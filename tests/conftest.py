@@ -26,6 +26,12 @@ def _no_outside_mlflow(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _own_model_cache(monkeypatch, tmp_path_factory):
+    """Registry downloads go to a cache of this test's own, never the developer's ~/.cache."""
+    monkeypatch.setenv("ROADSEG_CACHE_DIR", str(tmp_path_factory.mktemp("model-cache")))
+
+
 def make_scene(folder: Path, name: str, seed: int, size: int = 256, origin=(500000.0, 5400000.0)) -> dict:
     """A 4-band uint8 scene with straight and diagonal roads, a label raster and land cover.
 

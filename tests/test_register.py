@@ -76,6 +76,15 @@ def _check_registry_flow(params, release: Path, env: dict) -> None:
 
     folder = resolve_model("models:/road-unet@champion", tracking_default=params.register.tracking_uri)
     assert json.loads((folder / "model.json").read_text())["threshold"] == 0.4
+    # downloaded once per version into the model cache, reused, and an alias move is seen at once
+    cache = registry.model_cache_dir()
+    assert cache in folder.parents and "road-unet-v2-" in str(folder)
+    assert resolve_model("models:/road-unet/2", tracking_default=params.register.tracking_uri) == folder
+    promote(params, "3")
+    newer = resolve_model("models:/road-unet@champion", tracking_default=params.register.tracking_uri)
+    assert newer != folder and "road-unet-v3-" in str(newer)
+    assert sorted(p.name.split("-")[2] for p in cache.iterdir()) == ["v2", "v3"]  # no partial downloads
+    promote(params, "2")
 
     code = (
         "import mlflow, numpy as np\n"
