@@ -9,12 +9,28 @@ import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, Params, PredictParams, RegisterParams, load_params
+from pipeline.parallel import DeviceError
 
 EVALUATED_MODEL_DIR = Path("models/release")
+DEFAULT_PARAMS = Path("params.yaml")
 
 
 def _params(args: argparse.Namespace) -> Params:
-    return load_params(args.params)
+    return load_params(args.params or DEFAULT_PARAMS)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -47,7 +63,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from pipeline.train import run_train
 
     p = _params(args)
-    metrics = run_train(p.train, p.tile, p.pretrain, p.register, resume=args.resume, params_file=Path(args.params))
+    metrics = run_train(p.train, p.tile, p.pretrain, p.register, resume=args.resume, params_file=Path(args.params or DEFAULT_PARAMS))
     print(json.dumps(metrics, indent=2))
 
 
@@ -77,19 +93,20 @@ def cmd_register(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from pipeline.predict import default_output_path, predict_raster
 
-    # predict works without a params.yaml (a user's own folder): then the defaults apply
-    p = _params(args) if Path(args.params).exists() else None
+    # predict works without a params.yaml (a user's own folder): then the defaults apply; a
+    # --params file that is given must exist
+    p = _params(args) if args.params or DEFAULT_PARAMS.exists() else None
     d = p.predict if p else PredictParams()
     tracking_default = p.register.tracking_uri if p else RegisterParams().tracking_uri
     result = predict_raster(
         Path(args.image),
         Path(args.output) if args.output else default_output_path(Path(args.image)),
         model=args.model or d.model,
-        window=args.window or d.window,
+        window=d.window if args.window is None else args.window,
         overlap=d.overlap if args.overlap is None else args.overlap,
-        batch_size=args.batch_size or d.batch_size,
-        windows_per_task=d.windows_per_task,
-        workers=args.workers or d.workers,
+        batch_size=d.batch_size if args.batch_size is None else args.batch_size,
+        windows_per_task=d.windows_per_task if args.windows_per_task is None else args.windows_per_task,
+        workers=d.workers if args.workers is None else args.workers,
         scheduler=args.scheduler,
         device=args.device or d.device,
         tta=args.tta,
@@ -133,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, fn, help: str, description: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=description)
-        sp.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+        sp.add_argument("--params", default=None, help="parameters file (default: params.yaml)")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         sp.set_defaults(func=fn)
         return sp
@@ -144,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("tile", cmd_tile, "cut scenes into chips with a spatial split",
              "Cut the scenes in data.scenes into image/mask chips, burn road masks from the vectors, "
              "assign train/val/test by blocks of area, write the chip index and band statistics.")
-    sp.add_argument("--workers", type=int, default=None, help="Dask workers (default: tile.workers)")
+    sp.add_argument("--workers", type=_positive_int, default=None, help="Dask workers (default: tile.workers)")
     sp = add("pretrain", cmd_pretrain, "pretrain a zoo backbone on land-cover chips",
              "Train a classifier from the zoo (lenet5, alexnet, vgg*, googlenet, resnet*) on land-cover "
              "classification of the chips; writes models/backbones/<arch>.safetensors + .json.")
@@ -168,11 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", help="output GeoTIFF (default: <image>_roads.tif)")
     sp.add_argument("--model", help="models:/NAME@ALIAS, runs:/… or a model folder (default: predict.model)")
     sp.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://HOST:PORT)")
-    sp.add_argument("--workers", type=int, help="local workers (default: one per GPU, else per core)")
+    sp.add_argument("--workers", type=_positive_int, help="local workers (default: one per GPU, else per 4 cores)")
     sp.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: auto)")
-    sp.add_argument("--batch-size", type=int, help="windows per forward pass (default: 2 on CPU, fitted to GPU memory)")
-    sp.add_argument("--window", type=int, help="window side in pixels (multiple of 32)")
-    sp.add_argument("--overlap", type=int, help="overlap between windows in pixels")
+    sp.add_argument("--batch-size", type=_positive_int, help="windows per forward pass (default: 2 on CPU, fitted to GPU memory)")
+    sp.add_argument("--windows-per-task", type=_positive_int, help="windows per Dask task (default: predict.windows_per_task)")
+    sp.add_argument("--window", type=_positive_int, help="window side in pixels (multiple of 32)")
+    sp.add_argument("--overlap", type=_non_negative_int, help="overlap between windows in pixels")
     sp.add_argument("--tta", action="store_true", help="average the eight dihedral transforms")
     sp.add_argument("--vectors", help="also write road centrelines to this GeoPackage")
     sp.add_argument("--dtype", choices=["uint8", "float32"], default="uint8", help="output sample type")
@@ -196,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("models promote needs a VERSION")
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, LookupError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, FileExistsError, LookupError, ValueError, DeviceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -91,7 +91,9 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
 def pick_device(requested: str = "auto") -> torch.device:
     """CUDA when present (or asked for), else CPU."""
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+        from pipeline.parallel import DeviceError
+
+        raise DeviceError("--device cuda asked for, but torch sees no CUDA device")
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)

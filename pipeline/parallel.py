@@ -125,6 +125,10 @@ def available_cores() -> int:
 _GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")
 
 
+class DeviceError(RuntimeError):
+    """The device asked for is not there (e.g. ``--device cuda`` on a machine without CUDA)."""
+
+
 def _cuda_count() -> int:
     if sys.platform.startswith("linux") and not any(os.path.exists(f) for f in _GPU_DEVICE_FILES):
         return 0
@@ -160,7 +164,7 @@ def plan_workers(workers: int | None, device: str) -> WorkerPlan:
         raise ValueError(f"workers must be >= 1, got {workers}")
     gpus = _cuda_count() if device in ("auto", "cuda") else 0
     if device == "cuda" and gpus == 0:
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+        raise DeviceError("--device cuda asked for, but torch sees no CUDA device")
     if gpus:
         n = workers or gpus
         return WorkerPlan(n, 1, GPU_TASKS_PER_WORKER, [k % gpus for k in range(n)])

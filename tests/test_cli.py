@@ -49,10 +49,42 @@ def test_invalid_params_file_exits_2_naming_the_key(tmp_path, capsys):
     assert str(bad) in err and "data.scenes" in err
 
 
-def test_predict_missing_raster_names_it(tmp_path, capsys):
+def test_predict_missing_raster_names_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: predict's defaults apply
     missing = tmp_path / "nowhere.tif"
-    assert main(["predict", str(missing), "--model", str(tmp_path), "--params", str(tmp_path / "none.yaml")]) == 2
+    assert main(["predict", str(missing), "--model", str(tmp_path)]) == 2
     assert "nowhere.tif" in capsys.readouterr().err
+
+
+def test_a_params_file_that_is_given_must_exist(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    typo = tmp_path / "parms.yaml"
+    assert main(["predict", "x.tif", "--model", str(tmp_path), "--params", str(typo)]) == 2
+    assert f"{typo}: file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--workers", "--batch-size", "--window", "--windows-per-task"])
+def test_predict_refuses_non_positive_counts(flag, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "x.tif", flag, "0"])
+    assert exc.value.code == 2
+    assert "must be a positive integer" in capsys.readouterr().err
+
+
+def test_predict_device_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from tests.test_predict import make_model, smooth_image, write_raster
+
+    model = make_model(tmp_path / "model")
+    image = write_raster(tmp_path / "in.tif", smooth_image(64, 64).astype("uint8"))
+    code = main(["predict", str(image), "--model", str(model), "--device", "cuda", "-q"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--device cuda asked for, but torch sees no CUDA device" in err
+    assert not (tmp_path / "in_roads.tif").exists()
 
 
 def test_parser_requires_a_command():
