@@ -132,6 +132,31 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def run_identity(params: TrainParams, data_fingerprint: str) -> dict:
+    """What a checkpoint must match to be resumed: the train params and the chips it saw."""
+    return {"train": params.model_dump(mode="json"), "data_fingerprint": data_fingerprint}
+
+
+def check_resumable(path: Path, ckpt: dict, identity: dict) -> None:
+    """Refuse to resume a checkpoint of another run (other params or other chips): the result
+    would be neither run. Raises ValueError naming what differs."""
+    if "identity" not in ckpt:
+        raise ValueError(f"{path}: checkpoint carries no run parameters (an older format); train without --resume")
+    saved = json.loads(ckpt["identity"])
+    diffs = [
+        f"train.{k}: {saved['train'].get(k)!r} in the checkpoint, {v!r} now"
+        for k, v in identity["train"].items()
+        if saved["train"].get(k) != v
+    ]
+    if saved["data_fingerprint"] != identity["data_fingerprint"]:
+        diffs.append("the chips changed since the checkpoint (data fingerprint)")
+    if diffs:
+        raise ValueError(
+            f"{path}: cannot resume a different run ({'; '.join(diffs)}); "
+            "restore those settings, or train without --resume to start over"
+        )
+
+
 def rng_state() -> dict:
     np_state = np.random.get_state()
     return {
@@ -206,8 +231,10 @@ def run_train(
 
     start_epoch, best_iou, history, run_id = 0, -1.0, [], None
     ckpt_path = params.checkpoint_path
+    identity = run_identity(params, stats["fingerprint"])
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
+        check_resumable(ckpt_path, ckpt, identity)
         model.load_state_dict(ckpt["model"])
         optimiser.load_state_dict(ckpt["optimiser"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -285,6 +312,7 @@ def run_train(
                 rng=rng_state(),
                 history=json.dumps(history),
                 run_id=run_id,
+                identity=json.dumps(identity, sort_keys=True),
             )
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 return {"stopped_after_epoch": epoch}

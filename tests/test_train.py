@@ -258,3 +258,20 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, scenes_dir
         assert torch.equal(w_a[k], w_b[k]), k
     for key in ("val_iou", "val_f1", "best_epoch", "epochs"):
         assert m_a[key] == m_b[key], key
+
+
+def test_resume_refuses_a_checkpoint_of_other_params(tmp_path, scenes_dir, chips_dir, monkeypatch):
+    from pipeline.train import run_train
+
+    monkeypatch.chdir(tmp_path)
+    p = load_params(write_params(tmp_path, scenes_dir, chips_dir, epochs=2, max_batches_per_epoch=1))
+    assert run_train(p.train, p.tile, p.pretrain, p.register, stop_after_epoch=0) == {"stopped_after_epoch": 0}
+    assert p.train.checkpoint_path.exists()
+
+    changed = p.train.model_copy(update={"lr": p.train.lr * 10})
+    with pytest.raises(ValueError, match=r"unet_last.pt: cannot resume a different run \(train.lr: "):
+        run_train(changed, p.tile, p.pretrain, p.register, resume=True)
+    assert not (p.train.out_dir / "model.safetensors").exists()  # nothing was published
+
+    metrics = run_train(p.train, p.tile, p.pretrain, p.register, resume=True)  # the same run resumes
+    assert metrics["epochs"] == 2 and (p.train.out_dir / "model.safetensors").exists()
