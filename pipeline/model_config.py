@@ -29,6 +29,8 @@ class ModelConfig(BaseModel):
     mean: list[float] = Field(description="Per-band mean used for normalisation")
     std: list[float] = Field(description="Per-band standard deviation used for normalisation")
     chip_size: int = Field(description="Training chip side in pixels")
+    dtype: str = Field("", description="Sample type of the training imagery (uint8, uint16, ...); '' unknown")
+    gsd_m: float | None = Field(None, gt=0, description="Median pixel size of the training scenes, metres")
     threshold: float = Field(0.5, ge=0, le=1, description="Decision threshold on the road probability")
     decoder_upsampling: str = Field("interp", description="interp or transposed")
     dropout: float = Field(0.0, description="Dropout before the segmentation head")

@@ -45,6 +45,7 @@ from pipeline.windows import Rect, WindowGrid, WindowGroup, window_groups
 
 BAND_DESCRIPTION = "road_probability"
 DEFAULT_BLOCK = 1024
+GSD_TOLERANCE = 1.5  # warn when the raster's pixel size differs from the model's by more than this factor
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,21 @@ def _check_inputs(image: Path, info: raster.RasterInfo, config: ModelConfig, mod
         )
     if info.crs is None:
         warnings.warn(f"{image}: raster has no CRS; the prediction will have none either", stacklevel=3)
+    if config.dtype and info.dtype != config.dtype:
+        warnings.warn(
+            f"{image}: sample type {info.dtype}, but the model {model_ref} was trained on {config.dtype} "
+            "imagery; it normalises with that imagery's statistics, so rescale the raster to the same "
+            "value range (gdal_translate -scale -ot) or expect poor predictions",
+            stacklevel=3,
+        )
+    mpp = info.metres_per_pixel
+    if config.gsd_m and mpp and not (1 / GSD_TOLERANCE <= mpp / config.gsd_m <= GSD_TOLERANCE):
+        warnings.warn(
+            f"{image}: pixels are {mpp:.2f} m, but the model {model_ref} was trained at "
+            f"{config.gsd_m:.2f} m; roads will look {'wider' if mpp < config.gsd_m else 'narrower'} "
+            f"than it learned them: resample first (gdalwarp -tr {config.gsd_m:g} {config.gsd_m:g})",
+            stacklevel=3,
+        )
 
 
 def _model_tags(model_ref: str | Path, folder: Path, config: ModelConfig) -> dict[str, str]:

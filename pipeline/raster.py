@@ -48,6 +48,16 @@ class RasterInfo:
         return (abs(self.transform.a), abs(self.transform.e))
 
     @property
+    def metres_per_pixel(self) -> float | None:
+        """Pixel size in metres (approximate for geographic CRSs: 111,320 m per degree); None
+        without a CRS."""
+        if self.crs is None:
+            return None
+        if self.crs.is_geographic:
+            return self.res[0] * 111_320.0
+        return self.res[0] * self.crs.linear_units_factor[1]
+
+    @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(left, bottom, right, top) in the raster CRS."""
         left, top = self.transform @ (0, 0)

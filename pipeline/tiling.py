@@ -87,6 +87,12 @@ def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
         info = raster.raster_info(scene.image)
         if info.crs is None:
             raise TilingError(f"{scene.image}: image has no CRS; georeference it (gdal_edit.py -a_srs) first")
+        first = next(iter(infos.values()), None)
+        if first is not None and info.dtype != first.dtype:
+            raise TilingError(
+                f"{scene.image}: sample type {info.dtype}, but {first.path} is {first.dtype}; every "
+                "scene must share one sample type (band statistics are pooled over them)"
+            )
         if info.count != expected_bands:
             raise TilingError(
                 f"{scene.image}: {info.count} bands, but params data.bands lists {expected_bands} "
@@ -111,12 +117,11 @@ def _same_grid(a: raster.RasterInfo, b: raster.RasterInfo) -> bool:
 
 
 def metres_per_pixel(info: raster.RasterInfo) -> float:
-    """Pixel size in metres (approximate for geographic CRSs: 111,320 m per degree)."""
-    res = info.res[0]
-    if info.crs is not None and info.crs.is_geographic:
-        return res * 111_320.0
-    factor = info.crs.linear_units_factor[1] if info.crs is not None else 1.0
-    return res * factor
+    """Pixel size in metres of a georeferenced scene (``check_scenes`` refused the others)."""
+    mpp = info.metres_per_pixel
+    if mpp is None:
+        raise TilingError(f"{info.path}: image has no CRS")
+    return mpp
 
 
 # ----------------------------------------------------------------------------- chip layout
@@ -431,6 +436,7 @@ def run_tile(
     stats = dict(
         bands=list(data.bands),
         dtype=infos[data.scenes[0].name].dtype,
+        gsd_m=_median_gsd(data, infos),
         mean=[float(m) for m in mean],
         std=[float(s) for s in std],
         chip_size=tile.chip_size,
@@ -453,6 +459,13 @@ def write_index(index, path: Path) -> None:
     os.environ.setdefault("OGR_CURRENT_DATE", "2000-01-01T00:00:00.000Z")
     index.to_file(tmp, layer=INDEX_LAYER, driver="GPKG", engine="pyogrio")
     os.replace(tmp, path)
+
+
+def _median_gsd(data: DataParams, infos: dict[str, raster.RasterInfo]) -> float:
+    """Median pixel size in metres of the scenes that give train/val chips (the model's GSD)."""
+    sizes = [metres_per_pixel(infos[s.name]) for s in data.scenes if s.split != "test"]
+    sizes = sizes or [metres_per_pixel(i) for i in infos.values()]
+    return round(float(np.median(sizes)), 4)
 
 
 def _landcover_classes(data: DataParams) -> list[str]:

@@ -208,6 +208,8 @@ def run_train(
         mean=stats["mean"],
         std=stats["std"],
         chip_size=stats["chip_size"],
+        dtype=stats.get("dtype", ""),
+        gsd_m=stats.get("gsd_m"),
         decoder_upsampling=params.decoder_upsampling,
         dropout=params.dropout,
         decoder_attention=params.decoder_attention,

@@ -337,6 +337,31 @@ def test_raster_without_crs_warns_and_output_has_none(model_dir, scheduler, tmp_
     assert prof["crs"] is None and prof["transform"] == TRANSFORM
 
 
+def test_imagery_unlike_the_training_imagery_warns(model_dir, scheduler, tmp_path) -> None:
+    import json
+    import shutil
+    import warnings
+
+    trained = shutil.copytree(model_dir, tmp_path / "model")
+    cfg = json.loads((trained / "model.json").read_text())
+    (trained / "model.json").write_text(json.dumps({**cfg, "dtype": "uint8", "gsd_m": 0.5}))
+    like = write_raster(tmp_path / "like.tif", smooth_image(64, 64).astype(np.uint8))  # uint8, 0.5 m
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predict_raster(like, tmp_path / "o1.tif", model=trained, window=64, overlap=16, scheduler=scheduler,
+                       progress=False)
+    assert not [w for w in caught if "trained" in str(w.message)]  # the imagery the model knows
+    deep = write_raster(tmp_path / "deep.tif", (smooth_image(64, 64) * 200).astype(np.uint16))
+    with pytest.warns(UserWarning, match=r"deep.tif: sample type uint16, but the model .* trained on uint8"):
+        predict_raster(deep, tmp_path / "o2.tif", model=trained, window=64, overlap=16, scheduler=scheduler,
+                       progress=False)
+    coarse = write_raster(tmp_path / "coarse.tif", smooth_image(64, 64).astype(np.uint8),
+                          transform=Affine(2.0, 0.0, 500000.0, 0.0, -2.0, 5400000.0))
+    with pytest.warns(UserWarning, match=r"coarse.tif: pixels are 2.00 m, but the model .* trained at 0.50 m"):
+        predict_raster(coarse, tmp_path / "o3.tif", model=trained, window=64, overlap=16, scheduler=scheduler,
+                       progress=False)
+
+
 def test_raster_smaller_than_a_window(model_dir, scheduler, tmp_path) -> None:
     data = smooth_image(40, 50).astype(np.uint8)
     data[:, :5, :5] = 0

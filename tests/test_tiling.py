@@ -84,6 +84,7 @@ def test_stats_come_from_valid_train_pixels(chips_dir):
     assert np.allclose(stats["mean"], px.mean(axis=1), rtol=1e-6)
     assert np.allclose(stats["std"], px.std(axis=1), rtol=1e-4)
     assert stats["bands"] == BANDS
+    assert stats["dtype"] == "uint8" and stats["gsd_m"] == 1.0  # carried into the model's config
     assert stats["landcover_classes"] == ["forest", "cropland", "grassland", "water"]
     assert stats["counts"]["test"] > 0
 
@@ -171,6 +172,15 @@ def test_band_count_mismatch_is_refused(tmp_path, scenes_dir):
     entries = scene_entries(scenes_dir, ("s1",))
     entries.append({"name": "rgb", "image": str(three), "labels": str(scenes_dir / "s1.labels.tif")})
     with pytest.raises(TilingError, match="rgb.tif: 3 bands"):
+        check_scenes(DataParams(scenes=entries, bands=BANDS))
+
+
+def test_mixed_sample_types_are_refused(tmp_path, scenes_dir):
+    deep = tmp_path / "deep.tif"
+    write_geotiff(deep, np.ones((4, 64, 64), np.uint16), crs=UTM, transform=Affine(1, 0, 0, 0, -1, 0))
+    entries = scene_entries(scenes_dir, ("s1",))
+    entries.append({"name": "deep", "image": str(deep), "labels": str(scenes_dir / "s1.labels.tif")})
+    with pytest.raises(TilingError, match=r"deep.tif: sample type uint16, but .*s1.tif is uint8"):
         check_scenes(DataParams(scenes=entries, bands=BANDS))
 
 
