@@ -28,14 +28,16 @@ def model_card(params: Params, config, eval_metrics: dict, version_hint: str = "
         f"| {k} | {v:.4f} |" for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)
     )
     scenes = ", ".join(f"{s.name} ({s.split})" for s in params.data.scenes)
-    return f"""# road-unet {version_hint}
+    gsd = f"{config.gsd_m:g} m" if config.gsd_m else "that of the training scenes"
+    dtype = config.dtype or "the training scenes' sample type"
+    return f"""# {params.register.model_name} {version_hint}
 
 U-Net (segmentation-models-pytorch) with the `{config.encoder}` encoder from roadseg's classifier
 zoo (encoder weights: {config.encoder_weights}), predicting per-pixel road probability.
 
 ## Data
 - Scenes: {scenes}
-- Bands: {", ".join(config.bands)}; chip size {config.chip_size} px
+- Bands: {", ".join(config.bands)} ({dtype}); pixel size {gsd}; chip size {config.chip_size} px
 - Training data fingerprint: `{config.data_fingerprint}`
 - Code commit: `{config.git_commit or "unknown"}`
 
@@ -51,8 +53,9 @@ zoo (encoder weights: {config.encoder_weights}), predicting per-pixel road proba
 Decision threshold (F1-best on the validation chips, chosen by train): {config.threshold:.3f}
 
 ## Intended use
-Road probability maps from 4-band (R, G, B, NIR) imagery at a ground sampling distance close to
-the training data's, for mapping teams to review in a GIS. `pipeline predict region.tif`.
+Road probability maps from {len(config.bands)}-band ({", ".join(config.bands)}) {dtype} imagery
+at a pixel size close to {gsd}, for mapping teams to review in a GIS.
+`pipeline predict region.tif` (it warns on another sample type or pixel size).
 
 ## Limits
 - Trained on the scenes above only; other sensors, seasons or resolutions need fine-tuning.

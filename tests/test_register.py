@@ -139,3 +139,18 @@ def test_registry_with_a_real_mlflow_server(project, tmp_path, monkeypatch):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_model_card_describes_this_model_not_the_demo(tmp_path):
+    from pipeline.register import model_card
+
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["register"]["model_name"] = "city-roads"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    config = ModelConfig(encoder="vgg16_bn", bands=["red", "green", "blue"], mean=[0.0] * 3, std=[1.0] * 3,
+                         chip_size=256, dtype="uint16", gsd_m=0.3, threshold=0.42)
+    card = model_card(load_params(tmp_path / "params.yaml"), config, {"iou": 0.61, "f1": 0.75}, "v7")
+    assert card.startswith("# city-roads v7")
+    assert "3-band (red, green, blue) uint16 imagery" in card and "0.3 m" in card
+    assert "R, G, B, NIR" not in card
+    assert "| iou | 0.6100 |" in card and "0.420" in card
