@@ -73,12 +73,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from pipeline.evaluate import run_evaluate
 
     p = _params(args)
-    # Evaluate writes its test metrics into a copy: train's output stays as DVC stored it.
+    # Evaluate writes its test metrics into a copy: train's output stays as DVC stored it. The
+    # copy is evaluated beside the old release and swapped in only on success, so a failed
+    # evaluate never leaves a release that metrics/eval.json does not describe.
     out = EVALUATED_MODEL_DIR
+    staging = out.with_name(f".{out.name}.part")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(p.train.out_dir, staging)
+    try:
+        metrics = run_evaluate(p.evaluate, p.data, p.tile, staging, p.register)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
     if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(p.train.out_dir, out)
-    metrics = run_evaluate(p.evaluate, p.data, p.tile, out, p.register)
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
 
 

@@ -90,3 +90,26 @@ def test_predict_device_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys, mo
 def test_parser_requires_a_command():
     with pytest.raises(SystemExit):
         build_parser().parse_args([])
+
+
+def test_a_failed_evaluate_keeps_the_previous_release(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from tests.test_predict import make_model
+
+    monkeypatch.chdir(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    p["data"]["scenes"] = [{"name": "gone", "image": str(tmp_path / "gone.tif"), "labels": str(tmp_path / "gone.labels.tif"),
+                            "split": "test"}]
+    p["train"]["out_dir"] = str(make_model(tmp_path / "models/unet"))
+    p["register"]["tracking_uri"] = f"sqlite:///{tmp_path}/mlflow.db"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    release = tmp_path / "models/release"
+    release.mkdir(parents=True)
+    (release / "marker").write_text("the release metrics/eval.json describes")
+
+    assert main(["evaluate", "-q"]) == 2
+    assert "gone.tif" in capsys.readouterr().err
+    assert (release / "marker").read_text() == "the release metrics/eval.json describes"
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["release", "unet"]
