@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-LANDCOVER_NODATA = 255
-MASK_NODATA = 255
+from pipeline.chip_format import INDEX_FILE, INDEX_LAYER, LANDCOVER_UNKNOWN, MASK_NODATA, STATS_FILE
+
 MIN_CLASS_SHARE = 0.6
 PCA_ALPHA_STD = 0.1
 CROP_MARGIN = 16 / 224  # AlexNet: 224 crops out of 256 images move by up to 16 px each way
@@ -56,7 +56,7 @@ class ChipFolder:
 
 def read_chip_folder(chips_dir: Path) -> ChipFolder:
     chips_dir = Path(chips_dir)
-    stats = json.loads((chips_dir / "stats.json").read_text())
+    stats = json.loads((chips_dir / STATS_FILE).read_text())
     for key in ("bands", "mean", "std", "landcover_classes", "fingerprint"):
         if key not in stats:
             raise ValueError(f"{chips_dir / 'stats.json'}: missing {key!r}")
@@ -64,7 +64,7 @@ def read_chip_folder(chips_dir: Path) -> ChipFolder:
         raise ValueError(
             f"{chips_dir}: no land-cover classes; pretraining needs scenes with land cover"
         )
-    index = pyogrio.read_dataframe(chips_dir / "index.gpkg", layer="chips", read_geometry=False)
+    index = pyogrio.read_dataframe(chips_dir / INDEX_FILE, layer=INDEX_LAYER, read_geometry=False)
     images, landcover, masks = {}, {}, {}
     for scene in sorted(index["scene"].unique()):
         lc_path = chips_dir / f"{scene}.landcover.npy"
@@ -160,7 +160,7 @@ class PatchDataset(Dataset):
         num_classes = len(chips.classes)
         for scene, array_index in zip(rows["scene"], rows["array_index"], strict=True):
             lc = chips.landcover[scene][int(array_index)]
-            nodata = lc == LANDCOVER_NODATA
+            nodata = lc == LANDCOVER_UNKNOWN
             mask = chips.masks[scene]
             if mask is not None:
                 nodata = nodata | (mask[int(array_index)] == MASK_NODATA)

@@ -20,6 +20,7 @@ import numpy as np
 from affine import Affine
 
 from pipeline import raster
+from pipeline.chip_format import INDEX_FILE, INDEX_LAYER, MASK_NODATA
 from pipeline.config import DataParams, SceneSource
 from pipeline.metrics import Confusion, confusion
 
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 
 MAX_TRAIN_PIXELS = 100_000  # sampled from the train chips: about 1 s to fit on one core
 SCORE_WINDOW = 1024  # pixels a side of the windows a held-out scene is read in
-MASK_NODATA = 255  # as pipeline.tiling writes masks (not imported: tiling pulls in dask)
 
 
 class BaselineError(ValueError):
@@ -56,10 +56,10 @@ def sample_train_pixels(chips_dir: Path, max_pixels: int = MAX_TRAIN_PIXELS, see
     import geopandas as gpd
 
     chips_dir = Path(chips_dir)
-    index_path = chips_dir / "index.gpkg"
+    index_path = chips_dir / INDEX_FILE
     if not index_path.exists():
         raise BaselineError(f"{index_path}: no chip index; run `pipeline tile` first")
-    index = gpd.read_file(index_path, layer="chips", ignore_geometry=True, engine="pyogrio")
+    index = gpd.read_file(index_path, layer=INDEX_LAYER, ignore_geometry=True, engine="pyogrio")
     train = index[index["split"] == "train"].sort_values(["scene", "array_index"])
     if train.empty:
         raise BaselineError(f"{index_path}: no train chips to fit the baseline on")
@@ -155,7 +155,7 @@ def add_baseline_metrics(result: dict[str, Any], scenes: list[SceneSource], data
     ratio is under MIN_RATIO. The ratio is left out where the baseline finds no road at all;
     both are left out, with a warning, when ``chips_dir`` has no chip index to fit on.
     """
-    index_path = Path(chips_dir) / "index.gpkg"
+    index_path = Path(chips_dir) / INDEX_FILE
     if not index_path.exists():
         log.warning("evaluate: no chip index %s to fit the per-pixel baseline on; baseline skipped", index_path)
         return

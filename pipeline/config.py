@@ -14,6 +14,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.chip_format import INDEX_FILE, STATS_FILE
+
 BAND_NAMES_RGBN = ["red", "green", "blue", "nir"]
 
 
@@ -114,11 +116,11 @@ class TileParams(_Section):
 
     @property
     def index_path(self) -> Path:
-        return self.out_dir / "index.gpkg"
+        return self.out_dir / INDEX_FILE
 
     @property
     def stats_path(self) -> Path:
-        return self.out_dir / "stats.json"
+        return self.out_dir / STATS_FILE
 
 
 # ------------------------------------------------------------------------------------ pretrain

@@ -17,7 +17,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-MASK_NODATA = 255
+from pipeline.chip_format import INDEX_FILE, INDEX_LAYER, MASK_NODATA, STATS_FILE
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,14 @@ def read_chip_index(chips_dir: Path):
     """The chip index GeoDataFrame (layer ``chips``)."""
     import geopandas as gpd
 
-    path = Path(chips_dir) / "index.gpkg"
+    path = Path(chips_dir) / INDEX_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: no chip index; run `pipeline tile` first")
-    return gpd.read_file(path, layer="chips", engine="pyogrio")
+    return gpd.read_file(path, layer=INDEX_LAYER, engine="pyogrio")
 
 
 def read_stats(chips_dir: Path) -> dict:
-    path = Path(chips_dir) / "stats.json"
+    path = Path(chips_dir) / STATS_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: no chip statistics; run `pipeline tile` first")
     return json.loads(path.read_text())

@@ -28,6 +28,7 @@ import numpy as np
 from affine import Affine
 
 from pipeline import raster
+from pipeline.chip_format import INDEX_LAYER, LANDCOVER_UNKNOWN, MASK_NODATA
 from pipeline.config import DataParams, SceneSource, TileParams
 from pipeline.splits import (
     ChipWindow,
@@ -39,9 +40,6 @@ from pipeline.splits import (
 
 log = logging.getLogger(__name__)
 
-MASK_NODATA = 255
-LANDCOVER_UNKNOWN = 255
-INDEX_LAYER = "chips"
 CHIPS_PER_TASK = 16  # chips per Dask task: a 4096 px scene at 256 px chips is 16 tasks
 
 
