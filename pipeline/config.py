@@ -35,7 +35,7 @@ class SynthSceneSpec(_Section):
 
 class SynthParams(_Section):
     out_dir: Path = Field(Path("data/scenes"), description="Where synthetic scenes are written")
-    scenes: list[SynthSceneSpec] = Field(description="Scenes to generate")
+    scenes: list[SynthSceneSpec] = Field(description="Scenes to generate ([] on your own rasters)")
     size: int = Field(1024, ge=64, description="Scene width and height in pixels")
     gsd: float = Field(1.0, ge=0.1, le=10.0, description="Ground sampling distance, metres per pixel")
     crs: str = Field("EPSG:32632", description="Projected CRS of the scenes (a UTM zone)")

@@ -184,3 +184,10 @@ def test_a_per_pixel_linear_classifier_cannot_find_the_roads(scenes, tmp_path):
     assert fitted.train_iou > 0.1  # it did learn something on its own scene
     iou = score_scene(fitted, data.scenes[1], data).iou
     assert iou < MAX_BASELINE_IOU, f"per-pixel logistic regression reaches road IoU {iou:.3f}: scenes too easy"
+
+
+def test_no_synthetic_scenes_still_gives_the_stage_its_output_folder(tmp_path):
+    """A project on its own rasters sets synth.scenes: [] and `dvc repro` still finds data/scenes."""
+    out = tmp_path / "data" / "scenes"
+    assert run_synth(SynthParams(out_dir=out, scenes=[])) == []
+    assert out.is_dir() and not any(out.iterdir())

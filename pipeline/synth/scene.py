@@ -68,5 +68,10 @@ def generate_scene(spec: SynthSceneSpec, params: SynthParams, index: int) -> Sce
 
 
 def run_synth(params: SynthParams) -> list[SceneFiles]:
-    """Generate every scene in ``params.scenes`` (scene i gets origin offset i)."""
+    """Generate every scene in ``params.scenes`` (scene i gets origin offset i).
+
+    ``out_dir`` is created even for an empty list: a project on its own rasters sets
+    ``synth.scenes: []`` and the DVC stage still has its (empty) output.
+    """
+    Path(params.out_dir).mkdir(parents=True, exist_ok=True)
     return [generate_scene(spec, params, i) for i, spec in enumerate(params.scenes)]
