@@ -109,11 +109,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
     # --params file that is given must exist
     p = _params(args) if args.params or DEFAULT_PARAMS.exists() else None
     d = p.predict if p else PredictParams()
-    tracking_default = p.register.tracking_uri if p else RegisterParams().tracking_uri
+    reg = p.register if p else RegisterParams()
+    tracking_default = reg.tracking_uri
     result = predict_raster(
         Path(args.image),
         Path(args.output) if args.output else default_output_path(Path(args.image)),
-        model=args.model or d.model,
+        model=args.model or d.model or f"models:/{reg.model_name}@champion",
         window=d.window if args.window is None else args.window,
         overlap=d.overlap if args.overlap is None else args.overlap,
         batch_size=d.batch_size if args.batch_size is None else args.batch_size,
@@ -195,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
              "GeoTIFF of road probability with the input's CRS, transform and nodata.")
     sp.add_argument("image", help="input raster (GeoTIFF, COG, VRT, ...)")
     sp.add_argument("-o", "--output", help="output GeoTIFF (default: <image>_roads.tif)")
-    sp.add_argument("--model", help="models:/NAME@ALIAS, runs:/… or a model folder (default: predict.model)")
+    sp.add_argument("--model", help="models:/NAME@ALIAS, runs:/… or a model folder (default: predict.model, else models:/<register.model_name>@champion)")
     sp.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://HOST:PORT)")
     sp.add_argument("--workers", type=_positive_int, help="local workers (default: one per GPU, else per 4 cores)")
     sp.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: auto)")

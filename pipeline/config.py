@@ -205,7 +205,9 @@ class RegisterParams(_Section):
 
 # ------------------------------------------------------------------------------------- predict
 class PredictParams(_Section):
-    model: str = Field("models:/road-unet@champion", description="Model URI or folder")
+    model: str | None = Field(
+        None, description="Model URI or folder; None: models:/<register.model_name>@champion"
+    )
     window: int = Field(512, ge=32, description="Window side in pixels (multiple of 32)")
     overlap: int = Field(64, ge=0, description="Overlap between neighbouring windows")
     batch_size: int | None = Field(
