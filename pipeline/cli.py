@@ -124,6 +124,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         device=args.device or d.device,
         tta=args.tta,
         vectors=Path(args.vectors) if args.vectors else None,
+        vector_min_spur_m=d.vector_min_spur_m,
+        vector_simplify_m=d.vector_simplify_m,
         overwrite=args.overwrite,
         dtype=args.dtype,
         tracking_default=tracking_default,

@@ -216,6 +216,8 @@ class PredictParams(_Section):
     windows_per_task: int = Field(4, ge=1, description="Windows per Dask task")
     workers: int | None = Field(None, ge=1, description="Local workers (default: GPUs or cores)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device")
+    vector_min_spur_m: float = Field(10.0, ge=0, description="--vectors: prune dead-end branches shorter than this")
+    vector_simplify_m: float = Field(1.0, ge=0, description="--vectors: simplification tolerance of the centrelines")
 
 
 with warnings.catch_warnings():

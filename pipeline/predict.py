@@ -230,6 +230,8 @@ def predict_raster(
     device: str = "auto",
     tta: bool = False,
     vectors: Path | None = None,
+    vector_min_spur_m: float = 10.0,
+    vector_simplify_m: float = 1.0,
     overwrite: bool = False,
     dtype: str = "uint8",
     tracking_default: str = "sqlite:///mlflow.db",
@@ -313,7 +315,8 @@ def predict_raster(
     if vectors is not None:
         from pipeline.vectorize import vectorize_raster
 
-        vectors_out = vectorize_raster(output, Path(vectors), threshold=config.threshold, overwrite=overwrite)
+        vectors_out = vectorize_raster(output, Path(vectors), threshold=config.threshold, overwrite=overwrite,
+                                       min_spur_m=vector_min_spur_m, simplify_m=vector_simplify_m)
     seconds = time.perf_counter() - t0
     return PredictResult(
         output=output, vectors=vectors_out, seconds=seconds, windows_run=ran,

@@ -242,15 +242,18 @@ def vectorize_raster(
     out_path: Path,
     *,
     threshold: float,
-    min_spur_px: float = 10.0,
-    simplify_px: float = 1.0,
+    min_spur_m: float = 10.0,
+    simplify_m: float = 1.0,
     overwrite: bool = False,
     tile: int = 2048,
 ) -> Path:
     """Write road centrelines of a probability raster (predict's output) to a GeoPackage.
 
     Layer ``roads``: LineStrings in the raster's CRS with ``length_m`` (geodesic metres for a
-    geographic CRS; CRS units otherwise). Written to a temporary file and renamed.
+    geographic CRS; CRS units otherwise). Dead-end branches shorter than ``min_spur_m`` are
+    pruned and lines simplified by ``simplify_m``, both in metres on the ground, so the result
+    does not depend on the pixel size (a raster without CRS: pixels). Written to a temporary
+    file and renamed.
     """
     import geopandas as gpd
     import pyproj
@@ -263,7 +266,8 @@ def vectorize_raster(
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path}: exists; pass --overwrite to replace it")
     info = raster.raster_info(prob_path)
-    lines = skeleton_lines(skeleton_pixels(prob_path, threshold, tile), min_spur_px, simplify_px)
+    mpp = info.metres_per_pixel or 1.0
+    lines = skeleton_lines(skeleton_pixels(prob_path, threshold, tile), min_spur_m / mpp, simplify_m / mpp)
     t = info.transform
     geoms = [affinity.affine_transform(g, [t.a, t.b, t.d, t.e, t.c, t.f]) for g in lines]
     crs = pyproj.CRS.from_user_input(info.crs.to_wkt()) if info.crs else None

@@ -98,7 +98,7 @@ def _cross(size: int = 200) -> np.ndarray:
 def test_vectorize_raster_writes_linestrings_with_lengths(tmp_path: Path) -> None:
     tr = Affine(0.5, 0, 500000, 0, -0.5, 5400000)
     src = _write_prob(tmp_path / "p.tif", _cross(), "EPSG:32632", tr)
-    out = vectorize_raster(src, tmp_path / "roads.gpkg", threshold=0.5, min_spur_px=10)
+    out = vectorize_raster(src, tmp_path / "roads.gpkg", threshold=0.5, min_spur_m=5)
     roads = gpd.read_file(out, layer="roads")
     assert set(roads.geom_type) == {"LineString"} and roads.crs.to_epsg() == 32632
     assert len(roads) == 4  # the cross: four arms meeting at one junction
@@ -113,6 +113,15 @@ def test_vectorize_raster_writes_linestrings_with_lengths(tmp_path: Path) -> Non
     with pytest.raises(FileExistsError):
         vectorize_raster(src, out, threshold=0.5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.tif", "roads.gpkg", "tiled.gpkg"]
+
+
+def test_spur_length_is_in_metres_whatever_the_pixel_size(tmp_path: Path) -> None:
+    arms = {}
+    for res in (0.5, 4.0):  # the same 200 px cross: arms of ~45 m at 0.5 m, ~360 m at 4 m
+        src = _write_prob(tmp_path / f"p{res}.tif", _cross(), "EPSG:32632", Affine(res, 0, 500000, 0, -res, 5400000))
+        arms[res] = len(gpd.read_file(vectorize_raster(src, tmp_path / f"r{res}.gpkg", threshold=0.5,
+                                                       min_spur_m=100), layer="roads"))
+    assert arms[4.0] == 4 and arms[0.5] < 4  # 100 m prunes the short arms only where they are short
 
 
 def test_geographic_crs_lengths_are_geodesic_metres(tmp_path: Path) -> None:
