@@ -59,7 +59,7 @@ def read_chip_folder(chips_dir: Path) -> ChipFolder:
     stats = json.loads((chips_dir / STATS_FILE).read_text())
     for key in ("bands", "mean", "std", "landcover_classes", "fingerprint"):
         if key not in stats:
-            raise ValueError(f"{chips_dir / 'stats.json'}: missing {key!r}")
+            raise ValueError(f"{chips_dir / STATS_FILE}: missing {key!r}")
     if not stats["landcover_classes"]:
         raise ValueError(
             f"{chips_dir}: no land-cover classes; pretraining needs scenes with land cover"

@@ -15,8 +15,12 @@ EVALUATED_MODEL_DIR = Path("models/release")
 DEFAULT_PARAMS = Path("params.yaml")
 
 
+def _params_path(args: argparse.Namespace) -> Path:
+    return Path(args.params) if args.params else DEFAULT_PARAMS
+
+
 def _params(args: argparse.Namespace) -> Params:
-    return load_params(args.params or DEFAULT_PARAMS)
+    return load_params(_params_path(args))
 
 
 def _positive_int(text: str) -> int:
@@ -63,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from pipeline.train import run_train
 
     p = _params(args)
-    metrics = run_train(p.train, p.tile, p.pretrain, p.register, resume=args.resume, params_file=Path(args.params or DEFAULT_PARAMS))
+    metrics = run_train(p.train, p.tile, p.pretrain, p.register, resume=args.resume, params_file=_params_path(args))
     print(json.dumps(metrics, indent=2))
 
 

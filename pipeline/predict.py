@@ -22,7 +22,6 @@ A pixel's value is the same sum whatever the block size or the number of workers
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 import warnings
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import parallel, raster
+from pipeline import parallel, raster, registry
 from pipeline.model_config import ModelConfig, read_config, resolve_model
 from pipeline.stitching import (
     NODATA_UINT8,
@@ -157,15 +156,13 @@ def _model_tags(model_ref: str | Path, folder: Path, config: ModelConfig) -> dic
     if config.git_commit:
         tags["model_git_commit"] = config.git_commit
     ref = str(model_ref)
-    m = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@(.+))", ref)
-    if m:
+    parsed = registry.parse_version_uri(ref)
+    if parsed:
         tags["model_uri"] = ref
-        version = m.group(2)
+        name, version, alias = parsed
         if version is None:
-            from pipeline import registry
-
             with contextlib.suppress(Exception):  # the version is informative only
-                version = registry.alias_version(m.group(1), m.group(3))
+                version = registry.alias_version(name, alias)
         if version:
             tags["model_version"] = str(version)
     return tags

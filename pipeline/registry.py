@@ -113,6 +113,16 @@ def is_model_uri(ref: str) -> bool:
     return ref.startswith(MODEL_URI_PREFIX) or ref.startswith("runs:/")
 
 
+_VERSION_URI = re.compile(r"models:/([^/@]+)(?:/(\d+)|@(.+))")
+
+
+def parse_version_uri(ref: str) -> tuple[str, str | None, str | None] | None:
+    """``models:/name/3`` -> (name, "3", None); ``models:/name@alias`` -> (name, None, alias);
+    anything else (a folder, ``runs:/``, a stage such as ``models:/name/Production``) -> None."""
+    m = _VERSION_URI.fullmatch(ref)
+    return (m.group(1), m.group(2), m.group(3)) if m else None
+
+
 def _pyfunc_artifact_dir(model_root: Path) -> Path:
     """The model folder inside a downloaded pyfunc model, as recorded in its MLmodel file."""
     import yaml
@@ -123,7 +133,6 @@ def _pyfunc_artifact_dir(model_root: Path) -> Path:
 
 
 CACHE_ENV = "ROADSEG_CACHE_DIR"
-_VERSION_URI = re.compile(r"models:/([^/@]+)(?:/(\d+)|@(.+))")
 
 
 def model_cache_dir() -> Path:
@@ -152,9 +161,9 @@ def _cache_key(uri: str, store: str) -> str | None:
     """
     import hashlib
 
-    m = _VERSION_URI.fullmatch(uri)
-    if m:
-        name, version, alias = m.groups()
+    parsed = parse_version_uri(uri)
+    if parsed:
+        name, version, alias = parsed
         client = _client()
         mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
         ident, label = f"{name}/{mv.version}/{mv.run_id}/{mv.source}", f"{name}-v{mv.version}"
