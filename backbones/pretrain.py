@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from pipeline.config import PretrainParams, RegisterParams
+from pipeline.model import autocast_dtype
 from pipeline.registry import log_dict, log_figure, log_metrics, log_params, tracked_run
 
 from . import build_backbone
@@ -67,14 +68,19 @@ def train_one_epoch(
     device: torch.device,
     aux_weight: float,
     max_batches: int | None = None,
+    amp_dtype: torch.dtype | None = None,
 ) -> float:
-    """Mean training loss over the epoch's batches."""
+    """Mean training loss over the epoch's batches (forward under autocast to ``amp_dtype``
+    when given; the loss in float32)."""
     model.train()
     temperature = getattr(model, "loss_temperature", 1.0)
     total, n = 0.0, 0
     for x, y in _batches(loader, max_batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = classification_loss(model(x), y, aux_weight, temperature)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(x.contiguous(memory_format=torch.channels_last))
+        out = tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+        loss = classification_loss(out, y, aux_weight, temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -85,7 +91,8 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int
+    model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
+    amp_dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) of the main head."""
     model.eval()
@@ -94,7 +101,8 @@ def evaluate(
     total, n = 0.0, 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        logits = model(x)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x.contiguous(memory_format=torch.channels_last)).float()
         total += float(F.cross_entropy(logits / temperature, y, reduction="sum"))
         n += len(y)
         pred = logits.argmax(1)
@@ -206,6 +214,8 @@ def pretrain_backbone(
     device = _device()
     model = build_backbone(arch, num_classes=len(classes), in_channels=len(bands)).to(device)
     _check_input_size(model, arch, len(bands), params.input_size, device)
+    model = model.to(memory_format=torch.channels_last)
+    amp_dtype = autocast_dtype(device, params.precision, training=True)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=params.lr, weight_decay=params.weight_decay
     )
@@ -234,6 +244,7 @@ def pretrain_backbone(
                     "val_patches": len(val_set),
                 },
                 "device": device.type,
+                "autocast": str(amp_dtype or "float32"),
             }
         )
         val: dict[str, Any] = {
@@ -248,8 +259,9 @@ def pretrain_backbone(
                 device,
                 params.aux_weight,
                 params.max_batches_per_epoch,
+                amp_dtype,
             )
-            val = evaluate(model, val_loader, device, len(classes))
+            val = evaluate(model, val_loader, device, len(classes), amp_dtype)
             metrics = {"train_loss": train_loss}
             if val["accuracy"] is not None:
                 metrics |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}

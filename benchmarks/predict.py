@@ -139,7 +139,7 @@ def bare_forward(model_dir: Path, size: int, args: argparse.Namespace) -> float:
     # below reuses the same cached copy
     model, cfg, dev = worker_model(str(model_dir), args.device)
     grid = WindowGrid(size, size, args.window, args.overlap)
-    batch_size = args.batch_size or fitted_batch_size(str(model_dir), args.device, args.window)
+    batch_size = args.batch_size or fitted_batch_size(str(model_dir), args.device, args.window, 1, args.precision)
     batches: list[tuple[int, int, int]] = []  # (n, height, width)
     for group in window_groups(grid, max(args.windows_per_task, batch_size)):
         shapes = [(grid.rect(*ij).height, grid.rect(*ij).width) for ij in group.windows]
@@ -152,12 +152,12 @@ def bare_forward(model_dir: Path, size: int, args: argparse.Namespace) -> float:
                 run.append(shape)
     inputs = {(n, h, w): torch.randn(n, cfg.in_channels, h, w) for n, h, w in set(batches)}
     for x in inputs.values():
-        forward_probs(model, x, dev)  # warm-up (allocator, kernels, every shape), not timed
+        forward_probs(model, x, dev, precision=args.precision)  # warm-up (allocator, kernels, every shape), not timed
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for key in batches:
-        forward_probs(model, inputs[key], dev)
+        forward_probs(model, inputs[key], dev, precision=args.precision)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
@@ -168,7 +168,8 @@ def run_bare(model_dir: Path, size: int, args: argparse.Namespace, tuned: bool) 
     env = dict(os.environ, **(parallel.ALLOCATOR_ENV if tuned else {}))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--measure-bare", str(size),
            "--model-dir", str(model_dir), "--window", str(args.window), "--overlap", str(args.overlap),
-           "--windows-per-task", str(args.windows_per_task), "--device", args.device]
+           "--windows-per-task", str(args.windows_per_task), "--device", args.device,
+           "--precision", args.precision]
     if args.batch_size:
         cmd += ["--batch-size", str(args.batch_size)]
     done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=env)
@@ -183,7 +184,7 @@ def measure_once(image: Path, out: Path, model_dir: Path, args: argparse.Namespa
         t0 = time.perf_counter()
         res = predict_raster(image, out, model=model_dir, window=args.window, overlap=overlap,
                              batch_size=args.batch_size, windows_per_task=args.windows_per_task,
-                             workers=args.workers, device=args.device, overwrite=True,
+                             workers=args.workers, device=args.device, precision=args.precision, overwrite=True,
                              progress=args.progress, block_size=args.block_size)
         wall = time.perf_counter() - t0
     return dict(wall=wall, rss=mem.rss, pss=mem.pss, windows=res.windows_run, open_blocks=res.peak_open_blocks,
@@ -197,7 +198,8 @@ def run_predict(
     cmd = [sys.executable, str(Path(__file__).resolve()), "--measure-one", str(image), "--out", str(out),
            "--model-dir", str(model_dir), "--overlap", str(overlap), "--window", str(args.window),
            "--windows-per-task", str(args.windows_per_task),
-           "--block-size", str(args.block_size), "--device", args.device]
+           "--block-size", str(args.block_size), "--device", args.device,
+           "--precision", args.precision]
     if args.workers:
         cmd += ["--workers", str(args.workers)]
     if args.batch_size:
@@ -221,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--block-size", type=int, default=1024)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="autocast precision of both predict and the bare pass (pipeline.model.autocast_dtype)")
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--skip-efficiency", action="store_true")
     ap.add_argument("--skip-overlap", action="store_true")

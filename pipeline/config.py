@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.chip_format import INDEX_FILE, STATS_FILE
+
+# Autocast precision of training and inference (pipeline.model.autocast_dtype says what auto picks)
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 BAND_NAMES_RGBN = ["red", "green", "blue", "nir"]
 
@@ -133,6 +137,9 @@ class PretrainParams(_Section):
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     aux_weight: float = Field(0.3, ge=0, description="GoogLeNet auxiliary loss weight (paper: 0.3)")
+    precision: Precision = Field(
+        "auto", description="Autocast precision, as train.precision (auto: bf16 on CUDA and on CPUs with native bf16)"
+    )
     max_batches_per_epoch: int | None = Field(None, ge=1, description="Cap batches per epoch (tests)")
     seed: int = Field(0, description="Seed")
 
@@ -173,6 +180,10 @@ class TrainParams(_Section):
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N epochs without val IoU gain")
     max_batches_per_epoch: int | None = Field(None, ge=1, description="Cap batches per epoch (tests)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    precision: Precision = Field(
+        "auto",
+        description="Autocast precision; auto: bf16 on CUDA and on CPUs with native bf16 (AMX / AVX-512 BF16), else fp32",
+    )
     seed: int = Field(0, description="Seed")
 
     @property
@@ -187,6 +198,7 @@ class EvaluateParams(_Section):
     batch_size: int | None = Field(
         None, ge=1, description="Windows per forward pass (default: 2 on CPU, fitted to GPU memory)"
     )
+    precision: Precision = Field("auto", description="Inference autocast precision (as predict.precision)")
     relaxed_slack_px: int = Field(3, ge=0, description="Slack of relaxed precision/recall (Mnih 2013: 3)")
     metrics_path: Path = Field(Path("metrics/eval.json"), description="DVC metrics file")
     plots_dir: Path = Field(Path("plots"), description="DVC plots folder")
@@ -216,6 +228,11 @@ class PredictParams(_Section):
     windows_per_task: int = Field(4, ge=1, description="Windows per Dask task")
     workers: int | None = Field(None, ge=1, description="Local workers (default: GPUs or cores)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device")
+    precision: Precision = Field(
+        "auto",
+        description="Autocast precision; auto: bf16 on CUDA, fp32 on CPU (bf16 there is faster but "
+        "makes pixels depend on the thread count by a few 1/254 steps)",
+    )
     vector_min_spur_m: float = Field(10.0, ge=0, description="--vectors: prune dead-end branches shorter than this")
     vector_simplify_m: float = Field(1.0, ge=0, description="--vectors: simplification tolerance of the centrelines")
 

@@ -112,6 +112,7 @@ def predict_scene(
         overlap=params.overlap,
         batch_size=params.batch_size,
         workers=workers,
+        precision=params.precision,
         dtype="float32",
         overwrite=True,
         progress=False,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pipeline import parallel, raster
-from pipeline.model import load_model, pick_device
+from pipeline.model import autocast_dtype, load_model, pick_device
 from pipeline.model_config import ModelConfig
 from pipeline.predict import GroupResult, PredictJob
 from pipeline.stitching import window_contribution_weight
@@ -37,9 +37,8 @@ def _load_for_worker(model_dir: str, device: str) -> tuple[torch.nn.Module, Mode
         gpu = parallel.worker_gpu()
         dev = torch.device("cuda", torch.cuda.current_device() if gpu is None else gpu)
     model, config = load_model(model_dir, dev)
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model, config, dev
+    # the fast convolution layout of both oneDNN (CPU) and cuDNN
+    return model.to(memory_format=torch.channels_last), config, dev
 
 
 def worker_model(model_dir: str, device: str) -> tuple[torch.nn.Module, ModelConfig, torch.device]:
@@ -47,7 +46,9 @@ def worker_model(model_dir: str, device: str) -> tuple[torch.nn.Module, ModelCon
     return parallel.worker_cached(("model", model_dir, device), lambda: _load_for_worker(model_dir, device))
 
 
-def fitted_batch_size(model_dir: str, device: str, window: int, concurrent: int = 1) -> int:
+def fitted_batch_size(
+    model_dir: str, device: str, window: int, concurrent: int = 1, precision: str = "auto"
+) -> int:
     """Runs on a worker: the batch size it should use for ``window`` x ``window`` windows.
 
     CPU: ``CPU_BATCH_SIZE``. CUDA: one window is run to measure its activation memory, and
@@ -61,7 +62,7 @@ def fitted_batch_size(model_dir: str, device: str, window: int, concurrent: int 
     torch.cuda.synchronize(dev)
     torch.cuda.reset_peak_memory_stats(dev)
     before = torch.cuda.memory_allocated(dev)
-    forward_probs(model, torch.zeros(1, config.in_channels, window, window), dev)
+    forward_probs(model, torch.zeros(1, config.in_channels, window, window), dev, precision=precision)
     per_window = max(1, torch.cuda.max_memory_allocated(dev) - before)
     free, _total = torch.cuda.mem_get_info(dev)
     free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
@@ -78,20 +79,19 @@ def _undo_dihedral(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return torch.rot90(y, -k, dims=(-2, -1))
 
 
-def forward_probs(model: torch.nn.Module, x: torch.Tensor, device: torch.device, tta: bool = False) -> np.ndarray:
+def forward_probs(
+    model: torch.nn.Module, x: torch.Tensor, device: torch.device, tta: bool = False, precision: str = "auto"
+) -> np.ndarray:
     """Road probability (N, H, W) float32 for a normalised batch (N, C, H, W).
 
-    Under CUDA: channels_last and autocast (bf16 where supported, else fp16). With ``tta`` the
-    probabilities of the eight dihedral transforms (4 rotations x flip) are averaged.
+    channels_last, under autocast as ``precision`` says (``model.autocast_dtype``: with auto,
+    bf16 on CUDA, float32 on CPU). With ``tta`` the probabilities
+    of the eight dihedral transforms (4 rotations x flip) are averaged.
     """
+    amp_dtype = autocast_dtype(device, precision, training=False)
     with torch.inference_mode():
-        x = x.to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            ctx = torch.autocast("cuda", dtype=dtype)
-        else:
-            ctx = contextlib.nullcontext()
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
         with ctx:
             if not tta:
                 prob = torch.sigmoid(model(x).float())
@@ -130,7 +130,7 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
             return
         t0 = time.perf_counter()
         x = torch.from_numpy(np.stack([b[1] for b in batch]))
-        probs = forward_probs(model, x, device, job.tta)
+        probs = forward_probs(model, x, device, job.tta, job.precision)
         t1 = time.perf_counter()
         timings["model"] += t1 - t0
         if contrib is None:

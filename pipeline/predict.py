@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import parallel, raster, registry
+from pipeline.config import PRECISIONS
 from pipeline.model_config import ModelConfig, read_config, resolve_model
 from pipeline.stitching import (
     NODATA_UINT8,
@@ -73,6 +74,7 @@ class PredictJob:
     grid: WindowGrid
     batch_size: int
     tta: bool
+    precision: str = "auto"
 
 
 @dataclass
@@ -103,11 +105,13 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
     return inference.run_group(job, group)
 
 
-def fitted_batch_size(model_dir: str, device: str, window: int, concurrent: int = 1) -> int:
+def fitted_batch_size(
+    model_dir: str, device: str, window: int, concurrent: int = 1, precision: str = "auto"
+) -> int:
     """On a worker: load the model, return the batch size it can take (``inference``)."""
     from pipeline import inference
 
-    return inference.fitted_batch_size(model_dir, device, window, concurrent)
+    return inference.fitted_batch_size(model_dir, device, window, concurrent, precision)
 
 
 # ------------------------------------------------------------------------------ client side
@@ -225,6 +229,7 @@ def predict_raster(
     workers: int | None = None,
     scheduler: str | None = None,
     device: str = "auto",
+    precision: str = "auto",
     tta: bool = False,
     vectors: Path | None = None,
     vector_min_spur_m: float = 10.0,
@@ -248,6 +253,8 @@ def predict_raster(
     image, output = Path(image), Path(output)
     if dtype not in ("uint8", "float32"):
         raise ValueError(f"dtype must be uint8 or float32, got {dtype!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if block_size <= 0 or block_size % 256:
         raise ValueError(f"block_size must be a positive multiple of 256, got {block_size}")
     if batch_size is not None and batch_size < 1:
@@ -269,7 +276,7 @@ def predict_raster(
         encode, nodata, scale = encode_float32, float("nan"), None
     tags = _model_tags(model, Path(folder), config)
     tags.update(
-        window=window, overlap=overlap, tta=tta,
+        window=window, overlap=overlap, tta=tta, precision=precision,
         encoding="uint8: p = value / 254, 255 = nodata" if dtype == "uint8" else "float32: p, NaN = nodata",
     )
     if scale is not None:
@@ -287,13 +294,13 @@ def predict_raster(
         t_load = time.perf_counter()
         # every worker loads the model now (and says what batch it can take); the smallest wins
         concurrent = parallel.max_threads_per_worker(client)
-        fitted = min(client.run(fitted_batch_size, model_dir, device, window, concurrent).values())
+        fitted = min(client.run(fitted_batch_size, model_dir, device, window, concurrent, precision).values())
         batch_size = batch_size or fitted
         timings["model_load"] = time.perf_counter() - t_load
         # a task holds at least one full batch of windows
         groups = window_groups(grid, max(windows_per_task, batch_size))
         assembler = BlockAssembler(info.height, info.width, block_size, [g.region for g in groups])
-        job = PredictJob(str(image.resolve()), model_dir, device, grid, batch_size, tta)
+        job = PredictJob(str(image.resolve()), model_dir, device, grid, batch_size, tta, precision)
         with raster.stream_cog(
             output, width=info.width, height=info.height, crs=info.crs, transform=info.transform,
             dtype=dtype, nodata=nodata, description=BAND_DESCRIPTION, scale=scale, tags=tags,

@@ -35,6 +35,7 @@ from pipeline.model import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     ModelConfig,
+    autocast_dtype,
     build_unet,
     pick_device,
     save_model,
@@ -187,7 +188,8 @@ def run_train(
     """Train the U-Net; returns the final metrics. ``stop_after_epoch`` simulates a kill (tests)."""
     seed_everything(params.seed)
     device = pick_device("auto")
-    use_amp = device.type == "cuda"
+    amp_dtype = autocast_dtype(device, params.precision, training=True)
+    log.info("training on %s, autocast %s", device, amp_dtype or "off (float32)")
     stats = read_stats(tile.out_dir)
     norm = Normalisation.from_lists(stats["mean"], stats["std"])
 
@@ -218,9 +220,8 @@ def run_train(
     )
     model = build_unet(config)
     init_encoder(model, params, pretrain)
-    model = model.to(device)
-    if use_amp:
-        model = model.to(memory_format=torch.channels_last)
+    # channels_last: oneDNN's and cuDNN's fast convolution layout (1.17x in fp32 on CPU, more with bf16)
+    model = model.to(device).to(memory_format=torch.channels_last)
 
     steps_per_epoch = math.ceil(len(train_ds) / params.batch_size)
     if params.max_batches_per_epoch:
@@ -247,7 +248,7 @@ def run_train(
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
 
     best_dir = ckpt_path.parent / "best"
-    loader_kw = dict(batch_size=params.batch_size, num_workers=params.num_workers, pin_memory=use_amp)
+    loader_kw = dict(batch_size=params.batch_size, num_workers=params.num_workers, pin_memory=device.type == "cuda")
     epochs_without_gain = 0
     with registry.tracked_run(
         register.experiment,
@@ -271,9 +272,8 @@ def run_train(
                 if step >= steps_per_epoch:
                     break
                 x, y, v = x.to(device), y.to(device), v.to(device)
-                if use_amp:
-                    x = x.to(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = model(x)
                 loss = masked_loss(logits.float(), y, v, params)
                 optimiser.zero_grad(set_to_none=True)
@@ -282,7 +282,7 @@ def run_train(
                 scheduler.step()
                 train_loss += loss.item() * len(x)
                 n_seen += len(x)
-            val = evaluate_chips(model, val_ds, params, device, use_amp)
+            val = evaluate_chips(model, val_ds, params, device, amp_dtype)
             seconds = time.perf_counter() - t0
             row = {
                 "epoch": epoch,
@@ -362,7 +362,9 @@ def _publish(best_dir: Path, out_dir: Path, history: list[dict], run_id: str) ->
 
 
 @torch.no_grad()
-def evaluate_chips(model: nn.Module, ds: SegmentationChips, params: TrainParams, device: torch.device, use_amp: bool) -> dict:
+def evaluate_chips(
+    model: nn.Module, ds: SegmentationChips, params: TrainParams, device: torch.device, amp_dtype: torch.dtype | None
+) -> dict:
     """Validation loss and pixel metrics at threshold 0.5 over valid pixels, plus the F1-best
     threshold of these chips (``best_threshold``) and IoU/F1 there."""
     model.eval()
@@ -371,8 +373,8 @@ def evaluate_chips(model: nn.Module, ds: SegmentationChips, params: TrainParams,
     loss_sum, n = 0.0, 0
     for x, y, v in DataLoader(ds, batch_size=params.batch_size, num_workers=params.num_workers):
         x, y, v = x.to(device), y.to(device), v.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = model(x).float()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x.contiguous(memory_format=torch.channels_last)).float()
         loss_sum += masked_loss(logits, y, v, params).item() * len(x)
         n += len(x)
         counts += confusion_counts(logits, y, v)

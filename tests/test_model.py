@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.model import build_unet, load_model, save_model
+from pipeline.model import autocast_dtype, build_unet, cpu_has_native_bf16, load_model, save_model
 from pipeline.model_config import ModelConfig
 
 
@@ -59,3 +59,26 @@ def test_dropout_is_active_in_training_only():
     with torch.no_grad():
         assert torch.equal(model(x), model(x))
     assert isinstance(model.segmentation_head[0], nn.Dropout2d)
+
+
+def test_autocast_choice_per_device_and_use():
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "fp32", training=True) is None
+    assert autocast_dtype(cpu, "bf16", training=False) is torch.bfloat16
+    # CPU inference stays float32 unless asked: its pixels must not depend on the thread count
+    assert autocast_dtype(cpu, "auto", training=False) is None
+    # CPU training takes bf16 only where the hardware computes it (emulated bf16 is slower)
+    assert autocast_dtype(cpu, "auto", training=True) is (torch.bfloat16 if cpu_has_native_bf16() else None)
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 autocast is emulated on this CPU")
+def test_bf16_autocast_stays_close_to_float32():
+    torch.manual_seed(0)
+    model = build_unet(_config()).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        full = torch.sigmoid(model(x))
+        with torch.autocast("cpu", dtype=autocast_dtype(torch.device("cpu"), "bf16", training=False)):
+            half = torch.sigmoid(model(x).float())
+    assert half.dtype == torch.float32
+    assert 0 < (half - full).abs().max() < 0.1  # really ran in bf16, and stayed a probability map of the same model

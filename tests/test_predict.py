@@ -175,6 +175,22 @@ def test_float32_output_matches_uint8_and_honours_nodata(scene, model_dir, sched
     assert np.nanstd(p) > 1e-3  # a real, varying prediction
 
 
+def test_precision_is_recorded_and_checked(scene, model_dir, scheduler, tmp_path) -> None:
+    fp32 = predict_raster(scene, tmp_path / "fp32.tif", model=model_dir, window=64, overlap=16,
+                          scheduler=scheduler, dtype="float32", precision="fp32", progress=False).output
+    bf16 = predict_raster(scene, tmp_path / "bf16.tif", model=model_dir, window=64, overlap=16,
+                          scheduler=scheduler, dtype="float32", precision="bf16", progress=False).output
+    p32, prof = read(fp32)
+    p16, prof16 = read(bf16)
+    assert prof["tags"]["precision"] == "fp32" and prof16["tags"]["precision"] == "bf16"
+    valid = ~np.isnan(p32)
+    assert (np.isnan(p16) == ~valid).all()
+    assert np.abs(p16[valid] - p32[valid]).max() < 0.1  # the same model, at lower precision
+    with pytest.raises(ValueError, match="precision"):
+        predict_raster(scene, tmp_path / "x.tif", model=model_dir, precision="fp8", progress=False)
+    assert not (tmp_path / "x.tif").exists()
+
+
 def test_pixels_do_not_depend_on_workers_block_size_or_task_size(model_dir, tmp_path) -> None:
     img = write_raster(tmp_path / "img.tif", smooth_image(256, 320).astype(np.uint8))
     a = predict_raster(img, tmp_path / "a.tif", model=model_dir, window=64, overlap=16, workers=1,

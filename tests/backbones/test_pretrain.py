@@ -63,7 +63,10 @@ def run_rows(root: Path, run_id: str, table: str) -> list[tuple]:
 
 
 def test_pretrain_writes_weights_meta_and_run(workdir: Path) -> None:
-    p = params(workdir, "resnet18")
+    # float32: at this 4-step budget the val accuracy on 12 patches swings between 0.25 and 1.0
+    # with the seed and the precision (measured), and seed 0 in float32 is the case whose
+    # accuracy check below was calibrated; bf16 pretraining runs in test_same_loop_trains_every_family
+    p = params(workdir, "resnet18", precision="fp32")
     result = pretrain_backbone("resnet18", p, workdir / "chips", tracking(workdir))
 
     meta = json.loads(p.meta_path("resnet18").read_text())
