@@ -41,6 +41,7 @@ def main() -> int:
     from backbones import build_backbone
     from backbones.patches import PatchDataset, read_chip_folder
     from backbones.pretrain import pretrain_backbone
+    from pipeline.model import autocast_dtype
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,6 +57,7 @@ def main() -> int:
     print(
         f"chips {p.tile.out_dir.resolve()} ({len(chips.classes)} classes, {len(chips.bands)} bands); "
         f"{train_patches} train patches, {budget.epochs} epochs, {budget.input_size} px, batch {budget.batch_size}; "
+        f"precision {budget.precision} (autocast {autocast_dtype(torch.device('cpu'), budget.precision, training=True) or 'off'} on CPU); "
         f"torch threads {torch.get_num_threads()}; work {work}",
         flush=True,
     )

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from affine import Affine
 
-from pipeline import raster
 from pipeline.chip_format import INDEX_FILE, INDEX_LAYER, MASK_NODATA
 from pipeline.config import DataParams, SceneSource
 from pipeline.metrics import Confusion, confusion
+from pipeline.scene_truth import SceneWindows
 
 log = logging.getLogger(__name__)
 
@@ -109,38 +108,18 @@ def fit_baseline(chips_dir: Path, max_pixels: int = MAX_TRAIN_PIXELS, seed: int 
 
 
 def score_scene(baseline: PixelBaseline, scene: SceneSource, data: DataParams, window: int = SCORE_WINDOW) -> Confusion:
-    """Confusion counts of the baseline on a whole scene, read ``window`` pixels at a time.
-
-    Truth as evaluate makes it: road vectors buffered and burned, or a label raster (road = 1,
-    its nodata excluded); the image's nodata is excluded.
-    """
-    from contextlib import nullcontext
-
-    info = raster.raster_info(scene.image)
-    roads = None
-    if scene.roads is not None:
-        from pipeline import vectors
-
-        roads = vectors.load_scene_roads(scene, data, info)
-    elif scene.labels is None:
-        raise BaselineError(f"{scene.image}: scene {scene.name} has neither roads nor labels to score against")
+    """Confusion counts of the baseline on a whole scene, read ``window`` pixels at a time,
+    against the truth evaluate uses (``scene_truth.SceneWindows``)."""
     total = Confusion(0, 0, 0, 0)
-    with raster.open_reader(scene.image) as image_reader:
-        label_cm = raster.open_reader(scene.labels) if roads is None else nullcontext()
-        with label_cm as labels:
-            for row_off in range(0, info.height, window):
-                for col_off in range(0, info.width, window):
-                    h, w = min(window, info.height - row_off), min(window, info.width - col_off)
-                    image, valid = raster.read_window(image_reader, col_off, row_off, w, h)
-                    if roads is not None:
-                        transform = info.transform @ Affine.translation(col_off, row_off)
-                        truth = vectors.burn_mask(roads, transform, (h, w)) > 0
-                    else:
-                        label, label_valid = raster.read_window(labels, col_off, row_off, w, h)
-                        truth, valid = label[0] == 1, valid & label_valid
-                    pred = np.zeros((h, w), dtype=bool)
-                    pred[valid] = baseline.predict(image[:, valid].T)
-                    total = total + confusion(pred, truth, valid)
+    with SceneWindows(scene, data) as windows:
+        info = windows.info
+        for row_off in range(0, info.height, window):
+            for col_off in range(0, info.width, window):
+                h, w = min(window, info.height - row_off), min(window, info.width - col_off)
+                image, valid, truth = windows.read(col_off, row_off, w, h)
+                pred = np.zeros((h, w), dtype=bool)
+                pred[valid] = baseline.predict(image[:, valid].T)
+                total = total + confusion(pred, truth, valid)
     return total
 
 

@@ -5,10 +5,12 @@ Writes (see docs/formats.md): ``metrics/eval.json`` (DVC metrics), ``plots/pr.cs
 ``reports/<scene>_error_map.png`` and ``<scene>_quicklook.png``; merges the test metrics into
 the model folder's ``model.json``; logs all of it to an MLflow run ``evaluate``.
 
-A scene's probability, truth and valid masks are held whole (relaxed metrics look across
-window borders; test scenes are held-out scenes of modest size). What a scene adds to the
+A scene is scored block by block (``EVAL_BLOCK`` pixels a side, read with a margin of the
+relaxed slack so the relaxed metrics see across block edges): memory does not grow with the
+scene, and the counts are exactly those of the whole scene at once. What a scene adds to the
 result is integer counts per threshold, so scenes pool exactly: the overall metrics are over
-all test pixels together (micro average), not a mean of per-scene scores.
+all test pixels together (micro average), not a mean of per-scene scores. The figures are
+built from the same blocks at overview resolution.
 
 The model is scored at the threshold it came with, which train chose on validation chips
 (F1-best there): those plain numbers are honest. Evaluate never changes that threshold. As a
@@ -43,12 +45,14 @@ from pipeline.metrics import (
     relaxed_break_even,
 )
 from pipeline.model_config import CONFIG_FILE, read_config
+from pipeline.scene_truth import SceneWindows
 
 log = logging.getLogger(__name__)
 
 # Thresholds of the sweep, 0.00..1.00 (the same grid train chooses the model's threshold on).
 SWEEP_THRESHOLDS = DEFAULT_THRESHOLDS
 PNG_MAX_SIDE = 1024  # figures of larger scenes are downsampled to at most this many pixels a side
+EVAL_BLOCK = 1024  # a test scene is scored in blocks of about this many pixels a side
 
 # Error map classes, in increasing priority when a downsampled block holds several.
 NODATA, TRUE_NEGATIVE, TRUE_POSITIVE, FALSE_POSITIVE, FALSE_NEGATIVE = range(5)
@@ -70,12 +74,14 @@ class EvaluateError(ValueError):
 
 
 @dataclass(frozen=True)
-class SceneArrays:
-    """One test scene on the image grid, whole."""
+class SceneScore:
+    """One test scene, scored: its counts, and what its figures show at overview resolution."""
 
-    prob: np.ndarray  # float32 road probability, NaN where nodata
-    truth: np.ndarray  # bool, road
-    valid: np.ndarray  # bool, pixels that count
+    sweep: ThresholdSweep
+    codes: np.ndarray  # uint8 error classes at the model's threshold, reduced by ``factor``
+    prob: np.ndarray  # float32 probability at every ``factor``-th pixel, NaN where nodata
+    valid: np.ndarray  # bool, every ``factor``-th pixel: pixels that count
+    factor: int
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -120,40 +126,50 @@ def predict_scene(
     return Path(result.output)
 
 
-def load_truth(
-    scene: SceneSource, data: DataParams, info: raster.RasterInfo
-) -> tuple[np.ndarray, np.ndarray]:
-    """(road, valid) on the image grid: road vectors buffered and burned, or a label raster
-    (road = 1, its own nodata excluded), as the tile stage makes training masks."""
-    shape = (info.height, info.width)
-    if scene.roads is not None:
-        from pipeline import vectors
-
-        roads = vectors.load_scene_roads(scene, data, info)
-        return np.asarray(vectors.burn_mask(roads, info.transform, shape)) > 0, np.ones(
-            shape, dtype=bool
-        )
-    labels_info = raster.raster_info(scene.labels)
-    if (labels_info.height, labels_info.width) != shape:
-        raise EvaluateError(
-            f"{scene.labels}: label raster is {labels_info.width}x{labels_info.height}, "
-            f"its image {scene.image} is {info.width}x{info.height}; resample it onto the image grid"
-        )
-    return raster.read_band_array(scene.labels) == 1, raster.read_valid_mask(scene.labels)
-
-
-def load_scene_arrays(scene: SceneSource, prediction: Path, data: DataParams) -> SceneArrays:
-    """Probability, truth and valid mask of one scene; valid excludes the image's nodata,
-    the prediction's NaN and the label raster's nodata."""
-    info = raster.raster_info(scene.image)
-    prob = raster.read_band_array(prediction).astype(np.float32, copy=False)
-    if prob.shape != (info.height, info.width):
-        raise EvaluateError(
-            f"{prediction}: prediction grid {prob.shape} differs from {scene.image}"
-        )
-    truth, truth_valid = load_truth(scene, data, info)
-    valid = raster.read_valid_mask(scene.image) & np.isfinite(prob) & truth_valid
-    return SceneArrays(prob=prob, truth=truth, valid=valid)
+def score_scene(
+    scene: SceneSource,
+    prediction: Path,
+    data: DataParams,
+    thresholds: np.ndarray,
+    rho: int,
+    threshold: float,
+    block: int = EVAL_BLOCK,
+) -> SceneScore:
+    """Score ``prediction`` (float32 probability on the image grid, NaN = nodata) against the
+    scene's truth, ``block`` pixels at a time; valid excludes the image's nodata, the
+    prediction's NaN and a label raster's nodata."""
+    with SceneWindows(scene, data) as windows, raster.open_reader(prediction) as predicted:
+        height, width = windows.info.height, windows.info.width
+        if (predicted.ds.height, predicted.ds.width) != (height, width):
+            raise EvaluateError(
+                f"{prediction}: prediction grid {predicted.ds.width}x{predicted.ds.height} differs "
+                f"from {scene.image} ({width}x{height})"
+            )
+        factor = downsample_factor((height, width), PNG_MAX_SIDE)
+        step = factor * math.ceil(block / factor)  # block origins on the overview's grid
+        small = (math.ceil(height / factor), math.ceil(width / factor))
+        codes = np.full(small, NODATA, dtype=np.uint8)
+        prob_small = np.full(small, np.nan, dtype=np.float32)
+        valid_small = np.zeros(small, dtype=bool)
+        sweep = ThresholdSweep(thresholds, rho)
+        for r0 in range(0, height, step):
+            for c0 in range(0, width, step):
+                r1, c1 = min(r0 + step, height), min(c0 + step, width)
+                # the block plus a margin of rho pixels, cut at the scene's edges
+                rr0, cc0 = max(0, r0 - rho), max(0, c0 - rho)
+                rr1, cc1 = min(height, r1 + rho), min(width, c1 + rho)
+                _, valid, truth = windows.read(cc0, rr0, cc1 - cc0, rr1 - rr0)
+                prob = raster.read_window(predicted, cc0, rr0, cc1 - cc0, rr1 - rr0)[0][0].astype(np.float32)
+                valid &= np.isfinite(prob)
+                core = (slice(r0 - rr0, r1 - rr0), slice(c0 - cc0, c1 - cc0))
+                sweep.update(prob, truth, valid, core=core)
+                p, t, v = prob[core], truth[core], valid[core]
+                reduced = reduce_codes(error_codes(p >= threshold, t, v), factor)
+                at = (slice(r0 // factor, r0 // factor + reduced.shape[0]), slice(c0 // factor, c0 // factor + reduced.shape[1]))
+                codes[at] = reduced
+                prob_small[at] = np.where(v, p, np.nan)[::factor, ::factor]
+                valid_small[at] = v[::factor, ::factor]
+    return SceneScore(sweep=sweep, codes=codes, prob=prob_small, valid=valid_small, factor=factor)
 
 
 # ----------------------------------------------------------------------------------- scoring
@@ -263,11 +279,11 @@ def _new_figure(shape: tuple[int, int]):
     return fig
 
 
-def write_error_map(path: Path, arrays: SceneArrays, threshold: float, title: str) -> Path:
-    """The scene's error map at ``threshold`` as a PNG with a legend."""
+def write_error_map(path: Path, codes: np.ndarray, title: str) -> Path:
+    """A scene's error classes (``error_codes``, at overview resolution) as a PNG with a legend."""
     from matplotlib.patches import Patch
 
-    rgb = error_map_rgb(arrays.prob >= threshold, arrays.truth, arrays.valid, max_side=PNG_MAX_SIDE)
+    rgb = ERROR_PALETTE[codes]
     fig = _new_figure(rgb.shape[:2])
     ax = fig.add_subplot()
     ax.imshow(rgb, interpolation="nearest")
@@ -281,14 +297,10 @@ def write_error_map(path: Path, arrays: SceneArrays, threshold: float, title: st
     return path
 
 
-def write_quicklook(
-    path: Path, image: Path, arrays: SceneArrays, bands: list[str], title: str
-) -> Path:
+def write_quicklook(path: Path, image: Path, score: SceneScore, bands: list[str], title: str) -> Path:
     """The scene's RGB with the road probability overlaid (transparent where it is low)."""
     info = raster.raster_info(image)
-    f = downsample_factor((info.height, info.width))
-    valid = arrays.valid[::f, ::f]
-    prob = arrays.prob[::f, ::f]
+    valid, prob = score.valid, score.prob
     rgb_idx = rgb_band_indexes(bands, info.count)
     rgb = stretch(raster.read_decimated(image, rgb_idx, *valid.shape), valid)
     fig = _new_figure(valid.shape)
@@ -407,20 +419,17 @@ def run_evaluate(
     rho = params.relaxed_slack_px
 
     with tempfile.TemporaryDirectory(prefix="roadseg-evaluate-") as tmp:
-        predictions: dict[str, Path] = {}
-        sweeps: dict[str, ThresholdSweep] = {}
+        scores: dict[str, SceneScore] = {}
         for scene in scenes:
             log.info("evaluate: predicting %s", scene.name)
-            predictions[scene.name] = predict_scene(
-                scene, Path(tmp), model_dir, params, tile.workers
-            )
-            arrays = load_scene_arrays(scene, predictions[scene.name], data)
-            sweeps[scene.name] = ThresholdSweep(thresholds, rho)
-            sweeps[scene.name].update(arrays.prob, arrays.truth, arrays.valid)
-            if not arrays.truth[arrays.valid].any():
+            prediction = predict_scene(scene, Path(tmp), model_dir, params, tile.workers)
+            scores[scene.name] = score_scene(scene, prediction, data, thresholds, rho, config.threshold)
+            prediction.unlink()  # a test scene's probability raster can be large
+            if scores[scene.name].sweep.n_true == 0:
                 log.warning(
                     "evaluate: test scene %s has no road pixels in its valid area", scene.name
                 )
+        sweeps = {name: score.sweep for name, score in scores.items()}
 
         pooled = ThresholdSweep(thresholds, rho)
         for sweep in sweeps.values():
@@ -448,7 +457,7 @@ def run_evaluate(
         params.reports_dir.mkdir(parents=True, exist_ok=True)
         figures: list[Path] = []
         for scene in scenes:
-            arrays = load_scene_arrays(scene, predictions[scene.name], data)
+            score = scores[scene.name]
             m = result["per_scene"][scene.name]
             title = (
                 f"{scene.name}: threshold {config.threshold:.2f} (from validation), "
@@ -456,18 +465,13 @@ def run_evaluate(
                 f"relaxed break-even {m['relaxed_break_even']:.3f} (rho {rho} px)"
             )
             figures.append(
-                write_error_map(
-                    params.reports_dir / f"{scene.name}_error_map.png",
-                    arrays,
-                    config.threshold,
-                    title,
-                )
+                write_error_map(params.reports_dir / f"{scene.name}_error_map.png", score.codes, title)
             )
             figures.append(
                 write_quicklook(
                     params.reports_dir / f"{scene.name}_quicklook.png",
                     scene.image,
-                    arrays,
+                    score,
                     data.bands,
                     scene.name,
                 )

@@ -263,8 +263,8 @@ class SweepResult:
 class ThresholdSweep:
     """Streaming accumulator of plain and relaxed counts at many thresholds.
 
-    ``update`` once per scene (or per large block: the relaxed slack cannot look across the
-    edges of what one update sees), then ``compute``. Memory is a few integer arrays per
+    ``update`` once per scene, or once per block with a margin of ``rho`` pixels and ``core``
+    (exactly the same counts), then ``compute``. Memory is a few integer arrays per
     threshold, independent of how many pixels went in. Accumulators over the same thresholds
     pool by ``+=`` (per-scene accumulators -> an overall one).
     """
@@ -286,18 +286,28 @@ class ThresholdSweep:
         self.n_valid = 0
         self.n_true = 0
 
-    def update(self, prob: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> None:
-        """Add one scene: road probabilities, 0/1 truth and the valid mask (NaN prob = invalid)."""
+    def update(
+        self,
+        prob: np.ndarray,
+        truth: np.ndarray,
+        valid: np.ndarray | None = None,
+        core: tuple[slice, slice] | None = None,
+    ) -> None:
+        """Add one scene, or one block of it: road probabilities, 0/1 truth and the valid mask
+        (NaN prob = invalid).
+
+        With ``core`` (row and column slices), only the pixels inside it are counted, while the
+        relaxed slack still looks at the whole arrays: blocks of a scene read with a margin of
+        at least ``rho`` pixels (cut at the scene's edges) whose cores tile the scene add up to
+        exactly the counts of the whole scene in one update.
+        """
         shape = _check_same_shape(prob=prob, truth=truth)
         prob = np.asarray(prob)
         if not np.issubdtype(prob.dtype, np.floating):
             raise TypeError(f"prob: expected floating-point probabilities, got dtype {prob.dtype}")
         v = _valid_mask(valid, shape) & np.isfinite(prob)
         t = _as_mask("truth", truth) & v
-        th = self.thresholds
-        self._predicted += _count_at_or_above(prob[v], th)
-        self._tp += _count_at_or_above(prob[t], th)
-        self._near += _count_at_or_above(prob[v & within_distance(t, self.rho)], th)
+        near_truth = within_distance(t, self.rho)
         # A true pixel is found at threshold t iff the largest valid prob within rho is >= t.
         best_nearby = ndimage.maximum_filter(
             np.where(v, prob, -np.inf).astype(prob.dtype),
@@ -305,6 +315,14 @@ class ThresholdSweep:
             mode="constant",
             cval=-np.inf,
         )
+        if core is not None:
+            counted = np.zeros(shape, dtype=bool)
+            counted[core] = True
+            v, t = v & counted, t & counted
+        th = self.thresholds
+        self._predicted += _count_at_or_above(prob[v], th)
+        self._tp += _count_at_or_above(prob[t], th)
+        self._near += _count_at_or_above(prob[v & near_truth], th)
         self._reached += _count_at_or_above(best_nearby[t], th)
         self.n_valid += int(np.count_nonzero(v))
         self.n_true += int(np.count_nonzero(t))

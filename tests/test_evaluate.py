@@ -23,7 +23,8 @@ from pipeline.evaluate import (
     run_evaluate,
     sweep_thresholds,
 )
-from pipeline.metrics import confusion
+from pipeline.metrics import ThresholdSweep, confusion
+from pipeline.scene_truth import SceneWindows
 
 SIZE = 256
 CRS = "EPSG:32632"
@@ -302,3 +303,61 @@ def test_downsampled_error_map_keeps_errors_visible():
     assert rgb.shape == (5, 5, 3)
     assert tuple(rgb[1, 1]) == BLUE and tuple(rgb[0, 0]) == BLACK
     assert (ERROR_PALETTE[reduce_codes(np.ones((4, 4), np.uint8), 4)] == 0).all()
+
+
+# ------------------------------------------------------------------------ block-wise scoring
+@pytest.mark.parametrize("truth_from", ["roads", "labels"])
+def test_blockwise_scoring_equals_the_whole_scene(tmp_path, monkeypatch, truth_from):
+    """Blocks with a rho margin give exactly the counts and figures of one whole-scene pass,
+    with roads and misses crossing block edges, nodata, and a scene that is not a multiple
+    of the block or of the overview factor."""
+    height, width = 250, 230
+    rng = np.random.default_rng(1)
+    img = rng.integers(60, 120, size=(4, height, width), dtype=np.uint8)
+    img[:, :40, :40] = 0  # nodata corner
+    image = raster.write_geotiff(tmp_path / "s.tif", img, crs=CRS, transform=TRANSFORM, nodata=0)
+    truth = np.zeros((height, width), np.uint8)
+    truth[ROAD_ROW - 3 : ROAD_ROW + 3, :] = 1
+    truth[:, 61:65] = 1  # a vertical road across the block edge at 64
+    if truth_from == "roads":
+        scene = SceneSource(name="s", image=image, roads=_write_roads(tmp_path / "s.roads.gpkg"), split="test")
+        data = DataParams(scenes=[scene], bands=BANDS)
+        with SceneWindows(scene, data) as w:
+            truth = w.read(0, 0, width, height)[2].astype(np.uint8)
+    else:
+        labels = truth.copy()
+        labels[150:170, 100:140] = 255  # label nodata across a block edge
+        raster.write_geotiff(tmp_path / "labels.tif", labels, crs=CRS, transform=TRANSFORM, nodata=255)
+        scene = SceneSource(name="s", image=image, labels=tmp_path / "labels.tif", split="test")
+        data = DataParams(scenes=[scene], bands=BANDS)
+    # a prediction that is right, shifted by up to 2 px, and wrong in places, with NaN nodata
+    prob = rng.uniform(0, 0.3, size=(height, width)).astype(np.float32)
+    prob[np.roll(truth, 2, axis=0) > 0] = 0.8
+    prob[:, 200:] = rng.uniform(0, 1, size=(height, 30))
+    prob[:40, :40] = np.nan
+    pred = raster.write_geotiff(tmp_path / "p.tif", prob, crs=CRS, transform=TRANSFORM, nodata=float("nan"))
+    thresholds = sweep_thresholds(0.45)
+    monkeypatch.setattr(evaluate, "PNG_MAX_SIDE", 60)  # an overview factor (5) that blocks must respect
+
+    whole = evaluate.score_scene(scene, pred, data, thresholds, 3, 0.45, block=4096)
+    blocks = evaluate.score_scene(scene, pred, data, thresholds, 3, 0.45, block=64)
+    assert blocks.factor == whole.factor == 5
+    a, b = whole.sweep.compute(), blocks.sweep.compute()
+    for field in ("tp", "fp", "fn", "tn"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    np.testing.assert_array_equal(a.predicted_near_truth, b.predicted_near_truth)
+    np.testing.assert_array_equal(a.true_near_prediction, b.true_near_prediction)
+    np.testing.assert_array_equal(whole.codes, blocks.codes)
+    np.testing.assert_array_equal(whole.valid, blocks.valid)
+    np.testing.assert_array_equal(whole.prob, blocks.prob)
+    # and the whole pass is the metrics module's own whole-array sweep
+    direct = ThresholdSweep(thresholds, 3)
+    valid = np.isfinite(prob) & (img[0] != 0)
+    if truth_from == "labels":
+        valid &= labels != 255
+    direct.update(prob, truth > 0, valid)
+    c = direct.compute()
+    for field in ("tp", "fp", "fn", "tn", "predicted_near_truth", "true_near_prediction"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(c, field))
+    assert whole.codes.shape == (50, 46)
+    assert (whole.codes[:8, :8] == evaluate.NODATA).all()
