@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/predict.py --size 4096
 	$(BIN)/python benchmarks/synth.py
 	$(BIN)/python benchmarks/lenet_digits.py
+	$(BIN)/python benchmarks/precision.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline backbones tests benchmarks
