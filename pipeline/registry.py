@@ -152,6 +152,15 @@ def _store_identity(uri: str) -> str:
     return uri
 
 
+def _missing_sqlite_file(store: str) -> Path | None:
+    """The file of an absolute ``sqlite:///`` store that does not exist, else None."""
+    prefix = "sqlite:///"
+    if not store.startswith(prefix):
+        return None
+    path = Path(store[len(prefix):])
+    return None if path.exists() else path
+
+
 def _cache_key(uri: str, store: str) -> str | None:
     """A folder name that names exactly one immutable set of model files, or None.
 
@@ -189,6 +198,12 @@ def download_model_dir(uri: str, tracking_default: str = DEFAULT_TRACKING_URI) -
 
     mlflow = _mlflow()
     store = _store_identity(configure(tracking_default))
+    missing = _missing_sqlite_file(store)
+    if missing is not None:  # connecting would create an empty store there
+        raise LookupError(
+            f"{uri}: no MLflow store at {missing}; run from the project folder that holds it, set "
+            "MLFLOW_TRACKING_URI, or pass a model folder with --model"
+        )
     try:
         key = _cache_key(uri, store)
         cache = model_cache_dir()

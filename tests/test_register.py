@@ -154,3 +154,12 @@ def test_model_card_describes_this_model_not_the_demo(tmp_path):
     assert "3-band (red, green, blue) uint16 imagery" in card and "0.3 m" in card
     assert "R, G, B, NIR" not in card
     assert "| iou | 0.6100 |" in card and "0.420" in card
+
+
+def test_a_missing_sqlite_store_is_named_not_created(tmp_path, monkeypatch):
+    """predict run outside the project folder: a clear error, and no empty mlflow.db left there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(LookupError, match=rf"no MLflow store at {tmp_path}/mlflow\.db.*--model"):
+        registry.download_model_dir("models:/road-unet@champion", "sqlite:///mlflow.db")
+    assert not (tmp_path / "mlflow.db").exists()
