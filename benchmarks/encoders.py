@@ -150,8 +150,9 @@ def main() -> int:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--encoders", default="resnet18,resnet34,vgg16_bn,googlenet")
     ap.add_argument("--weights", default="repo,none", help="comma list of repo, none")
-    ap.add_argument("--epochs", type=int, default=3, help="training epochs of every run")
-    ap.add_argument("--batches-per-epoch", type=int, default=20, help="optimiser steps per epoch")
+    ap.add_argument("--epochs", type=int, default=3, help="training epochs of every run (0: params' train.epochs)")
+    ap.add_argument("--batches-per-epoch", type=int, default=20,
+                    help="optimiser steps per epoch (0: every train chip once, the demo's budget)")
     ap.add_argument("--backbones", type=Path, default=None, help="pretrained weights folder")
     ap.add_argument("--pretrain-epochs", type=int, default=None, help="cap for missing backbones")
     ap.add_argument("--pretrain-batches", type=int, default=None, help="batches/epoch cap, missing backbones")
@@ -162,6 +163,8 @@ def main() -> int:
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         os.environ.pop(var, None)  # runs go to the benchmark's own store, never a shared one
     p = absolute(load_params(args.params))
+    args.epochs = args.epochs or p.train.epochs
+    args.batches_per_epoch = args.batches_per_epoch or None
     work = (args.work or Path(tempfile.mkdtemp(prefix="roadseg-encoders-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     backbones_dir = (args.backbones or p.pretrain.out_dir).resolve()
@@ -169,7 +172,7 @@ def main() -> int:
     encoders = [e for e in args.encoders.split(",") if e]
     weights = [w for w in args.weights.split(",") if w]
     print(
-        f"work {work}; {args.epochs} epochs x {args.batches_per_epoch} batches of {p.train.batch_size} "
+        f"work {work}; {args.epochs} epochs x {args.batches_per_epoch or 'all'} batches of {p.train.batch_size} "
         f"chips per run; chips {p.tile.out_dir}; backbones {backbones_dir}",
         flush=True,
     )
