@@ -87,6 +87,22 @@ def test_predict_device_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys, mo
     assert not (tmp_path / "in_roads.tif").exists()
 
 
+def test_predict_precision_flag_reaches_the_output(tmp_path, capsys, monkeypatch):
+    import rasterio
+
+    from tests.test_predict import make_model, smooth_image, write_raster
+
+    monkeypatch.chdir(tmp_path)
+    model = make_model(tmp_path / "model")
+    image = write_raster(tmp_path / "in.tif", smooth_image(64, 64).astype("uint8"))
+    assert main(["predict", str(image), "--model", str(model), "--precision", "bf16", "--workers", "1", "-q"]) == 0
+    with rasterio.open(tmp_path / "in_roads.tif") as ds:
+        assert ds.tags()["precision"] == "bf16"
+    with pytest.raises(SystemExit):
+        main(["predict", str(image), "--precision", "fp8"])
+    assert "invalid choice: 'fp8'" in capsys.readouterr().err
+
+
 def test_parser_requires_a_command():
     with pytest.raises(SystemExit):
         build_parser().parse_args([])
