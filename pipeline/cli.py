@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: auto)")
     sp.add_argument("--precision", choices=list(PRECISIONS),
                     help="autocast precision (default: predict.precision; auto: bf16 on CUDA, fp32 on CPU; "
-                    "bf16 on a CPU with AMX is ~3.8x faster, but pixels then depend on the thread count by a few 1/254 steps)")
+                    "bf16 on a CPU with AMX is ~3.7x faster, but pixels then depend on the thread count by a few 1/254 steps)")
     sp.add_argument("--batch-size", type=_positive_int, help="windows per forward pass (default: 2 on CPU, fitted to GPU memory)")
     sp.add_argument("--windows-per-task", type=_positive_int, help="windows per Dask task (default: predict.windows_per_task)")
     sp.add_argument("--window", type=_positive_int, help="window side in pixels (multiple of 32)")

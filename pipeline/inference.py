@@ -85,8 +85,8 @@ def forward_probs(
     """Road probability (N, H, W) float32 for a normalised batch (N, C, H, W).
 
     channels_last, under autocast as ``precision`` says (``model.autocast_dtype``: with auto,
-    bf16 on CUDA, float32 on CPU). With ``tta`` the probabilities
-    of the eight dihedral transforms (4 rotations x flip) are averaged.
+    bf16 on CUDA, float32 on CPU). With ``tta`` the probabilities of the eight dihedral
+    transforms (4 rotations x flip) are averaged.
     """
     amp_dtype = autocast_dtype(device, precision, training=False)
     with torch.inference_mode():

@@ -93,23 +93,28 @@ def cpu_has_native_bf16() -> bool:
 
     Elsewhere oneDNN emulates bf16 and autocast is slower than float32, so ``auto`` keeps fp32.
     """
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    # private torch probes (stable since 2.1); a torch without them is treated as no native bf16
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto", *, training: bool) -> torch.dtype | None:
     """The autocast dtype for ``precision`` (auto | fp32 | bf16) on ``device``; None = float32.
 
-    auto on CUDA: bf16 where supported, else fp16. auto on CPU: bf16 for training where the
+    auto on CUDA: bf16 where the GPU supports it; otherwise fp16 for inference and float32 for
+    training (fp16 training would need loss scaling). auto on CPU: bf16 for training where the
     CPU has native bf16 (2.7x the fp32 training throughput of the demo U-Net on this project's
     AMX machine; BENCHMARKS.md), float32 for inference: bf16 rounding makes a CPU's output
     depend on its thread count (up to 4/254 between 1 and 2 threads, measured), and predict
-    promises pixels that do not depend on the worker layout; ``bf16`` asks for the 3.8x faster
+    promises pixels that do not depend on the worker layout; ``bf16`` asks for the 3.7x faster
     CPU inference anyway. Weights, optimiser state and losses stay float32 in every case.
     """
     if precision == "fp32":
         return None
     if device.type == "cuda":
-        return torch.bfloat16 if precision == "bf16" or torch.cuda.is_bf16_supported() else torch.float16
+        if precision == "bf16" or torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None if training else torch.float16
     if precision == "bf16" or (training and cpu_has_native_bf16()):
         return torch.bfloat16
     return None
