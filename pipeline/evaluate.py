@@ -239,17 +239,6 @@ def reduce_codes(codes: np.ndarray, factor: int) -> np.ndarray:
     return padded.reshape(hp // factor, factor, wp // factor, factor).max(axis=(1, 3))
 
 
-def error_map_rgb(
-    pred: np.ndarray, truth: np.ndarray, valid: np.ndarray, max_side: int | None = None
-) -> np.ndarray:
-    """(H, W, 3) uint8 error map: found road yellow, missed road blue, false alarms red,
-    background black, nodata grey; downsampled to ``max_side`` when given."""
-    codes = error_codes(np.asarray(pred, bool), np.asarray(truth, bool), np.asarray(valid, bool))
-    if max_side is not None:
-        codes = reduce_codes(codes, downsample_factor(codes.shape, max_side))
-    return ERROR_PALETTE[codes]
-
-
 def rgb_band_indexes(bands: list[str], count: int) -> list[int]:
     """1-based indexes of red, green, blue by band name; else the first three (or band 1)."""
     names = [b.lower() for b in bands]

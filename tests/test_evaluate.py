@@ -17,7 +17,8 @@ from pipeline.config import DataParams, EvaluateParams, RegisterParams, SceneSou
 from pipeline.evaluate import (
     ERROR_PALETTE,
     EvaluateError,
-    error_map_rgb,
+    downsample_factor,
+    error_codes,
     held_out_scenes,
     reduce_codes,
     run_evaluate,
@@ -280,7 +281,7 @@ def test_error_map_colours():
     pred = np.array([[1, 1, 0], [0, 1, 0]], dtype=bool)
     truth = np.array([[1, 0, 1], [0, 1, 1]], dtype=bool)
     valid = np.array([[1, 1, 1], [1, 1, 0]], dtype=bool)
-    rgb = error_map_rgb(pred, truth, valid)
+    rgb = ERROR_PALETTE[error_codes(pred, truth, valid)]
     assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3)
     expected = [[YELLOW, RED, BLUE], [BLACK, YELLOW, GREY]]
     assert rgb.tolist() == [[list(c) for c in row] for row in expected]
@@ -299,7 +300,8 @@ def test_downsampled_error_map_keeps_errors_visible():
     pred = np.zeros((10, 10), bool)
     truth = np.zeros((10, 10), bool)
     truth[3, 3] = True  # one missed road pixel
-    rgb = error_map_rgb(pred, truth, np.ones((10, 10), bool), max_side=5)
+    codes = error_codes(pred, truth, np.ones((10, 10), bool))
+    rgb = ERROR_PALETTE[reduce_codes(codes, downsample_factor(codes.shape, max_side=5))]
     assert rgb.shape == (5, 5, 3)
     assert tuple(rgb[1, 1]) == BLUE and tuple(rgb[0, 0]) == BLACK
     assert (ERROR_PALETTE[reduce_codes(np.ones((4, 4), np.uint8), 4)] == 0).all()
