@@ -1,0 +1,213 @@
+"""Land-cover patch classification data cut from the tile stage's chips (EuroSAT-like).
+
+Reads a chips folder as docs/formats.md describes it (``<scene>.images.npy``,
+``<scene>.landcover.npy``, ``<scene>.masks.npy``, ``index.gpkg`` layer ``chips``, ``stats.json``)
+and cuts every chip of a split into a grid of square patches. A patch is kept when it has no
+nodata (no land-cover 255, no mask 255) and one land-cover class covers at least 60% of it;
+that class is its label. Images are normalised with the train statistics of ``stats.json``.
+
+AlexNet trains with the paper's augmentations (section 4.1), applied here when asked:
+random crops (the patch window jitters by up to 16/224 of its side, the 256 -> 224 crop margin,
+staying inside the chip, so there is no jitter when patches are as large as the chips),
+horizontal flips, and "fancy PCA" colour noise: each image gets
+``sum_i alpha_i * lambda_i * p_i`` added to every pixel, with ``p_i, lambda_i`` the eigenvectors
+and eigenvalues of the band covariance over training pixels and ``alpha_i ~ N(0, 0.1)``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyogrio
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from pipeline.chip_format import INDEX_FILE, INDEX_LAYER, LANDCOVER_UNKNOWN, MASK_NODATA, STATS_FILE
+
+MIN_CLASS_SHARE = 0.6
+PCA_ALPHA_STD = 0.1
+CROP_MARGIN = 16 / 224  # AlexNet: 224 crops out of 256 images move by up to 16 px each way
+
+
+@dataclass(frozen=True)
+class ChipFolder:
+    """Arrays (memory-mapped), chip index and stats of a chips folder."""
+
+    images: dict[str, np.ndarray]
+    landcover: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray | None]
+    index: pd.DataFrame
+    stats: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.stats["landcover_classes"])
+
+    @property
+    def bands(self) -> list[str]:
+        return list(self.stats["bands"])
+
+
+def read_chip_folder(chips_dir: Path) -> ChipFolder:
+    chips_dir = Path(chips_dir)
+    stats = json.loads((chips_dir / STATS_FILE).read_text())
+    for key in ("bands", "mean", "std", "landcover_classes", "fingerprint"):
+        if key not in stats:
+            raise ValueError(f"{chips_dir / STATS_FILE}: missing {key!r}")
+    if not stats["landcover_classes"]:
+        raise ValueError(
+            f"{chips_dir}: no land-cover classes; pretraining needs scenes with land cover"
+        )
+    index = pyogrio.read_dataframe(chips_dir / INDEX_FILE, layer=INDEX_LAYER, read_geometry=False)
+    images, landcover, masks = {}, {}, {}
+    for scene in sorted(index["scene"].unique()):
+        lc_path = chips_dir / f"{scene}.landcover.npy"
+        if not lc_path.exists():
+            continue  # a scene without land cover contributes no patches
+        images[scene] = np.load(
+            chips_dir / f"{scene}.images.npy", mmap_mode="r", allow_pickle=False
+        )
+        landcover[scene] = np.load(lc_path, mmap_mode="r", allow_pickle=False)
+        mask_path = chips_dir / f"{scene}.masks.npy"
+        masks[scene] = (
+            np.load(mask_path, mmap_mode="r", allow_pickle=False) if mask_path.exists() else None
+        )
+    if not landcover:
+        raise ValueError(f"{chips_dir}: no <scene>.landcover.npy; pretraining needs land cover")
+    return ChipFolder(images, landcover, masks, index, stats)
+
+
+def label_patches(
+    landcover: np.ndarray,
+    nodata: np.ndarray,
+    patch: int,
+    num_classes: int,
+    min_share: float = MIN_CLASS_SHARE,
+) -> list[tuple[int, int, int]]:
+    """``(row, col, label)`` of the labelled ``patch`` x ``patch`` grid cells of one chip."""
+    nr, nc = landcover.shape[0] // patch, landcover.shape[1] // patch
+    if nr == 0 or nc == 0:
+        return []
+    lc = np.asarray(landcover[: nr * patch, : nc * patch])
+    bad = np.asarray(nodata[: nr * patch, : nc * patch])
+    valid = lc[~bad]
+    if valid.size and valid.max() >= num_classes:
+        raise ValueError(f"land-cover value {int(valid.max())} outside the {num_classes} classes")
+    cells = lc.reshape(nr, patch, nc, patch).transpose(0, 2, 1, 3).reshape(nr, nc, -1)
+    has_nodata = bad.reshape(nr, patch, nc, patch).any(axis=(1, 3))
+    shares = np.stack([(cells == c).mean(-1) for c in range(num_classes)], axis=-1)
+    label, share = shares.argmax(-1), shares.max(-1)
+    keep = (~has_nodata) & (share >= min_share)
+    return [
+        (int(r) * patch, int(c) * patch, int(label[r, c]))
+        for r, c in zip(*np.nonzero(keep), strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class PcaNoise:
+    """AlexNet's colour augmentation over any number of bands."""
+
+    eigvals: np.ndarray  # (C,)
+    eigvecs: np.ndarray  # (C, C), columns are the eigenvectors
+
+    @classmethod
+    def fit(cls, pixels: np.ndarray) -> PcaNoise:
+        """``pixels``: (N, C) normalised values."""
+        cov = np.atleast_2d(np.cov(pixels, rowvar=False))
+        vals, vecs = np.linalg.eigh(cov)
+        return cls(np.clip(vals, 0.0, None).astype(np.float32), vecs.astype(np.float32))
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        alpha = rng.normal(0.0, PCA_ALPHA_STD, size=self.eigvals.shape).astype(np.float32)
+        return self.eigvecs @ (alpha * self.eigvals)
+
+
+class PatchDataset(Dataset):
+    """Normalised land-cover patches of one split, ``(image (C, S, S) float32, label int64)``."""
+
+    def __init__(
+        self,
+        chips: ChipFolder,
+        split: str,
+        input_size: int,
+        augment: bool = False,
+        pca: PcaNoise | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.chips = chips
+        self.input_size = input_size
+        self.augment = augment
+        self.pca = pca
+        self.rng = np.random.default_rng(seed)
+        self.mean = np.asarray(chips.stats["mean"], dtype=np.float32)[:, None, None]
+        std = np.asarray(chips.stats["std"], dtype=np.float32)
+        self.std = np.where(std > 0, std, 1.0).astype(np.float32)[:, None, None]
+        if self.mean.shape[0] != len(chips.bands) or self.std.shape[0] != len(chips.bands):
+            raise ValueError("stats.json: mean/std need one value per band")
+        chip_size = next(iter(chips.landcover.values())).shape[-1]
+        self.patch = min(input_size, chip_size)  # chips smaller than input_size are resized
+        self.items: list[tuple[str, int, int, int, int]] = []  # scene, array_index, row, col, label
+        rows = chips.index[
+            (chips.index["split"] == split) & chips.index["scene"].isin(list(chips.landcover))
+        ]
+        num_classes = len(chips.classes)
+        for scene, array_index in zip(rows["scene"], rows["array_index"], strict=True):
+            lc = chips.landcover[scene][int(array_index)]
+            nodata = lc == LANDCOVER_UNKNOWN
+            mask = chips.masks[scene]
+            if mask is not None:
+                nodata = nodata | (mask[int(array_index)] == MASK_NODATA)
+            for r, c, label in label_patches(lc, nodata, self.patch, num_classes):
+                self.items.append((scene, int(array_index), r, c, label))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def labels(self) -> np.ndarray:
+        return np.asarray([it[-1] for it in self.items], dtype=np.int64)
+
+    def _window(self, scene: str, i: int, r: int, c: int) -> np.ndarray:
+        chip = self.chips.images[scene][i]
+        if self.augment:
+            size = chip.shape[-1]
+            m = max(1, round(self.patch * CROP_MARGIN))
+            r = int(np.clip(r + self.rng.integers(-m, m + 1), 0, size - self.patch))
+            c = int(np.clip(c + self.rng.integers(-m, m + 1), 0, size - self.patch))
+        return np.asarray(chip[:, r : r + self.patch, c : c + self.patch], dtype=np.float32)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scene, i, r, c, label = self.items[k]
+        x = (self._window(scene, i, r, c) - self.mean) / self.std
+        if self.augment:
+            if self.rng.random() < 0.5:
+                x = x[:, :, ::-1]
+            if self.pca is not None:
+                x = x + self.pca.sample(self.rng)[:, None, None]
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if self.patch != self.input_size:
+            size = (self.input_size, self.input_size)
+            t = F.interpolate(t.unsqueeze(0), size=size, mode="bilinear", align_corners=False)
+            t = t.squeeze(0)
+        return t, torch.tensor(label, dtype=torch.int64)
+
+    def sample_pixels(self, max_patches: int = 256, seed: int = 0) -> np.ndarray:
+        """Normalised pixels (N, C) of up to ``max_patches`` patches, for :meth:`PcaNoise.fit`."""
+        rng = np.random.default_rng(seed)
+        picks = rng.permutation(len(self.items))[:max_patches]
+        chans = []
+        for k in picks:
+            scene, i, r, c, _ = self.items[int(k)]
+            chip = self.chips.images[scene][i]
+            x = (
+                np.asarray(chip[:, r : r + self.patch, c : c + self.patch], dtype=np.float32)
+                - self.mean
+            ) / self.std
+            chans.append(x.reshape(x.shape[0], -1).T)
+        return np.concatenate(chans) if chans else np.zeros((0, len(self.mean)), np.float32)

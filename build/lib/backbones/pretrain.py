@@ -1,0 +1,293 @@
+"""Classification pretraining of a zoo backbone on land-cover patches (the ``pretrain`` stage).
+
+One loop for every architecture: AdamW, cross-entropy, ``epochs`` passes over the train split
+(capped at ``max_batches_per_epoch``), validation after each epoch. Two architecture rules from
+the papers: GoogLeNet's loss while training is ``main + aux_weight * (aux1 + aux2)`` (eval uses
+the main head only), and AlexNet trains with its crops, flips and PCA colour noise
+(:mod:`backbones.patches`). LeNet-5's logits are minus its RBF distances, so cross-entropy is its
+MAP criterion; a model may declare a ``loss_temperature`` dividing its logits (LeNet-5: 10).
+
+Outputs (docs/formats.md): ``<arch>.safetensors`` (the full state dict, head included) and
+``<arch>.json`` (meta), both written to a temporary file first and moved into place. Loading
+them (:func:`load_pretrained`) reads tensors and JSON only; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from pipeline.config import PretrainParams, RegisterParams
+from pipeline.model import autocast_dtype
+from pipeline.registry import log_dict, log_figure, log_metrics, log_params, tracked_run
+
+from . import build_backbone
+from .patches import PatchDataset, PcaNoise, read_chip_folder
+
+AUGMENTED_ARCHS = frozenset({"alexnet"})
+
+
+def classification_loss(
+    output: Tensor | tuple[Tensor, ...],
+    target: Tensor,
+    aux_weight: float,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Cross-entropy of ``logits / temperature``; a tuple output (GoogLeNet training) is
+    ``(main, *aux)`` and its auxiliary losses are weighted by ``aux_weight``."""
+    if isinstance(output, tuple):
+        main, *aux = output
+        aux_loss = sum(F.cross_entropy(a / temperature, target) for a in aux)
+        return F.cross_entropy(main / temperature, target) + aux_weight * aux_loss
+    return F.cross_entropy(output / temperature, target)
+
+
+def _batches(loader: DataLoader, limit: int | None) -> Iterator[tuple[Tensor, Tensor]]:
+    for i, batch in enumerate(loader):
+        if limit is not None and i >= limit:
+            return
+        yield batch
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    aux_weight: float,
+    max_batches: int | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> float:
+    """Mean training loss over the epoch's batches (forward under autocast to ``amp_dtype``
+    when given; the loss in float32)."""
+    model.train()
+    temperature = getattr(model, "loss_temperature", 1.0)
+    total, n = 0.0, 0
+    for x, y in _batches(loader, max_batches):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(x.contiguous(memory_format=torch.channels_last))
+        out = tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+        loss = classification_loss(out, y, aux_weight, temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(y)
+        n += len(y)
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) of the main head."""
+    model.eval()
+    temperature = getattr(model, "loss_temperature", 1.0)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    total, n = 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x.contiguous(memory_format=torch.channels_last)).float()
+        total += float(F.cross_entropy(logits / temperature, y, reduction="sum"))
+        n += len(y)
+        pred = logits.argmax(1)
+        confusion += torch.bincount(
+            y.cpu() * num_classes + pred.cpu(), minlength=num_classes**2
+        ).view(num_classes, num_classes)
+    if n == 0:
+        return {"loss": None, "accuracy": None, "confusion": confusion.numpy()}
+    return {
+        "loss": total / n,
+        "accuracy": float(confusion.diag().sum()) / n,
+        "confusion": confusion.numpy(),
+    }
+
+
+def confusion_figure(confusion: np.ndarray, classes: list[str], title: str) -> Figure:
+    """Row-normalised confusion matrix with counts (Agg-rendered, no pyplot state)."""
+    fig = Figure(figsize=(1.0 + 0.6 * len(classes), 0.8 + 0.6 * len(classes)))
+    ax = fig.add_subplot()
+    rows = confusion.sum(1, keepdims=True)
+    share = np.divide(confusion, rows, out=np.zeros(confusion.shape, dtype=float), where=rows > 0)
+    ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+    for (i, j), count in np.ndenumerate(confusion):
+        ax.text(
+            j,
+            i,
+            str(count),
+            ha="center",
+            va="center",
+            color="white" if share[i, j] > 0.5 else "black",
+        )
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """Write via ``write(tmp_path)`` to a temporary file beside ``path``, then move it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_pretrained(
+    model: nn.Module, meta: dict[str, Any], weights_path: Path, meta_path: Path
+) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _write_atomic(
+        weights_path, lambda tmp: save_file(tensors, tmp, metadata={"arch": str(meta["arch"])})
+    )
+    _write_atomic(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+
+
+def load_pretrained(arch: str, out_dir: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The state dict and meta written by :func:`pretrain_backbone` for ``arch`` in ``out_dir``."""
+    paths = PretrainParams(out_dir=Path(out_dir))
+    meta = json.loads(paths.meta_path(arch).read_text())
+    if meta.get("arch") != arch:
+        raise ValueError(f"{paths.meta_path(arch)}: holds arch {meta.get('arch')!r}, not {arch!r}")
+    return load_file(str(paths.weights_path(arch))), meta
+
+
+@torch.no_grad()
+def _check_input_size(
+    model: nn.Module, arch: str, in_channels: int, size: int, device: torch.device
+) -> None:
+    """Fail before training (and before an MLflow run) when patches are too small for ``arch``."""
+    model.eval()
+    try:
+        model(torch.zeros(1, in_channels, size, size, device=device))
+    except RuntimeError as e:
+        raise ValueError(
+            f"{arch} cannot classify {size} px patches (pretrain.input_size): {e}"
+        ) from e
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pretrain_backbone(
+    arch: str, params: PretrainParams, chips_dir: Path, tracking: RegisterParams
+) -> dict[str, Any]:
+    """Train ``arch`` to classify land-cover patches; write weights + meta; log an MLflow run.
+
+    Returns the meta dict plus ``run_id``, ``weights_path`` and ``meta_path``.
+    """
+    chips = read_chip_folder(Path(chips_dir))
+    classes, bands = chips.classes, chips.bands
+    augment = arch in AUGMENTED_ARCHS
+    train_set = PatchDataset(chips, "train", params.input_size, augment=augment, seed=params.seed)
+    val_set = PatchDataset(chips, "val", params.input_size)
+    if len(train_set) == 0:
+        raise ValueError(f"{chips_dir}: no labelled train patches (land cover >= 60%, no nodata)")
+    if augment:
+        train_set.pca = PcaNoise.fit(train_set.sample_pixels(seed=params.seed))
+
+    torch.manual_seed(params.seed)
+    device = _device()
+    model = build_backbone(arch, num_classes=len(classes), in_channels=len(bands)).to(device)
+    _check_input_size(model, arch, len(bands), params.input_size, device)
+    model = model.to(memory_format=torch.channels_last)
+    amp_dtype = autocast_dtype(device, params.precision, training=True)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=params.lr, weight_decay=params.weight_decay
+    )
+    train_loader = DataLoader(
+        train_set,
+        batch_size=params.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(params.seed),
+        pin_memory=device.type == "cuda",
+    )
+    val_loader = DataLoader(val_set, batch_size=params.batch_size)
+
+    with tracked_run(
+        tracking.experiment,
+        f"pretrain-{arch}",
+        tags={"stage": "pretrain", "arch": arch},
+        tracking_default=tracking.tracking_uri,
+    ) as run_id:
+        log_params(
+            {
+                "arch": arch,
+                "pretrain": params.model_dump(mode="json"),
+                "data": {
+                    "fingerprint": chips.stats["fingerprint"],
+                    "train_patches": len(train_set),
+                    "val_patches": len(val_set),
+                },
+                "device": device.type,
+                "autocast": str(amp_dtype or "float32"),
+            }
+        )
+        val: dict[str, Any] = {
+            "accuracy": None,
+            "confusion": np.zeros((len(classes),) * 2, dtype=np.int64),
+        }
+        for epoch in range(1, params.epochs + 1):
+            train_loss = train_one_epoch(
+                model,
+                train_loader,
+                optimizer,
+                device,
+                params.aux_weight,
+                params.max_batches_per_epoch,
+                amp_dtype,
+            )
+            val = evaluate(model, val_loader, device, len(classes), amp_dtype)
+            metrics = {"train_loss": train_loss}
+            if val["accuracy"] is not None:
+                metrics |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+            log_metrics(metrics, step=epoch)
+
+        log_figure(
+            confusion_figure(val["confusion"], classes, f"{arch}: validation"),
+            "confusion_matrix.png",
+        )
+        meta = {
+            "arch": arch,
+            "in_channels": len(bands),
+            "num_classes": len(classes),
+            "classes": classes,
+            "input_size": params.input_size,
+            "mean": [float(v) for v in chips.stats["mean"]],
+            "std": [float(v) for v in chips.stats["std"]],
+            "data_fingerprint": chips.stats["fingerprint"],
+            "val_accuracy": val["accuracy"],
+            "epochs": params.epochs,
+        }
+        log_dict(meta, f"{arch}.json")
+        save_pretrained(model.cpu(), meta, params.weights_path(arch), params.meta_path(arch))
+    return {
+        **meta,
+        "run_id": run_id,
+        "weights_path": str(params.weights_path(arch)),
+        "meta_path": str(params.meta_path(arch)),
+    }

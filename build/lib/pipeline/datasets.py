@@ -1,0 +1,180 @@
+"""Torch datasets over the tile stage's chips, and the training augmentations.
+
+Chips are memory-mapped ``.npy`` arrays (docs/formats.md), so a dataset costs no memory up
+front and a DataLoader worker reads only the chips it serves. Augmentation randomness is
+derived from (seed, epoch, chip) rather than from a global RNG: the same epoch gives the same
+batches whatever the number of workers, which is what makes ``train --resume`` exact.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.utils.data import Dataset
+
+from pipeline.chip_format import INDEX_FILE, INDEX_LAYER, MASK_NODATA, STATS_FILE
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    mean: np.ndarray  # (C,)
+    std: np.ndarray  # (C,)
+
+    @classmethod
+    def from_lists(cls, mean: list[float], std: list[float]) -> Normalisation:
+        return cls(np.asarray(mean, np.float32), np.asarray(std, np.float32))
+
+    def apply(self, image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """(C,H,W) raw band values -> float32 standardised; nodata pixels set to 0."""
+        x = (image.astype(np.float32) - self.mean[:, None, None]) / self.std[:, None, None]
+        if valid is not None:
+            x *= valid[None]
+        return x
+
+
+def read_chip_index(chips_dir: Path):
+    """The chip index GeoDataFrame (layer ``chips``)."""
+    import geopandas as gpd
+
+    path = Path(chips_dir) / INDEX_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no chip index; run `pipeline tile` first")
+    return gpd.read_file(path, layer=INDEX_LAYER, engine="pyogrio")
+
+
+def read_stats(chips_dir: Path) -> dict:
+    path = Path(chips_dir) / STATS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no chip statistics; run `pipeline tile` first")
+    return json.loads(path.read_text())
+
+
+class ChipArrays:
+    """Lazily memory-mapped per-scene chip arrays (opened in each worker process on first use)."""
+
+    def __init__(self, chips_dir: Path) -> None:
+        self.dir = Path(chips_dir)
+        self._open: dict[tuple[str, str], np.ndarray] = {}
+
+    def get(self, scene: str, kind: str) -> np.ndarray:
+        key = (scene, kind)
+        if key not in self._open:
+            path = self.dir / f"{scene}.{kind}.npy"
+            self._open[key] = np.load(path, mmap_mode="r", allow_pickle=False)
+        return self._open[key]
+
+    def __getstate__(self) -> dict:
+        return {"dir": self.dir, "_open": {}}
+
+
+def dihedral(arr: np.ndarray, k: int) -> np.ndarray:
+    """One of the eight dihedral transforms (k in 0..7) on the last two axes."""
+    out = np.rot90(arr, k % 4, axes=(-2, -1))
+    if k >= 4:
+        out = out[..., ::-1]
+    return out
+
+
+def rescale(
+    x: np.ndarray, y: np.ndarray, v: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Zoom image (C,H,W), mask (H,W) and valid (H,W) by ``scale`` about the chip centre, keeping
+    the chip size; one sampling grid for all three, so they stay aligned.
+
+    Output pixel ``p`` takes the input at ``c + (p - c) / scale`` (``c`` the centre): bilinear for
+    the image, nearest for mask and valid. Pixels that fall outside the input (``scale < 1``)
+    become nodata: valid 0, image 0, mask 0.
+    """
+    if scale == 1.0:
+        return x, y, v
+    h, w = y.shape
+    inv = 1.0 / scale
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    offset = centre - inv * centre
+    matrix = np.array([inv, inv])
+    kw = dict(matrix=matrix, offset=offset, mode="constant", cval=0.0)
+    y_out = ndimage.affine_transform(y, order=0, **kw)
+    v_out = ndimage.affine_transform(v, order=0, **kw)
+    x_out = np.stack([ndimage.affine_transform(band, order=1, **kw) for band in x])
+    return (x_out * v_out[None]).astype(np.float32), y_out, v_out
+
+
+class SegmentationChips(Dataset):
+    """(image, mask, valid) chips of one split for U-Net training.
+
+    Returns float32 tensors: image (C,H,W) standardised, mask (1,H,W) in {0,1}, valid (1,H,W)
+    in {0,1} (0 where the chip has nodata; loss and metrics ignore those pixels).
+
+    With ``augment``: one of the eight dihedral transforms, then (``scale_jitter`` > 0) a zoom
+    about the centre (:func:`rescale`), both applied identically to image, mask and valid; then
+    per-band brightness/contrast/gamma jitter of the image.
+    """
+
+    def __init__(
+        self,
+        chips_dir: Path,
+        split: str,
+        norm: Normalisation,
+        *,
+        augment: bool = False,
+        seed: int = 0,
+        jitter: float = 0.1,
+        scale_jitter: float = 0.0,
+    ) -> None:
+        index = read_chip_index(chips_dir)
+        rows = index[index["split"] == split].sort_values(["scene", "array_index"])
+        self.items = list(zip(rows["scene"], rows["array_index"].astype(int), strict=True))
+        self.arrays = ChipArrays(chips_dir)
+        self.norm = norm
+        self.augment = augment
+        self.seed = seed
+        self.jitter = jitter
+        self.scale_jitter = scale_jitter
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scene, j = self.items[i]
+        image = np.asarray(self.arrays.get(scene, "images")[j])
+        mask = np.asarray(self.arrays.get(scene, "masks")[j])
+        valid = mask != MASK_NODATA
+        x = self.norm.apply(image, valid)
+        y = (mask == 1).astype(np.float32)
+        v = valid.astype(np.float32)
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            k = int(rng.integers(8))
+            x, y, v = dihedral(x, k), dihedral(y, k), dihedral(v, k)
+            if self.scale_jitter > 0:
+                x, y, v = rescale(x, y, v, self.draw_scale(rng))
+            x = self._jitter(x, v, rng)
+        return (
+            torch.from_numpy(np.ascontiguousarray(x)),
+            torch.from_numpy(np.ascontiguousarray(y))[None],
+            torch.from_numpy(np.ascontiguousarray(v))[None],
+        )
+
+    def draw_scale(self, rng: np.random.Generator) -> float:
+        """A zoom factor, log-uniform in [1 / (1 + scale_jitter), 1 + scale_jitter]."""
+        top = np.log1p(self.scale_jitter)
+        return float(np.exp(rng.uniform(-top, top)))
+
+    def _jitter(self, x: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Per-band brightness, contrast and gamma jitter in standardised units."""
+        c = x.shape[0]
+        brightness = rng.uniform(-self.jitter, self.jitter, c).astype(np.float32)
+        contrast = rng.uniform(1 - self.jitter, 1 + self.jitter, c).astype(np.float32)
+        gamma = rng.uniform(1 - self.jitter, 1 + self.jitter, c).astype(np.float32)
+        x = np.sign(x) * np.abs(x) ** gamma[:, None, None]
+        x = x * contrast[:, None, None] + brightness[:, None, None]
+        return (x * v[None]).astype(np.float32)

@@ -1,0 +1,167 @@
+"""The worker side of predict: load the model once per worker, run windows, blend them.
+
+Imported only on Dask workers (through ``pipeline.predict.run_group``), so the client that
+plans and writes never loads torch. Each task reads its windows (never the whole raster),
+skips windows that are all nodata, normalises with the model's own mean/std, zeroes nodata,
+runs the model in batches of one window shape (optionally with 8-fold dihedral TTA) and
+returns ``weight * probability`` summed over its area, the weights already normalised
+(``stitching.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+
+from pipeline import parallel, raster
+from pipeline.model import autocast_dtype, load_model, pick_device
+from pipeline.model_config import ModelConfig
+from pipeline.predict import GroupResult, PredictJob
+from pipeline.stitching import window_contribution_weight
+from pipeline.windows import WindowGroup
+
+# Windows per forward pass on CPU when not given: a CPU's convolutions already use every core
+# at batch 1-2, and a worker then peaks at ~1.0 GiB instead of ~1.4 GiB with batch 4 for
+# 512 px windows (measured; BENCHMARKS.md, issue 6).
+CPU_BATCH_SIZE = 2
+GPU_MEMORY_FRACTION = 0.6  # of the GPU memory free after loading the model, for activations
+MAX_GPU_BATCH_SIZE = 64
+
+
+def _load_for_worker(model_dir: str, device: str) -> tuple[torch.nn.Module, ModelConfig, torch.device]:
+    dev = pick_device(device)
+    if dev.type == "cuda" and dev.index is None:
+        gpu = parallel.worker_gpu()
+        dev = torch.device("cuda", torch.cuda.current_device() if gpu is None else gpu)
+    model, config = load_model(model_dir, dev)
+    # the fast convolution layout of both oneDNN (CPU) and cuDNN
+    return model.to(memory_format=torch.channels_last), config, dev
+
+
+def worker_model(model_dir: str, device: str) -> tuple[torch.nn.Module, ModelConfig, torch.device]:
+    """The model for this worker process, loaded on first use and reused by later tasks."""
+    return parallel.worker_cached(("model", model_dir, device), lambda: _load_for_worker(model_dir, device))
+
+
+def fitted_batch_size(
+    model_dir: str, device: str, window: int, concurrent: int = 1, precision: str = "auto"
+) -> int:
+    """Runs on a worker: the batch size it should use for ``window`` x ``window`` windows.
+
+    CPU: ``CPU_BATCH_SIZE``. CUDA: one window is run to measure its activation memory, and
+    the batch is what fits in ``GPU_MEMORY_FRACTION`` of the memory still free (what the
+    caching allocator holds counts as free), shared by the ``concurrent`` tasks the worker
+    runs at once, between 1 and ``MAX_GPU_BATCH_SIZE``.
+    """
+    model, config, dev = worker_model(model_dir, device)
+    if dev.type != "cuda":
+        return CPU_BATCH_SIZE
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    before = torch.cuda.memory_allocated(dev)
+    forward_probs(model, torch.zeros(1, config.in_channels, window, window), dev, precision=precision)
+    per_window = max(1, torch.cuda.max_memory_allocated(dev) - before)
+    free, _total = torch.cuda.mem_get_info(dev)
+    free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+    return int(max(1, min(MAX_GPU_BATCH_SIZE, GPU_MEMORY_FRACTION * free // (per_window * concurrent))))
+
+
+def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    x = torch.rot90(x, k, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if flip else x
+
+
+def _undo_dihedral(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    y = torch.flip(y, dims=(-1,)) if flip else y
+    return torch.rot90(y, -k, dims=(-2, -1))
+
+
+def forward_probs(
+    model: torch.nn.Module, x: torch.Tensor, device: torch.device, tta: bool = False, precision: str = "auto"
+) -> np.ndarray:
+    """Road probability (N, H, W) float32 for a normalised batch (N, C, H, W).
+
+    channels_last, under autocast as ``precision`` says (``model.autocast_dtype``: with auto,
+    bf16 on CUDA, float32 on CPU). With ``tta`` the probabilities of the eight dihedral
+    transforms (4 rotations x flip) are averaged.
+    """
+    amp_dtype = autocast_dtype(device, precision, training=False)
+    with torch.inference_mode():
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+        with ctx:
+            if not tta:
+                prob = torch.sigmoid(model(x).float())
+            else:
+                prob = torch.zeros(x.shape[0], 1, x.shape[2], x.shape[3], device=device)
+                for k in range(4):
+                    for flip in (False, True):
+                        y = torch.sigmoid(model(_dihedral(x, k, flip)).float())
+                        prob += _undo_dihedral(y, k, flip)
+                prob /= 8
+        return prob[:, 0].float().cpu().numpy()
+
+
+def normalise(image: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(C, H, W) any dtype -> float32 ``(x - mean) / std``, 0 where the pixel is nodata."""
+    x = (image.astype(np.float32) - mean[:, None, None]) / std[:, None, None]
+    x[:, ~valid] = 0.0
+    return x
+
+
+def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
+    """Run one task's windows and return their blended contribution (runs on a worker)."""
+    model, config, device = worker_model(job.model_dir, job.device)
+    mean = np.asarray(config.mean, np.float32)
+    std = np.asarray(config.std, np.float32)
+    region = group.region
+    contrib: np.ndarray | None = None
+    valid_out: np.ndarray | None = None
+    batch: list[tuple[tuple[int, int], np.ndarray, np.ndarray]] = []
+    ran = skipped = 0
+    timings = {"read": 0.0, "model": 0.0, "blend": 0.0}
+
+    def flush() -> None:
+        nonlocal contrib, valid_out
+        if not batch:
+            return
+        t0 = time.perf_counter()
+        x = torch.from_numpy(np.stack([b[1] for b in batch]))
+        probs = forward_probs(model, x, device, job.tta, job.precision)
+        t1 = time.perf_counter()
+        timings["model"] += t1 - t0
+        if contrib is None:
+            contrib = np.zeros((region.height, region.width), np.float32)
+            valid_out = np.zeros((region.height, region.width), bool)
+        for (ij, _, valid), prob in zip(batch, probs, strict=True):
+            inside, weight = window_contribution_weight(job.grid, *ij)
+            dst = inside.slices_in(region)
+            contrib[dst] += weight * prob[: inside.height, : inside.width]
+            valid_out[dst] |= valid[: inside.height, : inside.width]
+        batch.clear()
+        timings["blend"] += time.perf_counter() - t1
+
+    with raster.gdal_cache_limit(), raster.open_reader(job.image) as reader:
+        for ij in group.windows:
+            t0 = time.perf_counter()
+            rect = job.grid.rect(*ij)
+            image, valid = raster.read_window(reader, rect.col_off, rect.row_off, rect.width, rect.height)
+            if not valid.any():
+                skipped += 1  # all nodata: the model never sees it
+                timings["read"] += time.perf_counter() - t0
+                continue
+            x = normalise(image, valid, mean, std)
+            timings["read"] += time.perf_counter() - t0
+            if batch and batch[0][1].shape != x.shape:
+                flush()  # the last row/column of windows is cropped: a batch holds one shape
+            batch.append((ij, x, valid))
+            ran += 1
+            if len(batch) >= job.batch_size:
+                flush()
+        flush()
+    return GroupResult(region, contrib, valid_out, ran, skipped, timings)
+
+

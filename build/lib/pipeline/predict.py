@@ -1,0 +1,329 @@
+"""Predict roads on one raster of any size: windows -> model -> stitching -> streamed COG.
+
+The flow, and where each part lives:
+
+* ``windows.py`` lays a fixed grid of overlapping windows over the raster (a function of
+  raster size, window and overlap only) and cuts it into tasks of ``windows_per_task``
+  neighbouring windows;
+* each task runs on a Dask worker (``inference.py``, which alone imports torch: this client
+  stays light): it reads its windows (never the whole raster), skips windows that are all
+  nodata, normalises with the model's own mean/std, zeroes nodata, runs the model in batches
+  (optionally with 8-fold dihedral TTA) and returns ``weight * probability`` summed over its
+  area, the weights already normalised (``stitching.py``). Every window is computed exactly
+  once;
+* the client adds results into output blocks as they arrive (``stitching.BlockAssembler``)
+  and writes each block the moment all tasks touching it are in (``raster.stream_cog``);
+  memory holds the open blocks only. The staging file becomes a COG with overviews, renamed
+  into place when everything succeeded.
+
+A pixel's value is the same sum whatever the block size or the number of workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import parallel, raster, registry
+from pipeline.config import PRECISIONS
+from pipeline.model_config import ModelConfig, read_config, resolve_model
+from pipeline.stitching import (
+    NODATA_UINT8,
+    UINT8_SCALE,
+    BlockAssembler,
+    encode_float32,
+    encode_uint8,
+)
+from pipeline.windows import Rect, WindowGrid, WindowGroup, window_groups
+
+BAND_DESCRIPTION = "road_probability"
+DEFAULT_BLOCK = 1024
+GSD_TOLERANCE = 1.5  # warn when the raster's pixel size differs from the model's by more than this factor
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What a prediction wrote and how fast."""
+
+    output: Path
+    vectors: Path | None
+    seconds: float
+    windows_run: int
+    windows_skipped: int
+    mpix_per_s: float
+    peak_open_blocks: int = 0
+    # seconds by phase: cluster_start, model_load, windows (all tasks), cog_finalize,
+    # cluster_stop on the client; read, model, blend summed over the workers; assemble_write on the client
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """Everything a worker needs to run windows; small, so it travels with each task."""
+
+    image: str
+    model_dir: str
+    device: str
+    grid: WindowGrid
+    batch_size: int
+    tta: bool
+    precision: str = "auto"
+
+
+@dataclass
+class GroupResult:
+    """One task's output: summed normalised contributions and validity over ``region``."""
+
+    region: Rect
+    contrib: np.ndarray | None  # None when every window of the task was all nodata
+    valid: np.ndarray | None
+    ran: int
+    skipped: int
+    timings: dict[str, float] = field(default_factory=dict)  # worker seconds by phase
+
+
+def default_output_path(image: Path) -> Path:
+    """``region.tif`` -> ``region_roads.tif`` beside it."""
+    image = Path(image)
+    return image.with_name(image.stem + "_roads.tif")
+
+
+# ------------------------------------------------------------------------------ worker side
+# Thin entry points for Dask: the work is in pipeline.inference, imported on the worker, so
+# this client never imports torch.
+def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
+    """Run one task's windows on a worker (``inference.run_group``)."""
+    from pipeline import inference
+
+    return inference.run_group(job, group)
+
+
+def fitted_batch_size(
+    model_dir: str, device: str, window: int, concurrent: int = 1, precision: str = "auto"
+) -> int:
+    """On a worker: load the model, return the batch size it can take (``inference``)."""
+    from pipeline import inference
+
+    return inference.fitted_batch_size(model_dir, device, window, concurrent, precision)
+
+
+# ------------------------------------------------------------------------------ client side
+def _check_inputs(image: Path, info: raster.RasterInfo, config: ModelConfig, model_ref: str) -> None:
+    if info.count != config.in_channels:
+        raise raster.RasterError(
+            f"{image}: has {info.count} band(s), but the model {model_ref} expects "
+            f"{config.in_channels} ({', '.join(config.bands)})"
+        )
+    names = [d.lower() if d else None for d in info.band_descriptions]
+    if all(names) and names != [b.lower() for b in config.bands]:
+        warnings.warn(
+            f"{image}: band descriptions {names} differ from the model's bands {config.bands}; "
+            "bands are used in file order",
+            stacklevel=3,
+        )
+    if info.crs is None:
+        warnings.warn(f"{image}: raster has no CRS; the prediction will have none either", stacklevel=3)
+    if config.dtype and info.dtype != config.dtype:
+        warnings.warn(
+            f"{image}: sample type {info.dtype}, but the model {model_ref} was trained on {config.dtype} "
+            "imagery; it normalises with that imagery's statistics, so rescale the raster to the same "
+            "value range (gdal_translate -scale -ot) or expect poor predictions",
+            stacklevel=3,
+        )
+    mpp = info.metres_per_pixel
+    if config.gsd_m and mpp and not (1 / GSD_TOLERANCE <= mpp / config.gsd_m <= GSD_TOLERANCE):
+        warnings.warn(
+            f"{image}: pixels are {mpp:.2f} m, but the model {model_ref} was trained at "
+            f"{config.gsd_m:.2f} m; roads will look {'wider' if mpp < config.gsd_m else 'narrower'} "
+            f"than it learned them: resample first (gdalwarp -tr {config.gsd_m:g} {config.gsd_m:g})",
+            stacklevel=3,
+        )
+
+
+def _model_tags(model_ref: str | Path, folder: Path, config: ModelConfig) -> dict[str, str]:
+    tags = {
+        "model": str(model_ref),
+        "model_folder": str(folder),
+        "model_encoder": config.encoder,
+        "model_bands": ",".join(config.bands),
+        "threshold": f"{config.threshold:g}",
+    }
+    if config.data_fingerprint:
+        tags["model_data_fingerprint"] = config.data_fingerprint
+    if config.git_commit:
+        tags["model_git_commit"] = config.git_commit
+    ref = str(model_ref)
+    parsed = registry.parse_version_uri(ref)
+    if parsed:
+        tags["model_uri"] = ref
+        name, version, alias = parsed
+        if version is None:
+            with contextlib.suppress(Exception):  # the version is informative only
+                version = registry.alias_version(name, alias)
+        if version:
+            tags["model_version"] = str(version)
+    return tags
+
+
+def _cog_blocksize(height: int, width: int) -> int:
+    # 512 px COG tiles as GDAL's default; small rasters get 256 so they still have an overview
+    return 512 if min(height, width) >= 2048 else 256
+
+
+def _stream_windows(
+    client: Any,
+    job: PredictJob,
+    groups: list[WindowGroup],
+    assembler: BlockAssembler,
+    writer: raster.BlockWriter,
+    encode: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    timings: dict[str, float],
+    progress: bool,
+    name: str,
+) -> tuple[int, int]:
+    """Run every task on the cluster; write each output block as it completes.
+
+    Returns (windows run, windows skipped); adds the workers' and the assembly's seconds to
+    ``timings``.
+    """
+    ran = skipped = 0
+    for rect, prob, valid in assembler.initially_complete():
+        writer.write(encode(prob, valid), rect.row_off, rect.col_off)
+    results = parallel.stream_results(
+        client, run_group, ((job, g) for g in groups),
+        max_in_flight=2 * parallel.total_threads(client) + 2, total=len(job.grid),
+        progress=progress, desc=f"predict {name}", unit="win",
+        weight=lambda task: len(task[1].windows),
+    )
+    with contextlib.closing(results):  # on any error, cancel what is still queued
+        for res in results:
+            t0 = time.perf_counter()
+            ran += res.ran
+            skipped += res.skipped
+            for key, value in res.timings.items():
+                timings[key] += value
+            for rect, prob, valid in assembler.add(res.region, res.contrib, res.valid):
+                writer.write(encode(prob, valid), rect.row_off, rect.col_off)
+            timings["assemble_write"] += time.perf_counter() - t0
+    if not assembler.done:
+        raise RuntimeError("internal error: some output blocks were never completed")
+    return ran, skipped
+
+
+def predict_raster(
+    image: Path,
+    output: Path,
+    *,
+    model: str | Path = "models:/road-unet@champion",
+    window: int = 512,
+    overlap: int = 64,
+    batch_size: int | None = None,
+    windows_per_task: int = 4,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    tta: bool = False,
+    vectors: Path | None = None,
+    vector_min_spur_m: float = 10.0,
+    vector_simplify_m: float = 1.0,
+    overwrite: bool = False,
+    dtype: str = "uint8",
+    tracking_default: str = "sqlite:///mlflow.db",
+    progress: bool = True,
+    block_size: int = DEFAULT_BLOCK,
+) -> PredictResult:
+    """Predict road probability over ``image`` and write a COG to ``output``.
+
+    ``block_size`` is the side of the output blocks written as they complete (a multiple of
+    256); it changes memory and write granularity, never pixel values. ``batch_size`` None
+    lets each worker choose (``fitted_batch_size``: 2 on CPU, what fits on a GPU); tasks hold
+    at least one batch of windows. Raises
+    FileExistsError when ``output`` (or ``vectors``) exists and ``overwrite`` is False,
+    ``raster.RasterError`` when the band count does not match the model.
+    """
+    t0 = time.perf_counter()
+    image, output = Path(image), Path(output)
+    if dtype not in ("uint8", "float32"):
+        raise ValueError(f"dtype must be uint8 or float32, got {dtype!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if block_size <= 0 or block_size % 256:
+        raise ValueError(f"block_size must be a positive multiple of 256, got {block_size}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for target in (output, vectors):
+        if target is not None and Path(target).exists() and not overwrite:
+            raise FileExistsError(f"{target}: exists; pass --overwrite to replace it")
+    if output.resolve() == image.resolve():
+        raise ValueError(f"{output}: the output would replace the input image")
+
+    info = raster.raster_info(image)
+    folder = resolve_model(model, tracking_default)
+    config = read_config(folder)
+    _check_inputs(image, info, config, str(model))
+
+    if dtype == "uint8":
+        encode, nodata, scale = encode_uint8, float(NODATA_UINT8), UINT8_SCALE
+    else:
+        encode, nodata, scale = encode_float32, float("nan"), None
+    tags = _model_tags(model, Path(folder), config)
+    tags.update(
+        window=window, overlap=overlap, tta=tta, precision=precision,
+        encoding="uint8: p = value / 254, 255 = nodata" if dtype == "uint8" else "float32: p, NaN = nodata",
+    )
+    if scale is not None:
+        tags["scale"] = "1/254"
+
+    timings = {"read": 0.0, "model": 0.0, "blend": 0.0, "assemble_write": 0.0}
+    grid = WindowGrid(info.height, info.width, window, overlap)  # checks window and overlap
+    model_dir = str(Path(folder).resolve())
+    t_cluster = time.perf_counter()
+    with parallel.cluster_client(scheduler, workers, device) as client:
+        timings["cluster_start"] = time.perf_counter() - t_cluster
+        link = parallel.dashboard_link(client)
+        if progress and link:
+            print(f"Dask dashboard: {link}")
+        t_load = time.perf_counter()
+        # every worker loads the model now (and says what batch it can take); the smallest wins
+        concurrent = parallel.max_threads_per_worker(client)
+        fitted = min(client.run(fitted_batch_size, model_dir, device, window, concurrent, precision).values())
+        batch_size = batch_size or fitted
+        timings["model_load"] = time.perf_counter() - t_load
+        # a task holds at least one full batch of windows
+        groups = window_groups(grid, max(windows_per_task, batch_size))
+        assembler = BlockAssembler(info.height, info.width, block_size, [g.region for g in groups])
+        job = PredictJob(str(image.resolve()), model_dir, device, grid, batch_size, tta, precision)
+        with raster.stream_cog(
+            output, width=info.width, height=info.height, crs=info.crs, transform=info.transform,
+            dtype=dtype, nodata=nodata, description=BAND_DESCRIPTION, scale=scale, tags=tags,
+            overwrite=overwrite, cog_blocksize=_cog_blocksize(info.height, info.width),
+        ) as writer:
+            t_stream = time.perf_counter()
+            ran, skipped = _stream_windows(client, job, groups, assembler, writer, encode, timings,
+                                           progress, image.name)
+            t_finalize = time.perf_counter()
+            timings["windows"] = t_finalize - t_stream
+        t_stop = time.perf_counter()
+        timings["cog_finalize"] = t_stop - t_finalize
+    timings["cluster_stop"] = time.perf_counter() - t_stop
+
+    vectors_out = None
+    if vectors is not None:
+        from pipeline.vectorize import vectorize_raster
+
+        vectors_out = vectorize_raster(output, Path(vectors), threshold=config.threshold, overwrite=overwrite,
+                                       min_spur_m=vector_min_spur_m, simplify_m=vector_simplify_m)
+    seconds = time.perf_counter() - t0
+    return PredictResult(
+        output=output, vectors=vectors_out, seconds=seconds, windows_run=ran,
+        windows_skipped=skipped, mpix_per_s=info.width * info.height / 1e6 / seconds,
+        peak_open_blocks=assembler.peak_open, timings=timings,
+    )

@@ -1,0 +1,139 @@
+"""The register stage: publish the evaluated model to the MLflow registry and move aliases.
+
+A new version of ``road-unet`` is registered with its tags and a model card; the alias
+``champion`` moves to it only if its test IoU is at least the current champion's, otherwise
+it becomes ``challenger``. Everything MLflow-specific goes through pipeline/registry.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import registry
+from pipeline.config import Params
+from pipeline.model_config import read_config
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def model_card(params: Params, config, eval_metrics: dict, version_hint: str = "") -> str:
+    """A markdown model card: data, params, metrics, intended use, limits."""
+    m = eval_metrics
+    rows = "\n".join(
+        f"| {k} | {v:.4f} |" for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    )
+    scenes = ", ".join(f"{s.name} ({s.split})" for s in params.data.scenes)
+    gsd = f"{config.gsd_m:g} m" if config.gsd_m else "that of the training scenes"
+    dtype = config.dtype or "the training scenes' sample type"
+    return f"""# {params.register.model_name} {version_hint}
+
+U-Net (segmentation-models-pytorch) with the `{config.encoder}` encoder from roadseg's classifier
+zoo (encoder weights: {config.encoder_weights}), predicting per-pixel road probability.
+
+## Data
+- Scenes: {scenes}
+- Bands: {", ".join(config.bands)} ({dtype}); pixel size {gsd}; chip size {config.chip_size} px
+- Training data fingerprint: `{config.data_fingerprint}`
+- Code commit: `{config.git_commit or "unknown"}`
+
+## Training
+- Epochs {params.train.epochs}, batch {params.train.batch_size}, AdamW lr {params.train.lr},
+  loss {params.train.loss}, augmentation {params.train.augment}
+
+## Metrics on held-out test scenes (whole scenes, stitched like predict)
+| metric | value |
+|---|---|
+{rows}
+
+Decision threshold (F1-best on the validation chips, chosen by train): {config.threshold:.3f}
+
+## Intended use
+Road probability maps from {len(config.bands)}-band ({", ".join(config.bands)}) {dtype} imagery
+at a pixel size close to {gsd}, for mapping teams to review in a GIS.
+`pipeline predict region.tif` (it warns on another sample type or pixel size).
+
+## Limits
+- Trained on the scenes above only; other sensors, seasons or resolutions need fine-tuning.
+- Roads under canopy are labelled as road in training and may be over- or under-predicted.
+- Probabilities are not calibrated beyond the threshold choice.
+"""
+
+
+def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
+    """Register ``model_dir`` (evaluated) as a new version; returns what was done."""
+    reg = params.register
+    config = read_config(model_dir)
+    eval_metrics = json.loads(Path(eval_path).read_text())
+    # Test IoU at the model's own threshold (chosen on validation), not the optimistic test-best.
+    test_iou = float(eval_metrics["iou"])
+    run_info = json.loads((params.train.out_dir / "run.json").read_text())
+    example = _input_example(params, config.in_channels)
+
+    with registry.tracked_run(
+        reg.experiment, "train", tracking_default=reg.tracking_uri, run_id=run_info["mlflow_run_id"]
+    ) as run_id:
+        registry.log_metrics({f"test_{k}": v for k, v in eval_metrics.items() if isinstance(v, int | float)})
+        model_uri = registry.log_pyfunc_model(model_dir, example)
+        card = model_card(params, config, {k: v for k, v in eval_metrics.items() if not isinstance(v, dict)})
+        registry.log_text(card, "model_card.md")
+        tags = {
+            "encoder": config.encoder,
+            "encoder_weights": config.encoder_weights,
+            "data_fingerprint": config.data_fingerprint,
+            "git_commit": config.git_commit,
+            "test_iou": f"{test_iou:.6f}",
+            "threshold": f"{config.threshold:.4f}",
+        }
+        version = registry.register_version(model_uri, reg.model_name, tags, description=card)
+
+    champion = registry.alias_version(reg.model_name, CHAMPION)
+    champion_iou = None
+    if champion is not None and champion != version:
+        champion_iou = float(registry.version_tags(reg.model_name, champion).get("test_iou", "-1"))
+    alias = CHAMPION if champion_iou is None or test_iou >= champion_iou else CHALLENGER
+    registry.set_alias(reg.model_name, alias, version)
+
+    receipt = {
+        "model_name": reg.model_name,
+        "version": version,
+        "alias": alias,
+        "test_iou": test_iou,
+        "previous_champion": champion,
+        "previous_champion_iou": champion_iou,
+        "run_id": run_id,
+        "tracking_uri": registry.tracking_uri(reg.tracking_uri),
+    }
+    reg.receipt_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = reg.receipt_path.with_name(f".{reg.receipt_path.name}.part")
+    tmp.write_text(json.dumps(receipt, indent=2))
+    os.replace(tmp, reg.receipt_path)
+    return receipt
+
+
+def promote(params: Params, version: str) -> None:
+    """Move ``champion`` to ``version`` by hand (the version stops being the challenger)."""
+    registry.configure(params.register.tracking_uri)
+    versions = {v["version"] for v in registry.list_versions(params.register.model_name)}
+    if str(version) not in versions:
+        raise LookupError(f"{params.register.model_name} has no version {version} (versions: {sorted(versions)})")
+    name = params.register.model_name
+    registry.set_alias(name, CHAMPION, str(version))
+    if registry.alias_version(name, CHALLENGER) == str(version):  # it challenges no one now
+        registry.delete_alias(name, CHALLENGER)
+
+
+def _input_example(params: Params, channels: int) -> np.ndarray:
+    """A small real input: the top-left 64 px of the first test (else any) chip."""
+    chips_dir = Path(params.tile.out_dir)
+    for scene in [s.name for s in params.data.scenes if s.split == "test"] + [s.name for s in params.data.scenes]:
+        path = chips_dir / f"{scene}.images.npy"
+        if path.exists():
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            if len(arr):
+                return np.asarray(arr[:1, :, :64, :64], dtype=np.float32)
+    return np.zeros((1, channels, 64, 64), np.float32)

@@ -1,0 +1,473 @@
+"""The tile stage: scenes -> chips (image, road mask, land cover), one chip index, band stats.
+
+Each scene is read window by window (never whole); road masks are burned per chip from the
+vectors (reprojected and buffered in metres once per scene); chips with too much nodata are
+skipped. The work is Dask-parallel over scenes and windows: a task is a run of neighbouring
+chip windows of one scene (so one large scene keeps every worker busy); its chips come back to
+this process, which appends them to the scene's ``.npy`` files in task order, with a bounded
+number of tasks in flight. So memory does not grow with the scene, and the outputs are
+byte-identical whatever the number of workers. The split is spatial (pipeline/splits.py).
+Output format: docs/formats.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+from contextlib import closing, nullcontext
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from affine import Affine
+
+from pipeline import raster
+from pipeline.chip_format import INDEX_LAYER, LANDCOVER_UNKNOWN, MASK_NODATA
+from pipeline.config import DataParams, SceneSource, TileParams
+from pipeline.splits import (
+    ChipWindow,
+    assign_blocks,
+    block_grid,
+    chips_in_blocks,
+    whole_scene_chips,
+)
+
+log = logging.getLogger(__name__)
+
+CHIPS_PER_TASK = 16  # chips per Dask task: a 4096 px scene at 256 px chips is 16 tasks
+
+
+class TilingError(ValueError):
+    """An input scene cannot be tiled; the message names the file."""
+
+
+@dataclass
+class ChipBatch:
+    """The chips one task cut from a run of neighbouring chip windows of one scene, in plan
+    order. Each train chip's band sums travel separately, so the client adds them chip by
+    chip in plan order: the statistics do not depend on how the chips were grouped."""
+
+    scene: str
+    images: np.ndarray  # (n, C, S, S), the scene dtype
+    masks: np.ndarray  # (n, S, S) uint8: 0 background, 1 road, MASK_NODATA
+    landcover: np.ndarray | None  # (n, S, S) uint8, LANDCOVER_UNKNOWN where nodata
+    rows: list[dict]  # index rows; array_index counts from 0 within the batch
+    train_sums: list[tuple[np.ndarray, np.ndarray, int]]  # (sum, sum of squares, pixels) per train chip
+    roads_loaded: bool = False  # this task built the scene's road polygons (not cached yet)
+
+
+@dataclass
+class SceneTiles:
+    """What tiling one scene produced: index rows and the running sums for band statistics."""
+
+    scene: str
+    rows: list[dict] = field(default_factory=list)
+    band_sum: np.ndarray | None = None
+    band_sumsq: np.ndarray | None = None
+    band_count: int = 0
+    digest: str = ""
+    tasks: int = 0
+    roads_loads: int = 0
+
+
+# ----------------------------------------------------------------------------- validation
+def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
+    """Validate every scene before any work: CRS present, same band count, label grids match."""
+    infos: dict[str, raster.RasterInfo] = {}
+    expected_bands = len(data.bands)
+    for scene in data.scenes:
+        info = raster.raster_info(scene.image)
+        if info.crs is None:
+            raise TilingError(f"{scene.image}: image has no CRS; georeference it (gdal_edit.py -a_srs) first")
+        first = next(iter(infos.values()), None)
+        if first is not None and info.dtype != first.dtype:
+            raise TilingError(
+                f"{scene.image}: sample type {info.dtype}, but {first.path} is {first.dtype}; every "
+                "scene must share one sample type (band statistics are pooled over them)"
+            )
+        if info.count != expected_bands:
+            raise TilingError(
+                f"{scene.image}: {info.count} bands, but params data.bands lists {expected_bands} "
+                f"({', '.join(data.bands)}); every scene must have the same bands"
+            )
+        for label_path in (scene.labels, scene.landcover):
+            if label_path is None:
+                continue
+            linfo = raster.raster_info(label_path)
+            if (linfo.width, linfo.height) != (info.width, info.height) or not _same_grid(linfo, info):
+                raise TilingError(
+                    f"{label_path}: label raster is on another grid than {scene.image} "
+                    f"({linfo.width}x{linfo.height} {linfo.crs} vs {info.width}x{info.height} {info.crs}); "
+                    "resample it onto the image grid (gdalwarp -te/-tr)"
+                )
+        infos[scene.name] = info
+    return infos
+
+
+def _same_grid(a: raster.RasterInfo, b: raster.RasterInfo) -> bool:
+    return a.crs == b.crs and a.transform.almost_equals(b.transform, precision=1e-6)
+
+
+def metres_per_pixel(info: raster.RasterInfo) -> float:
+    """Pixel size in metres of a georeferenced scene (``check_scenes`` refused the others)."""
+    mpp = info.metres_per_pixel
+    if mpp is None:
+        raise TilingError(f"{info.path}: image has no CRS")
+    return mpp
+
+
+# ----------------------------------------------------------------------------- chip layout
+def plan_chips(data: DataParams, tile: TileParams, infos: dict[str, raster.RasterInfo]) -> dict[str, list[ChipWindow]]:
+    """Chip windows and their split for every scene (pure: depends on grids and params only)."""
+    block_keys: list[tuple[str, int, int]] = []
+    block_px: dict[str, int] = {}
+    for scene in data.scenes:
+        if scene.split == "auto":
+            info = infos[scene.name]
+            mpp = metres_per_pixel(info)
+            block_px[scene.name] = max(tile.chip_size, round(tile.split.block_size_m / mpp))
+            block_keys += [(scene.name, r, c) for r, c in block_grid(info.height, info.width, block_px[scene.name])]
+    assigned = assign_blocks(block_keys, tile.split.val_fraction, tile.split.test_fraction, tile.split.seed)
+
+    plans: dict[str, list[ChipWindow]] = {}
+    for scene in data.scenes:
+        info = infos[scene.name]
+        if scene.split != "auto":
+            plans[scene.name] = whole_scene_chips(info.height, info.width, tile.chip_size, tile.stride, scene.split)
+            continue
+        split_of = {(r, c): s for (name, r, c), s in assigned.items() if name == scene.name}
+        gap_px = round(tile.split.gap_m / metres_per_pixel(info))
+        plans[scene.name] = chips_in_blocks(
+            info.height,
+            info.width,
+            block_px=block_px[scene.name],
+            gap_px=gap_px,
+            chip_size=tile.chip_size,
+            stride=tile.stride,
+            split_of=split_of,
+        )
+    return plans
+
+
+# ----------------------------------------------------------------------------- one scene
+class _NpyStream:
+    """Append fixed-shape rows to a raw file, then prepend the .npy header: memory stays flat."""
+
+    def __init__(self, path: Path, row_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path = path
+        self.row_shape = row_shape
+        self.dtype = np.dtype(dtype)
+        self.raw = path.with_name(f".{path.name}.raw")
+        self.fh: BinaryIO = open(self.raw, "wb")  # noqa: SIM115 - closed in finish()
+        self.n = 0
+        self.hash = hashlib.sha256()
+
+    def extend(self, rows: np.ndarray) -> None:
+        """Append ``rows``, an array of shape (n, *row_shape)."""
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.row_shape:
+            raise ValueError(f"{self.path}: rows of shape {rows.shape[1:]}, expected {self.row_shape}")
+        raw = rows.reshape(-1).view(np.uint8)
+        self.fh.write(raw)
+        self.hash.update(raw)
+        self.n += len(rows)
+
+    def finish(self) -> None:
+        self.fh.close()
+        tmp = self.path.with_name(f".{self.path.name}.part")
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (self.n, *self.row_shape)}
+        with open(tmp, "wb") as out, open(self.raw, "rb") as src:
+            np.lib.format.write_array_header_1_0(out, header)
+            shutil.copyfileobj(src, out, length=1 << 22)
+        os.replace(tmp, self.path)
+        self.raw.unlink()
+
+    def abort(self) -> None:
+        self.fh.close()
+        self.raw.unlink(missing_ok=True)
+
+
+_ROADS: dict[tuple, Any] = {}  # this process's road polygons, one scene at a time
+ROADS_LOADS = 0  # how often this process built road polygons
+
+
+def scene_roads(scene: SceneSource, data: DataParams, info: raster.RasterInfo) -> tuple[Any, bool]:
+    """(road polygons of ``scene`` on its image grid, whether this call built them).
+
+    Reading, reprojecting and buffering a scene's vectors costs far more than burning one
+    chip, so each process builds them once per scene and its later tasks of that scene reuse
+    them. Tasks arrive in scene order, so one scene is held at a time. The key includes the
+    file's size and mtime: a file rewritten between two runs in one process is read again.
+    """
+    global ROADS_LOADS
+    from pipeline import vectors
+
+    stat = Path(scene.roads).stat()
+    key = (
+        str(scene.roads), stat.st_mtime_ns, stat.st_size, info.crs.to_wkt(), info.bounds,
+        data.width_attribute, data.default_half_width_m,
+    )
+    if key in _ROADS:
+        return _ROADS[key], False
+    _ROADS.clear()
+    _ROADS[key] = vectors.load_scene_roads(scene, data, info)
+    ROADS_LOADS += 1
+    return _ROADS[key], True
+
+
+def tile_chips(
+    scene: SceneSource,
+    chips: list[ChipWindow],
+    info: raster.RasterInfo,
+    data: DataParams,
+    tile: TileParams,
+) -> ChipBatch:
+    """Read, label and filter a run of chip windows of one scene (one task of the stage).
+
+    Chips whose nodata fraction passes ``tile.max_nodata_fraction`` are dropped; the rest
+    come back in the order of ``chips``.
+    """
+    from pipeline import vectors
+
+    size = tile.chip_size
+    roads, loaded = scene_roads(scene, data, info) if scene.roads is not None else (None, False)
+    images: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    lcs: list[np.ndarray] = []
+    rows: list[dict] = []
+    train_sums: list[tuple[np.ndarray, np.ndarray, int]] = []
+    with raster.open_reader(scene.image) as img_reader:
+        label_reader = raster.open_reader(scene.labels) if scene.labels else nullcontext()
+        lc_reader = raster.open_reader(scene.landcover) if scene.landcover else nullcontext()
+        with label_reader as labels, lc_reader as landcover:
+            for chip in chips:
+                image, valid = raster.read_window(img_reader, chip.col_off, chip.row_off, size, size)
+                if labels is not None:
+                    # a label raster's own nodata is unknown ground truth: ignored like image nodata
+                    label, label_valid = raster.read_window(labels, chip.col_off, chip.row_off, size, size)
+                    valid &= label_valid
+                nodata_fraction = 1.0 - float(valid.mean())
+                if nodata_fraction > tile.max_nodata_fraction:
+                    continue
+                win_transform = info.transform @ Affine.translation(chip.col_off, chip.row_off)
+                if roads is not None:
+                    road = vectors.burn_mask(roads, win_transform, (size, size))
+                else:
+                    road = (label[0] == 1).astype(np.uint8)
+                mask = np.where(valid, road, MASK_NODATA).astype(np.uint8)
+                images.append(image)
+                masks.append(mask)
+                if landcover is not None:
+                    lc = raster.read_window(landcover, chip.col_off, chip.row_off, size, size)[0][0]
+                    lcs.append(np.where(valid, lc, LANDCOVER_UNKNOWN).astype(np.uint8))
+                if chip.split == "train":
+                    px = image.reshape(info.count, -1)[:, valid.ravel()].astype(np.float64)
+                    train_sums.append((px.sum(axis=1), (px * px).sum(axis=1), px.shape[1]))
+                n_valid = int(valid.sum())
+                rows.append(
+                    dict(
+                        chip_id=f"{scene.name}_{chip.row_off}_{chip.col_off}",
+                        scene=scene.name,
+                        array_index=len(rows),
+                        row_off=chip.row_off,
+                        col_off=chip.col_off,
+                        size=size,
+                        split=chip.split,
+                        road_fraction=float((mask == 1).sum()) / max(n_valid, 1),
+                        nodata_fraction=nodata_fraction,
+                        bounds=_window_bounds(win_transform, size),
+                    )
+                )
+
+    def stack(arrays: list[np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        return np.stack(arrays) if arrays else np.empty((0, *shape), dtype)
+
+    return ChipBatch(
+        scene=scene.name,
+        images=stack(images, (info.count, size, size), info.dtype),
+        masks=stack(masks, (size, size), np.uint8),
+        landcover=stack(lcs, (size, size), np.uint8) if scene.landcover is not None else None,
+        rows=rows,
+        train_sums=train_sums,
+        roads_loaded=loaded,
+    )
+
+
+def write_scene(scene: SceneSource, info: raster.RasterInfo, tile: TileParams, batches: Iterable[ChipBatch]) -> SceneTiles:
+    """Append one scene's chip batches, in the order given, to its ``.npy`` arrays in
+    ``tile.out_dir``; returns its index rows and train band sums (added chip by chip)."""
+    out = Path(tile.out_dir)
+    size = tile.chip_size
+    streams = {
+        "images": _NpyStream(out / f"{scene.name}.images.npy", (info.count, size, size), np.dtype(info.dtype)),
+        "masks": _NpyStream(out / f"{scene.name}.masks.npy", (size, size), np.uint8),
+    }
+    if scene.landcover is not None:
+        streams["landcover"] = _NpyStream(out / f"{scene.name}.landcover.npy", (size, size), np.uint8)
+    result = SceneTiles(scene=scene.name, band_sum=np.zeros(info.count), band_sumsq=np.zeros(info.count))
+    try:
+        for batch in batches:
+            offset = streams["masks"].n
+            result.rows += [{**row, "array_index": offset + row["array_index"]} for row in batch.rows]
+            streams["images"].extend(batch.images)
+            streams["masks"].extend(batch.masks)
+            if "landcover" in streams:
+                streams["landcover"].extend(batch.landcover)
+            for band_sum, band_sumsq, count in batch.train_sums:
+                result.band_sum += band_sum
+                result.band_sumsq += band_sumsq
+                result.band_count += count
+            result.tasks += 1
+            result.roads_loads += batch.roads_loaded
+    except BaseException:
+        for s in streams.values():
+            s.abort()
+        raise
+    for s in streams.values():
+        s.finish()
+    result.digest = hashlib.sha256("".join(s.hash.hexdigest() for s in streams.values()).encode()).hexdigest()
+    return result
+
+
+def _window_bounds(transform: Affine, size: int) -> tuple[float, float, float, float]:
+    x0, y0 = transform @ (0, 0)
+    x1, y1 = transform @ (size, size)
+    return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+# ----------------------------------------------------------------------------- the stage
+def task_chunks(chips: list[ChipWindow], chips_per_task: int) -> list[list[ChipWindow]]:
+    """Consecutive runs of ``chips_per_task`` chip windows in plan order (neighbours inside
+    a split block), the unit of work that spreads one large scene over all workers."""
+    if chips_per_task < 1:
+        raise ValueError(f"chips_per_task must be >= 1, got {chips_per_task}")
+    return [chips[i : i + chips_per_task] for i in range(0, len(chips), chips_per_task)]
+
+
+def run_tile(
+    data: DataParams,
+    tile: TileParams,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    chips_per_task: int = CHIPS_PER_TASK,
+    max_in_flight: int | None = None,
+) -> dict:
+    """Tile every scene; write chip arrays, ``index.gpkg`` and ``stats.json``; return the stats.
+
+    Tasks are runs of ``chips_per_task`` chips, scene after scene, on ``workers`` Dask worker
+    processes (``tile.workers`` by default), at most ``max_in_flight`` (default twice the
+    workers) submitted and not yet written at a time. This process writes their chips in task
+    order, so the outputs are byte-identical whatever the workers, the task size or the order
+    in which tasks finish.
+    """
+    import geopandas as gpd
+    import pandas as pd
+    from shapely.geometry import box
+
+    from pipeline.parallel import map_ordered
+
+    infos = check_scenes(data)
+    plans = plan_chips(data, tile, infos)
+    out = Path(tile.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tasks = {
+        s.name: [(s, chunk, infos[s.name], data, tile) for chunk in task_chunks(plans[s.name], chips_per_task)]
+        for s in data.scenes
+    }
+    n_tasks = sum(len(t) for t in tasks.values())
+    batches = map_ordered(
+        tile_chips,
+        [t for s in data.scenes for t in tasks[s.name]],
+        workers=min(workers or tile.workers, n_tasks),
+        max_in_flight=max_in_flight,
+        total=sum(len(p) for p in plans.values()),
+        weight=lambda task: len(task[1]),
+        desc="tile",
+        unit="chip",
+        progress=progress,
+    )
+    results: list[SceneTiles] = []
+    try:
+        with closing(batches):
+            for scene in data.scenes:
+                res = write_scene(scene, infos[scene.name], tile, islice(batches, len(tasks[scene.name])))
+                log.debug("tile: %s: %d chips from %d tasks, roads built %d times",
+                          scene.name, len(res.rows), res.tasks, res.roads_loads)
+                results.append(res)
+    finally:
+        _ROADS.clear()  # in-process runs: do not keep the last scene's roads after the stage
+
+    train_count = sum(r.band_count for r in results)
+    if train_count == 0:
+        raise TilingError("no train chips: check data.scenes splits and tile.split fractions in params.yaml")
+    band_sum = sum(r.band_sum for r in results)
+    band_sumsq = sum(r.band_sumsq for r in results)
+    mean = band_sum / train_count
+    std = np.sqrt(np.maximum(band_sumsq / train_count - mean**2, 1e-12))
+
+    first_crs = infos[data.scenes[0].name].crs
+    frames = []
+    for res in results:
+        if not res.rows:
+            continue
+        gdf = gpd.GeoDataFrame(
+            [{k: v for k, v in row.items() if k != "bounds"} for row in res.rows],
+            geometry=[box(*row["bounds"]) for row in res.rows],
+            crs=infos[res.scene].crs,
+        )
+        frames.append(gdf.to_crs(first_crs))
+    index = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=first_crs)
+    write_index(index, tile.index_path)
+
+    classes = _landcover_classes(data)
+    fingerprint = hashlib.sha256(
+        "".join(r.digest for r in results).encode() + index.drop(columns="geometry").to_csv(index=False).encode()
+    ).hexdigest()
+    stats = dict(
+        bands=list(data.bands),
+        dtype=infos[data.scenes[0].name].dtype,
+        gsd_m=_median_gsd(data, infos),
+        mean=[float(m) for m in mean],
+        std=[float(s) for s in std],
+        chip_size=tile.chip_size,
+        landcover_classes=classes,
+        scenes={s.name: s.split for s in data.scenes},
+        counts={split: int((index["split"] == split).sum()) for split in ("train", "val", "test")},
+        fingerprint=fingerprint,
+    )
+    tmp = tile.stats_path.with_name(f".{tile.stats_path.name}.part")
+    tmp.write_text(json.dumps(stats, indent=2))
+    os.replace(tmp, tile.stats_path)
+    log.info("tiled %d chips: %s", len(index), stats["counts"])
+    return stats
+
+
+def write_index(index, path: Path) -> None:
+    """Write the chip index GeoPackage atomically and reproducibly (fixed GeoPackage timestamp)."""
+    tmp = path.with_name(f".{path.stem}.part{path.suffix}")
+    tmp.unlink(missing_ok=True)
+    os.environ.setdefault("OGR_CURRENT_DATE", "2000-01-01T00:00:00.000Z")
+    index.to_file(tmp, layer=INDEX_LAYER, driver="GPKG", engine="pyogrio")
+    os.replace(tmp, path)
+
+
+def _median_gsd(data: DataParams, infos: dict[str, raster.RasterInfo]) -> float:
+    """Median pixel size in metres of the scenes that give train/val chips (the model's GSD)."""
+    sizes = [metres_per_pixel(infos[s.name]) for s in data.scenes if s.split != "test"]
+    sizes = sizes or [metres_per_pixel(i) for i in infos.values()]
+    return round(float(np.median(sizes)), 4)
+
+
+def _landcover_classes(data: DataParams) -> list[str]:
+    for scene in data.scenes:
+        if scene.landcover is not None:
+            return raster.landcover_classes(scene.landcover)
+    return []

@@ -1,0 +1,223 @@
+"""Road vectors: read any OGR format, reproject, buffer centrelines in metres, burn masks.
+
+Labels are made the way SpaceNet/APLS make them: a centreline is buffered by half its width
+in metres (its own width attribute when it has a usable one, else ``default_half_width_m``,
+SpaceNet's 2 m, each side), polygons are burned as they are, and a pixel is road when its
+centre falls inside a road polygon. Buffering happens in a projected CRS in metres: the
+image CRS when it is projected (distances converted to its linear unit), else the UTM zone
+of the data, so a road is as wide in a geographic image as in a UTM one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyogrio
+import shapely
+from affine import Affine
+from pyproj import CRS
+
+from pipeline import raster
+
+log = logging.getLogger(__name__)
+
+ROADS_LAYER = "roads"
+_POLYGONAL = (shapely.GeometryType.POLYGON, shapely.GeometryType.MULTIPOLYGON)
+_COLLECTION = shapely.GeometryType.GEOMETRYCOLLECTION
+_READ_ERRORS = (
+    pyogrio.errors.DataSourceError,
+    pyogrio.errors.DataLayerError,
+    pyogrio.errors.GeometryError,
+    pyogrio.errors.FieldError,
+    pyogrio.errors.CRSError,
+    OSError,
+    ValueError,
+)
+
+
+class VectorError(ValueError):
+    """Road vectors that cannot be used; the message names the file and the problem."""
+
+
+def load_road_polygons(
+    path: str | Path,
+    crs: Any,
+    *,
+    width_attribute: str | None,
+    default_half_width_m: float,
+    bounds: tuple[float, float, float, float] | None = None,
+) -> gpd.GeoDataFrame:
+    """Road polygons in ``crs`` (the image CRS), one row per input feature, attributes kept.
+
+    LineStrings (and points) are buffered by half their width in metres, polygons are kept
+    as they are; invalid geometries are repaired with ``shapely.make_valid`` (the count is
+    logged) and empty ones dropped. ``bounds`` (left, bottom, right, top in ``crs``), when
+    given, must be touched by at least one road. Raises VectorError naming ``path`` for an
+    unreadable file, vectors without CRS, no features, or labels that miss the image.
+    """
+    path = Path(path)
+    target = CRS.from_user_input(crs)
+    gdf = _repair(_read(path), path)
+    work = _working_crs(gdf, target)
+    half_m = _half_widths_m(gdf, width_attribute, default_half_width_m, path)
+    geoms = gdf.to_crs(work).geometry.to_numpy()
+    polygons = _to_polygons(geoms, half_m / _metres_per_unit(work))
+    attrs = pd.DataFrame(gdf.drop(columns=gdf.geometry.name)).reset_index(drop=True)
+    out = gpd.GeoDataFrame(attrs, geometry=polygons, crs=work)
+    if not work.equals(target):
+        out = out.to_crs(target)
+    out = out[~(out.geometry.isna() | out.geometry.is_empty)].reset_index(drop=True)
+    if bounds is not None:
+        _check_overlap(out, bounds, path)
+    return out
+
+
+def load_scene_roads(scene: Any, data: Any, info: raster.RasterInfo) -> gpd.GeoDataFrame:
+    """The road polygons of a ``SceneSource`` on its image's grid, with ``DataParams``' widths.
+
+    Labels that miss the image entirely (a wrong CRS, the wrong file) are an error, not an
+    empty mask.
+    """
+    return load_road_polygons(
+        scene.roads,
+        info.crs,
+        width_attribute=data.width_attribute,
+        default_half_width_m=data.default_half_width_m,
+        bounds=info.bounds,
+    )
+
+
+def burn_mask(polygons: gpd.GeoDataFrame, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 mask on the grid (1 road, 0 else): pixel centres inside a road polygon.
+
+    Only polygons that reach the grid are handed to the rasterizer (spatial index), so
+    burning many small chips from one scene's roads stays cheap.
+    """
+    height, width = int(shape[0]), int(shape[1])
+    left, top = transform * (0, 0)
+    right, bottom = transform * (width, height)
+    frame = shapely.box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+    hits = polygons.sindex.query(frame, predicate="intersects") if len(polygons) else []
+    geoms = polygons.geometry.to_numpy()[np.sort(np.asarray(hits, dtype=int))]
+    return raster.burn_geometries(geoms, transform, (height, width), all_touched=False, dtype="uint8")
+
+
+def write_vectors(gdf: gpd.GeoDataFrame, path: str | Path, *, layer: str = ROADS_LAYER) -> Path:
+    """Write ``gdf`` as one GeoPackage layer, atomically: a temporary file renamed on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part.gpkg", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    tmp.unlink()  # the GeoPackage driver creates the file itself
+    try:
+        gdf.to_file(tmp, layer=layer, driver="GPKG", engine="pyogrio")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------ reading
+def _read(path: Path) -> gpd.GeoDataFrame:
+    """The ``roads`` layer when the file has one, else its first layer; checked for CRS and features."""
+    if not path.exists():
+        raise VectorError(f"{path}: file not found")
+    try:
+        layers = [str(name) for name, _ in pyogrio.list_layers(path)]
+        if not layers:
+            raise VectorError(f"{path}: no layers")
+        layer = ROADS_LAYER if ROADS_LAYER in layers else layers[0]
+        gdf = gpd.read_file(path, layer=layer, engine="pyogrio")
+    except VectorError:
+        raise
+    except _READ_ERRORS as e:
+        raise VectorError(f"{path}: not a vector file OGR can read ({e})") from e
+    if len(gdf) == 0:
+        raise VectorError(f"{path}: no features in layer {layer!r}")
+    if gdf.crs is None:
+        raise VectorError(f"{path}: the vectors have no CRS; assign one (e.g. ogr2ogr -a_srs) first")
+    return gdf
+
+
+def _repair(gdf: gpd.GeoDataFrame, path: Path) -> gpd.GeoDataFrame:
+    """Drop missing/empty geometries, repair invalid ones (make_valid) and say how many."""
+    geoms = gdf.geometry.to_numpy()
+    gdf = gdf[~(shapely.is_missing(geoms) | shapely.is_empty(geoms))].copy()
+    geoms = gdf.geometry.to_numpy()
+    invalid = ~shapely.is_valid(geoms)
+    if invalid.any():
+        fixed = geoms.copy()
+        fixed[invalid] = shapely.make_valid(geoms[invalid])
+        gdf = gdf.set_geometry(gpd.GeoSeries(fixed, index=gdf.index, crs=gdf.crs))
+        log.warning("%s: repaired %d invalid geometries with make_valid", path, int(invalid.sum()))
+        gdf = gdf[~shapely.is_empty(gdf.geometry.to_numpy())]
+    if len(gdf) == 0:
+        raise VectorError(f"{path}: no features with a usable geometry")
+    return gdf
+
+
+# ---------------------------------------------------------------------------------- buffering
+def _working_crs(gdf: gpd.GeoDataFrame, target: CRS) -> CRS:
+    """A projected CRS to buffer in: the target when projected, else the data's UTM zone."""
+    if target.is_projected:
+        return target
+    return CRS.from_user_input(gdf.estimate_utm_crs())
+
+
+def _metres_per_unit(crs: CRS) -> float:
+    return float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
+
+
+def _half_widths_m(
+    gdf: gpd.GeoDataFrame, attribute: str | None, default_m: float, path: Path
+) -> np.ndarray:
+    """Half width in metres per feature: attribute/2 where it is a positive number, else default."""
+    half = np.full(len(gdf), float(default_m))
+    if attribute is None:
+        return half
+    if attribute not in gdf.columns:
+        log.info("%s: no attribute %r; every road is %.2f m each side", path, attribute, default_m)
+        return half
+    width = pd.to_numeric(gdf[attribute], errors="coerce").to_numpy(dtype=float)
+    ok = np.isfinite(width) & (width > 0)
+    half[ok] = width[ok] / 2.0
+    if not ok.all():
+        log.info("%s: %d features without a usable %r; they get %.2f m each side",
+                 path, int((~ok).sum()), attribute, default_m)
+    return half
+
+
+def _to_polygons(geoms: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """Buffer linear and point geometries by ``half`` (CRS units), keep polygons as they are."""
+    types = shapely.get_type_id(geoms)
+    out = geoms.copy()
+    polygonal = np.isin(types, _POLYGONAL)
+    collection = types == _COLLECTION
+    other = ~(polygonal | collection)
+    out[other] = shapely.buffer(geoms[other], half[other])
+    for i in np.flatnonzero(collection):
+        parts = shapely.get_parts(geoms[i])
+        out[i] = shapely.union_all(_to_polygons(parts, np.full(len(parts), half[i])))
+    return out
+
+
+def _check_overlap(
+    polygons: gpd.GeoDataFrame, bounds: tuple[float, float, float, float], path: Path
+) -> None:
+    frame = shapely.box(*bounds)
+    if len(polygons) and shapely.intersects(polygons.geometry.to_numpy(), frame).any():
+        return
+    have = tuple(round(float(v), 3) for v in polygons.total_bounds) if len(polygons) else ()
+    want = tuple(round(float(v), 3) for v in bounds)
+    raise VectorError(
+        f"{path}: the road labels miss the image entirely (labels {have}, image {want}, "
+        f"both in the image CRS): wrong file or wrong CRS?"
+    )
