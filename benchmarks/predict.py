@@ -43,6 +43,7 @@ import numpy as np
 import psutil
 
 from pipeline import parallel
+from pipeline.config import PRECISIONS
 from pipeline.predict import predict_raster
 from pipeline.windows import WindowGrid, window_groups
 
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--block-size", type=int, default=1024)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+    ap.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                     help="autocast precision of both predict and the bare pass (pipeline.model.autocast_dtype)")
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--skip-efficiency", action="store_true")
