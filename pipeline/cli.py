@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -233,13 +234,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OWN_LOGGERS = ("pipeline", "backbones")
+
+
+def configure_logging(*, verbose: bool) -> None:
+    """Our own progress messages at INFO (DEBUG with -v); other libraries' only from WARNING.
+
+    Without this a `dvc repro` prints dozens of INFO lines from Dask's scheduler and nannies,
+    pyogrio and matplotlib around every stage. Dask configures its ``distributed`` logger
+    itself when it is imported, in this process and in every worker process it spawns, so its
+    level is set through Dask's config in the environment, which the workers inherit (a value
+    the user exported wins).
+    """
+    if not verbose:
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(verbose=args.verbose)
+    if getattr(args, "quiet", False):
+        # -q promises no progress bars: MLflow draws its own when it copies model artifacts
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if getattr(args, "action", None) == "promote" and not args.version:
         parser.error("models promote needs a VERSION")
     try:

@@ -68,7 +68,8 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
     run(["git", "init", "-q"], repo, env)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo, env)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], repo, env)
-    run([str(BIN / "dvc"), "repro"], repo, env)
+    repro = run([str(BIN / "dvc"), "repro"], repo, env)
+    (repo / "repro.log").write_text(repro.stdout + repro.stderr)
     return repo, env
 
 
@@ -92,6 +93,18 @@ def test_dvc_repro_produces_every_stage_output(project):
     assert "iou" in shown
     run([str(BIN / "dvc"), "plots", "show", "-o", str(repo / "dvc_plots")], repo, env)
     assert (repo / "dvc_plots" / "index.html").exists()
+
+
+def test_dvc_repro_prints_no_library_chatter(project):
+    """What a user reads from `dvc repro` (every stage runs with -q): our stages' messages, not
+    Dask's scheduler and nanny INFO lines, pyogrio's record counts, MLflow's progress bars or
+    tracebacks from cluster shutdown."""
+    repo, _ = project
+    log = (repo / "repro.log").read_text()
+    assert "Running stage 'tile'" in log and "chips:" in log
+    for chatter in ("INFO distributed.", "distributed.scheduler", "INFO pyogrio", "Traceback",
+                    "Downloading artifacts"):
+        assert chatter not in log, f"{chatter!r} in the dvc repro output:\n{log[-3000:]}"
 
 
 def test_predict_from_champion_is_georeferenced_like_its_input(project):
