@@ -162,7 +162,11 @@ class TrainParams(_Section):
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     warmup_epochs: float = Field(0.5, ge=0, description="Linear warm-up, in epochs, before cosine decay")
-    loss: Literal["bce", "bce_dice"] = Field("bce", description="Per-pixel BCE (default) or BCE + Dice")
+    loss: Literal["bce", "bce_dice", "bce_lovasz"] = Field(
+        "bce",
+        description="Per-pixel BCE (default), BCE + soft Dice, or BCE + Lovasz hinge (Berman 2018: a "
+        "convex surrogate of IoU itself)",
+    )
     pos_weight: float = Field(1.0, gt=0, description="BCE weight of the road class")
     decoder_upsampling: Literal["interp", "transposed"] = Field(
         "interp", description="Decoder upsampling: smp's interpolation or transposed convolutions"

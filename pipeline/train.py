@@ -74,8 +74,12 @@ def lr_lambda(total_steps: int, warmup_steps: int):
     return f
 
 
+IGNORE_LABEL = 255.0  # target value of nodata pixels for smp's Lovasz loss, which drops them
+
+
 def masked_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, params: TrainParams) -> torch.Tensor:
-    """Per-pixel BCE over valid pixels only (+ soft Dice for ``bce_dice``)."""
+    """Per-pixel BCE over valid pixels only, plus soft Dice (``bce_dice``) or the Lovasz hinge
+    over the batch's valid pixels (``bce_lovasz``, smp's implementation)."""
     pos_weight = torch.tensor(params.pos_weight, device=logits.device)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none", pos_weight=pos_weight)
     n_valid = valid.sum().clamp_min(1.0)
@@ -85,6 +89,11 @@ def masked_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
         inter = (prob * target * valid).sum()
         dice = 1 - (2 * inter + 1) / (prob.sum() + (target * valid).sum() + 1)
         loss = loss + dice
+    elif params.loss == "bce_lovasz":
+        from segmentation_models_pytorch.losses import LovaszLoss
+
+        labels = torch.where(valid > 0.5, target, torch.full_like(target, IGNORE_LABEL))
+        loss = loss + LovaszLoss("binary", per_image=False, ignore_index=IGNORE_LABEL)(logits, labels)
     return loss
 
 

@@ -130,6 +130,46 @@ def test_dihedral_group_has_eight_distinct_elements():
     assert len({dihedral(a, k).tobytes() for k in range(8)}) == 8
 
 
+@pytest.mark.parametrize("loss", ["bce", "bce_dice", "bce_lovasz"])
+def test_nodata_pixels_never_count_in_the_loss(loss):
+    from pipeline.config import TrainParams
+    from pipeline.train import masked_loss
+
+    params = TrainParams(loss=loss)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 16, 16, generator=g)
+    target = (torch.rand(2, 1, 16, 16, generator=g) > 0.7).float()
+    valid = torch.ones(2, 1, 16, 16)
+    valid[:, :, :5] = 0
+    base = masked_loss(logits, target, valid, params)
+    other_logits, other_target = logits.clone(), target.clone()
+    other_logits[:, :, :5] = 25.0 * torch.randn(2, 1, 5, 16, generator=g)
+    other_target[:, :, :5] = 1.0 - other_target[:, :, :5]
+    assert masked_loss(other_logits, other_target, valid, params).item() == pytest.approx(base.item(), rel=1e-6)
+    # ...while the same change at valid pixels does move it
+    moved_logits = logits.clone()
+    moved_logits[:, :, 5:10] = 25.0 * torch.randn(2, 1, 5, 16, generator=g)
+    assert abs(masked_loss(moved_logits, target, valid, params).item() - base.item()) > 1e-3
+
+
+def test_lovasz_term_is_the_hand_computed_jaccard_hinge():
+    """One road and one background pixel, both at logit 0: each hinge error is 1 and the Lovasz
+    extension of the Jaccard loss weighs them to 1 (Berman 2018, Alg. 1); confident correct
+    logits (margin >= 1) cost nothing; the nodata pixel never counts."""
+    from pipeline.config import TrainParams
+    from pipeline.train import masked_loss
+
+    target = torch.tensor([1.0, 0.0, 1.0]).reshape(1, 1, 1, 3)
+    valid = torch.tensor([1.0, 1.0, 0.0]).reshape(1, 1, 1, 3)
+    bce, lovasz = TrainParams(loss="bce"), TrainParams(loss="bce_lovasz")
+    undecided = torch.tensor([0.0, 0.0, -9.0]).reshape(1, 1, 1, 3)
+    extra = masked_loss(undecided, target, valid, lovasz) - masked_loss(undecided, target, valid, bce)
+    assert extra.item() == pytest.approx(1.0)
+    confident = torch.tensor([2.0, -2.0, -9.0]).reshape(1, 1, 1, 3)
+    extra = masked_loss(confident, target, valid, lovasz) - masked_loss(confident, target, valid, bce)
+    assert extra.item() == pytest.approx(0.0, abs=1e-7)
+
+
 def test_train_writes_model_metrics_and_mlflow_run(tmp_path, scenes_dir, chips_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params_file = write_params(tmp_path, scenes_dir, chips_dir, epochs=2)
