@@ -203,6 +203,11 @@ class EvaluateParams(_Section):
         None, ge=1, description="Windows per forward pass (default: 2 on CPU, fitted to GPU memory)"
     )
     precision: Precision = Field("auto", description="Inference autocast precision (as predict.precision)")
+    tta: bool = Field(
+        False,
+        description="Score predictions averaged over the eight dihedral transforms (as predict --tta; "
+        "8x the inference time)",
+    )
     relaxed_slack_px: int = Field(3, ge=0, description="Slack of relaxed precision/recall (Mnih 2013: 3)")
     metrics_path: Path = Field(Path("metrics/eval.json"), description="DVC metrics file")
     plots_dir: Path = Field(Path("plots"), description="DVC plots folder")

@@ -119,6 +119,7 @@ def predict_scene(
         batch_size=params.batch_size,
         workers=workers,
         precision=params.precision,
+        tta=params.tta,
         dtype="float32",
         overwrite=True,
         progress=False,

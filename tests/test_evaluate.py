@@ -259,6 +259,28 @@ def test_run_evaluate_scores_a_known_prediction(tmp_path, isolated_mlflow, monke
     assert model_json["metrics"]["test_iou"] == pytest.approx(expected.iou)
 
 
+@pytest.mark.slow
+def test_evaluate_tta_scores_what_predict_tta_writes(tmp_path):
+    """evaluate.tta: the scored probability is predict --tta's, pixel for pixel, not the plain one."""
+    from pipeline.predict import predict_raster
+
+    image = _write_image(tmp_path / "scene.tif")
+    model_dir = _write_model(tmp_path / "model")
+    scene = SceneSource(name="held_out", image=image, roads=_write_roads(tmp_path / "r.gpkg"), split="test")
+    ev, _, _ = _params(tmp_path)
+    with_tta = evaluate.predict_scene(scene, tmp_path / "tta", model_dir, ev.model_copy(update={"tta": True}), workers=1)
+    plain = evaluate.predict_scene(scene, tmp_path / "plain", model_dir, ev, workers=1)
+    reference = predict_raster(
+        image, tmp_path / "reference.tif", model=model_dir, window=ev.window, overlap=ev.overlap,
+        batch_size=ev.batch_size, workers=1, tta=True, dtype="float32", progress=False,
+    ).output
+    read = {name: raster.read_band_array(path) for name, path in
+            (("tta", with_tta), ("plain", plain), ("reference", reference))}
+    np.testing.assert_array_equal(read["tta"], read["reference"])
+    valid = np.isfinite(read["plain"])
+    assert np.abs(read["tta"][valid] - read["plain"][valid]).max() > 1e-3
+
+
 def test_no_test_scene_names_params(tmp_path):
     data = DataParams(
         scenes=[SceneSource(name="a", image=tmp_path / "a.tif", roads=tmp_path / "a.gpkg")]
