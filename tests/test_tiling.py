@@ -89,6 +89,26 @@ def test_stats_come_from_valid_train_pixels(chips_dir):
     assert stats["counts"]["test"] > 0
 
 
+def test_whole_validation_scenes_with_val_fraction_zero(tmp_path, scenes_dir):
+    """`split: val` scenes give every val chip, val_fraction 0 leaves every other block to
+    train, and the normalisation stats stay those of the train chips."""
+    entries = scene_entries(scenes_dir)
+    entries[2]["split"] = "val"  # s3 held out whole for validation
+    data = DataParams(scenes=entries, bands=BANDS)
+    tile = TileParams(out_dir=tmp_path, chip_size=64, stride=64, workers=1,
+                      split={"block_size_m": 128, "val_fraction": 0.0, "gap_m": 32})
+    stats = run_tile(data, tile, workers=1, progress=False)
+    index = gpd.read_file(tmp_path / "index.gpkg", layer="chips")
+    assert set(index[index.scene == "s3"].split) == {"val"}
+    assert set(index[index.scene.isin(["s1", "s2"])].split) == {"train"}
+    assert set(index[index.scene == "held"].split) == {"test"}
+    # no block of s1/s2 is pulled in for a gap: as many chips as a whole-scene grid gives
+    whole = index[index.scene.isin(["s3", "held"])].groupby("scene").size()
+    assert index[index.scene == "s1"].shape[0] == index[index.scene == "s2"].shape[0] == whole.max()
+    assert stats["counts"] == {"train": int((index.split == "train").sum()), "val": int((index.split == "val").sum()),
+                               "test": int((index.split == "test").sum())}
+
+
 def _digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
