@@ -157,6 +157,12 @@ class TrainParams(_Section):
         "repo", description="repo: this repository's pretrained backbone; imagenet needs internet"
     )
     out_dir: Path = Field(Path("models/unet"), description="Trained model folder")
+    init_from: str | None = Field(
+        None,
+        description="Fine-tune: start from this trained model (a model folder or models:/NAME@ALIAS) "
+        "instead of a fresh U-Net; encoder, bands and decoder must match, its normalisation is kept, "
+        "encoder_weights is not used",
+    )
     epochs: int = Field(8, ge=1, description="Training epochs")
     batch_size: int = Field(8, ge=1, description="Batch size")
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate")

@@ -25,6 +25,7 @@ class ModelConfig(BaseModel):
     architecture: str = Field("unet", description="Segmentation architecture (smp)")
     encoder: str = Field(description="Zoo backbone used as encoder, e.g. resnet18")
     encoder_weights: str = Field("none", description="How the encoder was initialised: repo, none, imagenet")
+    init_from: str = Field("", description="The model this one was fine-tuned from; '' when trained from scratch")
     bands: list[str] = Field(description="Input band names, in order")
     mean: list[float] = Field(description="Per-band mean used for normalisation")
     std: list[float] = Field(description="Per-band standard deviation used for normalisation")

@@ -33,7 +33,7 @@ def model_card(params: Params, config, eval_metrics: dict, version_hint: str = "
     return f"""# {params.register.model_name} {version_hint}
 
 U-Net (segmentation-models-pytorch) with the `{config.encoder}` encoder from roadseg's classifier
-zoo (encoder weights: {config.encoder_weights}), predicting per-pixel road probability.
+zoo (encoder weights: {config.encoder_weights}{f"; fine-tuned from {config.init_from}" if config.init_from else ""}), predicting per-pixel road probability.
 
 ## Data
 - Scenes: {scenes}
@@ -84,6 +84,7 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
         tags = {
             "encoder": config.encoder,
             "encoder_weights": config.encoder_weights,
+            "init_from": config.init_from or "-",
             "data_fingerprint": config.data_fingerprint,
             "git_commit": config.git_commit,
             "test_iou": f"{test_iou:.6f}",

@@ -11,6 +11,7 @@ uninterrupted run ends.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ from pipeline.model import (
     pick_device,
     save_model,
 )
+from pipeline.model_config import read_config, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,31 @@ def init_encoder(model: nn.Module, params: TrainParams, pretrain: PretrainParams
     load_backbone_weights(model.encoder, load_file(str(path)))
 
 
+def check_fine_tunable(ref: str, source: ModelConfig, params: TrainParams, bands: list[str]) -> None:
+    """Refuse to fine-tune from a model whose weights cannot load into the network ``params``
+    describes, or that reads other bands than the chips hold. Raises ValueError naming each
+    difference."""
+    diffs = []
+    if source.encoder != params.encoder:
+        diffs.append(f"encoder {source.encoder!r} there, train.encoder {params.encoder!r} here")
+    if source.bands != bands:
+        diffs.append(f"bands {source.bands} there, the chips hold {bands}")
+    if source.decoder_upsampling != params.decoder_upsampling:
+        diffs.append(f"decoder_upsampling {source.decoder_upsampling!r} there, {params.decoder_upsampling!r} here")
+    if source.decoder_attention != params.decoder_attention:
+        diffs.append(f"decoder_attention {source.decoder_attention!r} there, {params.decoder_attention!r} here")
+    if diffs:
+        raise ValueError(f"{ref}: cannot fine-tune from this model ({'; '.join(diffs)}); set train.* to match it")
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 # ------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, **state) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,9 +169,10 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def run_identity(params: TrainParams, data_fingerprint: str) -> dict:
-    """What a checkpoint must match to be resumed: the train params and the chips it saw."""
-    return {"train": params.model_dump(mode="json"), "data_fingerprint": data_fingerprint}
+def run_identity(params: TrainParams, data_fingerprint: str, init_digest: str = "") -> dict:
+    """What a checkpoint must match to be resumed: the train params, the chips it saw and, when
+    fine-tuning, the starting weights (an alias such as @champion may have moved since)."""
+    return {"train": params.model_dump(mode="json"), "data_fingerprint": data_fingerprint, "init_weights": init_digest}
 
 
 def check_resumable(path: Path, ckpt: dict, identity: dict) -> None:
@@ -160,6 +188,8 @@ def check_resumable(path: Path, ckpt: dict, identity: dict) -> None:
     ]
     if saved["data_fingerprint"] != identity["data_fingerprint"]:
         diffs.append("the chips changed since the checkpoint (data fingerprint)")
+    if saved.get("init_weights", "") != identity["init_weights"]:
+        diffs.append(f"the weights of train.init_from {identity['train']['init_from']!r} changed since the checkpoint")
     if diffs:
         raise ValueError(
             f"{path}: cannot resume a different run ({'; '.join(diffs)}); "
@@ -200,7 +230,17 @@ def run_train(
     amp_dtype = autocast_dtype(device, params.precision, training=True)
     log.info("training on %s, autocast %s", device, amp_dtype or "off (float32)")
     stats = read_stats(tile.out_dir)
-    norm = Normalisation.from_lists(stats["mean"], stats["std"])
+    mean, std = stats["mean"], stats["std"]
+    source_dir, source, init_digest = None, None, ""
+    if params.init_from:
+        source_dir = resolve_model(params.init_from, register.tracking_uri)
+        source = read_config(source_dir)
+        check_fine_tunable(params.init_from, source, params, stats["bands"])
+        # the weights learnt on inputs normalised the source's way: keep its statistics
+        mean, std = source.mean, source.std
+        init_digest = file_digest(source_dir / WEIGHTS_FILE)
+        log.info("fine-tuning from %s (%s)", params.init_from, source_dir)
+    norm = Normalisation.from_lists(mean, std)
 
     train_ds = SegmentationChips(
         tile.out_dir, "train", norm, augment=params.augment, seed=params.seed, scale_jitter=params.scale_jitter
@@ -214,10 +254,11 @@ def run_train(
 
     config = ModelConfig(
         encoder=params.encoder,
-        encoder_weights=params.encoder_weights,
+        encoder_weights=source.encoder_weights if source else params.encoder_weights,
+        init_from=params.init_from or "",
         bands=stats["bands"],
-        mean=stats["mean"],
-        std=stats["std"],
+        mean=mean,
+        std=std,
         chip_size=stats["chip_size"],
         dtype=stats.get("dtype", ""),
         gsd_m=stats.get("gsd_m"),
@@ -228,7 +269,12 @@ def run_train(
         git_commit=git_commit(),
     )
     model = build_unet(config)
-    init_encoder(model, params, pretrain)
+    if source_dir is not None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(source_dir / WEIGHTS_FILE)), strict=True)
+    else:
+        init_encoder(model, params, pretrain)
     # channels_last: oneDNN's and cuDNN's fast convolution layout (1.17x in fp32 on CPU, more with bf16)
     model = model.to(device).to(memory_format=torch.channels_last)
 
@@ -243,7 +289,7 @@ def run_train(
 
     start_epoch, best_iou, history, run_id = 0, -1.0, [], None
     ckpt_path = params.checkpoint_path
-    identity = run_identity(params, stats["fingerprint"])
+    identity = run_identity(params, stats["fingerprint"], init_digest)
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         check_resumable(ckpt_path, ckpt, identity)

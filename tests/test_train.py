@@ -315,3 +315,62 @@ def test_resume_refuses_a_checkpoint_of_other_params(tmp_path, scenes_dir, chips
 
     metrics = run_train(p.train, p.tile, p.pretrain, p.register, resume=True)  # the same run resumes
     assert metrics["epochs"] == 2 and (p.train.out_dir / "model.safetensors").exists()
+
+
+def test_fine_tune_starts_from_the_given_model_and_keeps_its_normalisation(tmp_path, scenes_dir, chips_dir, monkeypatch):
+    from pipeline.train import run_train
+
+    monkeypatch.chdir(tmp_path)
+    p = load_params(write_params(tmp_path, scenes_dir, chips_dir, epochs=1, max_batches_per_epoch=2))
+    run_train(p.train, p.tile, p.pretrain, p.register)
+    source_dir = tmp_path / "source"
+    p.train.out_dir.rename(source_dir)
+    # the source model normalises otherwise than these chips' statistics would
+    cfg = json.loads((source_dir / "model.json").read_text())
+    cfg["mean"] = [m + 3.0 for m in cfg["mean"]]
+    (source_dir / "model.json").write_text(json.dumps(cfg))
+
+    tuned = p.train.model_copy(update={"init_from": str(source_dir), "lr": 1e-12, "max_batches_per_epoch": 1})
+    run_train(tuned, p.tile, p.pretrain, p.register)
+    model, config = load_model(p.train.out_dir)
+    assert config.init_from == str(source_dir)
+    assert config.mean == cfg["mean"] and config.mean != read_stats(chips_dir)["mean"]
+    source = load_file(str(source_dir / "model.safetensors"))
+    weights = model.state_dict()
+    convs = [k for k in source if k.endswith("conv1.weight") or k.startswith("segmentation_head")]
+    assert len(convs) >= 3
+    for key in convs:  # with a vanishing learning rate the network still holds the source's weights
+        assert torch.allclose(weights[key], source[key], atol=1e-6), key
+
+    # a fresh network (random encoder, same seed) is far from them: the check above means something
+    scratch = p.train.model_copy(update={"lr": 1e-12, "max_batches_per_epoch": 1, "seed": 7,
+                                         "out_dir": tmp_path / "scratch"})
+    run_train(scratch, p.tile, p.pretrain, p.register)
+    fresh, _ = load_model(tmp_path / "scratch")
+    assert not torch.allclose(fresh.state_dict()[convs[0]], source[convs[0]], atol=1e-3)
+
+
+def test_fine_tune_from_an_incompatible_model_is_a_clear_error(tmp_path, scenes_dir, chips_dir, monkeypatch):
+    from pipeline.train import run_train
+
+    monkeypatch.chdir(tmp_path)
+    p = load_params(write_params(tmp_path, scenes_dir, chips_dir, epochs=1, max_batches_per_epoch=1))
+    run_train(p.train, p.tile, p.pretrain, p.register)
+    other = p.train.model_copy(update={"init_from": str(p.train.out_dir), "encoder": "resnet34",
+                                       "out_dir": tmp_path / "tuned"})
+    with pytest.raises(ValueError, match=r"unet: cannot fine-tune from this model \(encoder 'resnet18' there, "
+                                         r"train.encoder 'resnet34' here\)"):
+        run_train(other, p.tile, p.pretrain, p.register)
+    with pytest.raises(FileNotFoundError, match="nowhere: no model folder here"):
+        run_train(other.model_copy(update={"init_from": str(tmp_path / "nowhere")}), p.tile, p.pretrain, p.register)
+
+
+def test_resume_refuses_when_the_fine_tuning_source_changed(tmp_path):
+    from pipeline.config import TrainParams
+    from pipeline.train import check_resumable, run_identity
+
+    params = TrainParams(init_from="models:/road-unet@champion")
+    saved = {"identity": json.dumps(run_identity(params, "chips", "digest-then"))}
+    check_resumable(tmp_path / "ckpt.pt", saved, run_identity(params, "chips", "digest-then"))
+    with pytest.raises(ValueError, match=r"the weights of train.init_from 'models:/road-unet@champion' changed"):
+        check_resumable(tmp_path / "ckpt.pt", saved, run_identity(params, "chips", "digest-now"))
