@@ -301,18 +301,26 @@ def predict_raster(
         groups = window_groups(grid, max(windows_per_task, batch_size))
         assembler = BlockAssembler(info.height, info.width, block_size, [g.region for g in groups])
         job = PredictJob(str(image.resolve()), model_dir, device, grid, batch_size, tta, precision)
-        with raster.stream_cog(
-            output, width=info.width, height=info.height, crs=info.crs, transform=info.transform,
-            dtype=dtype, nodata=nodata, description=BAND_DESCRIPTION, scale=scale, tags=tags,
-            overwrite=overwrite, cog_blocksize=_cog_blocksize(info.height, info.width),
-        ) as writer:
-            t_stream = time.perf_counter()
-            ran, skipped = _stream_windows(client, job, groups, assembler, writer, encode, timings,
-                                           progress, image.name)
-            t_finalize = time.perf_counter()
-            timings["windows"] = t_finalize - t_stream
-        t_stop = time.perf_counter()
-        timings["cog_finalize"] = t_stop - t_finalize
+        stopping = None
+        try:
+            with raster.stream_cog(
+                output, width=info.width, height=info.height, crs=info.crs, transform=info.transform,
+                dtype=dtype, nodata=nodata, description=BAND_DESCRIPTION, scale=scale, tags=tags,
+                overwrite=overwrite, cog_blocksize=_cog_blocksize(info.height, info.width),
+            ) as writer:
+                t_stream = time.perf_counter()
+                ran, skipped = _stream_windows(client, job, groups, assembler, writer, encode, timings,
+                                               progress, image.name)
+                t_finalize = time.perf_counter()
+                timings["windows"] = t_finalize - t_stream
+                # every block is written: our own cluster stops while the COG's overviews are built
+                stopping = parallel.stop_cluster_in_background(client)
+            t_stop = time.perf_counter()
+            timings["cog_finalize"] = t_stop - t_finalize
+        finally:
+            if stopping is not None:
+                stopping.join()
+    # the part of the cluster's shutdown not hidden behind the COG finalisation
     timings["cluster_stop"] = time.perf_counter() - t_stop
 
     vectors_out = None

@@ -221,6 +221,22 @@ def test_no_seams_at_window_or_block_edges(model_dir, scheduler, tmp_path) -> No
         assert seam_ratio(p1, boundaries, axis=axis) < 1.6
 
 
+def test_own_local_cluster_is_gone_when_predict_returns(scene, model_dir, tmp_path) -> None:
+    """The LocalCluster stops on a thread while the COG is finalised; predict still returns
+    only once it has stopped, and the output is complete."""
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    out = tmp_path / "own.tif"
+    res = predict_raster(scene, out, model=model_dir, window=64, overlap=16, workers=1, progress=False)
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
+            and p.status() != psutil.STATUS_ZOMBIE]
+    assert left == []
+    assert res.timings["cluster_stop"] >= 0 and res.timings["cog_finalize"] > 0
+    with rasterio.open(out) as src:
+        assert src.overviews(1) and src.read(1).shape == (320, 448)
+
+
 def test_existing_output_is_not_overwritten(scene, model_dir, tmp_path) -> None:
     out = tmp_path / "out.tif"
     out.write_bytes(b"keep me")
