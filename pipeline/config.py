@@ -215,6 +215,11 @@ class EvaluateParams(_Section):
         "8x the inference time)",
     )
     relaxed_slack_px: int = Field(3, ge=0, description="Slack of relaxed precision/recall (Mnih 2013: 3)")
+    class_attribute: str | None = Field(
+        None,
+        description="Road vector attribute to report recall by (e.g. OSM's highway, the synthetic "
+        "scenes' road_class); null: off",
+    )
     metrics_path: Path = Field(Path("metrics/eval.json"), description="DVC metrics file")
     plots_dir: Path = Field(Path("plots"), description="DVC plots folder")
     reports_dir: Path = Field(Path("reports"), description="Error maps and quicklooks")

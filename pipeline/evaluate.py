@@ -28,11 +28,12 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from affine import Affine
 
 from pipeline import raster, registry
 from pipeline.baseline import add_baseline_metrics
@@ -45,7 +46,7 @@ from pipeline.metrics import (
     relaxed_break_even,
 )
 from pipeline.model_config import CONFIG_FILE, read_config
-from pipeline.scene_truth import SceneWindows
+from pipeline.scene_truth import SceneWindows, TruthError
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class SceneScore:
     prob: np.ndarray  # float32 probability at every ``factor``-th pixel, NaN where nodata
     valid: np.ndarray  # bool, every ``factor``-th pixel: pixels that count
     factor: int
+    by_class: dict[str, tuple[int, int]] = field(default_factory=dict)  # class -> (road px, found px)
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -135,11 +137,21 @@ def score_scene(
     rho: int,
     threshold: float,
     block: int = EVAL_BLOCK,
+    class_attribute: str | None = None,
 ) -> SceneScore:
     """Score ``prediction`` (float32 probability on the image grid, NaN = nodata) against the
     scene's truth, ``block`` pixels at a time; valid excludes the image's nodata, the
-    prediction's NaN and a label raster's nodata."""
+    prediction's NaN and a label raster's nodata. With ``class_attribute``, also counts each
+    road class's valid pixels and those found at ``threshold`` (vector truth only; vectors
+    without that attribute get a warning naming the file and are scored without classes)."""
     with SceneWindows(scene, data) as windows, raster.open_reader(prediction) as predicted:
+        classes = {}
+        if class_attribute:
+            try:
+                classes = windows.road_classes(class_attribute)
+            except TruthError as exc:  # a report the data cannot give: skip it, score the rest
+                log.warning("evaluate: recall by road class skipped for %s: %s", scene.name, exc)
+        by_class = {name: [0, 0] for name in classes}
         height, width = windows.info.height, windows.info.width
         if (predicted.ds.height, predicted.ds.width) != (height, width):
             raise EvaluateError(
@@ -170,7 +182,28 @@ def score_scene(
                 codes[at] = reduced
                 prob_small[at] = np.where(v, p, np.nan)[::factor, ::factor]
                 valid_small[at] = v[::factor, ::factor]
-    return SceneScore(sweep=sweep, codes=codes, prob=prob_small, valid=valid_small, factor=factor)
+                if classes:
+                    from pipeline import vectors
+
+                    core_transform = windows.info.transform @ Affine.translation(c0, r0)
+                    found = v & (p >= threshold)
+                    for name, polygons in classes.items():
+                        road = vectors.burn_mask(polygons, core_transform, p.shape) > 0
+                        by_class[name][0] += int(np.count_nonzero(road & v))
+                        by_class[name][1] += int(np.count_nonzero(road & found))
+    return SceneScore(sweep=sweep, codes=codes, prob=prob_small, valid=valid_small, factor=factor,
+                      by_class={k: (a, b) for k, (a, b) in by_class.items()})
+
+
+def recall_by_class(counts: dict[str, tuple[int, int]]) -> dict[str, dict[str, float]]:
+    """``recall_by_class`` (found / road pixels) and ``road_pixels_by_class`` of the classes
+    that have road pixels in the valid area. A pixel where roads of two classes meet counts
+    for both."""
+    present = {k: v for k, v in sorted(counts.items()) if v[0] > 0}
+    return {
+        "recall_by_class": {k: found / road for k, (road, found) in present.items()},
+        "road_pixels_by_class": {k: road for k, (road, _) in present.items()},
+    }
 
 
 # ----------------------------------------------------------------------------------- scoring
@@ -353,11 +386,23 @@ def _metric_key(scene: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. /]", "_", scene)
 
 
+def _flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numbers as they are, one level of nested dicts (by class) as ``<name>/<class>``."""
+    flat = {}
+    for k, v in metrics.items():
+        if isinstance(v, int | float):
+            flat[f"{prefix}{k}"] = float(v)
+        elif isinstance(v, dict) and k != "per_scene":
+            flat.update({f"{prefix}{k}/{_metric_key(c)}": float(x) for c, x in v.items()})
+    return flat
+
+
 def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """Overall metrics as they are, per-scene ones as ``<scene>/<metric>``."""
-    flat = {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
+    """Overall metrics as they are, per-scene ones as ``<scene>/<metric>``, metrics by road
+    class as ``[<scene>/]<metric>/<class>``."""
+    flat = _flat(result)
     for scene, metrics in result.get("per_scene", {}).items():
-        flat.update({f"{_metric_key(scene)}/{k}": float(v) for k, v in metrics.items()})
+        flat.update(_flat(metrics, f"{_metric_key(scene)}/"))
     return flat
 
 
@@ -413,7 +458,8 @@ def run_evaluate(
         for scene in scenes:
             log.info("evaluate: predicting %s", scene.name)
             prediction = predict_scene(scene, Path(tmp), model_dir, params, tile.workers)
-            scores[scene.name] = score_scene(scene, prediction, data, thresholds, rho, config.threshold)
+            scores[scene.name] = score_scene(scene, prediction, data, thresholds, rho, config.threshold,
+                                             class_attribute=params.class_attribute)
             prediction.unlink()  # a test scene's probability raster can be large
             if scores[scene.name].sweep.n_true == 0:
                 log.warning(
@@ -439,6 +485,14 @@ def run_evaluate(
             name: summarize(s.compute(), config.threshold, test_best)
             for name, s in sweeps.items()
         }
+        if params.class_attribute:
+            pooled_by_class: dict[str, tuple[int, int]] = {}
+            for name, score in scores.items():
+                result["per_scene"][name].update(recall_by_class(score.by_class))
+                for cls, (road, found) in score.by_class.items():
+                    old = pooled_by_class.get(cls, (0, 0))
+                    pooled_by_class[cls] = (old[0] + road, old[1] + found)
+            result.update(recall_by_class(pooled_by_class))
 
         # Issue 3: how far the U-Net is above band values alone (per-pixel logistic regression).
         add_baseline_metrics(result, scenes, data, tile.out_dir)

@@ -50,6 +50,21 @@ class SceneWindows:
         self._image: raster.WindowReader | None = None
         self._labels: raster.WindowReader | None = None
 
+    def road_classes(self, attribute: str) -> dict[str, object]:
+        """The scene's road polygons grouped by the values of ``attribute`` (as text; missing
+        values are "unknown"); empty for a scene scored against a label raster. Raises
+        TruthError naming the file when the vectors have no such attribute."""
+        if self.roads is None:
+            return {}
+        if attribute not in self.roads.columns:
+            columns = ", ".join(c for c in self.roads.columns if c != self.roads.geometry.name)
+            raise TruthError(
+                f"{self.scene.roads}: no attribute {attribute!r} to report recall by road class "
+                f"(it has: {columns or 'none'}); set evaluate.class_attribute to one of them, or null"
+            )
+        values = self.roads[attribute].astype(object).where(self.roads[attribute].notna(), "unknown").astype(str)
+        return {value: self.roads[values == value].reset_index(drop=True) for value in sorted(values.unique())}
+
     def __enter__(self) -> SceneWindows:
         self._image = self._stack.enter_context(raster.open_reader(self.scene.image))
         if self.roads is None:

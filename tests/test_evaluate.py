@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -192,10 +193,21 @@ def test_run_evaluate_end_to_end(tmp_path, isolated_mlflow):
         bands=BANDS,
     )
     ev, tile, reg = _params(tmp_path)
+    ev = ev.model_copy(update={"class_attribute": "road_class"})
 
     result = run_evaluate(ev, data, tile, model_dir, reg)
 
     _check_outputs(tmp_path, ev, reg, result, "held_out")
+    by_class = result["per_scene"]["held_out"]["recall_by_class"]
+    assert list(by_class) == ["residential"] and result["recall_by_class"] == by_class
+    assert result["road_pixels_by_class"]["residential"] == result["road_pixels"]  # the only road
+    saved = json.loads(ev.metrics_path.read_text())
+    assert saved["recall_by_class"] == pytest.approx(by_class)
+    from mlflow.tracking import MlflowClient
+
+    logged = MlflowClient(tracking_uri=reg.tracking_uri).get_run(result["mlflow_run_id"]).data.metrics
+    assert logged["recall_by_class/residential"] == pytest.approx(by_class["residential"])
+    assert logged["held_out/recall_by_class/residential"] == pytest.approx(by_class["residential"])
     valid = ~_nodata_corner()
     scene = result["per_scene"]["held_out"]
     assert scene["valid_pixels"] == int(valid.sum())
@@ -385,3 +397,100 @@ def test_blockwise_scoring_equals_the_whole_scene(tmp_path, monkeypatch, truth_f
         np.testing.assert_array_equal(getattr(a, field), getattr(c, field))
     assert whole.codes.shape == (50, 46)
     assert (whole.codes[:8, :8] == evaluate.NODATA).all()
+
+
+# ------------------------------------------------------------------------ recall by road class
+def _write_two_class_roads(path: Path) -> Path:
+    """A 6 m residential road along ROAD_ROW and a 4 m track down column 150 (4326 on disk)."""
+    import geopandas as gpd
+    from shapely.geometry import LineString
+
+    y = ORIGIN[1] - (ROAD_ROW + 0.5)
+    x = ORIGIN[0] + 150.5
+    gdf = gpd.GeoDataFrame(
+        {"road_class": ["residential", "track"], "width_m": [6.0, 4.0]},
+        geometry=[
+            LineString([(ORIGIN[0] - 20, y), (ORIGIN[0] + SIZE + 20, y)]),
+            LineString([(x, ORIGIN[1] + 20), (x, ORIGIN[1] - SIZE - 20)]),
+        ],
+        crs=CRS,
+    ).to_crs("EPSG:4326")
+    gdf.to_file(path, layer="roads", driver="GPKG")
+    return path
+
+
+@pytest.mark.parametrize("block", [4096, 64])
+def test_recall_by_road_class_counts_each_class_found_at_the_threshold(tmp_path, block):
+    image = _write_image(tmp_path / "scene.tif")
+    roads = _write_two_class_roads(tmp_path / "scene.roads.gpkg")
+    scene = SceneSource(name="s", image=image, roads=roads, split="test")
+    data = DataParams(scenes=[scene], bands=BANDS)
+    # per-class truth, burned by the same code from one-class copies of the file
+    import geopandas as gpd
+
+    masks = {}
+    for cls in ("residential", "track"):
+        gdf = gpd.read_file(roads)
+        one = tmp_path / f"{cls}.gpkg"
+        gdf[gdf.road_class == cls].to_file(one, layer="roads", driver="GPKG")
+        with SceneWindows(SceneSource(name=cls, image=image, roads=one, split="test"), data) as w:
+            masks[cls] = w.read(0, 0, SIZE, SIZE)[2]
+    valid = ~_nodata_corner()
+    # the model finds the residential road and the top half of the track, nothing else
+    prob = np.full((SIZE, SIZE), 0.1, dtype=np.float32)
+    prob[: SIZE // 2][masks["track"][: SIZE // 2]] = 0.6
+    prob[masks["residential"]] = 0.8  # where they cross, the residential road's value
+    prob[~valid] = np.nan
+    pred = raster.write_geotiff(tmp_path / "p.tif", prob, crs=CRS, transform=TRANSFORM, nodata=float("nan"))
+
+    score = evaluate.score_scene(scene, pred, data, sweep_thresholds(0.5), 3, 0.5, block=block,
+                                 class_attribute="road_class")
+    for cls in ("residential", "track"):
+        road = masks[cls] & valid
+        found = road & (prob >= 0.5)
+        assert score.by_class[cls] == (int(road.sum()), int(found.sum()))
+    metrics = evaluate.recall_by_class(score.by_class)
+    assert metrics["recall_by_class"]["residential"] == 1.0
+    assert 0.4 < metrics["recall_by_class"]["track"] < 0.6
+    assert metrics["road_pixels_by_class"]["track"] == int((masks["track"] & valid).sum())
+
+    # above 0.6 only the residential road is found: of the track, just the crossing, which
+    # counts for both classes
+    high = evaluate.score_scene(scene, pred, data, sweep_thresholds(0.7), 3, 0.7, block=block,
+                                class_attribute="road_class")
+    track = masks["track"] & valid
+    crossing = track & masks["residential"]
+    assert 0 < crossing.sum() < 0.1 * track.sum()
+    assert evaluate.recall_by_class(high.by_class)["recall_by_class"] == {
+        "residential": 1.0, "track": crossing.sum() / track.sum()}
+
+
+def test_vectors_without_the_class_attribute_are_scored_without_classes_and_a_warning(tmp_path, caplog):
+    image = _write_image(tmp_path / "scene.tif")
+    roads = _write_two_class_roads(tmp_path / "scene.roads.gpkg")
+    scene = SceneSource(name="s", image=image, roads=roads, split="test")
+    data = DataParams(scenes=[scene], bands=BANDS)
+    pred = raster.write_geotiff(tmp_path / "p.tif", np.zeros((SIZE, SIZE), np.float32), crs=CRS,
+                                transform=TRANSFORM, nodata=float("nan"))
+    plain = evaluate.score_scene(scene, pred, data, sweep_thresholds(0.5), 3, 0.5)
+    with caplog.at_level("WARNING", logger="pipeline.evaluate"):
+        score = evaluate.score_scene(scene, pred, data, sweep_thresholds(0.5), 3, 0.5, class_attribute="highway")
+    assert score.by_class == {}
+    np.testing.assert_array_equal(score.sweep.compute().tp, plain.sweep.compute().tp)
+    assert re.search(r"recall by road class skipped for s: .*scene.roads.gpkg: no attribute 'highway' "
+                     r".*\(it has: road_class, width_m\)", caplog.text)
+
+
+def test_metrics_by_class_reach_mlflow_as_flat_keys():
+    result = {
+        "iou": 0.5,
+        "recall_by_class": {"track": 0.25, "motorway": 1.0},
+        "per_scene": {"held out": {"iou": 0.5, "recall_by_class": {"track": 0.25}}},
+    }
+    assert evaluate.flat_metrics(result) == {
+        "iou": 0.5,
+        "recall_by_class/track": 0.25,
+        "recall_by_class/motorway": 1.0,
+        "held out/iou": 0.5,
+        "held out/recall_by_class/track": 0.25,
+    }
