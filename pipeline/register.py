@@ -27,6 +27,14 @@ def model_card(params: Params, config, eval_metrics: dict, version_hint: str = "
     rows = "\n".join(
         f"| {k} | {v:.4f} |" for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)
     )
+    by_class = m.get("recall_by_class") or {}
+    if by_class:
+        pixels = m.get("road_pixels_by_class", {})
+        rows += (
+            f"\n\nRecall by road class (`{params.evaluate.class_attribute}`), at the decision threshold:\n\n"
+            "| road class | road pixels | recall |\n|---|---|---|\n"
+            + "\n".join(f"| {c} | {pixels.get(c, '')} | {r:.3f} |" for c, r in by_class.items())
+        )
     scenes = ", ".join(f"{s.name} ({s.split})" for s in params.data.scenes)
     gsd = f"{config.gsd_m:g} m" if config.gsd_m else "that of the training scenes"
     dtype = config.dtype or "the training scenes' sample type"
@@ -79,7 +87,7 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
     ) as run_id:
         registry.log_metrics({f"test_{k}": v for k, v in eval_metrics.items() if isinstance(v, int | float)})
         model_uri = registry.log_pyfunc_model(model_dir, example)
-        card = model_card(params, config, {k: v for k, v in eval_metrics.items() if not isinstance(v, dict)})
+        card = model_card(params, config, {k: v for k, v in eval_metrics.items() if k != "per_scene"})
         registry.log_text(card, "model_card.md")
         tags = {
             "encoder": config.encoder,

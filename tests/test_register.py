@@ -154,6 +154,15 @@ def test_model_card_describes_this_model_not_the_demo(tmp_path):
     assert "3-band (red, green, blue) uint16 imagery" in card and "0.3 m" in card
     assert "R, G, B, NIR" not in card
     assert "| iou | 0.6100 |" in card and "0.420" in card
+    assert "Recall by road class" not in card  # no classes evaluated, no table
+
+    metrics = {"iou": 0.61, "recall_by_class": {"motorway": 0.99, "track": 0.375},
+               "road_pixels_by_class": {"motorway": 1000, "track": 80}}
+    card = model_card(load_params(tmp_path / "params.yaml"), config, metrics, "v8")
+    assert "Recall by road class (`road_class`)" in card
+    assert "| track | 80 | 0.375 |" in card and "| motorway | 1000 | 0.990 |" in card
+    config = config.model_copy(update={"init_from": "models:/city-roads@champion"})
+    assert "fine-tuned from models:/city-roads@champion" in model_card(load_params(tmp_path / "params.yaml"), config, metrics)
 
 
 def test_a_missing_sqlite_store_is_named_not_created(tmp_path, monkeypatch):
