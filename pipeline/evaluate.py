@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from affine import Affine
 
 from pipeline import raster, registry
 from pipeline.baseline import add_baseline_metrics
@@ -183,12 +182,9 @@ def score_scene(
                 prob_small[at] = np.where(v, p, np.nan)[::factor, ::factor]
                 valid_small[at] = v[::factor, ::factor]
                 if classes:
-                    from pipeline import vectors
-
-                    core_transform = windows.info.transform @ Affine.translation(c0, r0)
                     found = v & (p >= threshold)
                     for name, polygons in classes.items():
-                        road = vectors.burn_mask(polygons, core_transform, p.shape) > 0
+                        road = windows.burn(polygons, c0, r0, c1 - c0, r1 - r0)
                         by_class[name][0] += int(np.count_nonzero(road & v))
                         by_class[name][1] += int(np.count_nonzero(road & found))
     return SceneScore(sweep=sweep, codes=codes, prob=prob_small, valid=valid_small, factor=factor,

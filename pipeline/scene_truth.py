@@ -80,11 +80,16 @@ class SceneWindows:
             raise RuntimeError("SceneWindows.read outside its `with` block")
         image, valid = raster.read_window(self._image, col_off, row_off, width, height)
         if self.roads is not None:
-            from pipeline import vectors
-
-            transform = self.info.transform @ Affine.translation(col_off, row_off)
-            truth = vectors.burn_mask(self.roads, transform, (height, width)) > 0
+            truth = self.burn(self.roads, col_off, row_off, width, height)
         else:
             label, label_valid = raster.read_window(self._labels, col_off, row_off, width, height)
             truth, valid = label[0] == 1, valid & label_valid
         return image, valid, truth
+
+    def burn(self, polygons: object, col_off: int, row_off: int, width: int, height: int) -> np.ndarray:
+        """bool[H,W]: ``polygons`` (the scene's roads, or one class of them from
+        ``road_classes``) burned on a window of the image grid, as the truth is."""
+        from pipeline import vectors
+
+        transform = self.info.transform @ Affine.translation(col_off, row_off)
+        return vectors.burn_mask(polygons, transform, (height, width)) > 0
