@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,35 +231,18 @@ def cluster_client(scheduler: str | None, workers: int | None, device: str) -> I
         yield client
 
 
-class BackgroundCall:
-    """A call running on its own thread; ``join`` waits for it and re-raises its error."""
-
-    def __init__(self, fn: Callable[[], Any], name: str) -> None:
-        self._fn = fn
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to join()
-            self._error = exc
-
-    def join(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-
-def stop_cluster_in_background(client: Any) -> BackgroundCall:
+def stop_cluster_in_background(client: Any) -> Future:
     """Close ``client`` now and the LocalCluster it owns (if any) on a thread, so the caller's
-    remaining work (the COG's overviews) overlaps the ~1 s a cluster takes to stop. Join the
-    result before leaving the cluster's context. The client closes here, on the caller's
-    thread: its context variables belong to it."""
+    remaining work (the COG's overviews) overlaps the ~1 s a cluster takes to stop. Wait for
+    the returned future (its ``result()`` re-raises an error of the stop) before leaving the
+    cluster's context. The client closes here, on the caller's thread: its context variables
+    belong to it."""
     client.close()
     cluster = getattr(client, "cluster", None)
-    return BackgroundCall(cluster.close if cluster is not None else (lambda: None), "roadseg-cluster-stop")
+    pool = ThreadPoolExecutor(1, thread_name_prefix="roadseg-cluster-stop")
+    future = pool.submit(cluster.close if cluster is not None else (lambda: None))
+    pool.shutdown(wait=False)
+    return future
 
 
 def total_threads(client: Any) -> int:

@@ -319,7 +319,7 @@ def predict_raster(
             timings["cog_finalize"] = t_stop - t_finalize
         finally:
             if stopping is not None:
-                stopping.join()
+                stopping.result()
     # the part of the cluster's shutdown not hidden behind the COG finalisation
     timings["cluster_stop"] = time.perf_counter() - t_stop
 
