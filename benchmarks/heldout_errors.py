@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import tempfile
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -29,7 +30,9 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline import raster  # noqa: E402
 from pipeline.config import Params, load_params  # noqa: E402
+from pipeline.metrics import confusion  # noqa: E402
 from pipeline.scene_truth import SceneWindows  # noqa: E402
 
 CANOPY_BINS = (0.0, 0.25, 0.5, 0.75, 0.9)  # lower edges of the canopy-opacity bins
@@ -62,7 +65,7 @@ def synthetic_canopy(p: Params, scene: str, image: Path) -> np.ndarray | None:
                     raise SystemExit(f"{image}: differs from what synth makes of scene {scene!r} now; run `pipeline synth`")
     finally:
         trees._canopy = canopy
-    return captured[0] if captured else np.zeros((again.height, again.width), np.float32)
+    return captured[0] if captured else np.zeros((p.synth.size, p.synth.size), np.float32)  # no trees
 
 
 def recall_table(rows: dict[str, np.ndarray], pred: np.ndarray, groups: dict[str, np.ndarray]) -> list[str]:
@@ -98,8 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as d:
         predict_raster(scene.image, Path(d) / "prob.tif", model=folder, window=p.evaluate.window,
                                 overlap=p.evaluate.overlap, dtype="float32", progress=False)
-        with rasterio.open(Path(d) / "prob.tif") as src:
-            prob = src.read(1)
+        prob = raster.read_band_array(Path(d) / "prob.tif")
     threshold = args.threshold if args.threshold is not None else read_config(folder).threshold
     with SceneWindows(scene, p.data) as sw:
         h, w = sw.info.height, sw.info.width
@@ -108,17 +110,16 @@ def main(argv: list[str] | None = None) -> None:
         classes = {k: sw.burn(v, 0, 0, w, h) & valid for k, v in sw.road_classes(attribute).items()} if attribute else {}
     truth &= valid
     pred = (prob >= threshold) & valid
-    tp, fp, fn = int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
-    iou = tp / max(1, tp + fp + fn)
+    scored = confusion(pred, truth, valid)  # evaluate's counts at the model's threshold
     print(f"# {scene.name} with {args.model} at threshold {threshold:.2f}\n")
-    print(f"IoU {iou:.3f}, precision {tp / max(1, tp + fp):.3f}, recall {tp / max(1, tp + fn):.3f}; "
-          f"road pixels {int(truth.sum()):,}, missed {fn:,}, false alarms {fp:,}\n")
+    print(f"IoU {scored.iou:.3f}, precision {scored.precision:.3f}, recall {scored.recall:.3f}; "
+          f"road pixels {int(truth.sum()):,}, missed {scored.fn:,}, false alarms {scored.fp:,}\n")
     rows = {**classes, "all roads": truth}
 
     if scene.landcover is not None:
-        with rasterio.open(scene.landcover) as src:
-            lc, names, nodata = src.read(1), (src.tags().get("CLASSES") or "").split(","), src.nodata
-        groups = {names[k] if k < len(names) and names[k] else str(k): lc == k
+        lc, names = raster.read_band_array(scene.landcover), raster.landcover_classes(scene.landcover)
+        nodata = raster.raster_info(scene.landcover).nodata
+        groups = {names[k] if k < len(names) else str(k): lc == k
                   for k in np.unique(lc[truth]) if k != nodata}
         print("Recall by land cover under the road (pixels, recall):\n")
         print("\n".join(recall_table(rows, pred, groups)) + "\n")
@@ -130,24 +131,24 @@ def main(argv: list[str] | None = None) -> None:
         print("Recall by canopy opacity over the road (pixels, recall):\n")
         print("\n".join(recall_table(rows, pred, groups)) + "\n")
         hidden = truth & (alpha >= OPAQUE)
-        tp2, fn2 = int((pred & truth & ~hidden).sum()), int((~pred & truth & ~hidden).sum())
+        missed_hidden = int((~pred & hidden).sum())
         print(f"Roads under canopy opacity >= {OPAQUE}: {int(hidden.sum()):,} px ({hidden.sum() / truth.sum():.1%} of road), "
-              f"{int((~pred & hidden).sum()):,} missed ({(~pred & hidden).sum() / max(1, fn):.0%} of all misses); "
-              f"IoU with them left out of the score: {tp2 / max(1, tp2 + fp + fn2):.3f}\n")
+              f"{missed_hidden:,} missed ({missed_hidden / max(1, scored.fn):.0%} of all misses); "
+              f"IoU with them left out of the score: {confusion(pred, truth, valid & ~hidden).iou:.3f}\n")
 
     labels, n = ndimage.label(pred & ~truth, structure=np.ones((3, 3)))
     sizes = np.bincount(labels.ravel())[1:]
     order = np.argsort(sizes)[::-1][: args.components]
     print(f"False alarms: {n} components; the largest {len(order)} hold {sizes[order].sum():,} px "
-          f"({sizes[order].sum() / max(1, fp):.0%} of false-alarm pixels):\n")
+          f"({sizes[order].sum() / max(1, scored.fp):.0%} of false-alarm pixels):\n")
     removed = 0
     for k in order:
         rr, cc = np.nonzero(labels == k + 1)
         removed += int(sizes[k])
         print(f"- {sizes[k]:,} px around row {rr.mean():.0f}, col {cc.mean():.0f} "
               f"(extent {np.ptp(rr) + 1} x {np.ptp(cc) + 1} px); IoU without it and the larger ones: "
-              f"{tp / max(1, tp + fp - removed + fn):.3f}")
-    print(json.dumps({"iou": iou, "threshold": threshold}))
+              f"{replace(scored, fp=scored.fp - removed).iou:.3f}")
+    print(json.dumps({"iou": scored.iou, "threshold": threshold}))
 
 
 if __name__ == "__main__":
