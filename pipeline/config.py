@@ -181,6 +181,12 @@ class TrainParams(_Section):
     decoder_attention: Literal["none", "scse"] = Field(
         "none", description="Attention in each decoder block: none, or smp's scSE (channel + spatial squeeze-excitation)"
     )
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1,
+        description="Keep an exponential moving average of the weights (decay per optimiser step, "
+        "warmed up as min(decay, (1+t)/(10+t))); validation, the best checkpoint and the saved model "
+        "use the average; null = off",
+    )
     augment: bool = Field(True, description="Dihedral flips/rotations and per-band jitter")
     scale_jitter: float = Field(
         0.0, ge=0, lt=1,

@@ -198,6 +198,49 @@ def test_train_writes_model_metrics_and_mlflow_run(tmp_path, scenes_dir, chips_d
     assert len(history) == 2
 
 
+def test_weight_average_is_a_warmed_up_ema_of_weights_and_batchnorm_statistics():
+    from pipeline.train import weight_average
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3))
+    assert weight_average(model, None) is None
+    ema = weight_average(model, 0.5)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}  # the first update copies
+    ema.update_parameters(model)
+    for t in range(1, 4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()
+        model(torch.randn(4, 2, 8, 8))  # moves BatchNorm's running statistics and its batch count
+        d = min(0.5, (1 + t) / (10 + t))
+        for k, v in model.state_dict().items():
+            expected[k] = v.clone() if not v.is_floating_point() else d * expected[k] + (1 - d) * v
+        ema.update_parameters(model)
+    averaged = ema.module.state_dict()
+    for k, v in expected.items():
+        assert torch.allclose(averaged[k], v, atol=1e-6), k
+    assert int(averaged["1.num_batches_tracked"]) == 3
+    assert not torch.allclose(averaged["0.weight"], model.state_dict()["0.weight"])
+
+
+def test_train_with_ema_saves_and_validates_the_averaged_weights(tmp_path, scenes_dir, chips_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = load_params(write_params(tmp_path, scenes_dir, chips_dir, epochs=1, ema_decay=0.9))
+    from pipeline.train import load_checkpoint, run_train
+
+    run_train(p.train, p.tile, p.pretrain, p.register)
+    saved = load_file(str(p.train.out_dir / "model.safetensors"))
+    ckpt = load_checkpoint(p.train.checkpoint_path)
+    assert int(ckpt["ema"]["n_averaged"]) == 3  # one update per optimiser step
+    for k, v in saved.items():
+        assert torch.equal(v, ckpt["ema"][f"module.{k}"]), k
+    differs = [k for k, v in saved.items() if v.is_floating_point() and not torch.equal(v, ckpt["model"][k])]
+    assert differs, "the saved model should be the average, not the last weights"
+    model, config = load_model(p.train.out_dir)
+    assert config.threshold == pytest.approx(_f1_best_threshold_on_val(model, chips_dir, p.train.batch_size), abs=1e-9)
+
+
 def _f1_best_threshold_on_val(model, chips_dir: Path, batch_size: int) -> float:
     """The F1-best threshold of ``model`` on the val chips, valid pixels only, by plain numpy."""
     stats = read_stats(chips_dir)
