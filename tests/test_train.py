@@ -309,14 +309,15 @@ def test_missing_pretrained_weights_is_a_clear_error(tmp_path, scenes_dir, chips
 
 
 @pytest.mark.slow
-def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, scenes_dir, chips_dir):
+@pytest.mark.parametrize("ema_decay", [None, 0.9], ids=["plain", "ema"])
+def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, scenes_dir, chips_dir, ema_decay):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     results = {}
     for name in ("straight", "killed"):
         work = tmp_path / name
         work.mkdir()
-        params_file = write_params(work, scenes_dir, chips_dir, epochs=4)
+        params_file = write_params(work, scenes_dir, chips_dir, epochs=4, ema_decay=ema_decay)
         cmd = [str(BIN / "pipeline"), "train", "-q", "--params", str(params_file)]
         if name == "straight":
             subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True, timeout=600)
@@ -331,16 +332,23 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, scenes_dir
             proc.wait()
             assert not (work / "models/unet/model.safetensors").exists()
             subprocess.run(cmd + ["--resume"], cwd=work, env=env, check=True, capture_output=True, timeout=600)
+        from pipeline.train import load_checkpoint
+
         results[name] = (
             load_file(str(work / "models/unet/model.safetensors")),
             json.loads((work / "metrics/train.json").read_text()),
+            load_checkpoint(work / "models/checkpoints/unet_last.pt"),
         )
-    (w_a, m_a), (w_b, m_b) = results["straight"], results["killed"]
+    (w_a, m_a, c_a), (w_b, m_b, c_b) = results["straight"], results["killed"]
     assert w_a.keys() == w_b.keys()
     for k in w_a:
         assert torch.equal(w_a[k], w_b[k]), k
     for key in ("val_iou", "val_f1", "best_epoch", "epochs"):
         assert m_a[key] == m_b[key], key
+    for part in ("model", "ema") if ema_decay else ("model",):  # the last weights, and their average
+        assert c_a[part].keys() == c_b[part].keys()
+        for k in c_a[part]:
+            assert torch.equal(c_a[part][k], c_b[part][k]), f"{part}.{k}"
 
 
 def test_resume_refuses_a_checkpoint_of_other_params(tmp_path, scenes_dir, chips_dir, monkeypatch):
