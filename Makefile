@@ -34,6 +34,7 @@ test-fast: $(STAMP)
 ## bench: the benchmarks (figures go to BENCHMARKS.md by hand)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/predict.py --size 4096
+	$(BIN)/python benchmarks/worker_exit.py --runs 3
 	$(BIN)/python benchmarks/synth.py
 	$(BIN)/python benchmarks/lenet_digits.py
 	$(BIN)/python benchmarks/precision.py
