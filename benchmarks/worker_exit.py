@@ -6,7 +6,7 @@ collections at interpreter exit walk unless they are frozen. distributed's nanny
 still alive 4 s after it asked it to close (a WARNING in the user's log), so on a loaded
 machine the walk decides whether predict ends cleanly. Runs alternate between the two settings
 in this one process; each run starts a fresh 1-worker ``parallel.local_cluster``, loads the
-model there through ``parallel.worker_cached`` (as predict's first load, from ``client.run``)
+model there through ``inference.worker_model`` (predict's first load, from ``client.run``)
 and times ``cluster.close()``; the medians and their ratio are printed.
 
     .venv/bin/python benchmarks/worker_exit.py            # 5 runs per setting
@@ -31,16 +31,13 @@ from pipeline import parallel  # noqa: E402
 
 
 def load_in_worker(model_dir: str, freeze: bool) -> tuple[int, int]:
-    """On the worker: load the model once, as predict does; returns (frozen, tracked) objects."""
+    """On the worker: predict's own first load (``inference.worker_model``); returns (frozen,
+    tracked) objects."""
     if not freeze:
         parallel._freeze_worker_heap = lambda: None  # this worker process only
+    from pipeline import inference
 
-    def load():
-        from pipeline.model import load_model
-
-        return load_model(model_dir)
-
-    parallel.worker_cached(("model", model_dir), load)
+    inference.worker_model(model_dir, "cpu")
     return gc.get_freeze_count(), len(gc.get_objects())
 
 
