@@ -3,6 +3,7 @@ through an external ``dask scheduler`` with two ``dask worker`` processes."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -104,14 +105,12 @@ def test_worker_cache_builds_once_per_worker(client) -> None:
 
 def _frozen_after_a_cached_load() -> int:
     parallel.worker_cached(("freeze-check",), lambda: [{} for _ in range(1000)])
-    return __import__("gc").get_freeze_count()
+    return gc.get_freeze_count()
 
 
 def test_worker_freezes_its_heap_after_a_load_so_it_exits_in_time(client) -> None:
     """What a worker holds after a load lives until it exits; frozen, Python's collections at
     exit skip it (2.3 s -> 0.5 s measured), so the nanny does not kill the worker after 4 s."""
-    import gc
-
     frozen = client.run(_frozen_after_a_cached_load)  # client.run: as predict's first load comes
     assert len(frozen) == 2 and all(n > 10_000 for n in frozen.values()), frozen
     before = gc.get_freeze_count()
