@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import multiprocessing
 import os
 import sys
@@ -62,6 +63,7 @@ def map_ordered(
                 )
             )
             client = stack.enter_context(Client(cluster))
+            client.run(_quiet_heartbeat_at_close)
         if client is None:
             pairs: Iterator[tuple[tuple, Any]] = ((task, fn(*task)) for task in tasks)
         else:
@@ -184,6 +186,39 @@ def _configure_worker(threads: int, gpu: int | None) -> None:
     if gpu is not None:
         torch.cuda.set_device(gpu)
     _CACHE["__gpu__"] = gpu
+    _quiet_heartbeat_at_close()
+
+
+_HEARTBEAT_FAILURE = "Failed to communicate with scheduler during heartbeat"
+
+
+class _HeartbeatAtCloseFilter(logging.Filter):
+    """Drops distributed's heartbeat-failure ERROR while this process's worker is closing.
+
+    A worker that closes stops its heartbeat timer and then its connections to the scheduler;
+    a heartbeat already waiting for the scheduler's answer then fails with a CommClosedError,
+    which distributed (2026.8) logs as an ERROR with a traceback although nothing went wrong
+    (dask/distributed#7105). While the worker runs, the message is kept: then the scheduler
+    really is unreachable.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.msg, str) and record.msg.startswith(_HEARTBEAT_FAILURE)):
+            return True
+        from distributed import Worker
+        from distributed.core import Status
+
+        closing = {Status.closing, Status.closing_gracefully, Status.closed}
+        workers = list(Worker._instances)
+        return not workers or any(w.status not in closing for w in workers)
+
+
+def _quiet_heartbeat_at_close() -> None:
+    """Install ``_HeartbeatAtCloseFilter`` in this worker process (once): for the clusters
+    roadseg starts and stops itself, whose shutdown it knows to be deliberate."""
+    logger = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _HeartbeatAtCloseFilter) for f in logger.filters):
+        logger.addFilter(_HeartbeatAtCloseFilter())
 
 
 @contextlib.contextmanager

@@ -3,8 +3,10 @@ through an external ``dask scheduler`` with two ``dask worker`` processes."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -116,6 +118,40 @@ def test_worker_freezes_its_heap_after_a_load_so_it_exits_in_time(client) -> Non
     before = gc.get_freeze_count()
     parallel.worker_cached(("freeze-check-client",), dict)  # not a worker: the client's heap stays
     assert gc.get_freeze_count() == before
+
+
+def test_a_heartbeat_in_flight_at_shutdown_logs_no_error(capfd) -> None:
+    """A worker's heartbeat still waiting for the scheduler when the cluster closes fails with
+    a CommClosedError that distributed logs as an ERROR with a traceback, although nothing went
+    wrong (seen once at the end of a tile stage). The scheduler here answers heartbeats slowly
+    so that every worker has one in flight when the cluster closes: without the filter in
+    ``local_cluster`` this prints the ERROR once per worker."""
+    with parallel.local_cluster(2) as c:
+        scheduler = c.cluster.scheduler
+        answer = scheduler.handlers["heartbeat_worker"]
+
+        async def slow_answer(*args, **kwargs):
+            await asyncio.sleep(2.0)
+            return answer(*args, **kwargs)
+
+        scheduler.handlers["heartbeat_worker"] = slow_answer
+        time.sleep(1.5)  # heartbeats go every 0.5 s: each worker now waits on one
+    err = capfd.readouterr().err
+    assert "Failed to communicate with scheduler during heartbeat" not in err, err
+
+
+def _heartbeat_failure_would_be_logged() -> bool:
+    logger = logging.getLogger("distributed.worker")
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0,
+                               "Failed to communicate with scheduler during heartbeat.", (), None)
+    return bool(logger.filter(record))
+
+
+def test_a_running_worker_still_logs_heartbeat_failures(client) -> None:
+    """The filter hides the failure only while the worker closes: a scheduler lost while
+    the worker runs must still be reported."""
+    kept = client.run(_heartbeat_failure_would_be_logged)
+    assert len(kept) == 2 and all(kept.values()), kept
 
 
 def _wait_for(path: Path, timeout: float = 60) -> None:
