@@ -19,6 +19,7 @@ Usage (the defaults are the full targets; on a 2-core CPU box use smaller sizes)
     python benchmarks/predict.py                                   # 8192; memory 4096 vs 16384
     python benchmarks/predict.py --size 3072 --memory-sizes 2048,6144
     python benchmarks/predict.py --size 2048 --skip-memory
+    python benchmarks/predict.py --size 8192 --skip-memory --repeats 3   # medians of 3 rounds
 
 The model is a random-weight U-Net (``--encoder``, resnet18 by default): speed and memory
 do not depend on what the weights learned. Inputs are synthetic 4-band uint8 GeoTIFFs,
@@ -38,6 +39,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from statistics import median
 
 import numpy as np
 import psutil
@@ -213,6 +215,27 @@ def run_predict(
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def timed_round(image: Path, work: Path, model_dir: Path, args: argparse.Namespace) -> dict:
+    """One round of the timed measurements, each in a fresh process, back to back: predict at
+    the default overlap, predict at overlap 0, the bare forward in a plain process and with the
+    workers' malloc settings. Ratios are taken within a round, so a machine that slows down
+    between rounds (a shared VM) moves both sides of each ratio."""
+    n = args.size
+    r = run_predict(image, work / f"out_{n}.tif", model_dir, args, args.overlap)
+    out = dict(wall=r["wall"], windows=r["windows"], timings=r["timings"])
+    if not args.skip_overlap:
+        r0 = run_predict(image, work / f"out0_{n}.tif", model_dir, args, 0)
+        out.update(wall0=r0["wall"], windows0=r0["windows"])
+    if not args.skip_efficiency:
+        out.update(plain=run_bare(model_dir, n, args, tuned=False), bare=run_bare(model_dir, n, args, tuned=True))
+    return out
+
+
+def runs(rounds: list[dict], key: str, fmt: str = ".1f") -> str:
+    """``; runs a, b, c`` when there was more than one round (the value shown is their median)."""
+    return "" if len(rounds) < 2 else "; runs " + ", ".join(f"{r[key]:{fmt}}" for r in rounds)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=8192, help="raster side for efficiency/overlap/throughput")
@@ -227,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                     help="autocast precision of both predict and the bare pass (pipeline.model.autocast_dtype)")
     ap.add_argument("--encoder", default="resnet18")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds of the timed runs; medians are reported (the ratios within each round)")
     ap.add_argument("--skip-efficiency", action="store_true")
     ap.add_argument("--skip-overlap", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
@@ -259,23 +284,30 @@ def main(argv: list[str] | None = None) -> None:
         if not (args.skip_efficiency and args.skip_overlap):
             n = args.size
             image = make_input(work / f"in_{n}.tif", n)
-            r = run_predict(image, work / f"out_{n}.tif", model_dir, args, args.overlap)
-            wall, n_win = r["wall"], r["windows"]
-            rows.append((f"predict {n}^2 (overlap {args.overlap})", f"{wall:.1f} s", f"{n_win} windows"))
-            rows.append(("  of which (seconds)", "", ", ".join(f"{k} {v:.1f}" for k, v in r["timings"].items())))
+            rounds = [timed_round(image, work, model_dir, args) for _ in range(args.repeats)]
+            wall = median(r["wall"] for r in rounds)
+            n_win = rounds[0]["windows"]
+            rows.append((f"predict {n}^2 (overlap {args.overlap})", f"{wall:.1f} s", f"{n_win} windows{runs(rounds, 'wall')}"))
+            timings = {k: median(r["timings"][k] for r in rounds) for k in rounds[0]["timings"]}
+            rows.append(("  of which (seconds)", "", ", ".join(f"{k} {v:.1f}" for k, v in timings.items())))
             if not args.skip_overlap:
-                r0 = run_predict(image, work / f"out0_{n}.tif", model_dir, args, 0)
                 floor = WindowGrid(n, n, args.window, args.overlap).pixels / WindowGrid(n, n, args.window, 0).pixels
-                rows.append((f"predict {n}^2 (overlap 0)", f"{r0['wall']:.1f} s", f"{r0['windows']} windows"))
-                rows.append((f"overlap cost = overlap {args.overlap} / 0", f"{wall / r0['wall']:.3f}",
-                             f"target <= 1.35; ratio of pixels the model computes (the floor) {floor:.3f}"))
+                rows.append((f"predict {n}^2 (overlap 0)", f"{median(r['wall0'] for r in rounds):.1f} s",
+                             f"{rounds[0]['windows0']} windows{runs(rounds, 'wall0')}"))
+                for r in rounds:
+                    r["overlap_cost"] = r["wall"] / r["wall0"]
+                rows.append((f"overlap cost = overlap {args.overlap} / 0", f"{median(r['overlap_cost'] for r in rounds):.3f}",
+                             f"target <= 1.35; ratio of pixels the model computes (the floor) {floor:.3f}"
+                             f"{runs(rounds, 'overlap_cost', '.3f')}"))
             if not args.skip_efficiency:
-                plain = run_bare(model_dir, n, args, tuned=False)
-                bare = run_bare(model_dir, n, args, tuned=True)
-                rows.append((f"bare forward, same {n_win} windows", f"{bare:.1f} s",
-                             f"one process, all cores, workers' malloc settings (plain process: {plain:.1f} s)"))
-                rows.append(("efficiency = predict / bare", f"{wall / bare:.3f}",
-                             f"target <= 1.15 (vs the plain process: {wall / plain:.3f})"))
+                for r in rounds:
+                    r["efficiency"], r["vs_plain"] = r["wall"] / r["bare"], r["wall"] / r["plain"]
+                rows.append((f"bare forward, same {n_win} windows", f"{median(r['bare'] for r in rounds):.1f} s",
+                             f"one process, all cores, workers' malloc settings (plain process: "
+                             f"{median(r['plain'] for r in rounds):.1f} s){runs(rounds, 'bare')}"))
+                rows.append(("efficiency = predict / bare", f"{median(r['efficiency'] for r in rounds):.3f}",
+                             f"target <= 1.15 (vs the plain process: {median(r['vs_plain'] for r in rounds):.3f})"
+                             f"{runs(rounds, 'efficiency', '.3f')}"))
             rows.append(("throughput", f"{n * n / 1e6 / wall:.3f} Mpix/s", f"{n}^2, overlap {args.overlap}"))
 
         if not args.skip_memory:
