@@ -454,8 +454,10 @@ def write_index(index, path: Path) -> None:
     """Write the chip index GeoPackage atomically and reproducibly (fixed GeoPackage timestamp)."""
     tmp = path.with_name(f".{path.stem}.part{path.suffix}")
     tmp.unlink(missing_ok=True)
-    os.environ.setdefault("OGR_CURRENT_DATE", "2000-01-01T00:00:00.000Z")
-    index.to_file(tmp, layer=INDEX_LAYER, driver="GPKG", engine="pyogrio")
+    from pipeline import vectors
+
+    with vectors.fixed_gpkg_timestamp():
+        index.to_file(tmp, layer=INDEX_LAYER, driver="GPKG", engine="pyogrio")
     os.replace(tmp, path)
 
 

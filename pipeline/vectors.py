@@ -13,6 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +112,48 @@ def burn_mask(polygons: gpd.GeoDataFrame, transform: Affine, shape: tuple[int, i
     return raster.burn_geometries(geoms, transform, (height, width), all_touched=False, dtype="uint8")
 
 
-def write_vectors(gdf: gpd.GeoDataFrame, path: str | Path, *, layer: str = ROADS_LAYER) -> Path:
-    """Write ``gdf`` as one GeoPackage layer, atomically: a temporary file renamed on success."""
+GPKG_FIXED_DATE = "2000-01-01T00:00:00.000Z"
+_date_lock = threading.Lock()
+_date_users = 0
+_date_before: str | None = None
+
+
+@contextmanager
+def fixed_gpkg_timestamp() -> Iterator[None]:
+    """GeoPackages written inside get ``GPKG_FIXED_DATE`` as their write time.
+
+    GDAL records the time of writing in each GeoPackage (``gpkg_contents.last_change``), so
+    the same features written twice differ in bytes, and DVC sees a changed output. GDAL takes
+    the time from ``OGR_CURRENT_DATE`` when it is set; pyogrio's GDAL has no thread-local
+    option, so the variable is set process-wide while any thread is inside, and restored after.
+    Pipeline stages under DVC use it; files a user asks for (predict's centrelines) keep the
+    real time.
+    """
+    global _date_users, _date_before
+    with _date_lock:
+        if _date_users == 0:
+            _date_before = os.environ.get("OGR_CURRENT_DATE")
+            os.environ["OGR_CURRENT_DATE"] = GPKG_FIXED_DATE
+        _date_users += 1
+    try:
+        yield
+    finally:
+        with _date_lock:
+            _date_users -= 1
+            if _date_users == 0:
+                if _date_before is None:
+                    os.environ.pop("OGR_CURRENT_DATE", None)
+                else:
+                    os.environ["OGR_CURRENT_DATE"] = _date_before
+
+
+def write_vectors(gdf: gpd.GeoDataFrame, path: str | Path, *, layer: str = ROADS_LAYER,
+                  reproducible: bool = False) -> Path:
+    """Write ``gdf`` as one GeoPackage layer, atomically: a temporary file renamed on success.
+
+    ``reproducible`` writes a fixed timestamp (``fixed_gpkg_timestamp``), so the same
+    features give the same bytes.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part.gpkg", dir=path.parent)
@@ -118,7 +161,11 @@ def write_vectors(gdf: gpd.GeoDataFrame, path: str | Path, *, layer: str = ROADS
     tmp = Path(name)
     tmp.unlink()  # the GeoPackage driver creates the file itself
     try:
-        gdf.to_file(tmp, layer=layer, driver="GPKG", engine="pyogrio")
+        if reproducible:
+            with fixed_gpkg_timestamp():
+                gdf.to_file(tmp, layer=layer, driver="GPKG", engine="pyogrio")
+        else:
+            gdf.to_file(tmp, layer=layer, driver="GPKG", engine="pyogrio")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

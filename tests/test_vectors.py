@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sqlite3
+from datetime import datetime, timezone
 
 import geopandas as gpd
 import numpy as np
@@ -12,7 +15,13 @@ import shapely
 from affine import Affine
 from shapely.geometry import LineString, Polygon
 
-from pipeline.vectors import VectorError, burn_mask, load_road_polygons, write_vectors
+from pipeline.vectors import (
+    GPKG_FIXED_DATE,
+    VectorError,
+    burn_mask,
+    load_road_polygons,
+    write_vectors,
+)
 
 UTM = "EPSG:32632"
 X0, Y0 = 500000.0, 5400000.0
@@ -165,3 +174,22 @@ def test_write_vectors_is_atomic_and_readable(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["roads.gpkg"]
     back = gpd.read_file(path, layer="roads")
     assert back.crs.to_epsg() == 4326 and len(back) == 1
+
+
+def _last_change(path) -> str:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT last_change FROM gpkg_contents").fetchone()[0]
+
+
+def test_reproducible_geopackages_are_byte_identical_and_others_keep_the_real_time(tmp_path, monkeypatch):
+    """Stage outputs under DVC must hash the same for the same features; a file a user asks
+    for records when it was written."""
+    monkeypatch.delenv("OGR_CURRENT_DATE", raising=False)
+    roads = _roads([4.0, 6.0])
+    a = write_vectors(roads, tmp_path / "a.gpkg", reproducible=True)
+    b = write_vectors(roads, tmp_path / "b.gpkg", reproducible=True)
+    assert a.read_bytes() == b.read_bytes()
+    assert _last_change(a) == GPKG_FIXED_DATE
+    assert "OGR_CURRENT_DATE" not in os.environ  # restored after the write
+    user = write_vectors(roads, tmp_path / "user.gpkg")
+    assert _last_change(user)[:4] == str(datetime.now(timezone.utc).year)

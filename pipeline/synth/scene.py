@@ -45,7 +45,7 @@ def generate_scene(spec: SynthSceneSpec, params: SynthParams, index: int) -> Sce
     with _step("layout"):
         layout = _layout(layout_rng, grid)
     with _step("road vectors"):
-        vectors.write_vectors(_roads_for_file(layout.roads, grid, params.crs), files.roads)
+        vectors.write_vectors(_roads_for_file(layout.roads, grid, params.crs), files.roads, reproducible=True)
         polygons = vectors.load_road_polygons(
             files.roads, params.crs, width_attribute="width_m",
             default_half_width_m=_LABEL_HALF_WIDTH_M, bounds=grid.bounds,
