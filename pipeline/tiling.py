@@ -452,13 +452,9 @@ def run_tile(
 
 def write_index(index, path: Path) -> None:
     """Write the chip index GeoPackage atomically and reproducibly (fixed GeoPackage timestamp)."""
-    tmp = path.with_name(f".{path.stem}.part{path.suffix}")
-    tmp.unlink(missing_ok=True)
     from pipeline import vectors
 
-    with vectors.fixed_gpkg_timestamp():
-        index.to_file(tmp, layer=INDEX_LAYER, driver="GPKG", engine="pyogrio")
-    os.replace(tmp, path)
+    vectors.write_vectors(index, path, layer=INDEX_LAYER, reproducible=True)
 
 
 def _median_gsd(data: DataParams, infos: dict[str, raster.RasterInfo]) -> float:

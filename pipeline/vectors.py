@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -161,10 +161,7 @@ def write_vectors(gdf: gpd.GeoDataFrame, path: str | Path, *, layer: str = ROADS
     tmp = Path(name)
     tmp.unlink()  # the GeoPackage driver creates the file itself
     try:
-        if reproducible:
-            with fixed_gpkg_timestamp():
-                gdf.to_file(tmp, layer=layer, driver="GPKG", engine="pyogrio")
-        else:
+        with fixed_gpkg_timestamp() if reproducible else nullcontext():
             gdf.to_file(tmp, layer=layer, driver="GPKG", engine="pyogrio")
         os.replace(tmp, path)
     finally:

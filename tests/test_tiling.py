@@ -21,6 +21,8 @@ from pipeline.raster import write_geotiff
 from pipeline.tiling import TilingError, check_scenes, plan_chips, run_tile, task_chunks
 from tests.conftest import BANDS, UTM, make_scene, scene_entries
 
+REFUSED_GRID = Affine(1, 0, 500000, 0, -1, 5400000)  # 1 m pixels in UTM, for the refused inputs
+
 
 def test_index_describes_every_chip(chips_dir):
     index = gpd.read_file(chips_dir / "index.gpkg", layer="chips")
@@ -179,7 +181,7 @@ def test_a_failing_task_names_the_file_and_leaves_no_partial_arrays(tmp_path, sc
 
 def test_image_without_crs_is_refused_naming_the_file(tmp_path, scenes_dir):
     bad = tmp_path / "nocrs.tif"
-    write_geotiff(bad, np.ones((4, 64, 64), np.uint8), crs=None, transform=Affine(1, 0, 500000, 0, -1, 5400000))
+    write_geotiff(bad, np.ones((4, 64, 64), np.uint8), crs=None, transform=REFUSED_GRID)
     entries = scene_entries(scenes_dir, ("s1",))
     entries[0]["image"] = str(bad)
     with pytest.raises(TilingError, match="nocrs.tif: image has no CRS"):
@@ -188,7 +190,7 @@ def test_image_without_crs_is_refused_naming_the_file(tmp_path, scenes_dir):
 
 def test_band_count_mismatch_is_refused(tmp_path, scenes_dir):
     three = tmp_path / "rgb.tif"
-    write_geotiff(three, np.ones((3, 64, 64), np.uint8), crs=UTM, transform=Affine(1, 0, 500000, 0, -1, 5400000))
+    write_geotiff(three, np.ones((3, 64, 64), np.uint8), crs=UTM, transform=REFUSED_GRID)
     entries = scene_entries(scenes_dir, ("s1",))
     entries.append({"name": "rgb", "image": str(three), "labels": str(scenes_dir / "s1.labels.tif")})
     with pytest.raises(TilingError, match="rgb.tif: 3 bands"):
@@ -197,7 +199,7 @@ def test_band_count_mismatch_is_refused(tmp_path, scenes_dir):
 
 def test_mixed_sample_types_are_refused(tmp_path, scenes_dir):
     deep = tmp_path / "deep.tif"
-    write_geotiff(deep, np.ones((4, 64, 64), np.uint16), crs=UTM, transform=Affine(1, 0, 500000, 0, -1, 5400000))
+    write_geotiff(deep, np.ones((4, 64, 64), np.uint16), crs=UTM, transform=REFUSED_GRID)
     entries = scene_entries(scenes_dir, ("s1",))
     entries.append({"name": "deep", "image": str(deep), "labels": str(scenes_dir / "s1.labels.tif")})
     with pytest.raises(TilingError, match=r"deep.tif: sample type uint16, but .*s1.tif is uint8"):
