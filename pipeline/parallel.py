@@ -51,8 +51,10 @@ def map_ordered(
 
     with contextlib.ExitStack() as stack:
         if client is None and workers > 1:
+            import dask
             from distributed import Client, LocalCluster
 
+            stack.enter_context(dask.config.set(QUIET_CLUSTER_CONFIG))
             cluster = stack.enter_context(
                 LocalCluster(
                     n_workers=workers,
@@ -113,6 +115,21 @@ _WORKER_ENV_DEFAULTS = {"GDAL_CACHEMAX": "64"}  # MB: GDAL's default is 5 % of R
 # thread runs ~1/3 faster (sys time 2 s -> 0.02 s per 3 batches); peak memory is unchanged,
 # the buffers are simply reused.
 ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**34)}
+# Dask's housekeeping on the clusters roadseg starts itself. By default each worker samples
+# its task threads' stacks 100 times a second (the dashboard's Profile page), and every
+# process wakes its event loop 50 times a second to time it, 10 times a second to read memory
+# and twice a second for the dashboard's system plots. Each wake-up pre-empts one of torch's
+# threads, which run in lock step, so on a small machine the model loses several per cent to
+# them. Measured on 2 cores: an idle one-worker cluster costs 6 % of a core with the
+# defaults and 1 % with these, and predict on 8192^2 gains ~5 % (BENCHMARKS.md, issue 6).
+# The dashboard keeps its task stream and progress; its Profile page stays empty. Clusters
+# given by --scheduler keep their own configuration.
+QUIET_CLUSTER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+}
 CPU_THREADS_PER_WORKER = 4  # torch threads per CPU worker process when workers is not given
 GPU_TASKS_PER_WORKER = 2  # tasks at once per GPU worker: reading overlaps the GPU's work
 
@@ -236,7 +253,7 @@ def local_cluster(workers: int | None, device: str = "auto") -> Iterator[Any]:
     threads = plan.torch_threads
     pre_spawn = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     pre_spawn.update(ALLOCATOR_ENV, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}), LocalCluster(
+    with dask.config.set({**QUIET_CLUSTER_CONFIG, "distributed.nanny.pre-spawn-environ": pre_spawn}), LocalCluster(
         n_workers=plan.workers,
         threads_per_worker=plan.tasks_per_worker,
         processes=True,

@@ -70,6 +70,26 @@ def test_local_cluster_is_processes_with_one_thread_each(client) -> None:
     assert parallel.total_threads(client) == 2
 
 
+def _housekeeping(dask_worker) -> dict:
+    return {"profiling": "profile" in dask_worker.periodic_callbacks,
+            "tick_s": dask_worker._tick_interval,
+            "memory_monitor_ms": dask_worker.periodic_callbacks["memory_monitor"].callback_time}
+
+
+def _task_housekeeping(_: int) -> dict:
+    from distributed import get_worker
+
+    return _housekeeping(get_worker())
+
+
+def test_our_clusters_run_without_dask_profiler_and_frequent_ticks(client) -> None:
+    # each wake-up of a worker's event loop pre-empts one of torch's lock-stepped threads
+    quiet = {"profiling": False, "tick_s": 1.0, "memory_monitor_ms": 1000}
+    assert list(client.run(_housekeeping).values()) == [quiet, quiet]  # predict's clusters
+    # the tile stage's
+    assert list(parallel.map_ordered(_task_housekeeping, [(0,), (1,)], workers=2, progress=False)) == [quiet, quiet]
+
+
 def test_stream_results_bounds_tasks_in_flight_and_returns_all(client) -> None:
     pulled = 0
 
