@@ -25,6 +25,7 @@ import contextlib
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,13 @@ def _model_tags(model_ref: str | Path, folder: Path, config: ModelConfig) -> dic
     return tags
 
 
+def _resolve_model(model: str | Path, tracking_default: str) -> tuple[Path, ModelConfig, dict[str, str]]:
+    """(model folder, its config, the output's tags naming it) for a folder or a registry URI."""
+    folder = Path(resolve_model(model, tracking_default))
+    config = read_config(folder)
+    return folder, config, _model_tags(model, folder, config)
+
+
 def _cog_blocksize(height: int, width: int) -> int:
     # 512 px COG tiles as GDAL's default; small rasters get 256 so they still have an overview
     return 512 if min(height, width) >= 2048 else 256
@@ -266,28 +274,35 @@ def predict_raster(
         raise ValueError(f"{output}: the output would replace the input image")
 
     info = raster.raster_info(image)
-    folder = resolve_model(model, tracking_default)
-    config = read_config(folder)
-    _check_inputs(image, info, config, str(model))
+    # A registry model is resolved on a thread while the cluster starts: importing MLflow and
+    # asking the store take about as long (~1.7 s) as a worker takes to start. A model folder
+    # is read and checked at once, so that its errors come before any cluster starts.
+    from_registry = registry.is_model_uri(str(model))
+    pool = ThreadPoolExecutor(1, thread_name_prefix="roadseg-model-resolve")
+    resolving = pool.submit(_resolve_model, model, tracking_default)
+    pool.shutdown(wait=False)
+    if not from_registry:
+        _check_inputs(image, info, resolving.result()[1], str(model))
+    grid = WindowGrid(info.height, info.width, window, overlap)  # checks window and overlap
 
     if dtype == "uint8":
         encode, nodata, scale = encode_uint8, float(NODATA_UINT8), UINT8_SCALE
     else:
         encode, nodata, scale = encode_float32, float("nan"), None
-    tags = _model_tags(model, Path(folder), config)
-    tags.update(
-        window=window, overlap=overlap, tta=tta, precision=precision,
-        encoding="uint8: p = value / 254, 255 = nodata" if dtype == "uint8" else "float32: p, NaN = nodata",
-    )
-    if scale is not None:
-        tags["scale"] = "1/254"
-
     timings = {"read": 0.0, "model": 0.0, "blend": 0.0, "assemble_write": 0.0}
-    grid = WindowGrid(info.height, info.width, window, overlap)  # checks window and overlap
-    model_dir = str(Path(folder).resolve())
     t_cluster = time.perf_counter()
     with parallel.cluster_client(scheduler, workers, device) as client:
         timings["cluster_start"] = time.perf_counter() - t_cluster
+        folder, config, tags = resolving.result()
+        if from_registry:
+            _check_inputs(image, info, config, str(model))
+        tags.update(
+            window=window, overlap=overlap, tta=tta, precision=precision,
+            encoding="uint8: p = value / 254, 255 = nodata" if dtype == "uint8" else "float32: p, NaN = nodata",
+        )
+        if scale is not None:
+            tags["scale"] = "1/254"
+        model_dir = str(folder.resolve())
         link = parallel.dashboard_link(client)
         if progress and link:
             print(f"Dask dashboard: {link}")

@@ -315,11 +315,51 @@ def test_read_window_fast_path_equals_boundless_read(scene, tmp_path) -> None:
         assert invalid > 0
 
 
-def test_band_count_mismatch_is_a_clear_error(model_dir, tmp_path) -> None:
+def test_band_count_mismatch_is_a_clear_error(model_dir, tmp_path, monkeypatch) -> None:
+    def no_cluster(*args):
+        raise AssertionError("a model folder's errors must come before any cluster starts")
+
+    monkeypatch.setattr(parallel, "cluster_client", no_cluster)
     img = write_raster(tmp_path / "rgb.tif", smooth_image(64, 64, bands=3).astype(np.uint8))
     with pytest.raises(RasterError, match=r"rgb\.tif.*3 band.*expects 4"):
         predict_raster(img, tmp_path / "o.tif", model=model_dir, window=64, progress=False)
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_registry_model_is_resolved_beside_the_cluster_start(model_dir, scheduler, tmp_path, monkeypatch) -> None:
+    """``models:/`` URIs are resolved on a thread while the cluster starts: what it finds (the
+    version, in the tags), and what goes wrong (no store, wrong bands), still reach the caller."""
+    from pipeline import registry
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    with registry.tracked_run("predict-test", "train", tracking_default=store):
+        uri = registry.log_pyfunc_model(model_dir, np.zeros((1, 4, 64, 64), np.float32))
+        version = registry.register_version(uri, "road-unet", {})
+    registry.set_alias("road-unet", "champion", version)
+    img = write_raster(tmp_path / "in.tif", smooth_image(96, 96).astype(np.uint8))
+    out = predict_raster(img, tmp_path / "o.tif", window=64, overlap=16, scheduler=scheduler,
+                         tracking_default=store, progress=False).output
+    by_folder = predict_raster(img, tmp_path / "f.tif", model=model_dir, window=64, overlap=16,
+                               scheduler=scheduler, progress=False).output
+    values, profile = read(out)
+    assert profile["tags"]["model_uri"] == "models:/road-unet@champion"
+    assert profile["tags"]["model_version"] == version == "1"
+    assert np.array_equal(values, read(by_folder)[0])
+
+    def forget_store() -> None:  # mlflow.set_tracking_uri exports it, and then it beats the default
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            monkeypatch.delenv(var, raising=False)
+
+    forget_store()
+    with pytest.raises(LookupError, match="no MLflow store"):
+        predict_raster(img, tmp_path / "none.tif", window=64, overlap=16, scheduler=scheduler,
+                       tracking_default=f"sqlite:///{tmp_path}/missing/mlflow.db", progress=False)
+    forget_store()
+    rgb = write_raster(tmp_path / "rgb.tif", smooth_image(64, 64, bands=3).astype(np.uint8))
+    with pytest.raises(RasterError, match="expects 4"):
+        predict_raster(rgb, tmp_path / "rgb_o.tif", window=64, overlap=16, scheduler=scheduler, tracking_default=store,
+                       progress=False)
+    assert not (tmp_path / "none.tif").exists() and not (tmp_path / "rgb_o.tif").exists()
 
 
 def test_normalisation_uses_the_models_stats_for_any_input_dtype(model_dir, scheduler, tmp_path) -> None:
