@@ -10,6 +10,9 @@ Measured side by side in one run and printed as a table:
 * overlap cost = ``predict_raster`` wall with the default overlap / with overlap 0
   (target <= 1.35; the window-count ratio, the floor for any method, is printed beside it);
 * throughput in Mpix/s;
+* with ``--compare-dask-defaults``, the same predict on a cluster with dask's own housekeeping
+  (``parallel.QUIET_CLUSTER_CONFIG`` off: the worker profiler, 20 ms event-loop ticks), run in
+  the same round, and the ratio of the two;
 * memory = peak RSS of the whole process tree (this process + Dask nanny/worker processes,
   sampled every 100 ms with psutil, in separate runs from the timed ones) while predicting rasters of two sizes (targets: the larger
   under 2 GB and within 20 % of the smaller).
@@ -20,6 +23,8 @@ Usage (the defaults are the full targets; on a 2-core CPU box use smaller sizes)
     python benchmarks/predict.py --size 3072 --memory-sizes 2048,6144
     python benchmarks/predict.py --size 2048 --skip-memory
     python benchmarks/predict.py --size 8192 --skip-memory --repeats 3   # medians of 3 rounds
+    python benchmarks/predict.py --size 4096 --skip-memory --skip-overlap --skip-efficiency \
+        --compare-dask-defaults --repeats 4    # what dask's default housekeeping costs
 
 The model is a random-weight U-Net (``--encoder``, resnet18 by default): speed and memory
 do not depend on what the weights learned. Inputs are synthetic 4-band uint8 GeoTIFFs,
@@ -195,7 +200,8 @@ def measure_once(image: Path, out: Path, model_dir: Path, args: argparse.Namespa
 
 
 def run_predict(
-    image: Path, out: Path, model_dir: Path, args: argparse.Namespace, overlap: int, memory: bool = False
+    image: Path, out: Path, model_dir: Path, args: argparse.Namespace, overlap: int, memory: bool = False,
+    dask_defaults: bool = False,
 ) -> dict:
     """``measure_once`` in a fresh Python process, so runs do not inherit each other's memory."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--measure-one", str(image), "--out", str(out),
@@ -211,6 +217,8 @@ def run_predict(
         cmd += ["--progress"]
     if memory:
         cmd += ["--sample-memory"]
+    if dask_defaults:
+        cmd += ["--dask-defaults"]
     done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -228,7 +236,15 @@ def timed_round(image: Path, work: Path, model_dir: Path, args: argparse.Namespa
         out.update(wall0=r0["wall"], windows0=r0["windows"])
     if not args.skip_efficiency:
         out.update(plain=run_bare(model_dir, n, args, tuned=False), bare=run_bare(model_dir, n, args, tuned=True))
+    if args.compare_dask_defaults:
+        rd = run_predict(image, work / f"outd_{n}.tif", model_dir, args, args.overlap, dask_defaults=True)
+        out.update(wall_dask=rd["wall"], model=r["timings"]["model"], model_dask=rd["timings"]["model"])
     return out
+
+
+def med(rounds: list[dict], key: str) -> float:
+    """The median of ``key`` over the rounds."""
+    return median(r[key] for r in rounds)
 
 
 def runs(rounds: list[dict], key: str, fmt: str = ".1f") -> str:
@@ -252,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--repeats", type=int, default=1,
                     help="rounds of the timed runs; medians are reported (the ratios within each round)")
+    ap.add_argument("--compare-dask-defaults", action="store_true",
+                    help="also predict on a cluster with dask's default housekeeping (profiler, 20 ms ticks; "
+                         "parallel.QUIET_CLUSTER_CONFIG off) in each round, and print the ratio")
     ap.add_argument("--skip-efficiency", action="store_true")
     ap.add_argument("--skip-overlap", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
@@ -261,12 +280,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--measure-bare", type=int, help=argparse.SUPPRESS)  # internal: bare seconds out
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--sample-memory", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--dask-defaults", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.measure_bare:
         print(bare_forward(args.model_dir, args.measure_bare, args))
         return
     if args.measure_one:
+        if args.dask_defaults:  # the comparison leg: the cluster keeps dask's own housekeeping
+            parallel.QUIET_CLUSTER_CONFIG.clear()
         print(json.dumps(measure_once(args.measure_one, args.out, args.model_dir, args, args.overlap)))
         return
 
@@ -281,33 +303,42 @@ def main(argv: list[str] | None = None) -> None:
               f"batch {args.batch_size or 'auto'}, windows/task {args.windows_per_task}, block {args.block_size}")
 
         gib = 2**30
-        if not (args.skip_efficiency and args.skip_overlap):
+        if not (args.skip_efficiency and args.skip_overlap) or args.compare_dask_defaults:
             n = args.size
             image = make_input(work / f"in_{n}.tif", n)
             rounds = [timed_round(image, work, model_dir, args) for _ in range(args.repeats)]
-            wall = median(r["wall"] for r in rounds)
+            wall = med(rounds, 'wall')
             n_win = rounds[0]["windows"]
             rows.append((f"predict {n}^2 (overlap {args.overlap})", f"{wall:.1f} s", f"{n_win} windows{runs(rounds, 'wall')}"))
             timings = {k: median(r["timings"][k] for r in rounds) for k in rounds[0]["timings"]}
             rows.append(("  of which (seconds)", "", ", ".join(f"{k} {v:.1f}" for k, v in timings.items())))
             if not args.skip_overlap:
                 floor = WindowGrid(n, n, args.window, args.overlap).pixels / WindowGrid(n, n, args.window, 0).pixels
-                rows.append((f"predict {n}^2 (overlap 0)", f"{median(r['wall0'] for r in rounds):.1f} s",
+                rows.append((f"predict {n}^2 (overlap 0)", f"{med(rounds, 'wall0'):.1f} s",
                              f"{rounds[0]['windows0']} windows{runs(rounds, 'wall0')}"))
                 for r in rounds:
                     r["overlap_cost"] = r["wall"] / r["wall0"]
-                rows.append((f"overlap cost = overlap {args.overlap} / 0", f"{median(r['overlap_cost'] for r in rounds):.3f}",
+                rows.append((f"overlap cost = overlap {args.overlap} / 0", f"{med(rounds, 'overlap_cost'):.3f}",
                              f"target <= 1.35; ratio of pixels the model computes (the floor) {floor:.3f}"
                              f"{runs(rounds, 'overlap_cost', '.3f')}"))
             if not args.skip_efficiency:
                 for r in rounds:
                     r["efficiency"], r["vs_plain"] = r["wall"] / r["bare"], r["wall"] / r["plain"]
-                rows.append((f"bare forward, same {n_win} windows", f"{median(r['bare'] for r in rounds):.1f} s",
+                rows.append((f"bare forward, same {n_win} windows", f"{med(rounds, 'bare'):.1f} s",
                              f"one process, all cores, workers' malloc settings (plain process: "
-                             f"{median(r['plain'] for r in rounds):.1f} s){runs(rounds, 'bare')}"))
-                rows.append(("efficiency = predict / bare", f"{median(r['efficiency'] for r in rounds):.3f}",
-                             f"target <= 1.15 (vs the plain process: {median(r['vs_plain'] for r in rounds):.3f})"
+                             f"{med(rounds, 'plain'):.1f} s){runs(rounds, 'bare')}"))
+                rows.append(("efficiency = predict / bare", f"{med(rounds, 'efficiency'):.3f}",
+                             f"target <= 1.15 (vs the plain process: {med(rounds, 'vs_plain'):.3f})"
                              f"{runs(rounds, 'efficiency', '.3f')}"))
+            if args.compare_dask_defaults:
+                for r in rounds:
+                    r["housekeeping"], r["housekeeping_model"] = r["wall_dask"] / r["wall"], r["model_dask"] / r["model"]
+                dask_note = f"model {med(rounds, 'model_dask'):.1f} s (quiet: {med(rounds, 'model'):.1f} s)"
+                rows.append((f"predict {n}^2, dask's default housekeeping", f"{med(rounds, 'wall_dask'):.1f} s",
+                             dask_note + runs(rounds, "wall_dask")))
+                cost_note = f"wall; model time {med(rounds, 'housekeeping_model'):.3f}"
+                rows.append(("housekeeping cost = default / quiet", f"{med(rounds, 'housekeeping'):.3f}",
+                             cost_note + runs(rounds, "housekeeping", ".3f")))
             rows.append(("throughput", f"{n * n / 1e6 / wall:.3f} Mpix/s", f"{n}^2, overlap {args.overlap}"))
 
         if not args.skip_memory:
