@@ -35,12 +35,29 @@ def tracking_uri(default: str = DEFAULT_TRACKING_URI) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default
 
 
+_URI_ENV_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 def configure(default_uri: str = DEFAULT_TRACKING_URI) -> str:
-    """Point mlflow at the tracking store and registry; returns the URI in use."""
+    """Point mlflow at the tracking store and registry; returns the URI in use.
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI`` (and the registry's
+    variable) into this process's environment, where it would then beat every later
+    ``default_uri``: a notebook that predicts with one store and then another would silently
+    keep the first. The environment is put back as it was, so only a variable the user set wins.
+    """
     mlflow = _mlflow()
     uri = tracking_uri(default_uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    before = {var: os.environ.get(var) for var in _URI_ENV_VARS}
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+    finally:
+        for var, value in before.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
     return uri
 
 

@@ -326,7 +326,7 @@ def test_band_count_mismatch_is_a_clear_error(model_dir, tmp_path, monkeypatch) 
     assert not (tmp_path / "o.tif").exists()
 
 
-def test_registry_model_is_resolved_beside_the_cluster_start(model_dir, scheduler, tmp_path, monkeypatch) -> None:
+def test_registry_model_is_resolved_beside_the_cluster_start(model_dir, scheduler, tmp_path) -> None:
     """``models:/`` URIs are resolved on a thread while the cluster starts: what it finds (the
     version, in the tags), and what goes wrong (no store, wrong bands), still reach the caller."""
     from pipeline import registry
@@ -346,15 +346,9 @@ def test_registry_model_is_resolved_beside_the_cluster_start(model_dir, schedule
     assert profile["tags"]["model_version"] == version == "1"
     assert np.array_equal(values, read(by_folder)[0])
 
-    def forget_store() -> None:  # mlflow.set_tracking_uri exports it, and then it beats the default
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-            monkeypatch.delenv(var, raising=False)
-
-    forget_store()
     with pytest.raises(LookupError, match="no MLflow store"):
         predict_raster(img, tmp_path / "none.tif", window=64, overlap=16, scheduler=scheduler,
                        tracking_default=f"sqlite:///{tmp_path}/missing/mlflow.db", progress=False)
-    forget_store()
     rgb = write_raster(tmp_path / "rgb.tif", smooth_image(64, 64, bands=3).astype(np.uint8))
     with pytest.raises(RasterError, match="expects 4"):
         predict_raster(rgb, tmp_path / "rgb_o.tif", window=64, overlap=16, scheduler=scheduler, tracking_default=store,

@@ -172,3 +172,20 @@ def test_a_missing_sqlite_store_is_named_not_created(tmp_path, monkeypatch):
     with pytest.raises(LookupError, match=rf"no MLflow store at {tmp_path}/mlflow\.db.*--model"):
         registry.download_model_dir("models:/road-unet@champion", "sqlite:///mlflow.db")
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_later_default_store_is_used_unless_the_user_set_one(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; configure() takes that back, so a
+    notebook that predicts with one store and then another gets the second, while a variable
+    the user set still wins."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    first, second = f"sqlite:///{tmp_path}/first.db", f"sqlite:///{tmp_path}/second.db"
+    assert registry.configure(first) == first
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    assert registry.configure(second) == second
+    assert mlflow.get_tracking_uri() == second and mlflow.get_registry_uri() == second
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", first)
+    assert registry.configure(second) == first and os.environ["MLFLOW_TRACKING_URI"] == first
+    assert mlflow.get_tracking_uri() == first
