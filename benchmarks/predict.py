@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
             n = args.size
             image = make_input(work / f"in_{n}.tif", n)
             rounds = [timed_round(image, work, model_dir, args) for _ in range(args.repeats)]
-            wall = med(rounds, 'wall')
+            wall = med(rounds, "wall")
             n_win = rounds[0]["windows"]
             rows.append((f"predict {n}^2 (overlap {args.overlap})", f"{wall:.1f} s", f"{n_win} windows{runs(rounds, 'wall')}"))
             timings = {k: median(r["timings"][k] for r in rounds) for k in rounds[0]["timings"]}

@@ -121,7 +121,8 @@ ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_
 # and twice a second for the dashboard's system plots. Each wake-up pre-empts one of torch's
 # threads, which run in lock step, so on a small machine the model loses several per cent to
 # them. Measured on 2 cores: an idle one-worker cluster costs 6 % of a core with the
-# defaults and 1 % with these, and predict on 8192^2 gains ~5 % (BENCHMARKS.md, issue 6).
+# defaults and 1 % with these; predict on 4096^2 takes 4.5 % less time with these (the ratio
+# within each round of `benchmarks/predict.py --compare-dask-defaults`; BENCHMARKS.md, issue 6).
 # The dashboard keeps its task stream and progress; its Profile page stays empty. Clusters
 # given by --scheduler keep their own configuration.
 QUIET_CLUSTER_CONFIG = {
