@@ -11,7 +11,10 @@ returns ``weight * probability`` summed over its area, the weights already norma
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -112,6 +115,70 @@ def normalise(image: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.nd
     return x
 
 
+@dataclass
+class _OpenReader:
+    key: tuple[str, str]  # (image, run id)
+    generation: int
+    stack: contextlib.ExitStack
+    reader: raster.WindowReader
+
+
+# Each task thread's open reader of the raster being predicted, kept between the tasks of one
+# predict run: neighbouring tasks share the tiles under their overlapping windows, which GDAL's
+# block cache then decodes once instead of once per task (4096^2 deflate input: window reads
+# 0.54 s -> 0.25 s), and a VRT mosaic or remote COG is opened once per thread, not per task.
+# Per thread, because a GDAL dataset must not be read by two threads at once; keyed by the run,
+# so a later predict never reads through a handle (and cached blocks) of an earlier one. While
+# a task reads, its reader is out of the table, so ``release_readers`` never closes one in use.
+_READERS: dict[int, _OpenReader] = {}
+_READERS_LOCK = threading.Lock()
+_READERS_GENERATION = 0
+
+
+@contextlib.contextmanager
+def run_reader(image: str, run_id: str) -> Iterator[raster.WindowReader]:
+    """This thread's reader of ``image`` for predict run ``run_id``, opened on first use."""
+    key, me = (image, run_id), threading.get_ident()
+    with _READERS_LOCK:
+        entry, generation = _READERS.pop(me, None), _READERS_GENERATION
+    if entry is not None and (entry.key != key or entry.generation != generation):
+        entry.stack.close()
+        entry = None
+    if entry is None:
+        stack = contextlib.ExitStack()
+        entry = _OpenReader(key, generation, stack, stack.enter_context(raster.open_reader(image)))
+    try:
+        yield entry.reader
+    except BaseException:
+        entry.stack.close()  # a failed read may leave the dataset in any state: open afresh
+        raise
+    with _READERS_LOCK:
+        if entry.generation == _READERS_GENERATION:
+            _READERS[me] = entry
+            entry = None
+    if entry is not None:  # released while this task read
+        entry.stack.close()
+
+
+def release_readers() -> int:
+    """Close the readers no task is using; one in use closes when its task ends. Run on every
+    worker (``client.run``) when a predict finishes. Returns how many were closed."""
+    global _READERS_GENERATION
+    with _READERS_LOCK:
+        _READERS_GENERATION += 1
+        idle = list(_READERS.values())
+        _READERS.clear()
+    for entry in idle:
+        entry.stack.close()
+    return len(idle)
+
+
+def open_reader_count() -> int:
+    """Readers held open between tasks in this process (``client.run`` asks workers)."""
+    with _READERS_LOCK:
+        return len(_READERS)
+
+
 def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
     """Run one task's windows and return their blended contribution (runs on a worker)."""
     model, config, device = worker_model(job.model_dir, job.device)
@@ -144,7 +211,7 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
         batch.clear()
         timings["blend"] += time.perf_counter() - t1
 
-    with raster.gdal_cache_limit(), raster.open_reader(job.image) as reader:
+    with raster.gdal_cache_limit(), run_reader(job.image, job.run_id) as reader:
         for ij in group.windows:
             t0 = time.perf_counter()
             rect = job.grid.rect(*ij)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,8 @@ class PredictJob:
     batch_size: int
     tta: bool
     precision: str = "auto"
+    # names this predict run: workers keep the raster open between its tasks, never into another run
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass
@@ -113,6 +116,13 @@ def fitted_batch_size(
     from pipeline import inference
 
     return inference.fitted_batch_size(model_dir, device, window, concurrent, precision)
+
+
+def release_readers() -> int:
+    """On a worker: close the raster readers kept open between tasks (``inference``)."""
+    from pipeline import inference
+
+    return inference.release_readers()
 
 
 # ------------------------------------------------------------------------------ client side
@@ -324,8 +334,14 @@ def predict_raster(
                 overwrite=overwrite, cog_blocksize=_cog_blocksize(info.height, info.width),
             ) as writer:
                 t_stream = time.perf_counter()
-                ran, skipped = _stream_windows(client, job, groups, assembler, writer, encode, timings,
-                                               progress, image.name)
+                try:
+                    ran, skipped = _stream_windows(client, job, groups, assembler, writer, encode, timings,
+                                                   progress, image.name)
+                finally:
+                    # workers of a cluster that outlives this call (--scheduler) close the raster
+                    # now; best effort: a worker that died has nothing left open
+                    with contextlib.suppress(Exception):
+                        client.run(release_readers)
                 t_finalize = time.perf_counter()
                 timings["windows"] = t_finalize - t_stream
                 # every block is written: our own cluster stops while the COG's overviews are built

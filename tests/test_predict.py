@@ -439,6 +439,29 @@ def test_raster_smaller_than_a_window(model_dir, scheduler, tmp_path) -> None:
     assert (v[:5, :5] == 255).all() and (v[5:, 5:] < 255).all()
 
 
+def test_a_rewritten_input_is_read_afresh_and_workers_keep_nothing_open(model_dir, scheduler, tmp_path) -> None:
+    """Workers keep the raster open between the tasks of a run (GDAL's cache decodes shared
+    tiles once); a long-lived cluster must close it after the run and never serve the next run
+    from it, e.g. after the user corrected the raster in place."""
+    from distributed import Client
+
+    from pipeline import inference
+
+    img = tmp_path / "region.tif"
+    kw = dict(model=model_dir, window=64, overlap=16, scheduler=scheduler, progress=False, overwrite=True)
+    data = smooth_image(160, 192).astype(np.uint8)
+    write_raster(img, data, tiled=True, blockxsize=64, blockysize=64)
+    first, _ = read(predict_raster(img, tmp_path / "first.tif", **kw).output)
+    with Client(scheduler) as client:
+        assert set(client.run(inference.open_reader_count).values()) == {0}
+    write_raster(img, data[:, ::-1, :].copy(), tiled=True, blockxsize=64, blockysize=64)  # same name
+    write_raster(tmp_path / "fresh.tif", data[:, ::-1, :].copy(), tiled=True, blockxsize=64, blockysize=64)
+    again, _ = read(predict_raster(img, tmp_path / "again.tif", **kw).output)
+    fresh, _ = read(predict_raster(tmp_path / "fresh.tif", tmp_path / "fresh_o.tif", **kw).output)
+    assert np.abs(again.astype(int) - fresh.astype(int)).max() <= 1
+    assert np.abs(again.astype(int) - first.astype(int)).max() > 10  # the flip changed the prediction
+
+
 def test_vrt_input_predicts_like_its_source(scene, model_dir, scheduler, tmp_path) -> None:
     with rasterio.open(scene) as ds:
         w, h = ds.width, ds.height
