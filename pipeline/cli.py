@@ -114,37 +114,96 @@ def cmd_register(args: argparse.Namespace) -> None:
     print(f"registered {receipt['model_name']} v{receipt['version']} as @{receipt['alias']} (test IoU {receipt['test_iou']:.4f})")
 
 
+def _predict_targets(images: list[Path], output: str | None, vectors: str | None) -> list[tuple[Path, Path, Path | None]]:
+    """(image, output raster, output vectors or None) for each input image.
+
+    ``-o`` and ``--vectors`` name a file for one image, or an existing folder, which gets
+    ``<image>_roads.tif`` / ``<image>_roads.gpkg``; with several images they must be folders.
+    Without ``-o`` each output goes beside its input. Two inputs that would write the same
+    file are refused before any work.
+    """
+    from pipeline.predict import default_output_path
+
+    def target(image: Path, value: str | None, flag: str, suffix: str) -> Path | None:
+        if value is None:
+            return default_output_path(image) if suffix == ".tif" else None
+        if Path(value).is_dir():
+            return Path(value) / f"{image.stem}_roads{suffix}"
+        if len(images) > 1:
+            raise ValueError(
+                f"{value}: with {len(images)} images, {flag} must be an existing folder "
+                f"(each image gets <name>_roads{suffix} in it)"
+            )
+        return Path(value)
+
+    targets = [
+        (image, target(image, output, "-o/--output", ".tif"), target(image, vectors, "--vectors", ".gpkg"))
+        for image in images
+    ]
+    writers: dict[Path, Path] = {}
+    for image, out, vec in targets:
+        for path in (out, vec):
+            if path is None:
+                continue
+            other = writers.setdefault(path.resolve(), image)
+            if other is not image:
+                raise ValueError(f"{other} and {image} would both write {path}; predict them separately")
+    return targets
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
-    from pipeline.predict import default_output_path, predict_raster
+    import contextlib
+
+    from pipeline import parallel
+    from pipeline.predict import predict_raster
+    from pipeline.raster import RasterError
 
     # predict works without a params.yaml (a user's own folder): then the defaults apply; a
     # --params file that is given must exist
     p = _params(args) if args.params or DEFAULT_PARAMS.exists() else None
     d = p.predict if p else PredictParams()
     reg = p.register if p else RegisterParams()
-    tracking_default = reg.tracking_uri
-    result = predict_raster(
-        Path(args.image),
-        Path(args.output) if args.output else default_output_path(Path(args.image)),
+    targets = _predict_targets([Path(i) for i in args.image], args.output, args.vectors)
+    workers = d.workers if args.workers is None else args.workers
+    device = args.device or d.device
+    options = dict(
         model=args.model or d.model or f"models:/{reg.model_name}@champion",
         window=d.window if args.window is None else args.window,
         overlap=d.overlap if args.overlap is None else args.overlap,
         batch_size=d.batch_size if args.batch_size is None else args.batch_size,
         windows_per_task=d.windows_per_task if args.windows_per_task is None else args.windows_per_task,
-        workers=d.workers if args.workers is None else args.workers,
-        scheduler=args.scheduler,
-        device=args.device or d.device,
+        workers=workers,
+        device=device,
         precision=args.precision or d.precision,
         tta=args.tta,
-        vectors=Path(args.vectors) if args.vectors else None,
         vector_min_spur_m=d.vector_min_spur_m,
         vector_simplify_m=d.vector_simplify_m,
         overwrite=args.overwrite,
         dtype=args.dtype,
-        tracking_default=tracking_default,
+        tracking_default=reg.tracking_uri,
         progress=not args.quiet,
     )
-    print(f"wrote {result.output}" + (f" and {result.vectors}" if result.vectors else ""))
+    failed: list[Path] = []
+    with contextlib.ExitStack() as stack:
+        scheduler = args.scheduler
+        if len(targets) > 1 and scheduler is None:
+            # one local cluster for all images: its workers start, import torch and load the
+            # model once (~4 s on 2 cores), not once per image
+            scheduler = stack.enter_context(parallel.local_cluster(workers, device)).scheduler.address
+        for image, output, vectors in targets:
+            try:
+                result = predict_raster(image, output, scheduler=scheduler, vectors=vectors, **options)
+            except (RasterError, FileExistsError) as e:
+                if len(targets) == 1:
+                    raise
+                print(f"error: {e}", file=sys.stderr)  # this image only: go on with the others
+                failed.append(image)
+                continue
+            print(f"wrote {result.output}" + (f" and {result.vectors}" if result.vectors else ""))
+    if failed:
+        raise ValueError(
+            f"{len(failed)} of {len(targets)} images failed (errors above): {', '.join(str(f) for f in failed)}"
+        )
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -209,8 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("predict", cmd_predict, "predict roads on a raster of any size",
              "Dask-parallel, windowed prediction over any GDAL raster; writes a Cloud Optimised "
              "GeoTIFF of road probability with the input's CRS, transform and nodata.")
-    sp.add_argument("image", help="input raster (GeoTIFF, COG, VRT, ...)")
-    sp.add_argument("-o", "--output", help="output GeoTIFF (default: <image>_roads.tif)")
+    sp.add_argument("image", nargs="+",
+                    help="input raster(s) (GeoTIFF, COG, VRT, ...); several share one cluster and one model load")
+    sp.add_argument("-o", "--output",
+                    help="output GeoTIFF (default: <image>_roads.tif beside it); with several images, a folder")
     sp.add_argument("--model", help="models:/NAME@ALIAS, runs:/… or a model folder (default: predict.model, else models:/<register.model_name>@champion)")
     sp.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://HOST:PORT)")
     sp.add_argument("--workers", type=_positive_int, help="local workers (default: one per GPU, else per 4 cores)")
@@ -223,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--window", type=_positive_int, help="window side in pixels (multiple of 32)")
     sp.add_argument("--overlap", type=_non_negative_int, help="overlap between windows in pixels")
     sp.add_argument("--tta", action="store_true", help="average the eight dihedral transforms")
-    sp.add_argument("--vectors", help="also write road centrelines to this GeoPackage")
+    sp.add_argument("--vectors",
+                    help="also write road centrelines to this GeoPackage; with several images, a folder")
     sp.add_argument("--dtype", choices=["uint8", "float32"], default="uint8", help="output sample type")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
     sp = add("models", cmd_models, "list registered versions, or promote one",

@@ -129,3 +129,63 @@ def test_a_failed_evaluate_keeps_the_previous_release(tmp_path, capsys, monkeypa
     assert "gone.tif" in capsys.readouterr().err
     assert (release / "marker").read_text() == "the release metrics/eval.json describes"
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["release", "unet"]
+
+
+def test_predict_several_images_share_one_cluster_and_report_a_bad_one(tmp_path, capsys, monkeypatch):
+    """A folder of tiles in one call: one cluster (workers import torch and load the model once),
+    each output beside its input and equal to a single-image predict; a bad image is named and
+    skipped, the others are still written, and the exit code says something failed."""
+    import numpy as np
+    import rasterio
+
+    from pipeline import parallel
+    from tests.test_predict import make_model, smooth_image, write_raster
+
+    monkeypatch.chdir(tmp_path)
+    model = make_model(tmp_path / "model")
+    a = write_raster(tmp_path / "a.tif", smooth_image(96, 128).astype("uint8"))
+    b = write_raster(tmp_path / "b.tif", smooth_image(128, 96).astype("uint8")[:, ::-1].copy())
+    bad = write_raster(tmp_path / "three_bands.tif", smooth_image(64, 64, bands=3).astype("uint8"))
+    started = []
+    real_local_cluster = parallel.local_cluster
+
+    def counting_local_cluster(*args, **kwargs):
+        started.append(args)
+        return real_local_cluster(*args, **kwargs)
+
+    monkeypatch.setattr(parallel, "local_cluster", counting_local_cluster)
+    opts = ["--model", str(model), "--window", "64", "--overlap", "16", "--workers", "1", "-q"]
+    assert main(["predict", str(a), str(bad), str(b), *opts]) == 2
+    assert len(started) == 1  # one cluster for the three images
+    captured = capsys.readouterr()
+    assert "three_bands.tif: has 3 band(s)" in captured.err
+    assert f"1 of 3 images failed (errors above): {bad}" in captured.err
+    assert "wrote" in captured.out and not (tmp_path / "three_bands_roads.tif").exists()
+    (tmp_path / "single").mkdir()
+    assert main(["predict", str(b), "-o", str(tmp_path / "single" / "b.tif"), *opts]) == 0
+    for path in (tmp_path / "a_roads.tif", tmp_path / "b_roads.tif"):
+        with rasterio.open(path) as ds:
+            assert ds.tags()["model"] == str(model)
+    with rasterio.open(tmp_path / "b_roads.tif") as batch, rasterio.open(tmp_path / "single" / "b.tif") as single:
+        assert np.array_equal(batch.read(1), single.read(1))
+
+
+def test_predict_several_images_write_into_a_folder_and_refuse_clashes(tmp_path, capsys, monkeypatch):
+    from tests.test_predict import make_model, smooth_image, write_raster
+
+    monkeypatch.chdir(tmp_path)
+    model = make_model(tmp_path / "model")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "out").mkdir()
+    a = write_raster(tmp_path / "a.tif", smooth_image(64, 64).astype("uint8"))
+    same_name = write_raster(tmp_path / "x" / "a.tif", smooth_image(64, 64).astype("uint8"))
+    b = write_raster(tmp_path / "b.tif", smooth_image(64, 64).astype("uint8"))
+    opts = ["--model", str(model), "--window", "64", "--overlap", "16", "--workers", "1", "-q"]
+    # a file name for -o with several images, or two images writing one output: refused before any work
+    assert main(["predict", str(a), str(b), "-o", str(tmp_path / "one.tif"), *opts]) == 2
+    assert "must be an existing folder" in capsys.readouterr().err
+    assert main(["predict", str(a), str(same_name), "-o", str(tmp_path / "out"), *opts]) == 2
+    assert "would both write" in capsys.readouterr().err
+    assert not list((tmp_path / "out").iterdir()) and not (tmp_path / "a_roads.tif").exists()
+    assert main(["predict", str(a), str(b), "-o", str(tmp_path / "out"), *opts]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_roads.tif", "b_roads.tif"]
