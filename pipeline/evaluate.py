@@ -21,6 +21,7 @@ score, they are optimistic.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -106,9 +107,11 @@ def sweep_thresholds(model_threshold: float) -> np.ndarray:
 
 
 def predict_scene(
-    scene: SceneSource, out_dir: Path, model_dir: Path, params: EvaluateParams, workers: int
+    scene: SceneSource, out_dir: Path, model_dir: Path, params: EvaluateParams, workers: int,
+    scheduler: str | None = None,
 ) -> Path:
-    """A float32 probability raster of the whole scene, made by predict's own code path."""
+    """A float32 probability raster of the whole scene, made by predict's own code path (on
+    ``scheduler``'s cluster when given, else on a local cluster of ``workers`` of its own)."""
     from pipeline.predict import predict_raster
 
     result = predict_raster(
@@ -119,6 +122,7 @@ def predict_scene(
         overlap=params.overlap,
         batch_size=params.batch_size,
         workers=workers,
+        scheduler=scheduler,
         precision=params.precision,
         tta=params.tta,
         dtype="float32",
@@ -126,6 +130,19 @@ def predict_scene(
         progress=False,
     )
     return Path(result.output)
+
+
+@contextlib.contextmanager
+def _shared_cluster(scenes: int, workers: int) -> Any:
+    """The address of one local cluster for several test scenes (workers start and load the
+    model once, not once per scene); None for a single scene, which predict runs on its own."""
+    if scenes < 2:
+        yield None
+        return
+    from pipeline import parallel
+
+    with parallel.local_cluster(workers, "auto") as client:
+        yield client.scheduler.address
 
 
 def score_scene(
@@ -449,11 +466,11 @@ def run_evaluate(
     thresholds = sweep_thresholds(config.threshold)
     rho = params.relaxed_slack_px
 
-    with tempfile.TemporaryDirectory(prefix="roadseg-evaluate-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="roadseg-evaluate-") as tmp, _shared_cluster(len(scenes), tile.workers) as scheduler:
         scores: dict[str, SceneScore] = {}
         for scene in scenes:
             log.info("evaluate: predicting %s", scene.name)
-            prediction = predict_scene(scene, Path(tmp), model_dir, params, tile.workers)
+            prediction = predict_scene(scene, Path(tmp), model_dir, params, tile.workers, scheduler=scheduler)
             scores[scene.name] = score_scene(scene, prediction, data, thresholds, rho, config.threshold,
                                              class_attribute=params.class_attribute)
             prediction.unlink()  # a test scene's probability raster can be large
