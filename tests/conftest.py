@@ -109,3 +109,19 @@ def chips_dir(tmp_path_factory, scenes_dir) -> Path:
     )
     run_tile(data, tile, workers=1, progress=False)
     return out
+
+
+@pytest.fixture
+def local_clusters_started(monkeypatch) -> list[tuple]:
+    """Records every ``parallel.local_cluster`` started (its arguments); the real one runs."""
+    from pipeline import parallel
+
+    started: list[tuple] = []
+    real_local_cluster = parallel.local_cluster
+
+    def counting_local_cluster(*args, **kwargs):
+        started.append(args)
+        return real_local_cluster(*args, **kwargs)
+
+    monkeypatch.setattr(parallel, "local_cluster", counting_local_cluster)
+    return started

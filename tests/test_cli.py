@@ -131,14 +131,13 @@ def test_a_failed_evaluate_keeps_the_previous_release(tmp_path, capsys, monkeypa
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["release", "unet"]
 
 
-def test_predict_several_images_share_one_cluster_and_report_a_bad_one(tmp_path, capsys, monkeypatch):
+def test_predict_several_images_share_one_cluster_and_report_a_bad_one(tmp_path, capsys, monkeypatch, local_clusters_started):
     """A folder of tiles in one call: one cluster (workers import torch and load the model once),
     each output beside its input and equal to a single-image predict; a bad image is named and
     skipped, the others are still written, and the exit code says something failed."""
     import numpy as np
     import rasterio
 
-    from pipeline import parallel
     from tests.test_predict import make_model, smooth_image, write_raster
 
     monkeypatch.chdir(tmp_path)
@@ -146,17 +145,9 @@ def test_predict_several_images_share_one_cluster_and_report_a_bad_one(tmp_path,
     a = write_raster(tmp_path / "a.tif", smooth_image(96, 128).astype("uint8"))
     b = write_raster(tmp_path / "b.tif", smooth_image(128, 96).astype("uint8")[:, ::-1].copy())
     bad = write_raster(tmp_path / "three_bands.tif", smooth_image(64, 64, bands=3).astype("uint8"))
-    started = []
-    real_local_cluster = parallel.local_cluster
-
-    def counting_local_cluster(*args, **kwargs):
-        started.append(args)
-        return real_local_cluster(*args, **kwargs)
-
-    monkeypatch.setattr(parallel, "local_cluster", counting_local_cluster)
     opts = ["--model", str(model), "--window", "64", "--overlap", "16", "--workers", "1", "-q"]
     assert main(["predict", str(a), str(bad), str(b), *opts]) == 2
-    assert len(started) == 1  # one cluster for the three images
+    assert len(local_clusters_started) == 1  # one cluster for the three images
     captured = capsys.readouterr()
     assert "three_bands.tif: has 3 band(s)" in captured.err
     assert f"1 of 3 images failed (errors above): {bad}" in captured.err

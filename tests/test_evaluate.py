@@ -496,21 +496,11 @@ def test_metrics_by_class_reach_mlflow_as_flat_keys():
     }
 
 
-def test_several_test_scenes_are_predicted_on_one_cluster(tmp_path, isolated_mlflow, monkeypatch):
+def test_several_test_scenes_are_predicted_on_one_cluster(tmp_path, isolated_mlflow, local_clusters_started):
     """Workers start and load the model once for all test scenes; each scene is still scored."""
-    from pipeline import parallel
-
     image = _write_image(tmp_path / "scene.tif")
     roads = _write_roads(tmp_path / "scene.roads.gpkg")
     model_dir = _write_model(tmp_path / "model")
-    started = []
-    real_local_cluster = parallel.local_cluster
-
-    def counting_local_cluster(*args, **kwargs):
-        started.append(args)
-        return real_local_cluster(*args, **kwargs)
-
-    monkeypatch.setattr(parallel, "local_cluster", counting_local_cluster)
     data = DataParams(
         scenes=[
             SceneSource(name="east", image=image, roads=roads, split="test"),
@@ -520,7 +510,7 @@ def test_several_test_scenes_are_predicted_on_one_cluster(tmp_path, isolated_mlf
     )
     ev, tile, reg = _params(tmp_path)
     result = run_evaluate(ev, data, tile, model_dir, reg)
-    assert len(started) == 1
+    assert len(local_clusters_started) == 1
     east, west = result["per_scene"]["east"], result["per_scene"]["west"]
     assert east["valid_pixels"] == west["valid_pixels"] == int((~_nodata_corner()).sum())
     assert east["iou"] == pytest.approx(west["iou"])  # the same image, the same pixels
