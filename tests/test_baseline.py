@@ -71,7 +71,7 @@ def test_evaluate_writes_the_baseline_and_warns_when_it_is_too_strong(tmp_path, 
     held = data.scenes[-1]
     info = raster.raster_info(held.image)
 
-    def labels_as_prediction(scene, out_dir, model_dir, params, workers):
+    def labels_as_prediction(scene, out_dir, model_dir, params, workers, scheduler=None):
         prob = np.where(raster.read_band_array(scene.labels) == 1, 0.9, 0.1).astype(np.float32)
         prob[~raster.read_valid_mask(scene.image)] = np.nan
         return raster.write_geotiff(Path(out_dir) / "p.tif", prob, crs=info.crs, transform=info.transform, nodata=float("nan"))
