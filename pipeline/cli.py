@@ -183,6 +183,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
         tracking_default=reg.tracking_uri,
         progress=not args.quiet,
     )
+    if args.skip_existing and args.overwrite:
+        raise ValueError("--skip-existing and --overwrite contradict each other; give one")
+    if args.skip_existing:  # outputs appear whole or not at all (temporary file, then rename)
+        done = [t for t in targets if t[1].exists() and (t[2] is None or t[2].exists())]
+        for image, output, _ in done:
+            print(f"skipped {image}: {output} exists")
+        targets = [t for t in targets if t not in done]
     failed: list[Path] = []
     with contextlib.ExitStack() as stack:
         scheduler = args.scheduler
@@ -288,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write road centrelines to this GeoPackage; with several images, a folder")
     sp.add_argument("--dtype", choices=["uint8", "float32"], default="uint8", help="output sample type")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    sp.add_argument("--skip-existing", action="store_true",
+                    help="leave out images whose outputs all exist (resume an interrupted run over many images)")
     sp = add("models", cmd_models, "list registered versions, or promote one",
              "List the versions of the registered model with aliases and metrics, or move "
              "'champion' to a version by hand.")

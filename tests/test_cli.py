@@ -180,3 +180,25 @@ def test_predict_several_images_write_into_a_folder_and_refuse_clashes(tmp_path,
     assert not list((tmp_path / "out").iterdir()) and not (tmp_path / "a_roads.tif").exists()
     assert main(["predict", str(a), str(b), "-o", str(tmp_path / "out"), *opts]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_roads.tif", "b_roads.tif"]
+
+
+def test_predict_skip_existing_resumes_a_run_over_many_images(tmp_path, capsys, monkeypatch):
+    from tests.test_predict import make_model, smooth_image, write_raster
+
+    monkeypatch.chdir(tmp_path)
+    model = make_model(tmp_path / "model")
+    images = [str(write_raster(tmp_path / f"t{k}.tif", smooth_image(64, 64).astype("uint8"))) for k in range(3)]
+    (tmp_path / "out").mkdir()
+    opts = ["-o", str(tmp_path / "out"), "--model", str(model), "--window", "64", "--overlap", "16",
+            "--workers", "1", "-q"]
+    assert main(["predict", *images[:2], *opts]) == 0  # a run stopped after two of three
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    capsys.readouterr()
+    assert main(["predict", *images, *opts, "--skip-existing"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped" in out and "t0_roads.tif exists" in out and f"wrote {tmp_path / 'out' / 't2_roads.tif'}" in out
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    assert sorted(after) == ["t0_roads.tif", "t1_roads.tif", "t2_roads.tif"]
+    assert all(after[name] == mtime for name, mtime in before.items())  # left alone
+    assert main(["predict", *images, *opts, "--skip-existing", "--overwrite"]) == 2
+    assert "contradict" in capsys.readouterr().err
