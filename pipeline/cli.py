@@ -185,6 +185,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
     )
     if args.skip_existing and args.overwrite:
         raise ValueError("--skip-existing and --overwrite contradict each other; give one")
+    # `pipeline predict tiles/*.tif` run again: the glob now holds the first run's outputs too
+    outputs = {out.resolve() for _, out, _ in targets}
+    for image, _, _ in [t for t in targets if t[0].resolve() in outputs]:
+        print(f"skipped {image}: it is the output of another image given")
+    targets = [t for t in targets if t[0].resolve() not in outputs]
     if args.skip_existing:  # outputs appear whole or not at all (temporary file, then rename)
         done = [t for t in targets if t[1].exists() and (t[2] is None or t[2].exists())]
         for image, output, _ in done:

@@ -202,3 +202,22 @@ def test_predict_skip_existing_resumes_a_run_over_many_images(tmp_path, capsys, 
     assert all(after[name] == mtime for name, mtime in before.items())  # left alone
     assert main(["predict", *images, *opts, "--skip-existing", "--overwrite"]) == 2
     assert "contradict" in capsys.readouterr().err
+
+
+def test_predict_leaves_out_inputs_that_are_outputs_of_other_inputs(tmp_path, capsys, monkeypatch):
+    """`pipeline predict tiles/*.tif --skip-existing` a second time: the glob now also matches the
+    first run's `*_roads.tif` beside the inputs; they are not predicted as if they were imagery."""
+    from tests.test_predict import make_model, smooth_image, write_raster
+
+    monkeypatch.chdir(tmp_path)
+    model = make_model(tmp_path / "model")
+    images = [str(write_raster(tmp_path / f"t{k}.tif", smooth_image(64, 64).astype("uint8"))) for k in range(2)]
+    opts = ["--model", str(model), "--window", "64", "--overlap", "16", "--workers", "1", "-q"]
+    assert main(["predict", images[0], *opts]) == 0
+    capsys.readouterr()
+    glob = sorted(str(p) for p in tmp_path.glob("*.tif"))  # t0.tif t0_roads.tif t1.tif
+    assert main(["predict", *glob, *opts, "--skip-existing"]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped {tmp_path / 't0_roads.tif'}: it is the output of another image given" in out
+    assert f"skipped {tmp_path / 't0.tif'}" in out and f"wrote {tmp_path / 't1_roads.tif'}" in out
+    assert not (tmp_path / "t0_roads_roads.tif").exists()
