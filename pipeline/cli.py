@@ -114,108 +114,35 @@ def cmd_register(args: argparse.Namespace) -> None:
     print(f"registered {receipt['model_name']} v{receipt['version']} as @{receipt['alias']} (test IoU {receipt['test_iou']:.4f})")
 
 
-def _predict_targets(images: list[Path], output: str | None, vectors: str | None) -> list[tuple[Path, Path, Path | None]]:
-    """(image, output raster, output vectors or None) for each input image.
-
-    ``-o`` and ``--vectors`` name a file for one image, or an existing folder, which gets
-    ``<image>_roads.tif`` / ``<image>_roads.gpkg``; with several images they must be folders.
-    Without ``-o`` each output goes beside its input. Two inputs that would write the same
-    file are refused before any work.
-    """
-    from pipeline.predict import default_output_path
-
-    def target(image: Path, value: str | None, flag: str, suffix: str) -> Path | None:
-        if value is None:
-            return default_output_path(image) if suffix == ".tif" else None
-        if Path(value).is_dir():
-            return Path(value) / f"{image.stem}_roads{suffix}"
-        if len(images) > 1:
-            raise ValueError(
-                f"{value}: with {len(images)} images, {flag} must be an existing folder "
-                f"(each image gets <name>_roads{suffix} in it)"
-            )
-        return Path(value)
-
-    targets = [
-        (image, target(image, output, "-o/--output", ".tif"), target(image, vectors, "--vectors", ".gpkg"))
-        for image in images
-    ]
-    writers: dict[Path, Path] = {}
-    for image, out, vec in targets:
-        for path in (out, vec):
-            if path is None:
-                continue
-            other = writers.setdefault(path.resolve(), image)
-            if other is not image:
-                raise ValueError(f"{other} and {image} would both write {path}; predict them separately")
-    return targets
-
-
 def cmd_predict(args: argparse.Namespace) -> None:
-    import contextlib
-
-    from pipeline import parallel
-    from pipeline.predict import predict_raster
-    from pipeline.raster import RasterError
+    from pipeline.predict_batch import batch_targets, predict_batch
 
     # predict works without a params.yaml (a user's own folder): then the defaults apply; a
     # --params file that is given must exist
     p = _params(args) if args.params or DEFAULT_PARAMS.exists() else None
     d = p.predict if p else PredictParams()
     reg = p.register if p else RegisterParams()
-    targets = _predict_targets([Path(i) for i in args.image], args.output, args.vectors)
-    workers = d.workers if args.workers is None else args.workers
-    device = args.device or d.device
-    options = dict(
+    predict_batch(
+        batch_targets([Path(i) for i in args.image], args.output, args.vectors),
+        scheduler=args.scheduler,
+        workers=d.workers if args.workers is None else args.workers,
+        device=args.device or d.device,
+        skip_existing=args.skip_existing,
+        overwrite=args.overwrite,
+        report_error=lambda line: print(line, file=sys.stderr),
         model=args.model or d.model or f"models:/{reg.model_name}@champion",
         window=d.window if args.window is None else args.window,
         overlap=d.overlap if args.overlap is None else args.overlap,
         batch_size=d.batch_size if args.batch_size is None else args.batch_size,
         windows_per_task=d.windows_per_task if args.windows_per_task is None else args.windows_per_task,
-        workers=workers,
-        device=device,
         precision=args.precision or d.precision,
         tta=args.tta,
         vector_min_spur_m=d.vector_min_spur_m,
         vector_simplify_m=d.vector_simplify_m,
-        overwrite=args.overwrite,
         dtype=args.dtype,
         tracking_default=reg.tracking_uri,
         progress=not args.quiet,
     )
-    if args.skip_existing and args.overwrite:
-        raise ValueError("--skip-existing and --overwrite contradict each other; give one")
-    # `pipeline predict tiles/*.tif` run again: the glob now holds the first run's outputs too
-    outputs = {out.resolve() for _, out, _ in targets}
-    for image, _, _ in [t for t in targets if t[0].resolve() in outputs]:
-        print(f"skipped {image}: it is the output of another image given")
-    targets = [t for t in targets if t[0].resolve() not in outputs]
-    if args.skip_existing:  # outputs appear whole or not at all (temporary file, then rename)
-        done = [t for t in targets if t[1].exists() and (t[2] is None or t[2].exists())]
-        for image, output, _ in done:
-            print(f"skipped {image}: {output} exists")
-        targets = [t for t in targets if t not in done]
-    failed: list[Path] = []
-    with contextlib.ExitStack() as stack:
-        scheduler = args.scheduler
-        if len(targets) > 1 and scheduler is None:
-            # one local cluster for all images: its workers start, import torch and load the
-            # model once (~4 s on 2 cores), not once per image
-            scheduler = stack.enter_context(parallel.local_cluster(workers, device)).scheduler.address
-        for image, output, vectors in targets:
-            try:
-                result = predict_raster(image, output, scheduler=scheduler, vectors=vectors, **options)
-            except (RasterError, FileExistsError) as e:
-                if len(targets) == 1:
-                    raise
-                print(f"error: {e}", file=sys.stderr)  # this image only: go on with the others
-                failed.append(image)
-                continue
-            print(f"wrote {result.output}" + (f" and {result.vectors}" if result.vectors else ""))
-    if failed:
-        raise ValueError(
-            f"{len(failed)} of {len(targets)} images failed (errors above): {', '.join(str(f) for f in failed)}"
-        )
 
 
 def cmd_models(args: argparse.Namespace) -> None:
