@@ -21,7 +21,6 @@ score, they are optimistic.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import raster, registry
+from pipeline import parallel, raster, registry
 from pipeline.baseline import add_baseline_metrics
 from pipeline.config import DataParams, EvaluateParams, RegisterParams, SceneSource, TileParams
 from pipeline.metrics import (
@@ -130,19 +129,6 @@ def predict_scene(
         progress=False,
     )
     return Path(result.output)
-
-
-@contextlib.contextmanager
-def _shared_cluster(scenes: int, workers: int) -> Any:
-    """The address of one local cluster for several test scenes (workers start and load the
-    model once, not once per scene); None for a single scene, which predict runs on its own."""
-    if scenes < 2:
-        yield None
-        return
-    from pipeline import parallel
-
-    with parallel.local_cluster(workers, "auto") as client:
-        yield client.scheduler.address
 
 
 def score_scene(
@@ -466,7 +452,7 @@ def run_evaluate(
     thresholds = sweep_thresholds(config.threshold)
     rho = params.relaxed_slack_px
 
-    with tempfile.TemporaryDirectory(prefix="roadseg-evaluate-") as tmp, _shared_cluster(len(scenes), tile.workers) as scheduler:
+    with tempfile.TemporaryDirectory(prefix="roadseg-evaluate-") as tmp, parallel.shared_cluster(None, len(scenes), tile.workers) as scheduler:
         scores: dict[str, SceneScore] = {}
         for scene in scenes:
             log.info("evaluate: predicting %s", scene.name)

@@ -286,6 +286,18 @@ def cluster_client(scheduler: str | None, workers: int | None, device: str) -> I
         yield client
 
 
+@contextlib.contextmanager
+def shared_cluster(scheduler: str | None, runs: int, workers: int | None, device: str = "auto") -> Iterator[str | None]:
+    """The scheduler address for ``runs`` predicts in a row: ``scheduler`` when given; else, for
+    more than one run, a ``local_cluster`` started here for all of them (its workers start and
+    load the model once, not once per run); else None, and the single run starts its own."""
+    if scheduler is not None or runs < 2:
+        yield scheduler
+        return
+    with local_cluster(workers, device) as client:
+        yield client.scheduler.address
+
+
 def stop_cluster_in_background(client: Any) -> Future:
     """Close ``client`` now and the LocalCluster it owns (if any) on a thread, so the caller's
     remaining work (the COG's overviews) overlaps the ~1 s a cluster takes to stop. Wait for
