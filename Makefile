@@ -41,6 +41,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline backbones tests benchmarks
+	$(BIN)/ruff format --check pipeline backbones tests benchmarks
 
 clean-outputs:
 	rm -rf data/scenes data/chips models metrics plots reports outputs mlflow.db mlartifacts

@@ -36,7 +36,12 @@ def digits_32(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
 
 
 def distort(
-    x: torch.Tensor, g: torch.Generator, *, rotate_deg: float = 10.0, scale: float = 0.1, shift_px: float = 2.0
+    x: torch.Tensor,
+    g: torch.Generator,
+    *,
+    rotate_deg: float = 10.0,
+    scale: float = 0.1,
+    shift_px: float = 2.0,
 ) -> torch.Tensor:
     """Random rotation (+-rotate_deg), scale (+-scale) and shift (+-shift_px), background-filled."""
     n = len(x)

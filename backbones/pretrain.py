@@ -91,7 +91,10 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    num_classes: int,
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) of the main head."""

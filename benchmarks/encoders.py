@@ -56,7 +56,9 @@ def absolute(p: Params) -> Params:
     )
 
 
-def ensure_backbone(arch: str, p: Params, folder: Path, args: argparse.Namespace, tracking: RegisterParams) -> dict:
+def ensure_backbone(
+    arch: str, p: Params, folder: Path, args: argparse.Namespace, tracking: RegisterParams
+) -> dict:
     """Pretrained weights of ``arch`` in ``folder``; pretrains them there when missing."""
     from backbones.pretrain import pretrain_backbone
 
@@ -69,17 +71,34 @@ def ensure_backbone(arch: str, p: Params, folder: Path, args: argparse.Namespace
     )
     if pretrain.weights_path(arch).exists() and pretrain.meta_path(arch).exists():
         meta = json.loads(pretrain.meta_path(arch).read_text())
-        return {"pretrain_seconds": None, "pretrain_val_accuracy": meta["val_accuracy"], "found": True}
-    print(f"pretraining {arch} ({pretrain.epochs} epochs, batches/epoch {pretrain.max_batches_per_epoch or 'all'})", flush=True)
+        return {
+            "pretrain_seconds": None,
+            "pretrain_val_accuracy": meta["val_accuracy"],
+            "found": True,
+        }
+    print(
+        f"pretraining {arch} ({pretrain.epochs} epochs, batches/epoch {pretrain.max_batches_per_epoch or 'all'})",
+        flush=True,
+    )
     t0 = time.perf_counter()
     meta = pretrain_backbone(arch, pretrain, p.tile.out_dir, tracking)
     seconds = time.perf_counter() - t0
     print(f"  {arch}: {seconds:.0f} s, val accuracy {meta['val_accuracy']:.3f}", flush=True)
-    return {"pretrain_seconds": seconds, "pretrain_val_accuracy": meta["val_accuracy"], "found": False}
+    return {
+        "pretrain_seconds": seconds,
+        "pretrain_val_accuracy": meta["val_accuracy"],
+        "found": False,
+    }
 
 
 def train_and_evaluate(
-    arch: str, weights: str, p: Params, backbones: Path, run_dir: Path, args: argparse.Namespace, tracking: RegisterParams
+    arch: str,
+    weights: str,
+    p: Params,
+    backbones: Path,
+    run_dir: Path,
+    args: argparse.Namespace,
+    tracking: RegisterParams,
 ) -> dict:
     """One U-Net run with the pipeline's train and evaluate stages; returns its figures."""
     from pipeline.evaluate import run_evaluate
@@ -150,13 +169,26 @@ def main() -> int:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--encoders", default="resnet18,resnet34,vgg16_bn,googlenet")
     ap.add_argument("--weights", default="repo,none", help="comma list of repo, none")
-    ap.add_argument("--epochs", type=int, default=3, help="training epochs of every run (0: params' train.epochs)")
-    ap.add_argument("--batches-per-epoch", type=int, default=20,
-                    help="optimiser steps per epoch (0: every train chip once, the demo's budget)")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=3,
+        help="training epochs of every run (0: params' train.epochs)",
+    )
+    ap.add_argument(
+        "--batches-per-epoch",
+        type=int,
+        default=20,
+        help="optimiser steps per epoch (0: every train chip once, the demo's budget)",
+    )
     ap.add_argument("--backbones", type=Path, default=None, help="pretrained weights folder")
     ap.add_argument("--pretrain-epochs", type=int, default=None, help="cap for missing backbones")
-    ap.add_argument("--pretrain-batches", type=int, default=None, help="batches/epoch cap, missing backbones")
-    ap.add_argument("--work", type=Path, default=None, help="output folder (default: a temporary one)")
+    ap.add_argument(
+        "--pretrain-batches", type=int, default=None, help="batches/epoch cap, missing backbones"
+    )
+    ap.add_argument(
+        "--work", type=Path, default=None, help="output folder (default: a temporary one)"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
 
@@ -168,7 +200,9 @@ def main() -> int:
     work = (args.work or Path(tempfile.mkdtemp(prefix="roadseg-encoders-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     backbones_dir = (args.backbones or p.pretrain.out_dir).resolve()
-    tracking = RegisterParams(experiment="bench-encoders", tracking_uri=f"sqlite:///{work}/mlflow.db")
+    tracking = RegisterParams(
+        experiment="bench-encoders", tracking_uri=f"sqlite:///{work}/mlflow.db"
+    )
     encoders = [e for e in args.encoders.split(",") if e]
     weights = [w for w in args.weights.split(",") if w]
     print(
@@ -185,15 +219,22 @@ def main() -> int:
     for arch in encoders:
         for w in weights:
             print(f"training {arch} / {w}", flush=True)
-            row = train_and_evaluate(arch, w, p, backbones_dir, work / f"{arch}-{w}", args, tracking)
-            print(f"  val IoU per epoch: {' '.join(f'{v:.3f}' for v in row['val_iou_curve'])}; held-out IoU {row['heldout_iou']:.3f}", flush=True)
+            row = train_and_evaluate(
+                arch, w, p, backbones_dir, work / f"{arch}-{w}", args, tracking
+            )
+            print(
+                f"  val IoU per epoch: {' '.join(f'{v:.3f}' for v in row['val_iou_curve'])}; held-out IoU {row['heldout_iou']:.3f}",
+                flush=True,
+            )
             rows.append(row)
             if args.json:  # after every run, so a long benchmark cut short keeps what it measured
                 args.json.write_text(json.dumps({"backbones": backbones, "runs": rows}, indent=2))
 
     print("\nvalidation IoU @0.5 per epoch")
     for r in rows:
-        print(f"  {r['encoder']:<10} {r['weights']:<5} {' '.join(f'{v:.3f}' for v in r['val_iou_curve'])}")
+        print(
+            f"  {r['encoder']:<10} {r['weights']:<5} {' '.join(f'{v:.3f}' for v in r['val_iou_curve'])}"
+        )
     print()
     print(table(rows, backbones))
     return 0

@@ -29,7 +29,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    r = train_lenet_digits(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    r = train_lenet_digits(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+    )
     print(
         f"LeNet-5 ({r.trainable_parameters:,} trainable parameters) on sklearn digits: "
         f"test accuracy {r.accuracy:.4f} ({r.test_digits} digits), "

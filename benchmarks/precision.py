@@ -32,8 +32,11 @@ import torch  # noqa: E402
 from pipeline.model import build_unet, cpu_has_native_bf16, pick_device  # noqa: E402
 from pipeline.model_config import ModelConfig  # noqa: E402
 
-SETTINGS = (("fp32, NCHW", False, None), ("fp32, channels_last", True, None),
-            ("bf16 autocast, channels_last", True, torch.bfloat16))
+SETTINGS = (
+    ("fp32, NCHW", False, None),
+    ("fp32, channels_last", True, None),
+    ("bf16 autocast, channels_last", True, torch.bfloat16),
+)
 
 
 def _sync(device: torch.device) -> None:
@@ -54,8 +57,14 @@ def _timed(fn, repeats: int, device: torch.device) -> float:
 
 
 def measure(
-    config: ModelConfig, device: torch.device, channels_last: bool, dtype: torch.dtype | None,
-    x_train: torch.Tensor, y_train: torch.Tensor, x_infer: torch.Tensor, repeats: int,
+    config: ModelConfig,
+    device: torch.device,
+    channels_last: bool,
+    dtype: torch.dtype | None,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_infer: torch.Tensor,
+    repeats: int,
 ) -> tuple[float, float, torch.Tensor]:
     """(seconds per training step, seconds per inference batch, the inference output)."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -87,7 +96,9 @@ def measure(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--encoder", default="resnet18")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
+    )
     ap.add_argument("--chip", type=int, default=256)
     ap.add_argument("--train-batch", type=int, default=4)
     ap.add_argument("--window", type=int, default=512)
@@ -97,28 +108,47 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device("auto")
-    print(f"device {device}, torch threads {torch.get_num_threads()}, native CPU bf16 {cpu_has_native_bf16()}, "
-          f"encoder rs-{args.encoder}, train {args.train_batch} x {args.chip} px, infer {args.infer_batch} x {args.window} px")
+    print(
+        f"device {device}, torch threads {torch.get_num_threads()}, native CPU bf16 {cpu_has_native_bf16()}, "
+        f"encoder rs-{args.encoder}, train {args.train_batch} x {args.chip} px, infer {args.infer_batch} x {args.window} px"
+    )
 
-    config = ModelConfig(encoder=args.encoder, bands=["r", "g", "b", "nir"], mean=[0.0] * 4, std=[1.0] * 4,
-                         chip_size=args.chip)
+    config = ModelConfig(
+        encoder=args.encoder,
+        bands=["r", "g", "b", "nir"],
+        mean=[0.0] * 4,
+        std=[1.0] * 4,
+        chip_size=args.chip,
+    )
     gen = torch.Generator().manual_seed(0)
     x_train = torch.randn(args.train_batch, 4, args.chip, args.chip, generator=gen).to(device)
-    y_train = (torch.rand(args.train_batch, 1, args.chip, args.chip, generator=gen) > 0.9).float().to(device)
+    y_train = (
+        (torch.rand(args.train_batch, 1, args.chip, args.chip, generator=gen) > 0.9)
+        .float()
+        .to(device)
+    )
     x_infer = torch.randn(args.infer_batch, 4, args.window, args.window, generator=gen).to(device)
 
     rows, probs = [], {}
     for name, channels_last, dtype in SETTINGS:
-        train_s, infer_s, probs[name] = measure(config, device, channels_last, dtype, x_train, y_train, x_infer, args.repeats)
-        rows.append((name, args.train_batch / train_s, args.infer_batch * args.window**2 / infer_s / 1e6))
+        train_s, infer_s, probs[name] = measure(
+            config, device, channels_last, dtype, x_train, y_train, x_infer, args.repeats
+        )
+        rows.append(
+            (name, args.train_batch / train_s, args.infer_batch * args.window**2 / infer_s / 1e6)
+        )
 
     base_train, base_infer = rows[0][1], rows[0][2]
     print("\n| setting | training chips/s | vs fp32 NCHW | inference Mpix/s | vs fp32 NCHW |")
     print("|---|---|---|---|---|")
     for name, chips, mpix in rows:
-        print(f"| {name} | {chips:.2f} | {chips / base_train:.2f}x | {mpix:.2f} | {mpix / base_infer:.2f}x |")
+        print(
+            f"| {name} | {chips:.2f} | {chips / base_train:.2f}x | {mpix:.2f} | {mpix / base_infer:.2f}x |"
+        )
     diff = (probs[SETTINGS[2][0]] - probs[SETTINGS[1][0]]).abs().max().item()
-    print(f"\nlargest probability difference, bf16 vs fp32 (random weights, same input): {diff:.4f}")
+    print(
+        f"\nlargest probability difference, bf16 vs fp32 (random weights, same input): {diff:.4f}"
+    )
     return 0
 
 

@@ -33,7 +33,9 @@ def main() -> int:
     ap.add_argument("--archs", required=True, help="comma list of registered backbones")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: temporary)")
-    ap.add_argument("--json", type=Path, default=None, help="also write the rows here (after each arch)")
+    ap.add_argument(
+        "--json", type=Path, default=None, help="also write the rows here (after each arch)"
+    )
     args = ap.parse_args()
 
     import torch
@@ -51,7 +53,9 @@ def main() -> int:
     work = (args.work or Path(tempfile.mkdtemp(prefix="roadseg-pretrain-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     budget = p.pretrain.model_copy(update={"out_dir": work / "backbones"})
-    tracking = RegisterParams(experiment="bench-pretrain", tracking_uri=f"sqlite:///{work}/mlflow.db")
+    tracking = RegisterParams(
+        experiment="bench-pretrain", tracking_uri=f"sqlite:///{work}/mlflow.db"
+    )
     chips = read_chip_folder(p.tile.out_dir)
     train_patches = len(PatchDataset(chips, "train", budget.input_size))
     print(
@@ -83,7 +87,9 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2))
 
-    print("\n| backbone | trainable parameters | pretraining time | train patches/s | val accuracy |")
+    print(
+        "\n| backbone | trainable parameters | pretraining time | train patches/s | val accuracy |"
+    )
     print("|---|---|---|---|---|")
     for r in rows:
         print(

@@ -70,9 +70,12 @@ def mosaic_vrt(src: Path, roads: Path, n: int, out: Path) -> tuple[Path, Path]:
         sources = "".join(
             f"<SimpleSource><SourceFilename relativeToVRT='0'>{src}</SourceFilename><SourceBand>{b}</SourceBand>"
             f"<SrcRect xOff='0' yOff='0' xSize='{w}' ySize='{h}'/><DstRect xOff='{c * w}' yOff='{r * h}' xSize='{w}' ySize='{h}'/></SimpleSource>"
-            for r in range(n) for c in range(n)
+            for r in range(n)
+            for c in range(n)
         )
-        bands.append(f"<VRTRasterBand dataType='{info.dtype.capitalize() if info.dtype != 'uint8' else 'Byte'}' band='{b}'><NoDataValue>0</NoDataValue>{sources}</VRTRasterBand>")
+        bands.append(
+            f"<VRTRasterBand dataType='{info.dtype.capitalize() if info.dtype != 'uint8' else 'Byte'}' band='{b}'><NoDataValue>0</NoDataValue>{sources}</VRTRasterBand>"
+        )
     t = info.transform
     vrt = (
         f"<VRTDataset rasterXSize='{w * n}' rasterYSize='{h * n}'><SRS>{info.crs.to_wkt()}</SRS>"
@@ -82,14 +85,21 @@ def mosaic_vrt(src: Path, roads: Path, n: int, out: Path) -> tuple[Path, Path]:
     vrt_path = out / "mosaic.vrt"
     vrt_path.write_text(vrt)
     gdf = gpd.read_file(roads).to_crs(info.crs)
-    parts = [gdf.assign(geometry=gdf.geometry.apply(affinity.translate, xoff=c * dx, yoff=r * dy))
-             for r in range(n) for c in range(n)]
+    parts = [
+        gdf.assign(geometry=gdf.geometry.apply(affinity.translate, xoff=c * dx, yoff=r * dy))
+        for r in range(n)
+        for c in range(n)
+    ]
     roads_out = out / "mosaic.roads.gpkg"
-    gpd.GeoDataFrame(gpd.pd.concat(parts, ignore_index=True), crs=info.crs).to_file(roads_out, layer="roads")
+    gpd.GeoDataFrame(gpd.pd.concat(parts, ignore_index=True), crs=info.crs).to_file(
+        roads_out, layer="roads"
+    )
     return vrt_path, roads_out
 
 
-def run_tile_subprocess(image: Path, roads: Path, out: Path, workers: int) -> tuple[float, int, int]:
+def run_tile_subprocess(
+    image: Path, roads: Path, out: Path, workers: int
+) -> tuple[float, int, int]:
     """Tile one scene in a child process; returns (seconds, peak RSS bytes, chips)."""
     root = str(Path(__file__).resolve().parents[1])
     code = (
@@ -103,7 +113,9 @@ def run_tile_subprocess(image: Path, roads: Path, out: Path, workers: int) -> tu
     )
     t0 = time.perf_counter()
     with PeakRSS() as rss:
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
     seconds = time.perf_counter() - t0
     counts = json.loads(proc.stdout.strip().splitlines()[-1])
     return seconds, rss.peak, sum(counts.values())
@@ -111,7 +123,9 @@ def run_tile_subprocess(image: Path, roads: Path, out: Path, workers: int) -> tu
 
 def dataset_rate(chips_dir: Path, n: int = 400) -> float:
     stats = read_stats(chips_dir)
-    ds = SegmentationChips(chips_dir, "train", Normalisation.from_lists(stats["mean"], stats["std"]), augment=True)
+    ds = SegmentationChips(
+        chips_dir, "train", Normalisation.from_lists(stats["mean"], stats["std"]), augment=True
+    )
     t0 = time.perf_counter()
     for i in range(n):
         ds[i % len(ds)]
@@ -119,7 +133,9 @@ def dataset_rate(chips_dir: Path, n: int = 400) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--base", type=int, default=4096, help="side of the synthetic scene")
     ap.add_argument("--mosaic", type=int, default=4, help="copies per side of the large VRT scene")
     ap.add_argument("--workers", type=int, default=2)
@@ -127,7 +143,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        synth = SynthParams(out_dir=tmp / "scenes", scenes=[{"name": "base", "seed": 5}], size=args.base)
+        synth = SynthParams(
+            out_dir=tmp / "scenes", scenes=[{"name": "base", "seed": 5}], size=args.base
+        )
         t0 = time.perf_counter()
         files = generate_scene(synth.scenes[0], synth, 0)
         print(f"synth {args.base}x{args.base}: {time.perf_counter() - t0:.1f} s")

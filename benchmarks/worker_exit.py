@@ -54,7 +54,9 @@ def one_run(model_dir: str, freeze: bool) -> tuple[float, int, int]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5, help="runs per setting")
-    ap.add_argument("--model", type=Path, default=None, help="a model folder (default: a random resnet18 U-Net)")
+    ap.add_argument(
+        "--model", type=Path, default=None, help="a model folder (default: a random resnet18 U-Net)"
+    )
     args = ap.parse_args(argv)
     logging.getLogger("distributed").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="roadseg-bench-") as tmp:
@@ -64,14 +66,21 @@ def main(argv: list[str] | None = None) -> None:
             for freeze in (False, True):
                 s, frozen, tracked = one_run(model_dir, freeze)
                 seconds[freeze].append(s)
-                print(f"freeze={freeze!s:5}  cluster.close {s:5.2f} s  (worker: {frozen:,} objects frozen, "
-                      f"{tracked:,} tracked)", flush=True)
+                print(
+                    f"freeze={freeze!s:5}  cluster.close {s:5.2f} s  (worker: {frozen:,} objects frozen, "
+                    f"{tracked:,} tracked)",
+                    flush=True,
+                )
     plain, frozen_ = statistics.median(seconds[False]), statistics.median(seconds[True])
     print()
     print("| worker heap | cluster.close(), median s | runs |")
     print("|---|---|---|")
-    print(f"| collected at exit (no freeze) | {plain:.2f} | {', '.join(f'{s:.2f}' for s in seconds[False])} |")
-    print(f"| frozen after the model load | {frozen_:.2f} | {', '.join(f'{s:.2f}' for s in seconds[True])} |")
+    print(
+        f"| collected at exit (no freeze) | {plain:.2f} | {', '.join(f'{s:.2f}' for s in seconds[False])} |"
+    )
+    print(
+        f"| frozen after the model load | {frozen_:.2f} | {', '.join(f'{s:.2f}' for s in seconds[True])} |"
+    )
     print(f"\nratio frozen / plain: {frozen_ / plain:.2f}")
 
 

@@ -49,7 +49,9 @@ class PixelBaseline:
         return self.model.predict_proba(pixels.astype(np.float64))[:, 1] >= self.threshold
 
 
-def sample_train_pixels(chips_dir: Path, max_pixels: int = MAX_TRAIN_PIXELS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def sample_train_pixels(
+    chips_dir: Path, max_pixels: int = MAX_TRAIN_PIXELS, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(band values (N, C) float64, road (N,) bool) sampled evenly from the valid pixels of
     the train chips listed in ``chips_dir/index.gpkg``; deterministic for ``seed``."""
     import geopandas as gpd
@@ -72,7 +74,11 @@ def sample_train_pixels(chips_dir: Path, max_pixels: int = MAX_TRAIN_PIXELS, see
         for i in rows["array_index"]:
             mask = np.asarray(masks[i]).ravel()
             valid = np.flatnonzero(mask != MASK_NODATA)
-            take = rng.choice(valid, size=min(per_chip, len(valid)), replace=False) if len(valid) else valid
+            take = (
+                rng.choice(valid, size=min(per_chip, len(valid)), replace=False)
+                if len(valid)
+                else valid
+            )
             take.sort()
             image = np.asarray(images[i])
             xs.append(image.reshape(image.shape[0], -1)[:, take].T.astype(np.float64))
@@ -93,7 +99,9 @@ def best_iou_threshold(prob: np.ndarray, truth: np.ndarray) -> tuple[float, floa
     return float(p[best]), float(iou[best])
 
 
-def fit_baseline(chips_dir: Path, max_pixels: int = MAX_TRAIN_PIXELS, seed: int = 0) -> PixelBaseline:
+def fit_baseline(
+    chips_dir: Path, max_pixels: int = MAX_TRAIN_PIXELS, seed: int = 0
+) -> PixelBaseline:
     """Fit the logistic regression on sampled train-chip pixels and pick its threshold."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -101,13 +109,17 @@ def fit_baseline(chips_dir: Path, max_pixels: int = MAX_TRAIN_PIXELS, seed: int 
 
     x, y = sample_train_pixels(chips_dir, max_pixels, seed)
     if y.all() or not y.any():
-        raise BaselineError(f"{chips_dir}: the sampled train pixels are all one class; cannot fit the baseline")
+        raise BaselineError(
+            f"{chips_dir}: the sampled train pixels are all one class; cannot fit the baseline"
+        )
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x, y)
     threshold, iou = best_iou_threshold(model.predict_proba(x)[:, 1], y)
     return PixelBaseline(model=model, threshold=threshold, train_pixels=len(y), train_iou=iou)
 
 
-def score_scene(baseline: PixelBaseline, scene: SceneSource, data: DataParams, window: int = SCORE_WINDOW) -> Confusion:
+def score_scene(
+    baseline: PixelBaseline, scene: SceneSource, data: DataParams, window: int = SCORE_WINDOW
+) -> Confusion:
     """Confusion counts of the baseline on a whole scene, read ``window`` pixels at a time,
     against the truth evaluate uses (``scene_truth.SceneWindows``)."""
     total = Confusion(0, 0, 0, 0)
@@ -127,7 +139,9 @@ MAX_BASELINE_IOU = 0.35  # issue 3: band values alone must stay under this road 
 MIN_RATIO = 2.0  # issue 3: the U-Net must reach at least this multiple of the baseline's IoU
 
 
-def add_baseline_metrics(result: dict[str, Any], scenes: list[SceneSource], data: DataParams, chips_dir: Path) -> None:
+def add_baseline_metrics(
+    result: dict[str, Any], scenes: list[SceneSource], data: DataParams, chips_dir: Path
+) -> None:
     """Add ``baseline_logreg_iou`` and ``iou_vs_baseline`` (the U-Net's ``iou``, at the
     model's threshold, over the baseline's) to ``result`` (pooled over ``scenes``) and to each
     ``result["per_scene"][name]``; warn when the baseline passes MAX_BASELINE_IOU or the
@@ -136,12 +150,17 @@ def add_baseline_metrics(result: dict[str, Any], scenes: list[SceneSource], data
     """
     index_path = Path(chips_dir) / INDEX_FILE
     if not index_path.exists():
-        log.warning("evaluate: no chip index %s to fit the per-pixel baseline on; baseline skipped", index_path)
+        log.warning(
+            "evaluate: no chip index %s to fit the per-pixel baseline on; baseline skipped",
+            index_path,
+        )
         return
     baseline = fit_baseline(chips_dir)
     log.info(
         "baseline: logistic regression on %d train pixels, threshold %.3f (train IoU %.3f)",
-        baseline.train_pixels, baseline.threshold, baseline.train_iou,
+        baseline.train_pixels,
+        baseline.threshold,
+        baseline.train_iou,
     )
     pooled = Confusion(0, 0, 0, 0)
     targets = []
@@ -153,17 +172,25 @@ def add_baseline_metrics(result: dict[str, Any], scenes: list[SceneSource], data
     for name, metrics, counts in targets:
         metrics["baseline_logreg_iou"] = counts.iou
         if counts.tp == 0:
-            log.warning("evaluate: the per-pixel baseline finds no road on %s; no iou_vs_baseline", name)
+            log.warning(
+                "evaluate: the per-pixel baseline finds no road on %s; no iou_vs_baseline", name
+            )
             continue
         metrics["iou_vs_baseline"] = metrics["iou"] / counts.iou
         if counts.iou > MAX_BASELINE_IOU:
             log.warning(
                 "evaluate: a per-pixel logistic regression on band values reaches road IoU %.3f on %s "
                 "(over %.2f): band values alone find the roads, the scene is too easy",
-                counts.iou, name, MAX_BASELINE_IOU,
+                counts.iou,
+                name,
+                MAX_BASELINE_IOU,
             )
         if metrics["iou_vs_baseline"] < MIN_RATIO:
             log.warning(
                 "evaluate: U-Net IoU %.3f on %s is %.2fx the per-pixel baseline's %.3f (under %.0fx)",
-                metrics["iou"], name, metrics["iou_vs_baseline"], counts.iou, MIN_RATIO,
+                metrics["iou"],
+                name,
+                metrics["iou_vs_baseline"],
+                counts.iou,
+                MIN_RATIO,
             )

@@ -68,14 +68,18 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     archs = [args.arch] if args.arch else p.pretrain.archs
     for arch in archs:
         result = pretrain_backbone(arch, p.pretrain, p.tile.out_dir, p.register)
-        print(f"{arch}: val accuracy {result.get('val_accuracy', float('nan')):.3f} -> {p.pretrain.weights_path(arch)}")
+        print(
+            f"{arch}: val accuracy {result.get('val_accuracy', float('nan')):.3f} -> {p.pretrain.weights_path(arch)}"
+        )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from pipeline.train import run_train
 
     p = _params(args)
-    metrics = run_train(p.train, p.tile, p.pretrain, p.register, resume=args.resume, params_file=_params_path(args))
+    metrics = run_train(
+        p.train, p.tile, p.pretrain, p.register, resume=args.resume, params_file=_params_path(args)
+    )
     print(json.dumps(metrics, indent=2))
 
 
@@ -111,7 +115,9 @@ def cmd_register(args: argparse.Namespace) -> None:
 
     p = _params(args)
     receipt = run_register(p, model_dir=EVALUATED_MODEL_DIR, eval_path=p.evaluate.metrics_path)
-    print(f"registered {receipt['model_name']} v{receipt['version']} as @{receipt['alias']} (test IoU {receipt['test_iou']:.4f})")
+    print(
+        f"registered {receipt['model_name']} v{receipt['version']} as @{receipt['alias']} (test IoU {receipt['test_iou']:.4f})"
+    )
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -134,7 +140,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
         window=d.window if args.window is None else args.window,
         overlap=d.overlap if args.overlap is None else args.overlap,
         batch_size=d.batch_size if args.batch_size is None else args.batch_size,
-        windows_per_task=d.windows_per_task if args.windows_per_task is None else args.windows_per_task,
+        windows_per_task=d.windows_per_task
+        if args.windows_per_task is None
+        else args.windows_per_task,
         precision=args.precision or d.precision,
         tta=args.tta,
         vector_min_spur_m=d.vector_min_spur_m,
@@ -181,57 +189,124 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=fn)
         return sp
 
-    add("synth", cmd_synth, "generate synthetic scenes",
+    add(
+        "synth",
+        cmd_synth,
+        "generate synthetic scenes",
         "Write synthetic 4-band GeoTIFF scenes with road centrelines (GeoPackage, EPSG:4326) and "
-        "land cover to synth.out_dir. Deterministic for each scene's seed.")
-    sp = add("tile", cmd_tile, "cut scenes into chips with a spatial split",
-             "Cut the scenes in data.scenes into image/mask chips, burn road masks from the vectors, "
-             "assign train/val/test by blocks of area, write the chip index and band statistics.")
-    sp.add_argument("--workers", type=_positive_int, default=None, help="Dask workers (default: tile.workers)")
-    sp = add("pretrain", cmd_pretrain, "pretrain a zoo backbone on land-cover chips",
-             "Train a classifier from the zoo (lenet5, alexnet, vgg*, googlenet, resnet*) on land-cover "
-             "classification of the chips; writes models/backbones/<arch>.safetensors + .json.")
+        "land cover to synth.out_dir. Deterministic for each scene's seed.",
+    )
+    sp = add(
+        "tile",
+        cmd_tile,
+        "cut scenes into chips with a spatial split",
+        "Cut the scenes in data.scenes into image/mask chips, burn road masks from the vectors, "
+        "assign train/val/test by blocks of area, write the chip index and band statistics.",
+    )
+    sp.add_argument(
+        "--workers", type=_positive_int, default=None, help="Dask workers (default: tile.workers)"
+    )
+    sp = add(
+        "pretrain",
+        cmd_pretrain,
+        "pretrain a zoo backbone on land-cover chips",
+        "Train a classifier from the zoo (lenet5, alexnet, vgg*, googlenet, resnet*) on land-cover "
+        "classification of the chips; writes models/backbones/<arch>.safetensors + .json.",
+    )
     sp.add_argument("arch", nargs="?", help="backbone (default: every arch in pretrain.archs)")
-    sp = add("train", cmd_train, "train the road U-Net",
-             "Train smp.Unet with the zoo encoder train.encoder on the chips; keeps the best model by "
-             "val IoU in train.out_dir, with the threshold that is F1-best on the val chips; tracked "
-             "in MLflow.")
+    sp = add(
+        "train",
+        cmd_train,
+        "train the road U-Net",
+        "Train smp.Unet with the zoo encoder train.encoder on the chips; keeps the best model by "
+        "val IoU in train.out_dir, with the threshold that is F1-best on the val chips; tracked "
+        "in MLflow.",
+    )
     sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    add("evaluate", cmd_evaluate, "evaluate on the held-out test scenes",
+    add(
+        "evaluate",
+        cmd_evaluate,
+        "evaluate on the held-out test scenes",
         "Predict every test scene whole (same code as predict), compute IoU/F1/relaxed metrics at "
         "the model's threshold (and, as an optimistic reference, at the test F1-best one), write "
-        "metrics/eval.json, plots/ and reports/.")
-    add("register", cmd_register, "register the model in MLflow",
+        "metrics/eval.json, plots/ and reports/.",
+    )
+    add(
+        "register",
+        cmd_register,
+        "register the model in MLflow",
         "Register a new version of the model; alias 'champion' moves only if the test IoU is at "
-        "least the champion's, otherwise 'challenger'.")
-    sp = add("predict", cmd_predict, "predict roads on a raster of any size",
-             "Dask-parallel, windowed prediction over any GDAL raster; writes a Cloud Optimised "
-             "GeoTIFF of road probability with the input's CRS, transform and nodata.")
-    sp.add_argument("image", nargs="+",
-                    help="input raster(s) (GeoTIFF, COG, VRT, ...); several share one cluster and one model load")
-    sp.add_argument("-o", "--output",
-                    help="output GeoTIFF (default: <image>_roads.tif beside it); with several images, a folder")
-    sp.add_argument("--model", help="models:/NAME@ALIAS, runs:/… or a model folder (default: predict.model, else models:/<register.model_name>@champion)")
+        "least the champion's, otherwise 'challenger'.",
+    )
+    sp = add(
+        "predict",
+        cmd_predict,
+        "predict roads on a raster of any size",
+        "Dask-parallel, windowed prediction over any GDAL raster; writes a Cloud Optimised "
+        "GeoTIFF of road probability with the input's CRS, transform and nodata.",
+    )
+    sp.add_argument(
+        "image",
+        nargs="+",
+        help="input raster(s) (GeoTIFF, COG, VRT, ...); several share one cluster and one model load",
+    )
+    sp.add_argument(
+        "-o",
+        "--output",
+        help="output GeoTIFF (default: <image>_roads.tif beside it); with several images, a folder",
+    )
+    sp.add_argument(
+        "--model",
+        help="models:/NAME@ALIAS, runs:/… or a model folder (default: predict.model, else models:/<register.model_name>@champion)",
+    )
     sp.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://HOST:PORT)")
-    sp.add_argument("--workers", type=_positive_int, help="local workers (default: one per GPU, else per 4 cores)")
-    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: auto)")
-    sp.add_argument("--precision", choices=list(PRECISIONS),
-                    help="autocast precision (default: predict.precision; auto: bf16 on CUDA, fp32 on CPU; "
-                    "bf16 on a CPU with AMX is ~3.7x faster, but pixels then depend on the thread count by a few 1/254 steps)")
-    sp.add_argument("--batch-size", type=_positive_int, help="windows per forward pass (default: 2 on CPU, fitted to GPU memory)")
-    sp.add_argument("--windows-per-task", type=_positive_int, help="windows per Dask task (default: predict.windows_per_task)")
+    sp.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="local workers (default: one per GPU, else per 4 cores)",
+    )
+    sp.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], help="torch device (default: auto)"
+    )
+    sp.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        help="autocast precision (default: predict.precision; auto: bf16 on CUDA, fp32 on CPU; "
+        "bf16 on a CPU with AMX is ~3.7x faster, but pixels then depend on the thread count by a few 1/254 steps)",
+    )
+    sp.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="windows per forward pass (default: 2 on CPU, fitted to GPU memory)",
+    )
+    sp.add_argument(
+        "--windows-per-task",
+        type=_positive_int,
+        help="windows per Dask task (default: predict.windows_per_task)",
+    )
     sp.add_argument("--window", type=_positive_int, help="window side in pixels (multiple of 32)")
     sp.add_argument("--overlap", type=_non_negative_int, help="overlap between windows in pixels")
     sp.add_argument("--tta", action="store_true", help="average the eight dihedral transforms")
-    sp.add_argument("--vectors",
-                    help="also write road centrelines to this GeoPackage; with several images, a folder")
-    sp.add_argument("--dtype", choices=["uint8", "float32"], default="uint8", help="output sample type")
+    sp.add_argument(
+        "--vectors",
+        help="also write road centrelines to this GeoPackage; with several images, a folder",
+    )
+    sp.add_argument(
+        "--dtype", choices=["uint8", "float32"], default="uint8", help="output sample type"
+    )
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    sp.add_argument("--skip-existing", action="store_true",
-                    help="leave out images whose outputs all exist (resume an interrupted run over many images)")
-    sp = add("models", cmd_models, "list registered versions, or promote one",
-             "List the versions of the registered model with aliases and metrics, or move "
-             "'champion' to a version by hand.")
+    sp.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave out images whose outputs all exist (resume an interrupted run over many images)",
+    )
+    sp = add(
+        "models",
+        cmd_models,
+        "list registered versions, or promote one",
+        "List the versions of the registered model with aliases and metrics, or move "
+        "'champion' to a version by hand.",
+    )
     sp.add_argument("action", nargs="?", choices=["list", "promote"], default="list")
     sp.add_argument("version", nargs="?", help="version to promote")
     return parser
@@ -270,7 +345,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("models promote needs a VERSION")
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, LookupError, ValueError, DeviceError) as e:
+    except (
+        ConfigError,
+        FileNotFoundError,
+        FileExistsError,
+        LookupError,
+        ValueError,
+        DeviceError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

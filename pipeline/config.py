@@ -41,7 +41,9 @@ class SynthParams(_Section):
     out_dir: Path = Field(Path("data/scenes"), description="Where synthetic scenes are written")
     scenes: list[SynthSceneSpec] = Field(description="Scenes to generate ([] on your own rasters)")
     size: int = Field(1024, ge=64, description="Scene width and height in pixels")
-    gsd: float = Field(1.0, ge=0.1, le=10.0, description="Ground sampling distance, metres per pixel")
+    gsd: float = Field(
+        1.0, ge=0.1, le=10.0, description="Ground sampling distance, metres per pixel"
+    )
     crs: str = Field("EPSG:32632", description="Projected CRS of the scenes (a UTM zone)")
     origin: tuple[float, float] = Field(
         (500000.0, 5400000.0), description="Upper-left corner (x, y) of the first scene in the CRS"
@@ -58,9 +60,13 @@ class SceneSource(_Section):
 
     name: str = Field(description="Scene id, unique")
     image: Path = Field(description="Any GDAL raster (GeoTIFF, COG, VRT) with a CRS")
-    roads: Path | None = Field(None, description="Road vectors, any OGR format (GeoPackage, GeoJSON, Shapefile)")
+    roads: Path | None = Field(
+        None, description="Road vectors, any OGR format (GeoPackage, GeoJSON, Shapefile)"
+    )
     labels: Path | None = Field(None, description="Label raster on the image grid (road = 1)")
-    landcover: Path | None = Field(None, description="Optional land-cover class raster (for pretraining)")
+    landcover: Path | None = Field(
+        None, description="Optional land-cover class raster (for pretraining)"
+    )
     split: Literal["auto", "train", "val", "test"] = Field(
         "auto", description="'test' holds the whole scene out; 'auto' assigns area blocks"
     )
@@ -74,7 +80,9 @@ class SceneSource(_Section):
 
 class DataParams(_Section):
     scenes: list[SceneSource] = Field(description="Input scenes (the synth output by default)")
-    bands: list[str] = Field(default_factory=lambda: list(BAND_NAMES_RGBN), description="Band names, in file order")
+    bands: list[str] = Field(
+        default_factory=lambda: list(BAND_NAMES_RGBN), description="Band names, in file order"
+    )
     width_attribute: str | None = Field(
         "width_m", description="Attribute giving a road's full width in metres; None to ignore"
     )
@@ -96,10 +104,18 @@ class DataParams(_Section):
 
 # ---------------------------------------------------------------------------------------- tile
 class SplitParams(_Section):
-    block_size_m: float = Field(512.0, gt=0, description="Side of the square area blocks split as a unit")
-    val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of 'auto' blocks assigned to val")
-    test_fraction: float = Field(0.0, ge=0, lt=1, description="Share of 'auto' blocks assigned to test")
-    gap_m: float = Field(0.0, ge=0, description="Empty margin between chips of different splits, metres")
+    block_size_m: float = Field(
+        512.0, gt=0, description="Side of the square area blocks split as a unit"
+    )
+    val_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Share of 'auto' blocks assigned to val"
+    )
+    test_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Share of 'auto' blocks assigned to test"
+    )
+    gap_m: float = Field(
+        0.0, ge=0, description="Empty margin between chips of different splits, metres"
+    )
     seed: int = Field(0, description="Seed of the block assignment")
 
 
@@ -107,7 +123,9 @@ class TileParams(_Section):
     out_dir: Path = Field(Path("data/chips"), description="Chip arrays, chip index and stats")
     chip_size: int = Field(256, ge=32, description="Chip side in pixels, a multiple of 32")
     stride: int = Field(256, ge=16, description="Step between chips in pixels")
-    max_nodata_fraction: float = Field(0.5, ge=0, le=1, description="Skip chips with more nodata than this")
+    max_nodata_fraction: float = Field(
+        0.5, ge=0, le=1, description="Skip chips with more nodata than this"
+    )
     split: SplitParams = Field(default_factory=SplitParams, description="Spatial split")
     workers: int = Field(2, ge=1, description="Dask workers for tiling")
 
@@ -129,18 +147,25 @@ class TileParams(_Section):
 
 # ------------------------------------------------------------------------------------ pretrain
 class PretrainParams(_Section):
-    archs: list[str] = Field(default_factory=lambda: ["resnet18"], description="Backbones to pretrain")
+    archs: list[str] = Field(
+        default_factory=lambda: ["resnet18"], description="Backbones to pretrain"
+    )
     out_dir: Path = Field(Path("models/backbones"), description="<arch>.safetensors + <arch>.json")
-    input_size: int = Field(64, ge=32, description="Chips are resized to this side for classification")
+    input_size: int = Field(
+        64, ge=32, description="Chips are resized to this side for classification"
+    )
     epochs: int = Field(3, ge=1, description="Training epochs")
     batch_size: int = Field(32, ge=1, description="Batch size")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     aux_weight: float = Field(0.3, ge=0, description="GoogLeNet auxiliary loss weight (paper: 0.3)")
     precision: Precision = Field(
-        "auto", description="Autocast precision, as train.precision (auto: bf16 on CUDA and on CPUs with native bf16)"
+        "auto",
+        description="Autocast precision, as train.precision (auto: bf16 on CUDA and on CPUs with native bf16)",
     )
-    max_batches_per_epoch: int | None = Field(None, ge=1, description="Cap batches per epoch (tests)")
+    max_batches_per_epoch: int | None = Field(
+        None, ge=1, description="Cap batches per epoch (tests)"
+    )
     seed: int = Field(0, description="Seed")
 
     def weights_path(self, arch: str) -> Path:
@@ -152,7 +177,9 @@ class PretrainParams(_Section):
 
 # --------------------------------------------------------------------------------------- train
 class TrainParams(_Section):
-    encoder: str = Field("resnet18", description="Zoo backbone used as U-Net encoder (vgg*, resnet*, googlenet)")
+    encoder: str = Field(
+        "resnet18", description="Zoo backbone used as U-Net encoder (vgg*, resnet*, googlenet)"
+    )
     encoder_weights: Literal["repo", "none", "imagenet"] = Field(
         "repo", description="repo: this repository's pretrained backbone; imagenet needs internet"
     )
@@ -167,7 +194,9 @@ class TrainParams(_Section):
     batch_size: int = Field(8, ge=1, description="Batch size")
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
-    warmup_epochs: float = Field(0.5, ge=0, description="Linear warm-up, in epochs, before cosine decay")
+    warmup_epochs: float = Field(
+        0.5, ge=0, description="Linear warm-up, in epochs, before cosine decay"
+    )
     loss: Literal["bce", "bce_dice", "bce_lovasz"] = Field(
         "bce",
         description="Per-pixel BCE (default), BCE + soft Dice, or BCE + Lovasz hinge (Berman 2018: a "
@@ -179,22 +208,31 @@ class TrainParams(_Section):
     )
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the segmentation head")
     decoder_attention: Literal["none", "scse"] = Field(
-        "none", description="Attention in each decoder block: none, or smp's scSE (channel + spatial squeeze-excitation)"
+        "none",
+        description="Attention in each decoder block: none, or smp's scSE (channel + spatial squeeze-excitation)",
     )
     ema_decay: float | None = Field(
-        None, gt=0, lt=1,
+        None,
+        gt=0,
+        lt=1,
         description="Keep an exponential moving average of the weights (decay per optimiser step, "
         "warmed up as min(decay, (1+t)/(10+t))); validation, the best checkpoint and the saved model "
         "use the average; null = off",
     )
     augment: bool = Field(True, description="Dihedral flips/rotations and per-band jitter")
     scale_jitter: float = Field(
-        0.0, ge=0, lt=1,
+        0.0,
+        ge=0,
+        lt=1,
         description="With augment: zoom each chip by a factor log-uniform in [1/(1+s), 1+s] "
         "about its centre (image, mask and nodata alike); 0 = off",
     )
-    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N epochs without val IoU gain")
-    max_batches_per_epoch: int | None = Field(None, ge=1, description="Cap batches per epoch (tests)")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after N epochs without val IoU gain"
+    )
+    max_batches_per_epoch: int | None = Field(
+        None, ge=1, description="Cap batches per epoch (tests)"
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     precision: Precision = Field(
         "auto",
@@ -214,13 +252,17 @@ class EvaluateParams(_Section):
     batch_size: int | None = Field(
         None, ge=1, description="Windows per forward pass (default: 2 on CPU, fitted to GPU memory)"
     )
-    precision: Precision = Field("auto", description="Inference autocast precision (as predict.precision)")
+    precision: Precision = Field(
+        "auto", description="Inference autocast precision (as predict.precision)"
+    )
     tta: bool = Field(
         False,
         description="Score predictions averaged over the eight dihedral transforms (as predict --tta; "
         "8x the inference time)",
     )
-    relaxed_slack_px: int = Field(3, ge=0, description="Slack of relaxed precision/recall (Mnih 2013: 3)")
+    relaxed_slack_px: int = Field(
+        3, ge=0, description="Slack of relaxed precision/recall (Mnih 2013: 3)"
+    )
     class_attribute: str | None = Field(
         None,
         description="Road vector attribute to report recall by (e.g. OSM's highway, the synthetic "
@@ -259,8 +301,12 @@ class PredictParams(_Section):
         description="Autocast precision; auto: bf16 on CUDA, fp32 on CPU (bf16 there is faster but "
         "makes pixels depend on the thread count by a few 1/254 steps)",
     )
-    vector_min_spur_m: float = Field(10.0, ge=0, description="--vectors: prune dead-end branches shorter than this")
-    vector_simplify_m: float = Field(1.0, ge=0, description="--vectors: simplification tolerance of the centrelines")
+    vector_min_spur_m: float = Field(
+        10.0, ge=0, description="--vectors: prune dead-end branches shorter than this"
+    )
+    vector_simplify_m: float = Field(
+        1.0, ge=0, description="--vectors: simplification tolerance of the centrelines"
+    )
 
 
 with warnings.catch_warnings():
@@ -279,7 +325,10 @@ with warnings.catch_warnings():
 
         @model_validator(mode="after")
         def _encoder_is_pretrained(self) -> Params:
-            if self.train.encoder_weights == "repo" and self.train.encoder not in self.pretrain.archs:
+            if (
+                self.train.encoder_weights == "repo"
+                and self.train.encoder not in self.pretrain.archs
+            ):
                 raise ValueError(
                     f"train.encoder {self.train.encoder!r} uses repo weights but is not in pretrain.archs "
                     f"{self.pretrain.archs}; add it there or set train.encoder_weights: none"

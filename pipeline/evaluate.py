@@ -82,7 +82,9 @@ class SceneScore:
     prob: np.ndarray  # float32 probability at every ``factor``-th pixel, NaN where nodata
     valid: np.ndarray  # bool, every ``factor``-th pixel: pixels that count
     factor: int
-    by_class: dict[str, tuple[int, int]] = field(default_factory=dict)  # class -> (road px, found px)
+    by_class: dict[str, tuple[int, int]] = field(
+        default_factory=dict
+    )  # class -> (road px, found px)
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -106,7 +108,11 @@ def sweep_thresholds(model_threshold: float) -> np.ndarray:
 
 
 def predict_scene(
-    scene: SceneSource, out_dir: Path, model_dir: Path, params: EvaluateParams, workers: int,
+    scene: SceneSource,
+    out_dir: Path,
+    model_dir: Path,
+    params: EvaluateParams,
+    workers: int,
     scheduler: str | None = None,
 ) -> Path:
     """A float32 probability raster of the whole scene, made by predict's own code path (on
@@ -174,13 +180,18 @@ def score_scene(
                 rr0, cc0 = max(0, r0 - rho), max(0, c0 - rho)
                 rr1, cc1 = min(height, r1 + rho), min(width, c1 + rho)
                 _, valid, truth = windows.read(cc0, rr0, cc1 - cc0, rr1 - rr0)
-                prob = raster.read_window(predicted, cc0, rr0, cc1 - cc0, rr1 - rr0)[0][0].astype(np.float32)
+                prob = raster.read_window(predicted, cc0, rr0, cc1 - cc0, rr1 - rr0)[0][0].astype(
+                    np.float32
+                )
                 valid &= np.isfinite(prob)
                 core = (slice(r0 - rr0, r1 - rr0), slice(c0 - cc0, c1 - cc0))
                 sweep.update(prob, truth, valid, core=core)
                 p, t, v = prob[core], truth[core], valid[core]
                 reduced = reduce_codes(error_codes(p >= threshold, t, v), factor)
-                at = (slice(r0 // factor, r0 // factor + reduced.shape[0]), slice(c0 // factor, c0 // factor + reduced.shape[1]))
+                at = (
+                    slice(r0 // factor, r0 // factor + reduced.shape[0]),
+                    slice(c0 // factor, c0 // factor + reduced.shape[1]),
+                )
                 codes[at] = reduced
                 prob_small[at] = np.where(v, p, np.nan)[::factor, ::factor]
                 valid_small[at] = v[::factor, ::factor]
@@ -190,8 +201,14 @@ def score_scene(
                         road = windows.burn(polygons, c0, r0, c1 - c0, r1 - r0)
                         by_class[name][0] += int(np.count_nonzero(road & v))
                         by_class[name][1] += int(np.count_nonzero(road & found))
-    return SceneScore(sweep=sweep, codes=codes, prob=prob_small, valid=valid_small, factor=factor,
-                      by_class={k: (a, b) for k, (a, b) in by_class.items()})
+    return SceneScore(
+        sweep=sweep,
+        codes=codes,
+        prob=prob_small,
+        valid=valid_small,
+        factor=factor,
+        by_class={k: (a, b) for k, (a, b) in by_class.items()},
+    )
 
 
 def recall_by_class(counts: dict[str, tuple[int, int]]) -> dict[str, dict[str, float]]:
@@ -319,7 +336,9 @@ def write_error_map(path: Path, codes: np.ndarray, title: str) -> Path:
     return path
 
 
-def write_quicklook(path: Path, image: Path, score: SceneScore, bands: list[str], title: str) -> Path:
+def write_quicklook(
+    path: Path, image: Path, score: SceneScore, bands: list[str], title: str
+) -> Path:
     """The scene's RGB with the road probability overlaid (transparent where it is low)."""
     info = raster.raster_info(image)
     valid, prob = score.valid, score.prob
@@ -452,13 +471,25 @@ def run_evaluate(
     thresholds = sweep_thresholds(config.threshold)
     rho = params.relaxed_slack_px
 
-    with tempfile.TemporaryDirectory(prefix="roadseg-evaluate-") as tmp, parallel.shared_cluster(None, len(scenes), tile.workers) as scheduler:
+    with (
+        tempfile.TemporaryDirectory(prefix="roadseg-evaluate-") as tmp,
+        parallel.shared_cluster(None, len(scenes), tile.workers) as scheduler,
+    ):
         scores: dict[str, SceneScore] = {}
         for scene in scenes:
             log.info("evaluate: predicting %s", scene.name)
-            prediction = predict_scene(scene, Path(tmp), model_dir, params, tile.workers, scheduler=scheduler)
-            scores[scene.name] = score_scene(scene, prediction, data, thresholds, rho, config.threshold,
-                                             class_attribute=params.class_attribute)
+            prediction = predict_scene(
+                scene, Path(tmp), model_dir, params, tile.workers, scheduler=scheduler
+            )
+            scores[scene.name] = score_scene(
+                scene,
+                prediction,
+                data,
+                thresholds,
+                rho,
+                config.threshold,
+                class_attribute=params.class_attribute,
+            )
             prediction.unlink()  # a test scene's probability raster can be large
             if scores[scene.name].sweep.n_true == 0:
                 log.warning(
@@ -481,8 +512,7 @@ def run_evaluate(
         }
         result["relaxed_slack_px"] = rho
         result["per_scene"] = {
-            name: summarize(s.compute(), config.threshold, test_best)
-            for name, s in sweeps.items()
+            name: summarize(s.compute(), config.threshold, test_best) for name, s in sweeps.items()
         }
         if params.class_attribute:
             pooled_by_class: dict[str, tuple[int, int]] = {}
@@ -508,7 +538,9 @@ def run_evaluate(
                 f"relaxed break-even {m['relaxed_break_even']:.3f} (rho {rho} px)"
             )
             figures.append(
-                write_error_map(params.reports_dir / f"{scene.name}_error_map.png", score.codes, title)
+                write_error_map(
+                    params.reports_dir / f"{scene.name}_error_map.png", score.codes, title
+                )
             )
             figures.append(
                 write_quicklook(

@@ -34,7 +34,9 @@ GPU_MEMORY_FRACTION = 0.6  # of the GPU memory free after loading the model, for
 MAX_GPU_BATCH_SIZE = 64
 
 
-def _load_for_worker(model_dir: str, device: str) -> tuple[torch.nn.Module, ModelConfig, torch.device]:
+def _load_for_worker(
+    model_dir: str, device: str
+) -> tuple[torch.nn.Module, ModelConfig, torch.device]:
     dev = pick_device(device)
     if dev.type == "cuda" and dev.index is None:
         gpu = parallel.worker_gpu()
@@ -46,7 +48,9 @@ def _load_for_worker(model_dir: str, device: str) -> tuple[torch.nn.Module, Mode
 
 def worker_model(model_dir: str, device: str) -> tuple[torch.nn.Module, ModelConfig, torch.device]:
     """The model for this worker process, loaded on first use and reused by later tasks."""
-    return parallel.worker_cached(("model", model_dir, device), lambda: _load_for_worker(model_dir, device))
+    return parallel.worker_cached(
+        ("model", model_dir, device), lambda: _load_for_worker(model_dir, device)
+    )
 
 
 def fitted_batch_size(
@@ -65,11 +69,15 @@ def fitted_batch_size(
     torch.cuda.synchronize(dev)
     torch.cuda.reset_peak_memory_stats(dev)
     before = torch.cuda.memory_allocated(dev)
-    forward_probs(model, torch.zeros(1, config.in_channels, window, window), dev, precision=precision)
+    forward_probs(
+        model, torch.zeros(1, config.in_channels, window, window), dev, precision=precision
+    )
     per_window = max(1, torch.cuda.max_memory_allocated(dev) - before)
     free, _total = torch.cuda.mem_get_info(dev)
     free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
-    return int(max(1, min(MAX_GPU_BATCH_SIZE, GPU_MEMORY_FRACTION * free // (per_window * concurrent))))
+    return int(
+        max(1, min(MAX_GPU_BATCH_SIZE, GPU_MEMORY_FRACTION * free // (per_window * concurrent)))
+    )
 
 
 def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
@@ -83,7 +91,11 @@ def _undo_dihedral(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
 
 
 def forward_probs(
-    model: torch.nn.Module, x: torch.Tensor, device: torch.device, tta: bool = False, precision: str = "auto"
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    device: torch.device,
+    tta: bool = False,
+    precision: str = "auto",
 ) -> np.ndarray:
     """Road probability (N, H, W) float32 for a normalised batch (N, C, H, W).
 
@@ -94,7 +106,11 @@ def forward_probs(
     amp_dtype = autocast_dtype(device, precision, training=False)
     with torch.inference_mode():
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+        ctx = (
+            torch.autocast(device.type, dtype=amp_dtype)
+            if amp_dtype is not None
+            else contextlib.nullcontext()
+        )
         with ctx:
             if not tta:
                 prob = torch.sigmoid(model(x).float())
@@ -108,7 +124,9 @@ def forward_probs(
         return prob[:, 0].float().cpu().numpy()
 
 
-def normalise(image: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+def normalise(
+    image: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.ndarray
+) -> np.ndarray:
     """(C, H, W) any dtype -> float32 ``(x - mean) / std``, 0 where the pixel is nodata."""
     x = (image.astype(np.float32) - mean[:, None, None]) / std[:, None, None]
     x[:, ~valid] = 0.0
@@ -215,7 +233,9 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
         for ij in group.windows:
             t0 = time.perf_counter()
             rect = job.grid.rect(*ij)
-            image, valid = raster.read_window(reader, rect.col_off, rect.row_off, rect.width, rect.height)
+            image, valid = raster.read_window(
+                reader, rect.col_off, rect.row_off, rect.width, rect.height
+            )
             if not valid.any():
                 skipped += 1  # all nodata: the model never sees it
                 timings["read"] += time.perf_counter() - t0
@@ -230,5 +250,3 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
                 flush()
         flush()
     return GroupResult(region, contrib, valid_out, ran, skipped, timings)
-
-

@@ -46,7 +46,9 @@ def build_unet(config: ModelConfig) -> nn.Module:
         in_channels=config.in_channels,
         classes=1,
         decoder_channels=DECODER_CHANNELS,
-        decoder_attention_type=None if config.decoder_attention == "none" else config.decoder_attention,
+        decoder_attention_type=None
+        if config.decoder_attention == "none"
+        else config.decoder_attention,
     )
     if config.decoder_upsampling == "transposed":
         _use_transposed_upsampling(model)
@@ -60,7 +62,8 @@ def _use_transposed_upsampling(model: nn.Module) -> None:
     encoder_channels = list(model.encoder.out_channels)[1:][::-1]
     in_channels = [encoder_channels[0], *DECODER_CHANNELS[:-1]]
     model.decoder.blocks = nn.ModuleList(
-        TransposedUpBlock(block, ch) for block, ch in zip(model.decoder.blocks, in_channels, strict=True)
+        TransposedUpBlock(block, ch)
+        for block, ch in zip(model.decoder.blocks, in_channels, strict=True)
     )
 
 
@@ -78,7 +81,9 @@ def save_model(model: nn.Module, config: ModelConfig, folder: Path) -> Path:
     return folder
 
 
-def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig]:
+def load_model(
+    folder: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelConfig]:
     """Load a model folder strictly; returns (model in eval mode on ``device``, config)."""
     folder = Path(folder)
     config = read_config(folder)
@@ -98,7 +103,9 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
-def autocast_dtype(device: torch.device, precision: str = "auto", *, training: bool) -> torch.dtype | None:
+def autocast_dtype(
+    device: torch.device, precision: str = "auto", *, training: bool
+) -> torch.dtype | None:
     """The autocast dtype for ``precision`` (auto | fp32 | bf16) on ``device``; None = float32.
 
     auto on CUDA: bf16 where the GPU supports it; otherwise fp16 for inference and float32 for

@@ -24,15 +24,25 @@ class ModelConfig(BaseModel):
 
     architecture: str = Field("unet", description="Segmentation architecture (smp)")
     encoder: str = Field(description="Zoo backbone used as encoder, e.g. resnet18")
-    encoder_weights: str = Field("none", description="How the encoder was initialised: repo, none, imagenet")
-    init_from: str = Field("", description="The model this one was fine-tuned from; '' when trained from scratch")
+    encoder_weights: str = Field(
+        "none", description="How the encoder was initialised: repo, none, imagenet"
+    )
+    init_from: str = Field(
+        "", description="The model this one was fine-tuned from; '' when trained from scratch"
+    )
     bands: list[str] = Field(description="Input band names, in order")
     mean: list[float] = Field(description="Per-band mean used for normalisation")
     std: list[float] = Field(description="Per-band standard deviation used for normalisation")
     chip_size: int = Field(description="Training chip side in pixels")
-    dtype: str = Field("", description="Sample type of the training imagery (uint8, uint16, ...); '' unknown")
-    gsd_m: float | None = Field(None, gt=0, description="Median pixel size of the training scenes, metres")
-    threshold: float = Field(0.5, ge=0, le=1, description="Decision threshold on the road probability")
+    dtype: str = Field(
+        "", description="Sample type of the training imagery (uint8, uint16, ...); '' unknown"
+    )
+    gsd_m: float | None = Field(
+        None, gt=0, description="Median pixel size of the training scenes, metres"
+    )
+    threshold: float = Field(
+        0.5, ge=0, le=1, description="Decision threshold on the road probability"
+    )
     decoder_upsampling: str = Field("interp", description="interp or transposed")
     dropout: float = Field(0.0, description="Dropout before the segmentation head")
     decoder_attention: str = Field("none", description="Decoder attention: none or scse")
@@ -60,5 +70,7 @@ def resolve_model(ref: str | Path, tracking_default: str = "sqlite:///mlflow.db"
         return registry.download_model_dir(ref, tracking_default=tracking_default)
     path = Path(ref)
     if not (path / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"{path}: no model folder here (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
+        raise FileNotFoundError(
+            f"{path}: no model folder here (expected {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
     return path

@@ -70,14 +70,18 @@ def map_ordered(
             pairs: Iterator[tuple[tuple, Any]] = ((task, fn(*task)) for task in tasks)
         else:
             pairs = _ordered_on(client, fn, tasks, max_in_flight or 2 * total_threads(client))
-        bar = stack.enter_context(tqdm(total=total, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True))
+        bar = stack.enter_context(
+            tqdm(total=total, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True)
+        )
         with contextlib.closing(pairs):
             for task, result in pairs:
                 bar.update(weight(task) if weight else 1)
                 yield result
 
 
-def _ordered_on(client: Any, fn: Callable[..., Any], tasks: Iterable[tuple], max_in_flight: int) -> Iterator[tuple[tuple, Any]]:
+def _ordered_on(
+    client: Any, fn: Callable[..., Any], tasks: Iterable[tuple], max_in_flight: int
+) -> Iterator[tuple[tuple, Any]]:
     """(task, result) in task order, keeping a window of at most ``max_in_flight`` futures."""
     from collections import deque
 
@@ -114,7 +118,11 @@ _WORKER_ENV_DEFAULTS = {"GDAL_CACHEMAX": "64"}  # MB: GDAL's default is 5 % of R
 # map and trim its heaps. Measured on a 2-core CPU: a resnet18 U-Net batch of 4 x 512^2 in a
 # thread runs ~1/3 faster (sys time 2 s -> 0.02 s per 3 batches); peak memory is unchanged,
 # the buffers are simply reused.
-ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**34)}
+ALLOCATOR_ENV = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(2**34),
+}
 # Dask's housekeeping on the clusters roadseg starts itself. By default each worker samples
 # its task threads' stacks 100 times a second (the dashboard's Profile page), and every
 # process wakes its event loop 50 times a second to time it, 10 times a second to read memory
@@ -145,7 +153,13 @@ def available_cores() -> int:
 
 # Device files of a GPU driver (NVIDIA, WSL's GPU bridge, AMD ROCm). Without any of them there
 # is no GPU to count and torch is not imported: the predict client stays light on CPU boxes.
-_GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")
+_GPU_DEVICE_FILES = (
+    "/dev/nvidiactl",
+    "/dev/nvidia0",
+    "/proc/driver/nvidia",
+    "/dev/dxg",
+    "/dev/kfd",
+)
 
 
 class DeviceError(RuntimeError):
@@ -254,13 +268,17 @@ def local_cluster(workers: int | None, device: str = "auto") -> Iterator[Any]:
     threads = plan.torch_threads
     pre_spawn = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     pre_spawn.update(ALLOCATOR_ENV, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    with dask.config.set({**QUIET_CLUSTER_CONFIG, "distributed.nanny.pre-spawn-environ": pre_spawn}), LocalCluster(
-        n_workers=plan.workers,
-        threads_per_worker=plan.tasks_per_worker,
-        processes=True,
-        dashboard_address=":0",  # a free port: several clusters may run side by side
-        env=_WORKER_ENV_DEFAULTS,
-    ) as cluster, Client(cluster) as client:
+    with (
+        dask.config.set({**QUIET_CLUSTER_CONFIG, "distributed.nanny.pre-spawn-environ": pre_spawn}),
+        LocalCluster(
+            n_workers=plan.workers,
+            threads_per_worker=plan.tasks_per_worker,
+            processes=True,
+            dashboard_address=":0",  # a free port: several clusters may run side by side
+            env=_WORKER_ENV_DEFAULTS,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         client.wait_for_workers(plan.workers)
         for addr, gpu in zip(sorted(client.scheduler_info()["workers"]), plan.gpus, strict=True):
             client.run(_configure_worker, threads, gpu, workers=[addr])
@@ -287,7 +305,9 @@ def cluster_client(scheduler: str | None, workers: int | None, device: str) -> I
 
 
 @contextlib.contextmanager
-def shared_cluster(scheduler: str | None, runs: int, workers: int | None, device: str = "auto") -> Iterator[str | None]:
+def shared_cluster(
+    scheduler: str | None, runs: int, workers: int | None, device: str = "auto"
+) -> Iterator[str | None]:
     """The scheduler address for ``runs`` predicts in a row: ``scheduler`` when given; else, for
     more than one run, a ``local_cluster`` started here for all of them (its workers start and
     load the model once, not once per run); else None, and the single run starts its own."""
@@ -323,7 +343,11 @@ def max_threads_per_worker(client: Any) -> int:
 
 
 def dashboard_link(client: Any) -> str | None:
-    return client.dashboard_link if "dashboard" in client.scheduler_info().get("services", {}) else None
+    return (
+        client.dashboard_link
+        if "dashboard" in client.scheduler_info().get("services", {})
+        else None
+    )
 
 
 def stream_results(

@@ -47,7 +47,9 @@ from pipeline.windows import Rect, WindowGrid, WindowGroup, window_groups
 
 BAND_DESCRIPTION = "road_probability"
 DEFAULT_BLOCK = 1024
-GSD_TOLERANCE = 1.5  # warn when the raster's pixel size differs from the model's by more than this factor
+GSD_TOLERANCE = (
+    1.5  # warn when the raster's pixel size differs from the model's by more than this factor
+)
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,9 @@ def release_readers() -> int:
 
 
 # ------------------------------------------------------------------------------ client side
-def _check_inputs(image: Path, info: raster.RasterInfo, config: ModelConfig, model_ref: str) -> None:
+def _check_inputs(
+    image: Path, info: raster.RasterInfo, config: ModelConfig, model_ref: str
+) -> None:
     if info.count != config.in_channels:
         raise raster.RasterError(
             f"{image}: has {info.count} band(s), but the model {model_ref} expects "
@@ -140,7 +144,9 @@ def _check_inputs(image: Path, info: raster.RasterInfo, config: ModelConfig, mod
             stacklevel=3,
         )
     if info.crs is None:
-        warnings.warn(f"{image}: raster has no CRS; the prediction will have none either", stacklevel=3)
+        warnings.warn(
+            f"{image}: raster has no CRS; the prediction will have none either", stacklevel=3
+        )
     if config.dtype and info.dtype != config.dtype:
         warnings.warn(
             f"{image}: sample type {info.dtype}, but the model {model_ref} was trained on {config.dtype} "
@@ -183,7 +189,9 @@ def _model_tags(model_ref: str | Path, folder: Path, config: ModelConfig) -> dic
     return tags
 
 
-def _resolve_model(model: str | Path, tracking_default: str) -> tuple[Path, ModelConfig, dict[str, str]]:
+def _resolve_model(
+    model: str | Path, tracking_default: str
+) -> tuple[Path, ModelConfig, dict[str, str]]:
     """(model folder, its config, the output's tags naming it) for a folder or a registry URI."""
     folder = Path(resolve_model(model, tracking_default))
     config = read_config(folder)
@@ -215,9 +223,14 @@ def _stream_windows(
     for rect, prob, valid in assembler.initially_complete():
         writer.write(encode(prob, valid), rect.row_off, rect.col_off)
     results = parallel.stream_results(
-        client, run_group, ((job, g) for g in groups),
-        max_in_flight=2 * parallel.total_threads(client) + 2, total=len(job.grid),
-        progress=progress, desc=f"predict {name}", unit="win",
+        client,
+        run_group,
+        ((job, g) for g in groups),
+        max_in_flight=2 * parallel.total_threads(client) + 2,
+        total=len(job.grid),
+        progress=progress,
+        desc=f"predict {name}",
+        unit="win",
         weight=lambda task: len(task[1].windows),
     )
     with contextlib.closing(results):  # on any error, cancel what is still queued
@@ -307,8 +320,13 @@ def predict_raster(
         if from_registry:
             _check_inputs(image, info, config, str(model))
         tags.update(
-            window=window, overlap=overlap, tta=tta, precision=precision,
-            encoding="uint8: p = value / 254, 255 = nodata" if dtype == "uint8" else "float32: p, NaN = nodata",
+            window=window,
+            overlap=overlap,
+            tta=tta,
+            precision=precision,
+            encoding="uint8: p = value / 254, 255 = nodata"
+            if dtype == "uint8"
+            else "float32: p, NaN = nodata",
         )
         if scale is not None:
             tags["scale"] = "1/254"
@@ -319,7 +337,9 @@ def predict_raster(
         t_load = time.perf_counter()
         # every worker loads the model now (and says what batch it can take); the smallest wins
         concurrent = parallel.max_threads_per_worker(client)
-        fitted = min(client.run(fitted_batch_size, model_dir, device, window, concurrent, precision).values())
+        fitted = min(
+            client.run(fitted_batch_size, model_dir, device, window, concurrent, precision).values()
+        )
         batch_size = batch_size or fitted
         timings["model_load"] = time.perf_counter() - t_load
         # a task holds at least one full batch of windows
@@ -329,14 +349,32 @@ def predict_raster(
         stopping = None
         try:
             with raster.stream_cog(
-                output, width=info.width, height=info.height, crs=info.crs, transform=info.transform,
-                dtype=dtype, nodata=nodata, description=BAND_DESCRIPTION, scale=scale, tags=tags,
-                overwrite=overwrite, cog_blocksize=_cog_blocksize(info.height, info.width),
+                output,
+                width=info.width,
+                height=info.height,
+                crs=info.crs,
+                transform=info.transform,
+                dtype=dtype,
+                nodata=nodata,
+                description=BAND_DESCRIPTION,
+                scale=scale,
+                tags=tags,
+                overwrite=overwrite,
+                cog_blocksize=_cog_blocksize(info.height, info.width),
             ) as writer:
                 t_stream = time.perf_counter()
                 try:
-                    ran, skipped = _stream_windows(client, job, groups, assembler, writer, encode, timings,
-                                                   progress, image.name)
+                    ran, skipped = _stream_windows(
+                        client,
+                        job,
+                        groups,
+                        assembler,
+                        writer,
+                        encode,
+                        timings,
+                        progress,
+                        image.name,
+                    )
                 finally:
                     # workers of a cluster that outlives this call (--scheduler) close the raster
                     # now; best effort: a worker that died has nothing left open
@@ -358,11 +396,22 @@ def predict_raster(
     if vectors is not None:
         from pipeline.vectorize import vectorize_raster
 
-        vectors_out = vectorize_raster(output, Path(vectors), threshold=config.threshold, overwrite=overwrite,
-                                       min_spur_m=vector_min_spur_m, simplify_m=vector_simplify_m)
+        vectors_out = vectorize_raster(
+            output,
+            Path(vectors),
+            threshold=config.threshold,
+            overwrite=overwrite,
+            min_spur_m=vector_min_spur_m,
+            simplify_m=vector_simplify_m,
+        )
     seconds = time.perf_counter() - t0
     return PredictResult(
-        output=output, vectors=vectors_out, seconds=seconds, windows_run=ran,
-        windows_skipped=skipped, mpix_per_s=info.width * info.height / 1e6 / seconds,
-        peak_open_blocks=assembler.peak_open, timings=timings,
+        output=output,
+        vectors=vectors_out,
+        seconds=seconds,
+        windows_run=ran,
+        windows_skipped=skipped,
+        mpix_per_s=info.width * info.height / 1e6 / seconds,
+        peak_open_blocks=assembler.peak_open,
+        timings=timings,
     )

@@ -26,7 +26,9 @@ class Target:
     vectors: Path | None = None
 
 
-def batch_targets(images: Sequence[Path], output: str | Path | None = None, vectors: str | Path | None = None) -> list[Target]:
+def batch_targets(
+    images: Sequence[Path], output: str | Path | None = None, vectors: str | Path | None = None
+) -> list[Target]:
     """Where each image's outputs go.
 
     ``output`` / ``vectors`` name a file for one image, or an existing folder, which gets
@@ -48,8 +50,11 @@ def batch_targets(images: Sequence[Path], output: str | Path | None = None, vect
         return Path(value)
 
     targets = [
-        Target(Path(image), place(Path(image), output, "-o/--output", ".tif"),
-               place(Path(image), vectors, "--vectors", ".gpkg"))
+        Target(
+            Path(image),
+            place(Path(image), output, "-o/--output", ".tif"),
+            place(Path(image), vectors, "--vectors", ".gpkg"),
+        )
         for image in images
     ]
     writers: dict[Path, Path] = {}
@@ -59,7 +64,9 @@ def batch_targets(images: Sequence[Path], output: str | Path | None = None, vect
                 continue
             other = writers.setdefault(path.resolve(), t.image)
             if other is not t.image:
-                raise ValueError(f"{other} and {t.image} would both write {path}; predict them separately")
+                raise ValueError(
+                    f"{other} and {t.image} would both write {path}; predict them separately"
+                )
     return targets
 
 
@@ -102,8 +109,16 @@ def predict_batch(
     with parallel.shared_cluster(scheduler, len(todo), workers, device) as address:
         for t in todo:
             try:
-                result = predict_raster(t.image, t.output, vectors=t.vectors, scheduler=address, workers=workers,
-                                        device=device, overwrite=overwrite, **options)
+                result = predict_raster(
+                    t.image,
+                    t.output,
+                    vectors=t.vectors,
+                    scheduler=address,
+                    workers=workers,
+                    device=device,
+                    overwrite=overwrite,
+                    **options,
+                )
             except (RasterError, FileExistsError) as e:
                 if len(todo) == 1:
                     raise
@@ -113,5 +128,7 @@ def predict_batch(
             written.append(result.output)
             report(f"wrote {result.output}" + (f" and {result.vectors}" if result.vectors else ""))
     if failed:
-        raise ValueError(f"{len(failed)} of {len(todo)} images failed (errors above): {', '.join(map(str, failed))}")
+        raise ValueError(
+            f"{len(failed)} of {len(todo)} images failed (errors above): {', '.join(map(str, failed))}"
+        )
     return written

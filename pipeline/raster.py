@@ -86,7 +86,8 @@ def raster_info(path: str | Path) -> RasterInfo:
                 stacklevel=2,
             )
         per_dataset = any(
-            rasterio.enums.MaskFlags.per_dataset in flags and rasterio.enums.MaskFlags.nodata not in flags
+            rasterio.enums.MaskFlags.per_dataset in flags
+            and rasterio.enums.MaskFlags.nodata not in flags
             for flags in ds.mask_flag_enums
         )
         return RasterInfo(
@@ -127,7 +128,9 @@ class WindowReader:
     def count(self) -> int:
         return len(self._bands)
 
-    def read(self, col_off: int, row_off: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    def read(
+        self, col_off: int, row_off: int, width: int, height: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Return (image[C,H,W] in the file's dtype, valid[H,W] bool) for a window.
 
         Parts of the window outside the raster are returned as zeros with valid=False, so
@@ -139,7 +142,9 @@ class WindowReader:
         valid = self.ds.dataset_mask(window=win, boundless=True) > 0
         return img, valid
 
-    def read_band(self, band: int, col_off: int, row_off: int, width: int, height: int) -> np.ndarray:
+    def read_band(
+        self, band: int, col_off: int, row_off: int, width: int, height: int
+    ) -> np.ndarray:
         win = Window(col_off, row_off, width, height)
         return self.ds.read(band, window=win, boundless=True, fill_value=0)
 
@@ -317,9 +322,20 @@ def stream_cog(
         staging = _atomic_target(path)
         try:
             profile: dict[str, Any] = dict(
-                driver="GTiff", width=width, height=height, count=1, dtype=dtype, crs=crs,
-                transform=transform, nodata=nodata, tiled=True, blockxsize=staging_blocksize,
-                blockysize=staging_blocksize, compress="deflate", zlevel=1, BIGTIFF="IF_SAFER",
+                driver="GTiff",
+                width=width,
+                height=height,
+                count=1,
+                dtype=dtype,
+                crs=crs,
+                transform=transform,
+                nodata=nodata,
+                tiled=True,
+                blockxsize=staging_blocksize,
+                blockysize=staging_blocksize,
+                compress="deflate",
+                zlevel=1,
+                BIGTIFF="IF_SAFER",
             )
             with rasterio.open(staging, "w", **profile) as dst:
                 if description:
@@ -332,9 +348,15 @@ def stream_cog(
                 yield BlockWriter(dst)
             with rasterio.open(staging) as src:
                 gdal_copy(
-                    src, str(final_tmp), driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES",
-                    BLOCKSIZE=cog_blocksize, OVERVIEW_RESAMPLING=overview_resampling.upper(),
-                    BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS",
+                    src,
+                    str(final_tmp),
+                    driver="COG",
+                    COMPRESS="DEFLATE",
+                    PREDICTOR="YES",
+                    BLOCKSIZE=cog_blocksize,
+                    OVERVIEW_RESAMPLING=overview_resampling.upper(),
+                    BIGTIFF="IF_SAFER",
+                    NUM_THREADS="ALL_CPUS",
                 )
             final_tmp.chmod(_default_file_mode())  # mkstemp made it owner-only
         finally:
@@ -347,7 +369,9 @@ def _default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def read_window(reader: WindowReader, col_off: int, row_off: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+def read_window(
+    reader: WindowReader, col_off: int, row_off: int, width: int, height: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``reader.read``, faster for windows inside the raster, with GDAL read failures (a corrupt
     tile, a vanished VRT source) turned into a RasterError naming the file and window (which,
     unlike RasterioIOError, survives pickling between Dask processes).
@@ -356,7 +380,12 @@ def read_window(reader: WindowReader, col_off: int, row_off: int, width: int, he
     times the read itself), so they are used only for windows that reach past the edge.
     """
     ds = reader.ds
-    inside = col_off >= 0 and row_off >= 0 and col_off + width <= ds.width and row_off + height <= ds.height
+    inside = (
+        col_off >= 0
+        and row_off >= 0
+        and col_off + width <= ds.width
+        and row_off + height <= ds.height
+    )
     try:
         if not inside:
             return reader.read(col_off, row_off, width, height)
@@ -400,5 +429,10 @@ def burn_geometries(
     if not pairs:
         return np.full(out_shape, fill, dtype=dtype)
     return rasterize(
-        pairs, out_shape=out_shape, transform=transform, fill=fill, all_touched=all_touched, dtype=dtype
+        pairs,
+        out_shape=out_shape,
+        transform=transform,
+        fill=fill,
+        all_touched=all_touched,
+        dtype=dtype,
     )

@@ -25,7 +25,9 @@ def model_card(params: Params, config, eval_metrics: dict, version_hint: str = "
     """A markdown model card: data, params, metrics, intended use, limits."""
     m = eval_metrics
     rows = "\n".join(
-        f"| {k} | {v:.4f} |" for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        f"| {k} | {v:.4f} |"
+        for k, v in m.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
     )
     by_class = m.get("recall_by_class") or {}
     if by_class:
@@ -85,9 +87,13 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
     with registry.tracked_run(
         reg.experiment, "train", tracking_default=reg.tracking_uri, run_id=run_info["mlflow_run_id"]
     ) as run_id:
-        registry.log_metrics({f"test_{k}": v for k, v in eval_metrics.items() if isinstance(v, int | float)})
+        registry.log_metrics(
+            {f"test_{k}": v for k, v in eval_metrics.items() if isinstance(v, int | float)}
+        )
         model_uri = registry.log_pyfunc_model(model_dir, example)
-        card = model_card(params, config, {k: v for k, v in eval_metrics.items() if k != "per_scene"})
+        card = model_card(
+            params, config, {k: v for k, v in eval_metrics.items() if k != "per_scene"}
+        )
         registry.log_text(card, "model_card.md")
         tags = {
             "encoder": config.encoder,
@@ -129,7 +135,9 @@ def promote(params: Params, version: str) -> None:
     registry.configure(params.register.tracking_uri)
     versions = {v["version"] for v in registry.list_versions(params.register.model_name)}
     if str(version) not in versions:
-        raise LookupError(f"{params.register.model_name} has no version {version} (versions: {sorted(versions)})")
+        raise LookupError(
+            f"{params.register.model_name} has no version {version} (versions: {sorted(versions)})"
+        )
     name = params.register.model_name
     registry.set_alias(name, CHAMPION, str(version))
     if registry.alias_version(name, CHALLENGER) == str(version):  # it challenges no one now
@@ -139,7 +147,9 @@ def promote(params: Params, version: str) -> None:
 def _input_example(params: Params, channels: int) -> np.ndarray:
     """A small real input: the top-left 64 px of the first test (else any) chip."""
     chips_dir = Path(params.tile.out_dir)
-    for scene in [s.name for s in params.data.scenes if s.split == "test"] + [s.name for s in params.data.scenes]:
+    for scene in [s.name for s in params.data.scenes if s.split == "test"] + [
+        s.name for s in params.data.scenes
+    ]:
         path = chips_dir / f"{scene}.images.npy"
         if path.exists():
             arr = np.load(path, mmap_mode="r", allow_pickle=False)

@@ -165,7 +165,7 @@ def _store_identity(uri: str) -> str:
     """The tracking store as an absolute string (a relative SQLite path depends on the cwd)."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + os.path.abspath(uri[len(prefix):])
+        return prefix + os.path.abspath(uri[len(prefix) :])
     return uri
 
 
@@ -174,7 +174,7 @@ def _missing_sqlite_file(store: str) -> Path | None:
     prefix = "sqlite:///"
     if not store.startswith(prefix):
         return None
-    path = Path(store[len(prefix):])
+    path = Path(store[len(prefix) :])
     return None if path.exists() else path
 
 
@@ -191,10 +191,14 @@ def _cache_key(uri: str, store: str) -> str | None:
     if parsed:
         name, version, alias = parsed
         client = _client()
-        mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
+        mv = (
+            client.get_model_version(name, version)
+            if version
+            else client.get_model_version_by_alias(name, alias)
+        )
         ident, label = f"{name}/{mv.version}/{mv.run_id}/{mv.source}", f"{name}-v{mv.version}"
     elif uri.startswith("runs:/"):
-        ident, label = uri, "run-" + uri[len("runs:/"):].split("/", 1)[0]
+        ident, label = uri, "run-" + uri[len("runs:/") :].split("/", 1)[0]
     else:
         return None
     digest = hashlib.sha256(f"{store}\n{ident}".encode()).hexdigest()[:12]
@@ -286,7 +290,14 @@ def _requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for dist in ("torch", "segmentation-models-pytorch", "safetensors", "numpy", "pydantic", "mlflow"):
+    for dist in (
+        "torch",
+        "segmentation-models-pytorch",
+        "safetensors",
+        "numpy",
+        "pydantic",
+        "mlflow",
+    ):
         try:
             out.append(f"{dist}=={version(dist)}")
         except PackageNotFoundError:
@@ -298,7 +309,9 @@ def _client():
     return _mlflow().tracking.MlflowClient()
 
 
-def register_version(model_uri: str, name: str, tags: Mapping[str, str], description: str = "") -> str:
+def register_version(
+    model_uri: str, name: str, tags: Mapping[str, str], description: str = ""
+) -> str:
     """Register ``model_uri`` as a new version of ``name``; returns the version number."""
     mlflow = _mlflow()
     mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})

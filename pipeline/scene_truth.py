@@ -38,7 +38,9 @@ class SceneWindows:
 
             self.roads = vectors.load_scene_roads(scene, data, self.info)
         elif scene.labels is None:
-            raise TruthError(f"{scene.image}: scene {scene.name} has neither roads nor labels to score against")
+            raise TruthError(
+                f"{scene.image}: scene {scene.name} has neither roads nor labels to score against"
+            )
         else:
             labels = raster.raster_info(scene.labels)
             if (labels.height, labels.width) != (self.info.height, self.info.width):
@@ -62,8 +64,16 @@ class SceneWindows:
                 f"{self.scene.roads}: no attribute {attribute!r} to report recall by road class "
                 f"(it has: {columns or 'none'}); set evaluate.class_attribute to one of them, or null"
             )
-        values = self.roads[attribute].astype(object).where(self.roads[attribute].notna(), "unknown").astype(str)
-        return {value: self.roads[values == value].reset_index(drop=True) for value in sorted(values.unique())}
+        values = (
+            self.roads[attribute]
+            .astype(object)
+            .where(self.roads[attribute].notna(), "unknown")
+            .astype(str)
+        )
+        return {
+            value: self.roads[values == value].reset_index(drop=True)
+            for value in sorted(values.unique())
+        }
 
     def __enter__(self) -> SceneWindows:
         self._image = self._stack.enter_context(raster.open_reader(self.scene.image))
@@ -71,10 +81,17 @@ class SceneWindows:
             self._labels = self._stack.enter_context(raster.open_reader(self.scene.labels))
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._stack.close()
 
-    def read(self, col_off: int, row_off: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def read(
+        self, col_off: int, row_off: int, width: int, height: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(image[C,H,W] in the file's dtype, valid[H,W] bool, truth[H,W] bool) of a window."""
         if self._image is None:
             raise RuntimeError("SceneWindows.read outside its `with` block")
@@ -86,7 +103,9 @@ class SceneWindows:
             truth, valid = label[0] == 1, valid & label_valid
         return image, valid, truth
 
-    def burn(self, polygons: object, col_off: int, row_off: int, width: int, height: int) -> np.ndarray:
+    def burn(
+        self, polygons: object, col_off: int, row_off: int, width: int, height: int
+    ) -> np.ndarray:
         """bool[H,W]: ``polygons`` (the scene's roads, or one class of them from
         ``road_classes``) burned on a window of the image grid, as the truth is."""
         from pipeline import vectors

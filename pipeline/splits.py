@@ -101,7 +101,9 @@ def chips_in_blocks(
     return chips
 
 
-def whole_scene_chips(height: int, width: int, chip_size: int, stride: int, split: str) -> list[ChipWindow]:
+def whole_scene_chips(
+    height: int, width: int, chip_size: int, stride: int, split: str
+) -> list[ChipWindow]:
     """Chips of a scene held out as a whole (or assigned whole to train/val)."""
     rows = _offsets(0, height, chip_size, stride)
     cols = _offsets(0, width, chip_size, stride)

@@ -50,7 +50,9 @@ def taper(window: int, before: int, after: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _axis(size: int, window: int, overlap: int, multiple: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+def _axis(
+    size: int, window: int, overlap: int, multiple: int
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     spans = axis_spans(size, window, overlap, multiple)
     n = len(spans)
 
@@ -70,12 +72,16 @@ def _axis(size: int, window: int, overlap: int, multiple: int) -> tuple[tuple[np
     return tuple(weights), total
 
 
-def axis_weights(size: int, window: int, overlap: int, multiple: int = UNET_MULTIPLE) -> list[np.ndarray]:
+def axis_weights(
+    size: int, window: int, overlap: int, multiple: int = UNET_MULTIPLE
+) -> list[np.ndarray]:
     """The 1-D weight of every window along an axis (same order as ``axis_spans``)."""
     return list(_axis(size, window, overlap, multiple)[0])
 
 
-def axis_weight_sum(size: int, window: int, overlap: int, multiple: int = UNET_MULTIPLE) -> np.ndarray:
+def axis_weight_sum(
+    size: int, window: int, overlap: int, multiple: int = UNET_MULTIPLE
+) -> np.ndarray:
     """Sum of all windows' 1-D weights at each of the ``size`` pixels (always > 0)."""
     return _axis(size, window, overlap, multiple)[1]
 
@@ -145,7 +151,11 @@ class BlockAssembler:
 
         Returns the blocks this completes as (rect, probability float32, valid bool).
         """
-        if contrib is not None and (contrib.shape != (region.height, region.width) or valid is None or valid.shape != contrib.shape):
+        if contrib is not None and (
+            contrib.shape != (region.height, region.width)
+            or valid is None
+            or valid.shape != contrib.shape
+        ):
             raise ValueError(f"contribution shape {contrib.shape} does not match {region}")
         finished = []
         for b in self._block_ids(region):

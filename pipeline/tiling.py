@@ -58,7 +58,9 @@ class ChipBatch:
     masks: np.ndarray  # (n, S, S) uint8: 0 background, 1 road, MASK_NODATA
     landcover: np.ndarray | None  # (n, S, S) uint8, LANDCOVER_UNKNOWN where nodata
     rows: list[dict]  # index rows; array_index counts from 0 within the batch
-    train_sums: list[tuple[np.ndarray, np.ndarray, int]]  # (sum, sum of squares, pixels) per train chip
+    train_sums: list[
+        tuple[np.ndarray, np.ndarray, int]
+    ]  # (sum, sum of squares, pixels) per train chip
     roads_loaded: bool = False  # this task built the scene's road polygons (not cached yet)
 
 
@@ -84,7 +86,9 @@ def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
     for scene in data.scenes:
         info = raster.raster_info(scene.image)
         if info.crs is None:
-            raise TilingError(f"{scene.image}: image has no CRS; georeference it (gdal_edit.py -a_srs) first")
+            raise TilingError(
+                f"{scene.image}: image has no CRS; georeference it (gdal_edit.py -a_srs) first"
+            )
         first = next(iter(infos.values()), None)
         if first is not None and info.dtype != first.dtype:
             raise TilingError(
@@ -100,7 +104,9 @@ def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
             if label_path is None:
                 continue
             linfo = raster.raster_info(label_path)
-            if (linfo.width, linfo.height) != (info.width, info.height) or not _same_grid(linfo, info):
+            if (linfo.width, linfo.height) != (info.width, info.height) or not _same_grid(
+                linfo, info
+            ):
                 raise TilingError(
                     f"{label_path}: label raster is on another grid than {scene.image} "
                     f"({linfo.width}x{linfo.height} {linfo.crs} vs {info.width}x{info.height} {info.crs}); "
@@ -123,7 +129,9 @@ def metres_per_pixel(info: raster.RasterInfo) -> float:
 
 
 # ----------------------------------------------------------------------------- chip layout
-def plan_chips(data: DataParams, tile: TileParams, infos: dict[str, raster.RasterInfo]) -> dict[str, list[ChipWindow]]:
+def plan_chips(
+    data: DataParams, tile: TileParams, infos: dict[str, raster.RasterInfo]
+) -> dict[str, list[ChipWindow]]:
     """Chip windows and their split for every scene (pure: depends on grids and params only)."""
     block_keys: list[tuple[str, int, int]] = []
     block_px: dict[str, int] = {}
@@ -132,14 +140,21 @@ def plan_chips(data: DataParams, tile: TileParams, infos: dict[str, raster.Raste
             info = infos[scene.name]
             mpp = metres_per_pixel(info)
             block_px[scene.name] = max(tile.chip_size, round(tile.split.block_size_m / mpp))
-            block_keys += [(scene.name, r, c) for r, c in block_grid(info.height, info.width, block_px[scene.name])]
-    assigned = assign_blocks(block_keys, tile.split.val_fraction, tile.split.test_fraction, tile.split.seed)
+            block_keys += [
+                (scene.name, r, c)
+                for r, c in block_grid(info.height, info.width, block_px[scene.name])
+            ]
+    assigned = assign_blocks(
+        block_keys, tile.split.val_fraction, tile.split.test_fraction, tile.split.seed
+    )
 
     plans: dict[str, list[ChipWindow]] = {}
     for scene in data.scenes:
         info = infos[scene.name]
         if scene.split != "auto":
-            plans[scene.name] = whole_scene_chips(info.height, info.width, tile.chip_size, tile.stride, scene.split)
+            plans[scene.name] = whole_scene_chips(
+                info.height, info.width, tile.chip_size, tile.stride, scene.split
+            )
             continue
         split_of = {(r, c): s for (name, r, c), s in assigned.items() if name == scene.name}
         gap_px = round(tile.split.gap_m / metres_per_pixel(info))
@@ -172,7 +187,9 @@ class _NpyStream:
         """Append ``rows``, an array of shape (n, *row_shape)."""
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
         if rows.shape[1:] != self.row_shape:
-            raise ValueError(f"{self.path}: rows of shape {rows.shape[1:]}, expected {self.row_shape}")
+            raise ValueError(
+                f"{self.path}: rows of shape {rows.shape[1:]}, expected {self.row_shape}"
+            )
         raw = rows.reshape(-1).view(np.uint8)
         self.fh.write(raw)
         self.hash.update(raw)
@@ -181,7 +198,11 @@ class _NpyStream:
     def finish(self) -> None:
         self.fh.close()
         tmp = self.path.with_name(f".{self.path.name}.part")
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (self.n, *self.row_shape)}
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (self.n, *self.row_shape),
+        }
         with open(tmp, "wb") as out, open(self.raw, "rb") as src:
             np.lib.format.write_array_header_1_0(out, header)
             shutil.copyfileobj(src, out, length=1 << 22)
@@ -210,8 +231,13 @@ def scene_roads(scene: SceneSource, data: DataParams, info: raster.RasterInfo) -
 
     stat = Path(scene.roads).stat()
     key = (
-        str(scene.roads), stat.st_mtime_ns, stat.st_size, info.crs.to_wkt(), info.bounds,
-        data.width_attribute, data.default_half_width_m,
+        str(scene.roads),
+        stat.st_mtime_ns,
+        stat.st_size,
+        info.crs.to_wkt(),
+        info.bounds,
+        data.width_attribute,
+        data.default_half_width_m,
     )
     if key in _ROADS:
         return _ROADS[key], False
@@ -247,10 +273,14 @@ def tile_chips(
         lc_reader = raster.open_reader(scene.landcover) if scene.landcover else nullcontext()
         with label_reader as labels, lc_reader as landcover:
             for chip in chips:
-                image, valid = raster.read_window(img_reader, chip.col_off, chip.row_off, size, size)
+                image, valid = raster.read_window(
+                    img_reader, chip.col_off, chip.row_off, size, size
+                )
                 if labels is not None:
                     # a label raster's own nodata is unknown ground truth: ignored like image nodata
-                    label, label_valid = raster.read_window(labels, chip.col_off, chip.row_off, size, size)
+                    label, label_valid = raster.read_window(
+                        labels, chip.col_off, chip.row_off, size, size
+                    )
                     valid &= label_valid
                 nodata_fraction = 1.0 - float(valid.mean())
                 if nodata_fraction > tile.max_nodata_fraction:
@@ -299,22 +329,32 @@ def tile_chips(
     )
 
 
-def write_scene(scene: SceneSource, info: raster.RasterInfo, tile: TileParams, batches: Iterable[ChipBatch]) -> SceneTiles:
+def write_scene(
+    scene: SceneSource, info: raster.RasterInfo, tile: TileParams, batches: Iterable[ChipBatch]
+) -> SceneTiles:
     """Append one scene's chip batches, in the order given, to its ``.npy`` arrays in
     ``tile.out_dir``; returns its index rows and train band sums (added chip by chip)."""
     out = Path(tile.out_dir)
     size = tile.chip_size
     streams = {
-        "images": _NpyStream(out / f"{scene.name}.images.npy", (info.count, size, size), np.dtype(info.dtype)),
+        "images": _NpyStream(
+            out / f"{scene.name}.images.npy", (info.count, size, size), np.dtype(info.dtype)
+        ),
         "masks": _NpyStream(out / f"{scene.name}.masks.npy", (size, size), np.uint8),
     }
     if scene.landcover is not None:
-        streams["landcover"] = _NpyStream(out / f"{scene.name}.landcover.npy", (size, size), np.uint8)
-    result = SceneTiles(scene=scene.name, band_sum=np.zeros(info.count), band_sumsq=np.zeros(info.count))
+        streams["landcover"] = _NpyStream(
+            out / f"{scene.name}.landcover.npy", (size, size), np.uint8
+        )
+    result = SceneTiles(
+        scene=scene.name, band_sum=np.zeros(info.count), band_sumsq=np.zeros(info.count)
+    )
     try:
         for batch in batches:
             offset = streams["masks"].n
-            result.rows += [{**row, "array_index": offset + row["array_index"]} for row in batch.rows]
+            result.rows += [
+                {**row, "array_index": offset + row["array_index"]} for row in batch.rows
+            ]
             streams["images"].extend(batch.images)
             streams["masks"].extend(batch.masks)
             if "landcover" in streams:
@@ -331,7 +371,9 @@ def write_scene(scene: SceneSource, info: raster.RasterInfo, tile: TileParams, b
         raise
     for s in streams.values():
         s.finish()
-    result.digest = hashlib.sha256("".join(s.hash.hexdigest() for s in streams.values()).encode()).hexdigest()
+    result.digest = hashlib.sha256(
+        "".join(s.hash.hexdigest() for s in streams.values()).encode()
+    ).hexdigest()
     return result
 
 
@@ -379,7 +421,10 @@ def run_tile(
     out.mkdir(parents=True, exist_ok=True)
 
     tasks = {
-        s.name: [(s, chunk, infos[s.name], data, tile) for chunk in task_chunks(plans[s.name], chips_per_task)]
+        s.name: [
+            (s, chunk, infos[s.name], data, tile)
+            for chunk in task_chunks(plans[s.name], chips_per_task)
+        ]
         for s in data.scenes
     }
     n_tasks = sum(len(t) for t in tasks.values())
@@ -398,16 +443,25 @@ def run_tile(
     try:
         with closing(batches):
             for scene in data.scenes:
-                res = write_scene(scene, infos[scene.name], tile, islice(batches, len(tasks[scene.name])))
-                log.debug("tile: %s: %d chips from %d tasks, roads built %d times",
-                          scene.name, len(res.rows), res.tasks, res.roads_loads)
+                res = write_scene(
+                    scene, infos[scene.name], tile, islice(batches, len(tasks[scene.name]))
+                )
+                log.debug(
+                    "tile: %s: %d chips from %d tasks, roads built %d times",
+                    scene.name,
+                    len(res.rows),
+                    res.tasks,
+                    res.roads_loads,
+                )
                 results.append(res)
     finally:
         _ROADS.clear()  # in-process runs: do not keep the last scene's roads after the stage
 
     train_count = sum(r.band_count for r in results)
     if train_count == 0:
-        raise TilingError("no train chips: check data.scenes splits and tile.split fractions in params.yaml")
+        raise TilingError(
+            "no train chips: check data.scenes splits and tile.split fractions in params.yaml"
+        )
     band_sum = sum(r.band_sum for r in results)
     band_sumsq = sum(r.band_sumsq for r in results)
     mean = band_sum / train_count
@@ -429,7 +483,8 @@ def run_tile(
 
     classes = _landcover_classes(data)
     fingerprint = hashlib.sha256(
-        "".join(r.digest for r in results).encode() + index.drop(columns="geometry").to_csv(index=False).encode()
+        "".join(r.digest for r in results).encode()
+        + index.drop(columns="geometry").to_csv(index=False).encode()
     ).hexdigest()
     stats = dict(
         bands=list(data.bands),

@@ -60,7 +60,9 @@ def seed_everything(seed: int) -> None:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -91,7 +93,9 @@ def weight_average(model: nn.Module, decay: float | None) -> AveragedModel | Non
         return None
 
     @torch.no_grad()
-    def ema_(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+    def ema_(
+        averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor
+    ) -> None:
         t = int(n_averaged)
         d = min(decay, (1 + t) / (10 + t))
         if torch.is_floating_point(averaged[0]):
@@ -106,11 +110,15 @@ def weight_average(model: nn.Module, decay: float | None) -> AveragedModel | Non
 IGNORE_LABEL = 255.0  # target value of nodata pixels for smp's Lovasz loss, which drops them
 
 
-def masked_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, params: TrainParams) -> torch.Tensor:
+def masked_loss(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, params: TrainParams
+) -> torch.Tensor:
     """Per-pixel BCE over valid pixels only, plus soft Dice (``bce_dice``) or the Lovasz hinge
     over the batch's valid pixels (``bce_lovasz``, smp's implementation)."""
     pos_weight = torch.tensor(params.pos_weight, device=logits.device)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none", pos_weight=pos_weight)
+    bce = F.binary_cross_entropy_with_logits(
+        logits, target, reduction="none", pos_weight=pos_weight
+    )
     n_valid = valid.sum().clamp_min(1.0)
     loss = (bce * valid).sum() / n_valid
     if params.loss == "bce_dice":
@@ -122,7 +130,9 @@ def masked_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
         from segmentation_models_pytorch.losses import LovaszLoss
 
         labels = torch.where(valid > 0.5, target, torch.full_like(target, IGNORE_LABEL))
-        loss = loss + LovaszLoss("binary", per_image=False, ignore_index=IGNORE_LABEL)(logits, labels)
+        loss = loss + LovaszLoss("binary", per_image=False, ignore_index=IGNORE_LABEL)(
+            logits, labels
+        )
     return loss
 
 
@@ -158,7 +168,9 @@ def init_encoder(model: nn.Module, params: TrainParams, pretrain: PretrainParams
     load_backbone_weights(model.encoder, load_file(str(path)))
 
 
-def check_fine_tunable(ref: str, source: ModelConfig, params: TrainParams, bands: list[str]) -> None:
+def check_fine_tunable(
+    ref: str, source: ModelConfig, params: TrainParams, bands: list[str]
+) -> None:
     """Refuse to fine-tune from a model whose weights cannot load into the network ``params``
     describes, or that reads other bands than the chips hold. Raises ValueError naming each
     difference."""
@@ -168,11 +180,17 @@ def check_fine_tunable(ref: str, source: ModelConfig, params: TrainParams, bands
     if source.bands != bands:
         diffs.append(f"bands {source.bands} there, the chips hold {bands}")
     if source.decoder_upsampling != params.decoder_upsampling:
-        diffs.append(f"decoder_upsampling {source.decoder_upsampling!r} there, {params.decoder_upsampling!r} here")
+        diffs.append(
+            f"decoder_upsampling {source.decoder_upsampling!r} there, {params.decoder_upsampling!r} here"
+        )
     if source.decoder_attention != params.decoder_attention:
-        diffs.append(f"decoder_attention {source.decoder_attention!r} there, {params.decoder_attention!r} here")
+        diffs.append(
+            f"decoder_attention {source.decoder_attention!r} there, {params.decoder_attention!r} here"
+        )
     if diffs:
-        raise ValueError(f"{ref}: cannot fine-tune from this model ({'; '.join(diffs)}); set train.* to match it")
+        raise ValueError(
+            f"{ref}: cannot fine-tune from this model ({'; '.join(diffs)}); set train.* to match it"
+        )
 
 
 def file_digest(path: Path) -> str:
@@ -199,14 +217,20 @@ def load_checkpoint(path: Path) -> dict:
 def run_identity(params: TrainParams, data_fingerprint: str, init_digest: str = "") -> dict:
     """What a checkpoint must match to be resumed: the train params, the chips it saw and, when
     fine-tuning, the starting weights (an alias such as @champion may have moved since)."""
-    return {"train": params.model_dump(mode="json"), "data_fingerprint": data_fingerprint, "init_weights": init_digest}
+    return {
+        "train": params.model_dump(mode="json"),
+        "data_fingerprint": data_fingerprint,
+        "init_weights": init_digest,
+    }
 
 
 def check_resumable(path: Path, ckpt: dict, identity: dict) -> None:
     """Refuse to resume a checkpoint of another run (other params or other chips): the result
     would be neither run. Raises ValueError naming what differs."""
     if "identity" not in ckpt:
-        raise ValueError(f"{path}: checkpoint carries no run parameters (an older format); train without --resume")
+        raise ValueError(
+            f"{path}: checkpoint carries no run parameters (an older format); train without --resume"
+        )
     saved = json.loads(ckpt["identity"])
     diffs = [
         f"train.{k}: {saved['train'].get(k)!r} in the checkpoint, {v!r} now"
@@ -216,7 +240,9 @@ def check_resumable(path: Path, ckpt: dict, identity: dict) -> None:
     if saved["data_fingerprint"] != identity["data_fingerprint"]:
         diffs.append("the chips changed since the checkpoint (data fingerprint)")
     if saved.get("init_weights", "") != identity["init_weights"]:
-        diffs.append(f"the weights of train.init_from {identity['train']['init_from']!r} changed since the checkpoint")
+        diffs.append(
+            f"the weights of train.init_from {identity['train']['init_from']!r} changed since the checkpoint"
+        )
     if diffs:
         raise ValueError(
             f"{path}: cannot resume a different run ({'; '.join(diffs)}); "
@@ -236,7 +262,9 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    np.random.set_state(
+        ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0)
+    )
     random.setstate((3, tuple(int(x) for x in state["python"].tolist()), None))
 
 
@@ -270,7 +298,12 @@ def run_train(
     norm = Normalisation.from_lists(mean, std)
 
     train_ds = SegmentationChips(
-        tile.out_dir, "train", norm, augment=params.augment, seed=params.seed, scale_jitter=params.scale_jitter
+        tile.out_dir,
+        "train",
+        norm,
+        augment=params.augment,
+        seed=params.seed,
+        scale_jitter=params.scale_jitter,
     )
     val_ds = SegmentationChips(tile.out_dir, "val", norm)
     if len(train_ds) == 0 or len(val_ds) == 0:
@@ -305,13 +338,17 @@ def run_train(
     # channels_last: oneDNN's and cuDNN's fast convolution layout (1.17x in fp32 on CPU, more with bf16)
     model = model.to(device).to(memory_format=torch.channels_last)
     ema = weight_average(model, params.ema_decay)
-    scored = ema.module if ema is not None else model  # what validation scores and the best model keeps
+    scored = (
+        ema.module if ema is not None else model
+    )  # what validation scores and the best model keeps
 
     steps_per_epoch = math.ceil(len(train_ds) / params.batch_size)
     if params.max_batches_per_epoch:
         steps_per_epoch = min(steps_per_epoch, params.max_batches_per_epoch)
     total_steps = steps_per_epoch * params.epochs
-    optimiser = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=params.lr, weight_decay=params.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lr_lambda(total_steps, round(params.warmup_epochs * steps_per_epoch))
     )
@@ -334,7 +371,11 @@ def run_train(
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
 
     best_dir = ckpt_path.parent / "best"
-    loader_kw = dict(batch_size=params.batch_size, num_workers=params.num_workers, pin_memory=device.type == "cuda")
+    loader_kw = dict(
+        batch_size=params.batch_size,
+        num_workers=params.num_workers,
+        pin_memory=device.type == "cuda",
+    )
     epochs_without_gain = 0
     with registry.tracked_run(
         register.experiment,
@@ -344,14 +385,18 @@ def run_train(
         run_id=run_id,
     ) as run_id:
         if start_epoch == 0:
-            registry.log_params({"train": params.model_dump(mode="json"), "data_fingerprint": stats["fingerprint"]})
+            registry.log_params(
+                {"train": params.model_dump(mode="json"), "data_fingerprint": stats["fingerprint"]}
+            )
             if params_file is not None and Path(params_file).exists():
                 registry.log_artifact(params_file)
         for epoch in range(start_epoch, params.epochs):
             t0 = time.perf_counter()
             train_ds.set_epoch(epoch)
             generator = torch.Generator().manual_seed(params.seed * 1000 + epoch)
-            loader = DataLoader(train_ds, shuffle=True, generator=generator, drop_last=False, **loader_kw)
+            loader = DataLoader(
+                train_ds, shuffle=True, generator=generator, drop_last=False, **loader_kw
+            )
             model.train()
             train_loss, n_seen = 0.0, 0
             for step, (x, y, v) in enumerate(loader):
@@ -387,7 +432,10 @@ def run_train(
                 best_iou, epochs_without_gain = val["iou"], 0
                 chosen = {
                     "threshold": val["best_threshold"],
-                    "metrics": {"val_iou": val["iou"], "val_iou_at_threshold": val["iou_at_best_threshold"]},
+                    "metrics": {
+                        "val_iou": val["iou"],
+                        "val_iou_at_threshold": val["iou_at_best_threshold"],
+                    },
                 }
                 save_model(scored, config.model_copy(update=chosen), best_dir)
             else:
@@ -407,7 +455,10 @@ def run_train(
             )
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 return {"stopped_after_epoch": epoch}
-            if params.early_stopping_patience and epochs_without_gain >= params.early_stopping_patience:
+            if (
+                params.early_stopping_patience
+                and epochs_without_gain >= params.early_stopping_patience
+            ):
                 log.info("early stop: no val IoU gain for %d epochs", epochs_without_gain)
                 break
 
@@ -452,7 +503,11 @@ def _publish(best_dir: Path, out_dir: Path, history: list[dict], run_id: str) ->
 
 @torch.no_grad()
 def evaluate_chips(
-    model: nn.Module, ds: SegmentationChips, params: TrainParams, device: torch.device, amp_dtype: torch.dtype | None
+    model: nn.Module,
+    ds: SegmentationChips,
+    params: TrainParams,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
 ) -> dict:
     """Validation loss and pixel metrics at threshold 0.5 over valid pixels, plus the F1-best
     threshold of these chips (``best_threshold``) and IoU/F1 there."""
@@ -487,7 +542,9 @@ def evaluate_chips(
     }
 
 
-def _log_figures(history: list[dict], model: nn.Module, val_ds: SegmentationChips, device: torch.device) -> None:
+def _log_figures(
+    history: list[dict], model: nn.Module, val_ds: SegmentationChips, device: torch.device
+) -> None:
     """Training curves and a few validation overlays, as MLflow figures."""
     import matplotlib
 

@@ -165,7 +165,9 @@ def _length(coords: np.ndarray) -> float:
     return float(np.hypot(*np.diff(coords, axis=0).T).sum()) if len(coords) > 1 else 0.0
 
 
-def prune_spurs(edges: list[tuple[int, int, np.ndarray]], min_length: float) -> list[tuple[int, int, np.ndarray]]:
+def prune_spurs(
+    edges: list[tuple[int, int, np.ndarray]], min_length: float
+) -> list[tuple[int, int, np.ndarray]]:
     """Drop spurs (an endpoint joined to a junction) and isolated pieces shorter than
     ``min_length`` pixels; repeated until nothing changes (pruning can expose new spurs)."""
     edges = list(edges)
@@ -194,7 +196,9 @@ def skeleton_lines(pixels: np.ndarray, min_spur_px: float = 10.0, simplify_px: f
     import shapely
 
     edges = prune_spurs(trace_edges(pixels), min_spur_px)
-    parts = [shapely.LineString(coords[:, ::-1] + 0.5) for _, _, coords in edges if len(coords) >= 2]
+    parts = [
+        shapely.LineString(coords[:, ::-1] + 0.5) for _, _, coords in edges if len(coords) >= 2
+    ]
     if not parts:
         return []
     merged = shapely.line_merge(shapely.MultiLineString(parts))
@@ -210,7 +214,9 @@ def _tiles(height: int, width: int, tile: int) -> Iterator[tuple[int, int, int, 
             yield r, c, min(tile, height - r), min(tile, width - c)
 
 
-def skeleton_pixels(prob_path: Path, threshold: float, tile: int = 2048, halo: int = 64) -> np.ndarray:
+def skeleton_pixels(
+    prob_path: Path, threshold: float, tile: int = 2048, halo: int = 64
+) -> np.ndarray:
     """(N, 2) row/col of skeleton pixels of ``probability >= threshold``, read tile by tile.
 
     Each tile is skeletonised with a ``halo`` of context and only its core is kept, so the
@@ -226,8 +232,12 @@ def skeleton_pixels(prob_path: Path, threshold: float, tile: int = 2048, halo: i
             r0, c0 = r - halo, c - halo
             values = reader.read_band(1, c0, r0, w + 2 * halo, h + 2 * halo)
             prob = decode(values)
-            rows_in = (r0 + np.arange(prob.shape[0]) >= 0) & (r0 + np.arange(prob.shape[0]) < info.height)
-            cols_in = (c0 + np.arange(prob.shape[1]) >= 0) & (c0 + np.arange(prob.shape[1]) < info.width)
+            rows_in = (r0 + np.arange(prob.shape[0]) >= 0) & (
+                r0 + np.arange(prob.shape[0]) < info.height
+            )
+            cols_in = (c0 + np.arange(prob.shape[1]) >= 0) & (
+                c0 + np.arange(prob.shape[1]) < info.width
+            )
             inside = rows_in[:, None] & cols_in[None, :]
             with np.errstate(invalid="ignore"):
                 mask = (prob >= threshold) & inside
@@ -267,7 +277,9 @@ def vectorize_raster(
         raise FileExistsError(f"{out_path}: exists; pass --overwrite to replace it")
     info = raster.raster_info(prob_path)
     mpp = info.metres_per_pixel or 1.0
-    lines = skeleton_lines(skeleton_pixels(prob_path, threshold, tile), min_spur_m / mpp, simplify_m / mpp)
+    lines = skeleton_lines(
+        skeleton_pixels(prob_path, threshold, tile), min_spur_m / mpp, simplify_m / mpp
+    )
     t = info.transform
     geoms = [affinity.affine_transform(g, [t.a, t.b, t.d, t.e, t.c, t.f]) for g in lines]
     crs = pyproj.CRS.from_user_input(info.crs.to_wkt()) if info.crs else None
@@ -275,7 +287,9 @@ def vectorize_raster(
         geod = crs.get_geod()
         lengths = [abs(geod.geometry_length(g)) for g in geoms]
     else:
-        factor = crs.axis_info[0].unit_conversion_factor if crs is not None and crs.axis_info else 1.0
+        factor = (
+            crs.axis_info[0].unit_conversion_factor if crs is not None and crs.axis_info else 1.0
+        )
         lengths = [shapely.length(g) * factor for g in geoms]
     frame = gpd.GeoDataFrame({"length_m": np.asarray(lengths, float)}, geometry=geoms, crs=crs)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -109,7 +109,9 @@ def burn_mask(polygons: gpd.GeoDataFrame, transform: Affine, shape: tuple[int, i
     frame = shapely.box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
     hits = polygons.sindex.query(frame, predicate="intersects") if len(polygons) else []
     geoms = polygons.geometry.to_numpy()[np.sort(np.asarray(hits, dtype=int))]
-    return raster.burn_geometries(geoms, transform, (height, width), all_touched=False, dtype="uint8")
+    return raster.burn_geometries(
+        geoms, transform, (height, width), all_touched=False, dtype="uint8"
+    )
 
 
 GPKG_FIXED_DATE = "2000-01-01T00:00:00.000Z"
@@ -147,8 +149,9 @@ def fixed_gpkg_timestamp() -> Iterator[None]:
                     os.environ["OGR_CURRENT_DATE"] = _date_before
 
 
-def write_vectors(gdf: gpd.GeoDataFrame, path: str | Path, *, layer: str = ROADS_LAYER,
-                  reproducible: bool = False) -> Path:
+def write_vectors(
+    gdf: gpd.GeoDataFrame, path: str | Path, *, layer: str = ROADS_LAYER, reproducible: bool = False
+) -> Path:
     """Write ``gdf`` as one GeoPackage layer, atomically: a temporary file renamed on success.
 
     ``reproducible`` writes a fixed timestamp (``fixed_gpkg_timestamp``), so the same
@@ -187,7 +190,9 @@ def _read(path: Path) -> gpd.GeoDataFrame:
     if len(gdf) == 0:
         raise VectorError(f"{path}: no features in layer {layer!r}")
     if gdf.crs is None:
-        raise VectorError(f"{path}: the vectors have no CRS; assign one (e.g. ogr2ogr -a_srs) first")
+        raise VectorError(
+            f"{path}: the vectors have no CRS; assign one (e.g. ogr2ogr -a_srs) first"
+        )
     return gdf
 
 
@@ -234,8 +239,13 @@ def _half_widths_m(
     ok = np.isfinite(width) & (width > 0)
     half[ok] = width[ok] / 2.0
     if not ok.all():
-        log.info("%s: %d features without a usable %r; they get %.2f m each side",
-                 path, int((~ok).sum()), attribute, default_m)
+        log.info(
+            "%s: %d features without a usable %r; they get %.2f m each side",
+            path,
+            int((~ok).sum()),
+            attribute,
+            default_m,
+        )
     return half
 
 

@@ -61,7 +61,9 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def axis_spans(size: int, window: int, overlap: int, multiple: int = UNET_MULTIPLE) -> list[tuple[int, int]]:
+def axis_spans(
+    size: int, window: int, overlap: int, multiple: int = UNET_MULTIPLE
+) -> list[tuple[int, int]]:
     """``(offset, length)`` of the windows along one axis of ``size`` pixels.
 
     With ``stride = window - overlap``::

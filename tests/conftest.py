@@ -32,7 +32,9 @@ def _own_model_cache(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("ROADSEG_CACHE_DIR", str(tmp_path_factory.mktemp("model-cache")))
 
 
-def make_scene(folder: Path, name: str, seed: int, size: int = 256, origin=(500000.0, 5400000.0)) -> dict:
+def make_scene(
+    folder: Path, name: str, seed: int, size: int = 256, origin=(500000.0, 5400000.0)
+) -> dict:
     """A 4-band uint8 scene with straight and diagonal roads, a label raster and land cover.
 
     Roads are brighter and less green in NIR than the textured background, plus noise, so a
@@ -50,7 +52,9 @@ def make_scene(folder: Path, name: str, seed: int, size: int = 256, origin=(5000
         roads[:, c - 2 : c + 2] = True
     roads |= np.abs(xx - yy - rng.integers(-60, 60)) < 2
     landcover = ((xx // 64 + yy // 64 + seed) % 4).astype(np.uint8)
-    base = np.stack([60 + 20 * landcover, 90 + 10 * landcover, 50 + 15 * landcover, 150 - 20 * landcover]).astype(float)
+    base = np.stack(
+        [60 + 20 * landcover, 90 + 10 * landcover, 50 + 15 * landcover, 150 - 20 * landcover]
+    ).astype(float)
     road_colour = np.array([170, 165, 160, 90], float)[:, None, None]
     img = np.where(roads[None], road_colour, base) + rng.normal(0, 12, (4, size, size))
     img = np.clip(img, 1, 255).astype(np.uint8)
@@ -62,11 +66,17 @@ def make_scene(folder: Path, name: str, seed: int, size: int = 256, origin=(5000
         "labels": folder / f"{name}.labels.tif",
         "landcover": folder / f"{name}.landcover.tif",
     }
-    write_geotiff(paths["image"], img, crs=UTM, transform=transform, nodata=0, band_descriptions=BANDS)
+    write_geotiff(
+        paths["image"], img, crs=UTM, transform=transform, nodata=0, band_descriptions=BANDS
+    )
     write_geotiff(paths["labels"], roads.astype(np.uint8), crs=UTM, transform=transform)
     lc = np.where(nodata, 255, landcover).astype(np.uint8)
     write_geotiff(
-        paths["landcover"], lc, crs=UTM, transform=transform, nodata=255,
+        paths["landcover"],
+        lc,
+        crs=UTM,
+        transform=transform,
+        nodata=255,
         tags={"CLASSES": "forest,cropland,grassland,water"},
     )
     return {"name": name, **{k: str(v) for k, v in paths.items()}}
@@ -104,7 +114,10 @@ def chips_dir(tmp_path_factory, scenes_dir) -> Path:
     out = tmp_path_factory.mktemp("chips")
     data = DataParams(scenes=scene_entries(scenes_dir), bands=BANDS)
     tile = TileParams(
-        out_dir=out, chip_size=64, stride=64, workers=1,
+        out_dir=out,
+        chip_size=64,
+        stride=64,
+        workers=1,
         split={"block_size_m": 128, "val_fraction": 0.25, "gap_m": 0},
     )
     run_tile(data, tile, workers=1, progress=False)

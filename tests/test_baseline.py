@@ -34,7 +34,9 @@ def test_train_pixels_are_deterministic_valid_and_from_train_chips_only(chips_di
     assert (x > 0).all()  # nodata (0 in every band) is never sampled
     index = gpd.read_file(chips_dir / "index.gpkg", layer="chips")
     train = index[index.split == "train"]
-    masks = np.concatenate([np.load(chips_dir / f"{s}.masks.npy")[g.array_index] for s, g in train.groupby("scene")])
+    masks = np.concatenate(
+        [np.load(chips_dir / f"{s}.masks.npy")[g.array_index] for s, g in train.groupby("scene")]
+    )
     assert y.mean() == pytest.approx((masks == 1).sum() / (masks != 255).sum(), abs=0.03)
 
 
@@ -58,7 +60,9 @@ def test_no_train_chips_is_an_error_naming_the_index(tmp_path):
         baseline.fit_baseline(tmp_path)
 
 
-def test_evaluate_writes_the_baseline_and_warns_when_it_is_too_strong(tmp_path, chips_dir, scenes_dir, monkeypatch, caplog):
+def test_evaluate_writes_the_baseline_and_warns_when_it_is_too_strong(
+    tmp_path, chips_dir, scenes_dir, monkeypatch, caplog
+):
     """A perfect 'U-Net' (the labels as probabilities) on colour-separable roads: the baseline
     is strong (> 0.35) and the ratio under 2, so both warnings fire; keys reach eval.json and
     the MLflow run."""
@@ -74,20 +78,40 @@ def test_evaluate_writes_the_baseline_and_warns_when_it_is_too_strong(tmp_path, 
     def labels_as_prediction(scene, out_dir, model_dir, params, workers, scheduler=None):
         prob = np.where(raster.read_band_array(scene.labels) == 1, 0.9, 0.1).astype(np.float32)
         prob[~raster.read_valid_mask(scene.image)] = np.nan
-        return raster.write_geotiff(Path(out_dir) / "p.tif", prob, crs=info.crs, transform=info.transform, nodata=float("nan"))
+        return raster.write_geotiff(
+            Path(out_dir) / "p.tif",
+            prob,
+            crs=info.crs,
+            transform=info.transform,
+            nodata=float("nan"),
+        )
 
     monkeypatch.setattr(evaluate, "predict_scene", labels_as_prediction)
-    ev = EvaluateParams(metrics_path=tmp_path / "eval.json", plots_dir=tmp_path / "plots", reports_dir=tmp_path / "reports")
+    ev = EvaluateParams(
+        metrics_path=tmp_path / "eval.json",
+        plots_dir=tmp_path / "plots",
+        reports_dir=tmp_path / "reports",
+    )
     reg = RegisterParams(experiment="baseline-test", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     with caplog.at_level(logging.WARNING, logger="pipeline.baseline"):
-        result = evaluate.run_evaluate(ev, data, TileParams(out_dir=chips_dir, workers=1), _write_model(tmp_path / "model"), reg)
+        result = evaluate.run_evaluate(
+            ev,
+            data,
+            TileParams(out_dir=chips_dir, workers=1),
+            _write_model(tmp_path / "model"),
+            reg,
+        )
 
     on_disk = json.loads(ev.metrics_path.read_text())
     scene = on_disk["per_scene"]["held"]
     assert on_disk["iou"] == pytest.approx(1.0)
-    assert 0.6 < scene["baseline_logreg_iou"] == on_disk["baseline_logreg_iou"] < 1.0  # one test scene
+    assert (
+        0.6 < scene["baseline_logreg_iou"] == on_disk["baseline_logreg_iou"] < 1.0
+    )  # one test scene
     assert on_disk["iou_vs_baseline"] == pytest.approx(1.0 / on_disk["baseline_logreg_iou"])
     assert "too easy" in caplog.text and "under 2x" in caplog.text
-    metrics = MlflowClient(tracking_uri=reg.tracking_uri).get_run(result["mlflow_run_id"]).data.metrics
+    metrics = (
+        MlflowClient(tracking_uri=reg.tracking_uri).get_run(result["mlflow_run_id"]).data.metrics
+    )
     assert metrics["baseline_logreg_iou"] == pytest.approx(on_disk["baseline_logreg_iou"])
     assert metrics["held/iou_vs_baseline"] == pytest.approx(scene["iou_vs_baseline"])

@@ -26,7 +26,9 @@ def test_every_subcommand_has_help(stage, capsys):
 
 
 def test_console_script_is_installed():
-    proc = subprocess.run([str(BIN / "pipeline"), "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(BIN / "pipeline"), "--help"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0
     for stage in STAGES:
         assert stage in proc.stdout
@@ -36,8 +38,18 @@ def test_predict_help_lists_the_options_users_need(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     out = capsys.readouterr().out
-    for opt in ["--model", "--scheduler", "--workers", "--device", "--batch-size", "--overlap", "--tta",
-                "--vectors", "--overwrite", "-o"]:
+    for opt in [
+        "--model",
+        "--scheduler",
+        "--workers",
+        "--device",
+        "--batch-size",
+        "--overlap",
+        "--tta",
+        "--vectors",
+        "--overwrite",
+        "-o",
+    ]:
         assert opt in out
 
 
@@ -95,7 +107,22 @@ def test_predict_precision_flag_reaches_the_output(tmp_path, capsys, monkeypatch
     monkeypatch.chdir(tmp_path)
     model = make_model(tmp_path / "model")
     image = write_raster(tmp_path / "in.tif", smooth_image(64, 64).astype("uint8"))
-    assert main(["predict", str(image), "--model", str(model), "--precision", "bf16", "--workers", "1", "-q"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(image),
+                "--model",
+                str(model),
+                "--precision",
+                "bf16",
+                "--workers",
+                "1",
+                "-q",
+            ]
+        )
+        == 0
+    )
     with rasterio.open(tmp_path / "in_roads.tif") as ds:
         assert ds.tags()["precision"] == "bf16"
     with pytest.raises(SystemExit):
@@ -116,8 +143,14 @@ def test_a_failed_evaluate_keeps_the_previous_release(tmp_path, capsys, monkeypa
     monkeypatch.chdir(tmp_path)
     root = Path(__file__).resolve().parents[1]
     p = yaml.safe_load((root / "params.yaml").read_text())
-    p["data"]["scenes"] = [{"name": "gone", "image": str(tmp_path / "gone.tif"), "labels": str(tmp_path / "gone.labels.tif"),
-                            "split": "test"}]
+    p["data"]["scenes"] = [
+        {
+            "name": "gone",
+            "image": str(tmp_path / "gone.tif"),
+            "labels": str(tmp_path / "gone.labels.tif"),
+            "split": "test",
+        }
+    ]
     p["train"]["out_dir"] = str(make_model(tmp_path / "models/unet"))
     p["register"]["tracking_uri"] = f"sqlite:///{tmp_path}/mlflow.db"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
@@ -131,7 +164,9 @@ def test_a_failed_evaluate_keeps_the_previous_release(tmp_path, capsys, monkeypa
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["release", "unet"]
 
 
-def test_predict_several_images_share_one_cluster_and_report_a_bad_one(tmp_path, capsys, monkeypatch, local_clusters_started):
+def test_predict_several_images_share_one_cluster_and_report_a_bad_one(
+    tmp_path, capsys, monkeypatch, local_clusters_started
+):
     """A folder of tiles in one call: one cluster (workers import torch and load the model once),
     each output beside its input and equal to a single-image predict; a bad image is named and
     skipped, the others are still written, and the exit code says something failed."""
@@ -157,11 +192,16 @@ def test_predict_several_images_share_one_cluster_and_report_a_bad_one(tmp_path,
     for path in (tmp_path / "a_roads.tif", tmp_path / "b_roads.tif"):
         with rasterio.open(path) as ds:
             assert ds.tags()["model"] == str(model)
-    with rasterio.open(tmp_path / "b_roads.tif") as batch, rasterio.open(tmp_path / "single" / "b.tif") as single:
+    with (
+        rasterio.open(tmp_path / "b_roads.tif") as batch,
+        rasterio.open(tmp_path / "single" / "b.tif") as single,
+    ):
         assert np.array_equal(batch.read(1), single.read(1))
 
 
-def test_predict_several_images_write_into_a_folder_and_refuse_clashes(tmp_path, capsys, monkeypatch):
+def test_predict_several_images_write_into_a_folder_and_refuse_clashes(
+    tmp_path, capsys, monkeypatch
+):
     from tests.test_predict import make_model, smooth_image, write_raster
 
     monkeypatch.chdir(tmp_path)
@@ -187,16 +227,34 @@ def test_predict_skip_existing_resumes_a_run_over_many_images(tmp_path, capsys, 
 
     monkeypatch.chdir(tmp_path)
     model = make_model(tmp_path / "model")
-    images = [str(write_raster(tmp_path / f"t{k}.tif", smooth_image(64, 64).astype("uint8"))) for k in range(3)]
+    images = [
+        str(write_raster(tmp_path / f"t{k}.tif", smooth_image(64, 64).astype("uint8")))
+        for k in range(3)
+    ]
     (tmp_path / "out").mkdir()
-    opts = ["-o", str(tmp_path / "out"), "--model", str(model), "--window", "64", "--overlap", "16",
-            "--workers", "1", "-q"]
+    opts = [
+        "-o",
+        str(tmp_path / "out"),
+        "--model",
+        str(model),
+        "--window",
+        "64",
+        "--overlap",
+        "16",
+        "--workers",
+        "1",
+        "-q",
+    ]
     assert main(["predict", *images[:2], *opts]) == 0  # a run stopped after two of three
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
     capsys.readouterr()
     assert main(["predict", *images, *opts, "--skip-existing"]) == 0
     out = capsys.readouterr().out
-    assert "skipped" in out and "t0_roads.tif exists" in out and f"wrote {tmp_path / 'out' / 't2_roads.tif'}" in out
+    assert (
+        "skipped" in out
+        and "t0_roads.tif exists" in out
+        and f"wrote {tmp_path / 'out' / 't2_roads.tif'}" in out
+    )
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
     assert sorted(after) == ["t0_roads.tif", "t1_roads.tif", "t2_roads.tif"]
     assert all(after[name] == mtime for name, mtime in before.items())  # left alone
@@ -211,7 +269,10 @@ def test_predict_leaves_out_inputs_that_are_outputs_of_other_inputs(tmp_path, ca
 
     monkeypatch.chdir(tmp_path)
     model = make_model(tmp_path / "model")
-    images = [str(write_raster(tmp_path / f"t{k}.tif", smooth_image(64, 64).astype("uint8"))) for k in range(2)]
+    images = [
+        str(write_raster(tmp_path / f"t{k}.tif", smooth_image(64, 64).astype("uint8")))
+        for k in range(2)
+    ]
     opts = ["--model", str(model), "--window", "64", "--overlap", "16", "--workers", "1", "-q"]
     assert main(["predict", images[0], *opts]) == 0
     capsys.readouterr()

@@ -25,18 +25,36 @@ BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
 
-COPY = ["pipeline", "backbones", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc/config", ".dvcignore", ".gitignore"]
+COPY = [
+    "pipeline",
+    "backbones",
+    "dvc.yaml",
+    "params.yaml",
+    "pyproject.toml",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+]
 
 
 def tiny_params(base: dict) -> dict:
     p = json.loads(json.dumps(base))
-    keep = {"scene_a", "scene_b", "scene_c", "scene_d", "heldout", "demo_region"}  # the mechanics need no more
+    keep = {
+        "scene_a",
+        "scene_b",
+        "scene_c",
+        "scene_d",
+        "heldout",
+        "demo_region",
+    }  # the mechanics need no more
     p["synth"]["scenes"] = [s for s in p["synth"]["scenes"] if s["name"] in keep]
     p["data"]["scenes"] = [s for s in p["data"]["scenes"] if s["name"] in keep]
     p["synth"].update(size=256, gsd=1.0)
     p["tile"].update(chip_size=64, stride=64, workers=2)
     p["tile"]["split"].update(block_size_m=128, val_fraction=0.25, gap_m=0)
-    p["pretrain"].update(archs=["resnet18"], input_size=32, epochs=1, batch_size=16, max_batches_per_epoch=3)
+    p["pretrain"].update(
+        archs=["resnet18"], input_size=32, epochs=1, batch_size=16, max_batches_per_epoch=3
+    )
     p["train"].update(epochs=2, batch_size=4, max_batches_per_epoch=4, warmup_epochs=0.0)
     p["evaluate"].update(window=128, overlap=32, batch_size=4)
     p["predict"].update(window=128, overlap=32, batch_size=4, workers=2)
@@ -45,7 +63,9 @@ def tiny_params(base: dict) -> dict:
 
 def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    )
     return proc
 
 
@@ -76,9 +96,17 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
 def test_dvc_repro_produces_every_stage_output(project):
     repo, env = project
     assert (repo / "dvc.lock").exists()
-    for out in ["data/scenes/scene_a.tif", "data/chips/index.gpkg", "data/chips/stats.json",
-                "models/backbones/resnet18.safetensors", "models/unet/model.safetensors",
-                "models/release/model.json", "metrics/eval.json", "plots/pr.csv", "models/registered.json"]:
+    for out in [
+        "data/scenes/scene_a.tif",
+        "data/chips/index.gpkg",
+        "data/chips/stats.json",
+        "models/backbones/resnet18.safetensors",
+        "models/unet/model.safetensors",
+        "models/release/model.json",
+        "metrics/eval.json",
+        "plots/pr.csv",
+        "models/registered.json",
+    ]:
         assert (repo / out).exists(), out
     status = run([str(BIN / "dvc"), "status"], repo, env).stdout
     assert "changed" not in status, status
@@ -88,7 +116,9 @@ def test_dvc_repro_produces_every_stage_output(project):
     # a 2-epoch model need not beat it twice, so only the values are checked
     held = metrics["per_scene"]["heldout"]
     assert 0.0 < metrics["baseline_logreg_iou"] == held["baseline_logreg_iou"] < 1.0
-    assert metrics["iou_vs_baseline"] == pytest.approx(metrics["iou"] / metrics["baseline_logreg_iou"])
+    assert metrics["iou_vs_baseline"] == pytest.approx(
+        metrics["iou"] / metrics["baseline_logreg_iou"]
+    )
     shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], repo, env).stdout
     assert "iou" in shown
     run([str(BIN / "dvc"), "plots", "show", "-o", str(repo / "dvc_plots")], repo, env)
@@ -111,7 +141,11 @@ def test_predict_from_champion_is_georeferenced_like_its_input(project):
     repo, env = project
     image = repo / "data/scenes/demo_region.tif"
     out = repo / "outputs/demo_region_roads.tif"
-    run([str(BIN / "pipeline"), "predict", str(image), "-o", str(out), "--workers", "2", "-q"], repo, env)
+    run(
+        [str(BIN / "pipeline"), "predict", str(image), "-o", str(out), "--workers", "2", "-q"],
+        repo,
+        env,
+    )
     with rasterio.open(image) as src, rasterio.open(out) as dst:
         assert dst.crs == src.crs
         assert dst.transform == src.transform

@@ -87,7 +87,11 @@ def _write_model(folder: Path, threshold: float = 0.5) -> Path:
 
     torch.manual_seed(0)
     cfg = ModelConfig(
-        encoder="resnet18", bands=BANDS, mean=[90.0] * 4, std=[40.0] * 4, chip_size=64,
+        encoder="resnet18",
+        bands=BANDS,
+        mean=[90.0] * 4,
+        std=[40.0] * 4,
+        chip_size=64,
         threshold=threshold,
     )
     return save_model(build_unet(cfg), cfg, folder)
@@ -205,7 +209,9 @@ def test_run_evaluate_end_to_end(tmp_path, isolated_mlflow):
     assert saved["recall_by_class"] == pytest.approx(by_class)
     from mlflow.tracking import MlflowClient
 
-    logged = MlflowClient(tracking_uri=reg.tracking_uri).get_run(result["mlflow_run_id"]).data.metrics
+    logged = (
+        MlflowClient(tracking_uri=reg.tracking_uri).get_run(result["mlflow_run_id"]).data.metrics
+    )
     assert logged["recall_by_class/residential"] == pytest.approx(by_class["residential"])
     assert logged["held_out/recall_by_class/residential"] == pytest.approx(by_class["residential"])
     valid = ~_nodata_corner()
@@ -278,16 +284,30 @@ def test_evaluate_tta_scores_what_predict_tta_writes(tmp_path):
 
     image = _write_image(tmp_path / "scene.tif")
     model_dir = _write_model(tmp_path / "model")
-    scene = SceneSource(name="held_out", image=image, roads=_write_roads(tmp_path / "r.gpkg"), split="test")
+    scene = SceneSource(
+        name="held_out", image=image, roads=_write_roads(tmp_path / "r.gpkg"), split="test"
+    )
     ev, _, _ = _params(tmp_path)
-    with_tta = evaluate.predict_scene(scene, tmp_path / "tta", model_dir, ev.model_copy(update={"tta": True}), workers=1)
+    with_tta = evaluate.predict_scene(
+        scene, tmp_path / "tta", model_dir, ev.model_copy(update={"tta": True}), workers=1
+    )
     plain = evaluate.predict_scene(scene, tmp_path / "plain", model_dir, ev, workers=1)
     reference = predict_raster(
-        image, tmp_path / "reference.tif", model=model_dir, window=ev.window, overlap=ev.overlap,
-        batch_size=ev.batch_size, workers=1, tta=True, dtype="float32", progress=False,
+        image,
+        tmp_path / "reference.tif",
+        model=model_dir,
+        window=ev.window,
+        overlap=ev.overlap,
+        batch_size=ev.batch_size,
+        workers=1,
+        tta=True,
+        dtype="float32",
+        progress=False,
     ).output
-    read = {name: raster.read_band_array(path) for name, path in
-            (("tta", with_tta), ("plain", plain), ("reference", reference))}
+    read = {
+        name: raster.read_band_array(path)
+        for name, path in (("tta", with_tta), ("plain", plain), ("reference", reference))
+    }
     np.testing.assert_array_equal(read["tta"], read["reference"])
     valid = np.isfinite(read["plain"])
     assert np.abs(read["tta"][valid] - read["plain"][valid]).max() > 1e-3
@@ -356,14 +376,18 @@ def test_blockwise_scoring_equals_the_whole_scene(tmp_path, monkeypatch, truth_f
     truth[ROAD_ROW - 3 : ROAD_ROW + 3, :] = 1
     truth[:, 61:65] = 1  # a vertical road across the block edge at 64
     if truth_from == "roads":
-        scene = SceneSource(name="s", image=image, roads=_write_roads(tmp_path / "s.roads.gpkg"), split="test")
+        scene = SceneSource(
+            name="s", image=image, roads=_write_roads(tmp_path / "s.roads.gpkg"), split="test"
+        )
         data = DataParams(scenes=[scene], bands=BANDS)
         with SceneWindows(scene, data) as w:
             truth = w.read(0, 0, width, height)[2].astype(np.uint8)
     else:
         labels = truth.copy()
         labels[150:170, 100:140] = 255  # label nodata across a block edge
-        raster.write_geotiff(tmp_path / "labels.tif", labels, crs=CRS, transform=TRANSFORM, nodata=255)
+        raster.write_geotiff(
+            tmp_path / "labels.tif", labels, crs=CRS, transform=TRANSFORM, nodata=255
+        )
         scene = SceneSource(name="s", image=image, labels=tmp_path / "labels.tif", split="test")
         data = DataParams(scenes=[scene], bands=BANDS)
     # a prediction that is right, shifted by up to 2 px, and wrong in places, with NaN nodata
@@ -371,9 +395,13 @@ def test_blockwise_scoring_equals_the_whole_scene(tmp_path, monkeypatch, truth_f
     prob[np.roll(truth, 2, axis=0) > 0] = 0.8
     prob[:, 200:] = rng.uniform(0, 1, size=(height, 30))
     prob[:40, :40] = np.nan
-    pred = raster.write_geotiff(tmp_path / "p.tif", prob, crs=CRS, transform=TRANSFORM, nodata=float("nan"))
+    pred = raster.write_geotiff(
+        tmp_path / "p.tif", prob, crs=CRS, transform=TRANSFORM, nodata=float("nan")
+    )
     thresholds = sweep_thresholds(0.45)
-    monkeypatch.setattr(evaluate, "PNG_MAX_SIDE", 60)  # an overview factor (5) that blocks must respect
+    monkeypatch.setattr(
+        evaluate, "PNG_MAX_SIDE", 60
+    )  # an overview factor (5) that blocks must respect
 
     whole = evaluate.score_scene(scene, pred, data, thresholds, 3, 0.45, block=4096)
     blocks = evaluate.score_scene(scene, pred, data, thresholds, 3, 0.45, block=64)
@@ -441,10 +469,13 @@ def test_recall_by_road_class_counts_each_class_found_at_the_threshold(tmp_path,
     prob[: SIZE // 2][masks["track"][: SIZE // 2]] = 0.6
     prob[masks["residential"]] = 0.8  # where they cross, the residential road's value
     prob[~valid] = np.nan
-    pred = raster.write_geotiff(tmp_path / "p.tif", prob, crs=CRS, transform=TRANSFORM, nodata=float("nan"))
+    pred = raster.write_geotiff(
+        tmp_path / "p.tif", prob, crs=CRS, transform=TRANSFORM, nodata=float("nan")
+    )
 
-    score = evaluate.score_scene(scene, pred, data, sweep_thresholds(0.5), 3, 0.5, block=block,
-                                 class_attribute="road_class")
+    score = evaluate.score_scene(
+        scene, pred, data, sweep_thresholds(0.5), 3, 0.5, block=block, class_attribute="road_class"
+    )
     for cls in ("residential", "track"):
         road = masks[cls] & valid
         found = road & (prob >= 0.5)
@@ -456,29 +487,44 @@ def test_recall_by_road_class_counts_each_class_found_at_the_threshold(tmp_path,
 
     # above 0.6 only the residential road is found: of the track, just the crossing, which
     # counts for both classes
-    high = evaluate.score_scene(scene, pred, data, sweep_thresholds(0.7), 3, 0.7, block=block,
-                                class_attribute="road_class")
+    high = evaluate.score_scene(
+        scene, pred, data, sweep_thresholds(0.7), 3, 0.7, block=block, class_attribute="road_class"
+    )
     track = masks["track"] & valid
     crossing = track & masks["residential"]
     assert 0 < crossing.sum() < 0.1 * track.sum()
     assert evaluate.recall_by_class(high.by_class)["recall_by_class"] == {
-        "residential": 1.0, "track": crossing.sum() / track.sum()}
+        "residential": 1.0,
+        "track": crossing.sum() / track.sum(),
+    }
 
 
-def test_vectors_without_the_class_attribute_are_scored_without_classes_and_a_warning(tmp_path, caplog):
+def test_vectors_without_the_class_attribute_are_scored_without_classes_and_a_warning(
+    tmp_path, caplog
+):
     image = _write_image(tmp_path / "scene.tif")
     roads = _write_two_class_roads(tmp_path / "scene.roads.gpkg")
     scene = SceneSource(name="s", image=image, roads=roads, split="test")
     data = DataParams(scenes=[scene], bands=BANDS)
-    pred = raster.write_geotiff(tmp_path / "p.tif", np.zeros((SIZE, SIZE), np.float32), crs=CRS,
-                                transform=TRANSFORM, nodata=float("nan"))
+    pred = raster.write_geotiff(
+        tmp_path / "p.tif",
+        np.zeros((SIZE, SIZE), np.float32),
+        crs=CRS,
+        transform=TRANSFORM,
+        nodata=float("nan"),
+    )
     plain = evaluate.score_scene(scene, pred, data, sweep_thresholds(0.5), 3, 0.5)
     with caplog.at_level("WARNING", logger="pipeline.evaluate"):
-        score = evaluate.score_scene(scene, pred, data, sweep_thresholds(0.5), 3, 0.5, class_attribute="highway")
+        score = evaluate.score_scene(
+            scene, pred, data, sweep_thresholds(0.5), 3, 0.5, class_attribute="highway"
+        )
     assert score.by_class == {}
     np.testing.assert_array_equal(score.sweep.compute().tp, plain.sweep.compute().tp)
-    assert re.search(r"recall by road class skipped for s: .*scene.roads.gpkg: no attribute 'highway' "
-                     r".*\(it has: road_class, width_m\)", caplog.text)
+    assert re.search(
+        r"recall by road class skipped for s: .*scene.roads.gpkg: no attribute 'highway' "
+        r".*\(it has: road_class, width_m\)",
+        caplog.text,
+    )
 
 
 def test_metrics_by_class_reach_mlflow_as_flat_keys():
@@ -496,7 +542,9 @@ def test_metrics_by_class_reach_mlflow_as_flat_keys():
     }
 
 
-def test_several_test_scenes_are_predicted_on_one_cluster(tmp_path, isolated_mlflow, local_clusters_started):
+def test_several_test_scenes_are_predicted_on_one_cluster(
+    tmp_path, isolated_mlflow, local_clusters_started
+):
     """Workers start and load the model once for all test scenes; each scene is still scored."""
     image = _write_image(tmp_path / "scene.tif")
     roads = _write_roads(tmp_path / "scene.roads.gpkg")

@@ -15,9 +15,18 @@ from pipeline import inference
 
 def write(path: Path, value: int) -> Path:
     """A 4-band 64 x 64 uint8 GeoTIFF filled with ``value`` (rewritten in place on a second call)."""
-    profile = dict(driver="GTiff", width=64, height=64, count=4, dtype="uint8", crs="EPSG:32632",
-                   transform=Affine(0.5, 0, 500000, 0, -0.5, 5400000), tiled=True, blockxsize=32,
-                   blockysize=32)
+    profile = dict(
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=4,
+        dtype="uint8",
+        crs="EPSG:32632",
+        transform=Affine(0.5, 0, 500000, 0, -0.5, 5400000),
+        tiled=True,
+        blockxsize=32,
+        blockysize=32,
+    )
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(np.full((4, 64, 64), value, np.uint8))
     return path

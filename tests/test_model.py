@@ -12,14 +12,25 @@ from pipeline.model_config import ModelConfig
 
 
 def _config(**options) -> ModelConfig:
-    return ModelConfig(encoder="resnet18", bands=["r", "g", "b", "nir"], mean=[0.0] * 4, std=[1.0] * 4,
-                       chip_size=64, **options)
+    return ModelConfig(
+        encoder="resnet18",
+        bands=["r", "g", "b", "nir"],
+        mean=[0.0] * 4,
+        std=[1.0] * 4,
+        chip_size=64,
+        **options,
+    )
 
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"decoder_upsampling": "transposed"}, {"dropout": 0.3}, {"decoder_attention": "scse"},
-     {"decoder_upsampling": "transposed", "dropout": 0.2, "decoder_attention": "scse"}],
+    [
+        {},
+        {"decoder_upsampling": "transposed"},
+        {"dropout": 0.3},
+        {"decoder_attention": "scse"},
+        {"decoder_upsampling": "transposed", "dropout": 0.2, "decoder_attention": "scse"},
+    ],
     ids=["default", "transposed", "dropout", "scse", "all"],
 )
 def test_unet_options_round_trip(options, tmp_path):
@@ -38,9 +49,15 @@ def test_unet_options_round_trip(options, tmp_path):
 
 
 def test_options_change_the_network():
-    modules = {name: [type(m).__name__ for m in build_unet(_config(**opts)).modules()]
-               for name, opts in {"default": {}, "transposed": {"decoder_upsampling": "transposed"},
-                                  "dropout": {"dropout": 0.3}, "scse": {"decoder_attention": "scse"}}.items()}
+    modules = {
+        name: [type(m).__name__ for m in build_unet(_config(**opts)).modules()]
+        for name, opts in {
+            "default": {},
+            "transposed": {"decoder_upsampling": "transposed"},
+            "dropout": {"dropout": 0.3},
+            "scse": {"decoder_attention": "scse"},
+        }.items()
+    }
     assert "ConvTranspose2d" not in modules["default"]
     assert modules["transposed"].count("ConvTranspose2d") == 5  # one per decoder block
     assert "Dropout2d" in modules["dropout"] and "Dropout2d" not in modules["default"]
@@ -68,7 +85,9 @@ def test_autocast_choice_per_device_and_use():
     # CPU inference stays float32 unless asked: its pixels must not depend on the thread count
     assert autocast_dtype(cpu, "auto", training=False) is None
     # CPU training takes bf16 only where the hardware computes it (emulated bf16 is slower)
-    assert autocast_dtype(cpu, "auto", training=True) is (torch.bfloat16 if cpu_has_native_bf16() else None)
+    assert autocast_dtype(cpu, "auto", training=True) is (
+        torch.bfloat16 if cpu_has_native_bf16() else None
+    )
 
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 autocast is emulated on this CPU")
@@ -78,7 +97,11 @@ def test_bf16_autocast_stays_close_to_float32():
     x = torch.randn(2, 4, 64, 64).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         full = torch.sigmoid(model(x))
-        with torch.autocast("cpu", dtype=autocast_dtype(torch.device("cpu"), "bf16", training=False)):
+        with torch.autocast(
+            "cpu", dtype=autocast_dtype(torch.device("cpu"), "bf16", training=False)
+        ):
             half = torch.sigmoid(model(x).float())
     assert half.dtype == torch.float32
-    assert 0 < (half - full).abs().max() < 0.1  # really ran in bf16, and stayed a probability map of the same model
+    assert (
+        0 < (half - full).abs().max() < 0.1
+    )  # really ran in bf16, and stayed a probability map of the same model

@@ -71,9 +71,11 @@ def test_local_cluster_is_processes_with_one_thread_each(client) -> None:
 
 
 def _housekeeping(dask_worker) -> dict:
-    return {"profiling": "profile" in dask_worker.periodic_callbacks,
-            "tick_s": dask_worker._tick_interval,
-            "memory_monitor_ms": dask_worker.periodic_callbacks["memory_monitor"].callback_time}
+    return {
+        "profiling": "profile" in dask_worker.periodic_callbacks,
+        "tick_s": dask_worker._tick_interval,
+        "memory_monitor_ms": dask_worker.periodic_callbacks["memory_monitor"].callback_time,
+    }
 
 
 def _task_housekeeping(_: int) -> dict:
@@ -87,7 +89,9 @@ def test_our_clusters_run_without_dask_profiler_and_frequent_ticks(client) -> No
     quiet = {"profiling": False, "tick_s": 1.0, "memory_monitor_ms": 1000}
     assert list(client.run(_housekeeping).values()) == [quiet, quiet]  # predict's clusters
     # the tile stage's
-    assert list(parallel.map_ordered(_task_housekeeping, [(0,), (1,)], workers=2, progress=False)) == [quiet, quiet]
+    assert list(
+        parallel.map_ordered(_task_housekeeping, [(0,), (1,)], workers=2, progress=False)
+    ) == [quiet, quiet]
 
 
 def test_stream_results_bounds_tasks_in_flight_and_returns_all(client) -> None:
@@ -116,7 +120,9 @@ def test_stream_results_raises_the_task_error_and_cancels_the_rest(client) -> No
 
 
 def test_worker_cache_builds_once_per_worker(client) -> None:
-    futures = [client.submit(parallel.worker_cached, ("pid",), os.getpid, pure=False) for _ in range(12)]
+    futures = [
+        client.submit(parallel.worker_cached, ("pid",), os.getpid, pure=False) for _ in range(12)
+    ]
     values = client.gather(futures)
     pids = set(client.run(os.getpid).values())
     assert set(values) <= pids
@@ -162,8 +168,15 @@ def test_a_heartbeat_in_flight_at_shutdown_logs_no_error(capfd) -> None:
 
 def _heartbeat_failure_would_be_logged() -> bool:
     logger = logging.getLogger("distributed.worker")
-    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0,
-                               "Failed to communicate with scheduler during heartbeat.", (), None)
+    record = logger.makeRecord(
+        logger.name,
+        logging.ERROR,
+        __file__,
+        0,
+        "Failed to communicate with scheduler during heartbeat.",
+        (),
+        None,
+    )
     return bool(logger.filter(record))
 
 
@@ -187,18 +200,57 @@ def test_predict_through_an_external_scheduler(tmp_path: Path) -> None:
     img = write_raster(tmp_path / "img.tif", smooth_image(160, 224).astype(np.uint8), nodata=0)
     sched_file = tmp_path / "scheduler.json"
     common = dict(cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    procs = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", str(sched_file)], **common)]
+    procs = [
+        subprocess.Popen(
+            [
+                str(DASK),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(sched_file),
+            ],
+            **common,
+        )
+    ]
     try:
         _wait_for(sched_file)
-        for nthreads in ("1", "2"):  # the second runs two tasks at once on one cached model (as on a GPU)
-            procs.append(subprocess.Popen([str(DASK), "worker", "--scheduler-file", str(sched_file),
-                                           "--nthreads", nthreads, "--host", "127.0.0.1", "--no-dashboard"], **common))
+        for nthreads in (
+            "1",
+            "2",
+        ):  # the second runs two tasks at once on one cached model (as on a GPU)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(DASK),
+                        "worker",
+                        "--scheduler-file",
+                        str(sched_file),
+                        "--nthreads",
+                        nthreads,
+                        "--host",
+                        "127.0.0.1",
+                        "--no-dashboard",
+                    ],
+                    **common,
+                )
+            )
         address = json.loads(sched_file.read_text())["address"]
         with Client(address) as c:
             c.wait_for_workers(2, timeout=60)
-        res = predict_raster(img, tmp_path / "out.tif", model=model, window=64, overlap=16,
-                             windows_per_task=1, scheduler=address, progress=False)
+        res = predict_raster(
+            img,
+            tmp_path / "out.tif",
+            model=model,
+            window=64,
+            overlap=16,
+            windows_per_task=1,
+            scheduler=address,
+            progress=False,
+        )
         assert res.windows_run == 3 * 5  # one window per task
         with rasterio.open(res.output) as ds:
             values = ds.read(1)
@@ -206,10 +258,20 @@ def test_predict_through_an_external_scheduler(tmp_path: Path) -> None:
         assert values.max() <= 254 and values.std() > 0
         with Client(address) as c:
             loads = c.run(parallel.cache_loads)
-        model_loads = [n for per_worker in loads.values() for k, n in per_worker.items() if "model" in k]
+        model_loads = [
+            n for per_worker in loads.values() for k, n in per_worker.items() if "model" in k
+        ]
         assert model_loads and all(n == 1 for n in model_loads)  # once per worker, not per task
-        local = predict_raster(img, tmp_path / "local.tif", model=model, window=64, overlap=16,
-                               workers=1, device="cpu", progress=False)
+        local = predict_raster(
+            img,
+            tmp_path / "local.tif",
+            model=model,
+            window=64,
+            overlap=16,
+            workers=1,
+            device="cpu",
+            progress=False,
+        )
         with rasterio.open(local.output) as ds:
             assert np.abs(ds.read(1).astype(int) - values.astype(int)).max() <= 1
     finally:
@@ -241,7 +303,9 @@ def test_map_ordered_yields_in_task_order_with_bounded_tasks_in_flight(workers) 
             yield (k, 0.02 * (k % 4 == 0) + 0.002 * (12 - k))
 
     got, outstanding = [], []
-    for value in parallel.map_ordered(_sleep_then_square, tasks(), workers=workers, max_in_flight=3, progress=False):
+    for value in parallel.map_ordered(
+        _sleep_then_square, tasks(), workers=workers, max_in_flight=3, progress=False
+    ):
         got.append(value)
         outstanding.append(pulled - len(got))
     assert got == [k * k for k in range(12)]

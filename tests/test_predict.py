@@ -34,7 +34,9 @@ CRS = "EPSG:32632"
 
 
 # ----------------------------------------------------------------------------------- helpers
-def make_model(folder: Path, mean: list[float] = MEAN, std: list[float] = STD, seed: int = 0) -> Path:
+def make_model(
+    folder: Path, mean: list[float] = MEAN, std: list[float] = STD, seed: int = 0
+) -> Path:
     """A small random-weight U-Net model folder (resnet18 encoder, 4 bands)."""
     torch.manual_seed(seed)
     cfg = ModelConfig(encoder="resnet18", bands=BANDS, mean=mean, std=std, chip_size=64)
@@ -59,8 +61,18 @@ def write_raster(
     **extra,
 ) -> Path:
     count, height, width = data.shape
-    profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name,
-                   crs=crs, transform=transform, nodata=nodata, photometric="MINISBLACK", **extra)
+    profile = dict(
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=count,
+        dtype=data.dtype.name,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+        photometric="MINISBLACK",
+        **extra,
+    )
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(data)
         ds.descriptions = tuple(BANDS[:count]) if count <= 4 else tuple(None for _ in range(count))
@@ -71,8 +83,13 @@ def write_raster(
 
 def read(path: Path) -> tuple[np.ndarray, dict]:
     with rasterio.open(path) as ds:
-        return ds.read(1), dict(ds.profile, scales=ds.scales, descriptions=ds.descriptions,
-                                tags=ds.tags(), overviews=ds.overviews(1))
+        return ds.read(1), dict(
+            ds.profile,
+            scales=ds.scales,
+            descriptions=ds.descriptions,
+            tags=ds.tags(),
+            overviews=ds.overviews(1),
+        )
 
 
 def valid_mask(path: Path) -> np.ndarray:
@@ -113,20 +130,41 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     img = smooth_image(320, 448).astype(np.uint8)
     yy, xx = np.mgrid[0:320, 0:448]
     img[:, (xx < 90) | (yy > 2 * xx + 150)] = 0
-    return write_raster(tmp_path_factory.mktemp("scene") / "scene.tif", img, nodata=0, tiled=True,
-                        blockxsize=64, blockysize=64, compress="deflate")
+    return write_raster(
+        tmp_path_factory.mktemp("scene") / "scene.tif",
+        img,
+        nodata=0,
+        tiled=True,
+        blockxsize=64,
+        blockysize=64,
+        compress="deflate",
+    )
 
 
 # --------------------------------------------------------------------------------- the tests
-def test_output_is_a_cog_on_the_input_grid_with_exact_nodata(scene, model_dir, scheduler, tmp_path) -> None:
+def test_output_is_a_cog_on_the_input_grid_with_exact_nodata(
+    scene, model_dir, scheduler, tmp_path
+) -> None:
     out = tmp_path / "scene_roads.tif"
-    res = predict_raster(scene, out, model=model_dir, window=64, overlap=16, scheduler=scheduler,
-                         block_size=256, progress=False)
+    res = predict_raster(
+        scene,
+        out,
+        model=model_dir,
+        window=64,
+        overlap=16,
+        scheduler=scheduler,
+        block_size=256,
+        progress=False,
+    )
     assert res.output == out and out.exists() and res.vectors is None
     values, prof = read(out)
     with rasterio.open(scene) as src:
         assert (prof["crs"], prof["transform"], prof["width"], prof["height"]) == (
-            src.crs, src.transform, src.width, src.height)
+            src.crs,
+            src.transform,
+            src.width,
+            src.height,
+        )
     assert prof["dtype"] == "uint8" and prof["nodata"] == 255
     invalid = ~valid_mask(scene)
     assert ((values == 255) == invalid).all()  # nodata exactly where the input is
@@ -147,7 +185,16 @@ def test_output_is_a_cog_on_the_input_grid_with_exact_nodata(scene, model_dir, s
     assert res.windows_run + res.windows_skipped == len(rects)
     assert res.mpix_per_s > 0
     t = res.timings  # where the time went, for the benchmark's breakdown
-    assert {"cluster_start", "model_load", "windows", "cog_finalize", "cluster_stop", "read", "model", "blend"} <= set(t)
+    assert {
+        "cluster_start",
+        "model_load",
+        "windows",
+        "cog_finalize",
+        "cluster_stop",
+        "read",
+        "model",
+        "blend",
+    } <= set(t)
     assert t["model"] > 0 and all(v >= 0 for v in t.values())
     assert t["cluster_start"] + t["windows"] + t["cog_finalize"] <= res.seconds
     assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
@@ -160,11 +207,28 @@ def _umask() -> int:
     return m
 
 
-def test_float32_output_matches_uint8_and_honours_nodata(scene, model_dir, scheduler, tmp_path) -> None:
-    u8 = predict_raster(scene, tmp_path / "u8.tif", model=model_dir, window=64, overlap=16,
-                        scheduler=scheduler, progress=False).output
-    f32 = predict_raster(scene, tmp_path / "f32.tif", model=model_dir, window=64, overlap=16,
-                         scheduler=scheduler, dtype="float32", progress=False).output
+def test_float32_output_matches_uint8_and_honours_nodata(
+    scene, model_dir, scheduler, tmp_path
+) -> None:
+    u8 = predict_raster(
+        scene,
+        tmp_path / "u8.tif",
+        model=model_dir,
+        window=64,
+        overlap=16,
+        scheduler=scheduler,
+        progress=False,
+    ).output
+    f32 = predict_raster(
+        scene,
+        tmp_path / "f32.tif",
+        model=model_dir,
+        window=64,
+        overlap=16,
+        scheduler=scheduler,
+        dtype="float32",
+        progress=False,
+    ).output
     q, _ = read(u8)
     p, prof = read(f32)
     assert prof["dtype"] == "float32" and np.isnan(prof["nodata"])
@@ -176,10 +240,28 @@ def test_float32_output_matches_uint8_and_honours_nodata(scene, model_dir, sched
 
 
 def test_precision_is_recorded_and_checked(scene, model_dir, scheduler, tmp_path) -> None:
-    fp32 = predict_raster(scene, tmp_path / "fp32.tif", model=model_dir, window=64, overlap=16,
-                          scheduler=scheduler, dtype="float32", precision="fp32", progress=False).output
-    bf16 = predict_raster(scene, tmp_path / "bf16.tif", model=model_dir, window=64, overlap=16,
-                          scheduler=scheduler, dtype="float32", precision="bf16", progress=False).output
+    fp32 = predict_raster(
+        scene,
+        tmp_path / "fp32.tif",
+        model=model_dir,
+        window=64,
+        overlap=16,
+        scheduler=scheduler,
+        dtype="float32",
+        precision="fp32",
+        progress=False,
+    ).output
+    bf16 = predict_raster(
+        scene,
+        tmp_path / "bf16.tif",
+        model=model_dir,
+        window=64,
+        overlap=16,
+        scheduler=scheduler,
+        dtype="float32",
+        precision="bf16",
+        progress=False,
+    ).output
     p32, prof = read(fp32)
     p16, prof16 = read(bf16)
     assert prof["tags"]["precision"] == "fp32" and prof16["tags"]["precision"] == "bf16"
@@ -193,10 +275,31 @@ def test_precision_is_recorded_and_checked(scene, model_dir, scheduler, tmp_path
 
 def test_pixels_do_not_depend_on_workers_block_size_or_task_size(model_dir, tmp_path) -> None:
     img = write_raster(tmp_path / "img.tif", smooth_image(256, 320).astype(np.uint8))
-    a = predict_raster(img, tmp_path / "a.tif", model=model_dir, window=64, overlap=16, workers=1,
-                       device="cpu", block_size=256, windows_per_task=1, progress=False)
-    b = predict_raster(img, tmp_path / "b.tif", model=model_dir, window=64, overlap=16, workers=3,
-                       device="cpu", block_size=512, windows_per_task=5, batch_size=3, progress=False)
+    a = predict_raster(
+        img,
+        tmp_path / "a.tif",
+        model=model_dir,
+        window=64,
+        overlap=16,
+        workers=1,
+        device="cpu",
+        block_size=256,
+        windows_per_task=1,
+        progress=False,
+    )
+    b = predict_raster(
+        img,
+        tmp_path / "b.tif",
+        model=model_dir,
+        window=64,
+        overlap=16,
+        workers=3,
+        device="cpu",
+        block_size=512,
+        windows_per_task=5,
+        batch_size=3,
+        progress=False,
+    )
     va, _ = read(a.output)
     vb, _ = read(b.output)
     diff = np.abs(va.astype(int) - vb.astype(int))
@@ -208,7 +311,14 @@ def test_no_seams_at_window_or_block_edges(model_dir, scheduler, tmp_path) -> No
     yy, xx = np.mgrid[0:320, 0:320]
     ramp = np.broadcast_to(200 + 0.05 * xx + 0.05 * yy, (4, 320, 320))  # no edges of its own
     img = write_raster(tmp_path / "ramp.tif", ramp.astype(np.uint8))
-    kw = dict(model=model_dir, window=64, scheduler=scheduler, block_size=256, dtype="float32", progress=False)
+    kw = dict(
+        model=model_dir,
+        window=64,
+        scheduler=scheduler,
+        block_size=256,
+        dtype="float32",
+        progress=False,
+    )
     # control: without overlap the window edges show (so the measure can see a seam) ...
     p0, _ = read(predict_raster(img, tmp_path / "hard.tif", overlap=0, **kw).output)
     edges0 = [o for o, _ in WindowGrid(320, 320, 64, 0).row_spans][1:]
@@ -228,9 +338,14 @@ def test_own_local_cluster_is_gone_when_predict_returns(scene, model_dir, tmp_pa
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     out = tmp_path / "own.tif"
-    res = predict_raster(scene, out, model=model_dir, window=64, overlap=16, workers=1, progress=False)
-    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
-            and p.status() != psutil.STATUS_ZOMBIE]
+    res = predict_raster(
+        scene, out, model=model_dir, window=64, overlap=16, workers=1, progress=False
+    )
+    left = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    ]
     assert left == []
     assert res.timings["cluster_stop"] >= 0 and res.timings["cog_finalize"] > 0
     with rasterio.open(out) as src:
@@ -246,14 +361,22 @@ def test_existing_output_is_not_overwritten(scene, model_dir, tmp_path) -> None:
     vec = tmp_path / "roads.gpkg"
     vec.write_bytes(b"keep me too")
     with pytest.raises(FileExistsError, match="roads.gpkg"):
-        predict_raster(scene, tmp_path / "new.tif", model=model_dir, window=64, vectors=vec, progress=False)
+        predict_raster(
+            scene, tmp_path / "new.tif", model=model_dir, window=64, vectors=vec, progress=False
+        )
     assert not (tmp_path / "new.tif").exists()
 
 
 def test_failed_run_leaves_no_output_and_keeps_the_old_one(model_dir, scheduler, tmp_path) -> None:
     """A read error in a late window (a corrupted tile) fails the run mid-way."""
-    img = write_raster(tmp_path / "broken.tif", smooth_image(256, 256).astype(np.uint8), tiled=True,
-                       blockxsize=64, blockysize=64, compress="deflate")
+    img = write_raster(
+        tmp_path / "broken.tif",
+        smooth_image(256, 256).astype(np.uint8),
+        tiled=True,
+        blockxsize=64,
+        blockysize=64,
+        compress="deflate",
+    )
     with rasterio.open(img) as ds:
         offset = int(ds.get_tag_item("BLOCK_OFFSET_3_3", "TIFF", bidx=1))
         size = int(ds.get_tag_item("BLOCK_SIZE_3_3", "TIFF", bidx=1))
@@ -262,13 +385,30 @@ def test_failed_run_leaves_no_output_and_keeps_the_old_one(model_dir, scheduler,
         f.write(b"\x00garbage" * (size // 8))
     out = tmp_path / "out.tif"
     with pytest.raises(RasterError, match=r"broken\.tif: cannot read"):
-        predict_raster(img, out, model=model_dir, window=64, overlap=16, scheduler=scheduler,
-                       block_size=256, windows_per_task=1, progress=False)
+        predict_raster(
+            img,
+            out,
+            model=model_dir,
+            window=64,
+            overlap=16,
+            scheduler=scheduler,
+            block_size=256,
+            windows_per_task=1,
+            progress=False,
+        )
     assert not out.exists()
     out.write_bytes(b"previous result")
     with pytest.raises(RasterError, match=r"broken\.tif: cannot read"):
-        predict_raster(img, out, model=model_dir, window=64, overlap=16, scheduler=scheduler,
-                       overwrite=True, progress=False)
+        predict_raster(
+            img,
+            out,
+            model=model_dir,
+            window=64,
+            overlap=16,
+            scheduler=scheduler,
+            overwrite=True,
+            progress=False,
+        )
     assert out.read_bytes() == b"previous result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.tif", "out.tif"]
 
@@ -277,9 +417,11 @@ def test_killed_run_leaves_no_output(model_dir, scheduler, tmp_path) -> None:
     """SIGKILL the predicting process mid-run: nothing may appear under the output name."""
     img = write_raster(tmp_path / "big.tif", smooth_image(512, 512).astype(np.uint8))
     out = tmp_path / "out.tif"
-    code = ("from pipeline.predict import predict_raster; "
-            f"predict_raster({str(img)!r}, {str(out)!r}, model={str(model_dir)!r}, window=64, "
-            f"overlap=16, scheduler={scheduler!r}, progress=False)")
+    code = (
+        "from pipeline.predict import predict_raster; "
+        f"predict_raster({str(img)!r}, {str(out)!r}, model={str(model_dir)!r}, window=64, "
+        f"overlap=16, scheduler={scheduler!r}, progress=False)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -299,14 +441,25 @@ def test_read_window_fast_path_equals_boundless_read(scene, tmp_path) -> None:
     from pipeline import raster
 
     alpha = smooth_image(100, 120).astype(np.uint8)
-    rgba = write_raster(tmp_path / "rgba.tif", np.concatenate([alpha[:3], np.where(alpha[3:] > 150, 255, 0)]))
+    rgba = write_raster(
+        tmp_path / "rgba.tif", np.concatenate([alpha[:3], np.where(alpha[3:] > 150, 255, 0)])
+    )
     with rasterio.open(rgba, "r+") as ds:
-        ds.colorinterp = [rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green,
-                          rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.alpha]
+        ds.colorinterp = [
+            rasterio.enums.ColorInterp.red,
+            rasterio.enums.ColorInterp.green,
+            rasterio.enums.ColorInterp.blue,
+            rasterio.enums.ColorInterp.alpha,
+        ]
     for path, bands in ((scene, 4), (rgba, 3)):
         invalid = 0
         with raster.open_reader(path) as reader:
-            for col, row, w, h in [(0, 0, 64, 64), (30, 20, 64, 50), (-10, 5, 64, 64), (90, 80, 64, 64)]:
+            for col, row, w, h in [
+                (0, 0, 64, 64),
+                (30, 20, 64, 50),
+                (-10, 5, 64, 64),
+                (90, 80, 64, 64),
+            ]:
                 fast = raster.read_window(reader, col, row, w, h)
                 slow = reader.read(col, row, w, h)
                 assert fast[0].shape == slow[0].shape == (bands, h, w)  # alpha is a mask, not data
@@ -326,7 +479,9 @@ def test_band_count_mismatch_is_a_clear_error(model_dir, tmp_path, monkeypatch) 
     assert not (tmp_path / "o.tif").exists()
 
 
-def test_registry_model_is_resolved_beside_the_cluster_start(model_dir, scheduler, tmp_path) -> None:
+def test_registry_model_is_resolved_beside_the_cluster_start(
+    model_dir, scheduler, tmp_path
+) -> None:
     """``models:/`` URIs are resolved on a thread while the cluster starts: what it finds (the
     version, in the tags), and what goes wrong (no store, wrong bands), still reach the caller."""
     from pipeline import registry
@@ -337,44 +492,99 @@ def test_registry_model_is_resolved_beside_the_cluster_start(model_dir, schedule
         version = registry.register_version(uri, "road-unet", {})
     registry.set_alias("road-unet", "champion", version)
     img = write_raster(tmp_path / "in.tif", smooth_image(96, 96).astype(np.uint8))
-    out = predict_raster(img, tmp_path / "o.tif", window=64, overlap=16, scheduler=scheduler,
-                         tracking_default=store, progress=False).output
-    by_folder = predict_raster(img, tmp_path / "f.tif", model=model_dir, window=64, overlap=16,
-                               scheduler=scheduler, progress=False).output
+    out = predict_raster(
+        img,
+        tmp_path / "o.tif",
+        window=64,
+        overlap=16,
+        scheduler=scheduler,
+        tracking_default=store,
+        progress=False,
+    ).output
+    by_folder = predict_raster(
+        img,
+        tmp_path / "f.tif",
+        model=model_dir,
+        window=64,
+        overlap=16,
+        scheduler=scheduler,
+        progress=False,
+    ).output
     values, profile = read(out)
     assert profile["tags"]["model_uri"] == "models:/road-unet@champion"
     assert profile["tags"]["model_version"] == version == "1"
     assert np.array_equal(values, read(by_folder)[0])
 
     with pytest.raises(LookupError, match="no MLflow store"):
-        predict_raster(img, tmp_path / "none.tif", window=64, overlap=16, scheduler=scheduler,
-                       tracking_default=f"sqlite:///{tmp_path}/missing/mlflow.db", progress=False)
+        predict_raster(
+            img,
+            tmp_path / "none.tif",
+            window=64,
+            overlap=16,
+            scheduler=scheduler,
+            tracking_default=f"sqlite:///{tmp_path}/missing/mlflow.db",
+            progress=False,
+        )
     rgb = write_raster(tmp_path / "rgb.tif", smooth_image(64, 64, bands=3).astype(np.uint8))
     with pytest.raises(RasterError, match="expects 4"):
-        predict_raster(rgb, tmp_path / "rgb_o.tif", window=64, overlap=16, scheduler=scheduler, tracking_default=store,
-                       progress=False)
+        predict_raster(
+            rgb,
+            tmp_path / "rgb_o.tif",
+            window=64,
+            overlap=16,
+            scheduler=scheduler,
+            tracking_default=store,
+            progress=False,
+        )
     assert not (tmp_path / "none.tif").exists() and not (tmp_path / "rgb_o.tif").exists()
 
 
-def test_normalisation_uses_the_models_stats_for_any_input_dtype(model_dir, scheduler, tmp_path) -> None:
+def test_normalisation_uses_the_models_stats_for_any_input_dtype(
+    model_dir, scheduler, tmp_path
+) -> None:
     """uint8 data with (mean, std) and float32 data a*x+b with (a*mean+b, a*std) see the same
     normalised input, so they must predict the same; uint16 likewise."""
     base = smooth_image(96, 96).astype(np.uint8)
-    ref = predict_raster(write_raster(tmp_path / "u8.tif", base), tmp_path / "ref.tif", model=model_dir,
-                         window=64, overlap=16, scheduler=scheduler, progress=False).output
-    scaled_model = make_model(tmp_path / "scaled", mean=[m * 10 + 5 for m in MEAN], std=[s * 10 for s in STD])
+    ref = predict_raster(
+        write_raster(tmp_path / "u8.tif", base),
+        tmp_path / "ref.tif",
+        model=model_dir,
+        window=64,
+        overlap=16,
+        scheduler=scheduler,
+        progress=False,
+    ).output
+    scaled_model = make_model(
+        tmp_path / "scaled", mean=[m * 10 + 5 for m in MEAN], std=[s * 10 for s in STD]
+    )
     f32 = write_raster(tmp_path / "f32.tif", base.astype(np.float32) * 10 + 5)
     u16 = write_raster(tmp_path / "u16.tif", base.astype(np.uint16) * 10 + 5)
     r, _ = read(ref)
     for img in (f32, u16):
-        out = predict_raster(img, tmp_path / f"{img.stem}_o.tif", model=scaled_model, window=64,
-                             overlap=16, scheduler=scheduler, progress=False).output
+        out = predict_raster(
+            img,
+            tmp_path / f"{img.stem}_o.tif",
+            model=scaled_model,
+            window=64,
+            overlap=16,
+            scheduler=scheduler,
+            progress=False,
+        ).output
         v, _ = read(out)
         assert np.abs(v.astype(int) - r.astype(int)).max() <= 1
     # and a model with other stats does see a different input
     other = make_model(tmp_path / "other", mean=[0.0] * 4, std=[1.0] * 4)
-    v, _ = read(predict_raster(f32, tmp_path / "other.tif", model=other, window=64, overlap=16,
-                               scheduler=scheduler, progress=False).output)
+    v, _ = read(
+        predict_raster(
+            f32,
+            tmp_path / "other.tif",
+            model=other,
+            window=64,
+            overlap=16,
+            scheduler=scheduler,
+            progress=False,
+        ).output
+    )
     assert np.abs(v.astype(int) - r.astype(int)).max() > 1
 
 
@@ -388,8 +598,19 @@ def test_masked_pixels_are_hidden_from_the_model(model_dir, scheduler, tmp_path)
     outs = []
     for name, data in (("a", base), ("b", other)):
         img = write_raster(tmp_path / f"{name}.tif", data, mask=mask)
-        outs.append(read(predict_raster(img, tmp_path / f"{name}_o.tif", model=model_dir, window=64,
-                                        overlap=16, scheduler=scheduler, progress=False).output)[0])
+        outs.append(
+            read(
+                predict_raster(
+                    img,
+                    tmp_path / f"{name}_o.tif",
+                    model=model_dir,
+                    window=64,
+                    overlap=16,
+                    scheduler=scheduler,
+                    progress=False,
+                ).output
+            )[0]
+        )
     assert ((outs[0] == 255) == ~mask).all()
     assert np.abs(outs[0].astype(int) - outs[1].astype(int)).max() <= 1
 
@@ -397,8 +618,15 @@ def test_masked_pixels_are_hidden_from_the_model(model_dir, scheduler, tmp_path)
 def test_raster_without_crs_warns_and_output_has_none(model_dir, scheduler, tmp_path) -> None:
     img = write_raster(tmp_path / "nocrs.tif", smooth_image(64, 96).astype(np.uint8), crs=None)
     with pytest.warns(UserWarning, match="no CRS"):
-        out = predict_raster(img, tmp_path / "o.tif", model=model_dir, window=64, overlap=16,
-                             scheduler=scheduler, progress=False).output
+        out = predict_raster(
+            img,
+            tmp_path / "o.tif",
+            model=model_dir,
+            window=64,
+            overlap=16,
+            scheduler=scheduler,
+            progress=False,
+        ).output
     _, prof = read(out)
     assert prof["crs"] is None and prof["transform"] == TRANSFORM
 
@@ -411,35 +639,74 @@ def test_imagery_unlike_the_training_imagery_warns(model_dir, scheduler, tmp_pat
     trained = shutil.copytree(model_dir, tmp_path / "model")
     cfg = json.loads((trained / "model.json").read_text())
     (trained / "model.json").write_text(json.dumps({**cfg, "dtype": "uint8", "gsd_m": 0.5}))
-    like = write_raster(tmp_path / "like.tif", smooth_image(64, 64).astype(np.uint8))  # uint8, 0.5 m
+    like = write_raster(
+        tmp_path / "like.tif", smooth_image(64, 64).astype(np.uint8)
+    )  # uint8, 0.5 m
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        predict_raster(like, tmp_path / "o1.tif", model=trained, window=64, overlap=16, scheduler=scheduler,
-                       progress=False)
+        predict_raster(
+            like,
+            tmp_path / "o1.tif",
+            model=trained,
+            window=64,
+            overlap=16,
+            scheduler=scheduler,
+            progress=False,
+        )
     assert not [w for w in caught if "trained" in str(w.message)]  # the imagery the model knows
     deep = write_raster(tmp_path / "deep.tif", (smooth_image(64, 64) * 200).astype(np.uint16))
-    with pytest.warns(UserWarning, match=r"deep.tif: sample type uint16, but the model .* trained on uint8"):
-        predict_raster(deep, tmp_path / "o2.tif", model=trained, window=64, overlap=16, scheduler=scheduler,
-                       progress=False)
-    coarse = write_raster(tmp_path / "coarse.tif", smooth_image(64, 64).astype(np.uint8),
-                          transform=Affine(2.0, 0.0, 500000.0, 0.0, -2.0, 5400000.0))
-    with pytest.warns(UserWarning, match=r"coarse.tif: pixels are 2.00 m, but the model .* trained at 0.50 m"):
-        predict_raster(coarse, tmp_path / "o3.tif", model=trained, window=64, overlap=16, scheduler=scheduler,
-                       progress=False)
+    with pytest.warns(
+        UserWarning, match=r"deep.tif: sample type uint16, but the model .* trained on uint8"
+    ):
+        predict_raster(
+            deep,
+            tmp_path / "o2.tif",
+            model=trained,
+            window=64,
+            overlap=16,
+            scheduler=scheduler,
+            progress=False,
+        )
+    coarse = write_raster(
+        tmp_path / "coarse.tif",
+        smooth_image(64, 64).astype(np.uint8),
+        transform=Affine(2.0, 0.0, 500000.0, 0.0, -2.0, 5400000.0),
+    )
+    with pytest.warns(
+        UserWarning, match=r"coarse.tif: pixels are 2.00 m, but the model .* trained at 0.50 m"
+    ):
+        predict_raster(
+            coarse,
+            tmp_path / "o3.tif",
+            model=trained,
+            window=64,
+            overlap=16,
+            scheduler=scheduler,
+            progress=False,
+        )
 
 
 def test_raster_smaller_than_a_window(model_dir, scheduler, tmp_path) -> None:
     data = smooth_image(40, 50).astype(np.uint8)
     data[:, :5, :5] = 0
     img = write_raster(tmp_path / "tiny.tif", data, nodata=0)
-    res = predict_raster(img, tmp_path / "o.tif", model=model_dir, window=128, overlap=16,
-                         scheduler=scheduler, progress=False)
+    res = predict_raster(
+        img,
+        tmp_path / "o.tif",
+        model=model_dir,
+        window=128,
+        overlap=16,
+        scheduler=scheduler,
+        progress=False,
+    )
     v, prof = read(res.output)
     assert (prof["height"], prof["width"]) == (40, 50) and res.windows_run == 1
     assert (v[:5, :5] == 255).all() and (v[5:, 5:] < 255).all()
 
 
-def test_a_rewritten_input_is_read_afresh_and_workers_keep_nothing_open(model_dir, scheduler, tmp_path) -> None:
+def test_a_rewritten_input_is_read_afresh_and_workers_keep_nothing_open(
+    model_dir, scheduler, tmp_path
+) -> None:
     """Workers keep the raster open between the tasks of a run (GDAL's cache decodes shared
     tiles once); a long-lived cluster must close it after the run and never serve the next run
     from it, e.g. after the user corrected the raster in place."""
@@ -448,18 +715,26 @@ def test_a_rewritten_input_is_read_afresh_and_workers_keep_nothing_open(model_di
     from pipeline import inference
 
     img = tmp_path / "region.tif"
-    kw = dict(model=model_dir, window=64, overlap=16, scheduler=scheduler, progress=False, overwrite=True)
+    kw = dict(
+        model=model_dir, window=64, overlap=16, scheduler=scheduler, progress=False, overwrite=True
+    )
     data = smooth_image(160, 192).astype(np.uint8)
     write_raster(img, data, tiled=True, blockxsize=64, blockysize=64)
     first, _ = read(predict_raster(img, tmp_path / "first.tif", **kw).output)
     with Client(scheduler) as client:
         assert set(client.run(inference.open_reader_count).values()) == {0}
-    write_raster(img, data[:, ::-1, :].copy(), tiled=True, blockxsize=64, blockysize=64)  # same name
-    write_raster(tmp_path / "fresh.tif", data[:, ::-1, :].copy(), tiled=True, blockxsize=64, blockysize=64)
+    write_raster(
+        img, data[:, ::-1, :].copy(), tiled=True, blockxsize=64, blockysize=64
+    )  # same name
+    write_raster(
+        tmp_path / "fresh.tif", data[:, ::-1, :].copy(), tiled=True, blockxsize=64, blockysize=64
+    )
     again, _ = read(predict_raster(img, tmp_path / "again.tif", **kw).output)
     fresh, _ = read(predict_raster(tmp_path / "fresh.tif", tmp_path / "fresh_o.tif", **kw).output)
     assert np.abs(again.astype(int) - fresh.astype(int)).max() <= 1
-    assert np.abs(again.astype(int) - first.astype(int)).max() > 10  # the flip changed the prediction
+    assert (
+        np.abs(again.astype(int) - first.astype(int)).max() > 10
+    )  # the flip changed the prediction
 
 
 def test_vrt_input_predicts_like_its_source(scene, model_dir, scheduler, tmp_path) -> None:
@@ -474,8 +749,10 @@ def test_vrt_input_predicts_like_its_source(scene, model_dir, scheduler, tmp_pat
     )
     gt = ", ".join(str(v) for v in TRANSFORM.to_gdal())
     vrt = tmp_path / "scene.vrt"
-    vrt.write_text(f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}"><SRS>{CRS}</SRS>'
-                   f"<GeoTransform>{gt}</GeoTransform>{bands}</VRTDataset>")
+    vrt.write_text(
+        f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}"><SRS>{CRS}</SRS>'
+        f"<GeoTransform>{gt}</GeoTransform>{bands}</VRTDataset>"
+    )
     kw = dict(model=model_dir, window=64, overlap=16, scheduler=scheduler, progress=False)
     a, _ = read(predict_raster(vrt, tmp_path / "vrt_o.tif", **kw).output)
     b, prof = read(predict_raster(scene, tmp_path / "tif_o.tif", **kw).output)
@@ -490,8 +767,18 @@ def test_tta_makes_prediction_flip_equivariant(model_dir, scheduler, tmp_path) -
     for tta in (False, True):
         for name, data in (("base", base), ("flip", flipped)):
             img = write_raster(tmp_path / f"{name}.tif", data)
-            out = predict_raster(img, tmp_path / f"{name}_{tta}.tif", model=model_dir, window=64,
-                                 overlap=0, scheduler=scheduler, tta=tta, dtype="float32", overwrite=True, progress=False).output
+            out = predict_raster(
+                img,
+                tmp_path / f"{name}_{tta}.tif",
+                model=model_dir,
+                window=64,
+                overlap=0,
+                scheduler=scheduler,
+                tta=tta,
+                dtype="float32",
+                overwrite=True,
+                progress=False,
+            ).output
             outs[name, tta] = read(out)[0]
     err_plain = np.abs(outs["flip", False][:, ::-1] - outs["base", False]).max()
     err_tta = np.abs(outs["flip", True][:, ::-1] - outs["base", True]).max()
@@ -502,8 +789,16 @@ def test_vectors_are_written_as_linestrings(scene, model_dir, scheduler, tmp_pat
     import geopandas as gpd
 
     vec = tmp_path / "roads.gpkg"
-    res = predict_raster(scene, tmp_path / "o.tif", model=model_dir, window=64, overlap=16,
-                         scheduler=scheduler, vectors=vec, progress=False)
+    res = predict_raster(
+        scene,
+        tmp_path / "o.tif",
+        model=model_dir,
+        window=64,
+        overlap=16,
+        scheduler=scheduler,
+        vectors=vec,
+        progress=False,
+    )
     assert res.vectors == vec
     roads = gpd.read_file(vec, layer="roads")
     assert len(roads) > 0 and set(roads.geom_type) == {"LineString"}
@@ -515,13 +810,17 @@ def test_default_output_path() -> None:
     assert default_output_path(Path("/data/region.tif")) == Path("/data/region_roads.tif")
 
 
-@pytest.mark.skipif(parallel._cuda_count() > 0, reason="with a GPU the client imports torch to count GPUs")
+@pytest.mark.skipif(
+    parallel._cuda_count() > 0, reason="with a GPU the client imports torch to count GPUs"
+)
 def test_the_predict_client_never_imports_torch(scene, model_dir, tmp_path) -> None:
     """Only the workers load torch: `pipeline predict` starts fast and its process stays small."""
     out = tmp_path / "out.tif"
-    code = ("import sys; from pipeline.predict import predict_raster; "
-            f"predict_raster({str(scene)!r}, {str(out)!r}, model={str(model_dir)!r}, window=64, overlap=16, "
-            "workers=1, progress=False); print('torch' in sys.modules)")
+    code = (
+        "import sys; from pipeline.predict import predict_raster; "
+        f"predict_raster({str(scene)!r}, {str(out)!r}, model={str(model_dir)!r}, window=64, overlap=16, "
+        "workers=1, progress=False); print('torch' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "False"
     assert out.exists()  # and the prediction was made

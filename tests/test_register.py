@@ -33,21 +33,33 @@ def project(tmp_path, monkeypatch):
     p["train"]["out_dir"] = str(tmp_path / "models/unet")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     params = load_params(tmp_path / "params.yaml")
-    config = ModelConfig(encoder="resnet18", bands=["red", "green", "blue", "nir"], mean=[90.0] * 4,
-                         std=[30.0] * 4, chip_size=64, threshold=0.4, data_fingerprint="f" * 64, git_commit="abc123")
+    config = ModelConfig(
+        encoder="resnet18",
+        bands=["red", "green", "blue", "nir"],
+        mean=[90.0] * 4,
+        std=[30.0] * 4,
+        chip_size=64,
+        threshold=0.4,
+        data_fingerprint="f" * 64,
+        git_commit="abc123",
+    )
     release = tmp_path / "models/release"
     save_model(build_unet(config), config, release)
     return params, release
 
 
 def _register_with_iou(params, release: Path, iou: float) -> dict:
-    with registry.tracked_run(params.register.experiment, "train", tracking_default=params.register.tracking_uri) as run_id:
+    with registry.tracked_run(
+        params.register.experiment, "train", tracking_default=params.register.tracking_uri
+    ) as run_id:
         pass
     params.train.out_dir.mkdir(parents=True, exist_ok=True)
     (params.train.out_dir / "run.json").write_text(json.dumps({"mlflow_run_id": run_id}))
     eval_path = Path("metrics/eval.json")
     eval_path.parent.mkdir(exist_ok=True)
-    eval_path.write_text(json.dumps({"iou": iou, "f1": iou + 0.1, "per_scene": {"held": {"iou": iou}}}))
+    eval_path.write_text(
+        json.dumps({"iou": iou, "f1": iou + 0.1, "per_scene": {"held": {"iou": iou}}})
+    )
     return run_register(params, model_dir=release, eval_path=eval_path)
 
 
@@ -74,16 +86,26 @@ def _check_registry_flow(params, release: Path, env: dict) -> None:
     with pytest.raises(LookupError, match="no version 9"):
         promote(params, "9")
 
-    folder = resolve_model("models:/road-unet@champion", tracking_default=params.register.tracking_uri)
+    folder = resolve_model(
+        "models:/road-unet@champion", tracking_default=params.register.tracking_uri
+    )
     assert json.loads((folder / "model.json").read_text())["threshold"] == 0.4
     # downloaded once per version into the model cache, reused, and an alias move is seen at once
     cache = registry.model_cache_dir()
     assert cache in folder.parents and "road-unet-v2-" in str(folder)
-    assert resolve_model("models:/road-unet/2", tracking_default=params.register.tracking_uri) == folder
+    assert (
+        resolve_model("models:/road-unet/2", tracking_default=params.register.tracking_uri)
+        == folder
+    )
     promote(params, "3")
-    newer = resolve_model("models:/road-unet@champion", tracking_default=params.register.tracking_uri)
+    newer = resolve_model(
+        "models:/road-unet@champion", tracking_default=params.register.tracking_uri
+    )
     assert newer != folder and "road-unet-v3-" in str(newer)
-    assert sorted(p.name.split("-")[2] for p in cache.iterdir()) == ["v2", "v3"]  # no partial downloads
+    assert sorted(p.name.split("-")[2] for p in cache.iterdir()) == [
+        "v2",
+        "v3",
+    ]  # no partial downloads
     promote(params, "2")
 
     code = (
@@ -95,7 +117,9 @@ def _check_registry_flow(params, release: Path, env: dict) -> None:
     )
     env = {k: v for k, v in env.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = registry.tracking_uri(params.register.tracking_uri)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
@@ -117,10 +141,22 @@ def test_registry_with_a_real_mlflow_server(project, tmp_path, monkeypatch):
     params, release = project
     port = _free_port()
     server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         uri = f"http://127.0.0.1:{port}"
@@ -147,22 +183,37 @@ def test_model_card_describes_this_model_not_the_demo(tmp_path):
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p["register"]["model_name"] = "city-roads"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
-    config = ModelConfig(encoder="vgg16_bn", bands=["red", "green", "blue"], mean=[0.0] * 3, std=[1.0] * 3,
-                         chip_size=256, dtype="uint16", gsd_m=0.3, threshold=0.42)
-    card = model_card(load_params(tmp_path / "params.yaml"), config, {"iou": 0.61, "f1": 0.75}, "v7")
+    config = ModelConfig(
+        encoder="vgg16_bn",
+        bands=["red", "green", "blue"],
+        mean=[0.0] * 3,
+        std=[1.0] * 3,
+        chip_size=256,
+        dtype="uint16",
+        gsd_m=0.3,
+        threshold=0.42,
+    )
+    card = model_card(
+        load_params(tmp_path / "params.yaml"), config, {"iou": 0.61, "f1": 0.75}, "v7"
+    )
     assert card.startswith("# city-roads v7")
     assert "3-band (red, green, blue) uint16 imagery" in card and "0.3 m" in card
     assert "R, G, B, NIR" not in card
     assert "| iou | 0.6100 |" in card and "0.420" in card
     assert "Recall by road class" not in card  # no classes evaluated, no table
 
-    metrics = {"iou": 0.61, "recall_by_class": {"motorway": 0.99, "track": 0.375},
-               "road_pixels_by_class": {"motorway": 1000, "track": 80}}
+    metrics = {
+        "iou": 0.61,
+        "recall_by_class": {"motorway": 0.99, "track": 0.375},
+        "road_pixels_by_class": {"motorway": 1000, "track": 80},
+    }
     card = model_card(load_params(tmp_path / "params.yaml"), config, metrics, "v8")
     assert "Recall by road class (`road_class`)" in card
     assert "| track | 80 | 0.375 |" in card and "| motorway | 1000 | 0.990 |" in card
     config = config.model_copy(update={"init_from": "models:/city-roads@champion"})
-    assert "fine-tuned from models:/city-roads@champion" in model_card(load_params(tmp_path / "params.yaml"), config, metrics)
+    assert "fine-tuned from models:/city-roads@champion" in model_card(
+        load_params(tmp_path / "params.yaml"), config, metrics
+    )
 
 
 def test_a_missing_sqlite_store_is_named_not_created(tmp_path, monkeypatch):

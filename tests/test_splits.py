@@ -18,7 +18,15 @@ def _plan(height=1000, width=900, block_px=256, gap_px=0, chip=64, stride=32, se
     keys = [("s", r, c) for r, c in block_grid(height, width, block_px)]
     assigned = assign_blocks(keys, 0.3, 0.2, seed)
     split_of = {(r, c): s for (_, r, c), s in assigned.items()}
-    return chips_in_blocks(height, width, block_px=block_px, gap_px=gap_px, chip_size=chip, stride=stride, split_of=split_of)
+    return chips_in_blocks(
+        height,
+        width,
+        block_px=block_px,
+        gap_px=gap_px,
+        chip_size=chip,
+        stride=stride,
+        split_of=split_of,
+    )
 
 
 @pytest.mark.parametrize("gap_px", [0, 16, 33])
@@ -33,7 +41,9 @@ def test_no_chip_of_one_split_overlaps_another(gap_px, seed):
 
 def test_gap_separates_edge_neighbours_by_the_full_gap():
     split_of = {(0, 0): "train", (0, 1): "val"}
-    chips = chips_in_blocks(256, 512, block_px=256, gap_px=32, chip_size=64, stride=64, split_of=split_of)
+    chips = chips_in_blocks(
+        256, 512, block_px=256, gap_px=32, chip_size=64, stride=64, split_of=split_of
+    )
     right_edge_train = max(c.col_off + c.size for c in chips if c.split == "train")
     left_edge_val = min(c.col_off for c in chips if c.split == "val")
     assert left_edge_val - right_edge_train >= 32
@@ -45,7 +55,9 @@ def test_chips_stay_inside_the_raster_and_cover_blocks_to_their_edge():
         assert 0 <= c.row_off and c.row_off + c.size <= 300
         assert 0 <= c.col_off and c.col_off + c.size <= 290
     split_of = {(0, 0): "train"}
-    one = chips_in_blocks(100, 100, block_px=100, gap_px=0, chip_size=64, stride=64, split_of=split_of)
+    one = chips_in_blocks(
+        100, 100, block_px=100, gap_px=0, chip_size=64, stride=64, split_of=split_of
+    )
     # a 100 px block gets a regular chip and one snapped to its far edge on each axis
     assert sorted({c.col_off for c in one}) == [0, 36]
 
@@ -70,7 +82,11 @@ def test_whole_scene_chips_cover_the_scene():
     covered = set()
     for c in chips:
         assert c.split == "test"
-        covered |= {(r, q) for r in range(c.row_off, c.row_off + 64) for q in range(c.col_off, c.col_off + 64)}
+        covered |= {
+            (r, q)
+            for r in range(c.row_off, c.row_off + 64)
+            for q in range(c.col_off, c.col_off + 64)
+        }
     assert len(covered) == 300 * 200
 
 

@@ -20,8 +20,17 @@ from pipeline.stitching import (
 )
 from pipeline.windows import Rect, WindowGrid, axis_spans, window_groups
 
-CASES = [(1, 64, 16), (40, 64, 16), (64, 64, 0), (100, 64, 16), (300, 64, 16), (300, 64, 0),
-         (300, 64, 40), (513, 128, 32), (1000, 96, 8)]
+CASES = [
+    (1, 64, 16),
+    (40, 64, 16),
+    (64, 64, 0),
+    (100, 64, 16),
+    (300, 64, 16),
+    (300, 64, 0),
+    (300, 64, 40),
+    (513, 128, 32),
+    (1000, 96, 8),
+]
 
 
 def test_taper_shape() -> None:
@@ -45,7 +54,9 @@ def test_ramps_cross_fade_to_one() -> None:
 
 
 @pytest.mark.parametrize(("size", "window", "overlap"), CASES)
-def test_axis_weights_positive_everywhere_and_sum_matches(size: int, window: int, overlap: int) -> None:
+def test_axis_weights_positive_everywhere_and_sum_matches(
+    size: int, window: int, overlap: int
+) -> None:
     spans = axis_spans(size, window, overlap)
     ws = axis_weights(size, window, overlap)
     total = np.zeros(max(size, sum(spans[-1])))
@@ -91,7 +102,9 @@ def _blend_whole(grid: WindowGrid, probs: dict) -> np.ndarray:
     out = np.zeros((grid.height, grid.width), np.float64)
     for (i, j), p in probs.items():
         rect, w = window_contribution_weight(grid, i, j)
-        out[rect.row_off : rect.row_end, rect.col_off : rect.col_end] += w * p[: rect.height, : rect.width]
+        out[rect.row_off : rect.row_end, rect.col_off : rect.col_end] += (
+            w * p[: rect.height, : rect.width]
+        )
     return out
 
 

@@ -25,8 +25,13 @@ ORIGIN = (500000.0, 5400000.0)
 
 
 def _params(out_dir, scenes, **kw) -> SynthParams:
-    return SynthParams(out_dir=out_dir, scenes=[SynthSceneSpec(name=n, seed=s) for n, s in scenes],
-                       size=kw.pop("size", SIZE), origin=ORIGIN, **kw)
+    return SynthParams(
+        out_dir=out_dir,
+        scenes=[SynthSceneSpec(name=n, seed=s) for n, s in scenes],
+        size=kw.pop("size", SIZE),
+        origin=ORIGIN,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +46,13 @@ def _image(files: SceneFiles) -> np.ndarray:
 
 def _labels(files: SceneFiles) -> np.ndarray:
     info = raster.raster_info(files.image)
-    polys = vectors.load_road_polygons(files.roads, info.crs, width_attribute="width_m",
-                                       default_half_width_m=2.0, bounds=info.bounds)
+    polys = vectors.load_road_polygons(
+        files.roads,
+        info.crs,
+        width_attribute="width_m",
+        default_half_width_m=2.0,
+        bounds=info.bounds,
+    )
     return vectors.burn_mask(polys, info.transform, (info.height, info.width))
 
 
@@ -50,8 +60,9 @@ def test_run_synth_writes_three_files_per_scene_and_no_leftovers(scenes):
     params, files = scenes
     assert [f.image.name for f in files] == ["a.tif", "b.tif"]
     written = sorted(p.name for p in params.out_dir.iterdir())
-    assert written == sorted(["a.tif", "a.roads.gpkg", "a.landcover.tif",
-                              "b.tif", "b.roads.gpkg", "b.landcover.tif"])
+    assert written == sorted(
+        ["a.tif", "a.roads.gpkg", "a.landcover.tif", "b.tif", "b.roads.gpkg", "b.landcover.tif"]
+    )
 
 
 def test_image_grid_bands_and_nodata_read_back(scenes):
@@ -82,7 +93,7 @@ def test_nodata_only_outside_a_footprint_and_never_inside(scenes):
     nodata = zero[0]
     assert 0.01 < nodata.mean() < 0.35
     assert nodata[0, 0] or nodata[0, -1] or nodata[-1, 0] or nodata[-1, -1]
-    assert not nodata[SIZE // 2 - 50: SIZE // 2 + 50, SIZE // 2 - 50: SIZE // 2 + 50].any()
+    assert not nodata[SIZE // 2 - 50 : SIZE // 2 + 50, SIZE // 2 - 50 : SIZE // 2 + 50].any()
 
 
 def test_uint16_scene_without_border_has_no_zero_pixel(tmp_path):
@@ -101,9 +112,13 @@ def test_same_seed_same_bytes_different_seed_different(scenes, tmp_path):
     # the GeoPackage too, byte for byte (GDAL writes the time of writing into it unless told)
     assert rerun.roads.read_bytes() == files[0].roads.read_bytes()
     assert files[1].image.read_bytes() != files[0].image.read_bytes()
-    other_seed = params.model_copy(update={"out_dir": tmp_path / "other",
-                                           "scenes": [SynthSceneSpec(name="a", seed=99)]})
-    assert generate_scene(other_seed.scenes[0], other_seed, 0).image.read_bytes() != files[0].image.read_bytes()
+    other_seed = params.model_copy(
+        update={"out_dir": tmp_path / "other", "scenes": [SynthSceneSpec(name="a", seed=99)]}
+    )
+    assert (
+        generate_scene(other_seed.scenes[0], other_seed, 0).image.read_bytes()
+        != files[0].image.read_bytes()
+    )
 
 
 def test_road_centrelines_are_in_epsg4326_with_attributes(scenes):
@@ -160,7 +175,9 @@ def test_roads_crossing_water_become_bridges():
     table = _road_table(np.random.default_rng(0), lines, 200.0, water)
     bridges = table[table.bridge]
     assert len(table) == 3 and len(bridges) == 1
-    assert bridges.geometry.iloc[0].bounds == pytest.approx((37.0, -100, 63.0, -100))  # 3 m past the banks
+    assert bridges.geometry.iloc[0].bounds == pytest.approx(
+        (37.0, -100, 63.0, -100)
+    )  # 3 m past the banks
     assert table.width_m.nunique() == 1  # one road, one width
 
 
@@ -173,16 +190,20 @@ def test_a_per_pixel_linear_classifier_cannot_find_the_roads(scenes, tmp_path):
     from pipeline.tiling import run_tile
 
     _, files = scenes
-    data = DataParams(scenes=[
-        {"name": f.image.stem, "image": str(f.image), "roads": str(f.roads), "split": split}
-        for f, split in zip(files, ("train", "test"), strict=True)
-    ])
+    data = DataParams(
+        scenes=[
+            {"name": f.image.stem, "image": str(f.image), "roads": str(f.roads), "split": split}
+            for f, split in zip(files, ("train", "test"), strict=True)
+        ]
+    )
     tile = TileParams(out_dir=tmp_path / "chips", chip_size=64, stride=64)
     run_tile(data, tile, workers=1, progress=False)
     fitted = fit_baseline(tile.out_dir)
     assert fitted.train_iou > 0.1  # it did learn something on its own scene
     iou = score_scene(fitted, data.scenes[1], data).iou
-    assert iou < MAX_BASELINE_IOU, f"per-pixel logistic regression reaches road IoU {iou:.3f}: scenes too easy"
+    assert iou < MAX_BASELINE_IOU, (
+        f"per-pixel logistic regression reaches road IoU {iou:.3f}: scenes too easy"
+    )
 
 
 def test_no_synthetic_scenes_still_gives_the_stage_its_output_folder(tmp_path):

@@ -26,8 +26,17 @@ REFUSED_GRID = Affine(1, 0, 500000, 0, -1, 5400000)  # 1 m pixels in UTM, for th
 
 def test_index_describes_every_chip(chips_dir):
     index = gpd.read_file(chips_dir / "index.gpkg", layer="chips")
-    assert set(index.columns) >= {"chip_id", "scene", "array_index", "row_off", "col_off", "split",
-                                  "road_fraction", "nodata_fraction", "geometry"}
+    assert set(index.columns) >= {
+        "chip_id",
+        "scene",
+        "array_index",
+        "row_off",
+        "col_off",
+        "split",
+        "road_fraction",
+        "nodata_fraction",
+        "geometry",
+    }
     assert index.crs.to_epsg() == 32632
     assert index["chip_id"].is_unique
     for scene, rows in index.groupby("scene"):
@@ -45,7 +54,10 @@ def test_chips_match_the_source_raster(chips_dir, scenes_dir):
     row = index[(index.scene == "s2") & (index.nodata_fraction == 0)].iloc[3]
     images = np.load(chips_dir / "s2.images.npy")
     masks = np.load(chips_dir / "s2.masks.npy")
-    with rasterio.open(scenes_dir / "s2.tif") as src, rasterio.open(scenes_dir / "s2.labels.tif") as lab:
+    with (
+        rasterio.open(scenes_dir / "s2.tif") as src,
+        rasterio.open(scenes_dir / "s2.labels.tif") as lab,
+    ):
         win = rasterio.windows.Window(row.col_off, row.row_off, 64, 64)
         assert np.array_equal(images[row.array_index], src.read(window=win))
         assert np.array_equal(masks[row.array_index], lab.read(1, window=win))
@@ -97,8 +109,13 @@ def test_whole_validation_scenes_with_val_fraction_zero(tmp_path, scenes_dir):
     entries = scene_entries(scenes_dir)
     entries[2]["split"] = "val"  # s3 held out whole for validation
     data = DataParams(scenes=entries, bands=BANDS)
-    tile = TileParams(out_dir=tmp_path, chip_size=64, stride=64, workers=1,
-                      split={"block_size_m": 128, "val_fraction": 0.0, "gap_m": 32})
+    tile = TileParams(
+        out_dir=tmp_path,
+        chip_size=64,
+        stride=64,
+        workers=1,
+        split={"block_size_m": 128, "val_fraction": 0.0, "gap_m": 32},
+    )
     stats = run_tile(data, tile, workers=1, progress=False)
     index = gpd.read_file(tmp_path / "index.gpkg", layer="chips")
     assert set(index[index.scene == "s3"].split) == {"val"}
@@ -107,8 +124,11 @@ def test_whole_validation_scenes_with_val_fraction_zero(tmp_path, scenes_dir):
     # no block of s1/s2 is pulled in for a gap: as many chips as a whole-scene grid gives
     whole = index[index.scene.isin(["s3", "held"])].groupby("scene").size()
     assert index[index.scene == "s1"].shape[0] == index[index.scene == "s2"].shape[0] == whole.max()
-    assert stats["counts"] == {"train": int((index.split == "train").sum()), "val": int((index.split == "val").sum()),
-                               "test": int((index.split == "test").sum())}
+    assert stats["counts"] == {
+        "train": int((index.split == "train").sum()),
+        "val": int((index.split == "val").sum()),
+        "test": int((index.split == "test").sum()),
+    }
 
 
 def _digest(folder):
@@ -122,12 +142,19 @@ def mixed_scenes(tmp_path_factory, scenes_dir) -> DataParams:
     folder = tmp_path_factory.mktemp("roads")
     with rasterio.open(scenes_dir / "s2.tif") as src:
         left, bottom, right, top = src.bounds
-    lines = [LineString([(left, bottom + f * (top - bottom)), (right, top - f * (top - bottom))]) for f in (0.2, 0.6)]
+    lines = [
+        LineString([(left, bottom + f * (top - bottom)), (right, top - f * (top - bottom))])
+        for f in (0.2, 0.6)
+    ]
     lines.append(LineString([(left + 100, bottom), (left + 100, top)]))
-    roads = gpd.GeoDataFrame({"width_m": [6.0, 4.0, 8.0]}, geometry=lines, crs=UTM).to_crs("EPSG:4326")
+    roads = gpd.GeoDataFrame({"width_m": [6.0, 4.0, 8.0]}, geometry=lines, crs=UTM).to_crs(
+        "EPSG:4326"
+    )
     roads.to_file(folder / "r.roads.gpkg", layer="roads")
     entries = scene_entries(scenes_dir, ("s1", "held"))
-    entries.insert(1, {"name": "r", "image": str(scenes_dir / "s2.tif"), "roads": str(folder / "r.roads.gpkg")})
+    entries.insert(
+        1, {"name": "r", "image": str(scenes_dir / "s2.tif"), "roads": str(folder / "r.roads.gpkg")}
+    )
     return DataParams(scenes=entries, bands=BANDS)
 
 
@@ -135,16 +162,31 @@ def _tile(out, **kw) -> TileParams:
     return TileParams(out_dir=out, chip_size=64, stride=32, split={"block_size_m": 128}, **kw)
 
 
-def test_tiling_is_byte_identical_whatever_the_workers_and_task_size(tmp_path, mixed_scenes, caplog):
+def test_tiling_is_byte_identical_whatever_the_workers_and_task_size(
+    tmp_path, mixed_scenes, caplog
+):
     """One task per scene in this process vs 3-chip tasks on two Dask workers, two in flight:
     chips, index and stats are the same bytes."""
     plans = plan_chips(mixed_scenes, _tile(tmp_path), check_scenes(mixed_scenes))
-    assert all(len(task_chunks(chips, 3)) >= 10 for chips in plans.values())  # scenes really are split
-    run_tile(mixed_scenes, _tile(tmp_path / "one"), workers=1, chips_per_task=10_000, progress=False)
+    assert all(
+        len(task_chunks(chips, 3)) >= 10 for chips in plans.values()
+    )  # scenes really are split
+    run_tile(
+        mixed_scenes, _tile(tmp_path / "one"), workers=1, chips_per_task=10_000, progress=False
+    )
     with caplog.at_level(logging.DEBUG, logger="pipeline.tiling"):
-        run_tile(mixed_scenes, _tile(tmp_path / "two"), workers=2, chips_per_task=3, max_in_flight=2, progress=False)
+        run_tile(
+            mixed_scenes,
+            _tile(tmp_path / "two"),
+            workers=2,
+            chips_per_task=3,
+            max_in_flight=2,
+            progress=False,
+        )
     one, two = _digest(tmp_path / "one"), _digest(tmp_path / "two")
-    assert {"index.gpkg", "stats.json", "r.images.npy", "r.masks.npy", "s1.landcover.npy"} <= set(one)
+    assert {"index.gpkg", "stats.json", "r.images.npy", "r.masks.npy", "s1.landcover.npy"} <= set(
+        one
+    )
     assert one == two
     # the roads of scene r were read once per worker, not once per task
     built = re.search(r"r: \d+ chips from (\d+) tasks, roads built (\d+) times", caplog.text)
@@ -161,7 +203,10 @@ def test_roads_are_built_once_per_scene_in_one_process(tmp_path, mixed_scenes):
 
 
 def test_progress_bar_counts_chips(tmp_path, mixed_scenes, capsys):
-    total = sum(len(c) for c in plan_chips(mixed_scenes, _tile(tmp_path), check_scenes(mixed_scenes)).values())
+    total = sum(
+        len(c)
+        for c in plan_chips(mixed_scenes, _tile(tmp_path), check_scenes(mixed_scenes)).values()
+    )
     run_tile(mixed_scenes, _tile(tmp_path), workers=2, chips_per_task=8, progress=True)
     err = capsys.readouterr().err
     assert "tile" in err and f"{total}/{total}" in err and "chip" in err
@@ -175,7 +220,13 @@ def test_a_failing_task_names_the_file_and_leaves_no_partial_arrays(tmp_path, sc
     entries.append({"name": "bad", "image": str(scenes_dir / "s3.tif"), "roads": str(bad)})
     out = tmp_path / "chips"
     with pytest.raises(Exception, match="bad.roads.gpkg"):
-        run_tile(DataParams(scenes=entries, bands=BANDS), _tile(out), workers=2, chips_per_task=4, progress=False)
+        run_tile(
+            DataParams(scenes=entries, bands=BANDS),
+            _tile(out),
+            workers=2,
+            chips_per_task=4,
+            progress=False,
+        )
     assert not list(out.glob("bad.*.npy")) and not list(out.glob(".*.raw"))
 
 
@@ -192,7 +243,9 @@ def test_band_count_mismatch_is_refused(tmp_path, scenes_dir):
     three = tmp_path / "rgb.tif"
     write_geotiff(three, np.ones((3, 64, 64), np.uint8), crs=UTM, transform=REFUSED_GRID)
     entries = scene_entries(scenes_dir, ("s1",))
-    entries.append({"name": "rgb", "image": str(three), "labels": str(scenes_dir / "s1.labels.tif")})
+    entries.append(
+        {"name": "rgb", "image": str(three), "labels": str(scenes_dir / "s1.labels.tif")}
+    )
     with pytest.raises(TilingError, match="rgb.tif: 3 bands"):
         check_scenes(DataParams(scenes=entries, bands=BANDS))
 
@@ -201,7 +254,9 @@ def test_mixed_sample_types_are_refused(tmp_path, scenes_dir):
     deep = tmp_path / "deep.tif"
     write_geotiff(deep, np.ones((4, 64, 64), np.uint16), crs=UTM, transform=REFUSED_GRID)
     entries = scene_entries(scenes_dir, ("s1",))
-    entries.append({"name": "deep", "image": str(deep), "labels": str(scenes_dir / "s1.labels.tif")})
+    entries.append(
+        {"name": "deep", "image": str(deep), "labels": str(scenes_dir / "s1.labels.tif")}
+    )
     with pytest.raises(TilingError, match=r"deep.tif: sample type uint16, but .*s1.tif is uint8"):
         check_scenes(DataParams(scenes=entries, bands=BANDS))
 
@@ -209,7 +264,12 @@ def test_mixed_sample_types_are_refused(tmp_path, scenes_dir):
 def test_label_raster_on_another_grid_is_refused(tmp_path):
     scene = make_scene(tmp_path, "x", seed=5)
     shifted = tmp_path / "shifted.tif"
-    write_geotiff(shifted, np.ones((256, 256), np.uint8), crs=UTM, transform=Affine(1, 0, 500010, 0, -1, 5400000))
+    write_geotiff(
+        shifted,
+        np.ones((256, 256), np.uint8),
+        crs=UTM,
+        transform=Affine(1, 0, 500010, 0, -1, 5400000),
+    )
     entry = {"name": "x", "image": scene["image"], "labels": str(shifted)}
     with pytest.raises(TilingError, match="shifted.tif: label raster is on another grid"):
         check_scenes(DataParams(scenes=[entry], bands=BANDS))

@@ -31,8 +31,14 @@ def write_params(tmp_path: Path, scenes_dir: Path, chips_dir: Path, **train) -> 
     p["tile"].update(out_dir=str(chips_dir), chip_size=64, stride=64)
     p["pretrain"].update(out_dir=str(tmp_path / "backbones"))
     p["train"].update(
-        dict(out_dir=str(tmp_path / "models/unet"), epochs=3, batch_size=4, max_batches_per_epoch=3,
-             warmup_epochs=0.5, encoder_weights="none"),
+        dict(
+            out_dir=str(tmp_path / "models/unet"),
+            epochs=3,
+            batch_size=4,
+            max_batches_per_epoch=3,
+            warmup_epochs=0.5,
+            encoder_weights="none",
+        ),
         **train,
     )
     p["register"]["tracking_uri"] = f"sqlite:///{tmp_path}/mlflow.db"
@@ -49,9 +55,13 @@ def test_dataset_applies_one_dihedral_transform_to_image_mask_and_valid(chips_di
     for i in range(min(6, len(plain))):
         x0, y0, v0 = plain[i]
         x1, y1, v1 = aug[i]
-        matches = [k for k in range(8) if np.array_equal(dihedral(y0.numpy(), k), y1.numpy())
-                   and np.array_equal(dihedral(v0.numpy(), k), v1.numpy())
-                   and np.allclose(dihedral(x0.numpy(), k), x1.numpy(), atol=1e-5)]
+        matches = [
+            k
+            for k in range(8)
+            if np.array_equal(dihedral(y0.numpy(), k), y1.numpy())
+            and np.array_equal(dihedral(v0.numpy(), k), v1.numpy())
+            and np.allclose(dihedral(x0.numpy(), k), x1.numpy(), atol=1e-5)
+        ]
         assert matches, f"chip {i}: augmented chip is no dihedral transform of the original"
     # nodata pixels are zero after normalisation and flagged invalid
     x, y, v = next(plain[i] for i in range(len(plain)) if plain[i][2].min() == 0)
@@ -108,7 +118,9 @@ def test_dataset_scale_jitter_is_applied_to_image_mask_and_valid_alike(chips_dir
     stats = read_stats(chips_dir)
     norm = Normalisation.from_lists(stats["mean"], stats["std"])
     plain = SegmentationChips(chips_dir, "train", norm)
-    aug = SegmentationChips(chips_dir, "train", norm, augment=True, seed=1, jitter=0.0, scale_jitter=0.3)
+    aug = SegmentationChips(
+        chips_dir, "train", norm, augment=True, seed=1, jitter=0.0, scale_jitter=0.3
+    )
     zoomed = 0
     for i in range(min(6, len(plain))):
         x0, y0, v0 = (t.numpy() for t in plain[i])
@@ -145,7 +157,9 @@ def test_nodata_pixels_never_count_in_the_loss(loss):
     other_logits, other_target = logits.clone(), target.clone()
     other_logits[:, :, :5] = 25.0 * torch.randn(2, 1, 5, 16, generator=g)
     other_target[:, :, :5] = 1.0 - other_target[:, :, :5]
-    assert masked_loss(other_logits, other_target, valid, params).item() == pytest.approx(base.item(), rel=1e-6)
+    assert masked_loss(other_logits, other_target, valid, params).item() == pytest.approx(
+        base.item(), rel=1e-6
+    )
     # ...while the same change at valid pixels does move it
     moved_logits = logits.clone()
     moved_logits[:, :, 5:10] = 25.0 * torch.randn(2, 1, 5, 16, generator=g)
@@ -163,10 +177,14 @@ def test_lovasz_term_is_the_hand_computed_jaccard_hinge():
     valid = torch.tensor([1.0, 1.0, 0.0]).reshape(1, 1, 1, 3)
     bce, lovasz = TrainParams(loss="bce"), TrainParams(loss="bce_lovasz")
     undecided = torch.tensor([0.0, 0.0, -9.0]).reshape(1, 1, 1, 3)
-    extra = masked_loss(undecided, target, valid, lovasz) - masked_loss(undecided, target, valid, bce)
+    extra = masked_loss(undecided, target, valid, lovasz) - masked_loss(
+        undecided, target, valid, bce
+    )
     assert extra.item() == pytest.approx(1.0)
     confident = torch.tensor([2.0, -2.0, -9.0]).reshape(1, 1, 1, 3)
-    extra = masked_loss(confident, target, valid, lovasz) - masked_loss(confident, target, valid, bce)
+    extra = masked_loss(confident, target, valid, lovasz) - masked_loss(
+        confident, target, valid, bce
+    )
     assert extra.item() == pytest.approx(0.0, abs=1e-7)
 
 
@@ -224,7 +242,9 @@ def test_weight_average_is_a_warmed_up_ema_of_weights_and_batchnorm_statistics()
     assert not torch.allclose(averaged["0.weight"], model.state_dict()["0.weight"])
 
 
-def test_train_with_ema_saves_and_validates_the_averaged_weights(tmp_path, scenes_dir, chips_dir, monkeypatch):
+def test_train_with_ema_saves_and_validates_the_averaged_weights(
+    tmp_path, scenes_dir, chips_dir, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     p = load_params(write_params(tmp_path, scenes_dir, chips_dir, epochs=1, ema_decay=0.9))
     from pipeline.train import load_checkpoint, run_train
@@ -235,10 +255,16 @@ def test_train_with_ema_saves_and_validates_the_averaged_weights(tmp_path, scene
     assert int(ckpt["ema"]["n_averaged"]) == 3  # one update per optimiser step
     for k, v in saved.items():
         assert torch.equal(v, ckpt["ema"][f"module.{k}"]), k
-    differs = [k for k, v in saved.items() if v.is_floating_point() and not torch.equal(v, ckpt["model"][k])]
+    differs = [
+        k
+        for k, v in saved.items()
+        if v.is_floating_point() and not torch.equal(v, ckpt["model"][k])
+    ]
     assert differs, "the saved model should be the average, not the last weights"
     model, config = load_model(p.train.out_dir)
-    assert config.threshold == pytest.approx(_f1_best_threshold_on_val(model, chips_dir, p.train.batch_size), abs=1e-9)
+    assert config.threshold == pytest.approx(
+        _f1_best_threshold_on_val(model, chips_dir, p.train.batch_size), abs=1e-9
+    )
 
 
 def _f1_best_threshold_on_val(model, chips_dir: Path, batch_size: int) -> float:
@@ -282,12 +308,22 @@ def test_repo_weights_load_into_the_encoder(tmp_path, scenes_dir, chips_dir, mon
     from backbones import build_backbone
 
     monkeypatch.chdir(tmp_path)
-    params_file = write_params(tmp_path, scenes_dir, chips_dir, epochs=1, max_batches_per_epoch=1,
-                               encoder_weights="repo", lr=1e-12)
+    params_file = write_params(
+        tmp_path,
+        scenes_dir,
+        chips_dir,
+        epochs=1,
+        max_batches_per_epoch=1,
+        encoder_weights="repo",
+        lr=1e-12,
+    )
     p = load_params(params_file)
     backbone = build_backbone("resnet18", num_classes=4, in_channels=4)
     p.pretrain.out_dir.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(p.pretrain.weights_path("resnet18")))
+    save_file(
+        {k: v.contiguous() for k, v in backbone.state_dict().items()},
+        str(p.pretrain.weights_path("resnet18")),
+    )
     from pipeline.train import run_train
 
     run_train(p.train, p.tile, p.pretrain, p.register)
@@ -310,7 +346,9 @@ def test_missing_pretrained_weights_is_a_clear_error(tmp_path, scenes_dir, chips
 
 @pytest.mark.slow
 @pytest.mark.parametrize("ema_decay", [None, 0.9], ids=["plain", "ema"])
-def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, scenes_dir, chips_dir, ema_decay):
+def test_resume_after_a_kill_ends_like_an_uninterrupted_run(
+    tmp_path, scenes_dir, chips_dir, ema_decay
+):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     results = {}
@@ -323,7 +361,9 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, scenes_dir
             subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True, timeout=600)
         else:
             ckpt = work / "models/checkpoints/unet_last.pt"
-            proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             deadline = time.time() + 300
             while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
                 time.sleep(0.05)
@@ -331,7 +371,9 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, scenes_dir
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             assert not (work / "models/unet/model.safetensors").exists()
-            subprocess.run(cmd + ["--resume"], cwd=work, env=env, check=True, capture_output=True, timeout=600)
+            subprocess.run(
+                cmd + ["--resume"], cwd=work, env=env, check=True, capture_output=True, timeout=600
+            )
         from pipeline.train import load_checkpoint
 
         results[name] = (
@@ -345,7 +387,9 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, scenes_dir
         assert torch.equal(w_a[k], w_b[k]), k
     for key in ("val_iou", "val_f1", "best_epoch", "epochs"):
         assert m_a[key] == m_b[key], key
-    for part in ("model", "ema") if ema_decay else ("model",):  # the last weights, and their average
+    for part in (
+        ("model", "ema") if ema_decay else ("model",)
+    ):  # the last weights, and their average
         assert c_a[part].keys() == c_b[part].keys()
         for k in c_a[part]:
             assert torch.equal(c_a[part][k], c_b[part][k]), f"{part}.{k}"
@@ -355,24 +399,36 @@ def test_resume_refuses_a_checkpoint_of_other_params(tmp_path, scenes_dir, chips
     from pipeline.train import run_train
 
     monkeypatch.chdir(tmp_path)
-    p = load_params(write_params(tmp_path, scenes_dir, chips_dir, epochs=2, max_batches_per_epoch=1))
-    assert run_train(p.train, p.tile, p.pretrain, p.register, stop_after_epoch=0) == {"stopped_after_epoch": 0}
+    p = load_params(
+        write_params(tmp_path, scenes_dir, chips_dir, epochs=2, max_batches_per_epoch=1)
+    )
+    assert run_train(p.train, p.tile, p.pretrain, p.register, stop_after_epoch=0) == {
+        "stopped_after_epoch": 0
+    }
     assert p.train.checkpoint_path.exists()
 
     changed = p.train.model_copy(update={"lr": p.train.lr * 10})
-    with pytest.raises(ValueError, match=r"unet_last.pt: cannot resume a different run \(train.lr: "):
+    with pytest.raises(
+        ValueError, match=r"unet_last.pt: cannot resume a different run \(train.lr: "
+    ):
         run_train(changed, p.tile, p.pretrain, p.register, resume=True)
     assert not (p.train.out_dir / "model.safetensors").exists()  # nothing was published
 
-    metrics = run_train(p.train, p.tile, p.pretrain, p.register, resume=True)  # the same run resumes
+    metrics = run_train(
+        p.train, p.tile, p.pretrain, p.register, resume=True
+    )  # the same run resumes
     assert metrics["epochs"] == 2 and (p.train.out_dir / "model.safetensors").exists()
 
 
-def test_fine_tune_starts_from_the_given_model_and_keeps_its_normalisation(tmp_path, scenes_dir, chips_dir, monkeypatch):
+def test_fine_tune_starts_from_the_given_model_and_keeps_its_normalisation(
+    tmp_path, scenes_dir, chips_dir, monkeypatch
+):
     from pipeline.train import run_train
 
     monkeypatch.chdir(tmp_path)
-    p = load_params(write_params(tmp_path, scenes_dir, chips_dir, epochs=1, max_batches_per_epoch=2))
+    p = load_params(
+        write_params(tmp_path, scenes_dir, chips_dir, epochs=1, max_batches_per_epoch=2)
+    )
     run_train(p.train, p.tile, p.pretrain, p.register)
     source_dir = tmp_path / "source"
     p.train.out_dir.rename(source_dir)
@@ -381,7 +437,9 @@ def test_fine_tune_starts_from_the_given_model_and_keeps_its_normalisation(tmp_p
     cfg["mean"] = [m + 3.0 for m in cfg["mean"]]
     (source_dir / "model.json").write_text(json.dumps(cfg))
 
-    tuned = p.train.model_copy(update={"init_from": str(source_dir), "lr": 1e-12, "max_batches_per_epoch": 1})
+    tuned = p.train.model_copy(
+        update={"init_from": str(source_dir), "lr": 1e-12, "max_batches_per_epoch": 1}
+    )
     run_train(tuned, p.tile, p.pretrain, p.register)
     model, config = load_model(p.train.out_dir)
     assert config.init_from == str(source_dir)
@@ -394,26 +452,44 @@ def test_fine_tune_starts_from_the_given_model_and_keeps_its_normalisation(tmp_p
         assert torch.allclose(weights[key], source[key], atol=1e-6), key
 
     # a fresh network (random encoder, same seed) is far from them: the check above means something
-    scratch = p.train.model_copy(update={"lr": 1e-12, "max_batches_per_epoch": 1, "seed": 7,
-                                         "out_dir": tmp_path / "scratch"})
+    scratch = p.train.model_copy(
+        update={"lr": 1e-12, "max_batches_per_epoch": 1, "seed": 7, "out_dir": tmp_path / "scratch"}
+    )
     run_train(scratch, p.tile, p.pretrain, p.register)
     fresh, _ = load_model(tmp_path / "scratch")
     assert not torch.allclose(fresh.state_dict()[convs[0]], source[convs[0]], atol=1e-3)
 
 
-def test_fine_tune_from_an_incompatible_model_is_a_clear_error(tmp_path, scenes_dir, chips_dir, monkeypatch):
+def test_fine_tune_from_an_incompatible_model_is_a_clear_error(
+    tmp_path, scenes_dir, chips_dir, monkeypatch
+):
     from pipeline.train import run_train
 
     monkeypatch.chdir(tmp_path)
-    p = load_params(write_params(tmp_path, scenes_dir, chips_dir, epochs=1, max_batches_per_epoch=1))
+    p = load_params(
+        write_params(tmp_path, scenes_dir, chips_dir, epochs=1, max_batches_per_epoch=1)
+    )
     run_train(p.train, p.tile, p.pretrain, p.register)
-    other = p.train.model_copy(update={"init_from": str(p.train.out_dir), "encoder": "resnet34",
-                                       "out_dir": tmp_path / "tuned"})
-    with pytest.raises(ValueError, match=r"unet: cannot fine-tune from this model \(encoder 'resnet18' there, "
-                                         r"train.encoder 'resnet34' here\)"):
+    other = p.train.model_copy(
+        update={
+            "init_from": str(p.train.out_dir),
+            "encoder": "resnet34",
+            "out_dir": tmp_path / "tuned",
+        }
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"unet: cannot fine-tune from this model \(encoder 'resnet18' there, "
+        r"train.encoder 'resnet34' here\)",
+    ):
         run_train(other, p.tile, p.pretrain, p.register)
     with pytest.raises(FileNotFoundError, match="nowhere: no model folder here"):
-        run_train(other.model_copy(update={"init_from": str(tmp_path / "nowhere")}), p.tile, p.pretrain, p.register)
+        run_train(
+            other.model_copy(update={"init_from": str(tmp_path / "nowhere")}),
+            p.tile,
+            p.pretrain,
+            p.register,
+        )
 
 
 def test_resume_refuses_when_the_fine_tuning_source_changed(tmp_path):
@@ -423,5 +499,7 @@ def test_resume_refuses_when_the_fine_tuning_source_changed(tmp_path):
     params = TrainParams(init_from="models:/road-unet@champion")
     saved = {"identity": json.dumps(run_identity(params, "chips", "digest-then"))}
     check_resumable(tmp_path / "ckpt.pt", saved, run_identity(params, "chips", "digest-then"))
-    with pytest.raises(ValueError, match=r"the weights of train.init_from 'models:/road-unet@champion' changed"):
+    with pytest.raises(
+        ValueError, match=r"the weights of train.init_from 'models:/road-unet@champion' changed"
+    ):
         check_resumable(tmp_path / "ckpt.pt", saved, run_identity(params, "chips", "digest-now"))

@@ -81,8 +81,18 @@ def test_skeleton_of_a_wide_road_is_its_centreline() -> None:
 
 
 def _write_prob(path: Path, values: np.ndarray, crs: str, transform: Affine) -> Path:
-    with rasterio.open(path, "w", driver="GTiff", width=values.shape[1], height=values.shape[0],
-                       count=1, dtype="uint8", nodata=255, crs=crs, transform=transform) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=values.shape[1],
+        height=values.shape[0],
+        count=1,
+        dtype="uint8",
+        nodata=255,
+        crs=crs,
+        transform=transform,
+    ) as ds:
         ds.write(values, 1)
     return path
 
@@ -108,7 +118,9 @@ def test_vectorize_raster_writes_linestrings_with_lengths(tmp_path: Path) -> Non
     minx, miny, maxx, maxy = roads.total_bounds
     assert 500000 + 5 <= minx and maxx <= 500000 + 95 and 5400000 - 95 <= miny
     # tiles with halos give the same network as one tile
-    tiled = gpd.read_file(vectorize_raster(src, tmp_path / "tiled.gpkg", threshold=0.5, tile=64), layer="roads")
+    tiled = gpd.read_file(
+        vectorize_raster(src, tmp_path / "tiled.gpkg", threshold=0.5, tile=64), layer="roads"
+    )
     assert tiled["length_m"].sum() == pytest.approx(roads["length_m"].sum(), rel=0.02)
     with pytest.raises(FileExistsError):
         vectorize_raster(src, out, threshold=0.5)
@@ -118,9 +130,18 @@ def test_vectorize_raster_writes_linestrings_with_lengths(tmp_path: Path) -> Non
 def test_spur_length_is_in_metres_whatever_the_pixel_size(tmp_path: Path) -> None:
     arms = {}
     for res in (0.5, 4.0):  # the same 200 px cross: arms of ~45 m at 0.5 m, ~360 m at 4 m
-        src = _write_prob(tmp_path / f"p{res}.tif", _cross(), "EPSG:32632", Affine(res, 0, 500000, 0, -res, 5400000))
-        arms[res] = len(gpd.read_file(vectorize_raster(src, tmp_path / f"r{res}.gpkg", threshold=0.5,
-                                                       min_spur_m=100), layer="roads"))
+        src = _write_prob(
+            tmp_path / f"p{res}.tif",
+            _cross(),
+            "EPSG:32632",
+            Affine(res, 0, 500000, 0, -res, 5400000),
+        )
+        arms[res] = len(
+            gpd.read_file(
+                vectorize_raster(src, tmp_path / f"r{res}.gpkg", threshold=0.5, min_spur_m=100),
+                layer="roads",
+            )
+        )
     assert arms[4.0] == 4 and arms[0.5] < 4  # 100 m prunes the short arms only where they are short
 
 
@@ -128,13 +149,17 @@ def test_geographic_crs_lengths_are_geodesic_metres(tmp_path: Path) -> None:
     v = np.zeros((40, 200), np.uint8)
     v[18:23, 10:190] = 254
     tr = Affine(1e-5, 0, 9.0, 0, -1e-5, 0.0002)  # near the equator, ~1.11 m pixels
-    out = vectorize_raster(_write_prob(tmp_path / "g.tif", v, "EPSG:4326", tr), tmp_path / "g.gpkg", threshold=0.5)
+    out = vectorize_raster(
+        _write_prob(tmp_path / "g.tif", v, "EPSG:4326", tr), tmp_path / "g.gpkg", threshold=0.5
+    )
     roads = gpd.read_file(out)
     assert len(roads) == 1
     assert roads["length_m"].iloc[0] == pytest.approx(178 * 1.1132, rel=0.03)
 
 
 def test_no_roads_gives_an_empty_layer(tmp_path: Path) -> None:
-    src = _write_prob(tmp_path / "e.tif", np.zeros((64, 64), np.uint8), "EPSG:32632", Affine(1, 0, 0, 0, -1, 64))
+    src = _write_prob(
+        tmp_path / "e.tif", np.zeros((64, 64), np.uint8), "EPSG:32632", Affine(1, 0, 0, 0, -1, 64)
+    )
     roads = gpd.read_file(vectorize_raster(src, tmp_path / "e.gpkg", threshold=0.5), layer="roads")
     assert len(roads) == 0 and "length_m" in roads

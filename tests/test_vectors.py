@@ -30,8 +30,13 @@ GRID = Affine(1.0, 0.0, X0, 0.0, -1.0, Y0)  # 1 m pixels, upper-left corner at (
 
 def _roads(widths: list[float | None], crs: str = UTM) -> gpd.GeoDataFrame:
     """Horizontal centrelines at y = Y0 - 20, - 50, - 80 (pixel row edges), x from 10 to 90 m."""
-    lines = [LineString([(X0 + 10, Y0 - 20 - 30 * i), (X0 + 90, Y0 - 20 - 30 * i)]) for i in range(len(widths))]
-    return gpd.GeoDataFrame({"width_m": widths, "road_class": ["x"] * len(widths)}, geometry=lines, crs=UTM).to_crs(crs)
+    lines = [
+        LineString([(X0 + 10, Y0 - 20 - 30 * i), (X0 + 90, Y0 - 20 - 30 * i)])
+        for i in range(len(widths))
+    ]
+    return gpd.GeoDataFrame(
+        {"width_m": widths, "road_class": ["x"] * len(widths)}, geometry=lines, crs=UTM
+    ).to_crs(crs)
 
 
 def _column_widths(mask: np.ndarray, col: int = 50) -> list[int]:
@@ -67,7 +72,9 @@ def test_width_attribute_none_uses_the_default_half_width(tmp_path):
 
 
 def test_polygons_are_burned_as_they_are(tmp_path):
-    square = Polygon([(X0 + 10, Y0 - 10), (X0 + 20, Y0 - 10), (X0 + 20, Y0 - 20), (X0 + 10, Y0 - 20)])
+    square = Polygon(
+        [(X0 + 10, Y0 - 10), (X0 + 20, Y0 - 10), (X0 + 20, Y0 - 20), (X0 + 10, Y0 - 20)]
+    )
     path = tmp_path / "areas.gpkg"
     gpd.GeoDataFrame({"width_m": [30.0]}, geometry=[square], crs=UTM).to_file(path)
     polys = load_road_polygons(path, UTM, width_attribute="width_m", default_half_width_m=2.0)
@@ -84,7 +91,9 @@ def test_geographic_image_crs_buffers_in_the_local_utm_zone(tmp_path):
     dlat = 1.0 / 111_320.0
     dlon = dlat / math.cos(math.radians(lat0))
     grid = Affine(dlon, 0.0, lon0, 0.0, -dlat, lat0)
-    polys = load_road_polygons(path, "EPSG:4326", width_attribute="width_m", default_half_width_m=2.0)
+    polys = load_road_polygons(
+        path, "EPSG:4326", width_attribute="width_m", default_half_width_m=2.0
+    )
     assert polys.crs.to_epsg() == 4326
     mask = burn_mask(polys, grid, (100, 100))
     across = mask[30:70].sum(axis=1)
@@ -103,7 +112,9 @@ def test_invalid_geometry_is_repaired_and_reported(tmp_path, caplog):
     assert abs(polys.geometry.area.sum() - 50.0) < 1e-6  # two triangles, not buffered
 
 
-@pytest.mark.parametrize("driver,suffix", [("GeoJSON", ".geojson"), ("ESRI Shapefile", ".shp"), ("GPKG", ".gpkg")])
+@pytest.mark.parametrize(
+    "driver,suffix", [("GeoJSON", ".geojson"), ("ESRI Shapefile", ".shp"), ("GPKG", ".gpkg")]
+)
 def test_any_ogr_format_gives_the_same_mask(tmp_path, driver, suffix):
     path = tmp_path / f"roads{suffix}"
     _roads([4.0, 6.0], crs="EPSG:4326").to_file(path, driver=driver)
@@ -152,7 +163,9 @@ def test_vectors_without_crs_are_refused(tmp_path):
 
 def test_a_file_without_features_is_refused(tmp_path):
     path = tmp_path / "empty.gpkg"
-    empty = gpd.GeoDataFrame({"width_m": np.array([], float)}, geometry=gpd.GeoSeries([], crs=UTM), crs=UTM)
+    empty = gpd.GeoDataFrame(
+        {"width_m": np.array([], float)}, geometry=gpd.GeoSeries([], crs=UTM), crs=UTM
+    )
     empty.to_file(path, layer="roads", geometry_type="LineString")
     with pytest.raises(VectorError, match="empty.gpkg.*no features"):
         load_road_polygons(path, UTM, width_attribute="width_m", default_half_width_m=2.0)
@@ -162,10 +175,16 @@ def test_labels_that_miss_the_image_are_refused(tmp_path):
     path = tmp_path / "elsewhere.gpkg"
     _roads([4.0], crs="EPSG:4326").to_file(path)
     inside = (X0, Y0 - 100, X0 + 100, Y0)
-    assert len(load_road_polygons(path, UTM, width_attribute="width_m", default_half_width_m=2.0, bounds=inside))
+    assert len(
+        load_road_polygons(
+            path, UTM, width_attribute="width_m", default_half_width_m=2.0, bounds=inside
+        )
+    )
     far = (X0 + 5000, Y0 - 100, X0 + 5100, Y0)
     with pytest.raises(VectorError, match="elsewhere.gpkg.*miss the image"):
-        load_road_polygons(path, UTM, width_attribute="width_m", default_half_width_m=2.0, bounds=far)
+        load_road_polygons(
+            path, UTM, width_attribute="width_m", default_half_width_m=2.0, bounds=far
+        )
 
 
 def test_write_vectors_is_atomic_and_readable(tmp_path):
@@ -181,7 +200,9 @@ def _last_change(path) -> str:
         return db.execute("SELECT last_change FROM gpkg_contents").fetchone()[0]
 
 
-def test_reproducible_geopackages_are_byte_identical_and_others_keep_the_real_time(tmp_path, monkeypatch):
+def test_reproducible_geopackages_are_byte_identical_and_others_keep_the_real_time(
+    tmp_path, monkeypatch
+):
     """Stage outputs under DVC must hash the same for the same features; a file a user asks
     for records when it was written."""
     monkeypatch.delenv("OGR_CURRENT_DATE", raising=False)

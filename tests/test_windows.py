@@ -60,7 +60,9 @@ def test_axis_spans_examples() -> None:
     assert sum(n for _, n in spans) == 18 * 512 + 128
 
 
-@pytest.mark.parametrize(("size", "window", "overlap"), [(0, 32, 0), (10, 0, 0), (10, 32, 32), (10, 32, -1), (10, 48, 0)])
+@pytest.mark.parametrize(
+    ("size", "window", "overlap"), [(0, 32, 0), (10, 0, 0), (10, 32, 32), (10, 32, -1), (10, 48, 0)]
+)
 def test_axis_spans_rejects_bad_arguments(size: int, window: int, overlap: int) -> None:
     with pytest.raises(ValueError):
         axis_spans(size, window, overlap)
@@ -73,7 +75,9 @@ def test_grid_rejects_bad_overlap_naming_the_axis() -> None:
 
 def test_grid_pixels_counts_what_the_model_computes() -> None:
     grid = WindowGrid(8192, 8192, 512, 64)
-    assert grid.pixels == sum(grid.rect(i, j).height * grid.rect(i, j).width for i, j in grid.indices())
+    assert grid.pixels == sum(
+        grid.rect(i, j).height * grid.rect(i, j).width for i, j in grid.indices()
+    )
     assert grid.pixels / WindowGrid(8192, 8192, 512, 0).pixels == pytest.approx((9344 / 8192) ** 2)
 
 
@@ -119,7 +123,9 @@ def test_window_groups_partition_the_grid() -> None:
             union = grid.rect(*g.windows[0])
             for w in g.windows:
                 union = union.union(grid.rect(*w))
-                assert grid.rect(*w).intersect(grid.bounds).intersect(g.region) == grid.rect(*w).intersect(grid.bounds)
+                assert grid.rect(*w).intersect(grid.bounds).intersect(g.region) == grid.rect(
+                    *w
+                ).intersect(grid.bounds)
             assert g.region == union.intersect(grid.bounds)
         assert [g.index for g in groups] == list(range(len(groups)))
     with pytest.raises(ValueError):

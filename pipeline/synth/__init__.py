@@ -31,4 +31,11 @@ from pipeline.synth.landcover import LANDCOVER_CLASSES
 from pipeline.synth.roads import ROAD_WIDTH_M, _road_table
 from pipeline.synth.scene import SceneFiles, generate_scene, run_synth
 
-__all__ = ["LANDCOVER_CLASSES", "ROAD_WIDTH_M", "SceneFiles", "_road_table", "generate_scene", "run_synth"]
+__all__ = [
+    "LANDCOVER_CLASSES",
+    "ROAD_WIDTH_M",
+    "SceneFiles",
+    "_road_table",
+    "generate_scene",
+    "run_synth",
+]

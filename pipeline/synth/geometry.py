@@ -19,8 +19,15 @@ def _chaikin(pts: np.ndarray, iterations: int) -> np.ndarray:
     return pts
 
 
-def _wander(rng: np.random.Generator, start: np.ndarray, heading: float, length: float,
-            step: float, turn_sd: float, persistence: float) -> np.ndarray:
+def _wander(
+    rng: np.random.Generator,
+    start: np.ndarray,
+    heading: float,
+    length: float,
+    step: float,
+    turn_sd: float,
+    persistence: float,
+) -> np.ndarray:
     """A path whose heading meanders around ``heading`` (AR(1) deviations): rivers, tracks."""
     n = max(2, int(length / step))
     deviation = signal.lfilter([1.0], [1.0, -persistence], rng.normal(0.0, turn_sd, n))
@@ -32,11 +39,14 @@ def _wander(rng: np.random.Generator, start: np.ndarray, heading: float, length:
 def _edge_point(rng: np.random.Generator, extent: float, side: int, margin: float) -> np.ndarray:
     """A point just outside scene edge ``side`` (0 top, 1 right, 2 bottom, 3 left)."""
     t = rng.uniform(0.1, 0.9) * extent
-    return np.array([(t, margin), (extent + margin, -t), (t, -extent - margin), (-margin, -t)][side])
+    return np.array(
+        [(t, margin), (extent + margin, -t), (t, -extent - margin), (-margin, -t)][side]
+    )
 
 
-def _curve_through(rng: np.random.Generator, ctrl: list[np.ndarray], spacing: float,
-                   wiggle: float, smooth: int = 5) -> shapely.LineString:
+def _curve_through(
+    rng: np.random.Generator, ctrl: list[np.ndarray], spacing: float, wiggle: float, smooth: int = 5
+) -> shapely.LineString:
     """A smooth road through control points, bent sideways by up to ~``wiggle`` metres."""
     pts = [ctrl[0]]
     for a, b in zip(ctrl[:-1], ctrl[1:], strict=True):
@@ -69,13 +79,24 @@ def _frames(lines: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return p, t, np.stack([-t[:, 1], t[:, 0]], axis=1)
 
 
-def _rects(centre: np.ndarray, e1: np.ndarray, e2: np.ndarray, a: np.ndarray, b: np.ndarray,
-           lo: float = -0.5, hi: float = 0.5) -> np.ndarray:
+def _rects(
+    centre: np.ndarray,
+    e1: np.ndarray,
+    e2: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    lo: float = -0.5,
+    hi: float = 0.5,
+) -> np.ndarray:
     """Rectangles (polygons) spanning ``a`` along ``e1`` and ``b * [lo, hi]`` along ``e2``."""
     a = np.asarray(a, float)[:, None]
     b = np.asarray(b, float)[:, None]
-    corners = [centre - e1 * a / 2 + e2 * b * lo, centre + e1 * a / 2 + e2 * b * lo,
-               centre + e1 * a / 2 + e2 * b * hi, centre - e1 * a / 2 + e2 * b * hi]
+    corners = [
+        centre - e1 * a / 2 + e2 * b * lo,
+        centre + e1 * a / 2 + e2 * b * lo,
+        centre + e1 * a / 2 + e2 * b * hi,
+        centre - e1 * a / 2 + e2 * b * hi,
+    ]
     return shapely.polygons(np.stack(corners, axis=1))
 
 

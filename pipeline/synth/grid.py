@@ -52,10 +52,18 @@ class _Grid:
         row = np.clip((-xy[:, 1] / self.gsd).astype(np.intp), 0, self.size - 1)
         return row, col
 
-    def burn(self, geoms, values=None, dtype: str = "uint8", all_touched: bool = False) -> np.ndarray:
+    def burn(
+        self, geoms, values=None, dtype: str = "uint8", all_touched: bool = False
+    ) -> np.ndarray:
         """Rasterize local-metre geometries onto the scene grid."""
-        return raster.burn_geometries(geoms, self.local_transform, self.shape, values=values,
-                                      all_touched=all_touched, dtype=dtype)
+        return raster.burn_geometries(
+            geoms,
+            self.local_transform,
+            self.shape,
+            values=values,
+            all_touched=all_touched,
+            dtype=dtype,
+        )
 
 
 def _grid(params: SynthParams, index: int) -> _Grid:
@@ -82,10 +90,14 @@ def _upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def _noise(rng: np.random.Generator, shape: tuple[int, int], scale_px: float) -> np.ndarray:
     """Smooth noise (mean ~0, std ~1, float32) with blobs about ``scale_px`` pixels across."""
     if scale_px < 2:
-        g = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), max(0.5, scale_px / 2))
+        g = ndimage.gaussian_filter(
+            rng.standard_normal(shape, dtype=np.float32), max(0.5, scale_px / 2)
+        )
     else:
         coarse = (max(2, round(shape[0] / scale_px) + 2), max(2, round(shape[1] / scale_px) + 2))
-        g = _upsample(ndimage.gaussian_filter(rng.standard_normal(coarse, dtype=np.float32), 0.8), shape)
+        g = _upsample(
+            ndimage.gaussian_filter(rng.standard_normal(coarse, dtype=np.float32), 0.8), shape
+        )
     sample = g[::7, ::7]
     g -= sample.mean()
     g /= sample.std() + 1e-6
@@ -111,7 +123,9 @@ def _noises(rng: np.random.Generator, grid: _Grid) -> _Noise:
 def _hash01(salt: int, *keys: np.ndarray) -> np.ndarray:
     """Deterministic uniform [0, 1) per integer key tuple (splitmix64), for per-parcel choices."""
     h = np.full(np.shape(keys[0]), np.uint64(salt), dtype=np.uint64)
-    for k, mult in zip(keys, (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9), strict=False):
+    for k, mult in zip(
+        keys, (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9), strict=False
+    ):
         h ^= np.asarray(k).astype(np.int64).astype(np.uint64) * np.uint64(mult)
         h ^= h >> np.uint64(31)
     h *= np.uint64(0xBF58476D1CE4E5B9)

@@ -21,9 +21,17 @@ if TYPE_CHECKING:
 
 
 LANDCOVER_CLASSES: list[str] = [
-    "forest", "cropland", "grassland", "bare_soil", "water", "residential", "industrial",
+    "forest",
+    "cropland",
+    "grassland",
+    "bare_soil",
+    "water",
+    "residential",
+    "industrial",
 ]
-FOREST, CROPLAND, GRASSLAND, BARE_SOIL, WATER, RESIDENTIAL, INDUSTRIAL = range(len(LANDCOVER_CLASSES))
+FOREST, CROPLAND, GRASSLAND, BARE_SOIL, WATER, RESIDENTIAL, INDUSTRIAL = range(
+    len(LANDCOVER_CLASSES)
+)
 LANDCOVER_NODATA = 255
 
 
@@ -44,8 +52,9 @@ class _Cells:
     salt: int
 
 
-def _landcover(rng: np.random.Generator, grid: _Grid,
-               layout: _Layout) -> tuple[np.ndarray, np.ndarray, _Cells]:
+def _landcover(
+    rng: np.random.Generator, grid: _Grid, layout: _Layout
+) -> tuple[np.ndarray, np.ndarray, _Cells]:
     """Warped Voronoi cells with rural classes; towns, rivers and dry beds painted over."""
     extent = grid.extent
     n = max(12, int(extent * extent / rng.uniform(90, 140) ** 2))
@@ -78,22 +87,33 @@ def _coarse_cells(rng: np.random.Generator, grid: _Grid, seeds: np.ndarray, f: i
 def _refine_cells(rng: np.random.Generator, grid: _Grid, coarse: np.ndarray, f: int) -> np.ndarray:
     """Full-resolution cell ids: coarse ids looked up through a fine noise warp (ragged edges)."""
     amp = 4.0 / grid.gsd
-    r = np.arange(grid.size, dtype=np.float32)[:, None] + amp * _noise(rng, grid.shape, 12.0 / grid.gsd)
+    r = np.arange(grid.size, dtype=np.float32)[:, None] + amp * _noise(
+        rng, grid.shape, 12.0 / grid.gsd
+    )
     r = np.clip(r / f, 0, coarse.shape[0] - 1).astype(np.intp)
-    c = np.arange(grid.size, dtype=np.float32)[None, :] + amp * _noise(rng, grid.shape, 12.0 / grid.gsd)
+    c = np.arange(grid.size, dtype=np.float32)[None, :] + amp * _noise(
+        rng, grid.shape, 12.0 / grid.gsd
+    )
     c = np.clip(c / f, 0, coarse.shape[1] - 1).astype(np.intp)
     return coarse[r, c]
 
 
-def _cell_table(rng: np.random.Generator, grid: _Grid, layout: _Layout, seeds: np.ndarray,
-                coarse: np.ndarray, f: int) -> _Cells:
+def _cell_table(
+    rng: np.random.Generator,
+    grid: _Grid,
+    layout: _Layout,
+    seeds: np.ndarray,
+    coarse: np.ndarray,
+    f: int,
+) -> _Cells:
     n = len(seeds)
     in_town = np.zeros(n, bool)
     for town in layout.towns:
         in_town |= shapely.contains_xy(town.polygon, seeds[:, 0], seeds[:, 1])
     coarse_transform = Affine(f * grid.gsd, 0, 0, 0, -f * grid.gsd, 0)
-    road_px = raster.burn_geometries(layout.roads.geometry.to_numpy(), coarse_transform, coarse.shape,
-                                     all_touched=True).astype(bool)
+    road_px = raster.burn_geometries(
+        layout.roads.geometry.to_numpy(), coarse_transform, coarse.shape, all_touched=True
+    ).astype(bool)
     has_road = np.bincount(coarse[road_px], minlength=n) > 0
     cls = _rural_classes(rng, seeds, grid.extent, in_town, has_road)
     industrial = in_town & (rng.random(n) < 0.22)
@@ -102,7 +122,8 @@ def _cell_table(rng: np.random.Generator, grid: _Grid, layout: _Layout, seeds: n
         if len(inside) >= 3 and not industrial[inside].any() and rng.random() < 0.8:
             industrial[rng.choice(inside)] = True
     return _Cells(
-        cls=cls, industrial=industrial,
+        cls=cls,
+        industrial=industrial,
         bright=rng.normal(0, 0.08, n).astype(np.float32),
         mix=rng.normal(0, 0.15, n).astype(np.float32),
         angle=rng.uniform(0, np.pi, n).astype(np.float32),
@@ -115,8 +136,13 @@ def _cell_table(rng: np.random.Generator, grid: _Grid, layout: _Layout, seeds: n
     )
 
 
-def _rural_classes(rng: np.random.Generator, seeds: np.ndarray, extent: float,
-                   in_town: np.ndarray, has_road: np.ndarray) -> np.ndarray:
+def _rural_classes(
+    rng: np.random.Generator,
+    seeds: np.ndarray,
+    extent: float,
+    in_town: np.ndarray,
+    has_road: np.ndarray,
+) -> np.ndarray:
     """Cropland, forest, grassland, bare soil and lakes, forest clustered by a smooth field.
 
     Forest, cropland, grassland and bare soil each get at least one cell when there are

@@ -80,7 +80,9 @@ def _town(rng: np.random.Generator, centre: np.ndarray, radius: float) -> _Town:
     outline = centre + radius * r[:, None] * np.stack([np.cos(phi), np.sin(phi)], axis=1)
     reach = 1.4 * radius
     return _Town(
-        centre=centre, radius=radius, angle=rng.uniform(0, np.pi / 2),
+        centre=centre,
+        radius=radius,
+        angle=rng.uniform(0, np.pi / 2),
         polygon=shapely.Polygon(outline),
         xs=_jittered_positions(rng, reach, rng.uniform(60.0, 110.0)),
         ys=_jittered_positions(rng, reach, rng.uniform(60.0, 110.0)),
@@ -94,8 +96,9 @@ def _jittered_positions(rng: np.random.Generator, reach: float, spacing: float) 
     return -reach + rng.uniform(0, spacing) + np.concatenate([[0.0], np.cumsum(steps)])
 
 
-def _river_bodies(rng: np.random.Generator, extent: float, present: bool,
-                  width_m: tuple[float, float]) -> shapely.Geometry:
+def _river_bodies(
+    rng: np.random.Generator, extent: float, present: bool, width_m: tuple[float, float]
+) -> shapely.Geometry:
     """A meandering channel crossing the scene, as a polygon (or an empty geometry)."""
     if not present:
         return shapely.Polygon()

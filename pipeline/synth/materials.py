@@ -37,15 +37,18 @@ _GROUND_B = _spectra(
 )
 # per class: brightness weight of low/mid/fine noise, mixing weight of low/mid noise, and the
 # mean share of the second end member
-_GROUND_TEX = np.array([
-    (0.10, 0.15, 0.12, 0.35, 0.30, 0.5),
-    (0.08, 0.06, 0.06, 0.30, 0.10, 0.5),
-    (0.10, 0.08, 0.07, 0.35, 0.20, 0.5),
-    (0.10, 0.10, 0.08, 0.40, 0.30, 0.5),
-    (0.06, 0.03, 0.02, 0.40, 0.10, 0.4),
-    (0.10, 0.12, 0.12, 0.25, 0.45, 0.3),
-    (0.08, 0.10, 0.10, 0.30, 0.40, 0.4),
-], dtype=np.float32)
+_GROUND_TEX = np.array(
+    [
+        (0.10, 0.15, 0.12, 0.35, 0.30, 0.5),
+        (0.08, 0.06, 0.06, 0.30, 0.10, 0.5),
+        (0.10, 0.08, 0.07, 0.35, 0.20, 0.5),
+        (0.10, 0.10, 0.08, 0.40, 0.30, 0.5),
+        (0.06, 0.03, 0.02, 0.40, 0.10, 0.4),
+        (0.10, 0.12, 0.12, 0.25, 0.45, 0.3),
+        (0.08, 0.10, 0.10, 0.30, 0.40, 0.4),
+    ],
+    dtype=np.float32,
+)
 _CROPS = _spectra(
     (0.050, 0.110, 0.040, 0.45),  # green cereal
     (0.120, 0.140, 0.080, 0.30),  # young crop, soil showing
@@ -105,8 +108,12 @@ _PAVED = _spectra(
     (0.21, 0.19, 0.16, 0.24),  # gravel
 )
 _CARS = _spectra(
-    (0.55, 0.55, 0.55, 0.50), (0.04, 0.04, 0.045, 0.05), (0.30, 0.30, 0.32, 0.30),
-    (0.12, 0.12, 0.13, 0.12), (0.35, 0.06, 0.05, 0.30), (0.05, 0.08, 0.25, 0.20),
+    (0.55, 0.55, 0.55, 0.50),
+    (0.04, 0.04, 0.045, 0.05),
+    (0.30, 0.30, 0.32, 0.30),
+    (0.12, 0.12, 0.13, 0.12),
+    (0.35, 0.06, 0.05, 0.30),
+    (0.05, 0.08, 0.25, 0.20),
 )
 _CAR_P = np.array([0.30, 0.22, 0.20, 0.12, 0.08, 0.08])
 _DECIDUOUS = np.array([0.050, 0.095, 0.040, 0.45], np.float32)
@@ -130,6 +137,7 @@ def _palette(rng: np.random.Generator) -> _Palette:
     """Module spectra jittered by a few percent per band, and soils (bare ground, ploughed
     fields, stubble, unpaved tracks, river gravel) drawn from warm brown towards neutral grey
     (chalk, limestone), a shift by region that real soils show."""
+
     def jitter(table: np.ndarray) -> np.ndarray:
         return (table * rng.uniform(0.95, 1.05, table.shape)).astype(np.float32)
 

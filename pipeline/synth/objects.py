@@ -44,10 +44,15 @@ def _objects(rng: np.random.Generator, sc: _Scene) -> _Objects:
         return np.concatenate(items) if items else np.empty(0, dtype=dtype)
 
     return _Objects(
-        roofs=cat("roofs"), roof_colour=cat("roof_colour", np.float32).reshape(-1, 4),
-        footprints=cat("footprints"), heights=cat("heights", float),
-        paved=cat("paved"), paved_kind=cat("paved_kind", np.intp),
-        cars=cat("cars"), car_colour=cat("car_colour", np.intp), stall_lines=cat("stall_lines"),
+        roofs=cat("roofs"),
+        roof_colour=cat("roof_colour", np.float32).reshape(-1, 4),
+        footprints=cat("footprints"),
+        heights=cat("heights", float),
+        paved=cat("paved"),
+        paved_kind=cat("paved_kind", np.intp),
+        cars=cat("cars"),
+        car_colour=cat("car_colour", np.intp),
+        stall_lines=cat("stall_lines"),
     )
 
 
@@ -76,11 +81,15 @@ def _free(candidates: np.ndarray, obstacles: shapely.STRtree) -> np.ndarray:
 
 def _houses(rng: np.random.Generator, sc: _Scene, obstacles: shapely.STRtree) -> dict:
     """Houses along streets in residential areas, gable roofs, most with a driveway."""
-    roads = sc.layout.roads[sc.layout.roads.road_class.isin(["residential", "secondary", "primary"])]
+    roads = sc.layout.roads[
+        sc.layout.roads.road_class.isin(["residential", "secondary", "primary"])
+    ]
     lines = roads.geometry.to_numpy()
     width = roads.width_m.to_numpy()
     spacing = 17.0
-    counts = (shapely.length(lines) // spacing).astype(np.intp) if len(lines) else np.zeros(0, np.intp)
+    counts = (
+        (shapely.length(lines) // spacing).astype(np.intp) if len(lines) else np.zeros(0, np.intp)
+    )
     idx = np.repeat(np.arange(len(lines)), 2 * counts)
     n = len(idx)
     dist = spacing * (0.5 + _ragged_arange(2 * counts) // 2) + rng.uniform(-2.5, 2.5, n)
@@ -91,38 +100,79 @@ def _houses(rng: np.random.Generator, sc: _Scene, obstacles: shapely.STRtree) ->
     centre = p + side * nrm * (width[idx] / 2 + setback + depth / 2)[:, None]
     footprint = _rects(centre, t, nrm, along, depth)
     row, col = sc.grid.pixel(centre)
-    keep = (sc.lc[row, col] == RESIDENTIAL) & _free(footprint, obstacles) if n else np.zeros(0, bool)
-    return _house_parts(rng, sc, centre[keep], t[keep], nrm[keep] * side[keep], along[keep],
-                        depth[keep], footprint[keep], setback[keep])
+    keep = (
+        (sc.lc[row, col] == RESIDENTIAL) & _free(footprint, obstacles) if n else np.zeros(0, bool)
+    )
+    return _house_parts(
+        rng,
+        sc,
+        centre[keep],
+        t[keep],
+        nrm[keep] * side[keep],
+        along[keep],
+        depth[keep],
+        footprint[keep],
+        setback[keep],
+    )
 
 
-def _house_parts(rng: np.random.Generator, sc: _Scene, centre: np.ndarray, t: np.ndarray,
-                 towards_house: np.ndarray, along: np.ndarray, depth: np.ndarray,
-                 footprint: np.ndarray, setback: np.ndarray) -> dict:
+def _house_parts(
+    rng: np.random.Generator,
+    sc: _Scene,
+    centre: np.ndarray,
+    t: np.ndarray,
+    towards_house: np.ndarray,
+    along: np.ndarray,
+    depth: np.ndarray,
+    footprint: np.ndarray,
+    setback: np.ndarray,
+) -> dict:
     """Gable roofs with colours by town style, driveways to the street."""
     n = len(centre)
     towns = sc.layout.towns
     style = np.zeros(n, np.intp)
     for k, town in enumerate(towns):
-        inside = shapely.contains_xy(town.polygon, centre[:, 0], centre[:, 1]) if n else np.zeros(0, bool)
+        inside = (
+            shapely.contains_xy(town.polygon, centre[:, 0], centre[:, 1])
+            if n
+            else np.zeros(0, bool)
+        )
         style[inside] = k
-    palette = np.array([t.roof_p for t in towns]) if towns else np.ones((1, len(_ROOFS))) / len(_ROOFS)
+    palette = (
+        np.array([t.roof_p for t in towns]) if towns else np.ones((1, len(_ROOFS))) / len(_ROOFS)
+    )
     roofs, colour = _gable_roofs(rng, sc, centre, t, towards_house, along, depth, palette[style])
     has_drive = rng.random(n) < 0.6
     shift = rng.uniform(-0.3, 0.3, n) * along
     start = centre - towards_house * (depth / 2)[:, None] + t * shift[:, None]
     mid = start - towards_house * (setback / 2)[:, None]  # from the house front to the road edge
-    drives = _rects(mid[has_drive], towards_house[has_drive], t[has_drive], setback[has_drive] + 1.0,
-                    np.full(int(has_drive.sum()), 3.0))
+    drives = _rects(
+        mid[has_drive],
+        towards_house[has_drive],
+        t[has_drive],
+        setback[has_drive] + 1.0,
+        np.full(int(has_drive.sum()), 3.0),
+    )
     return dict(
-        roofs=roofs, roof_colour=colour, footprints=footprint, heights=rng.uniform(3.5, 6.5, n),
-        paved=drives, paved_kind=rng.choice([0, 1, 2, 3], int(has_drive.sum()), p=[0.4, 0.3, 0.2, 0.1]),
+        roofs=roofs,
+        roof_colour=colour,
+        footprints=footprint,
+        heights=rng.uniform(3.5, 6.5, n),
+        paved=drives,
+        paved_kind=rng.choice([0, 1, 2, 3], int(has_drive.sum()), p=[0.4, 0.3, 0.2, 0.1]),
     )
 
 
-def _gable_roofs(rng: np.random.Generator, sc: _Scene, centre: np.ndarray, u: np.ndarray,
-                 v: np.ndarray, a: np.ndarray, b: np.ndarray,
-                 palette: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _gable_roofs(
+    rng: np.random.Generator,
+    sc: _Scene,
+    centre: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    palette: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Two roof planes per building (``a`` along ``u``, ``b`` along ``v``), ridge along the
     longer side, each plane lit by the sun; colours drawn per building from ``palette`` rows."""
     n = len(centre)
@@ -130,12 +180,16 @@ def _gable_roofs(rng: np.random.Generator, sc: _Scene, centre: np.ndarray, u: np
     e1 = np.where(long_u[:, None], u, v)
     e2 = np.where(long_u[:, None], v, u)
     la, lb = np.where(long_u, a, b), np.where(long_u, b, a)
-    halves = np.concatenate([_rects(centre, e1, e2, la, lb, 0.0, 0.5), _rects(centre, e1, e2, la, lb, -0.5, 0.0)])
+    halves = np.concatenate(
+        [_rects(centre, e1, e2, la, lb, 0.0, 0.5), _rects(centre, e1, e2, la, lb, -0.5, 0.0)]
+    )
     pitch = math.radians(35)
     sun = sc.sun_vector
     shade = []
     for sign in (1.0, -1.0):
-        normal = np.concatenate([sign * e2 * math.sin(pitch), np.full((n, 1), math.cos(pitch))], axis=1)
+        normal = np.concatenate(
+            [sign * e2 * math.sin(pitch), np.full((n, 1), math.cos(pitch))], axis=1
+        )
         shade.append(np.clip(normal @ sun / sun[2], 0.35, 1.5))
     cum = np.cumsum(palette, axis=1) if n else np.zeros((0, len(_ROOFS)))
     kind = np.minimum((cum < rng.random(n)[:, None]).sum(axis=1), len(_ROOFS) - 1)
@@ -159,37 +213,54 @@ def _farmsteads(rng: np.random.Generator, sc: _Scene, obstacles: shapely.STRtree
         centre = p + nrm * (width / 2 + 6 + b / 2)
         yard = _rects(centre, t, nrm, [a], [b])
         row, col = sc.grid.pixel(centre)
-        if sc.lc[row[0], col[0]] not in (CROPLAND, GRASSLAND, BARE_SOIL) or not _free(yard, obstacles).all():
+        if (
+            sc.lc[row[0], col[0]] not in (CROPLAND, GRASSLAND, BARE_SOIL)
+            or not _free(yard, obstacles).all()
+        ):
             continue
         drive = _rects(p + nrm * (width / 2 + 3.5), nrm, t, [8.0], [5.0])
         n = int(rng.integers(2, 5))
         along, depth = rng.uniform(12, 30, n), rng.uniform(9, 16, n)
         slots = rng.permutation(3)[:n] if n <= 3 else np.array([0, 1, 2, 0])
         # barns stand along the back and the sides of the yard
-        u_off = np.where(slots == 1, -a / 2 + depth / 2 + 1, np.where(slots == 2, a / 2 - depth / 2 - 1, 0.0))
+        u_off = np.where(
+            slots == 1, -a / 2 + depth / 2 + 1, np.where(slots == 2, a / 2 - depth / 2 - 1, 0.0)
+        )
         v_off = np.where(slots == 0, b / 2 - depth / 2 - 1, rng.uniform(-b / 4, b / 4, n))
         u_axis = np.where((slots == 0)[:, None], t, nrm)
         v_axis = np.where((slots == 0)[:, None], nrm, t)
         bc = centre + t * u_off[:, None] + nrm * v_off[:, None]
         barns = _rects(bc, u_axis, v_axis, np.minimum(along, np.where(slots == 0, a, b) - 4), depth)
         keep = _free(barns, shapely.STRtree([]))
-        r, c = _gable_roofs(rng, sc, bc[keep], u_axis[keep], v_axis[keep],
-                            np.minimum(along, np.where(slots == 0, a, b) - 4)[keep], depth[keep],
-                            np.repeat(palette, int(keep.sum()), axis=0))
+        r, c = _gable_roofs(
+            rng,
+            sc,
+            bc[keep],
+            u_axis[keep],
+            v_axis[keep],
+            np.minimum(along, np.where(slots == 0, a, b) - 4)[keep],
+            depth[keep],
+            np.repeat(palette, int(keep.sum()), axis=0),
+        )
         roofs.extend(r)
         colours.append(c)
         footprints.extend(barns[keep])
         heights.extend(rng.uniform(5, 9, int(keep.sum())))
         paved.extend([yard[0], drive[0]])
         kinds.extend([int(rng.choice([1, 3])), 3])
-    return dict(roofs=np.array(roofs, dtype=object),
-                roof_colour=np.concatenate(colours) if colours else np.empty((0, 4), np.float32),
-                footprints=np.array(footprints, dtype=object), heights=np.array(heights),
-                paved=np.array(paved, dtype=object), paved_kind=np.array(kinds, np.intp))
+    return dict(
+        roofs=np.array(roofs, dtype=object),
+        roof_colour=np.concatenate(colours) if colours else np.empty((0, 4), np.float32),
+        footprints=np.array(footprints, dtype=object),
+        heights=np.array(heights),
+        paved=np.array(paved, dtype=object),
+        paved_kind=np.array(kinds, np.intp),
+    )
 
 
-def _industrial_lots(rng: np.random.Generator, sc: _Scene, town: _Town,
-                     obstacles: shapely.STRtree) -> dict:
+def _industrial_lots(
+    rng: np.random.Generator, sc: _Scene, town: _Town, obstacles: shapely.STRtree
+) -> dict:
     """Blocks of the street grid in industrial cells: halls, parking lots, concrete yards."""
     e1, e2 = town.axes
     halls, heights, colours, paved, kinds, parking = [], [], [], [], [], []
@@ -220,10 +291,15 @@ def _industrial_lots(rng: np.random.Generator, sc: _Scene, town: _Town,
             else:
                 paved.append(lot[0])
                 kinds.append(int(rng.choice([1, 3])))
-    return dict(roofs=np.array(halls, dtype=object), footprints=np.array(halls, dtype=object),
-                heights=np.array(heights),
-                roof_colour=np.array(colours, np.float32).reshape(-1, 4),
-                paved=np.array(paved, dtype=object), paved_kind=np.array(kinds, np.intp), parking=parking)
+    return dict(
+        roofs=np.array(halls, dtype=object),
+        footprints=np.array(halls, dtype=object),
+        heights=np.array(heights),
+        roof_colour=np.array(colours, np.float32).reshape(-1, 4),
+        paved=np.array(paved, dtype=object),
+        paved_kind=np.array(kinds, np.intp),
+        parking=parking,
+    )
 
 
 def _parking(rng: np.random.Generator, lot: tuple) -> dict:
@@ -242,8 +318,13 @@ def _parking(rng: np.random.Generator, lot: tuple) -> dict:
     stall = centre + uu.reshape(-1, 1) * e1 + vv.reshape(-1, 1) * e2
     occupied = rng.random(len(stall)) < rng.uniform(0.3, 0.9)
     k = int(occupied.sum())
-    cars = _rects(stall[occupied], np.tile(e2, (k, 1)), np.tile(e1, (k, 1)),
-                  rng.uniform(4.2, 4.8, k), np.full(k, 1.85))
+    cars = _rects(
+        stall[occupied],
+        np.tile(e2, (k, 1)),
+        np.tile(e1, (k, 1)),
+        rng.uniform(4.2, 4.8, k),
+        np.full(k, 1.85),
+    )
     edges = stall - 1.25 * e1
     lines = shapely.linestrings(np.stack([edges - 2.5 * e2, edges + 2.5 * e2], axis=1))
     return dict(cars=cars, car_colour=rng.choice(len(_CARS), k, p=_CAR_P), stall_lines=lines)
@@ -251,7 +332,13 @@ def _parking(rng: np.random.Generator, lot: tuple) -> dict:
 
 def _road_cars(rng: np.random.Generator, sc: _Scene) -> dict:
     """Cars in lanes (parked at the kerb in residential streets), aligned with the road."""
-    per_m = {"motorway": 1 / 35, "primary": 1 / 50, "secondary": 1 / 90, "residential": 1 / 45, "track": 1 / 3000}
+    per_m = {
+        "motorway": 1 / 35,
+        "primary": 1 / 50,
+        "secondary": 1 / 90,
+        "residential": 1 / 45,
+        "track": 1 / 3000,
+    }
     roads = sc.layout.roads
     lines = roads.geometry.to_numpy()
     if not len(lines):

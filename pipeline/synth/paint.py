@@ -83,16 +83,24 @@ def _cropland(sc: _Scene) -> None:
     gsd = sc.grid.gsd
     i, j, edge, across = _parcels(sc.cells, cid, (cols + 0.5) * gsd, -(rows + 0.5) * gsd)
     salt = sc.cells.salt
-    crop = np.minimum(np.searchsorted(np.cumsum(_CROP_P), _hash01(salt, cid, i, j)), len(_CROPS) - 1)
+    crop = np.minimum(
+        np.searchsorted(np.cumsum(_CROP_P), _hash01(salt, cid, i, j)), len(_CROPS) - 1
+    )
     tone = (0.85 + 0.3 * _hash01(salt + 1, cid, i, j)).astype(np.float32)
     period = (5.0 + 10.0 * _hash01(salt + 2, cid, i, j)).astype(np.float32)
     stripes = np.cos((2 * np.pi) * across / period).astype(np.float32)
-    mod = tone * (1 + _CROP_STRIPES[crop] * stripes + 0.05 * sc.noise.fine[rows, cols]
-                  + 0.07 * sc.noise.mid[rows, cols])
+    mod = tone * (
+        1
+        + _CROP_STRIPES[crop] * stripes
+        + 0.05 * sc.noise.fine[rows, cols]
+        + 0.07 * sc.noise.mid[rows, cols]
+    )
     verge = np.clip(1.6 - edge / 1.0, 0.0, 1.0).astype(np.float32)  # ~1.5 m grass margins
     for b in range(4):
         field = sc.palette.crops[crop, b] * mod
-        sc.img[b, rows, cols] = field + (_VERGE[0, b] * (1 + 0.1 * sc.noise.mid[rows, cols]) - field) * verge
+        sc.img[b, rows, cols] = (
+            field + (_VERGE[0, b] * (1 + 0.1 * sc.noise.mid[rows, cols]) - field) * verge
+        )
 
 
 def _dry_bed(sc: _Scene) -> None:
@@ -113,8 +121,9 @@ def _railway_paint(sc: _Scene) -> np.ndarray:
         return np.zeros(sc.grid.shape, bool)
     ballast = sc.grid.burn(shapely.buffer(rails, 1.7, cap_style="flat")).astype(bool)
     _blend(sc.img, ballast, _BALLAST[:, None] * (1 + 0.1 * sc.noise.fine[ballast]), 1.0)
-    steel = _line_parts(shapely.offset_curve(np.concatenate([rails, rails]),
-                                             np.repeat([-0.72, 0.72], len(rails))))
+    steel = _line_parts(
+        shapely.offset_curve(np.concatenate([rails, rails]), np.repeat([-0.72, 0.72], len(rails)))
+    )
     _paint_lines(sc, np.array(steel, dtype=object), 0.3, _STEEL, ballast)
     return ballast
 
@@ -123,7 +132,11 @@ def _paved(sc: _Scene, obj: _Objects, road: np.ndarray) -> np.ndarray:
     """Driveways, lots, yards and sidewalks: road materials that are not road."""
     sidewalks = _sidewalks(sc, road)
     _blend(sc.img, sidewalks, _SIDEWALK[:, None] * (1 + 0.06 * sc.noise.fine[sidewalks]), 1.0)
-    kind = sc.grid.burn(obj.paved, values=obj.paved_kind + 1) if len(obj.paved) else np.zeros(sc.grid.shape, np.uint8)
+    kind = (
+        sc.grid.burn(obj.paved, values=obj.paved_kind + 1)
+        if len(obj.paved)
+        else np.zeros(sc.grid.shape, np.uint8)
+    )
     m = (kind > 0) & ~road
     colour = _PAVED[kind[m] - 1].T * (1 + 0.08 * sc.noise.fine[m] + 0.06 * sc.noise.mid[m])
     _blend(sc.img, m, colour, 1.0)
@@ -156,8 +169,9 @@ def _roads(rng: np.random.Generator, sc: _Scene, road: np.ndarray) -> None:
         return
     # wide roads on top; at equal width, a road's bridge piece below its other pieces
     order = np.lexsort((~polys.bridge.to_numpy(bool), polys.width_m.to_numpy()))
-    ids = sc.grid.burn(polys.geometry.to_numpy()[order], values=np.arange(1, len(order) + 1),
-                       dtype="int32")
+    ids = sc.grid.burn(
+        polys.geometry.to_numpy()[order], values=np.arange(1, len(order) + 1), dtype="int32"
+    )
     surface, tone, blend = _surfaces(rng, polys.iloc[order])
     rid = ids[road]
     rid[rid == 0] = 1  # a label pixel no single polygon claims (edge case): any road
@@ -177,11 +191,15 @@ def _bridge_decks(sc: _Scene) -> np.ndarray:
     roads = sc.layout.roads[sc.layout.roads.bridge.to_numpy(bool)]
     if not len(roads):
         return np.zeros(sc.grid.shape, bool)
-    decks = shapely.buffer(roads.geometry.to_numpy(), roads.width_m.to_numpy() / 2, cap_style="flat")
+    decks = shapely.buffer(
+        roads.geometry.to_numpy(), roads.width_m.to_numpy() / 2, cap_style="flat"
+    )
     return sc.grid.burn(decks).astype(bool)
 
 
-def _surfaces(rng: np.random.Generator, polys: gpd.GeoDataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _surfaces(
+    rng: np.random.Generator, polys: gpd.GeoDataFrame
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per road piece: surface material, tone (per band: each scene has its own asphalt)
     and opacity (unpaved tracks are faint). Pieces of one road (split at bridges) share class
     and width, and so their look: the choices are hashed from those."""
@@ -238,7 +256,9 @@ def _shadows(sc: _Scene, obj: _Objects, roofs: np.ndarray) -> None:
     if len(obj.footprints):
         corners = shapely.get_coordinates(obj.footprints).reshape(len(obj.footprints), 5, 2)[:, :4]
         tip = np.stack([sc.shadow_offset(h) for h in obj.heights])[:, None, :]
-        hulls = shapely.convex_hull(shapely.multipoints(np.concatenate([corners, corners + tip], axis=1)))
+        hulls = shapely.convex_hull(
+            shapely.multipoints(np.concatenate([corners, corners + tip], axis=1))
+        )
         shade |= sc.grid.burn(hulls).astype(bool) & ~roofs
     bridges = sc.polygons[sc.polygons.bridge.to_numpy(bool)]
     if len(bridges):
@@ -261,11 +281,14 @@ def _blend(img: np.ndarray, mask: np.ndarray, colour: np.ndarray, alpha: float) 
     """img[:, mask] <- (1 - alpha) img + alpha colour; colour is (4, 1) or (4, n)."""
     if not mask.any():
         return
-    img[:, mask] = img[:, mask] * (1 - alpha) + np.asarray(colour, np.float32).reshape(4, -1) * alpha
+    img[:, mask] = (
+        img[:, mask] * (1 - alpha) + np.asarray(colour, np.float32).reshape(4, -1) * alpha
+    )
 
 
-def _paint_lines(sc: _Scene, lines: np.ndarray, width_m: float, colour: np.ndarray,
-                 within: np.ndarray) -> None:
+def _paint_lines(
+    sc: _Scene, lines: np.ndarray, width_m: float, colour: np.ndarray, within: np.ndarray
+) -> None:
     """Thin lines: buffered when wider than a pixel, else one pixel at ``width / gsd`` opacity."""
     if not len(lines):
         return

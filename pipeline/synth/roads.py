@@ -55,8 +55,9 @@ def _road_network(rng: np.random.Generator, extent: float, towns: list[_Town]) -
     return roads
 
 
-def _arterial(rng: np.random.Generator, extent: float, through: np.ndarray | None,
-              wiggle: float) -> shapely.LineString:
+def _arterial(
+    rng: np.random.Generator, extent: float, through: np.ndarray | None, wiggle: float
+) -> shapely.LineString:
     side = int(rng.integers(4))
     exit_side = (side + 2) % 4 if rng.random() < 0.7 else (side + 1) % 4
     ctrl = [_edge_point(rng, extent, side, 150.0)]
@@ -68,8 +69,9 @@ def _arterial(rng: np.random.Generator, extent: float, through: np.ndarray | Non
 
 def _spoke(rng: np.random.Generator, extent: float, town: _Town) -> shapely.LineString:
     """A secondary road leaving a town centre."""
-    path = _wander(rng, town.centre, rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.2) * extent,
-                   20.0, 0.12, 0.9)
+    path = _wander(
+        rng, town.centre, rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.2) * extent, 20.0, 0.12, 0.9
+    )
     return shapely.LineString(_chaikin(path, 3))
 
 
@@ -85,8 +87,9 @@ def _town_streets(rng: np.random.Generator, town: _Town) -> list[shapely.LineStr
     return [g for g in _line_parts([merged]) if g.length > 15.0]
 
 
-def _tracks(rng: np.random.Generator, extent: float, anchors: list, towns: list[_Town],
-            n: int) -> list[shapely.LineString]:
+def _tracks(
+    rng: np.random.Generator, extent: float, anchors: list, towns: list[_Town], n: int
+) -> list[shapely.LineString]:
     """Unpaved tracks branching off roads, and off other tracks, outside towns; they end in
     fields and forests (dead ends)."""
     towns_area = shapely.union_all([t.polygon for t in towns])
@@ -98,7 +101,9 @@ def _tracks(rng: np.random.Generator, extent: float, anchors: list, towns: list[
         length = np.array([line.length for line in pool])
         road = pool[int(rng.choice(len(pool), p=length / length.sum()))]
         p, t, nrm = _frames(np.array([road]), np.array([rng.uniform(0, road.length)]))
-        if shapely.contains_xy(towns_area, *p[0]) or not (0 <= p[0, 0] <= extent and -extent <= p[0, 1] <= 0):
+        if shapely.contains_xy(towns_area, *p[0]) or not (
+            0 <= p[0, 0] <= extent and -extent <= p[0, 1] <= 0
+        ):
             continue
         side = 1.0 if rng.random() < 0.5 else -1.0
         heading = math.atan2(side * nrm[0, 1], side * nrm[0, 0]) + rng.normal(0, 0.3)
@@ -110,10 +115,13 @@ def _tracks(rng: np.random.Generator, extent: float, anchors: list, towns: list[
     return out
 
 
-def _road_table(rng: np.random.Generator, lines: list[tuple], extent: float,
-                water: shapely.Geometry) -> gpd.GeoDataFrame:
+def _road_table(
+    rng: np.random.Generator, lines: list[tuple], extent: float, water: shapely.Geometry
+) -> gpd.GeoDataFrame:
     """Clip to the scene, draw widths, split roads where they cross water into bridges."""
-    frame = shapely.box(-_CLIP_MARGIN_M, -extent - _CLIP_MARGIN_M, extent + _CLIP_MARGIN_M, _CLIP_MARGIN_M)
+    frame = shapely.box(
+        -_CLIP_MARGIN_M, -extent - _CLIP_MARGIN_M, extent + _CLIP_MARGIN_M, _CLIP_MARGIN_M
+    )
     span = shapely.buffer(water, 3.0) if not water.is_empty else None
     rows = []
     for line, cls in lines:
@@ -121,14 +129,29 @@ def _road_table(rng: np.random.Generator, lines: list[tuple], extent: float,
         clipped = shapely.intersection(line, frame)
         pieces = [(clipped, False)]
         if span is not None and shapely.intersects(clipped, span):
-            pieces = [(shapely.difference(clipped, span), False), (shapely.intersection(clipped, span), True)]
-        rows.extend((part, cls, width, bridge) for geom, bridge in pieces for part in _line_parts([geom]))
+            pieces = [
+                (shapely.difference(clipped, span), False),
+                (shapely.intersection(clipped, span), True),
+            ]
+        rows.extend(
+            (part, cls, width, bridge) for geom, bridge in pieces for part in _line_parts([geom])
+        )
     geoms, classes, widths, bridges = zip(*rows, strict=True) if rows else ((), (), (), ())
-    return gpd.GeoDataFrame({"road_class": list(classes), "width_m": np.array(widths, float),
-                             "bridge": np.array(bridges, bool)}, geometry=list(geoms))
+    return gpd.GeoDataFrame(
+        {
+            "road_class": list(classes),
+            "width_m": np.array(widths, float),
+            "bridge": np.array(bridges, bool),
+        },
+        geometry=list(geoms),
+    )
 
 
 def _roads_for_file(roads: gpd.GeoDataFrame, grid: _Grid, crs: str) -> gpd.GeoDataFrame:
     """The layout's roads in the scene CRS, then in EPSG:4326 as the file format says."""
-    shifted = shapely.transform(roads.geometry.to_numpy(), lambda c: c + np.array([grid.x0, grid.y0]))
-    return gpd.GeoDataFrame(roads.drop(columns="geometry"), geometry=shifted, crs=crs).to_crs("EPSG:4326")
+    shifted = shapely.transform(
+        roads.geometry.to_numpy(), lambda c: c + np.array([grid.x0, grid.y0])
+    )
+    return gpd.GeoDataFrame(roads.drop(columns="geometry"), geometry=shifted, crs=crs).to_crs(
+        "EPSG:4326"
+    )

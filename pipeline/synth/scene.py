@@ -37,18 +37,28 @@ def generate_scene(spec: SynthSceneSpec, params: SynthParams, index: int) -> Sce
     scenes never overlap. Every file is written atomically.
     """
     out = Path(params.out_dir)
-    files = SceneFiles(out / f"{spec.name}.tif", out / f"{spec.name}.roads.gpkg",
-                       out / f"{spec.name}.landcover.tif")
+    files = SceneFiles(
+        out / f"{spec.name}.tif",
+        out / f"{spec.name}.roads.gpkg",
+        out / f"{spec.name}.landcover.tif",
+    )
     grid = _grid(params, index)
-    layout_rng, cover_rng, object_rng, paint_rng, sensor_rng = np.random.default_rng(spec.seed).spawn(5)
+    layout_rng, cover_rng, object_rng, paint_rng, sensor_rng = np.random.default_rng(
+        spec.seed
+    ).spawn(5)
     start = time.perf_counter()
     with _step("layout"):
         layout = _layout(layout_rng, grid)
     with _step("road vectors"):
-        vectors.write_vectors(_roads_for_file(layout.roads, grid, params.crs), files.roads, reproducible=True)
+        vectors.write_vectors(
+            _roads_for_file(layout.roads, grid, params.crs), files.roads, reproducible=True
+        )
         polygons = vectors.load_road_polygons(
-            files.roads, params.crs, width_attribute="width_m",
-            default_half_width_m=_LABEL_HALF_WIDTH_M, bounds=grid.bounds,
+            files.roads,
+            params.crs,
+            width_attribute="width_m",
+            default_half_width_m=_LABEL_HALF_WIDTH_M,
+            bounds=grid.bounds,
         )
     scene = _prepare(cover_rng, grid, layout, polygons)
     with _step("objects"):
@@ -58,11 +68,23 @@ def generate_scene(spec: SynthSceneSpec, params: SynthParams, index: int) -> Sce
     with _step("sensor"):
         image, valid = _sensor(sensor_rng, scene, params.dtype, params.nodata_border)
     with _step("write"):
-        raster.write_geotiff(files.image, image, crs=params.crs, transform=grid.transform,
-                             nodata=IMAGE_NODATA, band_descriptions=list(BAND_NAMES_RGBN))
+        raster.write_geotiff(
+            files.image,
+            image,
+            crs=params.crs,
+            transform=grid.transform,
+            nodata=IMAGE_NODATA,
+            band_descriptions=list(BAND_NAMES_RGBN),
+        )
         landcover = np.where(valid, scene.lc, LANDCOVER_NODATA).astype(np.uint8)
-        raster.write_geotiff(files.landcover, landcover, crs=params.crs, transform=grid.transform,
-                             nodata=LANDCOVER_NODATA, tags={"CLASSES": ",".join(LANDCOVER_CLASSES)})
+        raster.write_geotiff(
+            files.landcover,
+            landcover,
+            crs=params.crs,
+            transform=grid.transform,
+            nodata=LANDCOVER_NODATA,
+            tags={"CLASSES": ",".join(LANDCOVER_CLASSES)},
+        )
     log.info("synth %s: %d px, %.1f s", spec.name, params.size, time.perf_counter() - start)
     return files
 

@@ -16,7 +16,9 @@ from pipeline.synth.state import _Scene
 IMAGE_NODATA = 0
 
 
-def _sensor(rng: np.random.Generator, sc: _Scene, dtype: str, border: bool) -> tuple[np.ndarray, np.ndarray]:
+def _sensor(
+    rng: np.random.Generator, sc: _Scene, dtype: str, border: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Illumination, colour balance, haze, blur, noise, quantisation, nodata footprint."""
     img = sc.img
     gain = rng.uniform(0.8, 1.25) * rng.uniform(0.88, 1.12, 4)
@@ -50,5 +52,7 @@ def _footprint(rng: np.random.Generator, grid: _Grid) -> np.ndarray:
     half = 0.5 * extent * rng.uniform(0.92, 1.0)
     centre = np.array([extent / 2, -extent / 2]) + rng.uniform(-0.04, 0.04, 2) * extent
     c, s = math.cos(angle), math.sin(angle)
-    corners = np.array([(-1, -1), (1, -1), (1, 1), (-1, 1)]) * half @ np.array([[c, s], [-s, c]]) + centre
+    corners = (
+        np.array([(-1, -1), (1, -1), (1, 1), (-1, 1)]) * half @ np.array([[c, s], [-s, c]]) + centre
+    )
     return grid.burn([shapely.Polygon(corners)]).astype(bool)

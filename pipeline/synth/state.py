@@ -55,19 +55,37 @@ class _Scene:
     def sun_vector(self) -> np.ndarray:
         """Unit vector towards the sun (east, north, up)."""
         ce = math.cos(self.sun_elevation)
-        return np.array([ce * math.sin(self.sun_azimuth), ce * math.cos(self.sun_azimuth),
-                         math.sin(self.sun_elevation)])
+        return np.array(
+            [
+                ce * math.sin(self.sun_azimuth),
+                ce * math.cos(self.sun_azimuth),
+                math.sin(self.sun_elevation),
+            ]
+        )
 
 
-def _prepare(rng: np.random.Generator, grid: _Grid, layout: _Layout, polygons: gpd.GeoDataFrame) -> _Scene:
+def _prepare(
+    rng: np.random.Generator, grid: _Grid, layout: _Layout, polygons: gpd.GeoDataFrame
+) -> _Scene:
     with _step("noise"):
         noise = _noises(rng, grid)
     with _step("land cover"):
         lc, cell, cells = _landcover(rng, grid, layout)
     with _step("labels"):
         label = vectors.burn_mask(polygons, grid.transform, grid.shape)
-        local = shapely.transform(polygons.geometry.to_numpy(), lambda c: c - np.array([grid.x0, grid.y0]))
+        local = shapely.transform(
+            polygons.geometry.to_numpy(), lambda c: c - np.array([grid.x0, grid.y0])
+        )
         polygons = gpd.GeoDataFrame(polygons.drop(columns=polygons.geometry.name), geometry=local)
-    return _Scene(grid, layout, lc, cell, cells, noise, label, polygons,
-                  sun_azimuth=math.radians(rng.uniform(100, 260)),
-                  sun_elevation=math.radians(rng.uniform(35, 65)))
+    return _Scene(
+        grid,
+        layout,
+        lc,
+        cell,
+        cells,
+        noise,
+        label,
+        polygons,
+        sun_azimuth=math.radians(rng.uniform(100, 260)),
+        sun_elevation=math.radians(rng.uniform(35, 65)),
+    )

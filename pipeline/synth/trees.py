@@ -42,7 +42,9 @@ def _trees(rng: np.random.Generator, sc: _Scene) -> None:
     shadow = _tree_shadows(sc, trees) * (1 - alpha)
     shade = _crown_shading(sc, relief) * (1 + 0.12 * sc.noise.fine)
     for b in range(4):
-        ground = sc.img[b] * (1 - 0.7 * shadow * (1 - _SKYLIGHT[b]))  # crowns let some light through
+        ground = sc.img[b] * (
+            1 - 0.7 * shadow * (1 - _SKYLIGHT[b])
+        )  # crowns let some light through
         crown = (_DECIDUOUS[b] + (_CONIFER[b] - _DECIDUOUS[b]) * conifer) * tone * shade
         sc.img[b] = ground + (crown - ground) * alpha
 
@@ -71,15 +73,20 @@ def _tree_points(rng: np.random.Generator, sc: _Scene) -> _Trees:
     k = len(row)
     cid = sc.cell[row.astype(np.intp), col.astype(np.intp)]
     return _Trees(
-        row=row, col=col,
+        row=row,
+        col=col,
         height=np.where(forest, rng.uniform(12, 24, k), rng.uniform(4, 11, k)),
         large=rng.random(k) < np.where(forest, 0.2, 0.6),
-        conifer=np.where(forest, rng.random(k) < sc.cells.conifer[cid], rng.random(k) < 0.1).astype(np.float32),
+        conifer=np.where(forest, rng.random(k) < sc.cells.conifer[cid], rng.random(k) < 0.1).astype(
+            np.float32
+        ),
         tone=rng.uniform(0.8, 1.2, k),
     )
 
 
-def _jittered_grid(rng: np.random.Generator, extent: float, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+def _jittered_grid(
+    rng: np.random.Generator, extent: float, spacing: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(row, col) in metres: one point per ``spacing`` cell, placed at random within the
     middle 70 % of its cell."""
     n = int(extent // spacing)
@@ -103,7 +110,12 @@ def _avenue_trees(rng: np.random.Generator, sc: _Scene) -> tuple[np.ndarray, np.
     p, _, nrm = _frames(lines[idx], (_ragged_arange(2 * counts) // 2 + 0.5) * spacing)
     side = np.where(_ragged_arange(2 * counts) % 2 == 0, 1.0, -1.0)
     xy = p + nrm * (side * (roads.width_m.to_numpy()[sel][idx] / 2 + 1.5))[:, None]
-    inside = (xy[:, 0] >= 0) & (xy[:, 0] < sc.grid.extent) & (xy[:, 1] <= 0) & (xy[:, 1] > -sc.grid.extent)
+    inside = (
+        (xy[:, 0] >= 0)
+        & (xy[:, 0] < sc.grid.extent)
+        & (xy[:, 1] <= 0)
+        & (xy[:, 1] > -sc.grid.extent)
+    )
     r, c = sc.grid.pixel(xy)
     ok = inside & ~sc.blocked[r, c] & (rng.random(len(xy)) < 0.85)
     return -xy[ok, 1] / sc.grid.gsd, xy[ok, 0] / sc.grid.gsd
@@ -128,8 +140,15 @@ def _canopy(sc: _Scene, trees: _Trees) -> tuple[np.ndarray, ...]:
         (c,) = _splat(row, col, [np.ones(len(row))], shape, sigma, max(1, int(sigma)))
         cover += c
         relief += radius_m * c
-        coarse = _splat(row, col, [np.ones(len(row)), trees.tone[sel], trees.conifer[sel]], shape,
-                        sigma, 2, upsample=False)
+        coarse = _splat(
+            row,
+            col,
+            [np.ones(len(row)), trees.tone[sel], trees.conifer[sel]],
+            shape,
+            sigma,
+            2,
+            upsample=False,
+        )
         if cover_coarse is None:
             cover_coarse, tone_sum, conifer_sum = coarse
         else:
@@ -137,7 +156,12 @@ def _canopy(sc: _Scene, trees: _Trees) -> tuple[np.ndarray, ...]:
             tone_sum += coarse[1]
             conifer_sum += coarse[2]
     norm = np.maximum(cover_coarse, 1e-3)
-    return cover, relief, _upsample_to(tone_sum / norm, shape, 2), _upsample_to(conifer_sum / norm, shape, 2)
+    return (
+        cover,
+        relief,
+        _upsample_to(tone_sum / norm, shape, 2),
+        _upsample_to(conifer_sum / norm, shape, 2),
+    )
 
 
 def _crown_alpha(cover: np.ndarray) -> np.ndarray:
@@ -156,12 +180,21 @@ def _tree_shadows(sc: _Scene, trees: _Trees) -> np.ndarray:
     for large, radius_m in _CROWN_RADIUS_M:
         sel = inside & (trees.large == large)
         if sel.any():
-            cover += _splat(row[sel], col[sel], [np.ones(int(sel.sum()))], g.shape, radius_m / 2.0 / g.gsd, 2)[0]
+            cover += _splat(
+                row[sel], col[sel], [np.ones(int(sel.sum()))], g.shape, radius_m / 2.0 / g.gsd, 2
+            )[0]
     return _crown_alpha(cover)
 
 
-def _splat(row: np.ndarray, col: np.ndarray, weights: list[np.ndarray], shape: tuple[int, int],
-           sigma_px: float, factor: int, upsample: bool = True) -> list[np.ndarray]:
+def _splat(
+    row: np.ndarray,
+    col: np.ndarray,
+    weights: list[np.ndarray],
+    shape: tuple[int, int],
+    sigma_px: float,
+    factor: int,
+    upsample: bool = True,
+) -> list[np.ndarray]:
     """Sum of Gaussian blobs (peak = weight) at points, made on a grid ``factor`` times
     coarser; upsampled to ``shape`` unless ``upsample`` is False."""
     cshape = (shape[0] // factor + 2, shape[1] // factor + 2)
@@ -169,8 +202,12 @@ def _splat(row: np.ndarray, col: np.ndarray, weights: list[np.ndarray], shape: t
     sigma = sigma_px / factor
     out = []
     for w in weights:
-        acc = np.bincount(idx, weights=w * (2 * np.pi * sigma * sigma), minlength=cshape[0] * cshape[1])
-        acc = ndimage.gaussian_filter(acc.reshape(cshape).astype(np.float32), sigma, mode="constant")
+        acc = np.bincount(
+            idx, weights=w * (2 * np.pi * sigma * sigma), minlength=cshape[0] * cshape[1]
+        )
+        acc = ndimage.gaussian_filter(
+            acc.reshape(cshape).astype(np.float32), sigma, mode="constant"
+        )
         out.append(_upsample_to(acc, shape, factor) if upsample else acc)
     return out
 

@@ -90,6 +90,8 @@ def test_training_loss_uses_the_temperature() -> None:
 
 def test_lenet5_learns_digits() -> None:
     # shifts only (no rotation or scaling) and a short schedule: well under a minute
-    result = train_lenet_digits(epochs=15, batch_size=32, lr=1e-2, seed=0, rotate_deg=0.0, scale=0.0, shift_px=2.0)
+    result = train_lenet_digits(
+        epochs=15, batch_size=32, lr=1e-2, seed=0, rotate_deg=0.0, scale=0.0, shift_px=2.0
+    )
     assert result.trainable_parameters == 60_000
     assert result.accuracy >= 0.95, result.accuracy
