@@ -22,7 +22,7 @@ import torch
 from pipeline import parallel, raster
 from pipeline.model import autocast_dtype, load_model, pick_device
 from pipeline.model_config import ModelConfig
-from pipeline.predict import GroupResult, PredictJob
+from pipeline.predict_task import GroupResult, PredictJob
 from pipeline.stitching import window_contribution_weight
 from pipeline.windows import WindowGroup
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ import numpy as np
 from pipeline import parallel, raster, registry
 from pipeline.config import PRECISIONS
 from pipeline.model_config import ModelConfig, read_config, resolve_model
+from pipeline.predict_task import GroupResult, PredictJob
 from pipeline.stitching import (
     NODATA_UINT8,
     UINT8_SCALE,
@@ -43,7 +43,7 @@ from pipeline.stitching import (
     encode_float32,
     encode_uint8,
 )
-from pipeline.windows import Rect, WindowGrid, WindowGroup, window_groups
+from pipeline.windows import WindowGrid, WindowGroup, window_groups
 
 BAND_DESCRIPTION = "road_probability"
 DEFAULT_BLOCK = 1024
@@ -66,33 +66,6 @@ class PredictResult:
     # seconds by phase: cluster_start, model_load, windows (all tasks), cog_finalize,
     # cluster_stop on the client; read, model, blend summed over the workers; assemble_write on the client
     timings: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PredictJob:
-    """Everything a worker needs to run windows; small, so it travels with each task."""
-
-    image: str
-    model_dir: str
-    device: str
-    grid: WindowGrid
-    batch_size: int
-    tta: bool
-    precision: str = "auto"
-    # names this predict run: workers keep the raster open between its tasks, never into another run
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-
-@dataclass
-class GroupResult:
-    """One task's output: summed normalised contributions and validity over ``region``."""
-
-    region: Rect
-    contrib: np.ndarray | None  # None when every window of the task was all nodata
-    valid: np.ndarray | None
-    ran: int
-    skipped: int
-    timings: dict[str, float] = field(default_factory=dict)  # worker seconds by phase
 
 
 def default_output_path(image: Path) -> Path:

@@ -1,0 +1,42 @@
+"""The job and result types that travel between the predict client and its Dask workers.
+
+``pipeline.predict`` (the client, no torch) builds a :class:`PredictJob` and receives
+:class:`GroupResult` objects; ``pipeline.inference`` (the workers, torch) consumes the one and
+produces the other. Keeping them here lets both import them without importing each other.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.windows import Rect, WindowGrid
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """Everything a worker needs to run windows; small, so it travels with each task."""
+
+    image: str
+    model_dir: str
+    device: str
+    grid: WindowGrid
+    batch_size: int
+    tta: bool
+    precision: str = "auto"
+    # names this predict run: workers keep the raster open between its tasks, never into another run
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class GroupResult:
+    """One task's output: summed normalised contributions and validity over ``region``."""
+
+    region: Rect
+    contrib: np.ndarray | None  # None when every window of the task was all nodata
+    valid: np.ndarray | None
+    ran: int
+    skipped: int
+    timings: dict[str, float] = field(default_factory=dict)  # worker seconds by phase
