@@ -2,7 +2,7 @@
 held-out IoU, with repo-pretrained and with random encoder weights (issues 4 and 5).
 
 Everything runs through the pipeline's own code, nothing is re-implemented here:
-``backbones.pretrain.pretrain_backbone`` for a backbone whose weights are missing (its time and
+``pipeline.pretrain.pretrain_backbone`` for a backbone whose weights are missing (its time and
 validation accuracy are reported), ``pipeline.train.run_train`` for the U-Net (same seed, same
 chips, same number of steps for every run), ``pipeline.evaluate.run_evaluate`` (predict's
 windows and stitching) on the held-out scenes of ``data.scenes``. The params file gives
@@ -60,7 +60,7 @@ def ensure_backbone(
     arch: str, p: Params, folder: Path, args: argparse.Namespace, tracking: RegisterParams
 ) -> dict:
     """Pretrained weights of ``arch`` in ``folder``; pretrains them there when missing."""
-    from backbones.pretrain import pretrain_backbone
+    from pipeline.pretrain import pretrain_backbone
 
     pretrain = p.pretrain.model_copy(
         update={

@@ -1,6 +1,6 @@
 """LeNet-5 (the paper's 60,000-parameter configuration) on scikit-learn's handwritten digits.
 
-Data and training: backbones/digits.py. Prints the test accuracy and the wall time; exits
+Data and training: tests/backbones/digits.py. Prints the test accuracy and the wall time; exits
 non-zero below the target accuracy.
 
     .venv/bin/python benchmarks/lenet_digits.py [--epochs 60] [--seed 0] [--target 0.98]
@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backbones.digits import train_lenet_digits  # noqa: E402
+from tests.backbones.digits import train_lenet_digits  # noqa: E402
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """Land-cover pretraining of zoo backbones at the default budget: time and validation accuracy.
 
-Runs ``backbones.pretrain.pretrain_backbone`` (the code behind ``pipeline pretrain <arch>``)
+Runs ``pipeline.pretrain.pretrain_backbone`` (the code behind ``pipeline pretrain <arch>``)
 for each architecture with the params file's ``pretrain`` section unchanged (epochs, input
 size, batch, lr, seed) on its tile stage's chips, into a scratch folder, so the pipeline's own
 ``models/backbones`` and MLflow store are never touched. Prints one row per backbone:
@@ -41,9 +41,9 @@ def main() -> int:
     import torch
 
     from backbones import build_backbone
-    from backbones.patches import PatchDataset, read_chip_folder
-    from backbones.pretrain import pretrain_backbone
     from pipeline.model import autocast_dtype
+    from pipeline.pretrain import pretrain_backbone
+    from pipeline.pretrain_data import PatchDataset, read_chip_folder
 
     if args.threads:
         torch.set_num_threads(args.threads)

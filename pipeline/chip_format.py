@@ -1,7 +1,7 @@
 """The names and codes of the tile stage's output (docs/formats.md, "Chips"), in one place.
 
 Written by ``tiling``, read by ``datasets`` (train), ``baseline`` (evaluate) and
-``backbones.patches`` (pretrain). No imports: every reader can use it without pulling in the
+``pipeline.pretrain_data`` (pretrain). No imports: every reader can use it without pulling in the
 writer's dependencies (dask, geopandas).
 """
 

@@ -62,7 +62,7 @@ def cmd_tile(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from backbones.pretrain import pretrain_backbone
+    from pipeline.pretrain import pretrain_backbone
 
     p = _params(args)
     archs = [args.arch] if args.arch else p.pretrain.archs

@@ -25,7 +25,6 @@ import csv
 import json
 import logging
 import math
-import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import parallel, raster, registry
+from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.baseline import add_baseline_metrics
 from pipeline.config import DataParams, EvaluateParams, RegisterParams, SceneSource, TileParams
 from pipeline.metrics import (
@@ -332,8 +332,13 @@ def write_error_map(path: Path, codes: np.ndarray, title: str) -> Path:
         Patch(color=ERROR_PALETTE[i] / 255, label=ERROR_LABELS[i]) for i in range(len(ERROR_LABELS))
     ]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.savefig(path, bbox_inches="tight")
+    _save_figure(fig, path)
     return path
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", bbox_inches="tight")
 
 
 def write_quicklook(
@@ -352,25 +357,11 @@ def write_quicklook(
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="road probability")
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
-    fig.savefig(path, bbox_inches="tight")
+    _save_figure(fig, path)
     return path
 
 
 # ----------------------------------------------------------------------------------- outputs
-def _write_atomic(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def write_pr_csv(path: Path, curve: SweepResult) -> Path:
     """One row per threshold: plain and relaxed precision/recall, F1, IoU (DVC plots)."""
     import io
@@ -389,14 +380,14 @@ def write_pr_csv(path: Path, curve: SweepResult) -> Path:
     writer.writerow(columns)
     for row in zip(*columns.values(), strict=True):
         writer.writerow(f"{v:.6g}" for v in row)
-    return _write_atomic(path, buf.getvalue())
+    return write_text_atomic(path, buf.getvalue())
 
 
 def update_model_config(model_dir: Path, metrics: dict[str, float]) -> Path:
     """Merge ``metrics`` into model.json's metrics; threshold and weights untouched."""
     config = read_config(model_dir)
     config.metrics = {**config.metrics, **{k: float(v) for k, v in metrics.items()}}
-    return _write_atomic(Path(model_dir) / CONFIG_FILE, config.model_dump_json(indent=2))
+    return write_text_atomic(Path(model_dir) / CONFIG_FILE, config.model_dump_json(indent=2))
 
 
 def _metric_key(scene: str) -> str:
@@ -552,7 +543,7 @@ def run_evaluate(
                 )
             )
 
-    metrics_path = _write_atomic(params.metrics_path, json.dumps(result, indent=2) + "\n")
+    metrics_path = write_text_atomic(params.metrics_path, json.dumps(result, indent=2) + "\n")
     pr_path = write_pr_csv(params.plots_dir / "pr.csv", curve)
     update_model_config(model_dir, model_metrics(result))
     run_id = log_run(

@@ -7,13 +7,13 @@ needs: encoder, bands, normalisation, chip size and decision threshold.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.model_config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, read_config
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
@@ -70,14 +70,10 @@ def _use_transposed_upsampling(model: nn.Module) -> None:
 def save_model(model: nn.Module, config: ModelConfig, folder: Path) -> Path:
     """Write weights and config into ``folder`` atomically (temp files, then rename)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp_w = folder / f".{WEIGHTS_FILE}.part"
-    tmp_c = folder / f".{CONFIG_FILE}.part"
-    save_file(state, str(tmp_w))
-    tmp_c.write_text(config.model_dump_json(indent=2))
-    os.replace(tmp_w, folder / WEIGHTS_FILE)
-    os.replace(tmp_c, folder / CONFIG_FILE)
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp))
+    write_text_atomic(folder / CONFIG_FILE, config.model_dump_json(indent=2))
     return folder
 
 

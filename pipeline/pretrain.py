@@ -4,7 +4,7 @@ One loop for every architecture: AdamW, cross-entropy, ``epochs`` passes over th
 (capped at ``max_batches_per_epoch``), validation after each epoch. Two architecture rules from
 the papers: GoogLeNet's loss while training is ``main + aux_weight * (aux1 + aux2)`` (eval uses
 the main head only), and AlexNet trains with its crops, flips and PCA colour noise
-(:mod:`backbones.patches`). LeNet-5's logits are minus its RBF distances, so cross-entropy is its
+(:mod:`pipeline.pretrain_data`, :mod:`backbones.augment`). LeNet-5's logits are minus its RBF distances, so cross-entropy is its
 MAP criterion; a model may declare a ``loss_temperature`` dividing its logits (LeNet-5: 10).
 
 Outputs (docs/formats.md): ``<arch>.safetensors`` (the full state dict, head included) and
@@ -15,8 +15,6 @@ them (:func:`load_pretrained`) reads tensors and JSON only; nothing is unpickled
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,29 +27,16 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from backbones import build_backbone
+from backbones.augment import PcaNoise
+from backbones.losses import classification_loss
+from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.config import PretrainParams, RegisterParams
 from pipeline.model import autocast_dtype
+from pipeline.pretrain_data import PatchDataset, read_chip_folder
 from pipeline.registry import log_dict, log_figure, log_metrics, log_params, tracked_run
 
-from . import build_backbone
-from .patches import PatchDataset, PcaNoise, read_chip_folder
-
 AUGMENTED_ARCHS = frozenset({"alexnet"})
-
-
-def classification_loss(
-    output: Tensor | tuple[Tensor, ...],
-    target: Tensor,
-    aux_weight: float,
-    temperature: float = 1.0,
-) -> Tensor:
-    """Cross-entropy of ``logits / temperature``; a tuple output (GoogLeNet training) is
-    ``(main, *aux)`` and its auxiliary losses are weighted by ``aux_weight``."""
-    if isinstance(output, tuple):
-        main, *aux = output
-        aux_loss = sum(F.cross_entropy(a / temperature, target) for a in aux)
-        return F.cross_entropy(main / temperature, target) + aux_weight * aux_loss
-    return F.cross_entropy(output / temperature, target)
 
 
 def _batches(loader: DataLoader, limit: int | None) -> Iterator[tuple[Tensor, Tensor]]:
@@ -146,27 +131,13 @@ def confusion_figure(confusion: np.ndarray, classes: list[str], title: str) -> F
     return fig
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """Write via ``write(tmp_path)`` to a temporary file beside ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_pretrained(
     model: nn.Module, meta: dict[str, Any], weights_path: Path, meta_path: Path
 ) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _write_atomic(
-        weights_path, lambda tmp: save_file(tensors, tmp, metadata={"arch": str(meta["arch"])})
-    )
-    _write_atomic(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    with atomic_path(weights_path) as tmp:
+        save_file(tensors, str(tmp), metadata={"arch": str(meta["arch"])})
+    write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
 
 
 def load_pretrained(arch: str, out_dir: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:

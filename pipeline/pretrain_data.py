@@ -10,8 +10,7 @@ AlexNet trains with the paper's augmentations (section 4.1), applied here when a
 random crops (the patch window jitters by up to 16/224 of its side, the 256 -> 224 crop margin,
 staying inside the chip, so there is no jitter when patches are as large as the chips),
 horizontal flips, and "fancy PCA" colour noise: each image gets
-``sum_i alpha_i * lambda_i * p_i`` added to every pixel, with ``p_i, lambda_i`` the eigenvectors
-and eigenvalues of the band covariance over training pixels and ``alpha_i ~ N(0, 0.1)``.
+``sum_i alpha_i * lambda_i * p_i`` added to every pixel (:class:`backbones.augment.PcaNoise`).
 """
 
 from __future__ import annotations
@@ -28,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from backbones.augment import PcaNoise
 from pipeline.chip_format import INDEX_FILE, INDEX_LAYER, LANDCOVER_UNKNOWN, MASK_NODATA, STATS_FILE
 
 MIN_CLASS_SHARE = 0.6
-PCA_ALPHA_STD = 0.1
 CROP_MARGIN = 16 / 224  # AlexNet: 224 crops out of 256 images move by up to 16 px each way
 
 
@@ -108,25 +107,6 @@ def label_patches(
         (int(r) * patch, int(c) * patch, int(label[r, c]))
         for r, c in zip(*np.nonzero(keep), strict=True)
     ]
-
-
-@dataclass(frozen=True)
-class PcaNoise:
-    """AlexNet's colour augmentation over any number of bands."""
-
-    eigvals: np.ndarray  # (C,)
-    eigvecs: np.ndarray  # (C, C), columns are the eigenvectors
-
-    @classmethod
-    def fit(cls, pixels: np.ndarray) -> PcaNoise:
-        """``pixels``: (N, C) normalised values."""
-        cov = np.atleast_2d(np.cov(pixels, rowvar=False))
-        vals, vecs = np.linalg.eigh(cov)
-        return cls(np.clip(vals, 0.0, None).astype(np.float32), vecs.astype(np.float32))
-
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        alpha = rng.normal(0.0, PCA_ALPHA_STD, size=self.eigvals.shape).astype(np.float32)
-        return self.eigvecs @ (alpha * self.eigvals)
 
 
 class PatchDataset(Dataset):

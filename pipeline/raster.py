@@ -7,8 +7,6 @@ error messages and atomic writes live in one place.
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +20,8 @@ from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
+
+from pipeline.atomic import atomic_path, temporary_name
 
 
 class RasterError(ValueError):
@@ -147,32 +147,6 @@ class WindowReader:
     ) -> np.ndarray:
         win = Window(col_off, row_off, width, height)
         return self.ds.read(band, window=win, boundless=True, fill_value=0)
-
-
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part.tif", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
-
-    A killed or failing writer leaves no partial file under the final name.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: exists; pass --overwrite to replace it")
-    tmp = _atomic_target(path)
-    try:
-        yield tmp
-        os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600; outputs get the usual mode
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 _COLOR_NAMES = {"red": ColorInterp.red, "green": ColorInterp.green, "blue": ColorInterp.blue}
@@ -319,7 +293,7 @@ def stream_cog(
 
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as final_tmp, gdal_cache_limit():
-        staging = _atomic_target(path)
+        staging = temporary_name(path)
         try:
             profile: dict[str, Any] = dict(
                 driver="GTiff",
@@ -358,15 +332,8 @@ def stream_cog(
                     BIGTIFF="IF_SAFER",
                     NUM_THREADS="ALL_CPUS",
                 )
-            final_tmp.chmod(_default_file_mode())  # mkstemp made it owner-only
         finally:
             staging.unlink(missing_ok=True)
-
-
-def _default_file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def read_window(

@@ -8,12 +8,12 @@ it becomes ``challenger``. Everything MLflow-specific goes through pipeline/regi
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import registry
+from pipeline.atomic import write_text_atomic
 from pipeline.config import Params
 from pipeline.model_config import read_config
 
@@ -123,10 +123,7 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
         "run_id": run_id,
         "tracking_uri": registry.tracking_uri(reg.tracking_uri),
     }
-    reg.receipt_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = reg.receipt_path.with_name(f".{reg.receipt_path.name}.part")
-    tmp.write_text(json.dumps(receipt, indent=2))
-    os.replace(tmp, reg.receipt_path)
+    write_text_atomic(reg.receipt_path, json.dumps(receipt, indent=2))
     return receipt
 
 

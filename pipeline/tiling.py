@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Iterable
 from contextlib import closing, nullcontext
@@ -28,6 +27,7 @@ import numpy as np
 from affine import Affine
 
 from pipeline import raster
+from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.chip_format import INDEX_LAYER, LANDCOVER_UNKNOWN, MASK_NODATA
 from pipeline.config import DataParams, SceneSource, TileParams
 from pipeline.splits import (
@@ -197,16 +197,14 @@ class _NpyStream:
 
     def finish(self) -> None:
         self.fh.close()
-        tmp = self.path.with_name(f".{self.path.name}.part")
         header = {
             "descr": np.lib.format.dtype_to_descr(self.dtype),
             "fortran_order": False,
             "shape": (self.n, *self.row_shape),
         }
-        with open(tmp, "wb") as out, open(self.raw, "rb") as src:
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as out, open(self.raw, "rb") as src:
             np.lib.format.write_array_header_1_0(out, header)
             shutil.copyfileobj(src, out, length=1 << 22)
-        os.replace(tmp, self.path)
         self.raw.unlink()
 
     def abort(self) -> None:
@@ -498,9 +496,7 @@ def run_tile(
         counts={split: int((index["split"] == split).sum()) for split in ("train", "val", "test")},
         fingerprint=fingerprint,
     )
-    tmp = tile.stats_path.with_name(f".{tile.stats_path.name}.part")
-    tmp.write_text(json.dumps(stats, indent=2))
-    os.replace(tmp, tile.stats_path)
+    write_text_atomic(tile.stats_path, json.dumps(stats, indent=2))
     log.info("tiled %d chips: %s", len(index), stats["counts"])
     return stats
 

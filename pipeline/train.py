@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from pipeline import registry
+from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.config import PretrainParams, RegisterParams, TileParams, TrainParams
 from pipeline.datasets import Normalisation, SegmentationChips, read_stats
 from pipeline.metrics import DEFAULT_THRESHOLDS, Confusion, ThresholdSweep, best_f1_threshold
@@ -203,10 +203,8 @@ def file_digest(path: Path) -> str:
 
 # ------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, **state) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -471,12 +469,10 @@ def run_train(
 def _publish(best_dir: Path, out_dir: Path, history: list[dict], run_id: str) -> dict:
     """Copy the best model to the stage output and write DVC metrics/plots."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     for name in (WEIGHTS_FILE, CONFIG_FILE):
-        tmp = out_dir / f".{name}.part"
-        shutil.copyfile(best_dir / name, tmp)
-        os.replace(tmp, out_dir / name)
-    (out_dir / "run.json").write_text(json.dumps({"mlflow_run_id": run_id}))
+        with atomic_path(out_dir / name) as tmp:
+            shutil.copyfile(best_dir / name, tmp)
+    write_text_atomic(out_dir / "run.json", json.dumps({"mlflow_run_id": run_id}))
     best = max(history, key=lambda r: r["val_iou"])
     metrics = {
         "best_epoch": best["epoch"],
@@ -491,10 +487,8 @@ def _publish(best_dir: Path, out_dir: Path, history: list[dict], run_id: str) ->
         "train_seconds": sum(r["seconds"] for r in history),
         "chips_per_s": float(np.mean([r["chips_per_s"] for r in history])),
     }
-    TRAIN_METRICS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    TRAIN_METRICS_PATH.write_text(json.dumps(metrics, indent=2))
-    TRAIN_PLOT_PATH.parent.mkdir(parents=True, exist_ok=True)
-    with open(TRAIN_PLOT_PATH, "w", newline="") as fh:
+    write_text_atomic(TRAIN_METRICS_PATH, json.dumps(metrics, indent=2))
+    with atomic_path(TRAIN_PLOT_PATH) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(history[0].keys()))
         writer.writeheader()
         writer.writerows(history)

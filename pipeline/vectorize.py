@@ -8,11 +8,12 @@ skeletons agree across tile edges), so only the sparse skeleton is ever held in 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.atomic import atomic_path, refuse_existing
 
 # neighbour offsets (row, col): 4-neighbours first, then diagonals
 _OFFSETS = np.array([(-1, 0), (0, -1), (0, 1), (1, 0), (-1, -1), (-1, 1), (1, -1), (1, 1)])
@@ -273,8 +274,7 @@ def vectorize_raster(
     from pipeline import raster
 
     out_path = Path(out_path)
-    if out_path.exists() and not overwrite:
-        raise FileExistsError(f"{out_path}: exists; pass --overwrite to replace it")
+    refuse_existing(out_path, overwrite)
     info = raster.raster_info(prob_path)
     mpp = info.metres_per_pixel or 1.0
     lines = skeleton_lines(
@@ -292,11 +292,6 @@ def vectorize_raster(
         )
         lengths = [shapely.length(g) * factor for g in geoms]
     frame = gpd.GeoDataFrame({"length_m": np.asarray(lengths, float)}, geometry=geoms, crs=crs)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.part.gpkg")
-    try:
+    with atomic_path(out_path) as tmp:
         frame.to_file(tmp, layer="roads", driver="GPKG", geometry_type="LineString")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out_path

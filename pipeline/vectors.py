@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -28,6 +27,7 @@ from affine import Affine
 from pyproj import CRS
 
 from pipeline import raster
+from pipeline.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -158,17 +158,9 @@ def write_vectors(
     features give the same bytes.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part.gpkg", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    tmp.unlink()  # the GeoPackage driver creates the file itself
-    try:
+    with atomic_path(path) as tmp:
         with fixed_gpkg_timestamp() if reproducible else nullcontext():
             gdf.to_file(tmp, layer=layer, driver="GPKG", engine="pyogrio")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

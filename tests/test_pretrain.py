@@ -15,10 +15,9 @@ from safetensors.torch import load_file
 
 from backbones import build_backbone
 from backbones.encoders import encoder_name, load_backbone_weights
-from backbones.pretrain import load_pretrained, pretrain_backbone
 from pipeline.config import PretrainParams, RegisterParams
-
-from .chipdata import BANDS, CLASSES, write_chips
+from pipeline.pretrain import load_pretrained, pretrain_backbone
+from tests.chipdata import BANDS, CLASSES, write_chips
 
 META_KEYS = {
     "arch", "in_channels", "num_classes", "classes", "input_size", "mean", "std",

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from backbones.patches import PatchDataset, PcaNoise, label_patches, read_chip_folder
-
-from .chipdata import write_chips
+from backbones.augment import PcaNoise
+from pipeline.pretrain_data import PatchDataset, label_patches, read_chip_folder
+from tests.chipdata import write_chips
 
 
 @pytest.fixture(scope="module")

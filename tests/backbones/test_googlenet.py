@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from backbones import build_backbone
 from backbones.googlenet import GoogLeNetOutputs
-from backbones.pretrain import classification_loss
+from backbones.losses import classification_loss
 
 
 def test_aux_heads_in_training_only() -> None:

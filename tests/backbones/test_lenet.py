@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from backbones import build_backbone
-from backbones.digits import train_lenet_digits
 from backbones.lenet import C3_TABLE, SQUASH_A, SQUASH_S, PartialConv2d, Subsampling, rbf_codes
+
+from .digits import train_lenet_digits
 
 
 def test_c3_table_is_table_one() -> None:
@@ -78,7 +79,7 @@ def test_paper_layer_sizes_and_other_inputs() -> None:
 
 
 def test_training_loss_uses_the_temperature() -> None:
-    from backbones.pretrain import classification_loss
+    from backbones.losses import classification_loss
 
     model = build_backbone("lenet5", num_classes=10, in_channels=1)
     assert model.loss_temperature == 10.0
