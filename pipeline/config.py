@@ -78,6 +78,60 @@ class SceneSource(_Section):
         return self
 
 
+# Full carriageway widths in metres by OSM highway class (typical European/North American
+# widths: lanes of ~3.5 m, a motorway's two carriageways with shoulders, a one-lane track).
+OSM_CLASS_WIDTHS_M: dict[str, float] = {
+    "motorway": 18.0,
+    "trunk": 14.0,
+    "primary": 10.0,
+    "secondary": 8.0,
+    "tertiary": 7.0,
+    "unclassified": 6.0,
+    "residential": 6.0,
+    "living_street": 5.0,
+    "road": 6.0,
+    "service": 4.0,
+    "track": 3.0,
+    "motorway_link": 7.0,
+    "trunk_link": 7.0,
+    "primary_link": 6.0,
+    "secondary_link": 6.0,
+    "tertiary_link": 6.0,
+}
+
+
+class OsmParams(_Section):
+    """How road vectors with OpenStreetMap tags (a ``highway`` attribute) become labels."""
+
+    apply: bool = Field(
+        True,
+        description="Apply these rules to road vectors that have a 'highway' attribute (OSM "
+        "extracts, Overpass exports); false: treat them like any other vectors",
+    )
+    road_classes: list[str] = Field(
+        default_factory=lambda: list(OSM_CLASS_WIDTHS_M),
+        description="highway values that count as road; others (footway, path, cycleway, steps, "
+        "construction, proposed, ...) and railways are left out of the labels",
+    )
+    class_widths_m: dict[str, float] = Field(
+        default_factory=lambda: dict(OSM_CLASS_WIDTHS_M),
+        description="Full width in metres per highway class, used when a way has no width or "
+        "lanes tag",
+    )
+    lane_width_m: float = Field(3.5, gt=0, description="Width of one lane (lanes tag x this)")
+    default_width_m: float = Field(
+        5.0, gt=0, description="Width of a road class missing from class_widths_m"
+    )
+
+    @field_validator("class_widths_m")
+    @classmethod
+    def _positive_widths(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: w for k, w in v.items() if not w > 0}
+        if bad:
+            raise ValueError(f"widths must be positive metres, got {bad}")
+        return v
+
+
 class DataParams(_Section):
     scenes: list[SceneSource] = Field(description="Input scenes (the synth output by default)")
     bands: list[str] = Field(
@@ -88,6 +142,11 @@ class DataParams(_Section):
     )
     default_half_width_m: float = Field(
         2.0, gt=0, description="Buffer each side of a centreline without width (SpaceNet: 2 m)"
+    )
+    osm: OsmParams = Field(
+        default_factory=OsmParams,
+        description="Road classes and widths for OpenStreetMap roads (.osm/.osm.pbf extracts, "
+        "Overpass GeoJSON)",
     )
 
     @field_validator("scenes")
