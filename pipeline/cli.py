@@ -61,6 +61,35 @@ def cmd_tile(args: argparse.Namespace) -> None:
     print(f"chips: {stats['counts']}  ->  {p.tile.out_dir}")
 
 
+def cmd_label_check(args: argparse.Namespace) -> None:
+    from pipeline.atomic import write_text_atomic
+    from pipeline.label_check import check_labels
+
+    p = _params(args)
+    probs = Path(args.probabilities) if args.probabilities else None
+    results = check_labels(p.data, p.label_check, probs)
+    rows = [r.as_dict() for r in results]
+    write_text_atomic(p.label_check.report_path, json.dumps(rows, indent=2) + "\n")
+    print(f"{'scene':<20} {'east m':>7} {'north m':>8} {'clarity':>8}  missed")
+    for r in results:
+        missed = (
+            f"{r.omitted_km:.2f} km ({r.omitted_fraction:.0%})" if r.omitted_km is not None else "-"
+        )
+        flag = "  <- offset" if r.flagged else ""
+        print(
+            f"{r.scene:<20} {r.shift_east_m:>7.1f} {r.shift_north_m:>8.1f} "
+            f"{r.peak_to_median:>8.1f}  {missed}{flag}"
+        )
+    for r in results:
+        if r.flagged:
+            print(
+                f"{r.scene}: labels sit {r.shift_m:.1f} m off; if the clarity is high, set "
+                f"label_offset_m: [{r.shift_east_m:g}, {r.shift_north_m:g}] on this scene in "
+                "data.scenes (added to any offset declared there)"
+            )
+    print(f"report: {p.label_check.report_path}")
+
+
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from pipeline.pretrain import pretrain_backbone
 
@@ -205,6 +234,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--workers", type=_positive_int, default=None, help="Dask workers (default: tile.workers)"
+    )
+    sp = add(
+        "label-check",
+        cmd_label_check,
+        "measure how well road labels sit on the imagery",
+        "For each scene with road vectors: the shift that best aligns the labels with the "
+        "imagery's edges (or with a first model's probabilities), and with probabilities the "
+        "length of predicted road no label covers. Writes label_check.report_path.",
+    )
+    sp.add_argument(
+        "--probabilities",
+        help="folder of `pipeline predict` outputs, <image stem>_roads.tif per scene",
     )
     sp = add(
         "pretrain",

@@ -70,11 +70,22 @@ class SceneSource(_Section):
     split: Literal["auto", "train", "val", "test"] = Field(
         "auto", description="'test' holds the whole scene out; 'auto' assigns area blocks"
     )
+    label_offset_m: tuple[float, float] | None = Field(
+        None,
+        description="Shift the road vectors by (east, north) metres before they are burned: "
+        "labels drawn over other imagery (OpenStreetMap) are often a few metres off; "
+        "`pipeline label-check` measures the shift",
+    )
 
     @model_validator(mode="after")
     def _one_label_source(self) -> SceneSource:
         if (self.roads is None) == (self.labels is None):
             raise ValueError(f"scene {self.name!r}: give exactly one of 'roads' or 'labels'")
+        if self.label_offset_m is not None and self.roads is None:
+            raise ValueError(
+                f"scene {self.name!r}: label_offset_m shifts road vectors; a label raster "
+                "must be resampled onto the image grid instead"
+            )
         return self
 
 
@@ -159,6 +170,24 @@ class DataParams(_Section):
         if not v:
             raise ValueError("at least one scene is needed")
         return v
+
+
+class LabelCheckParams(_Section):
+    """`pipeline label-check`: how well road labels sit on the imagery, before training."""
+
+    max_shift_m: float = Field(12.0, gt=0, description="Largest label shift searched, metres")
+    tolerance_m: float = Field(
+        2.0, ge=0, description="A scene whose best shift is larger is named in the report"
+    )
+    window_px: int = Field(512, ge=64, description="Side of the windows read per scene")
+    windows: int = Field(4, ge=1, description="Windows per scene (those with the most road)")
+    omission_distance_m: float = Field(
+        10.0, gt=0, description="Predicted road farther than this from any label counts as missed"
+    )
+    threshold: float = Field(
+        0.5, ge=0, le=1, description="Probability above which a pixel is predicted road"
+    )
+    report_path: Path = Field(Path("reports/label_check.json"), description="The report")
 
 
 # ---------------------------------------------------------------------------------------- tile
@@ -381,6 +410,7 @@ with warnings.catch_warnings():
         evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
         register: RegisterParams = Field(default_factory=RegisterParams)
         predict: PredictParams = Field(default_factory=PredictParams)
+        label_check: LabelCheckParams = Field(default_factory=LabelCheckParams)
 
         @model_validator(mode="after")
         def _encoder_is_pretrained(self) -> Params:

@@ -58,6 +58,7 @@ def load_road_polygons(
     default_half_width_m: float,
     bounds: tuple[float, float, float, float] | None = None,
     osm: Any = None,
+    offset_m: tuple[float, float] | None = None,
 ) -> gpd.GeoDataFrame:
     """Road polygons in ``crs`` (the image CRS), one row per input feature, attributes kept.
 
@@ -68,7 +69,8 @@ def load_road_polygons(
     applying, turns vectors with a ``highway`` attribute (OSM extracts, Overpass exports) into
     labels by ``pipeline.osm``'s rules: road classes only, no tunnels, widths from tags. Raises
     VectorError naming ``path`` for an unreadable file, vectors without CRS, no features, no
-    road left after the OSM rules, or labels that miss the image.
+    road left after the OSM rules, or labels that miss the image. ``offset_m`` moves every
+    road by (east, north) metres (a scene's declared ``label_offset_m``).
     """
     path = Path(path)
     target = CRS.from_user_input(crs)
@@ -86,6 +88,9 @@ def load_road_polygons(
         half_m = _half_widths_m(gdf, width_attribute, default_half_width_m, path)
     geoms = gdf.to_crs(work).geometry.to_numpy()
     polygons = _to_polygons(geoms, half_m / _metres_per_unit(work))
+    if offset_m is not None:  # (east, north) metres, applied in the projected working CRS
+        shift = np.asarray(offset_m, float) / _metres_per_unit(work)
+        polygons = shapely.transform(polygons, lambda xy: xy + shift)
     attrs = pd.DataFrame(gdf.drop(columns=gdf.geometry.name)).reset_index(drop=True)
     out = gpd.GeoDataFrame(attrs, geometry=polygons, crs=work)
     if not work.equals(target):
@@ -109,6 +114,7 @@ def load_scene_roads(scene: Any, data: Any, info: raster.RasterInfo) -> gpd.GeoD
         default_half_width_m=data.default_half_width_m,
         bounds=info.bounds,
         osm=data.osm,
+        offset_m=scene.label_offset_m,
     )
 
 
