@@ -75,7 +75,7 @@ def cmd_label_check(args: argparse.Namespace) -> None:
         missed = (
             f"{r.omitted_km:.2f} km ({r.omitted_fraction:.0%})" if r.omitted_km is not None else "-"
         )
-        flag = "  <- offset" if r.flagged else ""
+        flag = "  <- offset" if r.flagged else ("" if r.clear else "  (unclear)")
         print(
             f"{r.scene:<20} {r.shift_east_m:>7.1f} {r.shift_north_m:>8.1f} "
             f"{r.peak_to_median:>8.1f}  {missed}{flag}"
@@ -83,7 +83,7 @@ def cmd_label_check(args: argparse.Namespace) -> None:
     for r in results:
         if r.flagged:
             print(
-                f"{r.scene}: labels sit {r.shift_m:.1f} m off; if the clarity is high, set "
+                f"{r.scene}: labels sit {r.shift_m:.1f} m off; set "
                 f"label_offset_m: [{r.shift_east_m:g}, {r.shift_north_m:g}] on this scene in "
                 "data.scenes (added to any offset declared there)"
             )

@@ -181,6 +181,13 @@ class LabelCheckParams(_Section):
     )
     window_px: int = Field(512, ge=64, description="Side of the windows read per scene")
     windows: int = Field(4, ge=1, description="Windows per scene (those with the most road)")
+    min_clarity: float = Field(
+        10.0,
+        gt=0,
+        description="A shift is reported as clear, and flagged, only when the correlation peak "
+        "stands this many median deviations above the surface's median (hand-labelled SpaceNet "
+        "chips gave 3-7 with image edges alone: an unclear answer)",
+    )
     omission_distance_m: float = Field(
         10.0, gt=0, description="Predicted road farther than this from any label counts as missed"
     )

@@ -9,7 +9,9 @@ scene:
   the image's edge strength (Sobel magnitude summed over bands) and the labels' own edges are
   what is matched: a road's two edges sit at its label's two edges. With a probability raster
   of a first model (``pipeline predict`` output) the labels are matched to the probability
-  itself. The peak's height over the surface's median says how clear the answer is. The shift
+  itself. The peak's height over the surface's median says how clear the answer is; only a
+  clear answer is flagged (image edges alone are a weak signal on real imagery: buildings and
+  verges have edges too, and label widths rarely match road widths). The shift
   is the correction to apply (``data.scenes[].label_offset_m: [east, north]``), measured after
   any correction already declared;
 * with a probability raster, **what the labels miss**: the length of predicted road centreline
@@ -40,8 +42,9 @@ class SceneLabelCheck:
     shift_north_m: float
     shift_m: float
     peak_to_median: float
+    clear: bool  # the peak stands out (peak_to_median >= min_clarity)
     declared_offset_m: tuple[float, float] | None
-    flagged: bool
+    flagged: bool  # clear, and larger than the tolerance
     response: str  # "edges" or "probability"
     predicted_km: float | None = None
     omitted_km: float | None = None
@@ -152,8 +155,9 @@ def check_scene(
         shift_north_m=round(float(north), 2),
         shift_m=round(shift, 2),
         peak_to_median=round(clarity, 2),
+        clear=clarity >= params.min_clarity,
         declared_offset_m=tuple(scene.label_offset_m) if scene.label_offset_m else None,
-        flagged=shift > params.tolerance_m,
+        flagged=clarity >= params.min_clarity and shift > params.tolerance_m,
         response="edges" if probability is None else "probability",
         **extra,
     )
