@@ -352,9 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(verbose=args.verbose, quiet=getattr(args, "quiet", False))
-    if getattr(args, "quiet", False):
-        # -q promises no progress bars: MLflow draws its own when it copies model artifacts
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow draws progress bars of its own when it copies model artifacts: noise beside our
+    # stages' own messages (and -q promises none)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if getattr(args, "action", None) == "promote" and not args.version:
         parser.error("models promote needs a VERSION")
     try:
