@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from pipeline.config import (
@@ -19,7 +20,6 @@ from pipeline.config import (
 )
 from pipeline.parallel import DeviceError
 
-EVALUATED_MODEL_DIR = Path("models/release")
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -121,7 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     # Evaluate writes its test metrics into a copy: train's output stays as DVC stored it. The
     # copy is evaluated beside the old release and swapped in only on success, so a failed
     # evaluate never leaves a release that metrics/eval.json does not describe.
-    out = EVALUATED_MODEL_DIR
+    out = p.evaluate.release_dir
     staging = out.with_name(f".{out.name}.part")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(p.train.out_dir, staging)
@@ -143,7 +143,7 @@ def cmd_register(args: argparse.Namespace) -> None:
     from pipeline.register import run_register
 
     p = _params(args)
-    receipt = run_register(p, model_dir=EVALUATED_MODEL_DIR, eval_path=p.evaluate.metrics_path)
+    receipt = run_register(p, model_dir=p.evaluate.release_dir, eval_path=p.evaluate.metrics_path)
     print(
         f"registered {receipt['model_name']} v{receipt['version']} as @{receipt['alias']} (test IoU {receipt['test_iou']:.4f})"
     )
@@ -356,8 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
 OWN_LOGGERS = ("pipeline", "backbones")
 
 
-def configure_logging(*, verbose: bool) -> None:
-    """Our own progress messages at INFO (DEBUG with -v); other libraries' only from WARNING.
+def configure_logging(*, verbose: bool, quiet: bool = False) -> None:
+    """Our own progress messages at INFO (DEBUG with -v, only warnings with -q); other
+    libraries' only from WARNING. Warnings print as one line, ``warning: <message>``, not with
+    the Python source line that raised them.
 
     Without this a `dvc repro` prints dozens of INFO lines from Dask's scheduler and nannies,
     pyogrio and matplotlib around every stage. Dask configures its ``distributed`` logger
@@ -371,17 +373,29 @@ def configure_logging(*, verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    own_level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
     for name in OWN_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+        logging.getLogger(name).setLevel(own_level)
+    warnings.formatwarning = _one_line_warning
+
+
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    return f"warning: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(verbose=args.verbose)
-    if getattr(args, "quiet", False):
-        # -q promises no progress bars: MLflow draws its own when it copies model artifacts
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    configure_logging(verbose=args.verbose, quiet=getattr(args, "quiet", False))
+    # MLflow draws progress bars of its own when it copies model artifacts: noise beside our
+    # stages' own messages (and -q promises none)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if getattr(args, "action", None) == "promote" and not args.version:
         parser.error("models promote needs a VERSION")
     try:

@@ -259,7 +259,10 @@ class PretrainParams(_Section):
         description="Autocast precision, as train.precision (auto: bf16 on CUDA and on CPUs with native bf16)",
     )
     max_batches_per_epoch: int | None = Field(
-        None, ge=1, description="Cap batches per epoch (tests)"
+        None,
+        ge=1,
+        description="Cap batches per epoch for a quick run (an epoch is then a random sample "
+        "of the chips); null: every chip once per epoch",
     )
     seed: int = Field(0, description="Seed")
 
@@ -326,7 +329,10 @@ class TrainParams(_Section):
         None, ge=1, description="Stop after N epochs without val IoU gain"
     )
     max_batches_per_epoch: int | None = Field(
-        None, ge=1, description="Cap batches per epoch (tests)"
+        None,
+        ge=1,
+        description="Cap batches per epoch for a quick run (an epoch is then a random sample "
+        "of the chips); null: every chip once per epoch",
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     precision: Precision = Field(
@@ -366,6 +372,11 @@ class EvaluateParams(_Section):
     metrics_path: Path = Field(Path("metrics/eval.json"), description="DVC metrics file")
     plots_dir: Path = Field(Path("plots"), description="DVC plots folder")
     reports_dir: Path = Field(Path("reports"), description="Error maps and quicklooks")
+    release_dir: Path = Field(
+        Path("models/release"),
+        description="The evaluated model: train's output with its test metrics in model.json; "
+        "what the register stage registers",
+    )
 
 
 # ------------------------------------------------------------------------------------ register

@@ -66,6 +66,9 @@ def map_ordered(
             )
             client = stack.enter_context(Client(cluster))
             client.run(_quiet_heartbeat_at_close)
+            # runs first when the stack closes: the workers' heaps (geopandas, rasterio, the
+            # scenes' roads) frozen, their exit is quick and the nanny need not kill them
+            stack.callback(_freeze_heaps, client)
         if client is None:
             pairs: Iterator[tuple[tuple, Any]] = ((task, fn(*task)) for task in tasks)
         else:
@@ -420,6 +423,12 @@ def worker_cached(key: Hashable, factory: Callable[[], Any]) -> Any:
             CACHE_LOADS[key] = CACHE_LOADS.get(key, 0) + 1
             _freeze_worker_heap()
         return _CACHE[key]
+
+
+def _freeze_heaps(client: Any) -> None:
+    """``_freeze_worker_heap`` on every worker, best effort (a worker may be gone)."""
+    with contextlib.suppress(Exception):
+        client.run(_freeze_worker_heap)
 
 
 def _freeze_worker_heap() -> None:

@@ -282,3 +282,29 @@ def test_predict_leaves_out_inputs_that_are_outputs_of_other_inputs(tmp_path, ca
     assert f"skipped {tmp_path / 't0_roads.tif'}: it is the output of another image given" in out
     assert f"skipped {tmp_path / 't0.tif'}" in out and f"wrote {tmp_path / 't1_roads.tif'}" in out
     assert not (tmp_path / "t0_roads_roads.tif").exists()
+
+
+def test_warnings_print_as_one_line_and_quiet_silences_progress_messages(monkeypatch):
+    """What a user reads: `warning: <message>`, not the Python source line that warned."""
+    import logging
+    import subprocess
+    import sys
+
+    from pipeline.cli import configure_logging
+
+    code = (
+        "import warnings; from pipeline.cli import configure_logging; "
+        "configure_logging(verbose=False, quiet=True); "
+        "warnings.warn('in.tif: raster has no CRS', stacklevel=1)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stderr == "warning: in.tif: raster has no CRS\n"
+
+    for name in ("pipeline", "backbones"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.getLogger(name).level)
+    monkeypatch.setattr("warnings.formatwarning", __import__("warnings").formatwarning)
+    configure_logging(verbose=False, quiet=True)
+    assert not logging.getLogger("pipeline.tiling").isEnabledFor(logging.INFO)
+    assert logging.getLogger("pipeline.tiling").isEnabledFor(logging.WARNING)
+    configure_logging(verbose=False, quiet=False)
+    assert logging.getLogger("pipeline.tiling").isEnabledFor(logging.INFO)
