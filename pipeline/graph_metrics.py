@@ -55,6 +55,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import networkx as nx
@@ -65,7 +66,7 @@ from scipy.sparse.csgraph import dijkstra, maximum_bipartite_matching
 from scipy.spatial import cKDTree
 
 from pipeline.config import GraphMetricsParams
-from pipeline.road_graph import RoadGraph, metric_graph
+from pipeline.road_graph import RoadGraph, metric_graph, read_road_graph
 
 _TOL = 1e-6  # metres: points this close to a node or to each other are the same place
 _BATCH = 128  # Dijkstra sources at a time (memory: _BATCH x nodes x 8 bytes)
@@ -84,6 +85,48 @@ def score_networks(
     truth = metric_graph(truth_graph, truth_crs, simplify=params.simplify)
     proposal = metric_graph(proposal_graph, proposal_crs, truth.crs, simplify=params.simplify)
     return {**apls(truth, proposal, params), **topo(truth, proposal, params)}
+
+
+def score_network_files(
+    truth_path: str | Path,
+    proposal_path: str | Path,
+    params: GraphMetricsParams | None = None,
+    *,
+    truth_layer: str | None = None,
+    proposal_layer: str | None = None,
+) -> dict[str, Any]:
+    """:func:`score_networks` of two vector files (see :func:`pipeline.road_graph.read_road_graph`),
+    with the lengths of both networks and the CRS they were measured in."""
+    params = params or GraphMetricsParams()
+    truth_graph = read_road_graph(truth_path, truth_layer)
+    proposal_graph = read_road_graph(proposal_path, proposal_layer)
+    truth = metric_graph(truth_graph, simplify=params.simplify)
+    proposal = metric_graph(proposal_graph, None, truth.crs, simplify=params.simplify)
+    return {
+        **apls(truth, proposal, params),
+        **topo(truth, proposal, params),
+        "truth_length_m": truth.total_length_m,
+        "proposal_length_m": proposal.total_length_m,
+        "metric_crs": truth.crs.to_string() if truth.crs else None,
+        "truth": str(truth_path),
+        "proposal": str(proposal_path),
+        "apls_definition": "SpaceNet APLS (CosmiQ apls.py), not the Sat2Graph variant",
+        "params": params.model_dump(),
+    }
+
+
+def format_scores(scores: dict[str, Any]) -> str:
+    """The scores as a few lines of text for a terminal."""
+    return "\n".join(
+        [
+            f"APLS  {scores['apls']:.4f}  (truth->proposal {scores['apls_gt_onto_prop']:.4f}, "
+            f"proposal->truth {scores['apls_prop_onto_gt']:.4f}; SpaceNet definition)",
+            f"TOPO  F1 {scores['topo_f1']:.4f}  (precision {scores['topo_precision']:.4f}, "
+            f"recall {scores['topo_recall']:.4f})",
+            f"roads truth {scores['truth_length_m'] / 1000:.3f} km, proposal "
+            f"{scores['proposal_length_m'] / 1000:.3f} km, measured in {scores['metric_crs']}",
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------ weighted graphs
