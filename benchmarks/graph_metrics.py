@@ -74,24 +74,20 @@ def main() -> None:
         lambda: (metric_graph(truth_graph), metric_graph(proposal_graph)), args.repeat
     )
     print(f"graphs to metres + simplify: {t_prep}")
-    for label, p in [
-        ("APLS, all control points", params),
-        ("APLS, 500 sampled sources", params.model_copy(update={"apls_max_sources": 500})),
-    ]:
-        t, s = timed(lambda p=p: apls(truth, proposal, p), args.repeat)
-        print(
-            f"{label}: {t}  APLS {s['apls']:.4f} "
-            f"(gt->prop {s['apls_gt_onto_prop']:.4f}, prop->gt {s['apls_prop_onto_gt']:.4f})"
-        )
-    for label, p in [
-        ("TOPO, all seeds", params),
-        ("TOPO, 500 sampled seeds", params.model_copy(update={"topo_max_seeds": 500})),
-    ]:
-        t, s = timed(lambda p=p: topo(truth, proposal, p), args.repeat)
-        print(
-            f"{label}: {t}  F1 {s['topo_f1']:.4f} "
-            f"(precision {s['topo_precision']:.4f}, recall {s['topo_recall']:.4f})"
-        )
+    apls_text = (
+        "APLS {apls:.4f} (gt->prop {apls_gt_onto_prop:.4f}, prop->gt {apls_prop_onto_gt:.4f})"
+    )
+    topo_text = "F1 {topo_f1:.4f} (precision {topo_precision:.4f}, recall {topo_recall:.4f})"
+    runs = [
+        ("APLS, all control points", apls, {}, apls_text),
+        ("APLS, 500 sampled sources", apls, {"apls_max_sources": 500}, apls_text),
+        ("TOPO, all seeds", topo, {}, topo_text),
+        ("TOPO, 500 sampled seeds", topo, {"topo_max_seeds": 500}, topo_text),
+    ]
+    for label, metric, update, text in runs:
+        p = params.model_copy(update=update)
+        t, scores = timed(lambda m=metric, p=p: m(truth, proposal, p), args.repeat)
+        print(f"{label}: {t}  {text.format(**scores)}")
 
 
 if __name__ == "__main__":
