@@ -288,6 +288,11 @@ class GraphMetricsParams(_Section):
     apls_min_path_m: float = Field(
         10.0, ge=0, description="APLS: pairs whose truth path is shorter are left out (10)"
     )
+    apls_curved_eps: float | None = Field(
+        None,
+        ge=0,
+        description="APLS: control points only on edges at least this curved (apls.py is_curved_eps); null: on every edge",
+    )
     apls_max_sources: int | None = Field(
         None,
         ge=1,

@@ -182,3 +182,13 @@ def test_control_points_follow_the_reference_spacing() -> None:
     edge, pos = control_positions(road, 50.0)
     assert edge.tolist() == [1, 2, 3, 3, 4, 4, 4]
     assert pos.tolist() == pytest.approx([20, 25, 40, 80, 50, 100, 150])
+
+
+def test_curved_eps_leaves_nearly_straight_edges_without_control_points() -> None:
+    """The reference's is_curved_eps: (length - bounding-box diagonal) / length must reach it."""
+    straight = [(0, 0), (100, 0)]
+    bent = [(0, 50), (50, 80), (100, 50)]  # 116.6 m long, box diagonal 104.4 m: 0.105
+    road = metric_graph(road_graph(straight, bent), simplify=False)
+    assert control_positions(road, 50.0, curved_eps=0.1)[0].tolist() == [1, 1]
+    assert control_positions(road, 50.0, curved_eps=0.12)[0].tolist() == []
+    assert control_positions(road, 50.0)[0].tolist() == [0, 1, 1]
