@@ -322,16 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out images whose outputs all exist (resume an interrupted run over many images)",
     )
-    sp = add(
+    sp = sub.add_parser(
         "score-network",
-        cmd_score_network,
-        "score a road network against the true one (APLS, TOPO)",
-        "APLS as SpaceNet defines it (both directions and their harmonic mean) and TOPO "
+        help="score a road network against the true one (APLS, TOPO)",
+        description="APLS as SpaceNet defines it (both directions and their harmonic mean) and TOPO "
         "precision/recall/F1 of a proposed road network against a true one, in metres. Either "
         "file is a network GeoPackage (edges/nodes layers, as `pipeline network` writes) or any "
         "line layer (centrelines, OSM, SpaceNet GeoJSON), noded where lines cross; the proposal "
         "is reprojected to the truth's CRS.",
     )
+    sp.set_defaults(func=cmd_score_network)
     sp.add_argument("truth", help="true road network or centrelines (any OGR vector file)")
     sp.add_argument("proposal", help="proposed road network or centrelines")
     sp.add_argument(

@@ -80,7 +80,7 @@ from pipeline.config import GraphMetricsParams
 from pipeline.road_graph import RoadGraph, metric_graph, read_road_graph
 
 _TOL = 1e-6  # metres: points this close to a node or to each other are the same place
-_BATCH = 128  # Dijkstra sources at a time (memory: _BATCH x nodes x 8 bytes)
+_BATCH_BYTES = 64 * 2**20  # Dijkstra rows held at a time (sources x nodes x 8 bytes)
 
 
 def score_networks(
@@ -213,11 +213,11 @@ def _node_xy(road: RoadGraph, split: _Split) -> np.ndarray:
     return np.vstack([road.xy, shapely.get_coordinates(points)])
 
 
-def _distances(matrix: csr_matrix, sources: np.ndarray, limit: float = np.inf) -> Iterator:
-    """(batch of source positions, distance rows) for ``sources``, a batch at a time."""
-    for i in range(0, len(sources), _BATCH):
-        batch = sources[i : i + _BATCH]
-        yield i, dijkstra(matrix, directed=False, indices=batch, limit=limit)
+def _batches(n_sources: int, n_nodes: int) -> Iterator[slice]:
+    """Slices of the sources whose Dijkstra rows together stay within _BATCH_BYTES."""
+    size = max(1, min(256, _BATCH_BYTES // (8 * max(n_nodes, 1))))
+    for i in range(0, n_sources, size):
+        yield slice(i, i + size)
 
 
 # --------------------------------------------------------------------------------------- APLS
@@ -277,8 +277,9 @@ def _apls_one_way(source: RoadGraph, other: RoadGraph, params: GraphMetricsParam
     other_node[snapped_on[0]] = prime.point_node
     sources = _sample(n_points, params.apls_max_sources, params.seed)
     total, count = 0.0, 0
-    for i, lengths in _distances(native.matrix, sources):
-        rows = sources[i : i + _BATCH]
+    for batch in _batches(len(sources), max(n_points, prime.n_nodes)):
+        rows = sources[batch]
+        lengths = dijkstra(native.matrix, directed=False, indices=rows)
         diffs = _path_differences(lengths, rows, other_node, prime.matrix, params.apls_min_path_m)
         total += diffs.sum()
         count += diffs.size
@@ -340,12 +341,13 @@ def topo(truth: RoadGraph, proposal: RoadGraph, params: GraphMetricsParams) -> d
     else:
         starts = np.full(len(seeds), -1)
     radius = params.topo_radius_m
-    for i, gt_dist in _distances(gt.matrix, seeds, radius):
-        batch_starts = starts[i : i + _BATCH]
-        prop_dist = _distances_or_none(prop.matrix, batch_starts, radius)
-        for j, start in enumerate(batch_starts):
-            h = gt.xy[np.isfinite(gt_dist[j])]
-            m = prop.xy[np.isfinite(prop_dist[j])] if start >= 0 else np.empty((0, 2))
+    for batch in _batches(len(seeds), max(len(gt.xy), len(prop.xy))):
+        gt_dist = dijkstra(gt.matrix, directed=False, indices=seeds[batch], limit=radius)
+        prop_dist = _distances_or_none(prop.matrix, starts[batch], radius)
+        for within_gt, within_prop in zip(
+            np.isfinite(gt_dist), np.isfinite(prop_dist), strict=True
+        ):
+            h, m = gt.xy[within_gt], prop.xy[within_prop]
             matched += _match_count(h, m, params.topo_match_m)
             holes += len(h)
             marbles += len(m)

@@ -176,7 +176,10 @@ def metric_crs(crs: Any, xy: np.ndarray) -> CRS:
 def metric_graph(
     graph: nx.Graph, crs: Any = None, target: CRS | None = None, *, simplify: bool = True
 ) -> RoadGraph:
-    """``graph`` as a :class:`RoadGraph` in metres (directions and edge attributes dropped).
+    """``graph`` as a :class:`RoadGraph` in metres.
+
+    Directions and edge attributes are dropped; an edge that repeats another one (the same
+    ends and geometry, in either direction: a two-way street of an osmnx graph) is dropped.
 
     ``crs`` defaults to ``graph.graph["crs"]``; a graph without any CRS is taken to be in
     metres already. ``target`` is the metric CRS to put it in (that of another graph), by
@@ -204,9 +207,25 @@ def _arrays(graph: nx.Graph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     except KeyError as e:
         raise GraphInputError("every node of a road graph needs 'x' and 'y'") from e
     xy = xy.reshape(-1, 2)
-    edges = np.array([(index[u], index[v]) for u, v in graph.edges()], dtype=np.int64)
-    lines = [_edge_line(xy[index[u]], xy[index[v]], d) for u, v, d in graph.edges(data=True)]
-    return xy, edges.reshape(-1, 2), np.array(lines, dtype=object).reshape(-1)
+    edges, lines, seen = [], [], set()
+    for u, v, data in graph.edges(data=True):
+        iu, iv = index[u], index[v]
+        line = _edge_line(xy[iu], xy[iv], data)
+        key = _edge_key(iu, iv, line)
+        if key not in seen:  # a two-way street of a directed graph is one road
+            seen.add(key)
+            edges.append((iu, iv))
+            lines.append(line)
+    edges_array = np.array(edges, dtype=np.int64).reshape(-1, 2)
+    return xy, edges_array, np.array(lines, dtype=object).reshape(-1)
+
+
+def _edge_key(iu: int, iv: int, line: shapely.LineString) -> tuple:
+    """The same for an edge and its reverse (same ends, same geometry in either direction)."""
+    coords = shapely.get_coordinates(line)
+    forward = (iu, iv, coords.tobytes())
+    backward = (iv, iu, coords[::-1].tobytes())
+    return min(forward, backward)
 
 
 def _edge_line(pu: np.ndarray, pv: np.ndarray, data: dict) -> shapely.LineString:

@@ -192,3 +192,26 @@ def test_curved_eps_leaves_nearly_straight_edges_without_control_points() -> Non
     assert control_positions(road, 50.0, curved_eps=0.1)[0].tolist() == [1, 1]
     assert control_positions(road, 50.0, curved_eps=0.12)[0].tolist() == []
     assert control_positions(road, 50.0)[0].tolist() == [0, 1, 1]
+
+
+def test_a_two_way_directed_graph_scores_as_the_undirected_one() -> None:
+    """osmnx graphs hold each two-way street twice, once per direction."""
+    truth = road_graph(*H_ROADS)
+    directed = nx.MultiDiGraph(crs=UTM)
+    directed.add_nodes_from(truth.nodes(data=True))
+    for u, v, d in truth.edges(data=True):
+        directed.add_edge(u, v, geometry=d["geometry"])
+        directed.add_edge(v, u, geometry=shapely.LineString(d["geometry"].coords[::-1]))
+    assert directed.number_of_edges() == 2 * truth.number_of_edges()
+    assert metric_graph(directed).total_length_m == pytest.approx(500.0)
+    proposal = road_graph(SOUTH_W, SOUTH_E, NORTH_W, NORTH_E)
+    assert score_networks(directed, proposal, WIDE) == pytest.approx(
+        score_networks(truth, proposal, WIDE)
+    )
+
+
+def test_an_empty_proposal_scores_zero_and_an_empty_truth_too() -> None:
+    truth = road_graph(*H_ROADS)
+    empty = nx.MultiGraph(crs=UTM)
+    assert set(score_networks(truth, empty).values()) == {0.0}
+    assert set(score_networks(empty, truth).values()) == {0.0}

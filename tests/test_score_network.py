@@ -136,3 +136,4 @@ def test_score_network_help(capsys) -> None:
     out = capsys.readouterr().out
     for option in ("--json", "--truth-layer", "--proposal-layer", "--max-sources", "APLS"):
         assert option in out
+    assert "--params" not in out  # the defaults of GraphMetricsParams, not a params file
