@@ -215,3 +215,21 @@ def test_an_empty_proposal_scores_zero_and_an_empty_truth_too() -> None:
     empty = nx.MultiGraph(crs=UTM)
     assert set(score_networks(truth, empty).values()) == {0.0}
     assert set(score_networks(empty, truth).values()) == {0.0}
+
+
+@pytest.mark.parametrize(
+    "shift, apls_value, topo_f1",
+    [
+        (3.0, 1.0, 1.0),  # within APLS's 4 m snap and TOPO's 5 m match
+        (4.5, 0.0, 1.0),  # every APLS control point missing; TOPO still matches
+        (6.0, 0.0, 0.0),  # TOPO seeds still find the proposal (11 m), no hole matches
+    ],
+)
+def test_a_shifted_proposal_meets_the_snap_and_match_distances(
+    shift: float, apls_value: float, topo_f1: float
+) -> None:
+    south, north = [(0, 0), (200, 0)], [(0, 100), (200, 100)]
+    moved = [[(x, y + shift) for x, y in road] for road in (south, north)]
+    scores = score_networks(road_graph(south, north), road_graph(*moved), WIDE)
+    assert scores["apls"] == pytest.approx(apls_value)
+    assert scores["topo_f1"] == pytest.approx(topo_f1)
