@@ -233,3 +233,15 @@ def test_a_shifted_proposal_meets_the_snap_and_match_distances(
     scores = score_networks(road_graph(south, north), road_graph(*moved), WIDE)
     assert scores["apls"] == pytest.approx(apls_value)
     assert scores["topo_f1"] == pytest.approx(topo_f1)
+
+
+def test_a_sample_of_sources_is_seeded() -> None:
+    """Scores from a sample repeat for a seed; a sample of all sources is the full score."""
+    truth = road_graph(*H_ROADS)
+    proposal = road_graph(SOUTH_W, SOUTH_E, NORTH_W, NORTH_E)
+    sample = WIDE.model_copy(update={"apls_max_sources": 4, "topo_max_seeds": 4, "seed": 7})
+    first = score_networks(truth, proposal, sample)
+    assert score_networks(truth, proposal, sample) == first
+    assert first["apls"] != pytest.approx(8 / 15)  # 4 of 11 sources: another estimate
+    everything = WIDE.model_copy(update={"apls_max_sources": 11, "topo_max_seeds": 11})
+    assert score_networks(truth, proposal, everything)["apls"] == pytest.approx(8 / 15)
