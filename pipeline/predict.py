@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline import parallel, raster, registry
 from pipeline.config import PRECISIONS
-from pipeline.model_config import ModelConfig, read_config, resolve_model
+from pipeline.model_config import ModelConfig, check_weights, read_config, resolve_model
 from pipeline.predict_task import GroupResult, PredictJob
 from pipeline.stitching import (
     NODATA_UINT8,
@@ -116,7 +116,7 @@ def _check_inputs(
             "bands are used in file order",
             stacklevel=3,
         )
-    if info.crs is None:
+    if info.crs is None and not info.gcps:
         warnings.warn(
             f"{image}: raster has no CRS; the prediction will have none either", stacklevel=3
         )
@@ -168,6 +168,7 @@ def _resolve_model(
     """(model folder, its config, the output's tags naming it) for a folder or a registry URI."""
     folder = Path(resolve_model(model, tracking_default))
     config = read_config(folder)
+    check_weights(folder, config)  # a corrupt file stops here, before any worker loads it
     return folder, config, _model_tags(model, folder, config)
 
 
@@ -327,6 +328,8 @@ def predict_raster(
                 height=info.height,
                 crs=info.crs,
                 transform=info.transform,
+                gcps=info.gcps,
+                gcp_crs=info.gcp_crs,
                 dtype=dtype,
                 nodata=nodata,
                 description=BAND_DESCRIPTION,
