@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import parallel, raster, registry
+from pipeline.atomic import check_free_space
 from pipeline.config import PRECISIONS
 from pipeline.model_config import ModelConfig, check_weights, read_config, resolve_model
 from pipeline.predict_task import GroupResult, PredictJob
@@ -172,6 +173,13 @@ def _resolve_model(
     return folder, config, _model_tags(model, folder, config)
 
 
+def min_output_bytes(width: int, height: int, dtype: str) -> int:
+    """The least disk space a run needs: staging file and COG, each compressed to at best an
+    eighth of the raw samples (deflate on smooth probabilities). Checked before the cluster
+    starts, so a full disk is found in a second, not after the model loaded."""
+    return width * height * np.dtype(dtype).itemsize // 4
+
+
 def _cog_blocksize(height: int, width: int) -> int:
     # 512 px COG tiles as GDAL's default; small rasters get 256 so they still have an overview
     return 512 if min(height, width) >= 2048 else 256
@@ -271,6 +279,7 @@ def predict_raster(
         raise ValueError(f"{output}: the output would replace the input image")
 
     info = raster.raster_info(image)
+    check_free_space(output, min_output_bytes(info.width, info.height, dtype))
     # A registry model is resolved on a thread while the cluster starts: importing MLflow and
     # asking the store take about as long (~1.7 s) as a worker takes to start. A model folder
     # is read and checked at once, so that its errors come before any cluster starts.

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +196,198 @@ def test_mean_std_lengths_must_match_the_bands(image, model, tmp_path, capsys):
     assert "mean has 3 value(s) but bands lists 4" in err
     with pytest.raises(ValueError, match="std must be positive"):
         ModelConfig(encoder="resnet18", bands=["a"], mean=[0.0], std=[0.0], chip_size=64)
+
+
+# ----------------------------------------------------------------- left behind, overwritten
+def wait_for_staging(proc: subprocess.Popen, folder: Path, name: str, timeout: float = 90) -> None:
+    """Until the predicting process has begun writing ``name`` (its temporaries exist)."""
+    deadline = time.monotonic() + timeout
+    while not [p for p in folder.iterdir() if p.name.startswith(f".{name}.") and ".part" in p.name]:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never started writing"
+        time.sleep(0.05)
+
+
+def start_cli(args: list[str], **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        PIPELINE + args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **env},
+    )
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "said"),
+    [(signal.SIGTERM, 143, "stopped by SIGTERM"), (signal.SIGINT, 130, "interrupted")],
+)
+def test_signal_mid_predict_cleans_up(model, scheduler, tmp_path, sig, code, said):
+    img = write_raster(tmp_path / "big.tif", smooth_image(512, 512).astype(np.uint8))
+    out = tmp_path / "out.tif"
+    proc = start_cli(predict_args(img, out, model, scheduler))
+    try:
+        wait_for_staging(proc, tmp_path, out.name)
+        time.sleep(0.3)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"error: predict {said}; its temporary files")
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_stale_temporaries_of_the_output_are_removed(image, model, scheduler, tmp_path):
+    out = tmp_path / "out.tif"
+    stale = [tmp_path / ".out.tif.0badf00d.part.tif", tmp_path / ".out.tif.lock"]  # SIGKILLed run
+    others = [tmp_path / ".out.tif.v2.tif.0badf00d.part.tif"]  # another output's, maybe live
+    for p in stale + others:
+        p.write_bytes(b"left by a killed run")
+    assert main(predict_args(image, out, model, scheduler)) == 0
+    assert out.exists() and leftovers(tmp_path) == [p.name for p in others]
+
+
+def test_a_second_predict_of_an_output_being_written_is_refused(
+    image, model, scheduler, tmp_path, capsys
+):
+    from pipeline.atomic import exclusive_output
+
+    out = tmp_path / "out.tif"
+    with exclusive_output(out):  # what a predict writing out.tif holds
+        assert main(predict_args(image, out, model, scheduler, "--overwrite")) == 2
+    assert f"{out}: another process is writing it now" in capsys.readouterr().err
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_an_output_that_appears_while_writing_is_not_replaced(tmp_path):
+    """The existence check and the final rename cannot race: the rename is a hard link."""
+    from pipeline.atomic import atomic_path
+
+    out = tmp_path / "out.tif"
+    with pytest.raises(FileExistsError, match="appeared while this run wrote it"):
+        with atomic_path(out, overwrite=False) as tmp:
+            tmp.write_bytes(b"mine")
+            out.write_bytes(b"theirs")  # another process finished first
+    assert out.read_bytes() == b"theirs" and leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_two_predicts_of_one_output_at_once_one_wins(image, model, scheduler, tmp_path):
+    out = tmp_path / "out.tif"
+    procs = [start_cli(predict_args(image, out, model, scheduler)) for _ in range(2)]
+    results = [(p.wait(timeout=120), p.communicate()[1]) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    err = next(e for code, e in results if code == 2)
+    assert "another process is writing it" in err or "exists" in err or "appeared" in err
+    assert out.exists() and leftovers(tmp_path) == []
+
+
+def test_output_equal_to_input_is_refused(image, model, tmp_path, capsys):
+    before = image.read_bytes()
+    assert main(predict_args(image, image, model, None)) == 2
+    assert f"{image}: is the input image itself" in capsys.readouterr().err
+    assert image.read_bytes() == before and leftovers(tmp_path) == []
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A project folder with the repository's params.yaml and no MLflow store yet."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(Path(__file__).parents[1] / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+def test_models_where_no_store_exists_creates_none(project, capsys):
+    assert main(["models"]) == 2
+    assert f"no MLflow store at {project / 'mlflow.db'}" in capsys.readouterr().err
+    assert not (project / "mlflow.db").exists()
+    assert main(["models", "promote", "1"]) == 2
+    assert not (project / "mlflow.db").exists()
+
+
+def register_champion(model: Path, store: str) -> None:
+    from pipeline import registry
+
+    with registry.tracked_run("faults", "train", tracking_default=store):
+        uri = registry.log_pyfunc_model(model, np.zeros((1, 4, 64, 64), np.float32))
+        version = registry.register_version(uri, "road-unet", {})
+    registry.set_alias("road-unet", "champion", version)
+
+
+def modes(folder: Path) -> set[tuple[str, int]]:
+    return {("dir" if p.is_dir() else "file", p.stat().st_mode & 0o777) for p in folder.rglob("*")}
+
+
+@pytest.mark.slow
+def test_registry_downloads_and_outputs_are_readable_by_others(
+    image, model, scheduler, project, capsys
+):
+    old = os.umask(0o022)
+    try:
+        register_champion(model, f"sqlite:///{project}/mlflow.db")
+        out = project / "out.tif"
+        args = predict_args(image, out, model, scheduler)
+        args[args.index("--model") + 1] = "models:/road-unet@champion"
+        assert main(args) == 0
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
+    cache = Path(os.environ["ROADSEG_CACHE_DIR"])
+    assert modes(cache) == {("dir", 0o755), ("file", 0o644)}
+
+    # a cached MLmodel whose model_dir leaves the download is refused, relative or absolute
+    mlmodel = next(cache.rglob("MLmodel"))
+    original = mlmodel.read_text()
+    for bad in ("../../elsewhere", str(model)):
+        mlmodel.write_text(original.replace("path: artifacts/", f"path: {bad}#"))
+        assert main(args + ["--overwrite"]) == 2
+        assert "points outside the downloaded model" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- slow or silent failures
+def test_tracking_server_down_fails_within_seconds(image, scheduler, project, monkeypatch, capsys):
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    out = project / "out.tif"
+    t0 = time.monotonic()
+    assert main(["predict", str(image), "-o", str(out), "-q", "--scheduler", scheduler]) == 2
+    assert time.monotonic() - t0 < 20
+    assert f"{url}: the MLflow tracking server is unreachable" in capsys.readouterr().err
+    assert main(["models"]) == 2
+    assert "unreachable" in capsys.readouterr().err
+    assert not out.exists() and leftovers(project) == []
+
+
+def test_scheduler_at_a_closed_port_is_a_clean_error(image, model, tmp_path, capsys):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    assert main(predict_args(image, tmp_path / "out.tif", model, address)) == 2
+    assert time.monotonic() - t0 < 25
+    assert f"{address}: no Dask scheduler answers there" in capsys.readouterr().err
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_every_worker_gone_gives_up_after_the_stated_time(model, tmp_path):
+    from distributed import Client, LocalCluster
+
+    img = write_raster(tmp_path / "big.tif", smooth_image(1024, 1024).astype(np.uint8))
+    out = tmp_path / "out.tif"
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            proc = start_cli(
+                predict_args(img, out, model, cluster.scheduler_address),
+                ROADSEG_NO_WORKERS_TIMEOUT_S="3",
+            )
+            try:
+                wait_for_staging(proc, tmp_path, out.name)
+                client.retire_workers(close_workers=True)
+                _, err = proc.communicate(timeout=60)
+            finally:
+                proc.kill()
+    assert proc.returncode == 2, err
+    assert "waiting up to 3 s for one to return" in err
+    assert "has been gone for 3 s; gave up" in err and "Traceback" not in err
+    assert not out.exists() and leftovers(tmp_path) == []
