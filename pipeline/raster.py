@@ -260,17 +260,25 @@ def gdal_cache_limit(nbytes: int = STREAM_CACHE_BYTES) -> Iterator[None]:
         yield
 
 
+DISK_FULL_BYTES = 2**20  # a failed write with less free space than this: the disk is full
 # what GDAL raises when a write fails (disk full, folder removed, file system read-only)
 _WRITE_ERRORS = (CPLE_BaseError, RasterioError, OSError)
 
 
 def write_error(path: Path, error: BaseException) -> RasterError:
     """A RasterError naming ``path`` for a failed write, saying so when the disk is full."""
-    text = str(error)
-    if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in text:
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:  # GDAL's reason is in the chained errors
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    text = "; ".join(dict.fromkeys(str(e) for e in chain if str(e)))
+    free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else None
+    # libtiff reports a full disk only as "Write error": then the free space tells
+    full = any(getattr(e, "errno", None) == errno.ENOSPC for e in chain)
+    if full or "No space left" in text or (free is not None and free < DISK_FULL_BYTES):
         return RasterError(
-            f"{path}: the disk is full ({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB "
-            "free); free some space or write the output elsewhere (-o)"
+            f"{path}: the disk is full ({(free or 0) / 2**20:.0f} MiB free); free some space "
+            "or write the output elsewhere (-o)"
         )
     return RasterError(f"{path}: cannot write the output ({text})")
 

@@ -391,3 +391,73 @@ def test_every_worker_gone_gives_up_after_the_stated_time(model, tmp_path):
     assert "waiting up to 3 s for one to return" in err
     assert "has been gone for 3 s; gave up" in err and "Traceback" not in err
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+# ---------------------------------------------- file systems that are read-only or full
+def _unshare() -> list[str] | None:
+    """The command that runs a shell in a private mount namespace, or None where not allowed."""
+    if shutil.which("unshare") is None:
+        return None
+    cmd = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-rm"]
+    ok = subprocess.run(cmd + ["true"], capture_output=True).returncode == 0
+    return cmd if ok else None
+
+
+UNSHARE = _unshare()
+needs_private_mounts = pytest.mark.skipif(
+    UNSHARE is None, reason="needs unshare (a private mount namespace) to mount a small tmpfs"
+)
+
+
+def predict_on_tmpfs(folder: Path, options: str, args: list[str]) -> tuple[int, str, list[str]]:
+    """Run the CLI with a tmpfs (mount ``options``) mounted on ``folder`` for it alone;
+    returns (exit code, stderr, what the run left in ``folder``)."""
+    folder.mkdir()
+    script = (
+        'mount -t tmpfs -o "$1" tmpfs "$2" || exit 99; dir="$2"; shift 2; "$@"; rc=$?; '
+        'echo "LEFT:$(ls -A "$dir" | tr "\\n" " ")"; exit $rc'
+    )
+    proc = subprocess.run(
+        UNSHARE + ["sh", "-c", script, "sh", options, str(folder), *PIPELINE, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert proc.returncode != 99, proc.stderr
+    left = proc.stdout.rsplit("LEFT:", 1)[1].split()
+    return proc.returncode, proc.stderr, left
+
+
+@needs_private_mounts
+def test_a_read_only_output_folder_is_refused_before_any_work(image, model, tmp_path):
+    out = tmp_path / "ro" / "out.tif"
+    t0 = time.monotonic()
+    code, err, left = predict_on_tmpfs(out.parent, "ro", predict_args(image, out, model, None))
+    assert code == 2, err
+    assert f"{out.parent}: cannot write here (Read-only file system)" in err
+    assert "distributed" not in err  # no cluster was started
+    assert time.monotonic() - t0 < 60 and left == []
+
+
+@needs_private_mounts
+def test_a_full_disk_is_refused_before_any_work(model, tmp_path):
+    img = write_raster(tmp_path / "in.tif", smooth_image(1024, 1024).astype(np.uint8))
+    out = tmp_path / "small" / "out.tif"
+    code, err, left = predict_on_tmpfs(out.parent, "size=64k", predict_args(img, out, model, None))
+    assert code == 2, err
+    assert f"{out.parent}: 0 MiB free, but writing out.tif needs at least 0 MiB" in err
+    assert left == []
+
+
+@pytest.mark.slow
+@needs_private_mounts
+def test_disk_full_while_writing_is_one_line_and_leaves_nothing(model, scheduler, tmp_path):
+    noise = np.random.default_rng(0).integers(1, 255, (4, 512, 512), dtype=np.uint8)
+    img = write_raster(tmp_path / "noise.tif", noise)
+    out = tmp_path / "small" / "out.tif"
+    args = predict_args(img, out, model, scheduler, "--dtype", "float32")
+    code, err, left = predict_on_tmpfs(out.parent, "size=400k", args)
+    assert code == 2, err
+    assert err.strip().splitlines()[-1].startswith(f"error: {out}: the disk is full")
+    assert "Traceback" not in err and left == []
