@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+import yaml
 from rasterio.control import GroundControlPoint
 
 from pipeline import parallel
@@ -461,3 +462,26 @@ def test_disk_full_while_writing_is_one_line_and_leaves_nothing(model, scheduler
     assert code == 2, err
     assert err.strip().splitlines()[-1].startswith(f"error: {out}: the disk is full")
     assert "Traceback" not in err and left == []
+
+
+# ------------------------------------------------------------------------ the tile stage
+def test_label_grid_error_says_what_differs(project, capsys):
+    from affine import Affine
+
+    from pipeline.raster import write_geotiff
+    from tests.conftest import make_scene
+
+    scene = make_scene(project, "x", seed=5)
+    labels = project / "coarse.tif"  # same size and CRS; 2 m pixels, origin 10 m east
+    grid = Affine(2, 0, 500010, 0, -2, 5400000)
+    write_geotiff(labels, np.ones((256, 256), np.uint8), crs="EPSG:32632", transform=grid)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["scenes"] = [{"name": "x", "image": scene["image"], "labels": str(labels)}]
+    params["tile"]["out_dir"] = str(project / "chips")
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["tile", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"{labels}: label raster is on another grid than {scene['image']}" in err
+    assert "pixel size 2 x 2 vs 1 x 1; origin (500010, 5400000) vs (500000, 5400000)" in err
+    assert "EPSG" not in err  # the CRS is the same: not worth a word
+    assert not (project / "chips").exists()
