@@ -485,3 +485,34 @@ def test_label_grid_error_says_what_differs(project, capsys):
     assert "pixel size 2 x 2 vs 1 x 1; origin (500010, 5400000) vs (500000, 5400000)" in err
     assert "EPSG" not in err  # the CRS is the same: not worth a word
     assert not (project / "chips").exists()
+
+
+@pytest.mark.slow
+def test_scheduler_lost_mid_run_is_one_line(model, tmp_path):
+    bin_dir = Path(sys.executable).parent
+    address = f"tcp://127.0.0.1:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
+    sched = subprocess.Popen(
+        [bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":")[-1],
+         "--no-dashboard"], **quiet,
+    )  # fmt: skip
+    worker = subprocess.Popen(
+        [bin_dir / "dask", "worker", address, "--nthreads", "1", "--no-dashboard"], **quiet
+    )
+    img = write_raster(tmp_path / "big.tif", smooth_image(1024, 1024).astype(np.uint8))
+    out = tmp_path / "out.tif"
+    try:
+        proc = start_cli(predict_args(img, out, model, address))
+        wait_for_staging(proc, tmp_path, out.name)
+        sched.kill()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        for p in (sched, worker, proc):
+            p.kill()
+            p.wait()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "scheduler" in last, err
+    assert not out.exists() and leftovers(tmp_path) == []
