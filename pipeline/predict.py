@@ -185,6 +185,32 @@ def _cog_blocksize(height: int, width: int) -> int:
     return 512 if min(height, width) >= 2048 else 256
 
 
+def plan_line(image: Path, grid: WindowGrid, tasks: int, threads: int) -> str:
+    """What a run is about to do, printed before it starts: a raster so large that the run
+    takes days says so before the first window, not after a silent night."""
+    return (
+        f"predict {image.name}: {grid.height:,} x {grid.width:,} px, {len(grid):,} windows of "
+        f"{grid.window} px in {tasks:,} tasks on {threads} worker thread(s)"
+    )
+
+
+def _print_estimate(windows: int, seconds: float, total: int, threads: int) -> None:
+    """The run's expected duration from its first task, with ``threads`` tasks running at once
+    (the first includes the workers' warm-up, so it errs long), printed above the progress
+    bar."""
+    from tqdm import tqdm
+
+    if windows == 0 or total <= windows:
+        return
+    eta = seconds / windows * total / threads
+    hours, minutes = divmod(round(eta / 60), 60)
+    took = f"{eta:.0f} s" if eta < 90 else f"{f'{hours} h ' if hours else ''}{minutes} min"
+    tqdm.write(
+        f"first task: {windows} windows in {seconds:.1f} s; about {took} for all {total:,} "
+        "windows at this speed"
+    )
+
+
 def _stream_windows(
     client: Any,
     job: PredictJob,
@@ -215,9 +241,13 @@ def _stream_windows(
         unit="win",
         weight=lambda task: len(task[1].windows),
     )
+    started = time.perf_counter()
     with contextlib.closing(results):  # on any error, cancel what is still queued
         for res in results:
             t0 = time.perf_counter()
+            if progress and ran + skipped == 0:
+                threads = parallel.total_threads(client)
+                _print_estimate(res.ran + res.skipped, t0 - started, len(job.grid), threads)
             ran += res.ran
             skipped += res.skipped
             for key, value in res.timings.items():
@@ -327,6 +357,8 @@ def predict_raster(
         timings["model_load"] = time.perf_counter() - t_load
         # a task holds at least one full batch of windows
         groups = window_groups(grid, max(windows_per_task, batch_size))
+        if progress:
+            print(plan_line(image, grid, len(groups), parallel.total_threads(client)))
         assembler = BlockAssembler(info.height, info.width, block_size, [g.region for g in groups])
         job = PredictJob(str(image.resolve()), model_dir, device, grid, batch_size, tta, precision)
         stopping = None

@@ -516,3 +516,16 @@ def test_scheduler_lost_mid_run_is_one_line(model, tmp_path):
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "scheduler" in last, err
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------- guard rails
+def test_the_plan_and_an_estimate_are_printed_before_a_long_run(model, scheduler, tmp_path):
+    img = write_raster(tmp_path / "in.tif", smooth_image(320, 448).astype(np.uint8))
+    out = tmp_path / "out.tif"
+    args = [a for a in predict_args(img, out, model, scheduler) if a != "-q"]
+    proc = run_cli(args + ["--windows-per-task", "2"])
+    assert proc.returncode == 0, proc.stderr
+    assert "predict in.tif: 320 x 448 px, 63 windows of 64 px in " in proc.stdout
+    assert " tasks on 2 worker thread(s)" in proc.stdout
+    assert "first task: 2 windows in " in proc.stdout and "for all 63 windows" in proc.stdout
+    assert "63/63" in proc.stderr  # the bar counts windows and ends at the plan's number
