@@ -529,3 +529,30 @@ def test_the_plan_and_an_estimate_are_printed_before_a_long_run(model, scheduler
     assert " tasks on 2 worker thread(s)" in proc.stdout
     assert "first task: 2 windows in " in proc.stdout and "for all 63 windows" in proc.stdout
     assert "63/63" in proc.stderr  # the bar counts windows and ends at the plan's number
+
+
+# ------------------------------------------ cases that held before the catalogue: kept so
+def test_an_existing_output_is_kept_unless_overwrite(image, model, scheduler, tmp_path, capsys):
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"a colleague's result")
+    assert main(predict_args(image, out, model, scheduler)) == 2
+    assert f"{out}: exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert out.read_bytes() == b"a colleague's result" and leftovers(tmp_path) == []
+    assert main(predict_args(image, out, model, scheduler, "--overwrite")) == 0
+    with rasterio.open(out) as ds:
+        assert ds.driver == "GTiff" and ds.shape == (96, 128)
+    assert leftovers(tmp_path) == []
+
+
+def test_a_raster_of_another_band_count_is_refused(model, tmp_path, capsys):
+    rgb = write_raster(tmp_path / "rgb.tif", smooth_image(64, 64, bands=3).astype(np.uint8))
+    assert main(predict_args(rgb, tmp_path / "out.tif", model, None)) == 2
+    assert f"{rgb}: has 3 band(s), but the model {model} expects 4" in capsys.readouterr().err
+    assert leftovers(tmp_path) == [] and not (tmp_path / "out.tif").exists()
+
+
+def test_a_missing_raster_is_named(model, tmp_path, capsys):
+    missing = tmp_path / "nowhere.tif"
+    assert main(predict_args(missing, tmp_path / "out.tif", model, None)) == 2
+    assert f"{missing}: file not found" in capsys.readouterr().err
+    assert leftovers(tmp_path) == []
