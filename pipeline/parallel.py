@@ -421,7 +421,8 @@ def stream_results(
     with tqdm(total=total, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True) as bar:
         try:
             while not ac.is_empty():
-                wait_while_cluster_lives(client, list(ac.futures))
+                if not ac.has_ready():
+                    wait_while_cluster_lives(client, list(ac.futures))
                 fut = next(ac)
                 task = pending.pop(fut.key)
                 result = _result(fut)  # raises the task's exception
