@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.config import (
@@ -18,7 +22,7 @@ from pipeline.config import (
     RegisterParams,
     load_params,
 )
-from pipeline.parallel import DeviceError
+from pipeline.parallel import ClusterError, DeviceError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -437,6 +441,37 @@ def _one_line_warning(
     return f"warning: {message}\n"
 
 
+_CLEANED = "its temporary files are removed and no output was left half-written"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a timeout, systemd, Kubernetes, SLURM), raised like Ctrl-C so that the same
+    cleanup runs: temporaries removed, our own Dask cluster stopped, locks released."""
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (in the main thread only: Python
+    delivers signals there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -447,7 +482,14 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "action", None) == "promote" and not args.version:
         parser.error("models promote needs a VERSION")
     try:
-        args.func(args)
+        with sigterm_as_interrupt():
+            args.func(args)
+    except Terminated:
+        print(f"error: {args.command} stopped by SIGTERM; {_CLEANED}", file=sys.stderr)
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        print(f"error: {args.command} interrupted; {_CLEANED}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (
         ConfigError,
         FileNotFoundError,
@@ -455,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         LookupError,
         ValueError,
         DeviceError,
+        ClusterError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

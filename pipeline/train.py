@@ -43,7 +43,7 @@ from pipeline.model import (
     pick_device,
     save_model,
 )
-from pipeline.model_config import read_config, resolve_model
+from pipeline.model_config import check_weights, read_config, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +288,7 @@ def run_train(
     if params.init_from:
         source_dir = resolve_model(params.init_from, register.tracking_uri)
         source = read_config(source_dir)
+        check_weights(source_dir, source)
         check_fine_tunable(params.init_from, source, params, stats["bands"])
         # the weights learnt on inputs normalised the source's way: keep its statistics
         mean, std = source.mean, source.std
