@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import parallel, raster, registry
+from pipeline import parallel, raster, registry, styles
 from pipeline.config import PRECISIONS
 from pipeline.model_config import ModelConfig, read_config, resolve_model
 from pipeline.predict_task import GroupResult, PredictJob
@@ -263,7 +263,7 @@ def predict_raster(
         raise ValueError(f"block_size must be a positive multiple of 256, got {block_size}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for target in (output, vectors):
+    for target in (output, vectors, styles.style_path(output)):
         if target is not None and Path(target).exists() and not overwrite:
             raise FileExistsError(f"{target}: exists; pass --overwrite to replace it")
     if output.resolve() == image.resolve():
@@ -364,6 +364,7 @@ def predict_raster(
                 stopping.result()
     # the part of the cluster's shutdown not hidden behind the COG finalisation
     timings["cluster_stop"] = time.perf_counter() - t_stop
+    styles.write_probability_style(output, config.threshold, overwrite=overwrite)
 
     vectors_out = None
     if vectors is not None:
