@@ -144,6 +144,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if args.windows_per_task is None
         else args.windows_per_task,
         precision=args.precision or d.precision,
+        runtime=args.runtime or d.runtime,
         tta=args.tta,
         vector_min_spur_m=d.vector_min_spur_m,
         vector_simplify_m=d.vector_simplify_m,
@@ -151,6 +152,23 @@ def cmd_predict(args: argparse.Namespace) -> None:
         tracking_default=reg.tracking_uri,
         progress=not args.quiet,
     )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from pipeline.export import OPSET, export_onnx
+
+    p = _params(args) if args.params or DEFAULT_PARAMS.exists() else None
+    d = p.predict if p else PredictParams()
+    reg = p.register if p else RegisterParams()
+    out = export_onnx(
+        args.model,
+        args.output,
+        tile_size=d.window if args.tile_size is None else args.tile_size,
+        overlap_px=d.overlap if args.overlap is None else args.overlap,
+        overwrite=args.overwrite,
+        tracking_default=reg.tracking_uri,
+    )
+    print(f"wrote {out} (ONNX opset {OPSET}, metadata for the QGIS Deepness plugin)")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -275,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
         "bf16 on a CPU with AMX is ~3.7x faster, but pixels then depend on the thread count by a few 1/254 steps)",
     )
     sp.add_argument(
+        "--runtime",
+        choices=["torch", "onnx"],
+        help="what runs the model (default: predict.runtime): torch, or onnxruntime on the CPU "
+        "(float32; about half "
+        "torch's CPU time on the demo U-Net, BENCHMARKS.md)",
+    )
+    sp.add_argument(
         "--batch-size",
         type=_positive_int,
         help="windows per forward pass (default: 2 on CPU, fitted to GPU memory)",
@@ -300,6 +325,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out images whose outputs all exist (resume an interrupted run over many images)",
     )
+    sp = add(
+        "export",
+        cmd_export,
+        "export a model to ONNX for QGIS (Deepness) and onnxruntime",
+        "Write a model folder or registry model as ONNX (opset 17; dynamic batch and size; input "
+        "normalised as predict does, output road probability) with the metadata the QGIS "
+        "Deepness plugin reads: model type, class names, resolution, standardisation, tile size "
+        "and overlap, threshold.",
+    )
+    sp.add_argument("model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder")
+    sp.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    sp.add_argument(
+        "--tile-size",
+        type=_positive_int,
+        help="Deepness tile size in pixels, a multiple of 32 (default: predict.window)",
+    )
+    sp.add_argument(
+        "--overlap",
+        type=_non_negative_int,
+        help="Deepness tile overlap in pixels, stored as a percentage (default: predict.overlap)",
+    )
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing file")
     sp = add(
         "models",
         cmd_models,
