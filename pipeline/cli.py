@@ -128,8 +128,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
     p = _params(args) if args.params or DEFAULT_PARAMS.exists() else None
     d = p.predict if p else PredictParams()
     reg = p.register if p else RegisterParams()
+    from pipeline.sources import resolve_input
+
+    images = [resolve_input(i, args.asset) for i in args.image]  # STAC items, /vsicurl/ paths
     predict_batch(
-        batch_targets([Path(i) for i in args.image], args.output, args.vectors),
+        batch_targets(images, args.output, args.vectors, args.stac_item),
         scheduler=args.scheduler,
         workers=d.workers if args.workers is None else args.workers,
         device=args.device or d.device,
@@ -266,7 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "image",
         nargs="+",
-        help="input raster(s) (GeoTIFF, COG, VRT, ...); several share one cluster and one model load",
+        help="input raster(s) (GeoTIFF, COG, VRT, ...), any GDAL path (/vsicurl/https://..., "
+        "/vsis3/...) or STAC Item (.json file or URL); several share one cluster and one model load",
+    )
+    sp.add_argument(
+        "--asset",
+        help="a STAC Item's asset to predict (default: the first with role 'data', else the first "
+        "GeoTIFF/JP2)",
     )
     sp.add_argument(
         "-o",
@@ -315,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--vectors",
         help="also write road centrelines to this GeoPackage; with several images, a folder",
+    )
+    sp.add_argument(
+        "--stac-item",
+        help="also write a STAC Item describing the prediction (EPSG:4326 footprint, projection, "
+        "assets, model and settings) to this .json; with several images, a folder",
     )
     sp.add_argument(
         "--dtype", choices=["uint8", "float32"], default="uint8", help="output sample type"

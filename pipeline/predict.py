@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import parallel, raster, registry, styles
+from pipeline import parallel, raster, registry, sources, stac, styles
 from pipeline.config import PRECISIONS
 from pipeline.model_config import ModelConfig, read_config, resolve_model
 from pipeline.predict_task import RUNTIMES, GroupResult, PredictJob
@@ -68,8 +68,11 @@ class PredictResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def default_output_path(image: Path) -> Path:
-    """``region.tif`` -> ``region_roads.tif`` beside it."""
+def default_output_path(image: str | Path) -> Path:
+    """``region.tif`` -> ``region_roads.tif`` beside it; a remote raster's (``/vsicurl/...``)
+    in the current folder."""
+    if sources.is_remote(image):
+        return Path(sources.file_stem(image) + "_roads.tif")
     image = Path(image)
     return image.with_name(image.stem + "_roads.tif")
 
@@ -230,7 +233,7 @@ def _stream_windows(
 
 
 def predict_raster(
-    image: Path,
+    image: str | Path,
     output: Path,
     *,
     model: str | Path = "models:/road-unet@champion",
@@ -247,6 +250,8 @@ def predict_raster(
     vectors: Path | None = None,
     vector_min_spur_m: float = 10.0,
     vector_simplify_m: float = 1.0,
+    stac_item: Path | None = None,
+    source_item: dict | None = None,
     overwrite: bool = False,
     dtype: str = "uint8",
     tracking_default: str = "sqlite:///mlflow.db",
@@ -263,7 +268,7 @@ def predict_raster(
     ``raster.RasterError`` when the band count does not match the model.
     """
     t0 = time.perf_counter()
-    image, output = Path(image), Path(output)
+    image, output = sources.gdal_name(image), Path(output)  # /vsicurl/https://... stays a str
     if dtype not in ("uint8", "float32"):
         raise ValueError(f"dtype must be uint8 or float32, got {dtype!r}")
     if precision not in PRECISIONS:
@@ -278,10 +283,10 @@ def predict_raster(
         raise ValueError(f"block_size must be a positive multiple of 256, got {block_size}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for target in (output, vectors, styles.style_path(output)):
+    for target in (output, vectors, styles.style_path(output), stac_item):
         if target is not None and Path(target).exists() and not overwrite:
             raise FileExistsError(f"{target}: exists; pass --overwrite to replace it")
-    if output.resolve() == image.resolve():
+    if sources.absolute(image) == str(output.resolve()):
         raise ValueError(f"{output}: the output would replace the input image")
 
     info = raster.raster_info(image)
@@ -337,7 +342,7 @@ def predict_raster(
         groups = window_groups(grid, max(windows_per_task, batch_size))
         assembler = BlockAssembler(info.height, info.width, block_size, [g.region for g in groups])
         job = PredictJob(
-            str(image.resolve()), model_dir, device, grid, batch_size, tta, precision, runtime
+            sources.absolute(image), model_dir, device, grid, batch_size, tta, precision, runtime
         )
         stopping = None
         try:
@@ -366,7 +371,7 @@ def predict_raster(
                         encode,
                         timings,
                         progress,
-                        image.name,
+                        sources.display_name(image),
                     )
                 finally:
                     # workers of a cluster that outlives this call (--scheduler) close the raster
@@ -397,6 +402,17 @@ def predict_raster(
             overwrite=overwrite,
             min_spur_m=vector_min_spur_m,
             simplify_m=vector_simplify_m,
+        )
+    if stac_item is not None:
+        stac.write_prediction_item(
+            Path(stac_item),
+            output,
+            info,
+            tags,
+            vectors=vectors_out,
+            source_item=source_item,
+            encoding={"data_type": dtype, "nodata": nodata, "scale": scale},
+            overwrite=overwrite,
         )
     seconds = time.perf_counter() - t0
     return PredictResult(
