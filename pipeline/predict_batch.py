@@ -113,7 +113,9 @@ def predict_batch(
     for t in targets:
         if sources.absolute(t.image) in outputs:
             report(f"skipped {t.image}: it is the output of another image given")
-        elif skip_existing and t.output.exists() and (t.vectors is None or t.vectors.exists()):
+        elif skip_existing and all(
+            p is None or p.exists() for p in (t.output, t.vectors, t.stac_item)
+        ):
             report(f"skipped {t.image}: {t.output} exists")
         else:
             todo.append(t)

@@ -101,6 +101,7 @@ def test_onnxruntime_equals_torch_on_the_same_windows(onnx_path, model_dir, imag
         assert np.abs(got - want).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_export_command_from_a_registered_model(model_dir, tmp_path, capsys, monkeypatch) -> None:
     """In a folder without params.yaml: the default store (sqlite:///mlflow.db) and defaults."""
     from pipeline import registry
