@@ -290,6 +290,10 @@ def predict_raster(
         raise ValueError(f"{output}: the output would replace the input image")
 
     info = raster.raster_info(image)
+    if stac_item is not None and info.crs is None:  # refused before any work, not after it
+        raise raster.RasterError(
+            f"{image}: no CRS, so no STAC Item (its footprint is in EPSG:4326)"
+        )
     # A registry model is resolved on a thread while the cluster starts: importing MLflow and
     # asking the store take about as long (~1.7 s) as a worker takes to start. A model folder
     # is read and checked at once, so that its errors come before any cluster starts.
