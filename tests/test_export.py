@@ -173,3 +173,16 @@ def test_onnx_runtime_refuses_cuda_and_bf16(model_dir, image, tmp_path) -> None:
         with pytest.raises(ValueError, match="runtime onnx"):
             _predict(image, tmp_path / "x.tif", model_dir, runtime="onnx", **options)
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_onnx_runtime_tta_equals_torch_tta(model_dir) -> None:
+    """The workers' onnxruntime path (pipeline.onnx_predict) with the eight dihedral
+    transforms gives torch's TTA probabilities."""
+    from pipeline import onnx_predict
+
+    model, _ = load_model(model_dir, torch.device("cpu"))
+    x = np.random.default_rng(1).normal(size=(2, 4, 64, 96)).astype(np.float32)
+    got = onnx_predict.forward_probs(str(model_dir), model, x, tta=True)
+    want = forward_probs(model, torch.from_numpy(x), torch.device("cpu"), tta=True)
+    assert got.shape == want.shape == (2, 64, 96)
+    assert np.abs(got - want).max() < 1e-4
