@@ -147,7 +147,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if args.windows_per_task is None
         else args.windows_per_task,
         precision=args.precision or d.precision,
-        runtime=args.runtime or d.runtime,
         tta=args.tta,
         vector_min_spur_m=d.vector_min_spur_m,
         vector_simplify_m=d.vector_simplify_m,
@@ -300,13 +299,6 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(PRECISIONS),
         help="autocast precision (default: predict.precision; auto: bf16 on CUDA, fp32 on CPU; "
         "bf16 on a CPU with AMX is ~3.7x faster, but pixels then depend on the thread count by a few 1/254 steps)",
-    )
-    sp.add_argument(
-        "--runtime",
-        choices=["torch", "onnx"],
-        help="what runs the model (default: predict.runtime): torch, or onnxruntime on the CPU "
-        "(float32; about half "
-        "torch's CPU time on the demo U-Net, BENCHMARKS.md)",
     )
     sp.add_argument(
         "--batch-size",

@@ -301,9 +301,6 @@ class PredictParams(_Section):
         description="Autocast precision; auto: bf16 on CUDA, fp32 on CPU (bf16 there is faster but "
         "makes pixels depend on the thread count by a few 1/254 steps)",
     )
-    runtime: Literal["torch", "onnx"] = Field(
-        "torch", description="What runs the model: torch, or onnxruntime on the CPU (float32)"
-    )
     vector_min_spur_m: float = Field(
         10.0, ge=0, description="--vectors: prune dead-end branches shorter than this"
     )

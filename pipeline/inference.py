@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline import onnx_predict, parallel, raster
+from pipeline import parallel, raster
 from pipeline.model import autocast_dtype, load_model, pick_device
 from pipeline.model_config import ModelConfig
 from pipeline.predict_task import GroupResult, PredictJob
@@ -215,10 +215,7 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
             return
         t0 = time.perf_counter()
         x = torch.from_numpy(np.stack([b[1] for b in batch]))
-        if job.runtime == "onnx":
-            probs = onnx_predict.forward_probs(job.model_dir, model, x.numpy(), job.tta)
-        else:
-            probs = forward_probs(model, x, device, job.tta, job.precision)
+        probs = forward_probs(model, x, device, job.tta, job.precision)
         t1 = time.perf_counter()
         timings["model"] += t1 - t0
         if contrib is None:

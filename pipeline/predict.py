@@ -35,7 +35,7 @@ import numpy as np
 from pipeline import parallel, raster, registry, sources, stac, styles
 from pipeline.config import PRECISIONS
 from pipeline.model_config import ModelConfig, read_config, resolve_model
-from pipeline.predict_task import RUNTIMES, GroupResult, PredictJob
+from pipeline.predict_task import GroupResult, PredictJob
 from pipeline.stitching import (
     NODATA_UINT8,
     UINT8_SCALE,
@@ -94,14 +94,6 @@ def fitted_batch_size(
     from pipeline import inference
 
     return inference.fitted_batch_size(model_dir, device, window, concurrent, precision)
-
-
-def prepare_onnx_session(model_dir: str) -> None:
-    """On a worker: build its onnxruntime session now, not in its first task (``onnx_predict``)."""
-    from pipeline import inference, onnx_predict
-
-    model, config, _ = inference.worker_model(model_dir, "cpu")
-    onnx_predict.worker_session(model_dir, model, config.in_channels)
 
 
 def release_readers() -> int:
@@ -245,7 +237,6 @@ def predict_raster(
     scheduler: str | None = None,
     device: str = "auto",
     precision: str = "auto",
-    runtime: str = "torch",
     tta: bool = False,
     vectors: Path | None = None,
     vector_min_spur_m: float = 10.0,
@@ -273,12 +264,6 @@ def predict_raster(
         raise ValueError(f"dtype must be uint8 or float32, got {dtype!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    if runtime == "onnx":  # onnxruntime's CPU provider, in float32
-        if device == "cuda" or precision == "bf16":
-            raise ValueError("--runtime onnx runs on the CPU in float32: drop --device cuda / bf16")
-        device = "cpu"
     if block_size <= 0 or block_size % 256:
         raise ValueError(f"block_size must be a positive multiple of 256, got {block_size}")
     if batch_size is not None and batch_size < 1:
@@ -321,7 +306,6 @@ def predict_raster(
             overlap=overlap,
             tta=tta,
             precision=precision,
-            runtime=runtime,
             encoding="uint8: p = value / 254, 255 = nodata"
             if dtype == "uint8"
             else "float32: p, NaN = nodata",
@@ -339,14 +323,12 @@ def predict_raster(
             client.run(fitted_batch_size, model_dir, device, window, concurrent, precision).values()
         )
         batch_size = batch_size or fitted
-        if runtime == "onnx":
-            client.run(prepare_onnx_session, model_dir)
         timings["model_load"] = time.perf_counter() - t_load
         # a task holds at least one full batch of windows
         groups = window_groups(grid, max(windows_per_task, batch_size))
         assembler = BlockAssembler(info.height, info.width, block_size, [g.region for g in groups])
         job = PredictJob(
-            sources.absolute(image), model_dir, device, grid, batch_size, tta, precision, runtime
+            sources.absolute(image), model_dir, device, grid, batch_size, tta, precision
         )
         stopping = None
         try:

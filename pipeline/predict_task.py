@@ -14,8 +14,6 @@ import numpy as np
 
 from pipeline.windows import Rect, WindowGrid
 
-RUNTIMES = ("torch", "onnx")  # what runs the model on the workers
-
 
 @dataclass(frozen=True)
 class PredictJob:
@@ -28,7 +26,6 @@ class PredictJob:
     batch_size: int
     tta: bool
     precision: str = "auto"
-    runtime: str = "torch"  # or "onnx": onnxruntime on CPU (pipeline.onnx_predict)
     # names this predict run: workers keep the raster open between its tasks, never into another run
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 

@@ -5,7 +5,7 @@ extension records its CRS, shape and transform; the raster extension its encodin
 scale 1/254, nodata 255). Assets: the probability COG (role ``data``), its QGIS style, the
 centrelines and a road network when written. Properties name the model (``roadseg:model``,
 ``roadseg:model_version``, ``roadseg:model_uri``), the threshold and how predict ran
-(window, overlap, tta, precision, runtime), read back from the COG's own tags. The datetime
+(window, overlap, tta, precision), read back from the COG's own tags. The datetime
 is the source imagery's when the input was a STAC Item, else the time of the prediction.
 Asset hrefs are relative to the Item's file when they share a folder tree, so the files move
 together.
@@ -37,7 +37,6 @@ TAG_PROPERTIES = {
     "overlap": ("overlap", int),
     "tta": ("tta", lambda v: v == "True"),
     "precision": ("precision", str),
-    "runtime": ("runtime", str),
 }
 
 

@@ -1,5 +1,4 @@
-"""`pipeline export`: a model to ONNX with Deepness metadata, equal to torch on the same windows;
-and `pipeline predict --runtime onnx`, equal to torch and independent of how the work is split."""
+"""`pipeline export`: a model to ONNX with Deepness metadata, equal to torch on the same windows."""
 
 from __future__ import annotations
 
@@ -17,9 +16,8 @@ from pipeline.cli import main
 from pipeline.export import INPUT_NAME, OPSET, export_onnx
 from pipeline.inference import forward_probs, normalise
 from pipeline.model import load_model
-from pipeline.predict import predict_raster
 from pipeline.windows import WindowGrid
-from tests.test_predict import make_model, read, smooth_image, write_raster
+from tests.test_predict import make_model, smooth_image, write_raster
 
 
 @pytest.fixture(scope="module")
@@ -125,64 +123,3 @@ def test_export_command_from_a_registered_model(model_dir, tmp_path, capsys, mon
     assert "exists" in capsys.readouterr().err
     assert main([*argv, "--overwrite", "--tile-size", "100"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
-
-
-def _predict(image: Path, out: Path, model: Path, **options) -> np.ndarray:
-    predict_raster(image, out, model=model, window=64, overlap=16, progress=False, **options)
-    return read(out)[0].astype(int)
-
-
-@pytest.mark.slow
-def test_predict_with_onnx_runtime_matches_torch_however_split(model_dir, image, tmp_path) -> None:
-    from pipeline import parallel
-
-    with parallel.local_cluster(2, "cpu") as client:  # the torch run and one onnx run share it
-        scheduler = client.scheduler.address
-        torch_out = _predict(image, tmp_path / "t.tif", model_dir, scheduler=scheduler)
-        b = _predict(
-            image,
-            tmp_path / "b.tif",
-            model_dir,
-            runtime="onnx",
-            scheduler=scheduler,
-            block_size=512,
-            windows_per_task=5,
-            batch_size=3,
-        )
-    a = _predict(
-        image,
-        tmp_path / "a.tif",
-        model_dir,
-        runtime="onnx",
-        workers=1,
-        block_size=256,
-        windows_per_task=1,
-        batch_size=1,
-    )
-    assert read(tmp_path / "a.tif")[1]["tags"]["runtime"] == "onnx"
-    for other in (a, b):  # same nodata, values within one 1/254 step of torch's
-        assert np.array_equal(other == 255, torch_out == 255)
-        diff = np.abs(other - torch_out)
-        assert diff.max() <= 1 and (diff == 0).mean() > 0.99
-    diff = np.abs(a - b)
-    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
-
-
-def test_onnx_runtime_refuses_cuda_and_bf16(model_dir, image, tmp_path) -> None:
-    for options in ({"device": "cuda"}, {"precision": "bf16"}):
-        with pytest.raises(ValueError, match="runtime onnx"):
-            _predict(image, tmp_path / "x.tif", model_dir, runtime="onnx", **options)
-    assert not (tmp_path / "x.tif").exists()
-
-
-def test_onnx_runtime_tta_equals_torch_tta(model_dir) -> None:
-    """The workers' onnxruntime path (pipeline.onnx_predict) with the eight dihedral
-    transforms gives torch's TTA probabilities."""
-    from pipeline import onnx_predict
-
-    model, _ = load_model(model_dir, torch.device("cpu"))
-    x = np.random.default_rng(1).normal(size=(2, 4, 64, 96)).astype(np.float32)
-    got = onnx_predict.forward_probs(str(model_dir), model, x, tta=True)
-    want = forward_probs(model, torch.from_numpy(x), torch.device("cpu"), tta=True)
-    assert got.shape == want.shape == (2, 64, 96)
-    assert np.abs(got - want).max() < 1e-4
