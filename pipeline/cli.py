@@ -161,8 +161,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
     p = _params(args) if args.params or DEFAULT_PARAMS.exists() else None
     d = p.predict if p else PredictParams()
     reg = p.register if p else RegisterParams()
+    from pipeline.sources import resolve_input
+
+    images = [resolve_input(i, args.asset) for i in args.image]  # STAC items, /vsicurl/ paths
     predict_batch(
-        batch_targets([Path(i) for i in args.image], args.output, args.vectors),
+        batch_targets(images, args.output, args.vectors, args.stac_item),
         scheduler=args.scheduler,
         workers=d.workers if args.workers is None else args.workers,
         device=args.device or d.device,
@@ -184,6 +187,23 @@ def cmd_predict(args: argparse.Namespace) -> None:
         tracking_default=reg.tracking_uri,
         progress=not args.quiet,
     )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from pipeline.export import OPSET, export_onnx
+
+    p = _params(args) if args.params or DEFAULT_PARAMS.exists() else None
+    d = p.predict if p else PredictParams()
+    reg = p.register if p else RegisterParams()
+    out = export_onnx(
+        args.model,
+        args.output,
+        tile_size=d.window if args.tile_size is None else args.tile_size,
+        overlap_px=d.overlap if args.overlap is None else args.overlap,
+        overwrite=args.overwrite,
+        tracking_default=reg.tracking_uri,
+    )
+    print(f"wrote {out} (ONNX opset {OPSET}, metadata for the QGIS Deepness plugin)")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -315,7 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "image",
         nargs="+",
-        help="input raster(s) (GeoTIFF, COG, VRT, ...); several share one cluster and one model load",
+        help="input raster(s) (GeoTIFF, COG, VRT, ...), any GDAL path (/vsicurl/https://..., "
+        "/vsis3/...) or STAC Item (.json file or URL); several share one cluster and one model load",
+    )
+    sp.add_argument(
+        "--asset",
+        help="a STAC Item's asset to predict (default: the first with role 'data', else the first "
+        "GeoTIFF/JP2)",
     )
     sp.add_argument(
         "-o",
@@ -359,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write road centrelines to this GeoPackage; with several images, a folder",
     )
     sp.add_argument(
+        "--stac-item",
+        help="also write a STAC Item describing the prediction (EPSG:4326 footprint, projection, "
+        "assets, model and settings) to this .json; with several images, a folder",
+    )
+    sp.add_argument(
         "--dtype", choices=["uint8", "float32"], default="uint8", help="output sample type"
     )
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -393,6 +424,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="score from a seeded sample of this many APLS control points and TOPO seeds (big networks)",
     )
     sp.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
+    sp = add(
+        "export",
+        cmd_export,
+        "export a model to ONNX for QGIS (Deepness) and onnxruntime",
+        "Write a model folder or registry model as ONNX (opset 17; dynamic batch and size; input "
+        "normalised as predict does, output road probability) with the metadata the QGIS "
+        "Deepness plugin reads: model type, class names, resolution, standardisation, tile size "
+        "and overlap, threshold.",
+    )
+    sp.add_argument("model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder")
+    sp.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    sp.add_argument(
+        "--tile-size",
+        type=_positive_int,
+        help="Deepness tile size in pixels, a multiple of 32 (default: predict.window)",
+    )
+    sp.add_argument(
+        "--overlap",
+        type=_non_negative_int,
+        help="Deepness tile overlap in pixels, stored as a percentage (default: predict.overlap)",
+    )
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing file")
     sp = add(
         "models",
         cmd_models,

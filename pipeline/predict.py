@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import parallel, raster, registry
+from pipeline import parallel, raster, registry, sources, stac, styles
 from pipeline.atomic import check_free_space
 from pipeline.config import PRECISIONS
 from pipeline.model_config import ModelConfig, check_weights, read_config, resolve_model
@@ -69,8 +69,11 @@ class PredictResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def default_output_path(image: Path) -> Path:
-    """``region.tif`` -> ``region_roads.tif`` beside it."""
+def default_output_path(image: str | Path) -> Path:
+    """``region.tif`` -> ``region_roads.tif`` beside it; a remote raster's (``/vsicurl/...``)
+    in the current folder."""
+    if sources.is_remote(image):
+        return Path(sources.file_stem(image) + "_roads.tif")
     image = Path(image)
     return image.with_name(image.stem + "_roads.tif")
 
@@ -261,7 +264,7 @@ def _stream_windows(
 
 
 def predict_raster(
-    image: Path,
+    image: str | Path,
     output: Path,
     *,
     model: str | Path = "models:/road-unet@champion",
@@ -277,6 +280,8 @@ def predict_raster(
     vectors: Path | None = None,
     vector_min_spur_m: float = 10.0,
     vector_simplify_m: float = 1.0,
+    stac_item: Path | None = None,
+    source_item: dict | None = None,
     overwrite: bool = False,
     dtype: str = "uint8",
     tracking_default: str = "sqlite:///mlflow.db",
@@ -293,7 +298,7 @@ def predict_raster(
     ``raster.RasterError`` when the band count does not match the model.
     """
     t0 = time.perf_counter()
-    image, output = Path(image), Path(output)
+    image, output = sources.gdal_name(image), Path(output)  # /vsicurl/https://... stays a str
     if dtype not in ("uint8", "float32"):
         raise ValueError(f"dtype must be uint8 or float32, got {dtype!r}")
     if precision not in PRECISIONS:
@@ -302,14 +307,18 @@ def predict_raster(
         raise ValueError(f"block_size must be a positive multiple of 256, got {block_size}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for target in (output, vectors):
+    for target in (output, vectors, styles.style_path(output), stac_item):
         if target is not None and Path(target).exists() and not overwrite:
             raise FileExistsError(f"{target}: exists; pass --overwrite to replace it")
-    if output.resolve() == image.resolve():
+    if sources.absolute(image) == str(output.resolve()):
         raise ValueError(f"{output}: the output would replace the input image")
 
     info = raster.raster_info(image)
     check_free_space(output, min_output_bytes(info.width, info.height, dtype))
+    if stac_item is not None and info.crs is None:  # refused before any work, not after it
+        raise raster.RasterError(
+            f"{image}: no CRS, so no STAC Item (its footprint is in EPSG:4326)"
+        )
     # A registry model is resolved on a thread while the cluster starts: importing MLflow and
     # asking the store take about as long (~1.7 s) as a worker takes to start. A model folder
     # is read and checked at once, so that its errors come before any cluster starts.
@@ -360,7 +369,9 @@ def predict_raster(
         if progress:
             print(plan_line(image, grid, len(groups), parallel.total_threads(client)))
         assembler = BlockAssembler(info.height, info.width, block_size, [g.region for g in groups])
-        job = PredictJob(str(image.resolve()), model_dir, device, grid, batch_size, tta, precision)
+        job = PredictJob(
+            sources.absolute(image), model_dir, device, grid, batch_size, tta, precision
+        )
         stopping = None
         try:
             with raster.stream_cog(
@@ -390,7 +401,7 @@ def predict_raster(
                         encode,
                         timings,
                         progress,
-                        image.name,
+                        sources.display_name(image),
                     )
                 finally:
                     # workers of a cluster that outlives this call (--scheduler) close the raster
@@ -408,6 +419,7 @@ def predict_raster(
                 stopping.result()
     # the part of the cluster's shutdown not hidden behind the COG finalisation
     timings["cluster_stop"] = time.perf_counter() - t_stop
+    styles.write_probability_style(output, config.threshold, overwrite=overwrite)
 
     vectors_out = None
     if vectors is not None:
@@ -420,6 +432,17 @@ def predict_raster(
             overwrite=overwrite,
             min_spur_m=vector_min_spur_m,
             simplify_m=vector_simplify_m,
+        )
+    if stac_item is not None:
+        stac.write_prediction_item(
+            Path(stac_item),
+            output,
+            info,
+            tags,
+            vectors=vectors_out,
+            source_item=source_item,
+            encoding={"data_type": dtype, "nodata": nodata, "scale": scale},
+            overwrite=overwrite,
         )
     seconds = time.perf_counter() - t0
     return PredictResult(

@@ -13,37 +13,49 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import parallel
+from pipeline import parallel, sources
 from pipeline.atomic import OutputError, exclusive_output
 from pipeline.predict import default_output_path, predict_raster
 from pipeline.raster import RasterError
+from pipeline.sources import Source
 
 
 @dataclass(frozen=True)
 class Target:
     """One input raster and the files predict writes for it."""
 
-    image: Path
+    image: str | Path  # a local file, or a GDAL name such as /vsicurl/https://...
     output: Path
     vectors: Path | None = None
+    stac_item: Path | None = None  # where to write the prediction's STAC Item
+    source_item: dict | None = None  # the STAC Item the image came from
 
 
 def batch_targets(
-    images: Sequence[Path], output: str | Path | None = None, vectors: str | Path | None = None
+    images: Sequence[str | Path | Source],
+    output: str | Path | None = None,
+    vectors: str | Path | None = None,
+    stac_item: str | Path | None = None,
 ) -> list[Target]:
     """Where each image's outputs go.
 
-    ``output`` / ``vectors`` name a file for one image, or an existing folder, which gets
-    ``<image>_roads.tif`` / ``<image>_roads.gpkg``; with several images they must be folders.
-    Without ``output`` each raster goes beside its input. Raises ValueError, before any work,
+    ``output`` / ``vectors`` / ``stac_item`` name a file for one image, or an existing folder,
+    which gets ``<image>_roads.tif`` / ``.gpkg`` / ``.json``; with several images they must be
+    folders. Without ``output`` each raster goes beside its input (a remote one's, or a STAC
+    Item's named by the item id, in the current folder). Raises ValueError, before any work,
     when two inputs would write the same file.
     """
+    given = [i if isinstance(i, Source) else sources.resolve_input(i) for i in images]
 
-    def place(image: Path, value: str | Path | None, flag: str, suffix: str) -> Path | None:
+    def place(src: Source, value: str | Path | None, flag: str, suffix: str) -> Path | None:
         if value is None:
-            return default_output_path(image) if suffix == ".tif" else None
+            if suffix != ".tif":
+                return None
+            if src.item is not None:  # a STAC Item's image: named by the item
+                return Path(f"{src.stem}_roads.tif")
+            return default_output_path(src.path)
         if Path(value).is_dir():
-            return Path(value) / f"{image.stem}_roads{suffix}"
+            return Path(value) / f"{src.stem}_roads{suffix}"
         if len(images) > 1:
             raise ValueError(
                 f"{value}: with {len(images)} images, {flag} must be an existing folder "
@@ -53,25 +65,27 @@ def batch_targets(
 
     targets = [
         Target(
-            Path(image),
-            place(Path(image), output, "-o/--output", ".tif"),
-            place(Path(image), vectors, "--vectors", ".gpkg"),
+            src.path,
+            place(src, output, "-o/--output", ".tif"),
+            place(src, vectors, "--vectors", ".gpkg"),
+            place(src, stac_item, "--stac-item", ".json"),
+            src.item,
         )
-        for image in images
+        for src in given
     ]
-    writers: dict[Path, Path] = {}
+    writers: dict[Path, Target] = {}
     for t in targets:
-        for path in (t.output, t.vectors):
+        for path in (t.output, t.vectors, t.stac_item):
             if path is None:
                 continue
-            if path.resolve() == t.image.resolve():
+            if not sources.is_remote(t.image) and path.resolve() == Path(t.image).resolve():
                 raise ValueError(
                     f"{path}: is the input image itself; give another output name (-o)"
                 )
-            other = writers.setdefault(path.resolve(), t.image)
-            if other is not t.image:
+            other = writers.setdefault(path.resolve(), t)
+            if other is not t:
                 raise ValueError(
-                    f"{other} and {t.image} would both write {path}; predict them separately"
+                    f"{other.image} and {t.image} would both write {path}; predict them separately"
                 )
     return targets
 
@@ -82,7 +96,7 @@ def exclusive_outputs(target: Target) -> Iterator[None]:
     predict of the same output fails at once instead of racing this one, and temporaries left
     by a killed earlier run of it are removed."""
     with contextlib.ExitStack() as stack:
-        for path in (target.output, target.vectors):
+        for path in (target.output, target.vectors, target.stac_item):
             if path is not None:
                 stack.enter_context(exclusive_output(path))
         yield
@@ -112,12 +126,14 @@ def predict_batch(
     """
     if skip_existing and overwrite:
         raise ValueError("--skip-existing and --overwrite contradict each other; give one")
-    outputs = {t.output.resolve() for t in targets}
+    outputs = {str(t.output.resolve()) for t in targets}
     todo = []
     for t in targets:
-        if t.image.resolve() in outputs:
+        if sources.absolute(t.image) in outputs:
             report(f"skipped {t.image}: it is the output of another image given")
-        elif skip_existing and t.output.exists() and (t.vectors is None or t.vectors.exists()):
+        elif skip_existing and all(
+            p is None or p.exists() for p in (t.output, t.vectors, t.stac_item)
+        ):
             report(f"skipped {t.image}: {t.output} exists")
         else:
             todo.append(t)
@@ -132,6 +148,8 @@ def predict_batch(
                         t.image,
                         t.output,
                         vectors=t.vectors,
+                        stac_item=t.stac_item,
+                        source_item=t.source_item,
                         scheduler=address,
                         workers=workers,
                         device=device,

@@ -24,6 +24,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
+from pipeline import sources
 from pipeline.atomic import atomic_path, temporary_name
 
 
@@ -35,7 +36,7 @@ class RasterError(ValueError):
 class RasterInfo:
     """The grid and sample description of a raster, without its pixels."""
 
-    path: Path
+    path: str | Path  # a GDAL name such as /vsicurl/https://... stays a string
     width: int
     height: int
     count: int
@@ -72,10 +73,18 @@ class RasterInfo:
         return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
 
 
-def _open(path: Path) -> rasterio.DatasetReader:
+def _open(path: str | Path) -> rasterio.DatasetReader:
+    path = sources.gdal_name(path)  # /vsicurl/https://... stays a string
     try:
+        if sources.is_remote(path):
+            # a COG over HTTP or in a bucket: no probing for sidecar files (.aux.xml, .msk, a
+            # directory listing), each a request GDAL's docs advise against for cloud rasters
+            with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+                return rasterio.open(path)
         return rasterio.open(path)
     except RasterioIOError as e:
+        if sources.is_remote(path):
+            raise RasterError(f"{path}: GDAL cannot read it ({e})") from e
         if not Path(path).exists():
             raise RasterError(f"{path}: file not found") from e
         raise RasterError(f"{path}: not a raster GDAL can read ({e})") from e
@@ -83,7 +92,7 @@ def _open(path: Path) -> rasterio.DatasetReader:
 
 def raster_info(path: str | Path) -> RasterInfo:
     """Describe a raster's grid; raises RasterError naming the file when it cannot be read."""
-    path = Path(path)
+    path = sources.gdal_name(path)
     with _open(path) as ds:
         alpha = any(ci == ColorInterp.alpha for ci in ds.colorinterp)
         if alpha:
@@ -116,7 +125,7 @@ def raster_info(path: str | Path) -> RasterInfo:
 @contextlib.contextmanager
 def open_reader(path: str | Path) -> Iterator[WindowReader]:
     """Keep one dataset open for many window reads (one per worker/task, not per window)."""
-    path = Path(path)
+    path = sources.gdal_name(path)
     ds = _open(path)
     try:
         yield WindowReader(ds, path)

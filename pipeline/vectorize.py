@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import atomic_path, refuse_existing
+from pipeline.styles import add_roads_style
 
 # neighbour offsets (row, col): 4-neighbours first, then diagonals
 _OFFSETS = np.array([(-1, 0), (0, -1), (0, 1), (1, 0), (-1, -1), (-1, 1), (1, -1), (1, 1)])
@@ -263,7 +264,8 @@ def vectorize_raster(
     Layer ``roads``: LineStrings in the raster's CRS with ``length_m`` (geodesic metres for a
     geographic CRS; CRS units otherwise). Dead-end branches shorter than ``min_spur_m`` are
     pruned and lines simplified by ``simplify_m``, both in metres on the ground, so the result
-    does not depend on the pixel size (a raster without CRS: pixels). Written to a temporary
+    does not depend on the pixel size (a raster without CRS: pixels). The layer's default QGIS
+    style is stored in the GeoPackage (``styles.add_roads_style``). Written to a temporary
     file and renamed.
     """
     import geopandas as gpd
@@ -294,4 +296,5 @@ def vectorize_raster(
     frame = gpd.GeoDataFrame({"length_m": np.asarray(lengths, float)}, geometry=geoms, crs=crs)
     with atomic_path(out_path) as tmp:
         frame.to_file(tmp, layer="roads", driver="GPKG", geometry_type="LineString")
+        add_roads_style(tmp)  # QGIS opens the layer styled
     return out_path

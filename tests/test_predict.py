@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyogrio
 import pytest
 import rasterio
 from affine import Affine
@@ -719,6 +720,9 @@ def test_vectors_are_written_as_linestrings(scene, model_dir, scheduler, tmp_pat
     assert len(roads) > 0 and set(roads.geom_type) == {"LineString"}
     assert "length_m" in roads and (roads["length_m"] > 0).all()
     assert roads.crs.to_epsg() == 32632
+    # both outputs open styled in QGIS: a .qml beside the COG, a default style in the GeoPackage
+    assert 'type="singlebandpseudocolor"' in (tmp_path / "o.qml").read_text()
+    assert "layer_styles" in dict(pyogrio.list_layers(vec))
 
 
 def test_default_output_path() -> None:
