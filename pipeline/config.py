@@ -70,6 +70,11 @@ class SceneSource(_Section):
     split: Literal["auto", "train", "val", "test"] = Field(
         "auto", description="'test' holds the whole scene out; 'auto' assigns area blocks"
     )
+    bands: list[int] | dict[str, int] | None = Field(
+        None,
+        description="The image's bands for data.bands: 1-based indexes in data.bands order, or "
+        "name -> index; None: by band name (descriptions, colour interpretation), else file order",
+    )
 
     @model_validator(mode="after")
     def _one_label_source(self) -> SceneSource:
@@ -300,6 +305,14 @@ class PredictParams(_Section):
         "auto",
         description="Autocast precision; auto: bf16 on CUDA, fp32 on CPU (bf16 there is faster but "
         "makes pixels depend on the thread count by a few 1/254 steps)",
+    )
+    resample: bool = Field(
+        True,
+        description="Predict a raster whose pixel size differs from the model's (by more than "
+        "gsd_tolerance) at the model's pixel size, window by window; false: as it is, with a warning",
+    )
+    gsd_tolerance: float = Field(
+        1.25, ge=1, description="Pixel size ratio (raster / model) tolerated without resampling"
     )
     vector_min_spur_m: float = Field(
         10.0, ge=0, description="--vectors: prune dead-end branches shorter than this"
