@@ -224,6 +224,12 @@ class TrainParams(_Section):
         "warmed up as min(decay, (1+t)/(10+t))); validation, the best checkpoint and the saved model "
         "use the average; null = off",
     )
+    normalisation: Literal["dataset", "percentile"] = Field(
+        "dataset",
+        description="dataset: the train chips' mean/std; percentile: each scene (and each raster "
+        "predicted) stretched between its own 2nd and 98th band percentiles first, so imagery "
+        "from a darker or flatter sensor maps to the same range; stored in the model",
+    )
     augment: bool = Field(True, description="Dihedral flips/rotations and per-band jitter")
     scale_jitter: float = Field(
         0.0,

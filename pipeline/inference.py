@@ -126,10 +126,20 @@ def forward_probs(
 
 
 def normalise(
-    image: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.ndarray
+    image: np.ndarray,
+    valid: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    stretch: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(C, H, W) any dtype -> float32 ``(x - mean) / std``, 0 where the pixel is nodata."""
-    x = (image.astype(np.float32) - mean[:, None, None]) / std[:, None, None]
+    """(C, H, W) any dtype -> float32 ``(x - mean) / std``, 0 where the pixel is nodata. With
+    ``stretch`` (C, 2), each band's (low, high) is first mapped to (0, 1) (percentile
+    normalisation, as ``datasets.Normalisation``)."""
+    x = image.astype(np.float32)
+    if stretch is not None:
+        lo, hi = stretch[:, 0], stretch[:, 1]
+        x = (x - lo[:, None, None]) / (hi - lo)[:, None, None]
+    x = (x - mean[:, None, None]) / std[:, None, None]
     x[:, ~valid] = 0.0
     return x
 
@@ -239,6 +249,7 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
     model, config, device = worker_model(job.model_dir, job.device)
     mean = np.asarray(config.mean, np.float32)
     std = np.asarray(config.std, np.float32)
+    stretch = None if job.stretch is None else np.asarray(job.stretch, np.float32)
     region = group.region
     contrib: np.ndarray | None = None
     valid_out: np.ndarray | None = None
@@ -281,9 +292,9 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
                 continue
             if job.scale != 1.0:
                 shape = model_shape(rect.height, rect.width, job.scale)
-                x = normalise(*resample_window(image, valid, shape), mean, std)
+                x = normalise(*resample_window(image, valid, shape), mean, std, stretch)
             else:
-                x = normalise(image, valid, mean, std)
+                x = normalise(image, valid, mean, std, stretch)
             timings["read"] += time.perf_counter() - t0
             if batch and batch[0][1].shape != x.shape:
                 flush()  # the last row/column of windows is cropped: a batch holds one shape

@@ -119,7 +119,7 @@ def _check_inputs(
         warnings.warn(
             f"{image}: raster has no CRS; the prediction will have none either", stacklevel=3
         )
-    if config.dtype and info.dtype != config.dtype:
+    if config.dtype and info.dtype != config.dtype and config.normalisation == "dataset":
         warnings.warn(
             f"{image}: sample type {info.dtype}, but the model {model_ref} was trained on {config.dtype} "
             "imagery; it normalises with that imagery's statistics, so rescale the raster to the same "
@@ -351,6 +351,9 @@ def predict_raster(
         if from_registry:
             plan = _check_inputs(image, info, config, str(model), bands)
         scale = pixel_scale(image, info, config, str(model), resample, gsd_tolerance)
+        stretch = None
+        if config.normalisation == "percentile":  # this raster's own band range, as in training
+            stretch = tuple(raster.band_percentiles(image, plan))
         grid = raster_grid(info, window, overlap, scale)
         tags.update(
             window=window,
@@ -390,6 +393,7 @@ def predict_raster(
             precision,
             plan=plan,
             scale=scale,
+            stretch=stretch,
         )
         stopping = None
         try:

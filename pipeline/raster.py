@@ -294,6 +294,31 @@ def _finish_plan(
     return BandPlan(tuple(bands), validity, note)
 
 
+PERCENTILE_RANGE = (2.0, 98.0)  # the per-raster stretch of ``normalisation: percentile``
+PERCENTILE_SAMPLE_PX = 1024  # longer side of the decimated read the percentiles come from
+
+
+def band_percentiles(
+    path: str | Path, plan: BandPlan, size: int = PERCENTILE_SAMPLE_PX
+) -> list[tuple[float, float]]:
+    """Each planned band's (2nd, 98th) percentile over the valid pixels of a decimated read of
+    the whole raster (nearest neighbour, from overviews where present: a sample of real pixel
+    values, cheap for any raster size). High is at least low + 1 (a flat band)."""
+    path = Path(path)
+    with _open(path) as ds:
+        step = max(1.0, max(ds.height, ds.width) / size)
+        shape = (max(1, round(ds.height / step)), max(1, round(ds.width / step)))
+        img = ds.read(list(plan.bands), out_shape=(len(plan.bands), *shape))
+        if plan.validity == "all":
+            valid = np.ones(shape, bool)
+        else:
+            valid = ds.dataset_mask(out_shape=shape) > 0
+    if not valid.any():
+        raise RasterError(f"{path}: no valid pixel to take band percentiles from")
+    lo, hi = np.percentile(img[:, valid].astype(np.float64), PERCENTILE_RANGE, axis=1)
+    return [(float(a), float(max(b, a + 1.0))) for a, b in zip(lo, hi, strict=True)]
+
+
 @contextlib.contextmanager
 def open_reader(path: str | Path, plan: BandPlan | None = None) -> Iterator[WindowReader]:
     """Keep one dataset open for many window reads (one per worker/task, not per window).

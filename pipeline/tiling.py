@@ -431,6 +431,10 @@ def run_tile(
     for bp in band_plans.values():
         if bp.note:
             log.info("%s", bp.note)
+    # each scene's own band range, for models trained with normalisation: percentile
+    percentiles = {
+        s.name: raster.band_percentiles(s.image, band_plans[s.name]) for s in data.scenes
+    }
     plans = plan_chips(data, tile, infos)
     out = Path(tile.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -511,6 +515,8 @@ def run_tile(
         gsd_m=_median_gsd(data, infos),
         mean=[float(m) for m in mean],
         std=[float(s) for s in std],
+        percentiles={name: [list(p) for p in bands] for name, bands in percentiles.items()},
+        **stretched_stats(results, percentiles),
         chip_size=tile.chip_size,
         landcover_classes=classes,
         scenes={s.name: s.split for s in data.scenes},
@@ -520,6 +526,27 @@ def run_tile(
     write_text_atomic(tile.stats_path, json.dumps(stats, indent=2))
     log.info("tiled %d chips: %s", len(index), stats["counts"])
     return stats
+
+
+def stretched_stats(
+    results: list[SceneTiles], percentiles: dict[str, list[tuple[float, float]]]
+) -> dict[str, list[float]]:
+    """Mean and std of the train pixels after each scene's percentile stretch
+    ``(x - low) / (high - low)``, pooled over scenes; exact, from each scene's raw band sums
+    (the stretch is linear per scene)."""
+    total = total_sq = 0.0
+    count = 0
+    for res in results:
+        if not res.band_count:
+            continue
+        lo, hi = np.asarray(percentiles[res.scene], np.float64).T
+        d, n = hi - lo, res.band_count
+        total = total + (res.band_sum - n * lo) / d
+        total_sq = total_sq + (res.band_sumsq - 2 * lo * res.band_sum + n * lo * lo) / (d * d)
+        count += n
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    return dict(percentile_mean=[float(m) for m in mean], percentile_std=[float(s) for s in std])
 
 
 def write_index(index, path: Path) -> None:

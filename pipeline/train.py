@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from pipeline import registry
 from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.config import PretrainParams, RegisterParams, TileParams, TrainParams
-from pipeline.datasets import Normalisation, SegmentationChips, read_stats
+from pipeline.datasets import SegmentationChips, chip_normalisation, read_stats
 from pipeline.metrics import DEFAULT_THRESHOLDS, Confusion, ThresholdSweep, best_f1_threshold
 from pipeline.model import (
     CONFIG_FILE,
@@ -283,6 +283,7 @@ def run_train(
     amp_dtype = autocast_dtype(device, params.precision, training=True)
     log.info("training on %s, autocast %s", device, amp_dtype or "off (float32)")
     stats = read_stats(tile.out_dir)
+    normalisation = params.normalisation
     mean, std = stats["mean"], stats["std"]
     source_dir, source, init_digest = None, None, ""
     if params.init_from:
@@ -290,10 +291,12 @@ def run_train(
         source = read_config(source_dir)
         check_fine_tunable(params.init_from, source, params, stats["bands"])
         # the weights learnt on inputs normalised the source's way: keep its statistics
-        mean, std = source.mean, source.std
+        mean, std, normalisation = source.mean, source.std, source.normalisation
         init_digest = file_digest(source_dir / WEIGHTS_FILE)
         log.info("fine-tuning from %s (%s)", params.init_from, source_dir)
-    norm = Normalisation.from_lists(mean, std)
+    norm, mean, std = chip_normalisation(
+        stats, normalisation, tile.stats_path, (mean, std) if source else None
+    )
 
     train_ds = SegmentationChips(
         tile.out_dir,
@@ -317,6 +320,7 @@ def run_train(
         bands=stats["bands"],
         mean=mean,
         std=std,
+        normalisation=normalisation,
         chip_size=stats["chip_size"],
         dtype=stats.get("dtype", ""),
         gsd_m=stats.get("gsd_m"),

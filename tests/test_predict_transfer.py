@@ -1,6 +1,7 @@
-"""Predict at the model's pixel size: a raster finer or coarser than the model's ``gsd_m`` is
-resampled window by window and its probability comes back on the raster's own grid (real
-GeoTIFFs, a real U-Net, real Dask clusters)."""
+"""Imagery from another source at predict: a raster finer or coarser than the model's ``gsd_m``
+is resampled window by window and its probability comes back on the raster's own grid; a
+model trained with percentile normalisation sees a darker sensor's raster as it saw its
+training imagery (real GeoTIFFs, a real U-Net, real Dask clusters)."""
 
 from __future__ import annotations
 
@@ -110,3 +111,53 @@ def test_the_hint_for_a_raster_in_degrees_reprojects_to_its_utm_zone(metre_model
     info = raster.raster_info(geo)
     with pytest.warns(UserWarning, match=r"gdalwarp -t_srs EPSG:32632 -tr 1 1; the raster is in"):
         assert pixel_scale(geo, info, read_config(tmp_path / "m"), "m", resample=False) == 1.0
+
+
+def _with(folder: Path, dest: Path, **fields) -> Path:
+    shutil.copytree(folder, dest)
+    cfg = json.loads((dest / "model.json").read_text())
+    (dest / "model.json").write_text(json.dumps({**cfg, **fields}))
+    return dest
+
+
+@pytest.mark.slow
+def test_a_percentile_model_sees_a_darker_flatter_copy_alike(
+    metre_model, scheduler, tmp_path
+) -> None:
+    bright = smooth_image(96, 128)
+    bright[:, :10, :10] = 0  # nodata stays out of the percentiles
+    dark = np.where(bright > 0, bright * 0.4 + 5, 0)  # another sensor: darker, flatter
+    kw = dict(window=64, overlap=16, scheduler=scheduler, progress=False)
+    percentile = _with(
+        metre_model,
+        tmp_path / "p",
+        normalisation="percentile",
+        mean=[0.5] * 4,
+        std=[0.3] * 4,
+        gsd_m=None,
+    )
+    dataset = _with(metre_model, tmp_path / "d", gsd_m=None)
+    out = {}
+    for name, data in (("bright", bright), ("dark", dark)):
+        img = write_raster(tmp_path / f"{name}.tif", data.astype(np.float32), nodata=0)
+        for model in (percentile, dataset):
+            res = predict_raster(img, tmp_path / f"{name}_{model.name}.tif", model=model, **kw)
+            out[name, model.name] = read(res.output)[0].astype(float) / 254
+    valid = out["bright", "p"] < 255 / 254
+    assert (out["dark", "p"][~valid] == 255 / 254).all()
+    same = np.abs(out["bright", "p"] - out["dark", "p"])[valid]
+    other = np.abs(out["bright", "d"] - out["dark", "d"])[valid]
+    assert same.max() <= 2 / 254 and other.mean() > 0.01  # mean/std alone: another answer
+
+
+def test_band_percentiles_come_from_valid_pixels_of_the_planned_bands(tmp_path) -> None:
+    data = np.zeros((2, 200, 300), np.uint16)
+    data[0] = np.arange(300)[None] + 100  # 100 .. 399 along x
+    data[1] = 7  # flat
+    data[:, :, :50] = 0  # nodata
+    path = write_raster(tmp_path / "p.tif", data, nodata=0)
+    ((lo, hi), (flat_lo, flat_hi)) = raster.band_percentiles(path, raster.band_plan(path))
+    assert lo == pytest.approx(150 + 0.02 * 249, abs=2) and hi == pytest.approx(
+        150 + 0.98 * 249, abs=2
+    )
+    assert (flat_lo, flat_hi) == (7.0, 8.0)
