@@ -142,8 +142,12 @@ def band_names(path: str | Path) -> list[str]:
 
 
 def _band_names(ds: rasterio.DatasetReader) -> list[str]:
+    # Red/green/blue of a file with more than 4 bands come from the TIFF's RGB photometric,
+    # GDAL's default, not from its author: SpaceNet's 8-band WorldView-3 chips say bands 1-3
+    # are red, green, blue (they are coastal, blue, green). Only descriptions name those.
+    weak = {ColorInterp.red, ColorInterp.green, ColorInterp.blue} if ds.count > 4 else set()
     return [
-        (desc or "").strip().lower() or ("" if ci in _NAMELESS else ci.name.lower())
+        (desc or "").strip().lower() or ("" if ci in _NAMELESS or ci in weak else ci.name.lower())
         for desc, ci in zip(ds.descriptions, ds.colorinterp, strict=True)
     ]
 

@@ -132,6 +132,13 @@ def test_bands_are_picked_by_name_declared_or_refused(tmp_path) -> None:
         band_plan(named, BANDS, [5, 3, 2, 9])
     with pytest.raises(RasterError, match="name no band for nir"):
         band_plan(named, BANDS, {"red": 5, "green": 3, "blue": 2})
+    # 8 bands under GDAL's default RGB photometric: bands 1-3 say red, green, blue, but only
+    # descriptions are trusted that far (a WorldView-3 file's bands 1-3 are coastal, blue, green)
+    rgb8 = write_default(tmp_path / "rgb8.tif", eight, photometric="RGB")
+    with rasterio.open(rgb8) as ds:
+        assert ds.colorinterp[0] == rasterio.enums.ColorInterp.red
+    with pytest.raises(RasterError, match=r"has 8 band\(s\) \(1=\?, 2=\?"):
+        band_plan(rgb8, BANDS[:3])
     # names that do not match, same count: file order, said in one line
     other = write_default(tmp_path / "other.tif", rgbn(), ["b1", "b2", "b3", "b4"])
     plan = band_plan(other, BANDS)
@@ -216,3 +223,15 @@ def test_tile_reads_rgbn_defaults_and_declared_bands_as_4_band_scenes(tmp_path) 
     entries[0]["bands"] = [1, 2, 3]
     with pytest.raises(TilingError, match=r"default\.tif: 3 band\(s\) declared"):
         check_scenes(DataParams(scenes=entries, bands=BANDS))
+
+
+def test_predict_cli_takes_declared_bands_and_no_resample(capsys) -> None:
+    from pipeline.cli import build_parser
+
+    args = build_parser().parse_args(["predict", "x.tif", "--bands", "5,3,2,7", "--no-resample"])
+    assert args.bands == [5, 3, 2, 7] and args.no_resample
+    args = build_parser().parse_args(["predict", "x.tif", "--bands", "red=5,nir=7"])
+    assert args.bands == {"red": 5, "nir": 7} and not args.no_resample
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "x.tif", "--bands", "red,green"])
+    assert "1-based band indexes" in capsys.readouterr().err
