@@ -350,18 +350,18 @@ def predict_raster(
         folder, config, tags = resolving.result()
         if from_registry:
             plan = _check_inputs(image, info, config, str(model), bands)
-        scale = pixel_scale(image, info, config, str(model), resample, gsd_tolerance)
+        px_scale = pixel_scale(image, info, config, str(model), resample, gsd_tolerance)
         stretch = None
         if config.normalisation == "percentile":  # this raster's own band range, as in training
             stretch = tuple(raster.band_percentiles(image, plan))
-        grid = raster_grid(info, window, overlap, scale)
+        grid = raster_grid(info, window, overlap, px_scale)
         tags.update(
             window=window,
             overlap=overlap,
             tta=tta,
             precision=precision,
             bands=",".join(str(b) for b in plan.bands),
-            model_pixels_per_pixel=f"{scale:.6g}",
+            model_pixels_per_pixel=f"{px_scale:.6g}",
             encoding="uint8: p = value / 254, 255 = nodata"
             if dtype == "uint8"
             else "float32: p, NaN = nodata",
@@ -392,7 +392,7 @@ def predict_raster(
             tta,
             precision,
             plan=plan,
-            scale=scale,
+            scale=px_scale,
             stretch=stretch,
         )
         stopping = None

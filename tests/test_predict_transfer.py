@@ -58,6 +58,7 @@ def test_a_finer_raster_is_predicted_at_the_models_pixel_size_on_its_own_grid(
     # (a) the input's grid, CRS and nodata; the model ran at 1 m: 128 px windows of the raster
     assert (prof["height"], prof["width"], prof["transform"]) == (256, 320, FINE)
     assert prof["crs"].to_epsg() == 32632 and prof["tags"]["model_pixels_per_pixel"] == "0.5"
+    assert prof["nodata"] == 255 and prof["scales"] == pytest.approx((1 / 254,))
     assert (a[:40, :60] == 255).all() and (a[40:, 60:] < 255).all()
     assert res.windows_run == 3 * 3  # 128 px windows at a 96 px stride
     # (b) the same pixels whatever the workers and task size
