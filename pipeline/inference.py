@@ -172,7 +172,9 @@ def resample_probs(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Probabilities (N, h, w) at the model's pixel size back to the window's ``shape``."""
     if probs.shape[1:] == tuple(shape):
         return probs
-    y = F.interpolate(torch.from_numpy(probs)[:, None], size=shape, mode="bilinear")
+    y = F.interpolate(
+        torch.from_numpy(probs)[:, None], size=shape, mode="bilinear", align_corners=False
+    )
     return y[:, 0].clamp(0, 1).numpy()
 
 
