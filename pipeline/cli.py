@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.config import (
@@ -17,9 +22,8 @@ from pipeline.config import (
     RegisterParams,
     load_params,
 )
-from pipeline.parallel import DeviceError
+from pipeline.parallel import ClusterError, DeviceError
 
-EVALUATED_MODEL_DIR = Path("models/release")
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -70,6 +74,35 @@ def cmd_tile(args: argparse.Namespace) -> None:
     print(f"chips: {stats['counts']}  ->  {p.tile.out_dir}")
 
 
+def cmd_label_check(args: argparse.Namespace) -> None:
+    from pipeline.atomic import write_text_atomic
+    from pipeline.label_check import check_labels
+
+    p = _params(args)
+    probs = Path(args.probabilities) if args.probabilities else None
+    results = check_labels(p.data, p.label_check, probs)
+    rows = [r.as_dict() for r in results]
+    write_text_atomic(p.label_check.report_path, json.dumps(rows, indent=2) + "\n")
+    print(f"{'scene':<20} {'east m':>7} {'north m':>8} {'clarity':>8}  missed")
+    for r in results:
+        missed = (
+            f"{r.omitted_km:.2f} km ({r.omitted_fraction:.0%})" if r.omitted_km is not None else "-"
+        )
+        flag = "  <- offset" if r.flagged else ("" if r.clear else "  (unclear)")
+        print(
+            f"{r.scene:<20} {r.shift_east_m:>7.1f} {r.shift_north_m:>8.1f} "
+            f"{r.peak_to_median:>8.1f}  {missed}{flag}"
+        )
+    for r in results:
+        if r.flagged:
+            print(
+                f"{r.scene}: labels sit {r.shift_m:.1f} m off; set "
+                f"label_offset_m: [{r.shift_east_m:g}, {r.shift_north_m:g}] on this scene in "
+                "data.scenes (added to any offset declared there)"
+            )
+    print(f"report: {p.label_check.report_path}")
+
+
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from pipeline.pretrain import pretrain_backbone
 
@@ -101,7 +134,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     # Evaluate writes its test metrics into a copy: train's output stays as DVC stored it. The
     # copy is evaluated beside the old release and swapped in only on success, so a failed
     # evaluate never leaves a release that metrics/eval.json does not describe.
-    out = EVALUATED_MODEL_DIR
+    out = p.evaluate.release_dir
     staging = out.with_name(f".{out.name}.part")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(p.train.out_dir, staging)
@@ -123,7 +156,7 @@ def cmd_register(args: argparse.Namespace) -> None:
     from pipeline.register import run_register
 
     p = _params(args)
-    receipt = run_register(p, model_dir=EVALUATED_MODEL_DIR, eval_path=p.evaluate.metrics_path)
+    receipt = run_register(p, model_dir=p.evaluate.release_dir, eval_path=p.evaluate.metrics_path)
     print(
         f"registered {receipt['model_name']} v{receipt['version']} as @{receipt['alias']} (test IoU {receipt['test_iou']:.4f})"
     )
@@ -185,6 +218,28 @@ def cmd_models(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_score_network(args: argparse.Namespace) -> None:
+    from pipeline.atomic import refuse_existing, write_text_atomic
+    from pipeline.config import GraphMetricsParams
+    from pipeline.graph_metrics import format_scores, score_network_files
+
+    if args.json:
+        refuse_existing(args.json, args.overwrite)
+    params = GraphMetricsParams(
+        apls_max_sources=args.max_sources, topo_max_seeds=args.max_sources, seed=args.seed
+    )
+    scores = score_network_files(
+        args.truth,
+        args.proposal,
+        params,
+        truth_layer=args.truth_layer,
+        proposal_layer=args.proposal_layer,
+    )
+    print(format_scores(scores))
+    if args.json:
+        write_text_atomic(args.json, json.dumps(scores, indent=2) + "\n", overwrite=args.overwrite)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline",
@@ -217,6 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--workers", type=_positive_int, default=None, help="Dask workers (default: tile.workers)"
+    )
+    sp = add(
+        "label-check",
+        cmd_label_check,
+        "measure how well road labels sit on the imagery",
+        "For each scene with road vectors: the shift that best aligns the labels with the "
+        "imagery's edges (or with a first model's probabilities), and with probabilities the "
+        "length of predicted road no label covers. Writes label_check.report_path.",
+    )
+    sp.add_argument(
+        "--probabilities",
+        help="folder of `pipeline predict` outputs, <image stem>_roads.tif per scene",
     )
     sp = add(
         "pretrain",
@@ -324,6 +391,32 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out images whose outputs all exist (resume an interrupted run over many images)",
     )
+    sp = sub.add_parser(
+        "score-network",
+        help="score a road network against the true one (APLS, TOPO)",
+        description="APLS as SpaceNet defines it (both directions and their harmonic mean) and TOPO "
+        "precision/recall/F1 of a proposed road network against a true one, in metres. Either "
+        "file is a network GeoPackage (edges/nodes layers, as `pipeline network` writes) or any "
+        "line layer (centrelines, OSM, SpaceNet GeoJSON), noded where lines cross; the proposal "
+        "is reprojected to the truth's CRS.",
+    )
+    sp.set_defaults(func=cmd_score_network)
+    sp.add_argument("truth", help="true road network or centrelines (any OGR vector file)")
+    sp.add_argument("proposal", help="proposed road network or centrelines")
+    sp.add_argument(
+        "--truth-layer", help="line layer of the truth (default: edges, else the only one)"
+    )
+    sp.add_argument(
+        "--proposal-layer", help="line layer of the proposal (default: edges, else the only one)"
+    )
+    sp.add_argument("--json", help="also write the scores to this JSON file")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    sp.add_argument(
+        "--max-sources",
+        type=_positive_int,
+        help="score from a seeded sample of this many APLS control points and TOPO seeds (big networks)",
+    )
+    sp.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
     sp = add(
         "models",
         cmd_models,
@@ -339,8 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
 OWN_LOGGERS = ("pipeline", "backbones")
 
 
-def configure_logging(*, verbose: bool) -> None:
-    """Our own progress messages at INFO (DEBUG with -v); other libraries' only from WARNING.
+def configure_logging(*, verbose: bool, quiet: bool = False) -> None:
+    """Our own progress messages at INFO (DEBUG with -v, only warnings with -q); other
+    libraries' only from WARNING. Warnings print as one line, ``warning: <message>``, not with
+    the Python source line that raised them.
 
     Without this a `dvc repro` prints dozens of INFO lines from Dask's scheduler and nannies,
     pyogrio and matplotlib around every stage. Dask configures its ``distributed`` logger
@@ -354,21 +449,71 @@ def configure_logging(*, verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    own_level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
     for name in OWN_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+        logging.getLogger(name).setLevel(own_level)
+    warnings.formatwarning = _one_line_warning
+
+
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    return f"warning: {message}\n"
+
+
+_CLEANED = "its temporary files are removed and no output was left half-written"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a timeout, systemd, Kubernetes, SLURM), raised like Ctrl-C so that the same
+    cleanup runs: temporaries removed, our own Dask cluster stopped, locks released."""
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (in the main thread only: Python
+    delivers signals there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(verbose=args.verbose)
-    if getattr(args, "quiet", False):
-        # -q promises no progress bars: MLflow draws its own when it copies model artifacts
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    configure_logging(verbose=args.verbose, quiet=getattr(args, "quiet", False))
+    # MLflow draws progress bars of its own when it copies model artifacts: noise beside our
+    # stages' own messages (and -q promises none)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if getattr(args, "action", None) == "promote" and not args.version:
         parser.error("models promote needs a VERSION")
     try:
-        args.func(args)
+        with sigterm_as_interrupt():
+            args.func(args)
+    except Terminated:
+        print(f"error: {args.command} stopped by SIGTERM; {_CLEANED}", file=sys.stderr)
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        print(f"error: {args.command} interrupted; {_CLEANED}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (
         ConfigError,
         FileNotFoundError,
@@ -376,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         LookupError,
         ValueError,
         DeviceError,
+        ClusterError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

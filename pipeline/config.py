@@ -75,12 +75,77 @@ class SceneSource(_Section):
         description="The image's bands for data.bands: 1-based indexes in data.bands order, or "
         "name -> index; None: by band name (descriptions, colour interpretation), else file order",
     )
+    label_offset_m: tuple[float, float] | None = Field(
+        None,
+        description="Shift the road vectors by (east, north) metres before they are burned: "
+        "labels drawn over other imagery (OpenStreetMap) are often a few metres off; "
+        "`pipeline label-check` measures the shift",
+    )
 
     @model_validator(mode="after")
     def _one_label_source(self) -> SceneSource:
         if (self.roads is None) == (self.labels is None):
             raise ValueError(f"scene {self.name!r}: give exactly one of 'roads' or 'labels'")
+        if self.label_offset_m is not None and self.roads is None:
+            raise ValueError(
+                f"scene {self.name!r}: label_offset_m shifts road vectors; a label raster "
+                "must be resampled onto the image grid instead"
+            )
         return self
+
+
+# Full carriageway widths in metres by OSM highway class (typical European/North American
+# widths: lanes of ~3.5 m, a motorway's two carriageways with shoulders, a one-lane track).
+OSM_CLASS_WIDTHS_M: dict[str, float] = {
+    "motorway": 18.0,
+    "trunk": 14.0,
+    "primary": 10.0,
+    "secondary": 8.0,
+    "tertiary": 7.0,
+    "unclassified": 6.0,
+    "residential": 6.0,
+    "living_street": 5.0,
+    "road": 6.0,
+    "service": 4.0,
+    "track": 3.0,
+    "motorway_link": 7.0,
+    "trunk_link": 7.0,
+    "primary_link": 6.0,
+    "secondary_link": 6.0,
+    "tertiary_link": 6.0,
+}
+
+
+class OsmParams(_Section):
+    """How road vectors with OpenStreetMap tags (a ``highway`` attribute) become labels."""
+
+    apply: bool = Field(
+        True,
+        description="Apply these rules to road vectors that have a 'highway' attribute (OSM "
+        "extracts, Overpass exports); false: treat them like any other vectors",
+    )
+    road_classes: list[str] = Field(
+        default_factory=lambda: list(OSM_CLASS_WIDTHS_M),
+        description="highway values that count as road; others (footway, path, cycleway, steps, "
+        "construction, proposed, ...) and railways are left out of the labels",
+    )
+    class_widths_m: dict[str, float] = Field(
+        default_factory=lambda: dict(OSM_CLASS_WIDTHS_M),
+        description="Full width in metres per highway class, used when a way has no width or "
+        "lanes tag",
+    )
+    lane_width_m: float = Field(3.5, gt=0, description="Width of one lane (lanes tag x this)")
+    default_width_m: float = Field(
+        5.0, gt=0, description="Width of a road class missing from class_widths_m"
+    )
+
+    @field_validator("class_widths_m")
+    @classmethod
+    def _positive_widths(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: w for k, w in v.items() if not w > 0}
+        if bad:
+            raise ValueError(f"widths must be positive metres, got {bad}")
+        return v
 
 
 class DataParams(_Section):
@@ -94,6 +159,11 @@ class DataParams(_Section):
     default_half_width_m: float = Field(
         2.0, gt=0, description="Buffer each side of a centreline without width (SpaceNet: 2 m)"
     )
+    osm: OsmParams = Field(
+        default_factory=OsmParams,
+        description="Road classes and widths for OpenStreetMap roads (.osm/.osm.pbf extracts, "
+        "Overpass GeoJSON)",
+    )
 
     @field_validator("scenes")
     @classmethod
@@ -105,6 +175,31 @@ class DataParams(_Section):
         if not v:
             raise ValueError("at least one scene is needed")
         return v
+
+
+class LabelCheckParams(_Section):
+    """`pipeline label-check`: how well road labels sit on the imagery, before training."""
+
+    max_shift_m: float = Field(12.0, gt=0, description="Largest label shift searched, metres")
+    tolerance_m: float = Field(
+        2.0, ge=0, description="A scene whose best shift is larger is named in the report"
+    )
+    window_px: int = Field(512, ge=64, description="Side of the windows read per scene")
+    windows: int = Field(4, ge=1, description="Windows per scene (those with the most road)")
+    min_clarity: float = Field(
+        10.0,
+        gt=0,
+        description="A shift is reported as clear, and flagged, only when the correlation peak "
+        "stands this many median deviations above the surface's median (hand-labelled SpaceNet "
+        "chips gave 3-7 with image edges alone: an unclear answer)",
+    )
+    omission_distance_m: float = Field(
+        10.0, gt=0, description="Predicted road farther than this from any label counts as missed"
+    )
+    threshold: float = Field(
+        0.5, ge=0, le=1, description="Probability above which a pixel is predicted road"
+    )
+    report_path: Path = Field(Path("reports/label_check.json"), description="The report")
 
 
 # ---------------------------------------------------------------------------------------- tile
@@ -169,7 +264,10 @@ class PretrainParams(_Section):
         description="Autocast precision, as train.precision (auto: bf16 on CUDA and on CPUs with native bf16)",
     )
     max_batches_per_epoch: int | None = Field(
-        None, ge=1, description="Cap batches per epoch (tests)"
+        None,
+        ge=1,
+        description="Cap batches per epoch for a quick run (an epoch is then a random sample "
+        "of the chips); null: every chip once per epoch",
     )
     seed: int = Field(0, description="Seed")
 
@@ -242,7 +340,10 @@ class TrainParams(_Section):
         None, ge=1, description="Stop after N epochs without val IoU gain"
     )
     max_batches_per_epoch: int | None = Field(
-        None, ge=1, description="Cap batches per epoch (tests)"
+        None,
+        ge=1,
+        description="Cap batches per epoch for a quick run (an epoch is then a random sample "
+        "of the chips); null: every chip once per epoch",
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     precision: Precision = Field(
@@ -282,6 +383,61 @@ class EvaluateParams(_Section):
     metrics_path: Path = Field(Path("metrics/eval.json"), description="DVC metrics file")
     plots_dir: Path = Field(Path("plots"), description="DVC plots folder")
     reports_dir: Path = Field(Path("reports"), description="Error maps and quicklooks")
+    release_dir: Path = Field(
+        Path("models/release"),
+        description="The evaluated model: train's output with its test metrics in model.json; "
+        "what the register stage registers",
+    )
+
+
+# ------------------------------------------------------------------------------- graph metrics
+class GraphMetricsParams(_Section):
+    """APLS (SpaceNet, CosmiQ apls.py) and TOPO (Biagioni and Eriksson 2012), all in metres."""
+
+    apls_control_spacing_m: float = Field(
+        50.0, gt=0, description="APLS: control points along edges this far apart (SpaceNet: 50)"
+    )
+    apls_snap_m: float = Field(
+        4.0,
+        ge=0,
+        description="APLS: a control point further than this from the other graph is missing (4)",
+    )
+    apls_min_path_m: float = Field(
+        10.0, ge=0, description="APLS: pairs whose truth path is shorter are left out (10)"
+    )
+    apls_curved_eps: float | None = Field(
+        None,
+        ge=0,
+        description="APLS: control points only on edges at least this curved (apls.py is_curved_eps); null: on every edge",
+    )
+    apls_max_sources: int | None = Field(
+        None,
+        ge=1,
+        description="APLS: score paths from a seeded sample of this many control points; null: all",
+    )
+    simplify: bool = Field(
+        True,
+        description="Merge the edges at nodes of degree two first (scores then do not depend on edge cuts)",
+    )
+    topo_seed_spacing_m: float = Field(50.0, gt=0, description="TOPO: seeds along the truth (50)")
+    topo_seed_match_m: float = Field(
+        11.0, ge=0, description="TOPO: a seed's proposal start must be this close (11)"
+    )
+    topo_radius_m: float = Field(
+        300.0,
+        gt=0,
+        description="TOPO: walk each graph this far from the seed (300; 150 on small tiles)",
+    )
+    topo_interval_m: float = Field(
+        5.0, gt=0, description="TOPO: holes and marbles at most this far apart along edges (5)"
+    )
+    topo_match_m: float = Field(
+        5.0, ge=0, description="TOPO: a hole and a marble match when this close, one to one (5)"
+    )
+    topo_max_seeds: int | None = Field(
+        None, ge=1, description="TOPO: a seeded sample of this many seeds; null: all"
+    )
+    seed: int = Field(0, description="Seed of the samples")
 
 
 # ------------------------------------------------------------------------------------ register
@@ -341,6 +497,7 @@ with warnings.catch_warnings():
         evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
         register: RegisterParams = Field(default_factory=RegisterParams)
         predict: PredictParams = Field(default_factory=PredictParams)
+        label_check: LabelCheckParams = Field(default_factory=LabelCheckParams)
 
         @model_validator(mode="after")
         def _encoder_is_pretrained(self) -> Params:

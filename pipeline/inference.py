@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from pipeline import parallel, raster
 from pipeline.model import autocast_dtype, load_model, pick_device
-from pipeline.model_config import ModelConfig
+from pipeline.model_config import WEIGHTS_FILE, ModelConfig, ModelError
 from pipeline.predict_task import GroupResult, PredictJob
 from pipeline.stitching import window_contribution_weight
 from pipeline.windows import UNET_MULTIPLE, WindowGroup
@@ -246,6 +246,18 @@ def open_reader_count() -> int:
         return len(_READERS)
 
 
+def check_finite(probs: np.ndarray, job: PredictJob, first: tuple[int, int]) -> None:
+    """Stop the run when the model yields NaN or infinite probabilities: written as uint8 they
+    would read as "no road" everywhere, a wrong answer that looks like a real one."""
+    if np.isfinite(probs).all():
+        return
+    raise ModelError(
+        f"the model {job.model_dir} yields non-finite probabilities (NaN or inf) on the batch "
+        f"starting at window {first}: its weights are broken (retrain it or restore "
+        f"{WEIGHTS_FILE}), or the raster {job.image} holds NaN/inf values that are not nodata"
+    )
+
+
 def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
     """Run one task's windows and return their blended contribution (runs on a worker)."""
     model, config, device = worker_model(job.model_dir, job.device)
@@ -266,6 +278,7 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
         t0 = time.perf_counter()
         x = torch.from_numpy(np.stack([b[1] for b in batch]))
         probs = forward_probs(model, x, device, job.tta, job.precision)
+        check_finite(probs, job, batch[0][0])
         t1 = time.perf_counter()
         timings["model"] += t1 - t0
         if contrib is None:

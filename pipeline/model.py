@@ -14,7 +14,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline.atomic import atomic_path, write_text_atomic
-from pipeline.model_config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, read_config
+from pipeline.model_config import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    ModelConfig,
+    ModelError,
+    check_weights,
+    file_sha256,
+    read_config,
+)
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 
@@ -68,11 +76,14 @@ def _use_transposed_upsampling(model: nn.Module) -> None:
 
 
 def save_model(model: nn.Module, config: ModelConfig, folder: Path) -> Path:
-    """Write weights and config into ``folder`` atomically (temp files, then rename)."""
+    """Write weights and config into ``folder`` atomically (temp files, then rename); the
+    config records the weights' SHA-256, which ``load_model`` checks."""
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp))
+        digest = file_sha256(tmp)
+    config = config.model_copy(update={"weights_sha256": digest})
     write_text_atomic(folder / CONFIG_FILE, config.model_dump_json(indent=2))
     return folder
 
@@ -80,12 +91,25 @@ def save_model(model: nn.Module, config: ModelConfig, folder: Path) -> Path:
 def load_model(
     folder: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, ModelConfig]:
-    """Load a model folder strictly; returns (model in eval mode on ``device``, config)."""
+    """Load a model folder strictly; returns (model in eval mode on ``device``, config).
+
+    Raises ModelError naming the file when the weights fail their checksum, are not
+    safetensors, or do not fit the network model.json describes (another band count, encoder).
+    """
     folder = Path(folder)
     config = read_config(folder)
+    check_weights(folder, config)
     model = build_unet(config)
     state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise ModelError(
+            f"{folder / WEIGHTS_FILE}: weights do not fit the network {CONFIG_FILE} describes "
+            f"(encoder {config.encoder}, {config.in_channels} bands): {first}; the two files "
+            "come from different models"
+        ) from None
     return model.to(device).eval(), config
 
 

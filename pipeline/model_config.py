@@ -8,14 +8,19 @@ A trained model is a folder: ``model.safetensors`` (the smp.Unet state dict) and
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
+
+
+class ModelError(ValueError):
+    """A model folder that cannot be used as it is; the message names the file and the fix."""
 
 
 class ModelConfig(BaseModel):
@@ -55,6 +60,24 @@ class ModelConfig(BaseModel):
     data_fingerprint: str = Field("", description="Fingerprint of the training chips")
     git_commit: str = Field("", description="Commit of the code that trained the model")
     metrics: dict[str, float] = Field(default_factory=dict, description="Validation/test metrics")
+    weights_sha256: str = Field(
+        "",
+        description="SHA-256 of model.safetensors, recorded when the model was saved and checked "
+        "when it is loaded; '' (models saved before 2026-12) skips the check",
+    )
+
+    @model_validator(mode="after")
+    def _one_statistic_per_band(self) -> ModelConfig:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != len(self.bands):
+                raise ValueError(
+                    f"{name} has {len(values)} value(s) but bands lists {len(self.bands)} "
+                    f"({', '.join(self.bands)}); give one {name} per band"
+                )
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive for every band, got {self.std}")
+        return self
 
     @property
     def in_channels(self) -> int:
@@ -62,10 +85,57 @@ class ModelConfig(BaseModel):
 
 
 def read_config(folder: Path) -> ModelConfig:
+    """The model.json of ``folder``; ModelError naming the file when it is not a valid config."""
     path = Path(folder) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{folder}: not a model folder (no {CONFIG_FILE})")
-    return ModelConfig.model_validate(json.loads(path.read_text()))
+    try:
+        return ModelConfig.model_validate(json.loads(path.read_text()))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(
+            f"{path}: not JSON ({e}); restore the file written with the model"
+        ) from None
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'model'}: {err['msg']}" for err in e.errors()
+        )
+        raise ModelError(f"{path}: not a valid model config ({problems})") from None
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_weights(folder: Path, config: ModelConfig) -> None:
+    """Refuse weights that are not the ones saved with ``config``, or not safetensors at all.
+
+    The SHA-256 recorded in model.json at save time must match (a model.json without one is
+    not checked); the safetensors header must parse and describe the whole file. A corrupted
+    data byte would otherwise load and predict garbage. No torch: the predict client runs this
+    before any cluster starts.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        raise ModelError(f"{path}: missing; a model folder holds {WEIGHTS_FILE} and {CONFIG_FILE}")
+    if config.weights_sha256 and file_sha256(path) != config.weights_sha256:
+        raise ModelError(
+            f"{path}: checksum differs from the weights_sha256 in {CONFIG_FILE}; the file is "
+            "corrupt or was replaced: copy or download the model again"
+        )
+    try:
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise ModelError(
+            f"{path}: not a readable safetensors file ({e}); copy or download the model again"
+        ) from None
 
 
 def resolve_model(ref: str | Path, tracking_default: str = "sqlite:///mlflow.db") -> Path:

@@ -20,6 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 
 def map_ordered(
     fn: Callable[..., Any],
@@ -66,6 +68,9 @@ def map_ordered(
             )
             client = stack.enter_context(Client(cluster))
             client.run(_quiet_heartbeat_at_close)
+            # runs first when the stack closes: the workers' heaps (geopandas, rasterio, the
+            # scenes' roads) frozen, their exit is quick and the nanny need not kill them
+            stack.callback(_freeze_heaps, client)
         if client is None:
             pairs: Iterator[tuple[tuple, Any]] = ((task, fn(*task)) for task in tasks)
         else:
@@ -164,6 +169,21 @@ _GPU_DEVICE_FILES = (
 
 class DeviceError(RuntimeError):
     """The device asked for is not there (e.g. ``--device cuda`` on a machine without CUDA)."""
+
+
+class ClusterError(RuntimeError):
+    """The Dask cluster cannot do the work: no scheduler at the address, no workers, or the
+    scheduler or every worker lost mid-run. The message says which and what to do."""
+
+
+SCHEDULER_CONNECT_TIMEOUT_S = 10  # distributed's default is 30 s of silent retries
+WORKERS_JOIN_TIMEOUT_S = 60
+# How long a run waits for a worker to come back once every worker is gone (a nanny restarts
+# a killed worker within seconds; an external cluster may be rescaling). ROADSEG_NO_WORKERS_
+# TIMEOUT_S overrides it.
+NO_WORKERS_TIMEOUT_S = 120.0
+NO_WORKERS_TIMEOUT_ENV = "ROADSEG_NO_WORKERS_TIMEOUT_S"
+WATCH_INTERVAL_S = 1.0  # how often a waiting run checks that workers and scheduler are there
 
 
 def _cuda_count() -> int:
@@ -290,9 +310,22 @@ def connect(scheduler: str) -> Iterator[Any]:
     """A Client on a running scheduler (``tcp://host:port``); its workers must see the files."""
     from distributed import Client
 
-    with Client(scheduler) as client:
+    try:
+        client = Client(scheduler, timeout=SCHEDULER_CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as e:
+        raise ClusterError(
+            f"{scheduler}: no Dask scheduler answers there ({e}); start one (dask scheduler) "
+            "or leave out --scheduler to run on a local cluster"
+        ) from None
+    with client:
         if not client.scheduler_info()["workers"]:
-            client.wait_for_workers(1, timeout=60)
+            try:
+                client.wait_for_workers(1, timeout=WORKERS_JOIN_TIMEOUT_S)
+            except TimeoutError:
+                raise ClusterError(
+                    f"{scheduler}: no worker joined this scheduler in {WORKERS_JOIN_TIMEOUT_S} s; "
+                    f"start some (dask worker {scheduler})"
+                ) from None
         yield client
 
 
@@ -390,9 +423,12 @@ def stream_results(
             break
     with tqdm(total=total, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True) as bar:
         try:
-            for fut in ac:
+            while not ac.is_empty():
+                if not ac.has_ready():
+                    wait_while_cluster_lives(client, list(ac.futures))
+                fut = next(ac)
                 task = pending.pop(fut.key)
-                result = fut.result()  # raises the task's exception
+                result = _result(fut)  # raises the task's exception
                 fut.release()
                 submit_one()
                 bar.update(weight(task) if weight else 1)
@@ -400,6 +436,64 @@ def stream_results(
         finally:
             if pending:
                 client.cancel(list(ac.futures))
+
+
+def _result(fut: Any) -> Any:
+    """``fut.result()``; a future cancelled because the scheduler went away is a ClusterError."""
+    from concurrent.futures import CancelledError
+
+    try:
+        return fut.result()
+    except CancelledError:
+        raise ClusterError(
+            "the Dask scheduler dropped this run's tasks (it stopped, or the connection to it "
+            "was lost); start the scheduler again and rerun"
+        ) from None
+
+
+def _worker_count(client: Any) -> int:
+    """Workers the scheduler has now; ClusterError when the scheduler no longer answers."""
+    try:
+        return len(client.scheduler_info()["workers"])
+    except (OSError, TimeoutError) as e:
+        raise ClusterError(
+            f"lost the Dask scheduler {client.scheduler.address} ({e}); start it again and rerun"
+        ) from None
+
+
+def wait_while_cluster_lives(client: Any, futures: list[Any]) -> None:
+    """Block until one of ``futures`` finishes, checking every ``WATCH_INTERVAL_S`` that the
+    scheduler answers and has workers. With every worker gone, say so once and wait for one to
+    return for ``NO_WORKERS_TIMEOUT_S`` (``$ROADSEG_NO_WORKERS_TIMEOUT_S``); then ClusterError:
+    a run never hangs in silence."""
+    import time
+
+    from distributed import wait
+
+    limit = float(os.environ.get(NO_WORKERS_TIMEOUT_ENV, NO_WORKERS_TIMEOUT_S))
+    gone_since: float | None = None
+    while True:
+        try:
+            wait(futures, timeout=WATCH_INTERVAL_S, return_when="FIRST_COMPLETED")
+            return
+        except TimeoutError:
+            pass
+        if _worker_count(client):
+            gone_since = None
+            continue
+        now = time.monotonic()
+        if gone_since is None:
+            gone_since = now
+            log.warning(
+                "every Dask worker of %s is gone; waiting up to %.0f s for one to return",
+                client.scheduler.address,
+                limit,
+            )
+        elif now - gone_since > limit:
+            raise ClusterError(
+                f"every Dask worker of {client.scheduler.address} has been gone for {limit:.0f} "
+                "s; gave up (start workers, or rerun without --scheduler)"
+            )
 
 
 # ----------------------------------------------------------------------- per-worker caches
@@ -420,6 +514,12 @@ def worker_cached(key: Hashable, factory: Callable[[], Any]) -> Any:
             CACHE_LOADS[key] = CACHE_LOADS.get(key, 0) + 1
             _freeze_worker_heap()
         return _CACHE[key]
+
+
+def _freeze_heaps(client: Any) -> None:
+    """``_freeze_worker_heap`` on every worker, best effort (a worker may be gone)."""
+    with contextlib.suppress(Exception):
+        client.run(_freeze_worker_heap)
 
 
 def _freeze_worker_heap() -> None:

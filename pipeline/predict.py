@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from pipeline import parallel, raster, registry
+from pipeline.atomic import check_free_space
 from pipeline.config import PRECISIONS
-from pipeline.model_config import ModelConfig, read_config, resolve_model
+from pipeline.model_config import ModelConfig, check_weights, read_config, resolve_model
 from pipeline.predict_task import GroupResult, PredictJob
 from pipeline.stitching import (
     NODATA_UINT8,
@@ -115,7 +116,7 @@ def _check_inputs(
     plan = raster.band_plan(image, config.bands, bands, wanted_by=f"the model {model_ref}")
     if plan.note:
         log.info("%s", plan.note)
-    if info.crs is None:
+    if info.crs is None and not info.gcps:
         warnings.warn(
             f"{image}: raster has no CRS; the prediction will have none either", stacklevel=3
         )
@@ -217,12 +218,46 @@ def _resolve_model(
     """(model folder, its config, the output's tags naming it) for a folder or a registry URI."""
     folder = Path(resolve_model(model, tracking_default))
     config = read_config(folder)
+    check_weights(folder, config)  # a corrupt file stops here, before any worker loads it
     return folder, config, _model_tags(model, folder, config)
+
+
+def min_output_bytes(width: int, height: int, dtype: str) -> int:
+    """The least disk space a run needs: staging file and COG, each compressed to at best an
+    eighth of the raw samples (deflate on smooth probabilities). Checked before the cluster
+    starts, so a full disk is found in a second, not after the model loaded."""
+    return width * height * np.dtype(dtype).itemsize // 4
 
 
 def _cog_blocksize(height: int, width: int) -> int:
     # 512 px COG tiles as GDAL's default; small rasters get 256 so they still have an overview
     return 512 if min(height, width) >= 2048 else 256
+
+
+def plan_line(image: Path, grid: WindowGrid, tasks: int, threads: int) -> str:
+    """What a run is about to do, printed before it starts: a raster so large that the run
+    takes days says so before the first window, not after a silent night."""
+    return (
+        f"predict {image.name}: {grid.height:,} x {grid.width:,} px, {len(grid):,} windows of "
+        f"{grid.window} px in {tasks:,} tasks on {threads} worker thread(s)"
+    )
+
+
+def _print_estimate(windows: int, seconds: float, total: int, threads: int) -> None:
+    """The run's expected duration from its first task, with ``threads`` tasks running at once
+    (the first includes the workers' warm-up, so it errs long), printed above the progress
+    bar."""
+    from tqdm import tqdm
+
+    if windows == 0 or total <= windows:
+        return
+    eta = seconds / windows * total / threads
+    hours, minutes = divmod(round(eta / 60), 60)
+    took = f"{eta:.0f} s" if eta < 90 else f"{f'{hours} h ' if hours else ''}{minutes} min"
+    tqdm.write(
+        f"first task: {windows} windows in {seconds:.1f} s; about {took} for all {total:,} "
+        "windows at this speed"
+    )
 
 
 def _stream_windows(
@@ -255,9 +290,13 @@ def _stream_windows(
         unit="win",
         weight=lambda task: len(task[1].windows),
     )
+    started = time.perf_counter()
     with contextlib.closing(results):  # on any error, cancel what is still queued
         for res in results:
             t0 = time.perf_counter()
+            if progress and ran + skipped == 0:
+                threads = parallel.total_threads(client)
+                _print_estimate(res.ran + res.skipped, t0 - started, len(job.grid), threads)
             ran += res.ran
             skipped += res.skipped
             for key, value in res.timings.items():
@@ -326,6 +365,7 @@ def predict_raster(
         raise ValueError(f"{output}: the output would replace the input image")
 
     info = raster.raster_info(image)
+    check_free_space(output, min_output_bytes(info.width, info.height, dtype))
     # A registry model is resolved on a thread while the cluster starts: importing MLflow and
     # asking the store take about as long (~1.7 s) as a worker takes to start. A model folder
     # is read and checked at once, so that its errors come before any cluster starts.
@@ -382,6 +422,8 @@ def predict_raster(
         timings["model_load"] = time.perf_counter() - t_load
         # a task holds at least one full batch of windows
         groups = window_groups(grid, max(windows_per_task, batch_size))
+        if progress:
+            print(plan_line(image, grid, len(groups), parallel.total_threads(client)))
         assembler = BlockAssembler(info.height, info.width, block_size, [g.region for g in groups])
         job = PredictJob(
             str(image.resolve()),
@@ -403,6 +445,8 @@ def predict_raster(
                 height=info.height,
                 crs=info.crs,
                 transform=info.transform,
+                gcps=info.gcps,
+                gcp_crs=info.gcp_crs,
                 dtype=dtype,
                 nodata=nodata,
                 description=BAND_DESCRIPTION,

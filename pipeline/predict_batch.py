@@ -7,12 +7,14 @@ outputs go, which inputs to leave out, and that one bad raster does not stop the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import parallel
+from pipeline.atomic import OutputError, exclusive_output
 from pipeline.predict import default_output_path, predict_raster
 from pipeline.raster import RasterError
 
@@ -62,12 +64,28 @@ def batch_targets(
         for path in (t.output, t.vectors):
             if path is None:
                 continue
+            if path.resolve() == t.image.resolve():
+                raise ValueError(
+                    f"{path}: is the input image itself; give another output name (-o)"
+                )
             other = writers.setdefault(path.resolve(), t.image)
             if other is not t.image:
                 raise ValueError(
                     f"{other} and {t.image} would both write {path}; predict them separately"
                 )
     return targets
+
+
+@contextlib.contextmanager
+def exclusive_outputs(target: Target) -> Iterator[None]:
+    """Hold the lock of each output of ``target`` (``atomic.exclusive_output``): a second
+    predict of the same output fails at once instead of racing this one, and temporaries left
+    by a killed earlier run of it are removed."""
+    with contextlib.ExitStack() as stack:
+        for path in (target.output, target.vectors):
+            if path is not None:
+                stack.enter_context(exclusive_output(path))
+        yield
 
 
 def predict_batch(
@@ -109,17 +127,18 @@ def predict_batch(
     with parallel.shared_cluster(scheduler, len(todo), workers, device) as address:
         for t in todo:
             try:
-                result = predict_raster(
-                    t.image,
-                    t.output,
-                    vectors=t.vectors,
-                    scheduler=address,
-                    workers=workers,
-                    device=device,
-                    overwrite=overwrite,
-                    **options,
-                )
-            except (RasterError, FileExistsError) as e:
+                with exclusive_outputs(t):
+                    result = predict_raster(
+                        t.image,
+                        t.output,
+                        vectors=t.vectors,
+                        scheduler=address,
+                        workers=workers,
+                        device=device,
+                        overwrite=overwrite,
+                        **options,
+                    )
+            except (RasterError, FileExistsError, OutputError) as e:
                 if len(todo) == 1:
                     raise
                 report_error(f"error: {e}")  # this raster only: go on with the others

@@ -7,6 +7,8 @@ error messages and atomic writes live in one place.
 from __future__ import annotations
 
 import contextlib
+import errno
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +17,10 @@ from typing import Any, Literal
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
-from rasterio.errors import RasterioIOError
+from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
 from pipeline.atomic import atomic_path, temporary_name
@@ -41,6 +44,10 @@ class RasterInfo:
     nodata: float | None
     has_mask: bool  # a per-dataset mask or alpha band beyond a nodata value
     band_descriptions: tuple[str | None, ...]  # ``count`` leaves out alpha; ``band_plan`` decides
+    # ground control points (rasterio GroundControlPoint) and their CRS, for a raster
+    # georeferenced by GCPs instead of a transform; empty otherwise
+    gcps: tuple[Any, ...] = ()
+    gcp_crs: CRS | None = None
 
     @property
     def res(self) -> tuple[float, float]:
@@ -94,6 +101,8 @@ def raster_info(path: str | Path) -> RasterInfo:
             nodata=ds.nodata,
             has_mask=alpha or per_dataset,
             band_descriptions=tuple(ds.descriptions),
+            gcps=tuple(ds.gcps[0]),
+            gcp_crs=ds.gcps[1],
         )
 
 
@@ -492,15 +501,42 @@ def gdal_cache_limit(nbytes: int = STREAM_CACHE_BYTES) -> Iterator[None]:
         yield
 
 
+DISK_FULL_BYTES = 2**20  # a failed write with less free space than this: the disk is full
+# what GDAL raises when a write fails (disk full, folder removed, file system read-only)
+_WRITE_ERRORS = (CPLE_BaseError, RasterioError, OSError)
+
+
+def write_error(path: Path, error: BaseException) -> RasterError:
+    """A RasterError naming ``path`` for a failed write, saying so when the disk is full."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:  # GDAL's reason is in the chained errors
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    text = "; ".join(dict.fromkeys(str(e) for e in chain if str(e)))
+    free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else None
+    # libtiff reports a full disk only as "Write error": then the free space tells
+    full = any(getattr(e, "errno", None) == errno.ENOSPC for e in chain)
+    if full or "No space left" in text or (free is not None and free < DISK_FULL_BYTES):
+        return RasterError(
+            f"{path}: the disk is full ({(free or 0) / 2**20:.0f} MiB free); free some space "
+            "or write the output elsewhere (-o)"
+        )
+    return RasterError(f"{path}: cannot write the output ({text})")
+
+
 class BlockWriter:
     """Writes blocks of band 1 into an open, tiled staging GeoTIFF."""
 
-    def __init__(self, ds: Any) -> None:
+    def __init__(self, ds: Any, path: Path | None = None) -> None:
         self._ds = ds
+        self._path = Path(path or ds.name)
 
     def write(self, data: np.ndarray, row_off: int, col_off: int) -> None:
         height, width = data.shape
-        self._ds.write(data, 1, window=Window(col_off, row_off, width, height))
+        try:
+            self._ds.write(data, 1, window=Window(col_off, row_off, width, height))
+        except _WRITE_ERRORS as e:
+            raise write_error(self._path, e) from None
 
 
 @contextlib.contextmanager
@@ -520,6 +556,8 @@ def stream_cog(
     cog_blocksize: int = 512,
     staging_blocksize: int = 256,
     overview_resampling: str = "average",
+    gcps: tuple[Any, ...] = (),
+    gcp_crs: CRS | None = None,
 ) -> Iterator[BlockWriter]:
     """Stream a one-band raster block by block into a Cloud Optimised GeoTIFF at ``path``.
 
@@ -529,6 +567,9 @@ def stream_cog(
     description, scale and tags carried over) to a temporary name and renamed over ``path``.
     On any error, or a kill, no file appears under ``path``; an existing ``path`` is replaced
     only with ``overwrite=True``. GDAL's cache is capped so memory stays flat in raster size.
+    ``gcps`` (with ``gcp_crs``) georeference the output by ground control points instead of
+    ``transform``, as the input was. A failed write (disk full, folder gone) raises RasterError
+    naming ``path``.
     """
     from rasterio.shutil import copy as gdal_copy
 
@@ -536,14 +577,16 @@ def stream_cog(
     with atomic_path(path, overwrite=overwrite) as final_tmp, gdal_cache_limit():
         staging = temporary_name(path)
         try:
+            georef = (
+                dict(gcps=list(gcps), crs=gcp_crs) if gcps else dict(crs=crs, transform=transform)
+            )
             profile: dict[str, Any] = dict(
                 driver="GTiff",
                 width=width,
                 height=height,
                 count=1,
                 dtype=dtype,
-                crs=crs,
-                transform=transform,
+                **georef,
                 nodata=nodata,
                 tiled=True,
                 blockxsize=staging_blocksize,
@@ -552,27 +595,35 @@ def stream_cog(
                 zlevel=1,
                 BIGTIFF="IF_SAFER",
             )
-            with rasterio.open(staging, "w", **profile) as dst:
-                if description:
-                    dst.set_band_description(1, description)
-                if scale is not None:
-                    dst.scales = (scale,)
-                    dst.offsets = (0.0,)
-                if tags:
-                    dst.update_tags(**{k: str(v) for k, v in tags.items()})
-                yield BlockWriter(dst)
-            with rasterio.open(staging) as src:
-                gdal_copy(
-                    src,
-                    str(final_tmp),
-                    driver="COG",
-                    COMPRESS="DEFLATE",
-                    PREDICTOR="YES",
-                    BLOCKSIZE=cog_blocksize,
-                    OVERVIEW_RESAMPLING=overview_resampling.upper(),
-                    BIGTIFF="IF_SAFER",
-                    NUM_THREADS="ALL_CPUS",
-                )
+            in_body = False
+            try:
+                with rasterio.open(staging, "w", **profile) as dst:
+                    if description:
+                        dst.set_band_description(1, description)
+                    if scale is not None:
+                        dst.scales = (scale,)
+                        dst.offsets = (0.0,)
+                    if tags:
+                        dst.update_tags(**{k: str(v) for k, v in tags.items()})
+                    in_body = True
+                    yield BlockWriter(dst, path)
+                    in_body = False
+                with rasterio.open(staging) as src:
+                    gdal_copy(
+                        src,
+                        str(final_tmp),
+                        driver="COG",
+                        COMPRESS="DEFLATE",
+                        PREDICTOR="YES",
+                        BLOCKSIZE=cog_blocksize,
+                        OVERVIEW_RESAMPLING=overview_resampling.upper(),
+                        BIGTIFF="IF_SAFER",
+                        NUM_THREADS="ALL_CPUS",
+                    )
+            except _WRITE_ERRORS as e:
+                if in_body:  # the caller's own error, raised through the yield
+                    raise
+                raise write_error(path, e) from None
         finally:
             staging.unlink(missing_ok=True)
 

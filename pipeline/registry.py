@@ -16,6 +16,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import default_dir_mode
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MODEL_URI_PREFIX = "models:/"
 
@@ -24,11 +26,43 @@ def _mlflow():
     # Imported lazily: mlflow costs ~1 s to import and predict with a local folder needs none.
     import logging
 
+    # MLflow retries a failing tracking server 7 times with a doubling backoff (minutes of
+    # silence): here 3 times (1 + 2 + 4 s), each request given 30 s. A user's setting wins.
+    for var, value in _HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(var, value)
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     return mlflow
+
+
+_HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+SERVER_PROBE_TIMEOUT_S = 3.0
+
+
+def check_reachable(uri: str, timeout: float = SERVER_PROBE_TIMEOUT_S) -> None:
+    """For an ``http(s)://`` tracking URI, open a connection to the server: LookupError within
+    ``timeout`` seconds when nothing answers, instead of MLflow's retries and a misleading
+    "not found". Other URIs (SQLite, files) are not probed."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        raise LookupError(
+            f"{uri}: the MLflow tracking server is unreachable ({e.strerror or e}); start it, "
+            "set MLFLOW_TRACKING_URI to one that runs, or pass a model folder with --model"
+        ) from None
 
 
 def tracking_uri(default: str = DEFAULT_TRACKING_URI) -> str:
@@ -48,6 +82,7 @@ def configure(default_uri: str = DEFAULT_TRACKING_URI) -> str:
     """
     mlflow = _mlflow()
     uri = tracking_uri(default_uri)
+    check_reachable(uri)
     before = {var: os.environ.get(var) for var in _URI_ENV_VARS}
     try:
         mlflow.set_tracking_uri(uri)
@@ -146,7 +181,13 @@ def _pyfunc_artifact_dir(model_root: Path) -> Path:
 
     mlmodel = yaml.safe_load((model_root / "MLmodel").read_text())
     rel = mlmodel["flavors"]["python_function"]["artifacts"]["model_dir"]["path"]
-    return model_root / rel
+    folder = (model_root / rel).resolve()
+    if not folder.is_relative_to(model_root.resolve()):
+        raise LookupError(
+            f"{model_root / 'MLmodel'}: its model_dir ({rel}) points outside the downloaded "
+            "model; refusing to load files from there (re-register the model)"
+        )
+    return folder
 
 
 CACHE_ENV = "ROADSEG_CACHE_DIR"
@@ -235,6 +276,8 @@ def download_model_dir(uri: str, tracking_default: str = DEFAULT_TRACKING_URI) -
         else:
             cache.mkdir(parents=True, exist_ok=True)
             dst = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache))
+            # mkdtemp makes it owner-only; the cache is read by Dask workers of other users
+            os.chmod(dst, default_dir_mode())
         try:
             root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
         except BaseException:
@@ -343,8 +386,15 @@ def delete_alias(name: str, alias: str) -> None:
 
 def list_versions(name: str) -> list[dict[str, Any]]:
     """Versions of ``name`` (newest first) with their aliases and tags."""
-    client = _client()
     mlflow = _mlflow()
+    store = _store_identity(mlflow.get_tracking_uri())
+    missing = _missing_sqlite_file(store)
+    if missing is not None:  # asking would create an empty store there
+        raise LookupError(
+            f"no MLflow store at {missing}, so no registered model {name!r}; run from the "
+            "project folder that holds it, or set MLFLOW_TRACKING_URI"
+        )
+    client = _client()
     try:
         aliases = client.get_registered_model(name).aliases
     except mlflow.exceptions.MlflowException as e:

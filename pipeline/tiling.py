@@ -104,8 +104,8 @@ def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
             ):
                 raise TilingError(
                     f"{label_path}: label raster is on another grid than {scene.image} "
-                    f"({linfo.width}x{linfo.height} {linfo.crs} vs {info.width}x{info.height} {info.crs}); "
-                    "resample it onto the image grid (gdalwarp -te/-tr)"
+                    f"({grid_difference(linfo, info)}); resample it onto the image grid "
+                    "(gdalwarp -te/-tr)"
                 )
         infos[scene.name] = info
     return infos
@@ -118,6 +118,25 @@ def scene_band_plan(scene: SceneSource, data: DataParams) -> raster.BandPlan:
         return raster.band_plan(scene.image, list(data.bands), scene.bands)
     except raster.RasterError as e:
         raise TilingError(f"{e}; every scene must have the same bands") from None
+
+
+def grid_difference(label: raster.RasterInfo, image: raster.RasterInfo) -> str:
+    """What differs between two grids, label first: size, CRS, pixel size, origin."""
+    parts = []
+    if (label.width, label.height) != (image.width, image.height):
+        parts.append(f"size {label.width}x{label.height} vs {image.width}x{image.height}")
+    if label.crs != image.crs:
+        parts.append(f"CRS {label.crs} vs {image.crs}")
+    if not np.allclose(label.res, image.res, rtol=1e-6, atol=0):
+        parts.append(
+            f"pixel size {label.res[0]:.10g} x {label.res[1]:.10g} vs {image.res[0]:.10g} x {image.res[1]:.10g}"
+        )
+    (lx, ly), (ix, iy) = label.transform * (0, 0), image.transform * (0, 0)
+    if not np.allclose((lx, ly), (ix, iy), rtol=0, atol=1e-6 * max(image.res)):
+        parts.append(f"origin ({lx:.10g}, {ly:.10g}) vs ({ix:.10g}, {iy:.10g})")
+    if not parts:  # rotation or shear terms
+        parts.append(f"transform {tuple(label.transform)[:6]} vs {tuple(image.transform)[:6]}")
+    return "; ".join(parts)
 
 
 def _same_grid(a: raster.RasterInfo, b: raster.RasterInfo) -> bool:

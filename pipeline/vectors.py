@@ -26,6 +26,7 @@ import shapely
 from affine import Affine
 from pyproj import CRS
 
+from pipeline import osm as osm_module
 from pipeline import raster
 from pipeline.atomic import atomic_path
 
@@ -56,22 +57,40 @@ def load_road_polygons(
     width_attribute: str | None,
     default_half_width_m: float,
     bounds: tuple[float, float, float, float] | None = None,
+    osm: Any = None,
+    offset_m: tuple[float, float] | None = None,
 ) -> gpd.GeoDataFrame:
     """Road polygons in ``crs`` (the image CRS), one row per input feature, attributes kept.
 
     LineStrings (and points) are buffered by half their width in metres, polygons are kept
     as they are; invalid geometries are repaired with ``shapely.make_valid`` (the count is
     logged) and empty ones dropped. ``bounds`` (left, bottom, right, top in ``crs``), when
-    given, must be touched by at least one road. Raises VectorError naming ``path`` for an
-    unreadable file, vectors without CRS, no features, or labels that miss the image.
+    given, must be touched by at least one road. ``osm`` (``OsmParams``), when given and
+    applying, turns vectors with a ``highway`` attribute (OSM extracts, Overpass exports) into
+    labels by ``pipeline.osm``'s rules: road classes only, no tunnels, widths from tags. Raises
+    VectorError naming ``path`` for an unreadable file, vectors without CRS, no features, no
+    road left after the OSM rules, or labels that miss the image. ``offset_m`` moves every
+    road by (east, north) metres (a scene's declared ``label_offset_m``).
     """
     path = Path(path)
     target = CRS.from_user_input(crs)
-    gdf = _repair(_read(path), path)
+    gdf = _repair(
+        _read(path, _bbox_4326(bounds, target) if osm_module.is_osm_file(path) else None), path
+    )
     work = _working_crs(gdf, target)
-    half_m = _half_widths_m(gdf, width_attribute, default_half_width_m, path)
+    if osm is not None and osm.apply and osm_module.HIGHWAY in gdf.columns:
+        gdf = _osm_roads(gdf, osm, path)
+        half_m = (
+            osm_module.full_widths_m(gdf, osm.class_widths_m, osm.lane_width_m, osm.default_width_m)
+            / 2.0
+        )
+    else:
+        half_m = _half_widths_m(gdf, width_attribute, default_half_width_m, path)
     geoms = gdf.to_crs(work).geometry.to_numpy()
     polygons = _to_polygons(geoms, half_m / _metres_per_unit(work))
+    if offset_m is not None:  # (east, north) metres, applied in the projected working CRS
+        shift = np.asarray(offset_m, float) / _metres_per_unit(work)
+        polygons = shapely.transform(polygons, lambda xy: xy + shift)
     attrs = pd.DataFrame(gdf.drop(columns=gdf.geometry.name)).reset_index(drop=True)
     out = gpd.GeoDataFrame(attrs, geometry=polygons, crs=work)
     if not work.equals(target):
@@ -94,6 +113,8 @@ def load_scene_roads(scene: Any, data: Any, info: raster.RasterInfo) -> gpd.GeoD
         width_attribute=data.width_attribute,
         default_half_width_m=data.default_half_width_m,
         bounds=info.bounds,
+        osm=data.osm,
+        offset_m=scene.label_offset_m,
     )
 
 
@@ -165,8 +186,10 @@ def write_vectors(
 
 
 # ------------------------------------------------------------------------------------ reading
-def _read(path: Path) -> gpd.GeoDataFrame:
-    """The ``roads`` layer when the file has one, else its first layer; checked for CRS and features."""
+def _read(path: Path, bbox: tuple[float, float, float, float] | None = None) -> gpd.GeoDataFrame:
+    """The ``roads`` layer when the file has one (``lines`` for an OSM extract), else its first
+    layer, only features touching ``bbox`` (in the layer's CRS) when given; checked for CRS and
+    features."""
     if not path.exists():
         raise VectorError(f"{path}: file not found")
     try:
@@ -174,7 +197,9 @@ def _read(path: Path) -> gpd.GeoDataFrame:
         if not layers:
             raise VectorError(f"{path}: no layers")
         layer = ROADS_LAYER if ROADS_LAYER in layers else layers[0]
-        gdf = gpd.read_file(path, layer=layer, engine="pyogrio")
+        if osm_module.is_osm_file(path) and osm_module.OSM_LINES_LAYER in layers:
+            layer = osm_module.OSM_LINES_LAYER
+        gdf = gpd.read_file(path, layer=layer, engine="pyogrio", bbox=bbox)
     except VectorError:
         raise
     except _READ_ERRORS as e:
@@ -186,6 +211,41 @@ def _read(path: Path) -> gpd.GeoDataFrame:
             f"{path}: the vectors have no CRS; assign one (e.g. ogr2ogr -a_srs) first"
         )
     return gdf
+
+
+def _bbox_4326(
+    bounds: tuple[float, float, float, float] | None, crs: CRS
+) -> tuple[float, float, float, float] | None:
+    """``bounds`` in ``crs`` as (west, south, east, north) degrees, with a small margin: OSM
+    extracts are in EPSG:4326 and are clipped to the scene while they are read."""
+    if bounds is None:
+        return None
+    from pyproj import Transformer
+
+    west, south, east, north = Transformer.from_crs(
+        crs, CRS.from_epsg(4326), always_xy=True
+    ).transform_bounds(*bounds)
+    margin = 0.001  # ~100 m: ways whose buffer reaches in from outside
+    return (west - margin, south - margin, east + margin, north + margin)
+
+
+def _osm_roads(gdf: gpd.GeoDataFrame, osm: Any, path: Path) -> gpd.GeoDataFrame:
+    """The visible roads of OSM-tagged vectors (``pipeline.osm``); VectorError when none."""
+    tagged = osm_module.unpack_tags(gdf)
+    keep = osm_module.is_visible_road(tagged, osm.road_classes)
+    if not keep.any():
+        seen = sorted({str(v) for v in tagged[osm_module.HIGHWAY].dropna().unique()})
+        raise VectorError(
+            f"{path}: no roads after the OSM rules (highway values here: {seen or 'none'}; "
+            f"counted as road: data.osm.road_classes)"
+        )
+    log.info(
+        "%s: %d of %d OSM ways are visible roads (listed highway class, not in a tunnel)",
+        path,
+        int(keep.sum()),
+        len(tagged),
+    )
+    return tagged[keep].copy()
 
 
 def _repair(gdf: gpd.GeoDataFrame, path: Path) -> gpd.GeoDataFrame:

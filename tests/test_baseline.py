@@ -15,6 +15,7 @@ from pipeline import baseline, evaluate, raster
 from pipeline.config import DataParams, EvaluateParams, RegisterParams, TileParams
 from pipeline.metrics import confusion
 from tests.conftest import BANDS, scene_entries
+from tests.helpers import make_model
 
 
 def test_best_iou_threshold_matches_brute_force():
@@ -68,8 +69,6 @@ def test_evaluate_writes_the_baseline_and_warns_when_it_is_too_strong(
     the MLflow run."""
     from mlflow.tracking import MlflowClient
 
-    from tests.test_evaluate import _write_model
-
     monkeypatch.chdir(tmp_path)
     data = DataParams(scenes=scene_entries(scenes_dir), bands=BANDS)
     held = data.scenes[-1]
@@ -98,7 +97,7 @@ def test_evaluate_writes_the_baseline_and_warns_when_it_is_too_strong(
             ev,
             data,
             TileParams(out_dir=chips_dir, workers=1),
-            _write_model(tmp_path / "model"),
+            make_model(tmp_path / "model", mean=[90.0] * 4, std=[40.0] * 4),
             reg,
         )
 

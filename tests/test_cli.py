@@ -88,7 +88,7 @@ def test_predict_device_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys, mo
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    from tests.test_predict import make_model, smooth_image, write_raster
+    from tests.helpers import make_model, smooth_image, write_raster
 
     model = make_model(tmp_path / "model")
     image = write_raster(tmp_path / "in.tif", smooth_image(64, 64).astype("uint8"))
@@ -102,7 +102,7 @@ def test_predict_device_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys, mo
 def test_predict_precision_flag_reaches_the_output(tmp_path, capsys, monkeypatch):
     import rasterio
 
-    from tests.test_predict import make_model, smooth_image, write_raster
+    from tests.helpers import make_model, smooth_image, write_raster
 
     monkeypatch.chdir(tmp_path)
     model = make_model(tmp_path / "model")
@@ -138,7 +138,7 @@ def test_parser_requires_a_command():
 def test_a_failed_evaluate_keeps_the_previous_release(tmp_path, capsys, monkeypatch):
     import yaml
 
-    from tests.test_predict import make_model
+    from tests.helpers import make_model
 
     monkeypatch.chdir(tmp_path)
     root = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ def test_predict_several_images_share_one_cluster_and_report_a_bad_one(
     import numpy as np
     import rasterio
 
-    from tests.test_predict import make_model, smooth_image, write_raster
+    from tests.helpers import make_model, smooth_image, write_raster
 
     monkeypatch.chdir(tmp_path)
     model = make_model(tmp_path / "model")
@@ -202,7 +202,7 @@ def test_predict_several_images_share_one_cluster_and_report_a_bad_one(
 def test_predict_several_images_write_into_a_folder_and_refuse_clashes(
     tmp_path, capsys, monkeypatch
 ):
-    from tests.test_predict import make_model, smooth_image, write_raster
+    from tests.helpers import make_model, smooth_image, write_raster
 
     monkeypatch.chdir(tmp_path)
     model = make_model(tmp_path / "model")
@@ -223,7 +223,7 @@ def test_predict_several_images_write_into_a_folder_and_refuse_clashes(
 
 
 def test_predict_skip_existing_resumes_a_run_over_many_images(tmp_path, capsys, monkeypatch):
-    from tests.test_predict import make_model, smooth_image, write_raster
+    from tests.helpers import make_model, smooth_image, write_raster
 
     monkeypatch.chdir(tmp_path)
     model = make_model(tmp_path / "model")
@@ -265,7 +265,7 @@ def test_predict_skip_existing_resumes_a_run_over_many_images(tmp_path, capsys, 
 def test_predict_leaves_out_inputs_that_are_outputs_of_other_inputs(tmp_path, capsys, monkeypatch):
     """`pipeline predict tiles/*.tif --skip-existing` a second time: the glob now also matches the
     first run's `*_roads.tif` beside the inputs; they are not predicted as if they were imagery."""
-    from tests.test_predict import make_model, smooth_image, write_raster
+    from tests.helpers import make_model, smooth_image, write_raster
 
     monkeypatch.chdir(tmp_path)
     model = make_model(tmp_path / "model")
@@ -282,3 +282,29 @@ def test_predict_leaves_out_inputs_that_are_outputs_of_other_inputs(tmp_path, ca
     assert f"skipped {tmp_path / 't0_roads.tif'}: it is the output of another image given" in out
     assert f"skipped {tmp_path / 't0.tif'}" in out and f"wrote {tmp_path / 't1_roads.tif'}" in out
     assert not (tmp_path / "t0_roads_roads.tif").exists()
+
+
+def test_warnings_print_as_one_line_and_quiet_silences_progress_messages(monkeypatch):
+    """What a user reads: `warning: <message>`, not the Python source line that warned."""
+    import logging
+    import subprocess
+    import sys
+
+    from pipeline.cli import configure_logging
+
+    code = (
+        "import warnings; from pipeline.cli import configure_logging; "
+        "configure_logging(verbose=False, quiet=True); "
+        "warnings.warn('in.tif: raster has no CRS', stacklevel=1)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stderr == "warning: in.tif: raster has no CRS\n"
+
+    for name in ("pipeline", "backbones"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.getLogger(name).level)
+    monkeypatch.setattr("warnings.formatwarning", __import__("warnings").formatwarning)
+    configure_logging(verbose=False, quiet=True)
+    assert not logging.getLogger("pipeline.tiling").isEnabledFor(logging.INFO)
+    assert logging.getLogger("pipeline.tiling").isEnabledFor(logging.WARNING)
+    configure_logging(verbose=False, quiet=False)
+    assert logging.getLogger("pipeline.tiling").isEnabledFor(logging.INFO)

@@ -16,9 +16,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyogrio
 import pytest
 import rasterio
 import yaml
+
+from .conftest import make_scene
+from .osm_data import scene_ways, write_osm
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -61,6 +65,15 @@ def tiny_params(base: dict) -> dict:
     return p
 
 
+def own_orthophoto_with_osm(folder: Path) -> dict:
+    """A user's own scene: an orthophoto and an OpenStreetMap XML extract of its area (roads
+    of several classes, a footway, a railway, a tunnel), trained on beside the synthetic ones."""
+    origin = (600000.0, 5400000.0)
+    scene = make_scene(folder, "own_ortho", seed=7, size=256, origin=origin)
+    roads = write_osm(folder / "own_ortho.osm", scene_ways(origin, 256))
+    return {"name": "own_ortho", "image": scene["image"], "roads": str(roads)}
+
+
 def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, (
@@ -81,6 +94,7 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
         else:
             shutil.copy2(src, dst)
     params = tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    params["data"]["scenes"].append(own_orthophoto_with_osm(tmp_path_factory.mktemp("own-data")))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -108,6 +122,9 @@ def test_dvc_repro_produces_every_stage_output(project):
         "models/registered.json",
     ]:
         assert (repo / out).exists(), out
+    # the user's orthophoto with its OSM extract was cut into chips and trained on
+    chips = pyogrio.read_dataframe(repo / "data/chips/index.gpkg", read_geometry=False)
+    assert (chips["scene"] == "own_ortho").sum() > 0
     status = run([str(BIN / "dvc"), "status"], repo, env).stdout
     assert "changed" not in status, status
     metrics = json.loads((repo / "metrics/eval.json").read_text())

@@ -20,7 +20,7 @@ from distributed import Client
 
 from pipeline import parallel
 from pipeline.predict import predict_raster
-from tests.test_predict import make_model, smooth_image, write_raster
+from tests.helpers import make_model, smooth_image, write_raster
 
 DASK = Path(sys.executable).with_name("dask")
 

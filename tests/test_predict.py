@@ -16,71 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 
 from pipeline import parallel
-from pipeline.model import ModelConfig, build_unet, save_model
 from pipeline.predict import default_output_path, predict_raster
 from pipeline.raster import RasterError
 from pipeline.windows import WindowGrid
-
-BANDS = ["red", "green", "blue", "nir"]
-MEAN = [90.0, 100.0, 110.0, 120.0]
-STD = [40.0, 45.0, 50.0, 55.0]
-TRANSFORM = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 5400000.0)
-CRS = "EPSG:32632"
+from tests.helpers import CRS, MEAN, STD, TRANSFORM, make_model, smooth_image, write_raster
 
 
 # ----------------------------------------------------------------------------------- helpers
-def make_model(
-    folder: Path, mean: list[float] = MEAN, std: list[float] = STD, seed: int = 0
-) -> Path:
-    """A small random-weight U-Net model folder (resnet18 encoder, 4 bands)."""
-    torch.manual_seed(seed)
-    cfg = ModelConfig(encoder="resnet18", bands=BANDS, mean=mean, std=std, chip_size=64)
-    return save_model(build_unet(cfg), cfg, folder)
-
-
-def smooth_image(height: int, width: int, bands: int = 4) -> np.ndarray:
-    """A smooth, road-free test scene in 1..255 (so seams can only come from the windows)."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    img = [110 + 70 * np.sin(xx / 17 + b) * np.cos(yy / 23 - b) + 0.1 * xx for b in range(bands)]
-    return np.clip(np.stack(img), 1, 255)
-
-
-def write_raster(
-    path: Path,
-    data: np.ndarray,
-    *,
-    nodata: float | None = None,
-    crs: str | None = CRS,
-    transform: Affine = TRANSFORM,
-    mask: np.ndarray | None = None,
-    **extra,
-) -> Path:
-    count, height, width = data.shape
-    profile = dict(
-        driver="GTiff",
-        width=width,
-        height=height,
-        count=count,
-        dtype=data.dtype.name,
-        crs=crs,
-        transform=transform,
-        nodata=nodata,
-        photometric="MINISBLACK",
-        **extra,
-    )
-    with rasterio.open(path, "w", **profile) as ds:
-        ds.write(data)
-        ds.descriptions = tuple(BANDS[:count]) if count <= 4 else tuple(None for _ in range(count))
-        if mask is not None:
-            ds.write_mask(mask.astype(np.uint8) * 255)
-    return path
-
-
 def read(path: Path) -> tuple[np.ndarray, dict]:
     with rasterio.open(path) as ds:
         return ds.read(1), dict(
@@ -435,37 +381,6 @@ def test_killed_run_leaves_no_output(model_dir, scheduler, tmp_path) -> None:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
-
-
-def test_read_window_fast_path_equals_boundless_read(scene, tmp_path) -> None:
-    from pipeline import raster
-
-    alpha = smooth_image(100, 120).astype(np.uint8)
-    rgba = write_raster(
-        tmp_path / "rgba.tif", np.concatenate([alpha[:3], np.where(alpha[3:] > 150, 255, 0)])
-    )
-    with rasterio.open(rgba, "r+") as ds:
-        ds.colorinterp = [
-            rasterio.enums.ColorInterp.red,
-            rasterio.enums.ColorInterp.green,
-            rasterio.enums.ColorInterp.blue,
-            rasterio.enums.ColorInterp.alpha,
-        ]
-    for path, bands in ((scene, 4), (rgba, 3)):
-        invalid = 0
-        with raster.open_reader(path) as reader:
-            for col, row, w, h in [
-                (0, 0, 64, 64),
-                (30, 20, 64, 50),
-                (-10, 5, 64, 64),
-                (90, 80, 64, 64),
-            ]:
-                fast = raster.read_window(reader, col, row, w, h)
-                slow = reader.read(col, row, w, h)
-                assert fast[0].shape == slow[0].shape == (bands, h, w)  # alpha is a mask, not data
-                assert (fast[0] == slow[0]).all() and (fast[1] == slow[1]).all()
-                invalid += int((~fast[1]).sum())
-        assert invalid > 0
 
 
 def test_band_count_mismatch_is_a_clear_error(model_dir, tmp_path, monkeypatch) -> None:

@@ -1,0 +1,221 @@
+"""pipeline/raster.py on tiny real GeoTIFFs: what the stages rely on when they describe, read,
+write and burn rasters. Rasters are written with rasterio directly (tests/helpers.py), so a
+reader is never checked against its own module's writer alone."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+from rasterio.enums import ColorInterp
+
+from pipeline import raster
+from pipeline.raster import RasterError
+from tests.helpers import CRS, TRANSFORM, smooth_image, write_raster
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> Path:
+    """120 x 160 uint8, 4 bands, nodata 0 on a strip at the left, tiled 64 px."""
+    img = smooth_image(120, 160).astype(np.uint8)
+    img[:, :, :20] = 0
+    return write_raster(
+        tmp_path / "scene.tif", img, nodata=0, tiled=True, blockxsize=64, blockysize=64
+    )
+
+
+def _rgba(tmp_path: Path) -> Path:
+    """Three bands and an alpha band flagged as such (half of the pixels masked)."""
+    img = smooth_image(100, 120).astype(np.uint8)
+    path = write_raster(
+        tmp_path / "rgba.tif",
+        np.concatenate([img[:3], np.where(img[3:] > 150, 255, 0).astype(np.uint8)]),
+    )
+    with rasterio.open(path, "r+") as ds:
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    return path
+
+
+# ------------------------------------------------------------------------------ describing
+def test_raster_info_describes_the_grid(scene):
+    info = raster.raster_info(scene)
+    assert (info.width, info.height, info.count, info.dtype) == (160, 120, 4, "uint8")
+    assert info.crs == rasterio.crs.CRS.from_string(CRS) and info.transform == TRANSFORM
+    assert info.nodata == 0 and not info.has_mask
+    assert info.band_descriptions == ("red", "green", "blue", "nir")
+    assert info.res == (0.5, 0.5) and info.metres_per_pixel == pytest.approx(0.5)
+    left, top = TRANSFORM.c, TRANSFORM.f
+    assert info.bounds == (left, top - 60.0, left + 80.0, top)
+
+
+def test_pixel_size_in_metres_for_geographic_and_missing_crs(tmp_path):
+    img = np.ones((1, 8, 8), np.uint8)
+    geo = write_raster(
+        tmp_path / "geo.tif", img, crs="EPSG:4326", transform=Affine(1e-5, 0, 7, 0, -1e-5, 47)
+    )
+    assert raster.raster_info(geo).metres_per_pixel == pytest.approx(1.1132)
+    bare = write_raster(tmp_path / "bare.tif", img, crs=None)
+    assert raster.raster_info(bare).metres_per_pixel is None
+
+
+def test_an_alpha_band_is_a_mask_not_data_and_the_user_is_told(tmp_path):
+    path = _rgba(tmp_path)
+    with pytest.warns(UserWarning, match="alpha"):
+        info = raster.raster_info(path)
+    assert info.count == 3 and info.has_mask
+    with raster.open_reader(path) as reader:
+        img, valid = reader.read(0, 0, 120, 100)
+    assert img.shape == (3, 100, 120)
+    assert 0 < valid.mean() < 1
+
+
+@pytest.mark.parametrize("content", [None, b"not a raster at all"], ids=["missing", "garbage"])
+def test_unreadable_rasters_are_a_raster_error_naming_the_file(tmp_path, content):
+    path = tmp_path / "bad.tif"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(RasterError, match="bad.tif") as err:
+        raster.raster_info(path)
+    assert ("not found" in str(err.value)) == (content is None)
+
+
+# ------------------------------------------------------------------------------ reading
+def test_boundless_window_pads_with_invalid_zeros(scene):
+    with raster.open_reader(scene) as reader:
+        img, valid = reader.read(-10, -5, 40, 30)
+    assert img.shape == (4, 30, 40) and valid.shape == (30, 40)
+    assert (img[:, :5] == 0).all() and not valid[:5].any() and not valid[:, :10].any()
+    # inside the raster but left of column 20: nodata, so invalid too
+    assert not valid[5:, 10:30].any() and valid[5:, 30:].all()
+
+
+def test_read_window_fast_path_equals_boundless_read(scene, tmp_path) -> None:
+    rgba = _rgba(tmp_path)
+    for path, bands in ((scene, 4), (rgba, 3)):
+        invalid = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the alpha warning, tested above
+            with raster.open_reader(path) as reader:
+                for col, row, w, h in [
+                    (0, 0, 64, 64),
+                    (30, 20, 64, 50),
+                    (-10, 5, 64, 64),
+                    (90, 80, 64, 64),
+                ]:
+                    fast = raster.read_window(reader, col, row, w, h)
+                    slow = reader.read(col, row, w, h)
+                    assert fast[0].shape == slow[0].shape == (bands, h, w)  # alpha: a mask
+                    assert (fast[0] == slow[0]).all() and (fast[1] == slow[1]).all()
+                    invalid += int((~fast[1]).sum())
+        assert invalid > 0
+
+
+def test_a_window_gdal_cannot_read_is_a_raster_error_naming_file_and_window(tmp_path):
+    img = smooth_image(128, 128).astype(np.uint8)
+    path = write_raster(
+        tmp_path / "broken.tif", img, tiled=True, blockxsize=64, blockysize=64, compress="deflate"
+    )
+    with rasterio.open(path) as ds:
+        offset = int(ds.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 64] = b"\xff" * 64  # corrupt one deflate tile
+    path.write_bytes(bytes(data))
+    with raster.open_reader(path) as reader:
+        with pytest.raises(RasterError, match=r"broken.tif.*column 64, row 64"):
+            raster.read_window(reader, 64, 64, 64, 64)
+
+
+def test_whole_raster_reads(scene):
+    valid = raster.read_valid_mask(scene)
+    assert valid.shape == (120, 160) and not valid[:, :20].any() and valid[:, 20:].all()
+    with rasterio.open(scene) as ds:
+        assert (raster.read_band_array(scene, 2) == ds.read(2)).all()
+        full = ds.read([1, 4]).astype(np.float64)
+    small = raster.read_decimated(scene, [1, 4], 30, 40)
+    assert small.shape == (2, 30, 40)
+    # area averaging of 4 x 4 blocks, nodata left out of the mean
+    block = full[:, 0:4, 40:44].mean(axis=(1, 2))
+    assert np.abs(small[:, 0, 10].astype(np.float64) - block).max() <= 1
+
+
+# ------------------------------------------------------------------------------ writing
+def test_write_geotiff_keeps_nir_as_data_and_carries_names_and_tags(tmp_path):
+    img = smooth_image(300, 260).astype(np.uint8)
+    out = raster.write_geotiff(
+        tmp_path / "out.tif",
+        img,
+        crs=CRS,
+        transform=TRANSFORM,
+        nodata=0,
+        band_descriptions=["red", "green", "blue", "nir"],
+        tags={"CLASSES": "a, b"},
+    )
+    with rasterio.open(out) as ds:
+        assert (ds.read() == img).all()
+        assert ds.colorinterp == (
+            ColorInterp.red,
+            ColorInterp.green,
+            ColorInterp.blue,
+            ColorInterp.undefined,  # not alpha: a fourth uint8 band under RGB photometry would be
+        )
+        assert ds.descriptions == ("red", "green", "blue", "nir")
+        assert ds.profile["tiled"] and ds.block_shapes[0] == (256, 256)
+        assert ds.nodata == 0 and ds.crs == rasterio.crs.CRS.from_string(CRS)
+    assert raster.landcover_classes(out) == ["a", "b"]
+    small = raster.write_geotiff(
+        tmp_path / "small.tif", img[0, :20, :30], crs=None, transform=TRANSFORM
+    )
+    with rasterio.open(small) as ds:
+        assert ds.count == 1 and not ds.profile.get("tiled", False)
+        assert ds.colorinterp == (ColorInterp.gray,)
+
+
+def test_stream_cog_writes_a_cog_and_nothing_on_failure(tmp_path):
+    from rio_cogeo.cogeo import cog_validate
+
+    out = tmp_path / "prob.tif"
+    kw = dict(width=300, height=200, crs=CRS, transform=TRANSFORM, dtype="uint8", nodata=255)
+    kw["cog_blocksize"] = 128  # small blocks, so the COG gets overviews
+    with raster.stream_cog(out, description="road", scale=1 / 254, tags={"MODEL": "m"}, **kw) as w:
+        w.write(np.full((200, 256), 7, np.uint8), 0, 0)
+        w.write(np.full((200, 44), 9, np.uint8), 0, 256)
+    assert cog_validate(str(out))[0]
+    with rasterio.open(out) as ds:
+        band = ds.read(1)
+        assert (band[:, :256] == 7).all() and (band[:, 256:] == 9).all()
+        assert ds.descriptions == ("road",) and ds.scales == (pytest.approx(1 / 254),)
+        assert ds.tags()["MODEL"] == "m" and ds.overviews(1)
+    before = out.read_bytes()
+
+    with pytest.raises(FileExistsError):
+        with raster.stream_cog(out, **kw):
+            pass
+    with pytest.raises(RuntimeError, match="boom"):
+        with raster.stream_cog(out, overwrite=True, **kw) as w:
+            w.write(np.zeros((200, 300), np.uint8), 0, 0)
+            raise RuntimeError("boom")
+    assert out.read_bytes() == before  # the old output is kept whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prob.tif"]  # no staging file left
+
+
+# ------------------------------------------------------------------------------ burning
+def test_burn_geometries_follows_the_pixel_centre_rule():
+    transform = Affine(1.0, 0, 0, 0, -1.0, 10.0)  # 10 x 10 px of 1 m, origin top-left (0, 10)
+    square = shapely.box(2.6, 2.6, 5.6, 5.6)  # holds the centres of columns 3..5, rows 4..6
+    line = shapely.LineString([(0.5, 9.5), (9.5, 9.5)])  # along the top row
+    out = raster.burn_geometries(
+        [square, line, None, shapely.Polygon()], transform, (10, 10), values=[3, 5, 7, 9]
+    )
+    assert out.dtype == np.uint8
+    assert (out[0] == 5).all()
+    assert (out[4:7, 3:6] == 3).all() and out[1:].sum() == 3 * 9
+    touched = raster.burn_geometries([square], transform, (10, 10), all_touched=True)
+    assert (touched[4:8, 2:6] == 1).all() and touched.sum() == 16  # partly covered ones join
+    assert (raster.burn_geometries([], transform, (4, 6), fill=2) == 2).all()
+    with pytest.raises(ValueError, match="2 geometries but 1 values"):
+        raster.burn_geometries([square, line], transform, (10, 10), values=[1])
