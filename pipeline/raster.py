@@ -261,9 +261,9 @@ def band_plan(
         )
     else:
         raise RasterError(
-            f"{path}: has {len(plain)} band(s) ({_describe(names, alpha)}), but {wanted_by} "
-            f"expects {len(wanted)} ({', '.join(wanted)}); name the bands (band descriptions) "
-            "or declare them (predict --bands 5,3,2,7; params data.scenes[].bands)"
+            f"{path}: has {len(plain)} band(s), but {wanted_by} expects {len(wanted)} "
+            f"({', '.join(wanted)}); its bands: {_describe(names, alpha)}; name them (band "
+            "descriptions) or declare them (predict --bands 5,3,2,7; data.scenes[].bands)"
         )
     return _finish_plan(path, bands, how, names, wanted, alpha, values, gdal_alpha_mask)
 

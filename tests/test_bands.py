@@ -127,7 +127,9 @@ def test_bands_are_picked_by_name_declared_or_refused(tmp_path) -> None:
         2,
         8,
     )
-    with pytest.raises(RasterError, match=r"eight\.tif: has 8 band\(s\) \(1=coastal, 2=blue"):
+    with pytest.raises(
+        RasterError, match=r"eight\.tif: has 8 band\(s\), but .* its bands: 1=coastal, 2=blue"
+    ):
         band_plan(named, ["red", "green", "blue", "swir"])
     with pytest.raises(RasterError, match=r"declared bands \[5, 3, 2, 9\], but the file has bands"):
         band_plan(named, BANDS, [5, 3, 2, 9])
@@ -138,7 +140,7 @@ def test_bands_are_picked_by_name_declared_or_refused(tmp_path) -> None:
     rgb8 = write_default(tmp_path / "rgb8.tif", eight, photometric="RGB")
     with rasterio.open(rgb8) as ds:
         assert ds.colorinterp[0] == rasterio.enums.ColorInterp.red
-    with pytest.raises(RasterError, match=r"has 8 band\(s\) \(1=\?, 2=\?"):
+    with pytest.raises(RasterError, match=r"has 8 band\(s\), .* its bands: 1=\?, 2=\?"):
         band_plan(rgb8, BANDS[:3])
     # names that do not match, same count: file order, said in one line
     other = write_default(tmp_path / "other.tif", rgbn(), ["b1", "b2", "b3", "b4"])
