@@ -35,6 +35,15 @@ def _params(args: argparse.Namespace) -> Params:
     return load_params(_params_path(args))
 
 
+def _band_spec(text: str) -> list[int] | dict[str, int]:
+    from pipeline.raster import parse_band_spec
+
+    try:
+        return parse_band_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -186,6 +195,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         tracking_default=reg.tracking_uri,
         progress=not args.quiet,
+        bands=args.bands,
+        resample=d.resample and not args.no_resample,
+        gsd_tolerance=d.gsd_tolerance,
     )
 
 
@@ -380,6 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--window", type=_positive_int, help="window side in pixels (multiple of 32)")
     sp.add_argument("--overlap", type=_non_negative_int, help="overlap between windows in pixels")
     sp.add_argument("--tta", action="store_true", help="average the eight dihedral transforms")
+    sp.add_argument(
+        "--bands",
+        type=_band_spec,
+        help="the raster's bands for the model's, in its order: 1-based indexes (5,3,2,7) or "
+        "names (red=5,green=3,blue=2,nir=7); default: by band name, else in file order",
+    )
+    sp.add_argument(
+        "--no-resample",
+        action="store_true",
+        help="predict at the raster's own pixel size even when it differs from the model's by "
+        "more than predict.gsd_tolerance (default: resample each window to the model's)",
+    )
     sp.add_argument(
         "--vectors",
         help="also write road centrelines to this GeoPackage; with several images, a folder",

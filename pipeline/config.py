@@ -70,6 +70,11 @@ class SceneSource(_Section):
     split: Literal["auto", "train", "val", "test"] = Field(
         "auto", description="'test' holds the whole scene out; 'auto' assigns area blocks"
     )
+    bands: list[int] | dict[str, int] | None = Field(
+        None,
+        description="The image's bands for data.bands: 1-based indexes in data.bands order, or "
+        "name -> index; None: by band name (descriptions, colour interpretation), else file order",
+    )
     label_offset_m: tuple[float, float] | None = Field(
         None,
         description="Shift the road vectors by (east, north) metres before they are burned: "
@@ -317,6 +322,12 @@ class TrainParams(_Section):
         "warmed up as min(decay, (1+t)/(10+t))); validation, the best checkpoint and the saved model "
         "use the average; null = off",
     )
+    normalisation: Literal["dataset", "percentile"] = Field(
+        "dataset",
+        description="dataset: the train chips' mean/std; percentile: each scene (and each raster "
+        "predicted) stretched between its own 2nd and 98th band percentiles first, so imagery "
+        "from a darker or flatter sensor maps to the same range; stored in the model",
+    )
     augment: bool = Field(True, description="Dihedral flips/rotations and per-band jitter")
     scale_jitter: float = Field(
         0.0,
@@ -456,6 +467,14 @@ class PredictParams(_Section):
         "auto",
         description="Autocast precision; auto: bf16 on CUDA, fp32 on CPU (bf16 there is faster but "
         "makes pixels depend on the thread count by a few 1/254 steps)",
+    )
+    resample: bool = Field(
+        True,
+        description="Predict a raster whose pixel size differs from the model's (by more than "
+        "gsd_tolerance) at the model's pixel size, window by window; false: as it is, with a warning",
+    )
+    gsd_tolerance: float = Field(
+        1.25, ge=1, description="Pixel size ratio (raster / model) tolerated without resampling"
     )
     vector_min_spur_m: float = Field(
         10.0, ge=0, description="--vectors: prune dead-end branches shorter than this"

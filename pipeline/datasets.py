@@ -24,17 +24,47 @@ from pipeline.chip_format import INDEX_FILE, INDEX_LAYER, MASK_NODATA, STATS_FIL
 class Normalisation:
     mean: np.ndarray  # (C,)
     std: np.ndarray  # (C,)
+    # normalisation "percentile": each scene's per-band (low, high), stretched to 0..1 first
+    stretch: dict[str, np.ndarray] | None = None  # scene -> (C, 2)
 
     @classmethod
-    def from_lists(cls, mean: list[float], std: list[float]) -> Normalisation:
-        return cls(np.asarray(mean, np.float32), np.asarray(std, np.float32))
+    def from_lists(
+        cls, mean: list[float], std: list[float], stretch: dict[str, list] | None = None
+    ) -> Normalisation:
+        scenes = {k: np.asarray(v, np.float32) for k, v in (stretch or {}).items()}
+        return cls(np.asarray(mean, np.float32), np.asarray(std, np.float32), scenes or None)
 
-    def apply(self, image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-        """(C,H,W) raw band values -> float32 standardised; nodata pixels set to 0."""
-        x = (image.astype(np.float32) - self.mean[:, None, None]) / self.std[:, None, None]
+    def apply(
+        self, image: np.ndarray, valid: np.ndarray | None = None, scene: str | None = None
+    ) -> np.ndarray:
+        """(C,H,W) raw band values -> float32 standardised; nodata pixels set to 0. With a
+        stretch, ``scene``'s band range is mapped to 0..1 first."""
+        x = image.astype(np.float32)
+        if self.stretch is not None:
+            lo, hi = self.stretch[scene].T
+            x = (x - lo[:, None, None]) / (hi - lo)[:, None, None]
+        x = (x - self.mean[:, None, None]) / self.std[:, None, None]
         if valid is not None:
             x *= valid[None]
         return x
+
+
+def chip_normalisation(
+    stats: dict, kind: str, stats_path: Path, fixed: tuple[list[float], list[float]] | None = None
+) -> tuple[Normalisation, list[float], list[float]]:
+    """The training normalisation ``kind`` (dataset or percentile) of the chips ``stats``
+    describes, and its mean and std: those of the train chips (after each scene's stretch for
+    percentile), or ``fixed`` (a fine-tuned model keeps its source's)."""
+    if kind == "dataset":
+        mean, std = fixed or (stats["mean"], stats["std"])
+        return Normalisation.from_lists(mean, std), mean, std
+    if "percentiles" not in stats:
+        raise ValueError(
+            f"{stats_path}: no per-scene band percentiles (tiled by an older version); "
+            "re-run `pipeline tile` for normalisation: percentile"
+        )
+    mean, std = fixed or (stats["percentile_mean"], stats["percentile_std"])
+    return Normalisation.from_lists(mean, std, stats["percentiles"]), mean, std
 
 
 def read_chip_index(chips_dir: Path):
@@ -148,7 +178,7 @@ class SegmentationChips(Dataset):
         image = np.asarray(self.arrays.get(scene, "images")[j])
         mask = np.asarray(self.arrays.get(scene, "masks")[j])
         valid = mask != MASK_NODATA
-        x = self.norm.apply(image, valid)
+        x = self.norm.apply(image, valid, scene)
         y = (mask == 1).astype(np.float32)
         v = valid.astype(np.float32)
         if self.augment:

@@ -133,6 +133,7 @@ def predict_scene(
         dtype="float32",
         overwrite=True,
         progress=False,
+        bands=scene.bands,
     )
     return Path(result.output)
 
@@ -342,12 +343,18 @@ def _save_figure(fig: Any, path: Path) -> None:
 
 
 def write_quicklook(
-    path: Path, image: Path, score: SceneScore, bands: list[str], title: str
+    path: Path,
+    image: Path,
+    score: SceneScore,
+    bands: list[str],
+    title: str,
+    declared: raster.BandSpec | None = None,
 ) -> Path:
-    """The scene's RGB with the road probability overlaid (transparent where it is low)."""
-    info = raster.raster_info(image)
+    """The scene's RGB with the road probability overlaid (transparent where it is low).
+    ``declared``: the scene's own band declaration (``raster.band_plan``)."""
+    plan = raster.band_plan(image, bands, declared)
     valid, prob = score.valid, score.prob
-    rgb_idx = rgb_band_indexes(bands, info.count)
+    rgb_idx = [plan.bands[i - 1] for i in rgb_band_indexes(bands, len(plan.bands))]
     rgb = stretch(raster.read_decimated(image, rgb_idx, *valid.shape), valid)
     fig = _new_figure(valid.shape)
     ax = fig.add_subplot()
@@ -540,6 +547,7 @@ def run_evaluate(
                     score,
                     data.bands,
                     scene.name,
+                    scene.bands,
                 )
             )
 

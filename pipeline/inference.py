@@ -18,13 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline import parallel, raster
 from pipeline.model import autocast_dtype, load_model, pick_device
 from pipeline.model_config import WEIGHTS_FILE, ModelConfig, ModelError
 from pipeline.predict_task import GroupResult, PredictJob
 from pipeline.stitching import window_contribution_weight
-from pipeline.windows import WindowGroup
+from pipeline.windows import UNET_MULTIPLE, WindowGroup
 
 # Windows per forward pass on CPU when not given: a CPU's convolutions already use every core
 # at batch 1-2, and a worker then peaks at ~1.0 GiB instead of ~1.4 GiB with batch 4 for
@@ -125,12 +126,56 @@ def forward_probs(
 
 
 def normalise(
-    image: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.ndarray
+    image: np.ndarray,
+    valid: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    stretch: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(C, H, W) any dtype -> float32 ``(x - mean) / std``, 0 where the pixel is nodata."""
-    x = (image.astype(np.float32) - mean[:, None, None]) / std[:, None, None]
+    """(C, H, W) any dtype -> float32 ``(x - mean) / std``, 0 where the pixel is nodata. With
+    ``stretch`` (C, 2), each band's (low, high) is first mapped to (0, 1) (percentile
+    normalisation, as ``datasets.Normalisation``)."""
+    x = image.astype(np.float32)
+    if stretch is not None:
+        lo, hi = stretch[:, 0], stretch[:, 1]
+        x = (x - lo[:, None, None]) / (hi - lo)[:, None, None]
+    x = (x - mean[:, None, None]) / std[:, None, None]
     x[:, ~valid] = 0.0
     return x
+
+
+def model_shape(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The model-pixel shape of a ``height`` x ``width`` raster window at ``scale`` model pixels
+    per raster pixel, each side rounded to the U-Net's multiple of 32."""
+    return tuple(
+        max(UNET_MULTIPLE, round(n * scale / UNET_MULTIPLE) * UNET_MULTIPLE)
+        for n in (height, width)
+    )
+
+
+def resample_window(
+    image: np.ndarray, valid: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A window (C, H, W) and its validity resampled to ``shape``: area average (down) or
+    bilinear (up) over valid pixels only, so nodata never bleeds into values; a model pixel is
+    valid when at least half of what it covers is. Deterministic: it depends on the window."""
+    x = torch.from_numpy(image.astype(np.float32))[None]
+    v = torch.from_numpy(valid.astype(np.float32))[None, None]
+    down = shape[0] * shape[1] <= image.shape[1] * image.shape[2]
+    kwargs = {"mode": "area"} if down else {"mode": "bilinear", "align_corners": False}
+    weight = F.interpolate(v, size=shape, **kwargs)
+    x = F.interpolate(x * v, size=shape, **kwargs) / weight.clamp_min(1e-6)
+    return x[0].numpy(), (weight[0, 0] >= 0.5).numpy()
+
+
+def resample_probs(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Probabilities (N, h, w) at the model's pixel size back to the window's ``shape``."""
+    if probs.shape[1:] == tuple(shape):
+        return probs
+    y = F.interpolate(
+        torch.from_numpy(probs)[:, None], size=shape, mode="bilinear", align_corners=False
+    )
+    return y[:, 0].clamp(0, 1).numpy()
 
 
 @dataclass
@@ -154,8 +199,11 @@ _READERS_GENERATION = 0
 
 
 @contextlib.contextmanager
-def run_reader(image: str, run_id: str) -> Iterator[raster.WindowReader]:
-    """This thread's reader of ``image`` for predict run ``run_id``, opened on first use."""
+def run_reader(
+    image: str, run_id: str, plan: raster.BandPlan | None = None
+) -> Iterator[raster.WindowReader]:
+    """This thread's reader of ``image`` for predict run ``run_id``, opened on first use (reading
+    the bands of ``plan``, which belongs to the run)."""
     key, me = (image, run_id), threading.get_ident()
     with _READERS_LOCK:
         entry, generation = _READERS.pop(me, None), _READERS_GENERATION
@@ -164,7 +212,8 @@ def run_reader(image: str, run_id: str) -> Iterator[raster.WindowReader]:
         entry = None
     if entry is None:
         stack = contextlib.ExitStack()
-        entry = _OpenReader(key, generation, stack, stack.enter_context(raster.open_reader(image)))
+        reader = stack.enter_context(raster.open_reader(image, plan))
+        entry = _OpenReader(key, generation, stack, reader)
     try:
         yield entry.reader
     except BaseException:
@@ -214,6 +263,7 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
     model, config, device = worker_model(job.model_dir, job.device)
     mean = np.asarray(config.mean, np.float32)
     std = np.asarray(config.std, np.float32)
+    stretch = None if job.stretch is None else np.asarray(job.stretch, np.float32)
     region = group.region
     contrib: np.ndarray | None = None
     valid_out: np.ndarray | None = None
@@ -235,6 +285,8 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
             contrib = np.zeros((region.height, region.width), np.float32)
             valid_out = np.zeros((region.height, region.width), bool)
         for (ij, _, valid), prob in zip(batch, probs, strict=True):
+            if job.scale != 1.0:  # back from the model's pixels onto the raster's
+                prob = resample_probs(prob[None], valid.shape)[0]
             inside, weight = window_contribution_weight(job.grid, *ij)
             dst = inside.slices_in(region)
             contrib[dst] += weight * prob[: inside.height, : inside.width]
@@ -242,7 +294,7 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
         batch.clear()
         timings["blend"] += time.perf_counter() - t1
 
-    with raster.gdal_cache_limit(), run_reader(job.image, job.run_id) as reader:
+    with raster.gdal_cache_limit(), run_reader(job.image, job.run_id, job.plan) as reader:
         for ij in group.windows:
             t0 = time.perf_counter()
             rect = job.grid.rect(*ij)
@@ -253,7 +305,11 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
                 skipped += 1  # all nodata: the model never sees it
                 timings["read"] += time.perf_counter() - t0
                 continue
-            x = normalise(image, valid, mean, std)
+            if job.scale != 1.0:
+                shape = model_shape(rect.height, rect.width, job.scale)
+                x = normalise(*resample_window(image, valid, shape), mean, std, stretch)
+            else:
+                x = normalise(image, valid, mean, std, stretch)
             timings["read"] += time.perf_counter() - t0
             if batch and batch[0][1].shape != x.shape:
                 flush()  # the last row/column of windows is cropped: a batch holds one shape

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -38,6 +39,11 @@ class ModelConfig(BaseModel):
     bands: list[str] = Field(description="Input band names, in order")
     mean: list[float] = Field(description="Per-band mean used for normalisation")
     std: list[float] = Field(description="Per-band standard deviation used for normalisation")
+    normalisation: Literal["dataset", "percentile"] = Field(
+        "dataset",
+        description="dataset: (x - mean) / std; percentile: each raster's bands first stretched "
+        "between their own 2nd and 98th percentiles (to 0..1), then (x - mean) / std",
+    )
     chip_size: int = Field(description="Training chip side in pixels")
     dtype: str = Field(
         "", description="Sample type of the training imagery (uint8, uint16, ...); '' unknown"

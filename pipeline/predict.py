@@ -22,6 +22,7 @@ A pixel's value is the same sum whatever the block size or the number of workers
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import warnings
 from collections.abc import Callable
@@ -44,13 +45,15 @@ from pipeline.stitching import (
     encode_float32,
     encode_uint8,
 )
-from pipeline.windows import WindowGrid, WindowGroup, window_groups
+from pipeline.windows import UNET_MULTIPLE, WindowGrid, WindowGroup, window_groups
+
+log = logging.getLogger(__name__)
 
 BAND_DESCRIPTION = "road_probability"
 DEFAULT_BLOCK = 1024
-GSD_TOLERANCE = (
-    1.5  # warn when the raster's pixel size differs from the model's by more than this factor
-)
+# resample (or, with resample off, warn) when the raster's pixel size differs from the model's
+# by more than this factor
+GSD_TOLERANCE = 1.25
 
 
 @dataclass(frozen=True)
@@ -106,39 +109,85 @@ def release_readers() -> int:
 
 # ------------------------------------------------------------------------------ client side
 def _check_inputs(
-    image: Path, info: raster.RasterInfo, config: ModelConfig, model_ref: str
-) -> None:
-    if info.count != config.in_channels:
-        raise raster.RasterError(
-            f"{image}: has {info.count} band(s), but the model {model_ref} expects "
-            f"{config.in_channels} ({', '.join(config.bands)})"
-        )
-    names = [d.lower() if d else None for d in info.band_descriptions]
-    if all(names) and names != [b.lower() for b in config.bands]:
-        warnings.warn(
-            f"{image}: band descriptions {names} differ from the model's bands {config.bands}; "
-            "bands are used in file order",
-            stacklevel=3,
-        )
+    image: Path,
+    info: raster.RasterInfo,
+    config: ModelConfig,
+    model_ref: str,
+    bands: raster.BandSpec | None = None,
+) -> raster.BandPlan:
+    """The raster's bands for this model (``raster.band_plan``); warns about what may go wrong."""
+    plan = raster.band_plan(image, config.bands, bands, wanted_by=f"the model {model_ref}")
+    if plan.note:
+        log.info("%s", plan.note)
     if info.crs is None and not info.gcps:
         warnings.warn(
             f"{image}: raster has no CRS; the prediction will have none either", stacklevel=3
         )
-    if config.dtype and info.dtype != config.dtype:
+    if config.dtype and info.dtype != config.dtype and config.normalisation == "dataset":
         warnings.warn(
             f"{image}: sample type {info.dtype}, but the model {model_ref} was trained on {config.dtype} "
             "imagery; it normalises with that imagery's statistics, so rescale the raster to the same "
             "value range (gdal_translate -scale -ot) or expect poor predictions",
             stacklevel=3,
         )
+    return plan
+
+
+def pixel_scale(
+    image: Path,
+    info: raster.RasterInfo,
+    config: ModelConfig,
+    model_ref: str,
+    resample: bool = True,
+    tolerance: float = GSD_TOLERANCE,
+) -> float:
+    """Model pixels per raster pixel: 1.0 when the raster's pixel size is within ``tolerance``
+    (a ratio) of the model's ``gsd_m``, or unknown; else ``mpp / gsd_m`` with ``resample``,
+    and 1.0 with a warning (and a resampling command that fits the raster's CRS) without."""
     mpp = info.metres_per_pixel
-    if config.gsd_m and mpp and not (1 / GSD_TOLERANCE <= mpp / config.gsd_m <= GSD_TOLERANCE):
-        warnings.warn(
-            f"{image}: pixels are {mpp:.2f} m, but the model {model_ref} was trained at "
-            f"{config.gsd_m:.2f} m; roads will look {'wider' if mpp < config.gsd_m else 'narrower'} "
-            f"than it learned them: resample first (gdalwarp -tr {config.gsd_m:g} {config.gsd_m:g})",
-            stacklevel=3,
+    if not config.gsd_m or not mpp or 1 / tolerance <= mpp / config.gsd_m <= tolerance:
+        return 1.0
+    if resample:
+        log.info(
+            "%s: pixels are %.3g m, the model's %.3g m: each window is resampled to the model's "
+            "pixel size and its probability back onto the raster's grid",
+            image,
+            mpp,
+            config.gsd_m,
         )
+        return mpp / config.gsd_m
+    warnings.warn(
+        f"{image}: pixels are {mpp:.2f} m, but the model {model_ref} was trained at "
+        f"{config.gsd_m:.2f} m; roads will look {'wider' if mpp < config.gsd_m else 'narrower'} "
+        f"than it learned them: predict without --no-resample, or resample first "
+        f"({_resample_hint(info, config.gsd_m)})",
+        stacklevel=3,
+    )
+    return 1.0
+
+
+def _resample_hint(info: raster.RasterInfo, gsd: float) -> str:
+    """A gdalwarp command to the model's pixel size: -tr is in the CRS's units, so a raster in
+    degrees is sent to its UTM zone (in metres) instead."""
+    if info.crs is not None and info.crs.is_geographic:
+        left, bottom, right, top = info.bounds
+        lon, lat = (left + right) / 2, (bottom + top) / 2
+        epsg = (32600 if lat >= 0 else 32700) + int((lon + 180) // 6) % 60 + 1
+        return (
+            f"gdalwarp -t_srs EPSG:{epsg} -tr {gsd:g} {gsd:g}; the raster is in degrees, where "
+            f"-tr takes degrees (about {gsd / 111_320:.2g})"
+        )
+    return f"gdalwarp -tr {gsd:g} {gsd:g}"
+
+
+def raster_grid(info: raster.RasterInfo, window: int, overlap: int, scale: float) -> WindowGrid:
+    """The fixed window grid over the raster, in raster pixels. Resampled (``scale`` != 1), a
+    window covers what ``window`` model pixels cover (rounded to the U-Net's multiple), so the
+    grid still depends on raster size, window, overlap and scale only."""
+    if scale == 1.0:
+        return WindowGrid(info.height, info.width, window, overlap)
+    side = max(UNET_MULTIPLE, round(window / scale / UNET_MULTIPLE) * UNET_MULTIPLE)
+    return WindowGrid(info.height, info.width, side, min(round(overlap / scale), side - 1))
 
 
 def _model_tags(model_ref: str | Path, folder: Path, config: ModelConfig) -> dict[str, str]:
@@ -188,11 +237,11 @@ def _cog_blocksize(height: int, width: int) -> int:
     return 512 if min(height, width) >= 2048 else 256
 
 
-def plan_line(image: Path, grid: WindowGrid, tasks: int, threads: int) -> str:
+def plan_line(image: str | Path, grid: WindowGrid, tasks: int, threads: int) -> str:
     """What a run is about to do, printed before it starts: a raster so large that the run
     takes days says so before the first window, not after a silent night."""
     return (
-        f"predict {image.name}: {grid.height:,} x {grid.width:,} px, {len(grid):,} windows of "
+        f"predict {sources.display_name(image)}: {grid.height:,} x {grid.width:,} px, {len(grid):,} windows of "
         f"{grid.window} px in {tasks:,} tasks on {threads} worker thread(s)"
     )
 
@@ -287,13 +336,20 @@ def predict_raster(
     tracking_default: str = "sqlite:///mlflow.db",
     progress: bool = True,
     block_size: int = DEFAULT_BLOCK,
+    bands: raster.BandSpec | None = None,
+    resample: bool = True,
+    gsd_tolerance: float = GSD_TOLERANCE,
 ) -> PredictResult:
     """Predict road probability over ``image`` and write a COG to ``output``.
 
     ``block_size`` is the side of the output blocks written as they complete (a multiple of
     256); it changes memory and write granularity, never pixel values. ``batch_size`` None
     lets each worker choose (``fitted_batch_size``: 2 on CPU, what fits on a GPU); tasks hold
-    at least one batch of windows. Raises
+    at least one batch of windows. ``bands`` declares the raster's bands for the model's
+    (1-based indexes in the model's order, or name -> index); by default they are picked by
+    name, else in file order (``raster.band_plan``). With ``resample``, a raster whose pixel
+    size differs from the model's by more than ``gsd_tolerance`` (a ratio) is predicted at
+    the model's pixel size window by window, the output staying on the raster's grid. Raises
     FileExistsError when ``output`` (or ``vectors``) exists and ``overwrite`` is False,
     ``raster.RasterError`` when the band count does not match the model.
     """
@@ -326,9 +382,11 @@ def predict_raster(
     pool = ThreadPoolExecutor(1, thread_name_prefix="roadseg-model-resolve")
     resolving = pool.submit(_resolve_model, model, tracking_default)
     pool.shutdown(wait=False)
+    if gsd_tolerance < 1:
+        raise ValueError(f"gsd_tolerance is a ratio >= 1, got {gsd_tolerance}")
     if not from_registry:
-        _check_inputs(image, info, resolving.result()[1], str(model))
-    grid = WindowGrid(info.height, info.width, window, overlap)  # checks window and overlap
+        plan = _check_inputs(image, info, resolving.result()[1], str(model), bands)
+    WindowGrid(info.height, info.width, window, overlap)  # checks window and overlap
 
     if dtype == "uint8":
         encode, nodata, scale = encode_uint8, float(NODATA_UINT8), UINT8_SCALE
@@ -340,12 +398,19 @@ def predict_raster(
         timings["cluster_start"] = time.perf_counter() - t_cluster
         folder, config, tags = resolving.result()
         if from_registry:
-            _check_inputs(image, info, config, str(model))
+            plan = _check_inputs(image, info, config, str(model), bands)
+        px_scale = pixel_scale(image, info, config, str(model), resample, gsd_tolerance)
+        stretch = None
+        if config.normalisation == "percentile":  # this raster's own band range, as in training
+            stretch = tuple(raster.band_percentiles(image, plan))
+        grid = raster_grid(info, window, overlap, px_scale)
         tags.update(
             window=window,
             overlap=overlap,
             tta=tta,
             precision=precision,
+            bands=",".join(str(b) for b in plan.bands),
+            model_pixels_per_pixel=f"{px_scale:.6g}",
             encoding="uint8: p = value / 254, 255 = nodata"
             if dtype == "uint8"
             else "float32: p, NaN = nodata",
@@ -370,7 +435,16 @@ def predict_raster(
             print(plan_line(image, grid, len(groups), parallel.total_threads(client)))
         assembler = BlockAssembler(info.height, info.width, block_size, [g.region for g in groups])
         job = PredictJob(
-            sources.absolute(image), model_dir, device, grid, batch_size, tta, precision
+            sources.absolute(image),
+            model_dir,
+            device,
+            grid,
+            batch_size,
+            tta,
+            precision,
+            plan=plan,
+            scale=px_scale,
+            stretch=stretch,
         )
         stopping = None
         try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.raster import BandPlan
 from pipeline.windows import Rect, WindowGrid
 
 
@@ -26,6 +27,13 @@ class PredictJob:
     batch_size: int
     tta: bool
     precision: str = "auto"
+    # the raster's data bands, in the model's order, and where validity comes from
+    plan: BandPlan | None = None
+    # model pixels per raster pixel: windows (on ``grid``, in raster pixels) are resampled to
+    # the model's pixel size and their probability back; 1.0 runs them as they are
+    scale: float = 1.0
+    # per-band (low, high) raw values mapped to 0..1 before mean/std (percentile normalisation)
+    stretch: tuple[tuple[float, float], ...] | None = None
     # names this predict run: workers keep the raster open between its tasks, never into another run
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 

@@ -4,7 +4,8 @@ MLflow runs this file when the model is loaded (``mlflow.pyfunc.load_model``): t
 rebuilt from its folder (safetensors + model.json) and nothing is unpickled. This is the one
 file besides registry.py that imports mlflow, because models-from-code requires it.
 
-Input: float32 array (N, C, H, W) of raw band values in the model's band order.
+Input: float32 array (N, C, H, W) of raw band values in the model's band order (a model
+trained with percentile normalisation stretches each input by its own 2-98 % band range).
 Output: float32 array (N, 1, H, W) of road probabilities.
 """
 
@@ -32,6 +33,9 @@ class RoadUNetPyfunc(PythonModel):
             raise ValueError(
                 f"input has {x.shape[1]} bands, the model expects {self.config.in_channels} ({self.config.bands})"
             )
+        if self.config.normalisation == "percentile":  # each input's own band range -> 0..1
+            lo, hi = np.percentile(x, (2, 98), axis=(2, 3), keepdims=True)
+            x = (x - lo) / np.maximum(hi - lo, 1.0)
         mean = np.asarray(self.config.mean, np.float32)[None, :, None, None]
         std = np.asarray(self.config.std, np.float32)[None, :, None, None]
         t = torch.from_numpy((x - mean) / std).to(self.device)

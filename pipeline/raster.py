@@ -9,18 +9,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import shutil
-import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
 from affine import Affine
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
@@ -45,7 +44,7 @@ class RasterInfo:
     transform: Affine
     nodata: float | None
     has_mask: bool  # a per-dataset mask or alpha band beyond a nodata value
-    band_descriptions: tuple[str | None, ...]
+    band_descriptions: tuple[str | None, ...]  # ``count`` leaves out alpha; ``band_plan`` decides
     # ground control points (rasterio GroundControlPoint) and their CRS, for a raster
     # georeferenced by GCPs instead of a transform; empty otherwise
     gcps: tuple[Any, ...] = ()
@@ -95,12 +94,6 @@ def raster_info(path: str | Path) -> RasterInfo:
     path = sources.gdal_name(path)
     with _open(path) as ds:
         alpha = any(ci == ColorInterp.alpha for ci in ds.colorinterp)
-        if alpha:
-            warnings.warn(
-                f"{path}: a band is flagged as alpha and is used as a mask, not as data; if it is a "
-                "spectral band (e.g. NIR), unflag it: gdal_edit.py -colorinterp_4 undefined",
-                stacklevel=2,
-            )
         per_dataset = any(
             rasterio.enums.MaskFlags.per_dataset in flags
             and rasterio.enums.MaskFlags.nodata not in flags
@@ -122,13 +115,243 @@ def raster_info(path: str | Path) -> RasterInfo:
         )
 
 
+# ------------------------------------------------------------ which bands are data (all stages)
+BandSpec = Sequence[int] | Mapping[str, int]  # declared bands: 1-based indexes, or name -> index
+
+# colour interpretations that name a band (GDAL >= 3.10 also has nir, rededge, swir, ...)
+_NAMELESS = {ColorInterp.undefined, ColorInterp.gray, ColorInterp.palette, ColorInterp.alpha}
+ALPHA_SAMPLE_PX = 256  # side of the decimated read that tells a true alpha from a spectral band
+
+
+@dataclass(frozen=True)
+class BandPlan:
+    """Which bands of a raster are read as data, and where its validity comes from.
+
+    ``bands`` are 1-based indexes in the order the model (or ``data.bands``) wants them.
+    ``validity``: ``dataset`` is GDAL's dataset mask (a per-dataset mask, else the nodata
+    value, else an alpha band); ``all`` counts every pixel inside the raster as valid, used
+    when the band GDAL would take as the mask is flagged alpha but holds data.
+    ``note``: one line for the user when the plan is not the plain file order ('' otherwise).
+    """
+
+    bands: tuple[int, ...]
+    validity: Literal["dataset", "all"] = "dataset"
+    note: str = ""
+
+
+def parse_band_spec(text: str) -> list[int] | dict[str, int]:
+    """``"5,3,2,7"`` -> [5, 3, 2, 7]; ``"red=5,green=3"`` -> {"red": 5, "green": 3}."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        if items and all("=" in t for t in items):
+            pairs = [t.split("=", 1) for t in items]
+            return {k.strip().lower(): int(v) for k, v in pairs}
+        return [int(t) for t in items]
+    except ValueError:
+        raise ValueError(
+            f"bands {text!r}: give 1-based band indexes (5,3,2,7) or names (red=5,green=3,...)"
+        ) from None
+
+
+def band_names(path: str | Path) -> list[str]:
+    """Each band's name: its description, else its colour interpretation ('' when neither)."""
+    with _open(sources.gdal_name(path)) as ds:
+        return _band_names(ds)
+
+
+def _band_names(ds: rasterio.DatasetReader) -> list[str]:
+    # Red/green/blue of a file with more than 4 bands come from the TIFF's RGB photometric,
+    # GDAL's default, not from its author: SpaceNet's 8-band WorldView-3 chips say bands 1-3
+    # are red, green, blue (they are coastal, blue, green). Only descriptions name those.
+    weak = {ColorInterp.red, ColorInterp.green, ColorInterp.blue} if ds.count > 4 else set()
+    return [
+        (desc or "").strip().lower() or ("" if ci in _NAMELESS or ci in weak else ci.name.lower())
+        for desc, ci in zip(ds.descriptions, ds.colorinterp, strict=True)
+    ]
+
+
+def _describe(names: list[str], alpha: int | None) -> str:
+    return ", ".join(
+        f"{i}={n or '?'}{' (alpha)' if i == alpha else ''}" for i, n in enumerate(names, start=1)
+    )
+
+
+def _alpha_values(ds: rasterio.DatasetReader, band: int) -> np.ndarray:
+    """Distinct values of a decimated read of ``band`` (overviews where present)."""
+    from rasterio.enums import Resampling
+
+    shape = (min(ds.height, ALPHA_SAMPLE_PX), min(ds.width, ALPHA_SAMPLE_PX))
+    return np.unique(ds.read(band, out_shape=shape, resampling=Resampling.nearest))
+
+
+def _is_mask(values: np.ndarray) -> bool:
+    """A true alpha holds one value, or 0 and one other (0/255); a spectral band has a spread."""
+    return len(values) == 1 or (len(values) == 2 and values[0] == 0)
+
+
+def _declared(path: Path, count: int, wanted: list[str] | None, declared: BandSpec) -> list[int]:
+    if isinstance(declared, Mapping):
+        names = {k.lower(): v for k, v in declared.items()}
+        missing = [w for w in wanted or [] if w.lower() not in names]
+        if missing:
+            raise RasterError(
+                f"{path}: declared bands {dict(declared)} name no band for {', '.join(missing)}"
+            )
+        bands = [names[w.lower()] for w in wanted] if wanted else list(names.values())
+    else:
+        bands = [int(b) for b in declared]
+    if wanted and len(bands) != len(wanted):
+        raise RasterError(
+            f"{path}: {len(bands)} band(s) declared ({list(bands)}), but {len(wanted)} are needed "
+            f"({', '.join(wanted)})"
+        )
+    bad = [b for b in bands if not 1 <= b <= count]
+    if bad or not bands:
+        raise RasterError(
+            f"{path}: declared bands {list(bands)}, but the file has bands 1..{count}"
+        )
+    return bands
+
+
+def _by_name(names: list[str], wanted: list[str] | None) -> list[int] | None:
+    """Bands picked by name when every wanted name names exactly one band; else None."""
+    if not wanted:
+        return None
+    picked = []
+    for w in wanted:
+        hits = [i for i, n in enumerate(names, start=1) if n == w.lower()]
+        if len(hits) != 1:
+            return None
+        picked.append(hits[0])
+    return picked
+
+
+def band_plan(
+    path: str | Path,
+    wanted: list[str] | None = None,
+    declared: BandSpec | None = None,
+    wanted_by: str = "params data.bands",
+) -> BandPlan:
+    """Decide which bands of ``path`` are data (in the order of ``wanted``) and its validity.
+
+    Bands are taken, in this order of preference: as ``declared`` (indexes, or names ->
+    indexes); by name (band descriptions, else colour interpretation), when every wanted
+    name names one band; else in file order when the count matches exactly. A band flagged
+    alpha is data when it is picked by name or declaration, when ``wanted`` needs one band
+    more than the file has without it, or when its values are no mask (a true alpha holds
+    0 and one other value; a spectral band stored in it has a spread): then validity comes
+    from nodata or a per-dataset mask, not from it. Raises RasterError naming the file and
+    its band names when no reading fits, and naming both readings when an alpha that looks
+    like a mask would be needed as data. ``wanted_by`` names who wants the bands in errors.
+    """
+    path = sources.gdal_name(path)
+    with _open(path) as ds:
+        names = _band_names(ds)
+        alphas = [i for i, ci in enumerate(ds.colorinterp, start=1) if ci == ColorInterp.alpha]
+        alpha = alphas[-1] if alphas else None
+        gdal_alpha_mask = MaskFlags.alpha in ds.mask_flag_enums[0]
+        values = _alpha_values(ds, alpha) if alpha else None
+        count = ds.count
+    alpha_is_mask = values is None or _is_mask(values)
+    plain = [b for b in range(1, count + 1) if b != alpha or not alpha_is_mask]
+    if declared is not None:
+        bands, how = _declared(path, count, wanted, declared), "as declared"
+    elif (bands := _by_name(names, wanted)) is not None:
+        how = "by name"
+    elif wanted is None or len(plain) == len(wanted):
+        bands, how = plain, "in file order"
+    elif alpha and len(plain) + 1 == len(wanted):
+        raise RasterError(
+            f"{path}: band {alpha} is flagged alpha and holds a mask ({_values(values)}): read as "
+            f"a mask, the file has {len(plain)} data bands; read as data, {count}; {wanted_by} "
+            f"expects {len(wanted)} ({', '.join(wanted)}). If band {alpha} is data, unflag it "
+            f"(gdal_edit.py -colorinterp_{alpha} undefined) or declare the bands (--bands); if it "
+            "is a mask, this raster lacks a band"
+        )
+    else:
+        raise RasterError(
+            f"{path}: has {len(plain)} band(s), but {wanted_by} expects {len(wanted)} "
+            f"({', '.join(wanted)}); its bands: {_describe(names, alpha)}; name them (band "
+            "descriptions) or declare them (predict --bands 5,3,2,7; data.scenes[].bands)"
+        )
+    return _finish_plan(path, bands, how, names, wanted, alpha, values, gdal_alpha_mask)
+
+
+def _values(values: np.ndarray | None) -> str:
+    if values is None or len(values) <= 2:
+        return "values " + "/".join(str(v) for v in (values if values is not None else []))
+    return f"{len(values)} distinct values, {values[0]} to {values[-1]}"
+
+
+def _finish_plan(
+    path: Path,
+    bands: list[int],
+    how: str,
+    names: list[str],
+    wanted: list[str] | None,
+    alpha: int | None,
+    values: np.ndarray | None,
+    gdal_alpha_mask: bool,
+) -> BandPlan:
+    notes = []
+    validity: Literal["dataset", "all"] = "dataset"
+    if alpha is not None and gdal_alpha_mask and (alpha in bands or not _is_mask(values)):
+        validity = "all"
+        use = "used as data" if alpha in bands else "not a mask"
+        notes.append(
+            f"band {alpha} is flagged alpha but is {use} ({_values(values)}); validity from "
+            "nodata or a mask: none set, every pixel counts as valid"
+        )
+    if how == "in file order" and wanted:
+        used = [names[b - 1] for b in bands]
+        if any(u and u != w.lower() for u, w in zip(used, wanted, strict=True)):
+            notes.append(
+                f"band names ({_describe(names, alpha)}) do not match {', '.join(wanted)}; "
+                "bands are used in file order"
+            )
+    elif how != "in file order" and bands != list(range(1, len(bands) + 1)):
+        picked = ", ".join(f"{w}=band {b}" for w, b in zip(wanted or bands, bands, strict=True))
+        notes.append(f"bands picked {how}: {picked}")
+    note = f"{path}: " + "; ".join(notes) if notes else ""
+    return BandPlan(tuple(bands), validity, note)
+
+
+PERCENTILE_RANGE = (2.0, 98.0)  # the per-raster stretch of ``normalisation: percentile``
+PERCENTILE_SAMPLE_PX = 1024  # longer side of the decimated read the percentiles come from
+
+
+def band_percentiles(
+    path: str | Path, plan: BandPlan, size: int = PERCENTILE_SAMPLE_PX
+) -> list[tuple[float, float]]:
+    """Each planned band's (2nd, 98th) percentile over the valid pixels of a decimated read of
+    the whole raster (nearest neighbour, from overviews where present: a sample of real pixel
+    values, cheap for any raster size). High is at least low + 1 (a flat band)."""
+    path = sources.gdal_name(path)
+    with _open(path) as ds:
+        step = max(1.0, max(ds.height, ds.width) / size)
+        shape = (max(1, round(ds.height / step)), max(1, round(ds.width / step)))
+        img = ds.read(list(plan.bands), out_shape=(len(plan.bands), *shape))
+        if plan.validity == "all":
+            valid = np.ones(shape, bool)
+        else:
+            valid = ds.dataset_mask(out_shape=shape) > 0
+    if not valid.any():
+        raise RasterError(f"{path}: no valid pixel to take band percentiles from")
+    lo, hi = np.percentile(img[:, valid].astype(np.float64), PERCENTILE_RANGE, axis=1)
+    return [(float(a), float(max(b, a + 1.0))) for a, b in zip(lo, hi, strict=True)]
+
+
 @contextlib.contextmanager
-def open_reader(path: str | Path) -> Iterator[WindowReader]:
-    """Keep one dataset open for many window reads (one per worker/task, not per window)."""
+def open_reader(path: str | Path, plan: BandPlan | None = None) -> Iterator[WindowReader]:
+    """Keep one dataset open for many window reads (one per worker/task, not per window).
+
+    ``plan`` (``band_plan``) says which bands are data and where validity comes from; without
+    one, every band not flagged alpha is data and validity is GDAL's dataset mask.
+    """
     path = sources.gdal_name(path)
     ds = _open(path)
     try:
-        yield WindowReader(ds, path)
+        yield WindowReader(ds, path, plan)
     finally:
         ds.close()
 
@@ -136,11 +359,30 @@ def open_reader(path: str | Path) -> Iterator[WindowReader]:
 class WindowReader:
     """Reads windows of an open dataset, padding outside the raster with nodata."""
 
-    def __init__(self, ds: rasterio.DatasetReader, path: Path) -> None:
+    def __init__(
+        self, ds: rasterio.DatasetReader, path: Path, plan: BandPlan | None = None
+    ) -> None:
         self.ds = ds
         self.path = path
-        alpha_idx = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha]
-        self._bands = [b for b in range(1, ds.count + 1) if b not in alpha_idx]
+        if plan is None:
+            alpha_idx = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha]
+            plan = BandPlan(tuple(b for b in range(1, ds.count + 1) if b not in alpha_idx))
+        if max(plan.bands) > ds.count:
+            raise RasterError(f"{path}: has {ds.count} bands, cannot read band {max(plan.bands)}")
+        self._bands = list(plan.bands)
+        self._all_valid = plan.validity == "all"
+
+    def _valid(self, win: Window, boundless: bool) -> np.ndarray:
+        if not self._all_valid:
+            return self.ds.dataset_mask(window=win, boundless=boundless) > 0
+        valid = np.ones((int(win.height), int(win.width)), bool)
+        if boundless:  # outside the raster is never valid
+            r0, c0 = int(win.row_off), int(win.col_off)
+            valid[: max(0, -r0)] = False
+            valid[max(0, self.ds.height - r0) :] = False
+            valid[:, : max(0, -c0)] = False
+            valid[:, max(0, self.ds.width - c0) :] = False
+        return valid
 
     @property
     def count(self) -> int:
@@ -157,8 +399,7 @@ class WindowReader:
         """
         win = Window(col_off, row_off, width, height)
         img = self.ds.read(self._bands, window=win, boundless=True, fill_value=0)
-        valid = self.ds.dataset_mask(window=win, boundless=True) > 0
-        return img, valid
+        return img, self._valid(win, boundless=True)
 
     def read_band(
         self, band: int, col_off: int, row_off: int, width: int, height: int
@@ -417,7 +658,7 @@ def read_window(
         if not inside:
             return reader.read(col_off, row_off, width, height)
         win = Window(col_off, row_off, width, height)
-        return ds.read(reader._bands, window=win), ds.dataset_mask(window=win) > 0
+        return ds.read(reader._bands, window=win), reader._valid(win, boundless=False)
     except RasterioIOError as e:
         reason = str(e)
     # raised outside the except block: no unpicklable RasterioIOError rides along as context

@@ -32,6 +32,7 @@ class SceneWindows:
     def __init__(self, scene: SceneSource, data: DataParams) -> None:
         self.scene = scene
         self.info = raster.raster_info(scene.image)
+        self.plan = raster.band_plan(scene.image, list(data.bands), scene.bands)
         self.roads = None
         if scene.roads is not None:
             from pipeline import vectors
@@ -76,7 +77,7 @@ class SceneWindows:
         }
 
     def __enter__(self) -> SceneWindows:
-        self._image = self._stack.enter_context(raster.open_reader(self.scene.image))
+        self._image = self._stack.enter_context(raster.open_reader(self.scene.image, self.plan))
         if self.roads is None:
             self._labels = self._stack.enter_context(raster.open_reader(self.scene.labels))
         return self

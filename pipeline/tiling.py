@@ -82,7 +82,6 @@ class SceneTiles:
 def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
     """Validate every scene before any work: CRS present, same band count, label grids match."""
     infos: dict[str, raster.RasterInfo] = {}
-    expected_bands = len(data.bands)
     for scene in data.scenes:
         info = raster.raster_info(scene.image)
         if info.crs is None:
@@ -95,11 +94,7 @@ def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
                 f"{scene.image}: sample type {info.dtype}, but {first.path} is {first.dtype}; every "
                 "scene must share one sample type (band statistics are pooled over them)"
             )
-        if info.count != expected_bands:
-            raise TilingError(
-                f"{scene.image}: {info.count} bands, but params data.bands lists {expected_bands} "
-                f"({', '.join(data.bands)}); every scene must have the same bands"
-            )
+        scene_band_plan(scene, data)  # raises when the scene lacks one of data.bands
         for label_path in (scene.labels, scene.landcover):
             if label_path is None:
                 continue
@@ -114,6 +109,15 @@ def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
                 )
         infos[scene.name] = info
     return infos
+
+
+def scene_band_plan(scene: SceneSource, data: DataParams) -> raster.BandPlan:
+    """Which bands of the scene's image are ``data.bands`` (``raster.band_plan``: declared in
+    ``scene.bands``, else by name, else file order) and where its validity comes from."""
+    try:
+        return raster.band_plan(scene.image, list(data.bands), scene.bands)
+    except raster.RasterError as e:
+        raise TilingError(f"{e}; every scene must have the same bands") from None
 
 
 def grid_difference(label: raster.RasterInfo, image: raster.RasterInfo) -> str:
@@ -270,8 +274,11 @@ def tile_chips(
     info: raster.RasterInfo,
     data: DataParams,
     tile: TileParams,
+    plan: raster.BandPlan | None = None,
 ) -> ChipBatch:
     """Read, label and filter a run of chip windows of one scene (one task of the stage).
+
+    ``plan`` says which image bands are data (default: ``scene_band_plan``).
 
     Chips whose nodata fraction passes ``tile.max_nodata_fraction`` are dropped; the rest
     come back in the order of ``chips``.
@@ -285,7 +292,9 @@ def tile_chips(
     lcs: list[np.ndarray] = []
     rows: list[dict] = []
     train_sums: list[tuple[np.ndarray, np.ndarray, int]] = []
-    with raster.open_reader(scene.image) as img_reader:
+    plan = plan or scene_band_plan(scene, data)
+    n_bands = len(plan.bands)
+    with raster.open_reader(scene.image, plan) as img_reader:
         label_reader = raster.open_reader(scene.labels) if scene.labels else nullcontext()
         lc_reader = raster.open_reader(scene.landcover) if scene.landcover else nullcontext()
         with label_reader as labels, lc_reader as landcover:
@@ -314,7 +323,7 @@ def tile_chips(
                     lc = raster.read_window(landcover, chip.col_off, chip.row_off, size, size)[0][0]
                     lcs.append(np.where(valid, lc, LANDCOVER_UNKNOWN).astype(np.uint8))
                 if chip.split == "train":
-                    px = image.reshape(info.count, -1)[:, valid.ravel()].astype(np.float64)
+                    px = image.reshape(n_bands, -1)[:, valid.ravel()].astype(np.float64)
                     train_sums.append((px.sum(axis=1), (px * px).sum(axis=1), px.shape[1]))
                 n_valid = int(valid.sum())
                 rows.append(
@@ -337,7 +346,7 @@ def tile_chips(
 
     return ChipBatch(
         scene=scene.name,
-        images=stack(images, (info.count, size, size), info.dtype),
+        images=stack(images, (n_bands, size, size), info.dtype),
         masks=stack(masks, (size, size), np.uint8),
         landcover=stack(lcs, (size, size), np.uint8) if scene.landcover is not None else None,
         rows=rows,
@@ -347,15 +356,21 @@ def tile_chips(
 
 
 def write_scene(
-    scene: SceneSource, info: raster.RasterInfo, tile: TileParams, batches: Iterable[ChipBatch]
+    scene: SceneSource,
+    info: raster.RasterInfo,
+    tile: TileParams,
+    batches: Iterable[ChipBatch],
+    n_bands: int | None = None,
 ) -> SceneTiles:
     """Append one scene's chip batches, in the order given, to its ``.npy`` arrays in
-    ``tile.out_dir``; returns its index rows and train band sums (added chip by chip)."""
+    ``tile.out_dir``; returns its index rows and train band sums (added chip by chip).
+    ``n_bands``: bands per chip (default: the image's bands not flagged alpha)."""
     out = Path(tile.out_dir)
     size = tile.chip_size
+    n_bands = n_bands or info.count
     streams = {
         "images": _NpyStream(
-            out / f"{scene.name}.images.npy", (info.count, size, size), np.dtype(info.dtype)
+            out / f"{scene.name}.images.npy", (n_bands, size, size), np.dtype(info.dtype)
         ),
         "masks": _NpyStream(out / f"{scene.name}.masks.npy", (size, size), np.uint8),
     }
@@ -363,9 +378,7 @@ def write_scene(
         streams["landcover"] = _NpyStream(
             out / f"{scene.name}.landcover.npy", (size, size), np.uint8
         )
-    result = SceneTiles(
-        scene=scene.name, band_sum=np.zeros(info.count), band_sumsq=np.zeros(info.count)
-    )
+    result = SceneTiles(scene=scene.name, band_sum=np.zeros(n_bands), band_sumsq=np.zeros(n_bands))
     try:
         for batch in batches:
             offset = streams["masks"].n
@@ -433,13 +446,21 @@ def run_tile(
     from pipeline.parallel import map_ordered
 
     infos = check_scenes(data)
+    band_plans = {s.name: scene_band_plan(s, data) for s in data.scenes}
+    for bp in band_plans.values():
+        if bp.note:
+            log.info("%s", bp.note)
+    # each scene's own band range, for models trained with normalisation: percentile
+    percentiles = {
+        s.name: raster.band_percentiles(s.image, band_plans[s.name]) for s in data.scenes
+    }
     plans = plan_chips(data, tile, infos)
     out = Path(tile.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     tasks = {
         s.name: [
-            (s, chunk, infos[s.name], data, tile)
+            (s, chunk, infos[s.name], data, tile, band_plans[s.name])
             for chunk in task_chunks(plans[s.name], chips_per_task)
         ]
         for s in data.scenes
@@ -461,7 +482,11 @@ def run_tile(
         with closing(batches):
             for scene in data.scenes:
                 res = write_scene(
-                    scene, infos[scene.name], tile, islice(batches, len(tasks[scene.name]))
+                    scene,
+                    infos[scene.name],
+                    tile,
+                    islice(batches, len(tasks[scene.name])),
+                    len(data.bands),
                 )
                 log.debug(
                     "tile: %s: %d chips from %d tasks, roads built %d times",
@@ -509,6 +534,8 @@ def run_tile(
         gsd_m=_median_gsd(data, infos),
         mean=[float(m) for m in mean],
         std=[float(s) for s in std],
+        percentiles={name: [list(p) for p in bands] for name, bands in percentiles.items()},
+        **stretched_stats(results, percentiles),
         chip_size=tile.chip_size,
         landcover_classes=classes,
         scenes={s.name: s.split for s in data.scenes},
@@ -518,6 +545,27 @@ def run_tile(
     write_text_atomic(tile.stats_path, json.dumps(stats, indent=2))
     log.info("tiled %d chips: %s", len(index), stats["counts"])
     return stats
+
+
+def stretched_stats(
+    results: list[SceneTiles], percentiles: dict[str, list[tuple[float, float]]]
+) -> dict[str, list[float]]:
+    """Mean and std of the train pixels after each scene's percentile stretch
+    ``(x - low) / (high - low)``, pooled over scenes; exact, from each scene's raw band sums
+    (the stretch is linear per scene)."""
+    total = total_sq = 0.0
+    count = 0
+    for res in results:
+        if not res.band_count:
+            continue
+        lo, hi = np.asarray(percentiles[res.scene], np.float64).T
+        d, n = hi - lo, res.band_count
+        total = total + (res.band_sum - n * lo) / d
+        total_sq = total_sq + (res.band_sumsq - 2 * lo * res.band_sum + n * lo * lo) / (d * d)
+        count += n
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    return dict(percentile_mean=[float(m) for m in mean], percentile_std=[float(s) for s in std])
 
 
 def write_index(index, path: Path) -> None:

@@ -44,7 +44,7 @@ from pipeline.checkpoints import (
     write_checkpoint,
 )
 from pipeline.config import PretrainParams, RegisterParams, TileParams, TrainParams
-from pipeline.datasets import Normalisation, SegmentationChips, read_stats
+from pipeline.datasets import Normalisation, SegmentationChips, chip_normalisation, read_stats
 from pipeline.metrics import DEFAULT_THRESHOLDS, Confusion, ThresholdSweep, best_f1_threshold
 from pipeline.model import (
     WEIGHTS_FILE,
@@ -258,9 +258,11 @@ def run_train(
     stats = read_stats(tile.out_dir)
     source = fine_tune_source(params, register, stats["bands"])
     # weights fine-tuned from a model learnt on inputs normalised the source's way: keep them
-    mean, std = (source.config.mean, source.config.std) if source else (stats["mean"], stats["std"])
-    train_ds, val_ds = chip_datasets(params, tile, Normalisation.from_lists(mean, std))
-    config = model_config(params, stats, mean, std, source)
+    normalisation = source.config.normalisation if source else params.normalisation
+    fixed = (source.config.mean, source.config.std) if source else None
+    norm, mean, std = chip_normalisation(stats, normalisation, tile.stats_path, fixed)
+    train_ds, val_ds = chip_datasets(params, tile, norm)
+    config = model_config(params, stats, mean, std, source, normalisation)
     fit = start_fitting(config, params, pretrain, source, len(train_ds), device, amp_dtype)
 
     ckpt_path = params.checkpoint_path
@@ -342,6 +344,7 @@ def model_config(
     mean: list[float],
     std: list[float],
     source: FineTuneSource | None,
+    normalisation: str = "dataset",
 ) -> ModelConfig:
     """Everything predict needs to rebuild the model: network, bands, normalisation, chips."""
     return ModelConfig(
@@ -351,6 +354,7 @@ def model_config(
         bands=stats["bands"],
         mean=mean,
         std=std,
+        normalisation=normalisation,
         chip_size=stats["chip_size"],
         dtype=stats.get("dtype", ""),
         gsd_m=stats.get("gsd_m"),

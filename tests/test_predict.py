@@ -590,7 +590,7 @@ def test_imagery_unlike_the_training_imagery_warns(model_dir, scheduler, tmp_pat
     )
     with pytest.warns(
         UserWarning, match=r"coarse.tif: pixels are 2.00 m, but the model .* trained at 0.50 m"
-    ):
+    ) as caught:
         predict_raster(
             coarse,
             tmp_path / "o3.tif",
@@ -599,7 +599,9 @@ def test_imagery_unlike_the_training_imagery_warns(model_dir, scheduler, tmp_pat
             overlap=16,
             scheduler=scheduler,
             progress=False,
+            resample=False,
         )
+    assert "gdalwarp -tr 0.5 0.5" in str(caught[-1].message)
 
 
 def test_raster_smaller_than_a_window(model_dir, scheduler, tmp_path) -> None:

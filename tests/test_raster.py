@@ -63,11 +63,12 @@ def test_pixel_size_in_metres_for_geographic_and_missing_crs(tmp_path):
     assert raster.raster_info(bare).metres_per_pixel is None
 
 
-def test_an_alpha_band_is_a_mask_not_data_and_the_user_is_told(tmp_path):
+def test_an_alpha_band_that_holds_a_mask_is_the_mask_not_data(tmp_path):
+    """(An alpha band that holds data: tests/test_bands.py.)"""
     path = _rgba(tmp_path)
-    with pytest.warns(UserWarning, match="alpha"):
-        info = raster.raster_info(path)
+    info = raster.raster_info(path)
     assert info.count == 3 and info.has_mask
+    assert raster.band_plan(path, ["red", "green", "blue"]) == raster.BandPlan((1, 2, 3))
     with raster.open_reader(path) as reader:
         img, valid = reader.read(0, 0, 120, 100)
     assert img.shape == (3, 100, 120)

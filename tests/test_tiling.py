@@ -246,7 +246,7 @@ def test_band_count_mismatch_is_refused(tmp_path, scenes_dir):
     entries.append(
         {"name": "rgb", "image": str(three), "labels": str(scenes_dir / "s1.labels.tif")}
     )
-    with pytest.raises(TilingError, match="rgb.tif: 3 bands"):
+    with pytest.raises(TilingError, match="rgb.tif: has 3 band"):
         check_scenes(DataParams(scenes=entries, bands=BANDS))
 
 

@@ -1,0 +1,82 @@
+"""Normalisation that travels: the tile stage records each scene's band percentiles and the
+train statistics after the stretch; ``train.normalisation: percentile`` trains on them and
+stores the choice in the model (real chips from the real tile stage, a real training run)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import raster
+from pipeline.config import load_params
+from pipeline.datasets import SegmentationChips, chip_normalisation, read_chip_index, read_stats
+from pipeline.model import load_model
+from tests.conftest import BANDS
+from tests.test_train import write_params
+
+
+def test_tile_records_scene_percentiles_and_the_stretched_train_statistics(
+    chips_dir, scenes_dir
+) -> None:
+    stats = read_stats(chips_dir)
+    index = read_chip_index(chips_dir)
+    total, total_sq, count = np.zeros(4), np.zeros(4), 0
+    for scene, bands in stats["percentiles"].items():
+        image = scenes_dir / f"{scene}.tif"
+        expected = raster.band_percentiles(image, raster.band_plan(image, BANDS))
+        assert bands == [list(b) for b in expected]
+        lo, hi = np.asarray(bands).T
+        rows = index[(index.scene == scene) & (index.split == "train")]
+        images = np.load(chips_dir / f"{scene}.images.npy")[rows.array_index.to_numpy()]
+        masks = np.load(chips_dir / f"{scene}.masks.npy")[rows.array_index.to_numpy()]
+        px = images.transpose(1, 0, 2, 3)[:, masks != 255].astype(np.float64)
+        px = (px - lo[:, None]) / (hi - lo)[:, None]
+        total += px.sum(axis=1)
+        total_sq += (px * px).sum(axis=1)
+        count += px.shape[1]
+    mean = total / count
+    assert stats["percentile_mean"] == pytest.approx(mean.tolist(), rel=1e-9)
+    assert stats["percentile_std"] == pytest.approx(
+        np.sqrt(total_sq / count - mean**2).tolist(), rel=1e-6
+    )
+    assert 0.2 < min(mean) and max(mean) < 0.8  # the stretch maps each scene to about 0..1
+
+
+def test_percentile_chips_are_stretched_by_their_own_scene(chips_dir) -> None:
+    stats = read_stats(chips_dir)
+    norm, mean, std = chip_normalisation(stats, "percentile", chips_dir / "stats.json")
+    assert mean == stats["percentile_mean"] and std == stats["percentile_std"]
+    ds = SegmentationChips(chips_dir, "train", norm)
+    scene, j = ds.items[0]
+    raw = np.load(chips_dir / f"{scene}.images.npy")[j].astype(np.float64)
+    valid = np.load(chips_dir / f"{scene}.masks.npy")[j] != 255
+    lo, hi = np.asarray(stats["percentiles"][scene]).T
+    expected = (
+        (raw - lo[:, None, None]) / (hi - lo)[:, None, None] - np.array(mean)[:, None, None]
+    ) / np.array(std)[:, None, None]
+    assert np.allclose(ds[0][0].numpy(), expected * valid, atol=1e-5)
+    with pytest.raises(ValueError, match="re-run `pipeline tile`"):
+        chip_normalisation({"mean": [0], "std": [1]}, "percentile", chips_dir / "stats.json")
+
+
+@pytest.mark.slow
+def test_percentile_training_stores_its_normalisation_in_the_model(
+    tmp_path, scenes_dir, chips_dir, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    params = write_params(
+        tmp_path,
+        scenes_dir,
+        chips_dir,
+        epochs=1,
+        max_batches_per_epoch=2,
+        normalisation="percentile",
+    )
+    p = load_params(params)
+    from pipeline.train import run_train
+
+    run_train(p.train, p.tile, p.pretrain, p.register)
+    _, config = load_model(p.train.out_dir)
+    stats = read_stats(chips_dir)
+    assert config.normalisation == "percentile"
+    assert (config.mean, config.std) == (stats["percentile_mean"], stats["percentile_std"])

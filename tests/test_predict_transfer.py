@@ -1,0 +1,165 @@
+"""Imagery from another source at predict: a raster finer or coarser than the model's ``gsd_m``
+is resampled window by window and its probability comes back on the raster's own grid; a
+model trained with percentile normalisation sees a darker sensor's raster as it saw its
+training imagery (real GeoTIFFs, a real U-Net, real Dask clusters)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from pipeline import parallel, raster
+from pipeline.model_config import read_config
+from pipeline.predict import pixel_scale, predict_raster
+from tests.helpers import make_model, smooth_image, write_raster
+from tests.test_predict import read
+
+FINE = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 5400000.0)
+COARSE = Affine(1.0, 0.0, 500000.0, 0.0, -1.0, 5400000.0)
+
+
+@pytest.fixture(scope="module")
+def scheduler() -> str:
+    with parallel.local_cluster(2, "cpu") as client:
+        yield client.scheduler.address
+
+
+@pytest.fixture(scope="module")
+def metre_model(tmp_path_factory) -> Path:
+    """A random-weight model trained (so its config says) at 1.0 m."""
+    folder = make_model(tmp_path_factory.mktemp("model") / "unet", seed=1)
+    cfg = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**cfg, "gsd_m": 1.0}))
+    return folder
+
+
+def fine_image() -> np.ndarray:
+    """256 x 320 px at 0.5 m, smooth at the scale of a 1 m model, nodata (0) in a corner."""
+    img = smooth_image(128, 160)
+    img = np.kron(img, np.ones((1, 2, 2)))  # 2 x 2 blocks: its 1 m average is exact
+    img = img.astype(np.uint8)
+    img[:, :40, :60] = 0
+    return img
+
+
+@pytest.mark.slow
+def test_a_finer_raster_is_predicted_at_the_models_pixel_size_on_its_own_grid(
+    metre_model, scheduler, tmp_path
+) -> None:
+    data = fine_image()
+    fine = write_raster(tmp_path / "fine.tif", data, nodata=0)
+    kw = dict(model=metre_model, window=64, overlap=16, progress=False)
+    res = predict_raster(fine, tmp_path / "a.tif", scheduler=scheduler, windows_per_task=5, **kw)
+    a, prof = read(res.output)
+    # (a) the input's grid, CRS and nodata; the model ran at 1 m: 128 px windows of the raster
+    assert (prof["height"], prof["width"], prof["transform"]) == (256, 320, FINE)
+    assert prof["crs"].to_epsg() == 32632 and prof["tags"]["model_pixels_per_pixel"] == "0.5"
+    assert prof["nodata"] == 255 and prof["scales"] == pytest.approx((1 / 254,))
+    assert (a[:40, :60] == 255).all() and (a[40:, 60:] < 255).all()
+    assert res.windows_run == 3 * 3  # 128 px windows at a 96 px stride
+    # (b) the same pixels whatever the workers and task size
+    b = read(
+        predict_raster(
+            fine, tmp_path / "b.tif", workers=1, device="cpu", windows_per_task=1, **kw
+        ).output
+    )[0]
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+    # (c) about what the model says on a 1 m copy, brought back to 0.5 m
+    coarse_data = data.reshape(4, 128, 2, 160, 2).astype(float).mean(axis=(2, 4)).astype(np.uint8)
+    coarse = write_raster(tmp_path / "coarse.tif", coarse_data, nodata=0, transform=COARSE)
+    c = read(predict_raster(coarse, tmp_path / "c.tif", scheduler=scheduler, **kw).output)[0]
+    c = np.kron(c, np.ones((2, 2), np.uint8))
+    inside = (a < 255) & (c < 255)
+    inside[:48, :] = inside[:, :68] = False  # away from the nodata edge, which moves by a pixel
+    err = np.abs(a[inside].astype(float) - c[inside]) / 254
+    assert err.mean() < 0.02 and np.quantile(err, 0.99) < 0.08
+    # without resampling the model sees 0.5 m pixels: another answer, and a warning
+    with pytest.warns(UserWarning, match=r"fine.tif: pixels are 0.50 m.*trained at 1.00 m"):
+        d = read(
+            predict_raster(
+                fine, tmp_path / "d.tif", scheduler=scheduler, resample=False, **kw
+            ).output
+        )[0]
+    assert np.abs(d[inside].astype(float) - c[inside]).mean() / 254 > 2 * err.mean()
+
+
+def test_within_tolerance_or_without_gsd_nothing_is_resampled(metre_model, tmp_path) -> None:
+    cfg = read_config(metre_model)
+    near = write_raster(
+        tmp_path / "near.tif",
+        smooth_image(32, 32).astype(np.uint8),
+        transform=Affine(1.2, 0, 500000, 0, -1.2, 5400000),
+    )
+    info = raster.raster_info(near)
+    assert pixel_scale(near, info, cfg, "m") == 1.0
+    assert pixel_scale(near, info, cfg, "m", tolerance=1.1) == pytest.approx(1.2)
+    assert pixel_scale(near, info, cfg.model_copy(update={"gsd_m": None}), "m") == 1.0
+
+
+def test_the_hint_for_a_raster_in_degrees_reprojects_to_its_utm_zone(metre_model, tmp_path) -> None:
+    shutil.copytree(metre_model, tmp_path / "m")
+    geo = write_raster(
+        tmp_path / "geo.tif",
+        smooth_image(32, 32).astype(np.uint8),
+        crs="EPSG:4326",
+        transform=Affine(4e-6, 0, 9.0, 0, -4e-6, 48.0),  # ~0.45 m, in zone 32 north
+    )
+    info = raster.raster_info(geo)
+    with pytest.warns(UserWarning, match=r"gdalwarp -t_srs EPSG:32632 -tr 1 1; the raster is in"):
+        assert pixel_scale(geo, info, read_config(tmp_path / "m"), "m", resample=False) == 1.0
+
+
+def _with(folder: Path, dest: Path, **fields) -> Path:
+    shutil.copytree(folder, dest)
+    cfg = json.loads((dest / "model.json").read_text())
+    (dest / "model.json").write_text(json.dumps({**cfg, **fields}))
+    return dest
+
+
+@pytest.mark.slow
+def test_a_percentile_model_sees_a_darker_flatter_copy_alike(
+    metre_model, scheduler, tmp_path
+) -> None:
+    bright = smooth_image(96, 128)
+    bright[:, :10, :10] = 0  # nodata stays out of the percentiles
+    dark = np.where(bright > 0, bright * 0.4 + 5, 0)  # another sensor: darker, flatter
+    kw = dict(window=64, overlap=16, scheduler=scheduler, progress=False)
+    percentile = _with(
+        metre_model,
+        tmp_path / "p",
+        normalisation="percentile",
+        mean=[0.5] * 4,
+        std=[0.3] * 4,
+        gsd_m=None,
+    )
+    dataset = _with(metre_model, tmp_path / "d", gsd_m=None)
+    out = {}
+    for name, data in (("bright", bright), ("dark", dark)):
+        img = write_raster(tmp_path / f"{name}.tif", data.astype(np.float32), nodata=0)
+        for model in (percentile, dataset):
+            res = predict_raster(img, tmp_path / f"{name}_{model.name}.tif", model=model, **kw)
+            out[name, model.name] = read(res.output)[0].astype(float) / 254
+    valid = out["bright", "p"] < 255 / 254
+    assert (out["dark", "p"][~valid] == 255 / 254).all()
+    same = np.abs(out["bright", "p"] - out["dark", "p"])[valid]
+    other = np.abs(out["bright", "d"] - out["dark", "d"])[valid]
+    assert same.max() <= 2 / 254 and other.mean() > 0.01  # mean/std alone: another answer
+
+
+def test_band_percentiles_come_from_valid_pixels_of_the_planned_bands(tmp_path) -> None:
+    data = np.zeros((2, 200, 300), np.uint16)
+    data[0] = np.arange(300)[None] + 100  # 100 .. 399 along x
+    data[1] = 7  # flat
+    data[:, :, :50] = 0  # nodata
+    path = write_raster(tmp_path / "p.tif", data, nodata=0)
+    ((lo, hi), (flat_lo, flat_hi)) = raster.band_percentiles(path, raster.band_plan(path))
+    assert lo == pytest.approx(150 + 0.02 * 249, abs=2) and hi == pytest.approx(
+        150 + 0.98 * 249, abs=2
+    )
+    assert (flat_lo, flat_hi) == (7.0, 8.0)
