@@ -112,6 +112,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def cmd_repro(args: argparse.Namespace) -> None:
+    from pipeline.repro import run_repro
+
+    code = run_repro(Path("."), _params_path(args))
+    if code:
+        sys.exit(code)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import shutil
 
@@ -286,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
         "in MLflow.",
     )
     sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    add(
+        "repro",
+        cmd_repro,
+        "`dvc repro`, with a progress line for the whole pipeline",
+        "Run the stages `dvc repro` would run, one `dvc repro --single-item` each, printing "
+        "before each: stage i of n, time elapsed and an estimate of the time left (from the "
+        "last run's durations in .dvc/tmp/stage_durations.json, else from params.yaml).",
+    )
     add(
         "evaluate",
         cmd_evaluate,
