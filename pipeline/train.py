@@ -1,25 +1,27 @@
-"""The train stage: fit the road U-Net on the chips; reads top to bottom.
+"""The train stage: fit the road U-Net on the chips; ``run_train`` reads top to bottom.
 
-setup -> (resume?) -> for each epoch: train, validate, log, checkpoint, keep best -> save the
-best model folder (safetensors + model.json) and DVC metrics/plots. The best epoch is the one
-of highest validation IoU at 0.5; its model.json carries the decision threshold that is
-F1-best on the validation chips of that epoch (nodata excluded), so no test data chooses it. A checkpoint carries model,
-optimiser, scheduler, epoch and RNG state (and the weight average when ``train.ema_decay`` is set:
-validation and the saved model then use the average), so ``--resume`` after a kill ends exactly where an
-uninterrupted run ends.
+Phases: seed and device -> the fine-tuning source, if any (``fine_tune_source``) -> chips
+(``chip_datasets``) -> model config and network, weight average, optimiser and schedule
+(``start_fitting``) -> resume from a checkpoint (``checkpoints.py``) -> epochs
+(``run_epochs``: train, validate, log, keep the best, checkpoint, stop early) -> publish the
+best model folder and the DVC metrics/plots, log figures (``train_report.py``).
+
+The best epoch is the one of highest validation IoU at 0.5; its model.json carries the decision
+threshold that is F1-best on the validation chips of that epoch (nodata excluded), so no test
+data chooses it. A checkpoint carries model, optimiser, scheduler, epoch and RNG state (and the
+weight average when ``train.ema_decay`` is set: validation and the saved model then use the
+average), so ``--resume`` after a kill ends exactly where an uninterrupted run ends.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import logging
 import math
 import random
-import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +32,21 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from pipeline import registry
-from pipeline.atomic import atomic_path, write_text_atomic
+
+# check_resumable and load_checkpoint lived here before pipeline/checkpoints.py: callers that
+# import them from pipeline.train keep working
+from pipeline.checkpoints import (
+    Progress,
+    check_resumable,  # noqa: F401
+    load_checkpoint,  # noqa: F401
+    resume_checkpoint,
+    run_identity,
+    write_checkpoint,
+)
 from pipeline.config import PretrainParams, RegisterParams, TileParams, TrainParams
 from pipeline.datasets import Normalisation, SegmentationChips, read_stats
 from pipeline.metrics import DEFAULT_THRESHOLDS, Confusion, ThresholdSweep, best_f1_threshold
 from pipeline.model import (
-    CONFIG_FILE,
     WEIGHTS_FILE,
     ModelConfig,
     autocast_dtype,
@@ -44,11 +55,9 @@ from pipeline.model import (
     save_model,
 )
 from pipeline.model_config import read_config, resolve_model
+from pipeline.train_report import log_figures, publish_model
 
 log = logging.getLogger(__name__)
-
-TRAIN_METRICS_PATH = Path("metrics/train.json")
-TRAIN_PLOT_PATH = Path("plots/train.csv")
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -201,72 +210,36 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-# ------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, **state) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path) -> dict:
-    # weights_only=True: tensors and plain containers only, no arbitrary unpickling.
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def run_identity(params: TrainParams, data_fingerprint: str, init_digest: str = "") -> dict:
-    """What a checkpoint must match to be resumed: the train params, the chips it saw and, when
-    fine-tuning, the starting weights (an alias such as @champion may have moved since)."""
-    return {
-        "train": params.model_dump(mode="json"),
-        "data_fingerprint": data_fingerprint,
-        "init_weights": init_digest,
-    }
-
-
-def check_resumable(path: Path, ckpt: dict, identity: dict) -> None:
-    """Refuse to resume a checkpoint of another run (other params or other chips): the result
-    would be neither run. Raises ValueError naming what differs."""
-    if "identity" not in ckpt:
-        raise ValueError(
-            f"{path}: checkpoint carries no run parameters (an older format); train without --resume"
-        )
-    saved = json.loads(ckpt["identity"])
-    diffs = [
-        f"train.{k}: {saved['train'].get(k)!r} in the checkpoint, {v!r} now"
-        for k, v in identity["train"].items()
-        if saved["train"].get(k) != v
-    ]
-    if saved["data_fingerprint"] != identity["data_fingerprint"]:
-        diffs.append("the chips changed since the checkpoint (data fingerprint)")
-    if saved.get("init_weights", "") != identity["init_weights"]:
-        diffs.append(
-            f"the weights of train.init_from {identity['train']['init_from']!r} changed since the checkpoint"
-        )
-    if diffs:
-        raise ValueError(
-            f"{path}: cannot resume a different run ({'; '.join(diffs)}); "
-            "restore those settings, or train without --resume to start over"
-        )
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "python": torch.tensor(list(random.getstate()[1]), dtype=torch.int64),
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(
-        ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0)
-    )
-    random.setstate((3, tuple(int(x) for x in state["python"].tolist()), None))
-
-
 # ------------------------------------------------------------------------------- the stage
+@dataclass(frozen=True)
+class FineTuneSource:
+    """The model ``train.init_from`` names: its folder, its config and its weights' digest."""
+
+    ref: str
+    model_dir: Path
+    config: ModelConfig
+    digest: str
+
+
+@dataclass
+class Fitting:
+    """What the epochs update (the network, its weight average, the optimiser and its
+    schedule) and how they run (device, autocast type, batches per epoch)."""
+
+    model: nn.Module
+    ema: AveragedModel | None
+    optimiser: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    steps_per_epoch: int
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    @property
+    def scored(self) -> nn.Module:
+        """What validation scores and the best model keeps: the average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
 def run_train(
     params: TrainParams,
     tile: TileParams,
@@ -283,18 +256,68 @@ def run_train(
     amp_dtype = autocast_dtype(device, params.precision, training=True)
     log.info("training on %s, autocast %s", device, amp_dtype or "off (float32)")
     stats = read_stats(tile.out_dir)
-    mean, std = stats["mean"], stats["std"]
-    source_dir, source, init_digest = None, None, ""
-    if params.init_from:
-        source_dir = resolve_model(params.init_from, register.tracking_uri)
-        source = read_config(source_dir)
-        check_fine_tunable(params.init_from, source, params, stats["bands"])
-        # the weights learnt on inputs normalised the source's way: keep its statistics
-        mean, std = source.mean, source.std
-        init_digest = file_digest(source_dir / WEIGHTS_FILE)
-        log.info("fine-tuning from %s (%s)", params.init_from, source_dir)
-    norm = Normalisation.from_lists(mean, std)
+    source = fine_tune_source(params, register, stats["bands"])
+    # weights fine-tuned from a model learnt on inputs normalised the source's way: keep them
+    mean, std = (source.config.mean, source.config.std) if source else (stats["mean"], stats["std"])
+    train_ds, val_ds = chip_datasets(params, tile, Normalisation.from_lists(mean, std))
+    config = model_config(params, stats, mean, std, source)
+    fit = start_fitting(config, params, pretrain, source, len(train_ds), device, amp_dtype)
 
+    ckpt_path = params.checkpoint_path
+    identity = run_identity(params, stats["fingerprint"], source.digest if source else "")
+    progress = Progress()
+    if resume and ckpt_path.exists():
+        progress = resume_checkpoint(
+            ckpt_path,
+            identity,
+            model=fit.model,
+            ema=fit.ema,
+            optimiser=fit.optimiser,
+            scheduler=fit.scheduler,
+        )
+        log.info("resumed from %s at epoch %d", ckpt_path, progress.start_epoch)
+
+    with registry.tracked_run(
+        register.experiment,
+        f"train-{params.encoder}",
+        tags={"stage": "train", "encoder": params.encoder},
+        tracking_default=register.tracking_uri,
+        run_id=progress.run_id,
+    ) as run_id:
+        progress.run_id = run_id
+        if progress.start_epoch == 0:
+            _log_run_params(params, stats["fingerprint"], params_file)
+        stopped = run_epochs(
+            fit, progress, params, train_ds, val_ds, config, identity, stop_after_epoch
+        )
+        if stopped is not None:
+            return {"stopped_after_epoch": stopped}
+        final = publish_model(_best_dir(params), params.out_dir, progress.history, run_id)
+        log_figures(progress.history, fit.scored, val_ds, device)
+        registry.log_metrics({"best_val_iou": progress.best_iou})
+    return final
+
+
+def fine_tune_source(
+    params: TrainParams, register: RegisterParams, bands: list[str]
+) -> FineTuneSource | None:
+    """The model to fine-tune from (``train.init_from``), checked against ``params`` and the
+    chips' bands; None when training starts from the encoder weights."""
+    if not params.init_from:
+        return None
+    model_dir = resolve_model(params.init_from, register.tracking_uri)
+    config = read_config(model_dir)
+    check_fine_tunable(params.init_from, config, params, bands)
+    digest = file_digest(model_dir / WEIGHTS_FILE)
+    log.info("fine-tuning from %s (%s)", params.init_from, model_dir)
+    return FineTuneSource(params.init_from, model_dir, config, digest)
+
+
+def chip_datasets(
+    params: TrainParams, tile: TileParams, norm: Normalisation
+) -> tuple[SegmentationChips, SegmentationChips]:
+    """The train chips (augmented as ``params`` says) and the validation chips; ValueError
+    when either split is empty."""
     train_ds = SegmentationChips(
         tile.out_dir,
         "train",
@@ -309,10 +332,20 @@ def run_train(
             f"{tile.index_path}: {len(train_ds)} train and {len(val_ds)} val chips; both splits need chips "
             "(check tile.split and data.scenes in params.yaml)"
         )
+    return train_ds, val_ds
 
-    config = ModelConfig(
+
+def model_config(
+    params: TrainParams,
+    stats: dict,
+    mean: list[float],
+    std: list[float],
+    source: FineTuneSource | None,
+) -> ModelConfig:
+    """Everything predict needs to rebuild the model: network, bands, normalisation, chips."""
+    return ModelConfig(
         encoder=params.encoder,
-        encoder_weights=source.encoder_weights if source else params.encoder_weights,
+        encoder_weights=source.config.encoder_weights if source else params.encoder_weights,
         init_from=params.init_from or "",
         bands=stats["bands"],
         mean=mean,
@@ -326,21 +359,31 @@ def run_train(
         data_fingerprint=stats["fingerprint"],
         git_commit=git_commit(),
     )
+
+
+def start_fitting(
+    config: ModelConfig,
+    params: TrainParams,
+    pretrain: PretrainParams,
+    source: FineTuneSource | None,
+    n_train_chips: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> Fitting:
+    """Build the U-Net with its starting weights (the fine-tuning source's, else the
+    pretrained encoder's), its weight average, the optimiser and the warm-up + cosine
+    schedule."""
     model = build_unet(config)
-    if source_dir is not None:
+    if source is not None:
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(source_dir / WEIGHTS_FILE)), strict=True)
+        model.load_state_dict(load_file(str(source.model_dir / WEIGHTS_FILE)), strict=True)
     else:
         init_encoder(model, params, pretrain)
     # channels_last: oneDNN's and cuDNN's fast convolution layout (1.17x in fp32 on CPU, more with bf16)
     model = model.to(device).to(memory_format=torch.channels_last)
     ema = weight_average(model, params.ema_decay)
-    scored = (
-        ema.module if ema is not None else model
-    )  # what validation scores and the best model keeps
-
-    steps_per_epoch = math.ceil(len(train_ds) / params.batch_size)
+    steps_per_epoch = math.ceil(n_train_chips / params.batch_size)
     if params.max_batches_per_epoch:
         steps_per_epoch = min(steps_per_epoch, params.max_batches_per_epoch)
     total_steps = steps_per_epoch * params.epochs
@@ -350,149 +393,137 @@ def run_train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lr_lambda(total_steps, round(params.warmup_epochs * steps_per_epoch))
     )
+    return Fitting(model, ema, optimiser, scheduler, steps_per_epoch, device, amp_dtype)
 
-    start_epoch, best_iou, history, run_id = 0, -1.0, [], None
-    ckpt_path = params.checkpoint_path
-    identity = run_identity(params, stats["fingerprint"], init_digest)
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        check_resumable(ckpt_path, ckpt, identity)
-        model.load_state_dict(ckpt["model"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["ema"])
-        optimiser.load_state_dict(ckpt["optimiser"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        start_epoch, best_iou = int(ckpt["epoch"]) + 1, float(ckpt["best_iou"])
-        history = json.loads(ckpt["history"])
-        run_id = ckpt["run_id"] or None
-        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
 
-    best_dir = ckpt_path.parent / "best"
-    loader_kw = dict(
+def _log_run_params(params: TrainParams, data_fingerprint: str, params_file: Path | None) -> None:
+    registry.log_params(
+        {"train": params.model_dump(mode="json"), "data_fingerprint": data_fingerprint}
+    )
+    if params_file is not None and Path(params_file).exists():
+        registry.log_artifact(params_file)
+
+
+def run_epochs(
+    fit: Fitting,
+    progress: Progress,
+    params: TrainParams,
+    train_ds: SegmentationChips,
+    val_ds: SegmentationChips,
+    config: ModelConfig,
+    identity: dict,
+    stop_after_epoch: int | None,
+) -> int | None:
+    """Train and validate from ``progress.start_epoch``; after each epoch keep the model if
+    it is the best so far, write the checkpoint, and stop early after
+    ``train.early_stopping_patience`` epochs without gain. Returns the epoch after which
+    ``stop_after_epoch`` stopped the run, else None."""
+    epochs_without_gain = 0
+    for epoch in range(progress.start_epoch, params.epochs):
+        row, val = train_epoch(fit, params, train_ds, val_ds, epoch)
+        progress.history.append(row)
+        registry.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+        if val["iou"] > progress.best_iou:
+            progress.best_iou, epochs_without_gain = val["iou"], 0
+            save_best_model(fit.scored, config, val, _best_dir(params))
+        else:
+            epochs_without_gain += 1
+        write_checkpoint(
+            params.checkpoint_path,
+            model=fit.model,
+            ema=fit.ema,
+            optimiser=fit.optimiser,
+            scheduler=fit.scheduler,
+            epoch=epoch,
+            progress=progress,
+            identity=identity,
+        )
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            return epoch
+        if params.early_stopping_patience and epochs_without_gain >= params.early_stopping_patience:
+            log.info("early stop: no val IoU gain for %d epochs", epochs_without_gain)
+            break
+    return None
+
+
+def train_epoch(
+    fit: Fitting,
+    params: TrainParams,
+    train_ds: SegmentationChips,
+    val_ds: SegmentationChips,
+    epoch: int,
+) -> tuple[dict, dict]:
+    """One epoch of optimiser steps, then validation; returns the history row and the
+    validation metrics (``evaluate_chips``)."""
+    t0 = time.perf_counter()
+    train_loss, n_seen = _optimiser_steps(fit, params, train_ds, epoch)
+    val = evaluate_chips(fit.scored, val_ds, params, fit.device, fit.amp_dtype)
+    seconds = time.perf_counter() - t0
+    row = {
+        "epoch": epoch,
+        "train_loss": train_loss / max(n_seen, 1),
+        **{f"val_{k}": v for k, v in val.items()},
+        "lr": fit.scheduler.get_last_lr()[0],
+        "chips_per_s": n_seen / seconds,
+        "seconds": seconds,
+    }
+    return row, val
+
+
+def _optimiser_steps(
+    fit: Fitting, params: TrainParams, train_ds: SegmentationChips, epoch: int
+) -> tuple[float, int]:
+    """Up to ``fit.steps_per_epoch`` batches in this epoch's shuffled order (seeded by epoch,
+    so a resumed run draws the same batches); returns the summed loss and the chips seen."""
+    train_ds.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(params.seed * 1000 + epoch)
+    loader = DataLoader(
+        train_ds,
+        shuffle=True,
+        generator=generator,
+        drop_last=False,
         batch_size=params.batch_size,
         num_workers=params.num_workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=fit.device.type == "cuda",
     )
-    epochs_without_gain = 0
-    with registry.tracked_run(
-        register.experiment,
-        f"train-{params.encoder}",
-        tags={"stage": "train", "encoder": params.encoder},
-        tracking_default=register.tracking_uri,
-        run_id=run_id,
-    ) as run_id:
-        if start_epoch == 0:
-            registry.log_params(
-                {"train": params.model_dump(mode="json"), "data_fingerprint": stats["fingerprint"]}
-            )
-            if params_file is not None and Path(params_file).exists():
-                registry.log_artifact(params_file)
-        for epoch in range(start_epoch, params.epochs):
-            t0 = time.perf_counter()
-            train_ds.set_epoch(epoch)
-            generator = torch.Generator().manual_seed(params.seed * 1000 + epoch)
-            loader = DataLoader(
-                train_ds, shuffle=True, generator=generator, drop_last=False, **loader_kw
-            )
-            model.train()
-            train_loss, n_seen = 0.0, 0
-            for step, (x, y, v) in enumerate(loader):
-                if step >= steps_per_epoch:
-                    break
-                x, y, v = x.to(device), y.to(device), v.to(device)
-                x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = model(x)
-                loss = masked_loss(logits.float(), y, v, params)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                train_loss += loss.item() * len(x)
-                n_seen += len(x)
-            val = evaluate_chips(scored, val_ds, params, device, amp_dtype)
-            seconds = time.perf_counter() - t0
-            row = {
-                "epoch": epoch,
-                "train_loss": train_loss / max(n_seen, 1),
-                **{f"val_{k}": v for k, v in val.items()},
-                "lr": scheduler.get_last_lr()[0],
-                "chips_per_s": n_seen / seconds,
-                "seconds": seconds,
-            }
-            history.append(row)
-            registry.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
-            if val["iou"] > best_iou:
-                best_iou, epochs_without_gain = val["iou"], 0
-                chosen = {
-                    "threshold": val["best_threshold"],
-                    "metrics": {
-                        "val_iou": val["iou"],
-                        "val_iou_at_threshold": val["iou_at_best_threshold"],
-                    },
-                }
-                save_model(scored, config.model_copy(update=chosen), best_dir)
-            else:
-                epochs_without_gain += 1
-            save_checkpoint(
-                ckpt_path,
-                model=model.state_dict(),
-                **({"ema": ema.state_dict()} if ema is not None else {}),
-                optimiser=optimiser.state_dict(),
-                scheduler=scheduler.state_dict(),
-                epoch=epoch,
-                best_iou=best_iou,
-                rng=rng_state(),
-                history=json.dumps(history),
-                run_id=run_id,
-                identity=json.dumps(identity, sort_keys=True),
-            )
-            if stop_after_epoch is not None and epoch >= stop_after_epoch:
-                return {"stopped_after_epoch": epoch}
-            if (
-                params.early_stopping_patience
-                and epochs_without_gain >= params.early_stopping_patience
-            ):
-                log.info("early stop: no val IoU gain for %d epochs", epochs_without_gain)
-                break
-
-        final = _publish(best_dir, params.out_dir, history, run_id)
-        _log_figures(history, scored, val_ds, device)
-        registry.log_metrics({"best_val_iou": best_iou})
-    return final
+    device, amp_dtype = fit.device, fit.amp_dtype
+    fit.model.train()
+    train_loss, n_seen = 0.0, 0
+    for step, (x, y, v) in enumerate(loader):
+        if step >= fit.steps_per_epoch:
+            break
+        x, y, v = x.to(device), y.to(device), v.to(device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = fit.model(x)
+        loss = masked_loss(logits.float(), y, v, params)
+        fit.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        fit.optimiser.step()
+        fit.scheduler.step()
+        if fit.ema is not None:
+            fit.ema.update_parameters(fit.model)
+        train_loss += loss.item() * len(x)
+        n_seen += len(x)
+    return train_loss, n_seen
 
 
-def _publish(best_dir: Path, out_dir: Path, history: list[dict], run_id: str) -> dict:
-    """Copy the best model to the stage output and write DVC metrics/plots."""
-    out_dir = Path(out_dir)
-    for name in (WEIGHTS_FILE, CONFIG_FILE):
-        with atomic_path(out_dir / name) as tmp:
-            shutil.copyfile(best_dir / name, tmp)
-    write_text_atomic(out_dir / "run.json", json.dumps({"mlflow_run_id": run_id}))
-    best = max(history, key=lambda r: r["val_iou"])
-    metrics = {
-        "best_epoch": best["epoch"],
-        "val_iou": best["val_iou"],
-        "val_f1": best["val_f1"],
-        "val_precision": best["val_precision"],
-        "val_recall": best["val_recall"],
-        "threshold": best["val_best_threshold"],
-        "val_iou_at_threshold": best["val_iou_at_best_threshold"],
-        "val_f1_at_threshold": best["val_f1_at_best_threshold"],
-        "epochs": len(history),
-        "train_seconds": sum(r["seconds"] for r in history),
-        "chips_per_s": float(np.mean([r["chips_per_s"] for r in history])),
+def _best_dir(params: TrainParams) -> Path:
+    """Where the best model so far is kept until the run publishes it."""
+    return params.checkpoint_path.parent / "best"
+
+
+def save_best_model(model: nn.Module, config: ModelConfig, val: dict, best_dir: Path) -> None:
+    """Save the model folder with the validation F1-best threshold of this epoch."""
+    chosen = {
+        "threshold": val["best_threshold"],
+        "metrics": {
+            "val_iou": val["iou"],
+            "val_iou_at_threshold": val["iou_at_best_threshold"],
+        },
     }
-    write_text_atomic(TRAIN_METRICS_PATH, json.dumps(metrics, indent=2))
-    with atomic_path(TRAIN_PLOT_PATH) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(history[0].keys()))
-        writer.writeheader()
-        writer.writerows(history)
-    return metrics
+    save_model(model, config.model_copy(update=chosen), best_dir)
 
 
 @torch.no_grad()
@@ -534,46 +565,3 @@ def evaluate_chips(
         "iou_at_best_threshold": float(curve.iou[k]),
         "f1_at_best_threshold": float(curve.f1[k]),
     }
-
-
-def _log_figures(
-    history: list[dict], model: nn.Module, val_ds: SegmentationChips, device: torch.device
-) -> None:
-    """Training curves and a few validation overlays, as MLflow figures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    epochs = [r["epoch"] for r in history]
-    ax[0].plot(epochs, [r["train_loss"] for r in history], label="train loss")
-    ax[0].plot(epochs, [r["val_loss"] for r in history], label="val loss")
-    ax[0].set_xlabel("epoch")
-    ax[0].legend()
-    for key in ("val_iou", "val_f1"):
-        ax[1].plot(epochs, [r[key] for r in history], label=key)
-    ax[1].set_xlabel("epoch")
-    ax[1].legend()
-    registry.log_figure(fig, "training_curves.png")
-    plt.close(fig)
-
-    model.eval()
-    n = min(4, len(val_ds))
-    if n == 0:
-        return
-    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
-    with torch.no_grad():
-        for i in range(n):
-            x, y, v = val_ds[i * max(1, len(val_ds) // n)]
-            prob = torch.sigmoid(model(x[None].to(device))).cpu()[0, 0].numpy()
-            rgb = x[:3].numpy().transpose(1, 2, 0)
-            rgb = (rgb - rgb.min()) / max(float(rgb.max() - rgb.min()), 1e-6)
-            axes[i, 0].imshow(rgb)
-            axes[i, 1].imshow(y[0].numpy(), cmap="gray")
-            axes[i, 2].imshow(prob, cmap="magma", vmin=0, vmax=1)
-            for a, t in zip(axes[i], ("image", "truth", "probability"), strict=True):
-                a.set_title(t)
-                a.axis("off")
-    registry.log_figure(fig, "val_samples.png")
-    plt.close(fig)

@@ -15,8 +15,8 @@ from pipeline.synth import (
     LANDCOVER_CLASSES,
     ROAD_WIDTH_M,
     SceneFiles,
-    _road_table,
     generate_scene,
+    road_table,
     run_synth,
 )
 
@@ -172,7 +172,7 @@ def test_landcover_raster(scenes):
 def test_roads_crossing_water_become_bridges():
     water = shapely.box(40, -200, 60, 0)
     lines = [(shapely.LineString([(0, -100), (100, -100)]), "secondary")]
-    table = _road_table(np.random.default_rng(0), lines, 200.0, water)
+    table = road_table(np.random.default_rng(0), lines, 200.0, water)
     bridges = table[table.bridge]
     assert len(table) == 3 and len(bridges) == 1
     assert bridges.geometry.iloc[0].bounds == pytest.approx(

@@ -17,25 +17,26 @@ A scene is made in three passes, each from its own seeded generator (same seed -
    noise, quantisation, and nodata outside a rotated acquisition footprint.
 
 Road-like distractors are deliberate: roofs, parking lots, driveways, sidewalks, dry river
-beds, railway ballast, field margins and stubble share the spectra of asphalt, concrete and
+beds, railway ballast, field margins and stubble share the spectra of asphalt, concrete and gravel roads.
 
-Modules, in the order a scene is made: ``grid`` (scene grid, noise, hashes), ``geometry``
+Modules, in the order a scene is made: ``types`` (land-cover classes, towns, the layout: what
+the passes share without importing each other), ``grid`` (scene grid, noise, hashes), ``geometry``
 (polylines, frames, rectangles), ``layout`` (towns, rivers, railway) with ``roads`` (the road
-network and its table), ``landcover`` (Voronoi cells, classes, field parcels), ``materials``
+network and its table), ``landcover`` (Voronoi cells, field parcels), ``materials``
 (spectra, a scene's palette), ``state`` (what the passes share), ``objects`` (buildings, lots,
 cars), ``paint`` (ground, roads, buildings) with ``trees`` (canopy, crown shadows), ``sensor``
 (illumination to digital numbers, nodata footprint), ``scene`` (one scene's files, the stage).
 """
 
-from pipeline.synth.landcover import LANDCOVER_CLASSES
-from pipeline.synth.roads import ROAD_WIDTH_M, _road_table
+from pipeline.synth.roads import ROAD_WIDTH_M, road_table
 from pipeline.synth.scene import SceneFiles, generate_scene, run_synth
+from pipeline.synth.types import LANDCOVER_CLASSES
 
 __all__ = [
     "LANDCOVER_CLASSES",
     "ROAD_WIDTH_M",
     "SceneFiles",
-    "_road_table",
+    "road_table",
     "generate_scene",
     "run_synth",
 ]

@@ -8,7 +8,7 @@ import shapely
 from scipy import signal
 
 
-def _chaikin(pts: np.ndarray, iterations: int) -> np.ndarray:
+def chaikin(pts: np.ndarray, iterations: int) -> np.ndarray:
     """Corner cutting: a polyline becomes a smooth curve with the same end points."""
     for _ in range(iterations):
         q = 0.75 * pts[:-1] + 0.25 * pts[1:]
@@ -19,7 +19,7 @@ def _chaikin(pts: np.ndarray, iterations: int) -> np.ndarray:
     return pts
 
 
-def _wander(
+def wander(
     rng: np.random.Generator,
     start: np.ndarray,
     heading: float,
@@ -36,7 +36,7 @@ def _wander(
     return np.vstack([start, start + np.cumsum(steps, axis=0)])
 
 
-def _edge_point(rng: np.random.Generator, extent: float, side: int, margin: float) -> np.ndarray:
+def edge_point(rng: np.random.Generator, extent: float, side: int, margin: float) -> np.ndarray:
     """A point just outside scene edge ``side`` (0 top, 1 right, 2 bottom, 3 left)."""
     t = rng.uniform(0.1, 0.9) * extent
     return np.array(
@@ -44,7 +44,7 @@ def _edge_point(rng: np.random.Generator, extent: float, side: int, margin: floa
     )
 
 
-def _curve_through(
+def curve_through(
     rng: np.random.Generator, ctrl: list[np.ndarray], spacing: float, wiggle: float, smooth: int = 5
 ) -> shapely.LineString:
     """A smooth road through control points, bent sideways by up to ~``wiggle`` metres."""
@@ -56,17 +56,17 @@ def _curve_through(
         n = max(1, int(length // spacing))
         pts.extend(a + seg * k / n + normal * rng.normal(0.0, wiggle) for k in range(1, n))
         pts.append(b)
-    return shapely.LineString(_chaikin(np.array(pts), smooth))
+    return shapely.LineString(chaikin(np.array(pts), smooth))
 
 
-def _ragged_arange(counts: np.ndarray) -> np.ndarray:
+def ragged_arange(counts: np.ndarray) -> np.ndarray:
     """Concatenated ``arange(c)`` for each count c."""
     counts = np.asarray(counts, dtype=np.intp)
     starts = np.repeat(np.cumsum(counts) - counts, counts)
     return np.arange(int(counts.sum())) - starts
 
 
-def _frames(lines: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def frames(lines: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Point, unit tangent and left normal at distances along lines (arrays of equal length)."""
     length = shapely.length(lines)
     d = np.clip(dist, 0.0, length)
@@ -79,7 +79,7 @@ def _frames(lines: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return p, t, np.stack([-t[:, 1], t[:, 0]], axis=1)
 
 
-def _rects(
+def rects(
     centre: np.ndarray,
     e1: np.ndarray,
     e2: np.ndarray,
@@ -100,19 +100,19 @@ def _rects(
     return shapely.polygons(np.stack(corners, axis=1))
 
 
-def _line_parts(geoms) -> list[shapely.LineString]:
+def line_parts(geoms) -> list[shapely.LineString]:
     parts = shapely.get_parts(np.asarray(geoms, dtype=object))
     return [g for g in parts if g.geom_type == "LineString" and g.length > 1.0]
 
 
-def _dashes(lines: np.ndarray, dash: float, gap: float, rng: np.random.Generator) -> np.ndarray:
+def dashes(lines: np.ndarray, dash: float, gap: float, rng: np.random.Generator) -> np.ndarray:
     """Dashed copies of lines: straight pieces ``dash`` long every ``dash + gap`` metres."""
     if not len(lines):
         return lines
     period = dash + gap
     counts = (shapely.length(lines) // period).astype(np.intp)
     idx = np.repeat(np.arange(len(lines)), counts)
-    start = _ragged_arange(counts) * period + rng.uniform(0, gap, len(lines))[idx]
+    start = ragged_arange(counts) * period + rng.uniform(0, gap, len(lines))[idx]
     p0 = shapely.get_coordinates(shapely.line_interpolate_point(lines[idx], start))
     p1 = shapely.get_coordinates(shapely.line_interpolate_point(lines[idx], start + dash))
     return shapely.linestrings(np.stack([p0, p1], axis=1))

@@ -1,8 +1,8 @@
 """The scene grid, and the fields sampled on it: smooth noise and per-key hashes.
 
-``_Grid`` maps between local metres (x east, y north, origin at the scene's upper-left
-corner), pixels and the scene CRS, and rasterizes local geometries. ``_noise`` makes smooth
-noise fields at a given blob size; ``_hash01`` gives deterministic uniforms per integer key
+``Grid`` maps between local metres (x east, y north, origin at the scene's upper-left
+corner), pixels and the scene CRS, and rasterizes local geometries. ``smooth_noise`` makes smooth
+noise fields at a given blob size; ``hash01`` gives deterministic uniforms per integer key
 (per-parcel and per-road choices that must not depend on drawing order).
 """
 
@@ -19,7 +19,7 @@ from pipeline.config import SynthParams
 
 
 @dataclass(frozen=True)
-class _Grid:
+class Grid:
     size: int
     gsd: float
     x0: float  # scene CRS coordinates of the upper-left corner
@@ -66,9 +66,9 @@ class _Grid:
         )
 
 
-def _grid(params: SynthParams, index: int) -> _Grid:
+def scene_grid(params: SynthParams, index: int) -> Grid:
     step = params.size * params.gsd + 1000.0
-    return _Grid(params.size, params.gsd, params.origin[0] + index * step, params.origin[1])
+    return Grid(params.size, params.gsd, params.origin[0] + index * step, params.origin[1])
 
 
 def _resize_axis(a: np.ndarray, n: int, axis: int) -> np.ndarray:
@@ -83,11 +83,11 @@ def _resize_axis(a: np.ndarray, n: int, axis: int) -> np.ndarray:
     return a0 + (np.take(a, i0 + 1, axis=axis) - a0) * w
 
 
-def _upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def resize_linear(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return _resize_axis(_resize_axis(a, shape[0], 0), shape[1], 1)
 
 
-def _noise(rng: np.random.Generator, shape: tuple[int, int], scale_px: float) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale_px: float) -> np.ndarray:
     """Smooth noise (mean ~0, std ~1, float32) with blobs about ``scale_px`` pixels across."""
     if scale_px < 2:
         g = ndimage.gaussian_filter(
@@ -95,7 +95,7 @@ def _noise(rng: np.random.Generator, shape: tuple[int, int], scale_px: float) ->
         )
     else:
         coarse = (max(2, round(shape[0] / scale_px) + 2), max(2, round(shape[1] / scale_px) + 2))
-        g = _upsample(
+        g = resize_linear(
             ndimage.gaussian_filter(rng.standard_normal(coarse, dtype=np.float32), 0.8), shape
         )
     sample = g[::7, ::7]
@@ -105,22 +105,22 @@ def _noise(rng: np.random.Generator, shape: tuple[int, int], scale_px: float) ->
 
 
 @dataclass
-class _Noise:
+class Noise:
     low: np.ndarray  # ~80 m blobs
     mid: np.ndarray  # ~10 m
     fine: np.ndarray  # ~1.5 m
 
 
-def _noises(rng: np.random.Generator, grid: _Grid) -> _Noise:
+def noise_fields(rng: np.random.Generator, grid: Grid) -> Noise:
     def field(scale_m: float) -> np.ndarray:
-        return _noise(rng, grid.shape, scale_m / grid.gsd)
+        return smooth_noise(rng, grid.shape, scale_m / grid.gsd)
 
     low = field(80.0) + 0.5 * field(30.0)
     low /= 1.12
-    return _Noise(low=low, mid=field(10.0) + 0.4 * field(4.0), fine=field(1.5))
+    return Noise(low=low, mid=field(10.0) + 0.4 * field(4.0), fine=field(1.5))
 
 
-def _hash01(salt: int, *keys: np.ndarray) -> np.ndarray:
+def hash01(salt: int, *keys: np.ndarray) -> np.ndarray:
     """Deterministic uniform [0, 1) per integer key tuple (splitmix64), for per-parcel choices."""
     h = np.full(np.shape(keys[0]), np.uint64(salt), dtype=np.uint64)
     for k, mult in zip(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import shapely
@@ -14,29 +13,21 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from pipeline import raster
-from pipeline.synth.grid import _Grid, _noise
-
-if TYPE_CHECKING:
-    from pipeline.synth.layout import _Layout
-
-
-LANDCOVER_CLASSES: list[str] = [
-    "forest",
-    "cropland",
-    "grassland",
-    "bare_soil",
-    "water",
-    "residential",
-    "industrial",
-]
-FOREST, CROPLAND, GRASSLAND, BARE_SOIL, WATER, RESIDENTIAL, INDUSTRIAL = range(
-    len(LANDCOVER_CLASSES)
+from pipeline.synth.grid import Grid, smooth_noise
+from pipeline.synth.types import (
+    BARE_SOIL,
+    CROPLAND,
+    FOREST,
+    GRASSLAND,
+    INDUSTRIAL,
+    RESIDENTIAL,
+    WATER,
+    Layout,
 )
-LANDCOVER_NODATA = 255
 
 
 @dataclass
-class _Cells:
+class Cells:
     """Per Voronoi cell: land-cover class and the parameters of its texture."""
 
     cls: np.ndarray  # uint8 class
@@ -52,9 +43,9 @@ class _Cells:
     salt: int
 
 
-def _landcover(
-    rng: np.random.Generator, grid: _Grid, layout: _Layout
-) -> tuple[np.ndarray, np.ndarray, _Cells]:
+def draw_landcover(
+    rng: np.random.Generator, grid: Grid, layout: Layout
+) -> tuple[np.ndarray, np.ndarray, Cells]:
     """Warped Voronoi cells with rural classes; towns, rivers and dry beds painted over."""
     extent = grid.extent
     n = max(12, int(extent * extent / rng.uniform(90, 140) ** 2))
@@ -73,10 +64,10 @@ def _landcover(
     return lc, cell, cells
 
 
-def _coarse_cells(rng: np.random.Generator, grid: _Grid, seeds: np.ndarray, f: int) -> np.ndarray:
+def _coarse_cells(rng: np.random.Generator, grid: Grid, seeds: np.ndarray, f: int) -> np.ndarray:
     shape = (math.ceil(grid.size / f), math.ceil(grid.size / f))
     step = f * grid.gsd
-    warp = [_noise(rng, shape, 150.0 / step) * 25.0 for _ in range(2)]
+    warp = [smooth_noise(rng, shape, 150.0 / step) * 25.0 for _ in range(2)]
     rows, cols = np.indices(shape, dtype=np.float32)
     x = (cols + 0.5) * step + warp[0]
     y = -(rows + 0.5) * step + warp[1]
@@ -84,14 +75,14 @@ def _coarse_cells(rng: np.random.Generator, grid: _Grid, seeds: np.ndarray, f: i
     return idx.reshape(shape).astype(np.int32)
 
 
-def _refine_cells(rng: np.random.Generator, grid: _Grid, coarse: np.ndarray, f: int) -> np.ndarray:
+def _refine_cells(rng: np.random.Generator, grid: Grid, coarse: np.ndarray, f: int) -> np.ndarray:
     """Full-resolution cell ids: coarse ids looked up through a fine noise warp (ragged edges)."""
     amp = 4.0 / grid.gsd
-    r = np.arange(grid.size, dtype=np.float32)[:, None] + amp * _noise(
+    r = np.arange(grid.size, dtype=np.float32)[:, None] + amp * smooth_noise(
         rng, grid.shape, 12.0 / grid.gsd
     )
     r = np.clip(r / f, 0, coarse.shape[0] - 1).astype(np.intp)
-    c = np.arange(grid.size, dtype=np.float32)[None, :] + amp * _noise(
+    c = np.arange(grid.size, dtype=np.float32)[None, :] + amp * smooth_noise(
         rng, grid.shape, 12.0 / grid.gsd
     )
     c = np.clip(c / f, 0, coarse.shape[1] - 1).astype(np.intp)
@@ -100,12 +91,12 @@ def _refine_cells(rng: np.random.Generator, grid: _Grid, coarse: np.ndarray, f: 
 
 def _cell_table(
     rng: np.random.Generator,
-    grid: _Grid,
-    layout: _Layout,
+    grid: Grid,
+    layout: Layout,
     seeds: np.ndarray,
     coarse: np.ndarray,
     f: int,
-) -> _Cells:
+) -> Cells:
     n = len(seeds)
     in_town = np.zeros(n, bool)
     for town in layout.towns:
@@ -121,7 +112,7 @@ def _cell_table(
         inside = np.flatnonzero(shapely.contains_xy(town.polygon, seeds[:, 0], seeds[:, 1]))
         if len(inside) >= 3 and not industrial[inside].any() and rng.random() < 0.8:
             industrial[rng.choice(inside)] = True
-    return _Cells(
+    return Cells(
         cls=cls,
         industrial=industrial,
         bright=rng.normal(0, 0.08, n).astype(np.float32),
@@ -166,7 +157,7 @@ def _rural_classes(
     return cls.astype(np.uint8)
 
 
-def _parcels(cells: _Cells, cid: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple:
+def field_parcels(cells: Cells, cid: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple:
     """Field parcel (i, j), distance to the parcel edge and the across-field coordinate."""
     th = cells.angle[cid]
     c, s = np.cos(th), np.sin(th)

@@ -4,64 +4,33 @@ a railway, and the road network that runs through them (``roads.py``)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-import geopandas as gpd
 import numpy as np
 import shapely
 
-from pipeline.synth.geometry import _chaikin, _curve_through, _edge_point, _line_parts, _wander
-from pipeline.synth.grid import _Grid
-from pipeline.synth.materials import _ROOFS
-from pipeline.synth.roads import _road_network, _road_table
+from pipeline.synth.geometry import chaikin, curve_through, edge_point, line_parts, wander
+from pipeline.synth.grid import Grid
+from pipeline.synth.materials import ROOFS
+from pipeline.synth.roads import road_network, road_table
+from pipeline.synth.types import Layout, Town
 
 
-@dataclass(frozen=True)
-class _Town:
-    centre: np.ndarray
-    radius: float
-    angle: float  # street grid orientation, radians from east
-    polygon: shapely.Polygon
-    xs: np.ndarray  # street positions in the town frame
-    ys: np.ndarray
-    roof_p: np.ndarray  # roof palette probabilities (a town has a style)
-    sidewalks: bool
-
-    def to_local(self, pts: np.ndarray) -> np.ndarray:
-        c, s = math.cos(self.angle), math.sin(self.angle)
-        return self.centre + pts @ np.array([[c, s], [-s, c]])
-
-    @property
-    def axes(self) -> tuple[np.ndarray, np.ndarray]:
-        c, s = math.cos(self.angle), math.sin(self.angle)
-        return np.array([c, s]), np.array([-s, c])
-
-
-@dataclass
-class _Layout:
-    towns: list[_Town]
-    water: shapely.Geometry  # rivers, possibly empty
-    dry_bed: shapely.Geometry  # dry river beds, possibly empty
-    rails: list[shapely.LineString]  # railway track centrelines
-    roads: gpd.GeoDataFrame  # local metres: LineString, road_class, width_m, bridge
-
-
-def _layout(rng: np.random.Generator, grid: _Grid) -> _Layout:
+def draw_layout(rng: np.random.Generator, grid: Grid) -> Layout:
     extent = grid.extent
     towns = _place_towns(rng, extent)
     water = _river_bodies(rng, extent, rng.random() < 0.6, (8.0, 30.0))
     dry_bed = _river_bodies(rng, extent, rng.random() < 0.4, (10.0, 30.0))
     rails = _railway(rng, extent) if extent >= 300 and rng.random() < 0.4 else []
-    lines = _road_network(rng, extent, towns)
-    roads = _road_table(rng, lines, extent, water)
-    return _Layout(towns, water, dry_bed, rails, roads)
+    lines = road_network(rng, extent, towns)
+    roads = road_table(rng, lines, extent, water)
+    return Layout(towns, water, dry_bed, rails, roads)
 
 
-def _place_towns(rng: np.random.Generator, extent: float) -> list[_Town]:
+def _place_towns(rng: np.random.Generator, extent: float) -> list[Town]:
     """At least one town; more in larger scenes, never overlapping."""
     area_km2 = (extent / 1000.0) ** 2
     wanted = 1 + rng.poisson(min(0.25 * area_km2, 6.0))
-    towns: list[_Town] = []
+    towns: list[Town] = []
     for _ in range(60 * wanted):
         if len(towns) == wanted:
             break
@@ -72,21 +41,21 @@ def _place_towns(rng: np.random.Generator, extent: float) -> list[_Town]:
     return towns
 
 
-def _town(rng: np.random.Generator, centre: np.ndarray, radius: float) -> _Town:
+def _town(rng: np.random.Generator, centre: np.ndarray, radius: float) -> Town:
     phi = np.linspace(0.0, 2 * np.pi, 72, endpoint=False)
     r = np.ones_like(phi)
     for k in (2, 3, 5):
         r += rng.uniform(0.0, 0.12) * np.cos(k * phi + rng.uniform(0, 2 * np.pi))
     outline = centre + radius * r[:, None] * np.stack([np.cos(phi), np.sin(phi)], axis=1)
     reach = 1.4 * radius
-    return _Town(
+    return Town(
         centre=centre,
         radius=radius,
         angle=rng.uniform(0, np.pi / 2),
         polygon=shapely.Polygon(outline),
         xs=_jittered_positions(rng, reach, rng.uniform(60.0, 110.0)),
         ys=_jittered_positions(rng, reach, rng.uniform(60.0, 110.0)),
-        roof_p=rng.dirichlet(np.full(len(_ROOFS), 0.8)),
+        roof_p=rng.dirichlet(np.full(len(ROOFS), 0.8)),
         sidewalks=bool(rng.random() < 0.6),
     )
 
@@ -103,18 +72,18 @@ def _river_bodies(
     if not present:
         return shapely.Polygon()
     side = int(rng.integers(4))
-    start = _edge_point(rng, extent, side, 60.0)
+    start = edge_point(rng, extent, side, 60.0)
     target = rng.uniform(0.3, 0.7, 2) * np.array([extent, -extent])
     heading = math.atan2(*(target - start)[::-1])
-    path = _wander(rng, start, heading, 1.8 * extent + 120, max(4.0, extent / 150), 0.10, 0.97)
+    path = wander(rng, start, heading, 1.8 * extent + 120, max(4.0, extent / 150), 0.10, 0.97)
     width = min(rng.uniform(*width_m), extent / 14)
-    return shapely.buffer(shapely.LineString(_chaikin(path, 2)), width / 2)
+    return shapely.buffer(shapely.LineString(chaikin(path, 2)), width / 2)
 
 
 def _railway(rng: np.random.Generator, extent: float) -> list[shapely.LineString]:
     side = int(rng.integers(4))
-    ctrl = [_edge_point(rng, extent, side, 80.0), _edge_point(rng, extent, (side + 2) % 4, 80.0)]
-    line = _curve_through(rng, ctrl, extent / 3, 0.03 * extent)
+    ctrl = [edge_point(rng, extent, side, 80.0), edge_point(rng, extent, (side + 2) % 4, 80.0)]
+    line = curve_through(rng, ctrl, extent / 3, 0.03 * extent)
     if rng.random() < 0.5:
         return [line]
-    return _line_parts(shapely.offset_curve(np.array([line, line]), np.array([-2.1, 2.1])))
+    return line_parts(shapely.offset_curve(np.array([line, line]), np.array([-2.1, 2.1])))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.synth.landcover import BARE_SOIL
+from pipeline.synth.types import BARE_SOIL
 
 # Surface reflectance, bands (red, green, blue, nir), roughly 0..1.
 
@@ -37,7 +37,7 @@ _GROUND_B = _spectra(
 )
 # per class: brightness weight of low/mid/fine noise, mixing weight of low/mid noise, and the
 # mean share of the second end member
-_GROUND_TEX = np.array(
+GROUND_TEX = np.array(
     [
         (0.10, 0.15, 0.12, 0.35, 0.30, 0.5),
         (0.08, 0.06, 0.06, 0.30, 0.10, 0.5),
@@ -49,7 +49,7 @@ _GROUND_TEX = np.array(
     ],
     dtype=np.float32,
 )
-_CROPS = _spectra(
+CROPS = _spectra(
     (0.050, 0.110, 0.040, 0.45),  # green cereal
     (0.120, 0.140, 0.080, 0.30),  # young crop, soil showing
     (0.280, 0.240, 0.130, 0.33),  # ripe grain
@@ -58,12 +58,12 @@ _CROPS = _spectra(
     (0.350, 0.320, 0.060, 0.40),  # rapeseed in flower
     (0.110, 0.130, 0.080, 0.28),  # fallow
 )
-_CROP_P = np.array([0.26, 0.14, 0.16, 0.16, 0.14, 0.04, 0.10])
-_CROP_STRIPES = np.array([0.05, 0.10, 0.06, 0.18, 0.14, 0.04, 0.05], dtype=np.float32)
-_VERGE = _spectra((0.10, 0.12, 0.07, 0.30))
+CROP_P = np.array([0.26, 0.14, 0.16, 0.16, 0.14, 0.04, 0.10])
+CROP_STRIPES = np.array([0.05, 0.10, 0.06, 0.18, 0.14, 0.04, 0.05], dtype=np.float32)
+VERGE = _spectra((0.10, 0.12, 0.07, 0.30))
 # Asphalt and concrete reflect a little more at longer wavelengths (USGS spectral library);
 # path radiance (haze) and skylight in shadows make dark surfaces look bluish, not the material.
-_ROAD_SURFACES = _spectra(
+ROAD_SURFACES = _spectra(
     (0.065, 0.061, 0.056, 0.080),  # new asphalt
     (0.105, 0.100, 0.092, 0.125),  # asphalt
     (0.160, 0.150, 0.135, 0.190),  # old asphalt, dusty
@@ -71,43 +71,43 @@ _ROAD_SURFACES = _spectra(
     (0.230, 0.200, 0.160, 0.260),  # gravel
     (0.170, 0.140, 0.110, 0.220),  # dirt
 )
-NEW_ASPHALT, ASPHALT, OLD_ASPHALT, CONCRETE, GRAVEL, DIRT = range(len(_ROAD_SURFACES))
+NEW_ASPHALT, ASPHALT, OLD_ASPHALT, CONCRETE, GRAVEL, DIRT = range(len(ROAD_SURFACES))
 # surface probabilities by road class
-_SURFACE_P = {
+SURFACE_P = {
     "motorway": (0.45, 0.30, 0.0, 0.25, 0.0, 0.0),
     "primary": (0.35, 0.45, 0.15, 0.05, 0.0, 0.0),
     "secondary": (0.15, 0.45, 0.35, 0.05, 0.0, 0.0),
     "residential": (0.10, 0.35, 0.40, 0.15, 0.0, 0.0),
     "track": (0.0, 0.0, 0.0, 0.0, 0.55, 0.45),
 }
-_PAINT = np.array([0.55, 0.55, 0.53, 0.50], np.float32)
-_BARRIER = np.array([0.30, 0.29, 0.27, 0.32], np.float32)
-_RUTS = np.array([0.12, 0.10, 0.08, 0.16], np.float32)
-_GRASS = np.array([0.07, 0.11, 0.05, 0.33], np.float32)
-_SIDEWALK = np.array([0.27, 0.26, 0.24, 0.29], np.float32)
-_BALLAST = np.array([0.17, 0.16, 0.15, 0.18], np.float32)
-_STEEL = np.array([0.08, 0.08, 0.09, 0.09], np.float32)
+PAINT = np.array([0.55, 0.55, 0.53, 0.50], np.float32)
+BARRIER = np.array([0.30, 0.29, 0.27, 0.32], np.float32)
+RUTS = np.array([0.12, 0.10, 0.08, 0.16], np.float32)
+GRASS = np.array([0.07, 0.11, 0.05, 0.33], np.float32)
+SIDEWALK = np.array([0.27, 0.26, 0.24, 0.29], np.float32)
+BALLAST = np.array([0.17, 0.16, 0.15, 0.18], np.float32)
+STEEL = np.array([0.08, 0.08, 0.09, 0.09], np.float32)
 _RIVERBED = np.array([0.28, 0.26, 0.23, 0.29], np.float32)
-_ROOFS = _spectra(
+ROOFS = _spectra(
     (0.26, 0.13, 0.09, 0.28),  # red tiles
     (0.19, 0.12, 0.09, 0.21),  # brown tiles
     (0.085, 0.083, 0.080, 0.10),  # dark grey
     (0.17, 0.165, 0.155, 0.19),  # grey
     (0.33, 0.325, 0.31, 0.34),  # light
 )
-_FLAT_ROOFS = _spectra(
+FLAT_ROOFS = _spectra(
     (0.45, 0.46, 0.46, 0.45),  # white membrane, metal
     (0.30, 0.295, 0.285, 0.31),  # light grey
     (0.11, 0.105, 0.10, 0.13),  # bitumen
     (0.16, 0.20, 0.28, 0.24),  # blue-grey metal
 )
-_PAVED = _spectra(
+PAVED = _spectra(
     (0.105, 0.100, 0.092, 0.125),  # asphalt (parking lots, driveways)
     (0.245, 0.235, 0.215, 0.28),  # concrete
     (0.20, 0.15, 0.12, 0.22),  # red pavers
     (0.21, 0.19, 0.16, 0.24),  # gravel
 )
-_CARS = _spectra(
+CARS = _spectra(
     (0.55, 0.55, 0.55, 0.50),
     (0.04, 0.04, 0.045, 0.05),
     (0.30, 0.30, 0.32, 0.30),
@@ -115,15 +115,15 @@ _CARS = _spectra(
     (0.35, 0.06, 0.05, 0.30),
     (0.05, 0.08, 0.25, 0.20),
 )
-_CAR_P = np.array([0.30, 0.22, 0.20, 0.12, 0.08, 0.08])
-_DECIDUOUS = np.array([0.050, 0.095, 0.040, 0.45], np.float32)
-_CONIFER = np.array([0.025, 0.050, 0.025, 0.26], np.float32)
-_SKYLIGHT = np.array([0.30, 0.33, 0.42, 0.24], np.float32)  # share of light left in shadow
-_HAZE = np.array([0.75, 0.85, 1.0, 0.40], np.float32)
+CAR_P = np.array([0.30, 0.22, 0.20, 0.12, 0.08, 0.08])
+DECIDUOUS = np.array([0.050, 0.095, 0.040, 0.45], np.float32)
+CONIFER = np.array([0.025, 0.050, 0.025, 0.26], np.float32)
+SKYLIGHT = np.array([0.30, 0.33, 0.42, 0.24], np.float32)  # share of light left in shadow
+HAZE = np.array([0.75, 0.85, 1.0, 0.40], np.float32)
 
 
 @dataclass(frozen=True)
-class _Palette:
+class Palette:
     """A scene's own materials: every region has its own soils and asphalt mixes."""
 
     ground_a: np.ndarray
@@ -133,7 +133,7 @@ class _Palette:
     riverbed: np.ndarray
 
 
-def _palette(rng: np.random.Generator) -> _Palette:
+def draw_palette(rng: np.random.Generator) -> Palette:
     """Module spectra jittered by a few percent per band, and soils (bare ground, ploughed
     fields, stubble, unpaved tracks, river gravel) drawn from warm brown towards neutral grey
     (chalk, limestone), a shift by region that real soils show."""
@@ -149,10 +149,10 @@ def _palette(rng: np.random.Generator) -> _Palette:
         out[rows, :3] += (mean - out[rows, :3]) * neutral
         return out
 
-    return _Palette(
+    return Palette(
         ground_a=grey(jitter(_GROUND_A), [BARE_SOIL]),
         ground_b=grey(jitter(_GROUND_B), [BARE_SOIL]),
-        crops=grey(jitter(_CROPS), [3, 4]),
-        roads=grey(jitter(_ROAD_SURFACES), [GRAVEL, DIRT]),
+        crops=grey(jitter(CROPS), [3, 4]),
+        roads=grey(jitter(ROAD_SURFACES), [GRAVEL, DIRT]),
         riverbed=grey(jitter(_RIVERBED[None]), [0])[0],
     )

@@ -10,27 +10,26 @@ from dataclasses import dataclass
 import numpy as np
 import shapely
 
-from pipeline.synth.geometry import _frames, _ragged_arange, _rects
-from pipeline.synth.landcover import BARE_SOIL, CROPLAND, GRASSLAND, INDUSTRIAL, RESIDENTIAL
-from pipeline.synth.layout import _Town
-from pipeline.synth.materials import _CAR_P, _CARS, _FLAT_ROOFS, _ROOFS
-from pipeline.synth.state import _Scene
+from pipeline.synth.geometry import frames, ragged_arange, rects
+from pipeline.synth.materials import CAR_P, CARS, FLAT_ROOFS, ROOFS
+from pipeline.synth.state import Scene
+from pipeline.synth.types import BARE_SOIL, CROPLAND, GRASSLAND, INDUSTRIAL, RESIDENTIAL, Town
 
 
 @dataclass
-class _Objects:
+class Objects:
     roofs: np.ndarray  # roof polygons (gable halves), local metres
     roof_colour: np.ndarray  # (n, 4) reflectance including sun shading
     footprints: np.ndarray  # building footprints
     heights: np.ndarray  # m
     paved: np.ndarray  # driveways, parking lots, yards
-    paved_kind: np.ndarray  # index into _PAVED
+    paved_kind: np.ndarray  # index into PAVED
     cars: np.ndarray
-    car_colour: np.ndarray  # index into _CARS
+    car_colour: np.ndarray  # index into CARS
     stall_lines: np.ndarray  # parking stall markings (lines)
 
 
-def _objects(rng: np.random.Generator, sc: _Scene) -> _Objects:
+def place_objects(rng: np.random.Generator, sc: Scene) -> Objects:
     obstacles = _obstacles(sc)
     parts = [_houses(rng, sc, obstacles), _farmsteads(rng, sc, obstacles)]
     for town in sc.layout.towns:
@@ -43,7 +42,7 @@ def _objects(rng: np.random.Generator, sc: _Scene) -> _Objects:
         items = [np.asarray(p[key], dtype=dtype) for p in parts if key in p and len(p[key])]
         return np.concatenate(items) if items else np.empty(0, dtype=dtype)
 
-    return _Objects(
+    return Objects(
         roofs=cat("roofs"),
         roof_colour=cat("roof_colour", np.float32).reshape(-1, 4),
         footprints=cat("footprints"),
@@ -56,7 +55,7 @@ def _objects(rng: np.random.Generator, sc: _Scene) -> _Objects:
     )
 
 
-def _obstacles(sc: _Scene) -> shapely.STRtree:
+def _obstacles(sc: Scene) -> shapely.STRtree:
     """Where buildings may not go: roads (plus a margin), railways, water."""
     geoms = list(shapely.buffer(sc.polygons.geometry.to_numpy(), 1.5))
     geoms += [shapely.buffer(r, 4.0) for r in sc.layout.rails]
@@ -79,7 +78,7 @@ def _free(candidates: np.ndarray, obstacles: shapely.STRtree) -> np.ndarray:
     return ok
 
 
-def _houses(rng: np.random.Generator, sc: _Scene, obstacles: shapely.STRtree) -> dict:
+def _houses(rng: np.random.Generator, sc: Scene, obstacles: shapely.STRtree) -> dict:
     """Houses along streets in residential areas, gable roofs, most with a driveway."""
     roads = sc.layout.roads[
         sc.layout.roads.road_class.isin(["residential", "secondary", "primary"])
@@ -92,13 +91,13 @@ def _houses(rng: np.random.Generator, sc: _Scene, obstacles: shapely.STRtree) ->
     )
     idx = np.repeat(np.arange(len(lines)), 2 * counts)
     n = len(idx)
-    dist = spacing * (0.5 + _ragged_arange(2 * counts) // 2) + rng.uniform(-2.5, 2.5, n)
-    side = np.where(_ragged_arange(2 * counts) % 2 == 0, 1.0, -1.0)[:, None]
-    p, t, nrm = _frames(lines[idx], dist)
+    dist = spacing * (0.5 + ragged_arange(2 * counts) // 2) + rng.uniform(-2.5, 2.5, n)
+    side = np.where(ragged_arange(2 * counts) % 2 == 0, 1.0, -1.0)[:, None]
+    p, t, nrm = frames(lines[idx], dist)
     along, depth = rng.uniform(9, 17, n), rng.uniform(8, 13, n)
     setback = rng.uniform(3, 8, n)
     centre = p + side * nrm * (width[idx] / 2 + setback + depth / 2)[:, None]
-    footprint = _rects(centre, t, nrm, along, depth)
+    footprint = rects(centre, t, nrm, along, depth)
     row, col = sc.grid.pixel(centre)
     keep = (
         (sc.lc[row, col] == RESIDENTIAL) & _free(footprint, obstacles) if n else np.zeros(0, bool)
@@ -118,7 +117,7 @@ def _houses(rng: np.random.Generator, sc: _Scene, obstacles: shapely.STRtree) ->
 
 def _house_parts(
     rng: np.random.Generator,
-    sc: _Scene,
+    sc: Scene,
     centre: np.ndarray,
     t: np.ndarray,
     towards_house: np.ndarray,
@@ -139,14 +138,14 @@ def _house_parts(
         )
         style[inside] = k
     palette = (
-        np.array([t.roof_p for t in towns]) if towns else np.ones((1, len(_ROOFS))) / len(_ROOFS)
+        np.array([t.roof_p for t in towns]) if towns else np.ones((1, len(ROOFS))) / len(ROOFS)
     )
     roofs, colour = _gable_roofs(rng, sc, centre, t, towards_house, along, depth, palette[style])
     has_drive = rng.random(n) < 0.6
     shift = rng.uniform(-0.3, 0.3, n) * along
     start = centre - towards_house * (depth / 2)[:, None] + t * shift[:, None]
     mid = start - towards_house * (setback / 2)[:, None]  # from the house front to the road edge
-    drives = _rects(
+    drives = rects(
         mid[has_drive],
         towards_house[has_drive],
         t[has_drive],
@@ -165,7 +164,7 @@ def _house_parts(
 
 def _gable_roofs(
     rng: np.random.Generator,
-    sc: _Scene,
+    sc: Scene,
     centre: np.ndarray,
     u: np.ndarray,
     v: np.ndarray,
@@ -181,7 +180,7 @@ def _gable_roofs(
     e2 = np.where(long_u[:, None], v, u)
     la, lb = np.where(long_u, a, b), np.where(long_u, b, a)
     halves = np.concatenate(
-        [_rects(centre, e1, e2, la, lb, 0.0, 0.5), _rects(centre, e1, e2, la, lb, -0.5, 0.0)]
+        [rects(centre, e1, e2, la, lb, 0.0, 0.5), rects(centre, e1, e2, la, lb, -0.5, 0.0)]
     )
     pitch = math.radians(35)
     sun = sc.sun_vector
@@ -191,14 +190,14 @@ def _gable_roofs(
             [sign * e2 * math.sin(pitch), np.full((n, 1), math.cos(pitch))], axis=1
         )
         shade.append(np.clip(normal @ sun / sun[2], 0.35, 1.5))
-    cum = np.cumsum(palette, axis=1) if n else np.zeros((0, len(_ROOFS)))
-    kind = np.minimum((cum < rng.random(n)[:, None]).sum(axis=1), len(_ROOFS) - 1)
-    base = _ROOFS[kind] * rng.uniform(0.85, 1.15, (n, 1)).astype(np.float32)
+    cum = np.cumsum(palette, axis=1) if n else np.zeros((0, len(ROOFS)))
+    kind = np.minimum((cum < rng.random(n)[:, None]).sum(axis=1), len(ROOFS) - 1)
+    base = ROOFS[kind] * rng.uniform(0.85, 1.15, (n, 1)).astype(np.float32)
     colour = np.concatenate([base * shade[0][:, None], base * shade[1][:, None]]).astype(np.float32)
     return halves, colour
 
 
-def _farmsteads(rng: np.random.Generator, sc: _Scene, obstacles: shapely.STRtree) -> dict:
+def _farmsteads(rng: np.random.Generator, sc: Scene, obstacles: shapely.STRtree) -> dict:
     """Farms beside rural roads: a concrete or gravel yard, a driveway and a few large barns."""
     roads = sc.layout.roads[sc.layout.roads.road_class.isin(["primary", "secondary", "track"])]
     wanted = int(rng.poisson(2.5 * (sc.grid.extent / 1000) ** 2))
@@ -207,18 +206,18 @@ def _farmsteads(rng: np.random.Generator, sc: _Scene, obstacles: shapely.STRtree
     for _ in range(wanted if len(roads) else 0):
         k = int(rng.integers(len(roads)))
         line, width = roads.geometry.iloc[k], float(roads.width_m.iloc[k])
-        p, t, nrm = _frames(np.array([line]), rng.uniform(0, line.length, 1))
+        p, t, nrm = frames(np.array([line]), rng.uniform(0, line.length, 1))
         nrm = nrm * rng.choice([-1.0, 1.0])
         a, b = rng.uniform(35, 70), rng.uniform(30, 55)
         centre = p + nrm * (width / 2 + 6 + b / 2)
-        yard = _rects(centre, t, nrm, [a], [b])
+        yard = rects(centre, t, nrm, [a], [b])
         row, col = sc.grid.pixel(centre)
         if (
             sc.lc[row[0], col[0]] not in (CROPLAND, GRASSLAND, BARE_SOIL)
             or not _free(yard, obstacles).all()
         ):
             continue
-        drive = _rects(p + nrm * (width / 2 + 3.5), nrm, t, [8.0], [5.0])
+        drive = rects(p + nrm * (width / 2 + 3.5), nrm, t, [8.0], [5.0])
         n = int(rng.integers(2, 5))
         along, depth = rng.uniform(12, 30, n), rng.uniform(9, 16, n)
         slots = rng.permutation(3)[:n] if n <= 3 else np.array([0, 1, 2, 0])
@@ -230,7 +229,7 @@ def _farmsteads(rng: np.random.Generator, sc: _Scene, obstacles: shapely.STRtree
         u_axis = np.where((slots == 0)[:, None], t, nrm)
         v_axis = np.where((slots == 0)[:, None], nrm, t)
         bc = centre + t * u_off[:, None] + nrm * v_off[:, None]
-        barns = _rects(bc, u_axis, v_axis, np.minimum(along, np.where(slots == 0, a, b) - 4), depth)
+        barns = rects(bc, u_axis, v_axis, np.minimum(along, np.where(slots == 0, a, b) - 4), depth)
         keep = _free(barns, shapely.STRtree([]))
         r, c = _gable_roofs(
             rng,
@@ -259,7 +258,7 @@ def _farmsteads(rng: np.random.Generator, sc: _Scene, obstacles: shapely.STRtree
 
 
 def _industrial_lots(
-    rng: np.random.Generator, sc: _Scene, town: _Town, obstacles: shapely.STRtree
+    rng: np.random.Generator, sc: Scene, town: Town, obstacles: shapely.STRtree
 ) -> dict:
     """Blocks of the street grid in industrial cells: halls, parking lots, concrete yards."""
     e1, e2 = town.axes
@@ -273,15 +272,15 @@ def _industrial_lots(
                 continue
             a = town.xs[i + 1] - town.xs[i] - rng.uniform(12, 18)
             b = town.ys[j + 1] - town.ys[j] - rng.uniform(12, 18)
-            lot = _rects(centre, e1[None], e2[None], [a], [b])
+            lot = rects(centre, e1[None], e2[None], [a], [b])
             if a < 15 or b < 15 or not _free(lot, obstacles).all():
                 continue
             kind = rng.choice(3, p=[0.55, 0.25, 0.20])
             if kind == 0:
                 scale = rng.uniform(0.6, 0.95, 2)
-                halls.append(_rects(centre, e1[None], e2[None], [a * scale[0]], [b * scale[1]])[0])
+                halls.append(rects(centre, e1[None], e2[None], [a * scale[0]], [b * scale[1]])[0])
                 heights.append(rng.uniform(7, 15))
-                colours.append(_FLAT_ROOFS[rng.choice(len(_FLAT_ROOFS))] * rng.uniform(0.9, 1.1))
+                colours.append(FLAT_ROOFS[rng.choice(len(FLAT_ROOFS))] * rng.uniform(0.9, 1.1))
                 paved.append(lot[0])
                 kinds.append(1)
             elif kind == 1:
@@ -318,7 +317,7 @@ def _parking(rng: np.random.Generator, lot: tuple) -> dict:
     stall = centre + uu.reshape(-1, 1) * e1 + vv.reshape(-1, 1) * e2
     occupied = rng.random(len(stall)) < rng.uniform(0.3, 0.9)
     k = int(occupied.sum())
-    cars = _rects(
+    cars = rects(
         stall[occupied],
         np.tile(e2, (k, 1)),
         np.tile(e1, (k, 1)),
@@ -327,10 +326,10 @@ def _parking(rng: np.random.Generator, lot: tuple) -> dict:
     )
     edges = stall - 1.25 * e1
     lines = shapely.linestrings(np.stack([edges - 2.5 * e2, edges + 2.5 * e2], axis=1))
-    return dict(cars=cars, car_colour=rng.choice(len(_CARS), k, p=_CAR_P), stall_lines=lines)
+    return dict(cars=cars, car_colour=rng.choice(len(CARS), k, p=CAR_P), stall_lines=lines)
 
 
-def _road_cars(rng: np.random.Generator, sc: _Scene) -> dict:
+def _road_cars(rng: np.random.Generator, sc: Scene) -> dict:
     """Cars in lanes (parked at the kerb in residential streets), aligned with the road."""
     per_m = {
         "motorway": 1 / 35,
@@ -347,12 +346,12 @@ def _road_cars(rng: np.random.Generator, sc: _Scene) -> dict:
     counts = rng.poisson(shapely.length(lines) * density)
     idx = np.repeat(np.arange(len(lines)), counts)
     n = len(idx)
-    p, t, nrm = _frames(lines[idx], rng.uniform(0, 1, n) * shapely.length(lines[idx]))
+    p, t, nrm = frames(lines[idx], rng.uniform(0, 1, n) * shapely.length(lines[idx]))
     w = roads.width_m.to_numpy()[idx]
     cls = roads.road_class.to_numpy()[idx]
     lane = np.where(cls == "motorway", rng.choice([0.15, 0.35], n), 0.25) * w
     lane = np.where(cls == "residential", w / 2 - 1.1, lane) * rng.choice([-1.0, 1.0], n)
     truck = rng.random(n) < np.where(np.isin(cls, ["motorway", "primary"]), 0.15, 0.02)
     length = np.where(truck, rng.uniform(10, 16, n), rng.uniform(4.2, 4.9, n))
-    cars = _rects(p + nrm * lane[:, None], t, nrm, length, np.where(truck, 2.5, 1.85))
-    return dict(cars=cars, car_colour=rng.choice(len(_CARS), n, p=_CAR_P))
+    cars = rects(p + nrm * lane[:, None], t, nrm, length, np.where(truck, 2.5, 1.85))
+    return dict(cars=cars, car_colour=rng.choice(len(CARS), n, p=CAR_P))

@@ -8,63 +8,64 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from pipeline.synth.geometry import _dashes, _line_parts
-from pipeline.synth.grid import _hash01
-from pipeline.synth.landcover import CROPLAND, WATER, _parcels
+from pipeline.synth.geometry import dashes, line_parts
+from pipeline.synth.grid import hash01
+from pipeline.synth.landcover import field_parcels
 from pipeline.synth.materials import (
-    _BALLAST,
-    _BARRIER,
-    _CARS,
-    _CROP_P,
-    _CROP_STRIPES,
-    _CROPS,
-    _GRASS,
-    _GROUND_TEX,
-    _PAINT,
-    _PAVED,
-    _ROAD_SURFACES,
-    _RUTS,
-    _SIDEWALK,
-    _SKYLIGHT,
-    _STEEL,
-    _SURFACE_P,
-    _VERGE,
+    BALLAST,
+    BARRIER,
+    CARS,
     CONCRETE,
-    _palette,
+    CROP_P,
+    CROP_STRIPES,
+    CROPS,
+    GRASS,
+    GROUND_TEX,
+    PAINT,
+    PAVED,
+    ROAD_SURFACES,
+    RUTS,
+    SIDEWALK,
+    SKYLIGHT,
+    STEEL,
+    SURFACE_P,
+    VERGE,
+    draw_palette,
 )
-from pipeline.synth.objects import _Objects
+from pipeline.synth.objects import Objects
 from pipeline.synth.roads import ROAD_WIDTH_M
-from pipeline.synth.state import _Scene, _step
-from pipeline.synth.trees import _trees
+from pipeline.synth.state import Scene, timed_step
+from pipeline.synth.trees import paint_trees
+from pipeline.synth.types import CROPLAND, WATER
 
 
-def _paint(rng: np.random.Generator, sc: _Scene, obj: _Objects) -> None:
+def paint_scene(rng: np.random.Generator, sc: Scene, obj: Objects) -> None:
     """Reflectance of every pixel, from the ground up to the tree tops."""
-    sc.palette = _palette(rng)
-    with _step("ground"):
+    sc.palette = draw_palette(rng)
+    with timed_step("ground"):
         sc.img = _ground(sc)
         _cropland(sc)
         _dry_bed(sc)
     road = sc.label.astype(bool)
-    with _step("features"):
+    with timed_step("features"):
         rails = _railway_paint(sc)
         paved = _paved(sc, obj, road)
         roofs = _building_mask(sc, obj, road)
-    with _step("roads"):
+    with timed_step("roads"):
         _roads(rng, sc, road)
         _cars(sc, obj, road, paved)
-    with _step("buildings"):
+    with timed_step("buildings"):
         _shadows(sc, obj, roofs)
         _roofs(sc, obj, road)
     sc.blocked = road | roofs | paved | rails | (sc.lc == WATER)
-    with _step("trees"):
-        _trees(rng, sc)
+    with timed_step("trees"):
+        paint_trees(rng, sc)
 
 
-def _ground(sc: _Scene) -> np.ndarray:
+def _ground(sc: Scene) -> np.ndarray:
     """Two end members per class mixed by noise, brightness varied per cell and by noise."""
     lc, nz = sc.lc, sc.noise
-    tex = [_GROUND_TEX[:, k][lc] for k in range(6)]
+    tex = [GROUND_TEX[:, k][lc] for k in range(6)]
     bright = 1.0 + tex[0] * nz.low + tex[1] * nz.mid + tex[2] * nz.fine + sc.cells.bright[sc.cell]
     mix = np.clip(tex[5] + tex[3] * nz.low + tex[4] * nz.mid + sc.cells.mix[sc.cell], 0.0, 1.0)
     img = np.empty((4,) + lc.shape, np.float32)
@@ -74,24 +75,22 @@ def _ground(sc: _Scene) -> np.ndarray:
     return img
 
 
-def _cropland(sc: _Scene) -> None:
+def _cropland(sc: Scene) -> None:
     """Fields: one crop per parcel, tillage stripes along it, grassy margins between parcels."""
     rows, cols = np.nonzero(sc.lc == CROPLAND)
     if not rows.size:
         return
     cid = sc.cell[rows, cols]
     gsd = sc.grid.gsd
-    i, j, edge, across = _parcels(sc.cells, cid, (cols + 0.5) * gsd, -(rows + 0.5) * gsd)
+    i, j, edge, across = field_parcels(sc.cells, cid, (cols + 0.5) * gsd, -(rows + 0.5) * gsd)
     salt = sc.cells.salt
-    crop = np.minimum(
-        np.searchsorted(np.cumsum(_CROP_P), _hash01(salt, cid, i, j)), len(_CROPS) - 1
-    )
-    tone = (0.85 + 0.3 * _hash01(salt + 1, cid, i, j)).astype(np.float32)
-    period = (5.0 + 10.0 * _hash01(salt + 2, cid, i, j)).astype(np.float32)
+    crop = np.minimum(np.searchsorted(np.cumsum(CROP_P), hash01(salt, cid, i, j)), len(CROPS) - 1)
+    tone = (0.85 + 0.3 * hash01(salt + 1, cid, i, j)).astype(np.float32)
+    period = (5.0 + 10.0 * hash01(salt + 2, cid, i, j)).astype(np.float32)
     stripes = np.cos((2 * np.pi) * across / period).astype(np.float32)
     mod = tone * (
         1
-        + _CROP_STRIPES[crop] * stripes
+        + CROP_STRIPES[crop] * stripes
         + 0.05 * sc.noise.fine[rows, cols]
         + 0.07 * sc.noise.mid[rows, cols]
     )
@@ -99,11 +98,11 @@ def _cropland(sc: _Scene) -> None:
     for b in range(4):
         field = sc.palette.crops[crop, b] * mod
         sc.img[b, rows, cols] = (
-            field + (_VERGE[0, b] * (1 + 0.1 * sc.noise.mid[rows, cols]) - field) * verge
+            field + (VERGE[0, b] * (1 + 0.1 * sc.noise.mid[rows, cols]) - field) * verge
         )
 
 
-def _dry_bed(sc: _Scene) -> None:
+def _dry_bed(sc: Scene) -> None:
     """Gravel and sand of a dry river bed, with damp channels and patches of scrub."""
     if sc.layout.dry_bed.is_empty:
         return
@@ -111,40 +110,40 @@ def _dry_bed(sc: _Scene) -> None:
     mid, fine = sc.noise.mid[m], sc.noise.fine[m]
     colour = sc.palette.riverbed[:, None] * (1 + 0.08 * fine) * np.where(mid < -0.9, 0.7, 1.0)
     scrub = np.clip(mid - 1.0, 0, 1)
-    _blend(sc.img, m, colour * (1 - scrub) + _GRASS[:, None] * scrub, 1.0)
+    _blend(sc.img, m, colour * (1 - scrub) + GRASS[:, None] * scrub, 1.0)
 
 
-def _railway_paint(sc: _Scene) -> np.ndarray:
+def _railway_paint(sc: Scene) -> np.ndarray:
     """Ballast beds with two dark rails each; returns the ballast mask."""
     rails = np.array(sc.layout.rails, dtype=object)
     if not len(rails):
         return np.zeros(sc.grid.shape, bool)
     ballast = sc.grid.burn(shapely.buffer(rails, 1.7, cap_style="flat")).astype(bool)
-    _blend(sc.img, ballast, _BALLAST[:, None] * (1 + 0.1 * sc.noise.fine[ballast]), 1.0)
-    steel = _line_parts(
+    _blend(sc.img, ballast, BALLAST[:, None] * (1 + 0.1 * sc.noise.fine[ballast]), 1.0)
+    steel = line_parts(
         shapely.offset_curve(np.concatenate([rails, rails]), np.repeat([-0.72, 0.72], len(rails)))
     )
-    _paint_lines(sc, np.array(steel, dtype=object), 0.3, _STEEL, ballast)
+    _paint_lines(sc, np.array(steel, dtype=object), 0.3, STEEL, ballast)
     return ballast
 
 
-def _paved(sc: _Scene, obj: _Objects, road: np.ndarray) -> np.ndarray:
+def _paved(sc: Scene, obj: Objects, road: np.ndarray) -> np.ndarray:
     """Driveways, lots, yards and sidewalks: road materials that are not road."""
     sidewalks = _sidewalks(sc, road)
-    _blend(sc.img, sidewalks, _SIDEWALK[:, None] * (1 + 0.06 * sc.noise.fine[sidewalks]), 1.0)
+    _blend(sc.img, sidewalks, SIDEWALK[:, None] * (1 + 0.06 * sc.noise.fine[sidewalks]), 1.0)
     kind = (
         sc.grid.burn(obj.paved, values=obj.paved_kind + 1)
         if len(obj.paved)
         else np.zeros(sc.grid.shape, np.uint8)
     )
     m = (kind > 0) & ~road
-    colour = _PAVED[kind[m] - 1].T * (1 + 0.08 * sc.noise.fine[m] + 0.06 * sc.noise.mid[m])
+    colour = PAVED[kind[m] - 1].T * (1 + 0.08 * sc.noise.fine[m] + 0.06 * sc.noise.mid[m])
     _blend(sc.img, m, colour, 1.0)
-    _paint_lines(sc, obj.stall_lines, 0.12, _PAINT, m)
+    _paint_lines(sc, obj.stall_lines, 0.12, PAINT, m)
     return m | sidewalks
 
 
-def _sidewalks(sc: _Scene, road: np.ndarray) -> np.ndarray:
+def _sidewalks(sc: Scene, road: np.ndarray) -> np.ndarray:
     roads = sc.layout.roads
     towns = [t for t in sc.layout.towns if t.sidewalks]
     sel = roads.road_class.isin(["residential", "secondary"]).to_numpy()
@@ -156,13 +155,13 @@ def _sidewalks(sc: _Scene, road: np.ndarray) -> np.ndarray:
     return sc.grid.burn(walks).astype(bool) & ~road
 
 
-def _building_mask(sc: _Scene, obj: _Objects, road: np.ndarray) -> np.ndarray:
+def _building_mask(sc: Scene, obj: Objects, road: np.ndarray) -> np.ndarray:
     if not len(obj.roofs):
         return np.zeros(sc.grid.shape, bool)
     return sc.grid.burn(obj.footprints).astype(bool) & ~road
 
 
-def _roads(rng: np.random.Generator, sc: _Scene, road: np.ndarray) -> None:
+def _roads(rng: np.random.Generator, sc: Scene, road: np.ndarray) -> None:
     """Road surfaces from the label polygons, then markings, ruts and bridge parapets."""
     polys = sc.polygons
     if not road.any():
@@ -186,7 +185,7 @@ def _roads(rng: np.random.Generator, sc: _Scene, road: np.ndarray) -> None:
         _paint_lines(sc, lines, width, paint, road)
 
 
-def _bridge_decks(sc: _Scene) -> np.ndarray:
+def _bridge_decks(sc: Scene) -> np.ndarray:
     """Bridge decks with square ends (the label polygons of bridge pieces have round caps)."""
     roads = sc.layout.roads[sc.layout.roads.bridge.to_numpy(bool)]
     if not len(roads):
@@ -207,9 +206,9 @@ def _surfaces(
     kind = np.array([list(ROAD_WIDTH_M).index(c) if c in ROAD_WIDTH_M else 3 for c in cls])
     width = np.rint(polys.width_m.to_numpy(float) * 10)
     salt = int(rng.integers(2**62))
-    pick, shade, fade = (_hash01(salt + k, kind, width) for k in range(3))
-    cum = np.cumsum([_SURFACE_P[c] for c in ROAD_WIDTH_M], axis=1)[kind]
-    surface = np.minimum((cum < pick[:, None]).sum(axis=1), len(_ROAD_SURFACES) - 1)
+    pick, shade, fade = (hash01(salt + k, kind, width) for k in range(3))
+    cum = np.cumsum([SURFACE_P[c] for c in ROAD_WIDTH_M], axis=1)[kind]
+    surface = np.minimum((cum < pick[:, None]).sum(axis=1), len(ROAD_SURFACES) - 1)
     tone = ((0.75 + 0.55 * shade)[:, None] * rng.uniform(0.93, 1.07, (1, 4))).astype(np.float32)
     blend = np.where(cls == "track", 0.45 + 0.4 * fade, 1.0).astype(np.float32)
     return surface, tone, blend
@@ -222,35 +221,35 @@ def _markings(rng: np.random.Generator, roads: gpd.GeoDataFrame) -> list[tuple]:
     cls = roads.road_class.to_numpy()
 
     def offset(sel: np.ndarray, d: np.ndarray) -> np.ndarray:
-        return np.array(_line_parts(shapely.offset_curve(geoms[sel], d)), dtype=object)
+        return np.array(line_parts(shapely.offset_curve(geoms[sel], d)), dtype=object)
 
     out = []
     mw, pr = cls == "motorway", cls == "primary"
     sec = (cls == "secondary") & (rng.random(len(cls)) < 0.6)
     tr, br = cls == "track", roads.bridge.to_numpy(bool)
-    out.append((geoms[mw], 0.8, _BARRIER))
+    out.append((geoms[mw], 0.8, BARRIER))
     for sign in (-1, 1):
-        out.append((_dashes(offset(mw, sign * 0.25 * width[mw]), 6.0, 12.0, rng), 0.2, _PAINT))
-        out.append((offset(mw, sign * (width[mw] / 2 - 1.0)), 0.25, _PAINT))
-        out.append((offset(pr, sign * (width[pr] / 2 - 0.4)), 0.15, _PAINT))
-        out.append((offset(tr, sign * 0.75), 0.35, _RUTS))
-        out.append((offset(br, sign * (width[br] / 2 - 0.3)), 0.5, _BARRIER))
-    out.append((_dashes(geoms[pr], 3.0, 6.0, rng), 0.15, _PAINT))
-    out.append((_dashes(geoms[sec], 3.0, 9.0, rng), 0.12, _PAINT))
-    out.append((geoms[tr], 0.6, _GRASS))
+        out.append((dashes(offset(mw, sign * 0.25 * width[mw]), 6.0, 12.0, rng), 0.2, PAINT))
+        out.append((offset(mw, sign * (width[mw] / 2 - 1.0)), 0.25, PAINT))
+        out.append((offset(pr, sign * (width[pr] / 2 - 0.4)), 0.15, PAINT))
+        out.append((offset(tr, sign * 0.75), 0.35, RUTS))
+        out.append((offset(br, sign * (width[br] / 2 - 0.3)), 0.5, BARRIER))
+    out.append((dashes(geoms[pr], 3.0, 6.0, rng), 0.15, PAINT))
+    out.append((dashes(geoms[sec], 3.0, 9.0, rng), 0.12, PAINT))
+    out.append((geoms[tr], 0.6, GRASS))
     return out
 
 
-def _cars(sc: _Scene, obj: _Objects, road: np.ndarray, paved: np.ndarray) -> None:
+def _cars(sc: Scene, obj: Objects, road: np.ndarray, paved: np.ndarray) -> None:
     if not len(obj.cars):
         return
     ids = sc.grid.burn(obj.cars, values=np.arange(1, len(obj.cars) + 1), dtype="int32")
     m = (ids > 0) & (road | paved)
-    colour = _CARS[obj.car_colour[ids[m] - 1]].T * (1 + 0.05 * sc.noise.fine[m])
+    colour = CARS[obj.car_colour[ids[m] - 1]].T * (1 + 0.05 * sc.noise.fine[m])
     _blend(sc.img, m, colour, 0.9)
 
 
-def _shadows(sc: _Scene, obj: _Objects, roofs: np.ndarray) -> None:
+def _shadows(sc: Scene, obj: Objects, roofs: np.ndarray) -> None:
     """Cast shadows (lit by the bluish sky only) of buildings, and of bridge decks on water."""
     shade = np.zeros(sc.grid.shape, bool)
     if len(obj.footprints):
@@ -265,10 +264,10 @@ def _shadows(sc: _Scene, obj: _Objects, roofs: np.ndarray) -> None:
         offset = sc.shadow_offset(6.0)
         moved = shapely.transform(bridges.geometry.to_numpy(), lambda c: c + offset)
         shade |= sc.grid.burn(moved).astype(bool) & (sc.lc == WATER) & ~sc.label.astype(bool)
-    sc.img[:, shade] *= _SKYLIGHT[:, None]
+    sc.img[:, shade] *= SKYLIGHT[:, None]
 
 
-def _roofs(sc: _Scene, obj: _Objects, road: np.ndarray) -> None:
+def _roofs(sc: Scene, obj: Objects, road: np.ndarray) -> None:
     if not len(obj.roofs):
         return
     ids = sc.grid.burn(obj.roofs, values=np.arange(1, len(obj.roofs) + 1), dtype="int32")
@@ -287,7 +286,7 @@ def _blend(img: np.ndarray, mask: np.ndarray, colour: np.ndarray, alpha: float) 
 
 
 def _paint_lines(
-    sc: _Scene, lines: np.ndarray, width_m: float, colour: np.ndarray, within: np.ndarray
+    sc: Scene, lines: np.ndarray, width_m: float, colour: np.ndarray, within: np.ndarray
 ) -> None:
     """Thin lines: buffered when wider than a pixel, else one pixel at ``width / gsd`` opacity."""
     if not len(lines):

@@ -4,25 +4,21 @@ the road table (class, width, bridges where roads cross water) and its file form
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import geopandas as gpd
 import numpy as np
 import shapely
 
 from pipeline.synth.geometry import (
-    _chaikin,
-    _curve_through,
-    _edge_point,
-    _frames,
-    _line_parts,
-    _wander,
+    chaikin,
+    curve_through,
+    edge_point,
+    frames,
+    line_parts,
+    wander,
 )
-from pipeline.synth.grid import _Grid
-
-if TYPE_CHECKING:
-    from pipeline.synth.layout import _Town
-
+from pipeline.synth.grid import Grid
+from pipeline.synth.types import Town
 
 # full road width in metres, by class (the gpkg's width_m is drawn from these ranges)
 ROAD_WIDTH_M: dict[str, tuple[float, float]] = {
@@ -33,11 +29,11 @@ ROAD_WIDTH_M: dict[str, tuple[float, float]] = {
     "track": (3.0, 4.0),
 }
 # every synthetic road has a width; the fallback only matters to other readers of the gpkg
-_LABEL_HALF_WIDTH_M = 2.0
+LABEL_HALF_WIDTH_M = 2.0
 _CLIP_MARGIN_M = 25.0  # roads run this far past the scene edge so their buffers reach it
 
 
-def _road_network(rng: np.random.Generator, extent: float, towns: list[_Town]) -> list[tuple]:
+def road_network(rng: np.random.Generator, extent: float, towns: list[Town]) -> list[tuple]:
     """(LineString, road_class) pairs in local metres, not yet clipped to the scene."""
     roads: list[tuple] = []
     if extent >= 800 and rng.random() < 0.35:
@@ -60,22 +56,22 @@ def _arterial(
 ) -> shapely.LineString:
     side = int(rng.integers(4))
     exit_side = (side + 2) % 4 if rng.random() < 0.7 else (side + 1) % 4
-    ctrl = [_edge_point(rng, extent, side, 150.0)]
+    ctrl = [edge_point(rng, extent, side, 150.0)]
     if through is not None:
         ctrl.append(through)
-    ctrl.append(_edge_point(rng, extent, exit_side, 150.0))
-    return _curve_through(rng, ctrl, max(extent / 5, 80.0), wiggle)
+    ctrl.append(edge_point(rng, extent, exit_side, 150.0))
+    return curve_through(rng, ctrl, max(extent / 5, 80.0), wiggle)
 
 
-def _spoke(rng: np.random.Generator, extent: float, town: _Town) -> shapely.LineString:
+def _spoke(rng: np.random.Generator, extent: float, town: Town) -> shapely.LineString:
     """A secondary road leaving a town centre."""
-    path = _wander(
+    path = wander(
         rng, town.centre, rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.2) * extent, 20.0, 0.12, 0.9
     )
-    return shapely.LineString(_chaikin(path, 3))
+    return shapely.LineString(chaikin(path, 3))
 
 
-def _town_streets(rng: np.random.Generator, town: _Town) -> list[shapely.LineString]:
+def _town_streets(rng: np.random.Generator, town: Town) -> list[shapely.LineString]:
     """A rotated street grid with some blocks merged (dropped segments), clipped to the town."""
     xs, ys = town.xs, town.ys
     segs = [((x, ys[j]), (x, ys[j + 1])) for x in xs for j in range(len(ys) - 1)]
@@ -84,11 +80,11 @@ def _town_streets(rng: np.random.Generator, town: _Town) -> list[shapely.LineStr
     local = town.to_local(seg.reshape(-1, 2)).reshape(seg.shape)
     clipped = shapely.intersection(shapely.linestrings(local), town.polygon)
     merged = shapely.line_merge(shapely.union_all(clipped))
-    return [g for g in _line_parts([merged]) if g.length > 15.0]
+    return [g for g in line_parts([merged]) if g.length > 15.0]
 
 
 def _tracks(
-    rng: np.random.Generator, extent: float, anchors: list, towns: list[_Town], n: int
+    rng: np.random.Generator, extent: float, anchors: list, towns: list[Town], n: int
 ) -> list[shapely.LineString]:
     """Unpaved tracks branching off roads, and off other tracks, outside towns; they end in
     fields and forests (dead ends)."""
@@ -100,14 +96,14 @@ def _tracks(
         pool = anchors + out
         length = np.array([line.length for line in pool])
         road = pool[int(rng.choice(len(pool), p=length / length.sum()))]
-        p, t, nrm = _frames(np.array([road]), np.array([rng.uniform(0, road.length)]))
+        p, t, nrm = frames(np.array([road]), np.array([rng.uniform(0, road.length)]))
         if shapely.contains_xy(towns_area, *p[0]) or not (
             0 <= p[0, 0] <= extent and -extent <= p[0, 1] <= 0
         ):
             continue
         side = 1.0 if rng.random() < 0.5 else -1.0
         heading = math.atan2(side * nrm[0, 1], side * nrm[0, 0]) + rng.normal(0, 0.3)
-        path = _chaikin(_wander(rng, p[0], heading, rng.uniform(80.0, 500.0), 6.0, 0.10, 0.9), 2)
+        path = chaikin(wander(rng, p[0], heading, rng.uniform(80.0, 500.0), 6.0, 0.10, 0.9), 2)
         entered = np.flatnonzero(shapely.contains_xy(towns_area, path[:, 0], path[:, 1]))
         path = path[: entered[0]] if len(entered) else path  # tracks stop at the edge of town
         if len(path) >= 2:
@@ -115,7 +111,7 @@ def _tracks(
     return out
 
 
-def _road_table(
+def road_table(
     rng: np.random.Generator, lines: list[tuple], extent: float, water: shapely.Geometry
 ) -> gpd.GeoDataFrame:
     """Clip to the scene, draw widths, split roads where they cross water into bridges."""
@@ -134,7 +130,7 @@ def _road_table(
                 (shapely.intersection(clipped, span), True),
             ]
         rows.extend(
-            (part, cls, width, bridge) for geom, bridge in pieces for part in _line_parts([geom])
+            (part, cls, width, bridge) for geom, bridge in pieces for part in line_parts([geom])
         )
     geoms, classes, widths, bridges = zip(*rows, strict=True) if rows else ((), (), (), ())
     return gpd.GeoDataFrame(
@@ -147,7 +143,7 @@ def _road_table(
     )
 
 
-def _roads_for_file(roads: gpd.GeoDataFrame, grid: _Grid, crs: str) -> gpd.GeoDataFrame:
+def roads_for_file(roads: gpd.GeoDataFrame, grid: Grid, crs: str) -> gpd.GeoDataFrame:
     """The layout's roads in the scene CRS, then in EPSG:4326 as the file format says."""
     shifted = shapely.transform(
         roads.geometry.to_numpy(), lambda c: c + np.array([grid.x0, grid.y0])

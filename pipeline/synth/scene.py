@@ -11,14 +11,14 @@ import numpy as np
 
 from pipeline import raster, vectors
 from pipeline.config import BAND_NAMES_RGBN, SynthParams, SynthSceneSpec
-from pipeline.synth.grid import _grid
-from pipeline.synth.landcover import LANDCOVER_CLASSES, LANDCOVER_NODATA
-from pipeline.synth.layout import _layout
-from pipeline.synth.objects import _objects
-from pipeline.synth.paint import _paint
-from pipeline.synth.roads import _LABEL_HALF_WIDTH_M, _roads_for_file
-from pipeline.synth.sensor import IMAGE_NODATA, _sensor
-from pipeline.synth.state import _prepare, _step, log
+from pipeline.synth.grid import scene_grid
+from pipeline.synth.layout import draw_layout
+from pipeline.synth.objects import place_objects
+from pipeline.synth.paint import paint_scene
+from pipeline.synth.roads import LABEL_HALF_WIDTH_M, roads_for_file
+from pipeline.synth.sensor import IMAGE_NODATA, apply_sensor
+from pipeline.synth.state import log, prepare_scene, timed_step
+from pipeline.synth.types import LANDCOVER_CLASSES, LANDCOVER_NODATA
 
 
 @dataclass(frozen=True)
@@ -42,32 +42,32 @@ def generate_scene(spec: SynthSceneSpec, params: SynthParams, index: int) -> Sce
         out / f"{spec.name}.roads.gpkg",
         out / f"{spec.name}.landcover.tif",
     )
-    grid = _grid(params, index)
+    grid = scene_grid(params, index)
     layout_rng, cover_rng, object_rng, paint_rng, sensor_rng = np.random.default_rng(
         spec.seed
     ).spawn(5)
     start = time.perf_counter()
-    with _step("layout"):
-        layout = _layout(layout_rng, grid)
-    with _step("road vectors"):
+    with timed_step("layout"):
+        layout = draw_layout(layout_rng, grid)
+    with timed_step("road vectors"):
         vectors.write_vectors(
-            _roads_for_file(layout.roads, grid, params.crs), files.roads, reproducible=True
+            roads_for_file(layout.roads, grid, params.crs), files.roads, reproducible=True
         )
         polygons = vectors.load_road_polygons(
             files.roads,
             params.crs,
             width_attribute="width_m",
-            default_half_width_m=_LABEL_HALF_WIDTH_M,
+            default_half_width_m=LABEL_HALF_WIDTH_M,
             bounds=grid.bounds,
         )
-    scene = _prepare(cover_rng, grid, layout, polygons)
-    with _step("objects"):
-        objects = _objects(object_rng, scene)
-    with _step("paint"):
-        _paint(paint_rng, scene, objects)
-    with _step("sensor"):
-        image, valid = _sensor(sensor_rng, scene, params.dtype, params.nodata_border)
-    with _step("write"):
+    scene = prepare_scene(cover_rng, grid, layout, polygons)
+    with timed_step("objects"):
+        objects = place_objects(object_rng, scene)
+    with timed_step("paint"):
+        paint_scene(paint_rng, scene, objects)
+    with timed_step("sensor"):
+        image, valid = apply_sensor(sensor_rng, scene, params.dtype, params.nodata_border)
+    with timed_step("write"):
         raster.write_geotiff(
             files.image,
             image,

@@ -9,26 +9,28 @@ import numpy as np
 import shapely
 from scipy import ndimage
 
-from pipeline.synth.grid import _Grid, _noise
-from pipeline.synth.materials import _HAZE
-from pipeline.synth.state import _Scene
+from pipeline.synth.grid import Grid, smooth_noise
+from pipeline.synth.materials import HAZE
+from pipeline.synth.state import Scene
 
 IMAGE_NODATA = 0
 
 
-def _sensor(
-    rng: np.random.Generator, sc: _Scene, dtype: str, border: bool
+def apply_sensor(
+    rng: np.random.Generator, sc: Scene, dtype: str, border: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Illumination, colour balance, haze, blur, noise, quantisation, nodata footprint."""
     img = sc.img
     gain = rng.uniform(0.8, 1.25) * rng.uniform(0.88, 1.12, 4)
-    haze = rng.uniform(0.0, 0.08) * (1 + 0.5 * _noise(rng, sc.grid.shape, 600.0 / sc.grid.gsd))
+    haze = rng.uniform(0.0, 0.08) * (
+        1 + 0.5 * smooth_noise(rng, sc.grid.shape, 600.0 / sc.grid.gsd)
+    )
     blur = rng.uniform(0.45, 0.8)
     white, gamma = rng.uniform(0.42, 0.6), rng.uniform(1.0, 1.4)
     valid = _footprint(rng, sc.grid) if border else np.ones(sc.grid.shape, bool)
     out = np.empty(img.shape, dtype=dtype)
     for b in range(4):
-        band = ndimage.gaussian_filter(img[b] * np.float32(gain[b]) + haze * _HAZE[b], blur)
+        band = ndimage.gaussian_filter(img[b] * np.float32(gain[b]) + haze * HAZE[b], blur)
         np.maximum(band, 0, out=band)
         band += (0.0015 + 0.006 * np.sqrt(band)) * rng.standard_normal(band.shape, dtype=np.float32)
         out[b] = _quantise(band, dtype, white, gamma)
@@ -45,7 +47,7 @@ def _quantise(band: np.ndarray, dtype: str, white: float, gamma: float) -> np.nd
     return np.rint(np.clip(band * 10000, 1, 65535)).astype(np.uint16)
 
 
-def _footprint(rng: np.random.Generator, grid: _Grid) -> np.ndarray:
+def _footprint(rng: np.random.Generator, grid: Grid) -> np.ndarray:
     """Valid pixels: inside a slightly rotated, shifted square, like an image footprint."""
     extent = grid.extent
     angle = math.radians(rng.uniform(3, 12)) * rng.choice([-1, 1])

@@ -15,34 +15,34 @@ import numpy as np
 import shapely
 
 from pipeline import vectors
-from pipeline.synth.grid import _Grid, _Noise, _noises
-from pipeline.synth.landcover import _Cells, _landcover
-from pipeline.synth.layout import _Layout
-from pipeline.synth.materials import _Palette
+from pipeline.synth.grid import Grid, Noise, noise_fields
+from pipeline.synth.landcover import Cells, draw_landcover
+from pipeline.synth.materials import Palette
+from pipeline.synth.types import Layout
 
 log = logging.getLogger("pipeline.synth")
 
 
 @contextmanager
-def _step(name: str) -> Iterator[None]:
+def timed_step(name: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     log.debug("synth step %-12s %.2f s", name, time.perf_counter() - start)
 
 
 @dataclass
-class _Scene:
-    grid: _Grid
-    layout: _Layout
+class Scene:
+    grid: Grid
+    layout: Layout
     lc: np.ndarray  # uint8 land-cover class per pixel
     cell: np.ndarray  # int32 Voronoi cell per pixel
-    cells: _Cells
-    noise: _Noise
+    cells: Cells
+    noise: Noise
     label: np.ndarray  # uint8 road mask, what the tile stage burns from the gpkg
     polygons: gpd.GeoDataFrame  # road polygons in local metres, with attributes
     sun_azimuth: float  # radians, clockwise from north
     sun_elevation: float  # radians
-    palette: _Palette | None = None  # this scene's materials
+    palette: Palette | None = None  # this scene's materials
     img: np.ndarray | None = None  # (4, H, W) float32 reflectance
     blocked: np.ndarray | None = None  # bool: no tree trunk may stand here
 
@@ -64,20 +64,20 @@ class _Scene:
         )
 
 
-def _prepare(
-    rng: np.random.Generator, grid: _Grid, layout: _Layout, polygons: gpd.GeoDataFrame
-) -> _Scene:
-    with _step("noise"):
-        noise = _noises(rng, grid)
-    with _step("land cover"):
-        lc, cell, cells = _landcover(rng, grid, layout)
-    with _step("labels"):
+def prepare_scene(
+    rng: np.random.Generator, grid: Grid, layout: Layout, polygons: gpd.GeoDataFrame
+) -> Scene:
+    with timed_step("noise"):
+        noise = noise_fields(rng, grid)
+    with timed_step("land cover"):
+        lc, cell, cells = draw_landcover(rng, grid, layout)
+    with timed_step("labels"):
         label = vectors.burn_mask(polygons, grid.transform, grid.shape)
         local = shapely.transform(
             polygons.geometry.to_numpy(), lambda c: c - np.array([grid.x0, grid.y0])
         )
         polygons = gpd.GeoDataFrame(polygons.drop(columns=polygons.geometry.name), geometry=local)
-    return _Scene(
+    return Scene(
         grid,
         layout,
         lc,

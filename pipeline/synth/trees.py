@@ -11,11 +11,12 @@ import numpy as np
 import shapely
 from scipy import ndimage
 
-from pipeline.synth.geometry import _frames, _ragged_arange
-from pipeline.synth.grid import _upsample
-from pipeline.synth.landcover import CROPLAND, FOREST, GRASSLAND, _parcels
-from pipeline.synth.materials import _CONIFER, _DECIDUOUS, _SKYLIGHT
-from pipeline.synth.state import _Scene
+from pipeline.synth.geometry import frames, ragged_arange
+from pipeline.synth.grid import resize_linear
+from pipeline.synth.landcover import field_parcels
+from pipeline.synth.materials import CONIFER, DECIDUOUS, SKYLIGHT
+from pipeline.synth.state import Scene
+from pipeline.synth.types import CROPLAND, FOREST, GRASSLAND
 
 _CROWN_RADIUS_M = ((False, 2.3), (True, 4.0))  # (broad crown?, radius): two crown sizes
 # probability that a tree stands at a candidate point (4 m apart), by land-cover class
@@ -32,7 +33,7 @@ class _Trees:
     tone: np.ndarray
 
 
-def _trees(rng: np.random.Generator, sc: _Scene) -> None:
+def paint_trees(rng: np.random.Generator, sc: Scene) -> None:
     """Crowns over everything (roads included: they stay road in the labels), with shadows."""
     trees = _tree_points(rng, sc)
     if not len(trees.row):
@@ -42,14 +43,12 @@ def _trees(rng: np.random.Generator, sc: _Scene) -> None:
     shadow = _tree_shadows(sc, trees) * (1 - alpha)
     shade = _crown_shading(sc, relief) * (1 + 0.12 * sc.noise.fine)
     for b in range(4):
-        ground = sc.img[b] * (
-            1 - 0.7 * shadow * (1 - _SKYLIGHT[b])
-        )  # crowns let some light through
-        crown = (_DECIDUOUS[b] + (_CONIFER[b] - _DECIDUOUS[b]) * conifer) * tone * shade
+        ground = sc.img[b] * (1 - 0.7 * shadow * (1 - SKYLIGHT[b]))  # crowns let some light through
+        crown = (DECIDUOUS[b] + (CONIFER[b] - DECIDUOUS[b]) * conifer) * tone * shade
         sc.img[b] = ground + (crown - ground) * alpha
 
 
-def _tree_points(rng: np.random.Generator, sc: _Scene) -> _Trees:
+def _tree_points(rng: np.random.Generator, sc: Scene) -> _Trees:
     """Candidates on a jittered 4 m grid (trees keep their distance), kept by land-cover
     density; hedgerows along some field margins; avenue trees beside some roads."""
     g = sc.grid
@@ -61,7 +60,7 @@ def _tree_points(rng: np.random.Generator, sc: _Scene) -> _Trees:
     p = _TREE_DENSITY[cls] * np.clip(1 + 0.7 * sc.noise.low[r, c], 0, 1.6)
     crop = np.flatnonzero(cls == CROPLAND)
     cid = sc.cell[r[crop], c[crop]]
-    _, _, edge, _ = _parcels(sc.cells, cid, col[crop] * g.gsd, -row[crop] * g.gsd)
+    _, _, edge, _ = field_parcels(sc.cells, cid, col[crop] * g.gsd, -row[crop] * g.gsd)
     p[crop] = np.where((edge < 2.0) & sc.cells.hedges[cid], 0.7, 0.0)
     p[sc.blocked[r, c]] = 0
     keep = rng.random(n) < p
@@ -96,7 +95,7 @@ def _jittered_grid(
     return y.ravel() + jitter[0], x.ravel() + jitter[1]
 
 
-def _avenue_trees(rng: np.random.Generator, sc: _Scene) -> tuple[np.ndarray, np.ndarray]:
+def _avenue_trees(rng: np.random.Generator, sc: Scene) -> tuple[np.ndarray, np.ndarray]:
     """Rows of trees beside some roads; their crowns overhang the road edges."""
     roads = sc.layout.roads
     sel = roads.road_class.isin(["primary", "secondary", "residential", "track"]).to_numpy()
@@ -107,8 +106,8 @@ def _avenue_trees(rng: np.random.Generator, sc: _Scene) -> tuple[np.ndarray, np.
     spacing = rng.uniform(7, 11)
     counts = (shapely.length(lines) // spacing).astype(np.intp)
     idx = np.repeat(np.arange(len(lines)), 2 * counts)
-    p, _, nrm = _frames(lines[idx], (_ragged_arange(2 * counts) // 2 + 0.5) * spacing)
-    side = np.where(_ragged_arange(2 * counts) % 2 == 0, 1.0, -1.0)
+    p, _, nrm = frames(lines[idx], (ragged_arange(2 * counts) // 2 + 0.5) * spacing)
+    side = np.where(ragged_arange(2 * counts) % 2 == 0, 1.0, -1.0)
     xy = p + nrm * (side * (roads.width_m.to_numpy()[sel][idx] / 2 + 1.5))[:, None]
     inside = (
         (xy[:, 0] >= 0)
@@ -121,7 +120,7 @@ def _avenue_trees(rng: np.random.Generator, sc: _Scene) -> tuple[np.ndarray, np.
     return -xy[ok, 1] / sc.grid.gsd, xy[ok, 0] / sc.grid.gsd
 
 
-def _canopy(sc: _Scene, trees: _Trees) -> tuple[np.ndarray, ...]:
+def _canopy(sc: Scene, trees: _Trees) -> tuple[np.ndarray, ...]:
     """Per pixel: crown cover (Gaussian crowns summed, ~1 at a crown centre), canopy relief
     in metres (a dome as high as the crown is wide, for shading), crown tone, conifer share.
 
@@ -169,7 +168,7 @@ def _crown_alpha(cover: np.ndarray) -> np.ndarray:
     return np.clip((cover - 0.12) / 0.3, 0.0, 1.0)
 
 
-def _tree_shadows(sc: _Scene, trees: _Trees) -> np.ndarray:
+def _tree_shadows(sc: Scene, trees: _Trees) -> np.ndarray:
     """Crown shadows, each thrown as far as its own tree is tall (made at half resolution)."""
     g = sc.grid
     length = trees.height / math.tan(sc.sun_elevation) / g.gsd
@@ -216,11 +215,11 @@ def _upsample_to(coarse: np.ndarray, shape: tuple[int, int], factor: int) -> np.
     """Back to ``shape`` from a grid binned ``factor`` times coarser (with padding cells)."""
     if factor == 1:
         return np.ascontiguousarray(coarse[: shape[0], : shape[1]])
-    full = _upsample(coarse, (coarse.shape[0] * factor, coarse.shape[1] * factor))
+    full = resize_linear(coarse, (coarse.shape[0] * factor, coarse.shape[1] * factor))
     return np.ascontiguousarray(full[: shape[0], : shape[1]])
 
 
-def _crown_shading(sc: _Scene, relief: np.ndarray) -> np.ndarray:
+def _crown_shading(sc: Scene, relief: np.ndarray) -> np.ndarray:
     """Lambertian shading of the canopy surface: sunlit and shaded sides of crowns."""
     gy, gx = np.gradient(relief * np.float32(1.0 / sc.grid.gsd))
     sx, sy, sz = sc.sun_vector  # east, north, up; rows run south
