@@ -103,13 +103,15 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from pipeline.distributed import launched_as_main
     from pipeline.train import run_train
 
     p = _params(args)
     metrics = run_train(
         p.train, p.tile, p.pretrain, p.register, resume=args.resume, params_file=_params_path(args)
     )
-    print(json.dumps(metrics, indent=2))
+    if launched_as_main():  # under torchrun: rank 0 prints the metrics
+        print(json.dumps(metrics, indent=2))
 
 
 def cmd_repro(args: argparse.Namespace) -> None:

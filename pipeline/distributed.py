@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from pipeline.config import ConfigError
 
@@ -127,16 +128,17 @@ def sync_buffers(module: nn.Module) -> None:
 
 
 def sum_over_processes(values: list[Any]) -> list[Any]:
-    """Each value summed (``+``) over the processes, in rank order; ``values`` itself in a
-    single process. For validation counts: every process then agrees on the metrics, hence on
-    the best epoch and on early stopping."""
+    """Each value summed (``+=``: numbers, arrays, metric accumulators such as ThresholdSweep)
+    over the processes, in rank order; ``values`` itself in a single process. For validation
+    counts: every process then agrees on the metrics, hence on the best epoch and on early
+    stopping."""
     if not active():
         return values
     gathered: list[list[Any] | None] = [None] * world_size()
     dist.all_gather_object(gathered, values)
-    total = list(gathered[0])
+    total = list(gathered[0])  # unpickled copies: summing in place touches no caller's value
     for other in gathered[1:]:
-        total = [a + b for a, b in zip(total, other, strict=True)]
+        total = [operator.iadd(a, b) for a, b in zip(total, other, strict=True)]
     return total
 
 
@@ -193,3 +195,14 @@ def shard(n: int) -> list[int]:
     """This process's share of ``n`` items (every world-th one, from its rank): validation
     chips, each seen by exactly one process."""
     return list(range(rank(), n, world_size()))
+
+
+def own_share(ds: Dataset) -> Dataset:
+    """This process's share of ``ds`` (``shard``); ``ds`` itself in a single process."""
+    return Subset(ds, shard(len(ds))) if active() else ds
+
+
+def launched_as_main() -> bool:
+    """True unless torchrun started this process as another than rank 0 (for what a command
+    prints once, after the process group has closed)."""
+    return int(os.environ.get("RANK", "0")) == 0
