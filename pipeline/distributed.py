@@ -24,6 +24,7 @@ import logging
 import operator
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -200,6 +201,21 @@ def shard(n: int) -> list[int]:
 def own_share(ds: Dataset) -> Dataset:
     """This process's share of ``ds`` (``shard``); ``ds`` itself in a single process."""
     return Subset(ds, shard(len(ds))) if active() else ds
+
+
+def check_seen_by_all(path: Path) -> None:
+    """ConfigError unless ``path`` exists for every process or for none: a checkpoint on one
+    machine's disk cannot be resumed by processes on the others."""
+    if not active():
+        return
+    seen: list[bool | None] = [None] * world_size()
+    dist.all_gather_object(seen, path.exists())
+    if len(set(seen)) > 1:
+        blind = [r for r, s in enumerate(seen) if not s]
+        raise ConfigError(
+            f"{path}: processes {blind} do not see it; to resume on several machines put "
+            f"{path.parent} on storage they all share"
+        )
 
 
 def launched_as_main() -> bool:

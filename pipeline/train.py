@@ -275,6 +275,8 @@ def run_train(
     ckpt_path = params.checkpoint_path
     identity = run_identity(params, stats["fingerprint"], source.digest if source else "")
     progress = Progress()
+    if resume:
+        distributed.check_seen_by_all(ckpt_path)
     if resume and ckpt_path.exists():
         progress = resume_checkpoint(
             ckpt_path,

@@ -68,7 +68,7 @@ def _tiny_data() -> TensorDataset:
 
 
 @distributed.data_parallel
-def _train_tiny(global_batch: int) -> dict:
+def _train_tiny(global_batch: int, disks: Path | None = None) -> dict:
     """Two epochs of SGD on a BatchNorm-free conv net: with equal per-process batches, DDP's
     averaged gradient is exactly the gradient of the global batch's mean loss."""
     torch.manual_seed(0)
@@ -83,11 +83,18 @@ def _train_tiny(global_batch: int) -> dict:
             nn.functional.mse_loss(trained(x), y).backward()
             optimiser.step()
     counts = distributed.sum_over_processes([np.array([1, distributed.rank()]), 0.5])
+    refused = ""
+    if disks is not None:  # a checkpoint that only rank 0's machine has
+        try:
+            distributed.check_seen_by_all(disks / f"machine{distributed.rank()}" / "last.pt")
+        except ConfigError as e:
+            refused = str(e)
     return {
         "weights": {k: v.clone() for k, v in model.state_dict().items()},
         "counts": counts,
         "shard": distributed.shard(10),
         "world": distributed.world_size(),
+        "refused": refused,
     }
 
 
@@ -100,12 +107,14 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    torch.save(_train_tiny(4), Path(out) / f"rank{rank}.pt")
+    torch.save(_train_tiny(4, Path(out)), Path(out) / f"rank{rank}.pt")
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_end_with_the_weights_of_one_process(tmp_path):
     one = _train_tiny(4)
+    (tmp_path / "machine0").mkdir()
+    (tmp_path / "machine0" / "last.pt").write_bytes(b"")
     mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     assert one["world"] == 1 and all(r["world"] == 2 for r in ranks)
@@ -116,6 +125,8 @@ def test_two_gloo_processes_end_with_the_weights_of_one_process(tmp_path):
         assert r["counts"][0].tolist() == [2, 1] and r["counts"][1] == 1.0
     assert sorted(ranks[0]["shard"] + ranks[1]["shard"]) == list(range(10))
     assert not set(ranks[0]["shard"]) & set(ranks[1]["shard"])
+    for r in ranks:  # both refuse to resume, naming the process that cannot see it
+        assert "processes [1] do not see it" in r["refused"]
     assert not distributed.active(), "the process group of the test process was left open"
 
 
