@@ -15,10 +15,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
-## demo: run the DVC pipeline (synth -> tile -> pretrain -> train -> evaluate -> register),
+## demo: run the DVC pipeline (synth -> tile -> pretrain -> train -> evaluate -> register;
+##       `pipeline repro` is `dvc repro` stage by stage, printing stage i of n and the time left),
 ##       then predict a region that no stage saw, from the registry's champion.
 demo: $(STAMP)
-	dvc repro
+	pipeline repro
 	pipeline predict data/scenes/demo_region.tif -o outputs/demo_region_roads.tif \
 		--vectors outputs/demo_region_roads.gpkg --overwrite
 	@echo "open outputs/demo_region_roads.tif and outputs/demo_region_roads.gpkg in QGIS"

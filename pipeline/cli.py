@@ -116,13 +116,23 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from pipeline.distributed import launched_as_main
     from pipeline.train import run_train
 
     p = _params(args)
     metrics = run_train(
         p.train, p.tile, p.pretrain, p.register, resume=args.resume, params_file=_params_path(args)
     )
-    print(json.dumps(metrics, indent=2))
+    if launched_as_main():  # under torchrun: rank 0 prints the metrics
+        print(json.dumps(metrics, indent=2))
+
+
+def cmd_repro(args: argparse.Namespace) -> None:
+    from pipeline.repro import run_repro
+
+    code = run_repro(Path("."), _params_path(args))
+    if code:
+        sys.exit(code)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -322,6 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
         "in MLflow.",
     )
     sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    add(
+        "repro",
+        cmd_repro,
+        "`dvc repro`, with a progress line for the whole pipeline",
+        "Run the stages `dvc repro` would run, one `dvc repro --single-item` each, printing "
+        "before each: stage i of n, time elapsed and an estimate of the time left (from the "
+        "last run's durations in .dvc/tmp/stage_durations.json, else from params.yaml).",
+    )
     add(
         "evaluate",
         cmd_evaluate,

@@ -15,6 +15,7 @@ average), so ``--resume`` after a kill ends exactly where an uninterrupted run e
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -31,7 +32,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
-from pipeline import registry
+from pipeline import distributed, registry
 
 # check_resumable and load_checkpoint lived here before pipeline/checkpoints.py: callers that
 # import them from pipeline.train keep working
@@ -233,6 +234,12 @@ class Fitting:
     steps_per_epoch: int
     device: torch.device
     amp_dtype: torch.dtype | None
+    trained: nn.Module | None = None  # under torchrun: the DDP wrapper of ``model``
+
+    @property
+    def stepped(self) -> nn.Module:
+        """What the optimiser steps run: the DDP wrapper under torchrun, else the model."""
+        return self.trained if self.trained is not None else self.model
 
     @property
     def scored(self) -> nn.Module:
@@ -240,6 +247,7 @@ class Fitting:
         return self.ema.module if self.ema is not None else self.model
 
 
+@distributed.data_parallel  # under torchrun: one process of a data-parallel run
 def run_train(
     params: TrainParams,
     tile: TileParams,
@@ -252,7 +260,8 @@ def run_train(
 ) -> dict:
     """Train the U-Net; returns the final metrics. ``stop_after_epoch`` simulates a kill (tests)."""
     seed_everything(params.seed)
-    device = pick_device("auto")
+    distributed.per_process_batch(params.batch_size)  # refuse a global batch that does not divide
+    device = distributed.local_device(pick_device("auto"))
     amp_dtype = autocast_dtype(device, params.precision, training=True)
     log.info("training on %s, autocast %s", device, amp_dtype or "off (float32)")
     stats = read_stats(tile.out_dir)
@@ -268,6 +277,8 @@ def run_train(
     ckpt_path = params.checkpoint_path
     identity = run_identity(params, stats["fingerprint"], source.digest if source else "")
     progress = Progress()
+    if resume:
+        distributed.check_seen_by_all(ckpt_path)
     if resume and ckpt_path.exists():
         progress = resume_checkpoint(
             ckpt_path,
@@ -279,24 +290,33 @@ def run_train(
         )
         log.info("resumed from %s at epoch %d", ckpt_path, progress.start_epoch)
 
-    with registry.tracked_run(
-        register.experiment,
-        f"train-{params.encoder}",
-        tags={"stage": "train", "encoder": params.encoder},
-        tracking_default=register.tracking_uri,
-        run_id=progress.run_id,
+    # under torchrun only rank 0 tracks, writes and publishes; the others train and validate
+    main = distributed.is_main()
+    with (
+        registry.tracked_run(
+            register.experiment,
+            f"train-{params.encoder}",
+            tags={"stage": "train", "encoder": params.encoder},
+            tracking_default=register.tracking_uri,
+            run_id=progress.run_id,
+        )
+        if main
+        else contextlib.nullcontext(progress.run_id)
     ) as run_id:
         progress.run_id = run_id
-        if progress.start_epoch == 0:
+        if progress.start_epoch == 0 and main:
             _log_run_params(params, stats["fingerprint"], params_file)
         stopped = run_epochs(
             fit, progress, params, train_ds, val_ds, config, identity, stop_after_epoch
         )
         if stopped is not None:
             return {"stopped_after_epoch": stopped}
-        final = publish_model(_best_dir(params), params.out_dir, progress.history, run_id)
-        log_figures(progress.history, fit.scored, val_ds, device)
-        registry.log_metrics({"best_val_iou": progress.best_iou})
+        final = {}
+        if main:
+            final = publish_model(_best_dir(params), params.out_dir, progress.history, run_id)
+            log_figures(progress.history, fit.scored, val_ds, device)
+            registry.log_metrics({"best_val_iou": progress.best_iou})
+    distributed.barrier()  # the others end when rank 0 has published
     return final
 
 
@@ -398,7 +418,8 @@ def start_fitting(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lr_lambda(total_steps, round(params.warmup_epochs * steps_per_epoch))
     )
-    return Fitting(model, ema, optimiser, scheduler, steps_per_epoch, device, amp_dtype)
+    trained = distributed.wrap(model, device) if distributed.active() else None
+    return Fitting(model, ema, optimiser, scheduler, steps_per_epoch, device, amp_dtype, trained)
 
 
 def _log_run_params(params: TrainParams, data_fingerprint: str, params_file: Path | None) -> None:
@@ -427,23 +448,25 @@ def run_epochs(
     for epoch in range(progress.start_epoch, params.epochs):
         row, val = train_epoch(fit, params, train_ds, val_ds, epoch)
         progress.history.append(row)
-        registry.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
-        if val["iou"] > progress.best_iou:
-            progress.best_iou, epochs_without_gain = val["iou"], 0
-            save_best_model(fit.scored, config, val, _best_dir(params))
-        else:
-            epochs_without_gain += 1
-        write_checkpoint(
-            params.checkpoint_path,
-            model=fit.model,
-            ema=fit.ema,
-            optimiser=fit.optimiser,
-            scheduler=fit.scheduler,
-            epoch=epoch,
-            progress=progress,
-            identity=identity,
-        )
+        gain = val["iou"] > progress.best_iou  # every process has the same (pooled) val IoU
+        progress.best_iou = max(progress.best_iou, val["iou"])
+        epochs_without_gain = 0 if gain else epochs_without_gain + 1
+        if distributed.is_main():
+            registry.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+            if gain:
+                save_best_model(fit.scored, config, val, _best_dir(params))
+            write_checkpoint(
+                params.checkpoint_path,
+                model=fit.model,
+                ema=fit.ema,
+                optimiser=fit.optimiser,
+                scheduler=fit.scheduler,
+                epoch=epoch,
+                progress=progress,
+                identity=identity,
+            )
+        distributed.barrier()  # the checkpoint is whole before any process goes on
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             return epoch
         if params.early_stopping_patience and epochs_without_gain >= params.early_stopping_patience:
@@ -483,12 +506,10 @@ def _optimiser_steps(
     so a resumed run draws the same batches); returns the summed loss and the chips seen."""
     train_ds.set_epoch(epoch)
     generator = torch.Generator().manual_seed(params.seed * 1000 + epoch)
-    loader = DataLoader(
+    loader = distributed.train_loader(  # under torchrun: this process's share of each batch
         train_ds,
-        shuffle=True,
-        generator=generator,
-        drop_last=False,
-        batch_size=params.batch_size,
+        params.batch_size,
+        generator,
         num_workers=params.num_workers,
         pin_memory=fit.device.type == "cuda",
     )
@@ -501,7 +522,7 @@ def _optimiser_steps(
         x, y, v = x.to(device), y.to(device), v.to(device)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = fit.model(x)
+            logits = fit.stepped(x)
         loss = masked_loss(logits.float(), y, v, params)
         fit.optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -511,6 +532,11 @@ def _optimiser_steps(
             fit.ema.update_parameters(fit.model)
         train_loss += loss.item() * len(x)
         n_seen += len(x)
+    if distributed.active():  # rank 0's BatchNorm statistics everywhere; loss over all chips
+        distributed.sync_buffers(fit.model)
+        if fit.ema is not None:
+            distributed.sync_buffers(fit.ema)
+        train_loss, n_seen = distributed.sum_over_processes([train_loss, n_seen])
     return train_loss, n_seen
 
 
@@ -545,7 +571,8 @@ def evaluate_chips(
     counts = np.zeros(4, np.int64)
     sweep = ThresholdSweep(DEFAULT_THRESHOLDS, rho=0)  # plain counts only: no slack
     loss_sum, n = 0.0, 0
-    for x, y, v in DataLoader(ds, batch_size=params.batch_size, num_workers=params.num_workers):
+    chips = distributed.own_share(ds)  # under torchrun each process scores a share of the chips
+    for x, y, v in DataLoader(chips, batch_size=params.batch_size, num_workers=params.num_workers):
         x, y, v = x.to(device), y.to(device), v.to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x.contiguous(memory_format=torch.channels_last)).float()
@@ -556,6 +583,7 @@ def evaluate_chips(
         truth, valid = (y > 0.5).cpu().numpy(), (v > 0.5).cpu().numpy()
         for k in range(len(prob)):
             sweep.update(prob[k, 0], truth[k, 0], valid[k, 0])
+    counts, sweep, loss_sum, n = distributed.sum_over_processes([counts, sweep, loss_sum, n])
     c = Confusion(*[int(k) for k in counts])
     curve = sweep.compute()
     best = best_f1_threshold(curve)
