@@ -66,3 +66,16 @@ def write_raster(
         if mask is not None:
             ds.write_mask(mask.astype(np.uint8) * 255)
     return path
+
+
+def read(path: Path) -> tuple[np.ndarray, dict]:
+    """Band 1 of a predict output and what a user checks of it: profile, scales, tags,
+    descriptions, overviews."""
+    with rasterio.open(path) as ds:
+        return ds.read(1), dict(
+            ds.profile,
+            scales=ds.scales,
+            descriptions=ds.descriptions,
+            tags=ds.tags(),
+            overviews=ds.overviews(1),
+        )

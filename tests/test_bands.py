@@ -19,8 +19,7 @@ from pipeline.predict import predict_raster
 from pipeline.raster import RasterError, band_plan, parse_band_spec
 from pipeline.tiling import TilingError, check_scenes, run_tile
 from tests.conftest import BANDS, make_scene
-from tests.helpers import MEAN, STD, make_model, smooth_image, write_raster
-from tests.test_predict import read
+from tests.helpers import MEAN, STD, make_model, read, smooth_image, write_raster
 
 CRS = "EPSG:32632"
 TRANSFORM = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 5400000.0)

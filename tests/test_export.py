@@ -17,7 +17,7 @@ from pipeline.export import INPUT_NAME, OPSET, export_onnx
 from pipeline.inference import forward_probs, normalise
 from pipeline.model import load_model
 from pipeline.windows import WindowGrid
-from tests.test_predict import make_model, smooth_image, write_raster
+from tests.helpers import make_model, smooth_image, write_raster
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from pipeline import parallel
 from pipeline.cli import main
 from pipeline.model import ModelConfig, build_unet, save_model
 from pipeline.model_config import CONFIG_FILE, WEIGHTS_FILE
-from tests.test_predict import BANDS, MEAN, STD, make_model, smooth_image, write_raster
+from tests.helpers import BANDS, MEAN, STD, make_model, smooth_image, write_raster
 
 PIPELINE = [sys.executable, "-m", "pipeline.cli"]
 

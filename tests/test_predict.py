@@ -24,21 +24,10 @@ from pipeline import parallel
 from pipeline.predict import default_output_path, predict_raster
 from pipeline.raster import RasterError
 from pipeline.windows import WindowGrid
-from tests.helpers import CRS, MEAN, STD, TRANSFORM, make_model, smooth_image, write_raster
+from tests.helpers import CRS, MEAN, STD, TRANSFORM, make_model, read, smooth_image, write_raster
 
 
 # ----------------------------------------------------------------------------------- helpers
-def read(path: Path) -> tuple[np.ndarray, dict]:
-    with rasterio.open(path) as ds:
-        return ds.read(1), dict(
-            ds.profile,
-            scales=ds.scales,
-            descriptions=ds.descriptions,
-            tags=ds.tags(),
-            overviews=ds.overviews(1),
-        )
-
-
 def valid_mask(path: Path) -> np.ndarray:
     with rasterio.open(path) as ds:
         return ds.dataset_mask() > 0

@@ -16,8 +16,7 @@ from affine import Affine
 from pipeline import parallel, raster
 from pipeline.model_config import read_config
 from pipeline.predict import pixel_scale, predict_raster
-from tests.helpers import make_model, smooth_image, write_raster
-from tests.test_predict import read
+from tests.helpers import make_model, read, smooth_image, write_raster
 
 FINE = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 5400000.0)
 COARSE = Affine(1.0, 0.0, 500000.0, 0.0, -1.0, 5400000.0)

@@ -22,7 +22,7 @@ from affine import Affine
 from pipeline import raster, sources
 from pipeline.cli import main
 from pipeline.predict import default_output_path
-from tests.test_predict import BANDS, CRS, make_model
+from tests.helpers import BANDS, CRS, make_model
 
 ORIGIN = (500000.0, 5400000.0)
 
@@ -216,7 +216,7 @@ def test_an_unreachable_remote_raster_is_one_clear_error(
 
 def test_a_stac_item_of_a_raster_without_crs_is_refused_before_any_work(tmp_path) -> None:
     from pipeline.predict import predict_raster
-    from tests.test_predict import smooth_image, write_raster
+    from tests.helpers import smooth_image, write_raster
 
     img = write_raster(tmp_path / "nocrs.tif", smooth_image(64, 64).astype(np.uint8), crs=None)
     with pytest.raises(raster.RasterError, match="no CRS, so no STAC Item"):
