@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import parallel, raster, registry
-from pipeline.config import PRECISIONS
+from pipeline.config import PRECISIONS, NetworkParams
 from pipeline.model_config import ModelConfig, read_config, resolve_model
 from pipeline.predict_task import GroupResult, PredictJob
 from pipeline.stitching import (
@@ -171,6 +171,16 @@ def _resolve_model(
     return folder, config, _model_tags(model, folder, config)
 
 
+def _start_network_warm_up() -> Any:
+    """Compile the network's skeleton code on a thread while the workers predict."""
+    from pipeline.network import warm_up
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="roadseg-network-warm-up")
+    future = pool.submit(warm_up)
+    pool.shutdown(wait=False)
+    return future
+
+
 def _cog_blocksize(height: int, width: int) -> int:
     # 512 px COG tiles as GDAL's default; small rasters get 256 so they still have an overview
     return 512 if min(height, width) >= 2048 else 256
@@ -238,6 +248,8 @@ def predict_raster(
     vectors: Path | None = None,
     vector_min_spur_m: float = 10.0,
     vector_simplify_m: float = 1.0,
+    network: Path | None = None,
+    network_params: NetworkParams | None = None,
     overwrite: bool = False,
     dtype: str = "uint8",
     tracking_default: str = "sqlite:///mlflow.db",
@@ -250,7 +262,7 @@ def predict_raster(
     256); it changes memory and write granularity, never pixel values. ``batch_size`` None
     lets each worker choose (``fitted_batch_size``: 2 on CPU, what fits on a GPU); tasks hold
     at least one batch of windows. Raises
-    FileExistsError when ``output`` (or ``vectors``) exists and ``overwrite`` is False,
+    FileExistsError when ``output`` (or ``vectors``, ``network``) exists and ``overwrite`` is False,
     ``raster.RasterError`` when the band count does not match the model.
     """
     t0 = time.perf_counter()
@@ -263,13 +275,14 @@ def predict_raster(
         raise ValueError(f"block_size must be a positive multiple of 256, got {block_size}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for target in (output, vectors):
+    for target in (output, vectors, network):
         if target is not None and Path(target).exists() and not overwrite:
             raise FileExistsError(f"{target}: exists; pass --overwrite to replace it")
     if output.resolve() == image.resolve():
         raise ValueError(f"{output}: the output would replace the input image")
 
     info = raster.raster_info(image)
+    network_warm_up = _start_network_warm_up() if network is not None else None
     # A registry model is resolved on a thread while the cluster starts: importing MLflow and
     # asking the store take about as long (~1.7 s) as a worker takes to start. A model folder
     # is read and checked at once, so that its errors come before any cluster starts.
@@ -377,6 +390,20 @@ def predict_raster(
             min_spur_m=vector_min_spur_m,
             simplify_m=vector_simplify_m,
         )
+    if network is not None:
+        from pipeline.network import network_raster
+
+        network_warm_up.result()
+        t_network = time.perf_counter()
+        net_params = network_params or NetworkParams()
+        network_raster(
+            output,
+            Path(network),
+            net_params,
+            threshold=net_params.threshold or config.threshold,
+            overwrite=overwrite,
+        )
+        timings["network"] = time.perf_counter() - t_network
     seconds = time.perf_counter() - t0
     return PredictResult(
         output=output,

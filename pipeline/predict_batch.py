@@ -24,15 +24,20 @@ class Target:
     image: Path
     output: Path
     vectors: Path | None = None
+    network: Path | None = None
 
 
 def batch_targets(
-    images: Sequence[Path], output: str | Path | None = None, vectors: str | Path | None = None
+    images: Sequence[Path],
+    output: str | Path | None = None,
+    vectors: str | Path | None = None,
+    network: str | Path | None = None,
 ) -> list[Target]:
     """Where each image's outputs go.
 
-    ``output`` / ``vectors`` name a file for one image, or an existing folder, which gets
-    ``<image>_roads.tif`` / ``<image>_roads.gpkg``; with several images they must be folders.
+    ``output`` / ``vectors`` / ``network`` name a file for one image, or an existing folder,
+    which gets ``<image>_roads.tif`` / ``<image>_roads.gpkg`` / ``<image>_roads_network.gpkg``;
+    with several images they must be folders.
     Without ``output`` each raster goes beside its input. Raises ValueError, before any work,
     when two inputs would write the same file.
     """
@@ -54,12 +59,13 @@ def batch_targets(
             Path(image),
             place(Path(image), output, "-o/--output", ".tif"),
             place(Path(image), vectors, "--vectors", ".gpkg"),
+            place(Path(image), network, "--network", "_network.gpkg"),
         )
         for image in images
     ]
     writers: dict[Path, Path] = {}
     for t in targets:
-        for path in (t.output, t.vectors):
+        for path in (t.output, t.vectors, t.network):
             if path is None:
                 continue
             other = writers.setdefault(path.resolve(), t.image)
@@ -99,7 +105,11 @@ def predict_batch(
     for t in targets:
         if t.image.resolve() in outputs:
             report(f"skipped {t.image}: it is the output of another image given")
-        elif skip_existing and t.output.exists() and (t.vectors is None or t.vectors.exists()):
+        elif (
+            skip_existing
+            and t.output.exists()
+            and all(p is None or p.exists() for p in (t.vectors, t.network))
+        ):
             report(f"skipped {t.image}: {t.output} exists")
         else:
             todo.append(t)
@@ -113,6 +123,7 @@ def predict_batch(
                     t.image,
                     t.output,
                     vectors=t.vectors,
+                    network=t.network,
                     scheduler=address,
                     workers=workers,
                     device=device,
@@ -126,7 +137,8 @@ def predict_batch(
                 failed.append(t.image)
                 continue
             written.append(result.output)
-            report(f"wrote {result.output}" + (f" and {result.vectors}" if result.vectors else ""))
+            also = [str(p) for p in (result.vectors, t.network) if p is not None]
+            report(f"wrote {result.output}" + "".join(f" and {p}" for p in also))
     if failed:
         raise ValueError(
             f"{len(failed)} of {len(todo)} images failed (errors above): {', '.join(map(str, failed))}"

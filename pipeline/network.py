@@ -1,0 +1,318 @@
+"""Road probability raster -> road network (GeoPackage with ``edges`` and ``nodes``).
+
+How a raster of any size becomes one network, block by block:
+
+1. **Skeleton.** ``probability >= threshold`` is thinned (scikit-image) on a fixed grid of
+   ``skeleton_tile`` pixel tiles, each with ``skeleton_halo_px`` of context, read a block at a
+   time. The tile grid, not the block, decides the skeleton, so it is the same whatever the
+   block size. Only skeleton pixels (and their probability) are kept.
+2. **Trace.** Each block's skeleton, with ``seam_margin_px`` of its neighbours' around it, is
+   turned into paths between nodes by skan. A block keeps the pixel steps it owns (a step
+   belongs to the block holding its first pixel in row-major order), cut where ownership
+   changes, so every step of the whole skeleton is kept exactly once.
+3. **Join.** The pieces meet at pixels; merging the two edges at every degree-two node gives
+   the graph skan would give for the whole skeleton at once: a road crossing a seam is one
+   edge.
+4. **Repair** (``network_repair``): junction clusters merged, gaps bridged where the
+   probability says a road continues, spurs pruned, small pieces dropped; then edges are
+   simplified, all in metres.
+
+Memory holds one block of pixels plus the skeleton pixels and the network (both grow with
+the length of road, not with the raster's area).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+from pipeline import raster
+from pipeline.atomic import refuse_existing
+from pipeline.config import NetworkParams
+from pipeline.network_io import RoadNetwork, write_network
+from pipeline.network_repair import RepairSettings, add_edge, canonical_rings, contract, repair
+
+log = logging.getLogger(__name__)
+
+_RANGE_SLACK = 1e-3  # probabilities may overshoot [0, 1] by this much (float rounding)
+
+
+class NetworkError(ValueError):
+    """A probability raster a network cannot be built from; the message says why."""
+
+
+# ----------------------------------------------------------------------------- the grid
+def metres_per_pixel(info: raster.RasterInfo) -> tuple[float, float]:
+    """(metres per row, metres per column) at the raster's centre; geodesic for a geographic
+    CRS; (1, 1), i.e. pixels, without a CRS."""
+    t = info.transform
+    col_step, row_step = float(np.hypot(t.a, t.d)), float(np.hypot(t.b, t.e))
+    if info.crs is None:
+        return (1.0, 1.0)
+    if not info.crs.is_geographic:
+        unit = info.crs.linear_units_factor[1]
+        return (row_step * unit, col_step * unit)
+    import pyproj
+
+    geod = pyproj.CRS.from_user_input(info.crs.to_wkt()).get_geod()
+    lon, lat = t * (info.width / 2, info.height / 2)
+    dx = geod.inv(lon, lat, lon + col_step, lat)[2]
+    dy = geod.inv(lon, lat, lon, lat + row_step)[2]
+    return (float(abs(dy)), float(abs(dx)))
+
+
+def _blocks(height: int, width: int, size: int) -> Iterator[tuple[int, int, int, int]]:
+    for r in range(0, height, size):
+        for c in range(0, width, size):
+            yield r, c, min(r + size, height), min(c + size, width)
+
+
+# -------------------------------------------------------------------------- 1. skeleton
+@dataclass
+class Skeleton:
+    """Skeleton pixels of the whole raster, sorted row-major, with their probability."""
+
+    rows: np.ndarray  # int64
+    cols: np.ndarray
+    probs: np.ndarray  # float32
+    width: int
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self.rows * self.width + self.cols
+
+    def window(self, r0: int, c0: int, r1: int, c1: int) -> tuple[np.ndarray, ...]:
+        """Rows, cols and probabilities of the pixels in rows r0..r1-1, cols c0..c1-1."""
+        lo, hi = np.searchsorted(self.rows, [r0, r1])
+        rows, cols, probs = self.rows[lo:hi], self.cols[lo:hi], self.probs[lo:hi]
+        inside = (cols >= c0) & (cols < c1)
+        return rows[inside], cols[inside], probs[inside]
+
+
+def _check_range(prob: np.ndarray, path: Path) -> None:
+    with np.errstate(invalid="ignore"):
+        low, high = np.nanmin(prob, initial=0.0), np.nanmax(prob, initial=0.0)
+    if low < -_RANGE_SLACK or high > 1 + _RANGE_SLACK:
+        raise NetworkError(
+            f"{path}: values from {low:g} to {high:g} after the file's scale and offset, not "
+            "probabilities in 0..1; declare the scale (e.g. for 0..255: gdal_edit.py -scale "
+            "0.00392157 FILE) or pass a raster of probabilities"
+        )
+
+
+def skeleton_of(path: Path, threshold: float, params: NetworkParams) -> Skeleton:
+    """Skeleton pixels of ``probability >= threshold`` (see the module docstring, step 1).
+
+    Holes in the mask up to ``hole_max_m2`` are filled first: a speckle inside a road would
+    become a loop of skeleton."""
+    from skimage.morphology import remove_small_holes, skeletonize
+
+    info = raster.raster_info(path)
+    scaling = raster.band_scaling(path)
+    my, mx = metres_per_pixel(info)
+    hole_px = int(params.hole_max_m2 / (my * mx))
+    tile, halo = params.skeleton_tile, params.skeleton_halo_px
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    with raster.gdal_cache_limit(), raster.open_reader(path) as reader:
+        for r0, c0, r1, c1 in _blocks(info.height, info.width, params.block_size):
+            prob = raster.read_scaled(
+                reader, scaling, c0 - halo, r0 - halo, c1 - c0 + 2 * halo, r1 - r0 + 2 * halo
+            )
+            _check_range(prob, path)
+            with np.errstate(invalid="ignore"):
+                mask = prob >= threshold
+            for tr0, tc0, tr1, tc1 in _blocks(r1 - r0, c1 - c0, tile):
+                sub = mask[tr0 : tr1 + 2 * halo, tc0 : tc1 + 2 * halo]
+                if hole_px > 0:
+                    sub = remove_small_holes(sub, max_size=hole_px)
+                skel = skeletonize(sub)[halo : halo + tr1 - tr0, halo : halo + tc1 - tc0]
+                rows, cols = np.nonzero(skel)
+                values = prob[rows + tr0 + halo, cols + tc0 + halo]
+                found.append((rows + tr0 + r0, cols + tc0 + c0, values))
+    rows = np.concatenate([f[0] for f in found]).astype(np.int64)
+    cols = np.concatenate([f[1] for f in found]).astype(np.int64)
+    probs = np.concatenate([f[2] for f in found]).astype(np.float32)
+    order = np.argsort(rows * info.width + cols, kind="stable")
+    return Skeleton(rows[order], cols[order], probs[order], info.width)
+
+
+# ----------------------------------------------------------------------------- 2. trace
+Piece = tuple[np.ndarray, np.ndarray]  # (K, 2) int row/col path, (K,) float32 probabilities
+
+
+def _drop_isolated(image: np.ndarray) -> np.ndarray:
+    """Pixels with no 8-neighbour are no road (and skan cannot take them)."""
+    from scipy import ndimage as ndi
+
+    count = ndi.convolve(image.astype(np.uint8), np.ones((3, 3), np.uint8), mode="constant")
+    return image & (count > 1)
+
+
+def trace_block(
+    skeleton: Skeleton, block: tuple[int, int, int, int], margin: int, shape: tuple[int, int]
+) -> list[Piece]:
+    """The pieces of skeleton path whose pixel steps this block owns (module docstring, 2)."""
+    from skan import Skeleton as SkanSkeleton
+
+    r0, c0, r1, c1 = block
+    vr0, vc0 = max(0, r0 - margin), max(0, c0 - margin)
+    vr1, vc1 = min(shape[0], r1 + margin), min(shape[1], c1 + margin)
+    rows, cols, probs = skeleton.window(vr0, vc0, vr1, vc1)
+    image = np.zeros((vr1 - vr0, vc1 - vc0), bool)
+    image[rows - vr0, cols - vc0] = True
+    image = _drop_isolated(image)
+    if not image.any():
+        return []
+    prob_image = np.zeros(image.shape, np.float32)
+    prob_image[rows - vr0, cols - vc0] = probs
+    skan = SkanSkeleton(image)
+    coords = np.asarray(skan.coordinates).astype(np.int64)
+    pieces: list[Piece] = []
+    for i in range(skan.n_paths):
+        local = coords[skan.path(i)]
+        path = local + (vr0, vc0)
+        first = np.where(_before(path[:-1], path[1:])[:, None], path[:-1], path[1:])
+        own = (first[:, 0] >= r0) & (first[:, 0] < r1) & (first[:, 1] >= c0) & (first[:, 1] < c1)
+        for a, b in _runs(own):
+            pieces.append((path[a : b + 2], prob_image[local[a : b + 2, 0], local[a : b + 2, 1]]))
+    return pieces
+
+
+def _before(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Row-major order of pixel pairs: p before q."""
+    return (p[:, 0] < q[:, 0]) | ((p[:, 0] == q[:, 0]) & (p[:, 1] < q[:, 1]))
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) indexes of each run of True."""
+    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    change = np.flatnonzero(np.diff(padded))
+    return [(int(a), int(b) - 1) for a, b in zip(change[::2], change[1::2], strict=True)]
+
+
+# ------------------------------------------------------------------------------ 3. join
+def join_pieces(pieces: list[Piece]) -> nx.MultiGraph:
+    """One graph from every block's pieces: nodes at pixels, degree-two nodes merged."""
+    graph = nx.MultiGraph()
+    for path, probs in pieces:
+        a = (float(path[0, 0]), float(path[0, 1]))
+        b = (float(path[-1, 0]), float(path[-1, 1]))
+        add_edge(graph, a, b, path.astype(float), probs)
+    contract(graph)
+    canonical_rings(graph)
+    return graph
+
+
+def warm_up() -> None:
+    """Compile skan's numba code (~8 s on a quiet 2-core VM, once per process) on a tiny
+    skeleton; predict runs this on a thread while the model works, so that the network step
+    after it costs only its own work."""
+    from skan import Skeleton as SkanSkeleton
+
+    image = np.zeros((8, 8), bool)
+    image[4, 1:7] = True
+    image[1:7, 3] = True
+    SkanSkeleton(image).path(0)
+
+
+# ----------------------------------------------------------------------------- the whole
+def resolve_threshold(path: Path, threshold: float | None, fallback: float | None = None) -> float:
+    """The threshold given, else the raster's ``threshold`` tag, else ``fallback``."""
+    if threshold is not None:
+        return float(threshold)
+    tag = raster.raster_tags(path).get("threshold")
+    if tag is not None:
+        try:
+            return float(tag)
+        except ValueError:
+            raise NetworkError(f"{path}: its threshold tag {tag!r} is not a number") from None
+    if fallback is not None:
+        return float(fallback)
+    raise NetworkError(
+        f"{path}: no threshold: the raster has no `threshold` tag (predict writes the model's); "
+        "pass --threshold or set network.threshold in params.yaml"
+    )
+
+
+def build_network(
+    path: str | Path, params: NetworkParams, threshold: float | None = None
+) -> RoadNetwork:
+    """The road network of a probability raster (module docstring)."""
+    path = Path(path)
+    info = raster.raster_info(path)
+    threshold = resolve_threshold(path, threshold if threshold is not None else params.threshold)
+    if params.bridge_min_prob >= threshold and params.repair and params.bridge_max_m > 0:
+        raise NetworkError(
+            f"network.bridge_min_prob {params.bridge_min_prob:g} must be below the threshold "
+            f"{threshold:g}: it is the lower bar a gap in the road must pass"
+        )
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    skeleton = skeleton_of(path, threshold, params)
+    t1 = time.perf_counter()
+    pieces: list[Piece] = []
+    for block in _blocks(info.height, info.width, params.block_size):
+        pieces.extend(
+            trace_block(skeleton, block, params.seam_margin_px, (info.height, info.width))
+        )
+    graph = join_pieces(pieces)
+    del pieces, skeleton
+    t2 = time.perf_counter()
+    scale = metres_per_pixel(info)
+    if params.repair:
+        settings = RepairSettings(
+            params.junction_merge_m,
+            params.spur_min_m,
+            params.min_component_m,
+            params.bridge_max_m,
+            params.bridge_min_prob,
+            params.bridge_min_detour,
+        )
+        with raster.open_reader(path) as reader:
+            repair(graph, scale, settings, _sampler(reader, raster.band_scaling(path)))
+    timings.update(skeleton=t1 - t0, trace_join=t2 - t1, repair=time.perf_counter() - t2)
+    return RoadNetwork(graph, info, scale, threshold, timings)
+
+
+def _sampler(reader: raster.WindowReader, scaling: raster.BandScaling):
+    """Probability at integer (row, col) points, read as one window around them."""
+
+    def sample(points: np.ndarray) -> np.ndarray:
+        pts = points.astype(np.int64)
+        r0, c0 = pts.min(axis=0)
+        r1, c1 = pts.max(axis=0) + 1
+        window = raster.read_scaled(reader, scaling, int(c0), int(r0), int(c1 - c0), int(r1 - r0))
+        return window[pts[:, 0] - r0, pts[:, 1] - c0]
+
+    return sample
+
+
+def network_raster(
+    prob_path: str | Path,
+    out_path: str | Path,
+    params: NetworkParams,
+    *,
+    threshold: float | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """``pipeline network``: build the network of ``prob_path``, write it to ``out_path``."""
+    out_path = Path(out_path)
+    refuse_existing(out_path, overwrite)
+    network = build_network(prob_path, params, threshold)
+    t0 = time.perf_counter()
+    write_network(network, out_path, params.simplify_m, overwrite=overwrite)
+    network.timings["write"] = time.perf_counter() - t0
+    log.info(
+        "network %s: %d edges, %d nodes (%s)",
+        out_path,
+        network.graph.number_of_edges(),
+        network.graph.number_of_nodes(),
+        ", ".join(f"{k} {v:.2f} s" for k, v in network.timings.items()),
+    )
+    return out_path
