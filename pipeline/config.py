@@ -345,6 +345,56 @@ class NetworkParams(_Section):
         return self
 
 
+# ------------------------------------------------------------------------------- graph metrics
+class GraphMetricsParams(_Section):
+    """APLS (SpaceNet, CosmiQ apls.py) and TOPO (Biagioni and Eriksson 2012), all in metres."""
+
+    apls_control_spacing_m: float = Field(
+        50.0, gt=0, description="APLS: control points along edges this far apart (SpaceNet: 50)"
+    )
+    apls_snap_m: float = Field(
+        4.0,
+        ge=0,
+        description="APLS: a control point further than this from the other graph is missing (4)",
+    )
+    apls_min_path_m: float = Field(
+        10.0, ge=0, description="APLS: pairs whose truth path is shorter are left out (10)"
+    )
+    apls_curved_eps: float | None = Field(
+        None,
+        ge=0,
+        description="APLS: control points only on edges at least this curved (apls.py is_curved_eps); null: on every edge",
+    )
+    apls_max_sources: int | None = Field(
+        None,
+        ge=1,
+        description="APLS: score paths from a seeded sample of this many control points; null: all",
+    )
+    simplify: bool = Field(
+        True,
+        description="Merge the edges at nodes of degree two first (scores then do not depend on edge cuts)",
+    )
+    topo_seed_spacing_m: float = Field(50.0, gt=0, description="TOPO: seeds along the truth (50)")
+    topo_seed_match_m: float = Field(
+        11.0, ge=0, description="TOPO: a seed's proposal start must be this close (11)"
+    )
+    topo_radius_m: float = Field(
+        300.0,
+        gt=0,
+        description="TOPO: walk each graph this far from the seed (300; 150 on small tiles)",
+    )
+    topo_interval_m: float = Field(
+        5.0, gt=0, description="TOPO: holes and marbles at most this far apart along edges (5)"
+    )
+    topo_match_m: float = Field(
+        5.0, ge=0, description="TOPO: a hole and a marble match when this close, one to one (5)"
+    )
+    topo_max_seeds: int | None = Field(
+        None, ge=1, description="TOPO: a seeded sample of this many seeds; null: all"
+    )
+    seed: int = Field(0, description="Seed of the samples")
+
+
 # ------------------------------------------------------------------------------------ register
 class RegisterParams(_Section):
     model_name: str = Field("road-unet", description="Registered model name")

@@ -1,0 +1,305 @@
+"""Road graphs for scoring: read them from vector files, and bring them into metres.
+
+Two kinds of input become a networkx ``MultiGraph`` whose nodes carry ``x``, ``y`` and whose
+edges carry a shapely ``geometry`` (LineString in the same CRS), the CRS in
+``graph.graph["crs"]`` (the osmnx convention):
+
+- a road network GeoPackage with an ``edges`` layer (LineString; columns ``u``, ``v``, and
+  ``edge_id``, ``length_m``, ``mean_prob``, ``min_prob`` that are kept as attributes) and a
+  ``nodes`` layer (Point; ``node_id``, ``degree``), as ``pipeline network`` writes it;
+- any line layer (road centrelines, OpenStreetMap extracts, SpaceNet GeoJSON): the lines are
+  noded with shapely (split where they cross or touch) and every line end becomes a node. Two
+  roads that cross without a junction (a bridge) are then joined: mark such crossings in the
+  data with the network format instead.
+
+:func:`metric_graph` turns such a graph into a :class:`RoadGraph` in metres: a projected CRS
+stays (coordinates scaled to metres when its unit is not the metre), a geographic one goes to
+the UTM zone of the data. A second graph can be put into the first one's metric CRS, so that
+both are compared in the same coordinates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import networkx as nx
+import numpy as np
+import pyogrio
+import shapely
+from pyproj import CRS, Transformer
+from pyproj.aoi import AreaOfInterest
+from pyproj.database import query_utm_crs_info
+
+EDGES_LAYER = "edges"
+NODES_LAYER = "nodes"
+_LINES = ("LineString", "MultiLineString", "LineString Z", "MultiLineString Z")
+
+
+class GraphInputError(ValueError):
+    """A road graph that cannot be scored; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class RoadGraph:
+    """An undirected road graph in metres, ready for the metrics.
+
+    ``xy`` holds the node coordinates (n, 2); ``edges`` the end nodes of each edge (m, 2);
+    ``lines`` a LineString per edge that runs from ``xy[u]`` to ``xy[v]``. Parallel edges and
+    self-loops are allowed; an edge's length is the length of its line.
+    """
+
+    xy: np.ndarray
+    edges: np.ndarray
+    lines: np.ndarray
+    crs: CRS | None = None
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return shapely.length(self.lines)
+
+    @property
+    def total_length_m(self) -> float:
+        return float(self.lengths.sum())
+
+
+# ------------------------------------------------------------------------------------- reading
+def read_road_graph(path: str | Path, layer: str | None = None) -> nx.MultiGraph:
+    """A road graph from a vector file (see the module docstring for the two formats).
+
+    ``layer`` picks the line layer; by default the ``edges`` layer when there is one, else the
+    only line layer. Raises GraphInputError naming ``path`` when the file, the layer or its
+    lines are missing, or the data has no CRS.
+    """
+    path = Path(path)
+    layers = _line_layers(path)
+    layer = layer or _default_layer(path, layers)
+    if layer not in layers:
+        raise GraphInputError(
+            f"{path}: no line layer {layer!r} (line layers: {', '.join(layers) or 'none'})"
+        )
+    lines = _read_layer(path, layer)
+    if {"u", "v"} <= set(lines.columns):
+        nodes = _read_layer(path, NODES_LAYER) if NODES_LAYER in _all_layers(path) else None
+        return graph_from_network(lines, nodes)
+    return graph_from_lines(lines)
+
+
+def graph_from_network(edges: gpd.GeoDataFrame, nodes: gpd.GeoDataFrame | None) -> nx.MultiGraph:
+    """The graph of a network GeoPackage: edges join nodes ``u`` and ``v`` as stored."""
+    graph = nx.MultiGraph(crs=edges.crs)
+    if nodes is not None and "node_id" in nodes.columns:
+        for node_id, point in zip(nodes["node_id"], nodes.geometry, strict=True):
+            graph.add_node(int(node_id), x=point.x, y=point.y)
+    attrs = [c for c in edges.columns if c not in ("u", "v", edges.geometry.name)]
+    for row in edges.itertuples(index=False):
+        line = getattr(row, edges.geometry.name)
+        u, v = int(row.u), int(row.v)
+        for node, xy in ((u, line.coords[0]), (v, line.coords[-1])):
+            if node not in graph:
+                graph.add_node(node, x=xy[0], y=xy[1])
+        graph.add_edge(u, v, geometry=line, **{a: getattr(row, a) for a in attrs})
+    return graph
+
+
+def graph_from_lines(lines: gpd.GeoDataFrame) -> nx.MultiGraph:
+    """The graph of any line layer: lines noded where they cross or touch, ends as nodes."""
+    parts = shapely.get_parts(lines.geometry.explode(index_parts=False).to_numpy())
+    parts = parts[~shapely.is_empty(parts)]
+    noded = shapely.get_parts(shapely.node(shapely.multilinestrings(parts)))
+    graph = nx.MultiGraph(crs=lines.crs)
+    ids: dict[tuple[float, float], int] = {}
+    for line in noded:
+        ends = []
+        for xy in (line.coords[0][:2], line.coords[-1][:2]):
+            if xy not in ids:
+                ids[xy] = len(ids)
+                graph.add_node(ids[xy], x=xy[0], y=xy[1])
+            ends.append(ids[xy])
+        graph.add_edge(ends[0], ends[1], geometry=shapely.force_2d(line))
+    return graph
+
+
+def _all_layers(path: Path) -> dict[str, str]:
+    if not path.exists():
+        raise GraphInputError(f"{path}: no such file")
+    try:
+        return {str(name): str(kind) for name, kind in pyogrio.list_layers(path)}
+    except (pyogrio.errors.DataSourceError, OSError) as e:
+        raise GraphInputError(f"{path}: not a readable vector file ({e})") from e
+
+
+def _line_layers(path: Path) -> list[str]:
+    return [name for name, kind in _all_layers(path).items() if kind in _LINES]
+
+
+def _default_layer(path: Path, line_layers: list[str]) -> str:
+    if EDGES_LAYER in line_layers:
+        return EDGES_LAYER
+    if len(line_layers) == 1:
+        return line_layers[0]
+    if not line_layers:
+        raise GraphInputError(f"{path}: no line layer (roads must be LineStrings)")
+    raise GraphInputError(f"{path}: several line layers ({', '.join(line_layers)}); pick one")
+
+
+def _read_layer(path: Path, layer: str) -> gpd.GeoDataFrame:
+    try:
+        gdf = gpd.read_file(path, layer=layer, engine="pyogrio")
+    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, OSError) as e:
+        raise GraphInputError(f"{path}: cannot read layer {layer!r} ({e})") from e
+    if gdf.crs is None:
+        raise GraphInputError(f"{path}: layer {layer!r} has no CRS")
+    gdf = gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]
+    if layer != NODES_LAYER and len(gdf) == 0:
+        raise GraphInputError(f"{path}: layer {layer!r} has no lines")
+    return gdf
+
+
+# ----------------------------------------------------------------------------------- in metres
+def metric_crs(crs: Any, xy: np.ndarray) -> CRS:
+    """The CRS to measure in: ``crs`` itself when projected, else the UTM zone of ``xy``."""
+    crs = CRS.from_user_input(crs)
+    if crs.is_projected:
+        return crs
+    lon, lat = xy.mean(axis=0) if len(xy) else (0.0, 0.0)
+    info = query_utm_crs_info(
+        datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat)
+    )
+    if not info:
+        raise GraphInputError(f"no UTM zone for longitude {lon:.4f}, latitude {lat:.4f}")
+    return CRS.from_epsg(info[0].code)
+
+
+def metric_graph(
+    graph: nx.Graph, crs: Any = None, target: CRS | None = None, *, simplify: bool = True
+) -> RoadGraph:
+    """``graph`` as a :class:`RoadGraph` in metres.
+
+    Directions and edge attributes are dropped; an edge that repeats another one (the same
+    ends and geometry, in either direction: a two-way street of an osmnx graph) is dropped.
+
+    ``crs`` defaults to ``graph.graph["crs"]``; a graph without any CRS is taken to be in
+    metres already. ``target`` is the metric CRS to put it in (that of another graph), by
+    default :func:`metric_crs` of its own. ``simplify`` merges the two edges at every node
+    of degree two into one (as SpaceNet simplifies its graphs with osmnx), so that how a
+    road is cut into edges does not change a score.
+    """
+    xy, edges, lines = _arrays(graph)
+    crs = crs if crs is not None else graph.graph.get("crs")
+    if crs is not None:
+        source = CRS.from_user_input(crs)
+        target = target or metric_crs(source, xy)
+        xy, lines = _transform(xy, lines, source, target)
+    elif target is not None:
+        raise GraphInputError("a graph without a CRS cannot be compared with one that has one")
+    road = RoadGraph(xy, edges, lines, target)
+    return simplify_degree_two(road) if simplify else road
+
+
+def _arrays(graph: nx.Graph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Node coordinates, end-node indices and u -> v oriented lines of ``graph``."""
+    index = {node: i for i, node in enumerate(graph.nodes)}
+    try:
+        xy = np.array([(d["x"], d["y"]) for _, d in graph.nodes(data=True)], dtype=float)
+    except KeyError as e:
+        raise GraphInputError("every node of a road graph needs 'x' and 'y'") from e
+    xy = xy.reshape(-1, 2)
+    edges, lines, seen = [], [], set()
+    for u, v, data in graph.edges(data=True):
+        iu, iv = index[u], index[v]
+        line = _edge_line(xy[iu], xy[iv], data)
+        key = _edge_key(iu, iv, line)
+        if key not in seen:  # a two-way street of a directed graph is one road
+            seen.add(key)
+            edges.append((iu, iv))
+            lines.append(line)
+    edges_array = np.array(edges, dtype=np.int64).reshape(-1, 2)
+    return xy, edges_array, np.array(lines, dtype=object).reshape(-1)
+
+
+def _edge_key(iu: int, iv: int, line: shapely.LineString) -> tuple:
+    """The same for an edge and its reverse (same ends, same geometry in either direction)."""
+    coords = shapely.get_coordinates(line)
+    forward = (iu, iv, coords.tobytes())
+    backward = (iv, iu, coords[::-1].tobytes())
+    return min(forward, backward)
+
+
+def _edge_line(pu: np.ndarray, pv: np.ndarray, data: dict) -> shapely.LineString:
+    line = data.get("geometry")
+    if isinstance(line, str):
+        line = shapely.from_wkt(line)
+    if line is None or line.is_empty:
+        return shapely.LineString([pu, pv])
+    coords = shapely.get_coordinates(line)
+    if np.hypot(*(coords[0] - pu)) > np.hypot(*(coords[0] - pv)):
+        coords = coords[::-1]
+    return shapely.LineString(coords)
+
+
+def _transform(
+    xy: np.ndarray, lines: np.ndarray, source: CRS, target: CRS
+) -> tuple[np.ndarray, np.ndarray]:
+    if not source.equals(target):
+        tr = Transformer.from_crs(source, target, always_xy=True)
+        xy = np.column_stack(tr.transform(xy[:, 0], xy[:, 1])) if len(xy) else xy
+        lines = shapely.transform(lines, lambda c: np.column_stack(tr.transform(c[:, 0], c[:, 1])))
+    scale = float(target.axis_info[0].unit_conversion_factor) if target.axis_info else 1.0
+    if scale != 1.0:
+        xy = xy * scale
+        lines = shapely.transform(lines, lambda c: c * scale)
+    return xy, lines
+
+
+def simplify_degree_two(road: RoadGraph) -> RoadGraph:
+    """Merge the two edges at each node of degree two; drop nodes without edges."""
+    ends = [list(e) for e in road.edges]
+    coords = [shapely.get_coordinates(line) for line in road.lines]
+    alive = [True] * len(ends)
+    incident: list[list[int]] = [[] for _ in range(len(road.xy))]
+    for e, (u, v) in enumerate(ends):
+        incident[u].append(e)
+        incident[v].append(e)
+    for node, inc in enumerate(incident):
+        if len(inc) != 2 or inc[0] == inc[1]:
+            continue  # not degree two, or a self-loop (a ring left on its own)
+        first, second = inc
+        a = _other_end(ends[first], node)
+        b = _other_end(ends[second], node)
+        head = coords[first] if ends[first][1] == node else coords[first][::-1]
+        tail = coords[second] if ends[second][0] == node else coords[second][::-1]
+        coords[first] = np.vstack([head, tail[1:]])
+        ends[first] = [a, b]
+        alive[second] = False
+        incident[b][incident[b].index(second)] = first
+        inc.clear()
+    keep = [e for e in range(len(ends)) if alive[e]]
+    used = sorted({n for e in keep for n in ends[e]})
+    renumber = {old: new for new, old in enumerate(used)}
+    xy = road.xy[used].reshape(-1, 2).copy()
+    for e in keep:
+        node = ends[e][0]
+        if ends[e][1] == node and len(incident[node]) == 2:
+            coords[e] = _anchor_ring(coords[e])
+            xy[renumber[node]] = coords[e][0]
+    edges = np.array([[renumber[n] for n in ends[e]] for e in keep], dtype=np.int64)
+    lines = np.array([shapely.LineString(coords[e]) for e in keep], dtype=object)
+    return RoadGraph(xy, edges.reshape(-1, 2), lines, road.crs)
+
+
+def _anchor_ring(coords: np.ndarray) -> np.ndarray:
+    """A closed ring restarted at its lowest-x (then lowest-y) vertex.
+
+    A ring on its own has no junction to start from; this vertex is a corner of the ring
+    wherever it was cut into edges, so its control points do not depend on the cuts.
+    """
+    ring = coords[:-1]
+    start = int(np.lexsort((ring[:, 1], ring[:, 0]))[0])
+    return np.vstack([ring[start:], ring[: start + 1]])
+
+
+def _other_end(ends: list[int], node: int) -> int:
+    return ends[1] if ends[0] == node else ends[0]

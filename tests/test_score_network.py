@@ -1,0 +1,139 @@
+"""`pipeline score-network`: real GeoPackages in, APLS and TOPO out, clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import pytest
+import shapely
+
+from pipeline.cli import main
+from pipeline.road_graph import read_road_graph
+
+UTM = "EPSG:32633"
+X0, Y0 = 500_000.0, 5_000_000.0
+
+
+def line(*pts: tuple[float, float]) -> shapely.LineString:
+    return shapely.LineString([(X0 + x, Y0 + y) for x, y in pts])
+
+
+def write_network(path: Path, with_bridge: bool = True) -> Path:
+    """The "H" (two 200 m roads, a 100 m bridge) as a network GeoPackage (edges + nodes)."""
+    nodes = {0: (0, 0), 1: (100, 0), 2: (200, 0), 3: (0, 100), 4: (100, 100), 5: (200, 100)}
+    ends = [(0, 1), (1, 2), (3, 4), (4, 5)] + ([(1, 4)] if with_bridge else [])
+    edges = gpd.GeoDataFrame(
+        {
+            "edge_id": range(len(ends)),
+            "u": [u for u, _ in ends],
+            "v": [v for _, v in ends],
+            "length_m": [100.0] * len(ends),
+            "mean_prob": [0.9] * len(ends),
+            "min_prob": [0.8] * len(ends),
+        },
+        geometry=[line(nodes[u], nodes[v]) for u, v in ends],
+        crs=UTM,
+    )
+    points = gpd.GeoDataFrame(
+        {"node_id": list(nodes), "degree": [1, 3, 1, 1, 3, 1]},
+        geometry=[shapely.Point(X0 + x, Y0 + y) for x, y in nodes.values()],
+        crs=UTM,
+    )
+    edges.to_file(path, layer="edges", driver="GPKG")
+    points.to_file(path, layer="nodes", driver="GPKG")
+    return path
+
+
+def write_centrelines(path: Path, crs: str = "EPSG:4326", layer: str = "roads") -> Path:
+    """The H without its bridge as two plain centrelines (no nodes, no u/v), in ``crs``."""
+    roads = gpd.GeoDataFrame(
+        {"name": ["south", "north"]},
+        geometry=[line((0, 0), (200, 0)), line((0, 100), (200, 100))],
+        crs=UTM,
+    )
+    roads.to_crs(crs).to_file(path, layer=layer, driver="GPKG")
+    return path
+
+
+def test_network_geopackage_becomes_its_graph(tmp_path: Path) -> None:
+    graph = read_road_graph(write_network(tmp_path / "truth.gpkg"))
+    assert graph.number_of_nodes() == 6
+    assert graph.number_of_edges() == 5
+    assert sorted(d for _, d in graph.degree()) == [1, 1, 1, 1, 3, 3]
+    assert all(d["mean_prob"] == pytest.approx(0.9) for *_, d in graph.edges(data=True))
+
+
+def test_crossing_centrelines_are_noded(tmp_path: Path) -> None:
+    """A road across the middle of two others makes two junctions of degree 3."""
+    roads = gpd.GeoDataFrame(
+        geometry=[line((0, 0), (200, 0)), line((0, 100), (200, 100)), line((100, -50), (100, 150))],
+        crs=UTM,
+    )
+    roads.to_file(tmp_path / "roads.geojson", driver="GeoJSON")
+    graph = read_road_graph(tmp_path / "roads.geojson")
+    assert graph.number_of_edges() == 7
+    assert sorted(d for _, d in graph.degree()) == [1] * 6 + [4, 4]
+
+
+def test_score_network_prints_and_writes_json(tmp_path: Path, capsys) -> None:
+    """Bridge missing (the proposal in longitude/latitude): APLS 8/15 as worked out in
+    tests/test_graph_metrics.py::test_removed_bridge."""
+    truth = write_network(tmp_path / "truth.gpkg")
+    proposal = write_centrelines(tmp_path / "proposal.gpkg")
+    out = tmp_path / "scores.json"
+    assert main(["score-network", str(truth), str(proposal), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "APLS  0.5333" in text
+    assert "TOPO  F1" in text
+    scores = json.loads(out.read_text())
+    assert scores["apls"] == pytest.approx(8 / 15)
+    assert scores["apls_gt_onto_prop"] == pytest.approx(4 / 11)
+    assert scores["topo_precision"] == pytest.approx(1.0)
+    assert scores["truth_length_m"] == pytest.approx(500.0)
+    assert scores["proposal_length_m"] == pytest.approx(400.0, abs=1e-3)
+    assert scores["metric_crs"] == UTM
+    # the JSON is not replaced without --overwrite
+    assert main(["score-network", str(truth), str(proposal), "--json", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["score-network", str(truth), str(truth), "--json", str(out), "--overwrite"]) == 0
+    assert json.loads(out.read_text())["apls"] == pytest.approx(1.0)
+
+
+def test_layers_are_selectable(tmp_path: Path, capsys) -> None:
+    path = write_network(tmp_path / "both.gpkg")
+    write_centrelines(path, crs=UTM, layer="osm")
+    args = ["score-network", str(path), str(path), "--proposal-layer", "osm", "--json"]
+    assert main([*args, str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["apls"] == pytest.approx(8 / 15)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p, "no such file"),
+        (lambda p: write_centrelines(p, layer="roads") and p, "no line layer 'edges'"),
+        (
+            lambda p: gpd.GeoDataFrame(geometry=[shapely.Point(0, 0)], crs=UTM).to_file(p) or p,
+            "no line layer",
+        ),
+    ],
+)
+def test_bad_input_names_the_file(tmp_path: Path, capsys, make, message) -> None:
+    truth = write_network(tmp_path / "truth.gpkg")
+    bad = make(tmp_path / "bad.gpkg")
+    layer = ["--proposal-layer", "edges"] if "edges" in message else []
+    assert main(["score-network", str(truth), str(bad), *layer]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err
+    assert message in err
+
+
+def test_score_network_help(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["score-network", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--json", "--truth-layer", "--proposal-layer", "--max-sources", "APLS"):
+        assert option in out
+    assert "--params" not in out  # the defaults of GraphMetricsParams, not a params file
