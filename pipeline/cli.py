@@ -98,7 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(p.train.out_dir, staging)
     try:
-        metrics = run_evaluate(p.evaluate, p.data, p.tile, staging, p.register)
+        metrics = run_evaluate(p.evaluate, p.data, p.tile, staging, p.register, p.network)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

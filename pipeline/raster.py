@@ -258,6 +258,23 @@ def read_scaled(
     return out
 
 
+def valid_footprint(path: str | Path, max_side: int = 2048) -> Any:
+    """The area with valid pixels (GDAL's dataset mask) as a shapely (Multi)Polygon in the
+    raster's CRS, traced on the mask decimated to at most ``max_side`` pixels a side."""
+    import shapely
+    from rasterio.features import shapes
+
+    with _open(Path(path)) as ds:
+        factor = max(1, -(-max(ds.width, ds.height) // max_side))
+        shape = (-(-ds.height // factor), -(-ds.width // factor))
+        mask = (ds.dataset_mask(out_shape=shape) > 0).astype(np.uint8)
+        transform = ds.transform * Affine.scale(ds.width / shape[1], ds.height / shape[0])
+    polygons = [
+        shapely.geometry.shape(g) for g, v in shapes(mask, mask > 0, transform=transform) if v
+    ]
+    return shapely.union_all(polygons) if polygons else shapely.Polygon()
+
+
 def raster_tags(path: str | Path) -> dict[str, str]:
     """The dataset's GDAL metadata tags (default domain)."""
     with _open(Path(path)) as ds:
