@@ -291,7 +291,7 @@ class NetworkParams(_Section):
         description="Pixels a side read and traced at a time (a multiple of skeleton_tile)",
     )
     skeleton_tile: int = Field(
-        512,
+        1024,
         ge=32,
         description="Pixels a side of the fixed grid the mask is thinned on, each tile with "
         "skeleton_halo_px of context: the skeleton does not depend on block_size",

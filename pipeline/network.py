@@ -146,12 +146,18 @@ def skeleton_of(path: Path, threshold: float, params: NetworkParams) -> Skeleton
 Piece = tuple[np.ndarray, np.ndarray]  # (K, 2) int row/col path, (K,) float32 probabilities
 
 
-def _drop_isolated(image: np.ndarray) -> np.ndarray:
-    """Pixels with no 8-neighbour are no road (and skan cannot take them)."""
-    from scipy import ndimage as ndi
-
-    count = ndi.convolve(image.astype(np.uint8), np.ones((3, 3), np.uint8), mode="constant")
-    return image & (count > 1)
+def _drop_isolated(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> None:
+    """Clear pixels (at ``rows``, ``cols``) with no 8-neighbour: no road, and skan cannot
+    take them."""
+    padded = np.pad(image, 1)
+    count = sum(
+        padded[rows + 1 + dr, cols + 1 + dc].astype(np.int8)
+        for dr in (-1, 0, 1)
+        for dc in (-1, 0, 1)
+        if dr or dc
+    )
+    lonely = count == 0
+    image[rows[lonely], cols[lonely]] = False
 
 
 def trace_block(
@@ -166,7 +172,7 @@ def trace_block(
     rows, cols, probs = skeleton.window(vr0, vc0, vr1, vc1)
     image = np.zeros((vr1 - vr0, vc1 - vc0), bool)
     image[rows - vr0, cols - vc0] = True
-    image = _drop_isolated(image)
+    _drop_isolated(image, rows - vr0, cols - vc0)
     if not image.any():
         return []
     prob_image = np.zeros(image.shape, np.float32)

@@ -202,19 +202,10 @@ def bridge_gaps(
     if not ends:
         return
     edges = sorted_edges(graph)
-    owner, index = [], []
-    for e, (_, _, _, d) in enumerate(edges):
-        owner.append(np.full(len(d["path"]), e))
-        index.append(np.arange(len(d["path"])))
-    points = np.vstack([d["path"] for _, _, _, d in edges])
-    owner, index = np.concatenate(owner), np.concatenate(index)
-    tree = cKDTree(points * scale)
-    for _, _, _, d in edges:
-        d["length_m"] = path_length(d["path"], scale)
-    found = (
-        _best_bridge(graph, end, edges, points, owner, index, tree, scale, settings, sample)
-        for end in ends
-    )
+    vertices = _Vertices(edges, scale)
+    for (_, _, _, data), length in zip(edges, vertices.length, strict=True):
+        data["length_m"] = float(length)  # Dijkstra's weight
+    found = (_best_bridge(graph, end, vertices, scale, settings, sample) for end in ends)
     chosen = [b for b in found if b is not None]
     used: set[Node] = set()
     splits: dict[int, set[int]] = {}
@@ -234,43 +225,67 @@ def bridge_gaps(
         add_edge(graph, b.end, b.target, b.line, b.probs)
 
 
-def _best_bridge(graph, end, edges, points, owner, index, tree, scale, settings, sample):
+class _Vertices:
+    """Every path point of every edge, with its edge, index and distance along the edge."""
+
+    def __init__(self, edges: list, scale: tuple[float, float]) -> None:
+        self.edges = edges
+        paths = [d["path"] for _, _, _, d in edges]
+        self.points = np.vstack(paths)
+        self.owner = np.concatenate([np.full(len(p), e) for e, p in enumerate(paths)])
+        self.index = np.concatenate([np.arange(len(p)) for p in paths])
+        steps = [np.hypot(*(np.diff(p, axis=0) * scale).T) for p in paths]
+        self.along = np.concatenate([np.concatenate([[0.0], np.cumsum(s)]) for s in steps])
+        self.length = np.array([float(s.sum()) for s in steps])
+        self.first = [d["start"] for _, _, _, d in edges]
+        self.last = [tuple(p[-1]) for p in paths]
+        self.tree = cKDTree(self.points * scale)
+
+
+def _best_bridge(
+    graph: nx.MultiGraph,
+    end: Node,
+    vx: _Vertices,
+    scale: tuple[float, float],
+    settings: RepairSettings,
+    sample: Sampler,
+) -> _Bridge | None:
+    """The shortest bridge from ``end`` that passes the detour and probability tests."""
     here = np.array(end, float)
-    near = tree.query_ball_point(here * scale, settings.bridge_max_m)
-    if not near:
+    near = np.array(vx.tree.query_ball_point(here * scale, settings.bridge_max_m), np.int64)
+    gap = np.hypot(*((vx.points[near] - here) * scale).T) if len(near) else np.zeros(0)
+    near, gap = near[gap > 0], gap[gap > 0]
+    if not len(near):
         return None
     reach = nx.single_source_dijkstra_path_length(
         graph, end, cutoff=settings.bridge_min_detour * settings.bridge_max_m, weight="length_m"
     )
-    best = None
-    for i in sorted(near, key=lambda i: (float(np.hypot(*((points[i] - here) * scale))), i)):
-        gap = float(np.hypot(*((points[i] - here) * scale)))
-        if gap <= 0 or (best is not None and gap >= best.length_m):
-            continue
-        path = edges[owner[i]][3]["path"]
-        data = edges[owner[i]][3]
-        j = int(index[i])
-        on_node = j in (0, len(path) - 1)
-        target = tuple(float(x) for x in path[j])
-        if _network_distance(data, j, reach, scale) < settings.bridge_min_detour * gap:
-            continue
-        line = _line(here, points[i])
-        probs = np.nan_to_num(sample(np.rint(line)), nan=-1.0).astype(np.float32)
-        if not np.all(probs >= settings.bridge_min_prob):
-            continue
-        best = _Bridge(gap, end, target, -1 if on_node else int(owner[i]), j, line, probs)
-    return best
-
-
-def _network_distance(data: dict, j: int, reach: dict, scale: tuple[float, float]) -> float:
-    """Network distance from the Dijkstra source to point ``j`` of an edge's path (a path
-    runs from node ``start`` at its first point to the node at its last point)."""
-    path = data["path"]
-    to_first = path_length(path[: j + 1], scale)
-    return min(
-        reach.get(data["start"], np.inf) + to_first,
-        reach.get(tuple(path[-1]), np.inf) + data["length_m"] - to_first,
+    edge = vx.owner[near]
+    via_first = np.array([reach.get(vx.first[e], np.inf) for e in edge]) + vx.along[near]
+    via_last = np.array([reach.get(vx.last[e], np.inf) for e in edge]) + (
+        vx.length[edge] - vx.along[near]
     )
+    ok = np.minimum(via_first, via_last) >= settings.bridge_min_detour * gap
+    near, gap, edge = near[ok], gap[ok], edge[ok]
+    order = np.lexsort((near, gap))
+    _, first_of_edge = np.unique(edge[order], return_index=True)  # the nearest point per edge
+    candidates = order[np.sort(first_of_edge)]
+    lines = [_line(here, vx.points[i]) for i in near[candidates]]
+    if not lines:
+        return None
+    probs = np.nan_to_num(sample(np.rint(np.vstack(lines))), nan=-1.0).astype(np.float32)
+    offsets = np.cumsum([0] + [len(line) for line in lines])
+    for k, c in enumerate(candidates):
+        line_probs = probs[offsets[k] : offsets[k + 1]]
+        if np.all(line_probs >= settings.bridge_min_prob):
+            i = int(near[c])
+            j, e = int(vx.index[i]), int(vx.owner[i])
+            on_node = j in (0, len(vx.edges[e][3]["path"]) - 1)
+            target = tuple(float(x) for x in vx.points[i])
+            return _Bridge(
+                float(gap[c]), end, target, -1 if on_node else e, j, lines[k], line_probs
+            )
+    return None
 
 
 def _line(a: np.ndarray, b: np.ndarray) -> np.ndarray:
