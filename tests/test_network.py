@@ -180,7 +180,10 @@ def test_float_raster_of_another_tool(tmp_path):
 def test_unscaled_byte_raster_is_refused(tmp_path, capsys):
     prob = draw((64, 64), [(32, 2, 32, 62, 1.0)]) * 255
     path = raster.write_geotiff(
-        tmp_path / "bytes.tif", prob.astype(np.uint8), crs=UTM, transform=Affine(1, 0, 0, 0, -1, 0)
+        tmp_path / "bytes.tif",
+        prob.astype(np.uint8),
+        crs=UTM,
+        transform=Affine(1, 0, 500000.0, 0, -1, 5400000.0),
     )
     with pytest.raises(NetworkError, match="gdal_edit.py -scale"):
         build_network(path, NetworkParams(**SMALL), threshold=0.5)
