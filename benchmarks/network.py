@@ -92,11 +92,13 @@ def child(prob: Path, out: Path) -> None:
     network = build_network(prob, NetworkParams())
     write_network(network, out, NetworkParams().simplify_m, overwrite=True)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak = usage.ru_maxrss * 1024
     print(
         json.dumps(
             {
                 "wall_s": wall,
+                "cpu_s": usage.ru_utime + usage.ru_stime,  # the compile included
                 "skan_compile_s": compile_s,
                 "timings": network.timings,
                 "edges": network.graph.number_of_edges(),
@@ -108,7 +110,9 @@ def child(prob: Path, out: Path) -> None:
 
 
 def size_rows(sizes: list[int], folder: Path) -> None:
-    print(f"{'size':>7} {'build s':>8} {'Mpix/s':>7} {'edges':>7} {'peak RSS':>9}  phases")
+    print(
+        f"{'size':>7} {'build s':>8} {'Mpix/s':>7} {'CPU s':>7} {'edges':>7} {'peak RSS':>9}  phases"
+    )
     for size in sizes:
         prob = make_input(folder / f"prob_{size}.tif", size)
         cmd = [sys.executable, __file__, "--child", str(prob), str(folder / f"net_{size}.gpkg")]
@@ -116,6 +120,7 @@ def size_rows(sizes: list[int], folder: Path) -> None:
         phases = ", ".join(f"{k} {v:.1f}" for k, v in out["timings"].items())
         print(
             f"{size:>7} {out['wall_s']:>8.1f} {size * size / 1e6 / out['wall_s']:>7.2f} "
+            f"{out.get('cpu_s', float('nan')):>7.1f} "
             f"{out['edges']:>7} {out['peak_rss_bytes'] / 2**30:>7.2f} GiB  {phases} "
             f"(skan compile {out['skan_compile_s']:.1f} s, once per process)"
         )

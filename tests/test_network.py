@@ -201,3 +201,44 @@ def test_cli_writes_once_and_needs_overwrite(tmp_path, capsys, monkeypatch):
     assert main(["network", "p.tif", "-o", "n.gpkg"]) == 2
     assert "exists" in capsys.readouterr().err
     assert main(["network", "p.tif", "-o", "n.gpkg", "--overwrite", "--no-repair"]) == 0
+
+
+def test_empty_raster_gives_empty_layers(tmp_path):
+    path = write_prob(tmp_path / "p.tif", np.zeros((80, 80), np.float32))
+    edges, nodes = layers(network_raster(path, tmp_path / "n.gpkg", NetworkParams(**SMALL)))
+    assert len(edges) == 0 and len(nodes) == 0
+    assert {"edge_id", "u", "v", "length_m", "mean_prob", "min_prob"} <= set(edges.columns)
+
+
+def test_predict_batch_places_network_files(tmp_path):
+    from pipeline.predict_batch import batch_targets
+
+    (tmp_path / "nets").mkdir()
+    targets = batch_targets([tmp_path / "a.tif", tmp_path / "b.tif"], network=tmp_path / "nets")
+    assert [t.network for t in targets] == [
+        tmp_path / "nets" / "a_roads_network.gpkg",
+        tmp_path / "nets" / "b_roads_network.gpkg",
+    ]
+    with pytest.raises(ValueError, match="--network must be an existing folder"):
+        batch_targets([tmp_path / "a.tif", tmp_path / "b.tif"], network=tmp_path / "n.gpkg")
+
+
+@pytest.mark.slow
+def test_predict_writes_the_network_with_the_models_threshold(tmp_path, scenes_dir, monkeypatch):
+    from pipeline.model import ModelConfig, build_unet, save_model
+
+    monkeypatch.chdir(tmp_path)  # no params.yaml: defaults
+    cfg = ModelConfig(
+        encoder="resnet18", bands=["red", "green", "blue", "nir"], mean=[120.0] * 4,
+        std=[50.0] * 4, chip_size=64, threshold=0.5,
+    )  # fmt: skip
+    model = save_model(build_unet(cfg), cfg, tmp_path / "model")
+    image = scenes_dir / "s1.tif"
+    args = ["predict", str(image), "--model", str(model), "-o", "p.tif", "--window", "64"]
+    args += ["--overlap", "16"]
+    assert main([*args, "--workers", "1", "-q", "--network", "net.gpkg"]) == 0
+    edges, nodes = layers(tmp_path / "net.gpkg")
+    assert edges.crs == pyproj.CRS(UTM) and nodes.crs == pyproj.CRS(UTM)
+    assert set(edges.u) | set(edges.v) <= set(nodes.node_id)
+    assert raster.raster_tags(tmp_path / "p.tif")["threshold"] == "0.5"
+    assert main([*args, "--workers", "1", "-q", "--network", "net.gpkg"]) == 2  # exists
