@@ -217,8 +217,9 @@ def join_pieces(pieces: list[Piece]) -> nx.MultiGraph:
 
 def warm_up() -> None:
     """Compile skan's numba code (~8 s on a quiet 2-core VM, once per process) on a tiny
-    skeleton; predict runs this on a thread while the model works, so that the network step
-    after it costs only its own work."""
+    skeleton and import the GeoPackage writer; predict runs this on a thread while the model
+    works, so that the network step after it costs only its own work."""
+    import geopandas  # noqa: F401  (the writer's import, ~1 s)
     from skan import Skeleton as SkanSkeleton
 
     image = np.zeros((8, 8), bool)

@@ -242,3 +242,26 @@ def test_predict_writes_the_network_with_the_models_threshold(tmp_path, scenes_d
     assert set(edges.u) | set(edges.v) <= set(nodes.node_id)
     assert raster.raster_tags(tmp_path / "p.tif")["threshold"] == "0.5"
     assert main([*args, "--workers", "1", "-q", "--network", "net.gpkg"]) == 2  # exists
+
+
+def test_loose_end_bridged_onto_an_edge(tmp_path):
+    # a side road fades to probability 0.3 over the 12 m before the main road (a tree)
+    prob = draw((160, 200), [(40, 5, 40, 195, 0.9), (40, 100, 150, 100, 0.3)])
+    prob = np.maximum(prob, draw((160, 200), [(54, 100, 150, 100, 0.9)]))
+    path = write_prob(tmp_path / "p.tif", prob)
+    edges, nodes = network_frames(build_network(path, NetworkParams(**SMALL)), 1.0)
+    assert sorted(nodes.degree) == [1, 1, 1, 3]  # a T junction on the main road
+    assert len(edges) == 3
+    _, raw = network_frames(build_network(path, NetworkParams(**SMALL, repair=False)), 1.0)
+    assert sorted(raw.degree) == [1, 1, 1, 1]
+
+
+def test_junction_cluster_merged_into_one_node(tmp_path):
+    # two side roads meet the main road 3 m apart, from either side: one crossing
+    roads = [(60, 5, 60, 195, 0.9), (5, 99, 60, 99, 0.9), (60, 102, 115, 102, 0.9)]
+    path = write_prob(tmp_path / "p.tif", draw((120, 200), roads))
+    _, nodes = network_frames(build_network(path, NetworkParams(**SMALL)), 1.0)
+    assert sorted(nodes.degree) == [1, 1, 1, 1, 4]
+    params = NetworkParams(**SMALL, junction_merge_m=0, spur_min_m=0)
+    _, raw = network_frames(build_network(path, params), 1.0)
+    assert sorted(raw.degree) == [1, 1, 1, 1, 3, 3]
