@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,14 +78,10 @@ def _blocks(height: int, width: int, size: int) -> Iterator[tuple[int, int, int,
 class Skeleton:
     """Skeleton pixels of the whole raster, sorted row-major, with their probability."""
 
-    rows: np.ndarray  # int64
+    rows: np.ndarray  # int32
     cols: np.ndarray
     probs: np.ndarray  # float32
     width: int
-
-    @property
-    def keys(self) -> np.ndarray:
-        return self.rows * self.width + self.cols
 
     def window(self, r0: int, c0: int, r1: int, c1: int) -> tuple[np.ndarray, ...]:
         """Rows, cols and probabilities of the pixels in rows r0..r1-1, cols c0..c1-1."""
@@ -135,10 +131,10 @@ def skeleton_of(path: Path, threshold: float, params: NetworkParams) -> Skeleton
                 rows, cols = np.nonzero(skel)
                 values = prob[rows + tr0 + halo, cols + tc0 + halo]
                 found.append((rows + tr0 + r0, cols + tc0 + c0, values))
-    rows = np.concatenate([f[0] for f in found]).astype(np.int64)
-    cols = np.concatenate([f[1] for f in found]).astype(np.int64)
+    rows = np.concatenate([f[0] for f in found]).astype(np.int32)
+    cols = np.concatenate([f[1] for f in found]).astype(np.int32)
     probs = np.concatenate([f[2] for f in found]).astype(np.float32)
-    order = np.argsort(rows * info.width + cols, kind="stable")
+    order = np.argsort(rows.astype(np.int64) * info.width + cols, kind="stable")
     return Skeleton(rows[order], cols[order], probs[order], info.width)
 
 
@@ -171,12 +167,13 @@ def trace_block(
     vr1, vc1 = min(shape[0], r1 + margin), min(shape[1], c1 + margin)
     rows, cols, probs = skeleton.window(vr0, vc0, vr1, vc1)
     image = np.zeros((vr1 - vr0, vc1 - vc0), bool)
-    image[rows - vr0, cols - vc0] = True
-    _drop_isolated(image, rows - vr0, cols - vc0)
+    rows, cols = rows.astype(np.int64) - vr0, cols.astype(np.int64) - vc0
+    image[rows, cols] = True
+    _drop_isolated(image, rows, cols)
     if not image.any():
         return []
     prob_image = np.zeros(image.shape, np.float32)
-    prob_image[rows - vr0, cols - vc0] = probs
+    prob_image[rows, cols] = probs
     skan = SkanSkeleton(image)
     coords = np.asarray(skan.coordinates).astype(np.int64)
     pieces: list[Piece] = []
@@ -203,7 +200,7 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
 
 
 # ------------------------------------------------------------------------------ 3. join
-def join_pieces(pieces: list[Piece]) -> nx.MultiGraph:
+def join_pieces(pieces: Iterable[Piece]) -> nx.MultiGraph:
     """One graph from every block's pieces: nodes at pixels, degree-two nodes merged."""
     graph = nx.MultiGraph()
     for path, probs in pieces:
@@ -263,13 +260,15 @@ def build_network(
     t0 = time.perf_counter()
     skeleton = skeleton_of(path, threshold, params)
     t1 = time.perf_counter()
-    pieces: list[Piece] = []
-    for block in _blocks(info.height, info.width, params.block_size):
-        pieces.extend(
-            trace_block(skeleton, block, params.seam_margin_px, (info.height, info.width))
-        )
-    graph = join_pieces(pieces)
-    del pieces, skeleton
+    shape = (info.height, info.width)
+    blocks = _blocks(info.height, info.width, params.block_size)
+    # pieces go into the graph block by block: never all of them at once beside it
+    graph = join_pieces(
+        piece
+        for block in blocks
+        for piece in trace_block(skeleton, block, params.seam_margin_px, shape)
+    )
+    del skeleton
     t2 = time.perf_counter()
     scale = metres_per_pixel(info)
     if params.repair:

@@ -202,7 +202,7 @@ def bridge_gaps(
     if not ends:
         return
     edges = sorted_edges(graph)
-    vertices = _Vertices(edges, scale)
+    vertices = _Vertices(edges, scale, np.array(ends) * scale, settings.bridge_max_m)
     for (_, _, _, data), length in zip(edges, vertices.length, strict=True):
         data["length_m"] = float(length)  # Dijkstra's weight
     found = (_best_bridge(graph, end, vertices, scale, settings, sample) for end in ends)
@@ -228,17 +228,25 @@ def bridge_gaps(
 class _Vertices:
     """Every path point of every edge, with its edge, index and distance along the edge."""
 
-    def __init__(self, edges: list, scale: tuple[float, float]) -> None:
+    def __init__(
+        self, edges: list, scale: tuple[float, float], ends_m: np.ndarray, radius_m: float
+    ) -> None:
         self.edges = edges
         paths = [d["path"] for _, _, _, d in edges]
-        self.points = np.vstack(paths)
-        self.owner = np.concatenate([np.full(len(p), e) for e, p in enumerate(paths)])
-        self.index = np.concatenate([np.arange(len(p)) for p in paths])
         steps = [np.hypot(*(np.diff(p, axis=0) * scale).T) for p in paths]
-        self.along = np.concatenate([np.concatenate([[0.0], np.cumsum(s)]) for s in steps])
         self.length = np.array([float(s.sum()) for s in steps])
         self.first = [d["start"] for _, _, _, d in edges]
         self.last = [tuple(p[-1]) for p in paths]
+        # only the points that some loose end could reach are kept (memory)
+        reach = cKDTree(ends_m)
+        near = [
+            np.isfinite(reach.query(p * scale, distance_upper_bound=radius_m)[0]) for p in paths
+        ]
+        self.points = np.vstack([p[k] for p, k in zip(paths, near, strict=True)])
+        self.owner = np.concatenate([np.full(k.sum(), e) for e, k in enumerate(near)])
+        self.index = np.concatenate([np.flatnonzero(k) for k in near])
+        along = [np.concatenate([[0.0], np.cumsum(s)]) for s in steps]
+        self.along = np.concatenate([a[k] for a, k in zip(along, near, strict=True)])
         self.tree = cKDTree(self.points * scale)
 
 
