@@ -333,6 +333,12 @@ class NetworkParams(_Section):
         description="Bridge only where the network path between the two points is at least this "
         "many times the gap (or missing): no shortcuts along the same road",
     )
+    extend_ends_m: float = Field(
+        10.0,
+        ge=0,
+        description="Dead ends are carried on along their direction, up to this far, while the "
+        "probability stays above the threshold (thinning stops short of a road's end)",
+    )
     simplify_m: float = Field(1.0, ge=0, description="Douglas-Peucker tolerance of the edges")
 
     @model_validator(mode="after")

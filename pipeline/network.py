@@ -279,6 +279,8 @@ def build_network(
             params.bridge_max_m,
             params.bridge_min_prob,
             params.bridge_min_detour,
+            params.extend_ends_m,
+            threshold,
         )
         with raster.open_reader(path) as reader:
             repair(graph, scale, settings, _sampler(reader, raster.band_scaling(path)))

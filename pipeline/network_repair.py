@@ -30,6 +30,8 @@ class RepairSettings:
     bridge_max_m: float
     bridge_min_prob: float
     bridge_min_detour: float
+    extend_ends_m: float = 0.0
+    threshold: float = 0.5
 
 
 # ------------------------------------------------------------------------------------- basics
@@ -111,6 +113,8 @@ def repair(
         contract(graph)
     prune_spurs(graph, scale, settings.spur_min_m)
     drop_small_components(graph, scale, settings.min_component_m)
+    if settings.extend_ends_m > 0:
+        extend_ends(graph, scale, settings.extend_ends_m, settings.threshold, sample)
 
 
 def merge_junctions(graph: nx.MultiGraph, scale: tuple[float, float], distance_m: float) -> None:
@@ -177,6 +181,53 @@ def drop_small_components(graph: nx.MultiGraph, scale: tuple[float, float], min_
         total = sum(path_length(d["path"], scale) for _, _, d in sub.edges(data=True))
         if total < min_m:
             graph.remove_nodes_from(nodes)
+
+
+def extend_ends(
+    graph: nx.MultiGraph,
+    scale: tuple[float, float],
+    max_m: float,
+    threshold: float,
+    sample: Sampler,
+) -> None:
+    """Carry each dead end on, in the direction of its last ``max_m``, for as long as the
+    probability stays at or above ``threshold``, at most ``max_m``: thinning stops a road's
+    centreline about half a road width short of where the road ends (the raster's edge, the
+    edge of the data, a cul-de-sac)."""
+    for end in sorted(n for n in graph.nodes if graph.degree(n) == 1):
+        ((_, other, key, data),) = graph.edges(end, keys=True, data=True)
+        path, probs = oriented(data, other)  # runs into the end
+        back = _point_back(path, scale, max_m)
+        direction = (path[-1] - back) * scale
+        norm = float(np.hypot(*direction))
+        if norm == 0:
+            continue
+        step = direction / norm / scale  # one metre, in pixels
+        count = int(max_m)
+        ahead = path[-1] + np.arange(1, count + 1)[:, None] * step
+        values = np.nan_to_num(sample(np.rint(ahead)), nan=-1.0)
+        keep = int(np.argmin(values >= threshold)) if (values < threshold).any() else count
+        if keep == 0:
+            continue
+        new_end = tuple(float(v) for v in ahead[keep - 1])
+        if new_end in graph:
+            continue
+        graph.remove_edge(end, other, key)
+        graph.remove_node(end)
+        add_edge(
+            graph,
+            other,
+            new_end,
+            np.vstack([path, ahead[:keep]]),
+            np.concatenate([probs, values[:keep].astype(np.float32)]),
+        )
+
+
+def _point_back(path: np.ndarray, scale: tuple[float, float], distance_m: float) -> np.ndarray:
+    """The path point about ``distance_m`` back from its last point (or its first point)."""
+    steps = np.hypot(*(np.diff(path[::-1], axis=0) * scale).T)
+    far = np.flatnonzero(np.cumsum(steps) >= distance_m)
+    return path[::-1][far[0] + 1] if len(far) else path[0]
 
 
 # ----------------------------------------------------------------------------------- bridging
