@@ -299,6 +299,12 @@ class NetworkParams(_Section):
     skeleton_halo_px: int = Field(
         64, ge=8, description="Context around each skeleton tile (more than half the widest road)"
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Dask worker processes that thin and trace blocks (1: in this process); "
+        "the network is the same for any number",
+    )
     seam_margin_px: int = Field(
         32, ge=4, description="Skeleton seen beyond a block's edges when it is traced (seam joins)"
     )

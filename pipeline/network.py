@@ -23,16 +23,18 @@ the length of road, not with the raster's area).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 import numpy as np
 
-from pipeline import raster
+from pipeline import parallel, raster
 from pipeline.atomic import refuse_existing
 from pipeline.config import NetworkParams
 from pipeline.network_io import RoadNetwork, write_network
@@ -102,35 +104,64 @@ def _check_range(prob: np.ndarray, path: Path) -> None:
         )
 
 
-def skeleton_of(path: Path, threshold: float, params: NetworkParams) -> Skeleton:
-    """Skeleton pixels of ``probability >= threshold`` (see the module docstring, step 1).
+@dataclass(frozen=True)
+class _BlockJob:
+    """What a worker needs to thin one block (it travels to Dask workers)."""
 
-    Holes in the mask up to ``hole_max_m2`` are filled first: a speckle inside a road would
-    become a loop of skeleton."""
+    path: str
+    threshold: float
+    hole_px: int
+    tile: int
+    halo: int
+
+
+def skeleton_block(job: _BlockJob, block: tuple[int, int, int, int]) -> tuple[np.ndarray, ...]:
+    """Rows, cols and probabilities of one block's skeleton pixels (module docstring, step 1).
+
+    Holes in the mask up to ``hole_px`` are filled first: a speckle inside a road would become
+    a loop of skeleton."""
     from skimage.morphology import remove_small_holes, skeletonize
 
+    r0, c0, r1, c1 = block
+    halo = job.halo
+    with raster.gdal_cache_limit(), raster.open_reader(job.path) as reader:
+        scaling = raster.band_scaling(job.path)
+        prob = raster.read_scaled(
+            reader, scaling, c0 - halo, r0 - halo, c1 - c0 + 2 * halo, r1 - r0 + 2 * halo
+        )
+    _check_range(prob, Path(job.path))
+    with np.errstate(invalid="ignore"):
+        mask = prob >= job.threshold
+    found = []
+    for tr0, tc0, tr1, tc1 in _blocks(r1 - r0, c1 - c0, job.tile):
+        sub = mask[tr0 : tr1 + 2 * halo, tc0 : tc1 + 2 * halo]
+        if job.hole_px > 0:
+            sub = remove_small_holes(sub, max_size=job.hole_px)
+        skel = skeletonize(sub)[halo : halo + tr1 - tr0, halo : halo + tc1 - tc0]
+        rows, cols = np.nonzero(skel)
+        found.append((rows + tr0 + r0, cols + tc0 + c0, prob[rows + tr0 + halo, cols + tc0 + halo]))
+    return tuple(np.concatenate([f[k] for f in found]) for k in range(3))
+
+
+def skeleton_of(
+    path: Path, threshold: float, params: NetworkParams, client: Any = None
+) -> Skeleton:
+    """Skeleton pixels of the whole raster, block by block (on ``client``'s cluster if given)."""
     info = raster.raster_info(path)
-    scaling = raster.band_scaling(path)
     my, mx = metres_per_pixel(info)
-    hole_px = int(params.hole_max_m2 / (my * mx))
-    tile, halo = params.skeleton_tile, params.skeleton_halo_px
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    with raster.gdal_cache_limit(), raster.open_reader(path) as reader:
-        for r0, c0, r1, c1 in _blocks(info.height, info.width, params.block_size):
-            prob = raster.read_scaled(
-                reader, scaling, c0 - halo, r0 - halo, c1 - c0 + 2 * halo, r1 - r0 + 2 * halo
-            )
-            _check_range(prob, path)
-            with np.errstate(invalid="ignore"):
-                mask = prob >= threshold
-            for tr0, tc0, tr1, tc1 in _blocks(r1 - r0, c1 - c0, tile):
-                sub = mask[tr0 : tr1 + 2 * halo, tc0 : tc1 + 2 * halo]
-                if hole_px > 0:
-                    sub = remove_small_holes(sub, max_size=hole_px)
-                skel = skeletonize(sub)[halo : halo + tr1 - tr0, halo : halo + tc1 - tc0]
-                rows, cols = np.nonzero(skel)
-                values = prob[rows + tr0 + halo, cols + tc0 + halo]
-                found.append((rows + tr0 + r0, cols + tc0 + c0, values))
+    job = _BlockJob(
+        str(path),
+        threshold,
+        int(params.hole_max_m2 / (my * mx)),
+        params.skeleton_tile,
+        params.skeleton_halo_px,
+    )
+    blocks = _blocks(info.height, info.width, params.block_size)
+    found = list(
+        parallel.map_ordered(
+            skeleton_block, ((job, b) for b in blocks), workers=1, client=client, progress=False
+        )
+    )
     rows = np.concatenate([f[0] for f in found]).astype(np.int32)
     cols = np.concatenate([f[1] for f in found]).astype(np.int32)
     probs = np.concatenate([f[2] for f in found]).astype(np.float32)
@@ -156,24 +187,43 @@ def _drop_isolated(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> Non
     image[rows[lonely], cols[lonely]] = False
 
 
-def trace_block(
-    skeleton: Skeleton, block: tuple[int, int, int, int], margin: int, shape: tuple[int, int]
-) -> list[Piece]:
-    """The pieces of skeleton path whose pixel steps this block owns (module docstring, 2)."""
-    from skan import Skeleton as SkanSkeleton
+@dataclass(frozen=True)
+class _View:
+    """A block and the skeleton pixels around it (it travels to Dask workers)."""
 
+    block: tuple[int, int, int, int]
+    origin: tuple[int, int]
+    shape: tuple[int, int]
+    rows: np.ndarray  # relative to origin
+    cols: np.ndarray
+    probs: np.ndarray
+
+
+def block_view(
+    skeleton: Skeleton, block: tuple[int, int, int, int], margin: int, shape: tuple[int, int]
+) -> _View:
+    """The block with ``margin`` pixels of skeleton around it, cut at the raster's edges."""
     r0, c0, r1, c1 = block
     vr0, vc0 = max(0, r0 - margin), max(0, c0 - margin)
     vr1, vc1 = min(shape[0], r1 + margin), min(shape[1], c1 + margin)
     rows, cols, probs = skeleton.window(vr0, vc0, vr1, vc1)
-    image = np.zeros((vr1 - vr0, vc1 - vc0), bool)
-    rows, cols = rows.astype(np.int64) - vr0, cols.astype(np.int64) - vc0
+    return _View(block, (vr0, vc0), (vr1 - vr0, vc1 - vc0), rows - vr0, cols - vc0, probs)
+
+
+def trace_block(view: _View) -> list[Piece]:
+    """The pieces of skeleton path whose pixel steps this block owns (module docstring, 2)."""
+    from skan import Skeleton as SkanSkeleton
+
+    r0, c0, r1, c1 = view.block
+    vr0, vc0 = view.origin
+    rows, cols = view.rows.astype(np.int64), view.cols.astype(np.int64)
+    image = np.zeros(view.shape, bool)
     image[rows, cols] = True
     _drop_isolated(image, rows, cols)
     if not image.any():
         return []
     prob_image = np.zeros(image.shape, np.float32)
-    prob_image[rows, cols] = probs
+    prob_image[rows, cols] = view.probs
     skan = SkanSkeleton(image)
     coords = np.asarray(skan.coordinates).astype(np.int64)
     pieces: list[Piece] = []
@@ -258,17 +308,21 @@ def build_network(
         )
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    skeleton = skeleton_of(path, threshold, params)
-    t1 = time.perf_counter()
-    shape = (info.height, info.width)
-    blocks = _blocks(info.height, info.width, params.block_size)
-    # pieces go into the graph block by block: never all of them at once beside it
-    graph = join_pieces(
-        piece
-        for block in blocks
-        for piece in trace_block(skeleton, block, params.seam_margin_px, shape)
-    )
-    del skeleton
+    with contextlib.ExitStack() as stack:
+        client = None
+        if params.workers > 1:
+            client = stack.enter_context(parallel.local_cluster(params.workers, "cpu"))
+        skeleton = skeleton_of(path, threshold, params, client)
+        t1 = time.perf_counter()
+        shape = (info.height, info.width)
+        views = (
+            (block_view(skeleton, block, params.seam_margin_px, shape),)
+            for block in _blocks(info.height, info.width, params.block_size)
+        )
+        traced = parallel.map_ordered(trace_block, views, workers=1, client=client, progress=False)
+        # pieces go into the graph block by block, in block order: never all of them at once
+        graph = join_pieces(piece for pieces in traced for piece in pieces)
+        del skeleton
     t2 = time.perf_counter()
     scale = metres_per_pixel(info)
     if params.repair:

@@ -144,6 +144,17 @@ def test_same_network_whatever_the_block_size(tmp_path, repair):
         assert _signature(path, repair=repair, block_size=block) == whole
 
 
+@pytest.mark.slow
+def test_same_network_whatever_the_worker_count(tmp_path):
+    rng = np.random.default_rng(2)
+    roads = [(*rng.uniform(0, 300, 4), rng.uniform(0.55, 1.0)) for _ in range(10)]
+    path = write_prob(tmp_path / "p.tif", draw((300, 300), roads, width=5))
+    serial = _signature(path, block_size=96)
+    assert len(serial[0]) > 10
+    assert _signature(path, block_size=96, workers=2) == serial
+    assert _signature(path, block_size=160, workers=2) == serial
+
+
 def test_geographic_raster_lengths_in_metres(tmp_path):
     res = 1e-5  # degrees: ~1.11 m north-south, ~0.74 m east-west at 48 N
     transform = Affine(res, 0, 7.0, 0, -res, 48.0)
