@@ -318,7 +318,7 @@ class NetworkParams(_Section):
         6.0, ge=0, description="Junction nodes closer than this become one node"
     )
     spur_min_m: float = Field(
-        12.0, ge=0, description="Dead ends shorter than this, off a junction, are pruned"
+        20.0, ge=0, description="Dead ends shorter than this, off a junction, are pruned"
     )
     min_component_m: float = Field(
         25.0, ge=0, description="Pieces of network shorter than this in all are dropped"
