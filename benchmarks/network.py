@@ -10,6 +10,9 @@ Usage::
     # and what building the network adds to predict's wall time
     python benchmarks/network.py --sizes '' --model models/release \\
         --scene data/scenes/heldout.tif --roads data/scenes/heldout.roads.gpkg
+    # no model: the scene's roads as a perfect mask and as a degraded one (seeded)
+    python benchmarks/network.py --sizes '' --simulate \\
+        --scene data/scenes/heldout.tif --roads data/scenes/heldout.roads.gpkg
 
 Peak memory is the child process's maximum resident set size (``ru_maxrss``): one block of
 pixels, the skeleton pixels and the network. The synthetic roads: a curved grid every 160 px
@@ -177,6 +180,48 @@ def model_rows(model: Path, scene: Path, roads: Path, folder: Path) -> None:
     )
 
 
+def simulated_rows(scene: Path, roads: Path, folder: Path, seed: int = 0) -> None:
+    """Without a model: the scene's road vectors burned at their widths (a perfect mask),
+    and a degraded copy (blurred, 40 occlusions of 5 m radius at probability 0.25, noise,
+    blobs of false alarms); each scored repaired and raw against the same vectors."""
+    import geopandas as gpd
+    from scipy import ndimage as ndi
+
+    from pipeline.config import SceneSource
+    from pipeline.network_eval import score_scene_network
+
+    info = raster.raster_info(scene)
+    lines = gpd.read_file(roads).to_crs(info.crs.to_wkt())
+    widths = lines["width_m"] if "width_m" in lines else [4.0] * len(lines)
+    polygons = [g.buffer(w / 2) for g, w in zip(lines.geometry, widths, strict=True)]
+    road = raster.burn_geometries(polygons, info.transform, (info.height, info.width)) > 0
+    valid = raster.read_valid_mask(scene)
+    rng = np.random.default_rng(seed)
+    degraded = ndi.gaussian_filter(np.where(road, 0.85, 0.03), 1.5)
+    yy, xx = np.mgrid[0 : info.height, 0 : info.width]
+    rows, cols = np.nonzero(road)
+    for i in rng.choice(len(rows), 40, replace=False):
+        disc = (yy - rows[i]) ** 2 + (xx - cols[i]) ** 2 <= 25
+        degraded[disc] = np.minimum(degraded[disc], 0.25)
+    degraded += rng.normal(0, 0.08, degraded.shape)
+    blobs = ndi.gaussian_filter(rng.random(degraded.shape), 4) > 0.535
+    degraded = np.where(blobs, np.maximum(degraded, 0.7), degraded)
+    source = SceneSource(name=scene.stem, image=scene, roads=roads, split="test")
+    for name, prob in (("perfect mask", np.where(road, 0.9, 0.02)), ("degraded", degraded)):
+        prob = np.clip(prob, 0, 1).astype(np.float32)
+        prob[~valid] = np.nan
+        path = raster.write_geotiff(
+            folder / "sim.tif", prob, crs=info.crs, transform=info.transform, nodata=float("nan")
+        )
+        s = score_scene_network(source, path, NetworkParams(), 0.5)
+        print(
+            f"{name}: APLS repaired {s['apls']:.3f} (gt->prop {s['apls_gt_onto_prop']:.3f}, "
+            f"prop->gt {s['apls_prop_onto_gt']:.3f}), raw skeleton {s['apls_raw']:.3f}; "
+            f"TOPO F1 {s['topo_f1']:.3f} (precision {s['topo_precision']:.3f}, "
+            f"recall {s['topo_recall']:.3f})"
+        )
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         child(Path(sys.argv[2]), Path(sys.argv[3]))
@@ -186,6 +231,11 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="a trained model folder")
     ap.add_argument("--scene", type=Path, help="a held-out scene (image)")
     ap.add_argument("--roads", type=Path, help="its road vectors")
+    ap.add_argument(
+        "--simulate",
+        action="store_true",
+        help="without a model: score the scene's roads as a perfect and a degraded mask",
+    )
     ap.add_argument("--workdir", type=Path, help="where the inputs go (default: a temp folder)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="roadseg-network-bench-") as tmp:
@@ -196,6 +246,8 @@ def main() -> None:
             size_rows(sizes, folder)
         if args.model:
             model_rows(args.model, args.scene, args.roads, folder)
+        if args.simulate:
+            simulated_rows(args.scene, args.roads, folder)
 
 
 if __name__ == "__main__":
