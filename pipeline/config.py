@@ -326,12 +326,12 @@ class NetworkParams(_Section):
     bridge_max_m: float = Field(
         25.0, ge=0, description="Loose ends are joined across gaps up to this long (0: off)"
     )
-    bridge_min_prob: float = Field(
-        0.1,
+    bridge_min_fraction: float = Field(
+        0.2,
         ge=0,
         lt=1,
         description="A gap is bridged only if the probability along the straight line stays at "
-        "or above this (a road under a tree or shadow); below the threshold",
+        "or above this fraction of the threshold (a road under a tree or shadow): 0.1 at 0.5",
     )
     bridge_min_detour: float = Field(
         3.0,

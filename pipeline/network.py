@@ -301,11 +301,6 @@ def build_network(
     path = Path(path)
     info = raster.raster_info(path)
     threshold = resolve_threshold(path, threshold if threshold is not None else params.threshold)
-    if params.bridge_min_prob >= threshold and params.repair and params.bridge_max_m > 0:
-        raise NetworkError(
-            f"network.bridge_min_prob {params.bridge_min_prob:g} must be below the threshold "
-            f"{threshold:g}: it is the lower bar a gap in the road must pass"
-        )
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -331,7 +326,7 @@ def build_network(
             params.spur_min_m,
             params.min_component_m,
             params.bridge_max_m,
-            params.bridge_min_prob,
+            params.bridge_min_fraction * threshold,
             params.bridge_min_detour,
             params.extend_ends_m,
             threshold,
