@@ -332,22 +332,41 @@ def build_network(
             threshold,
         )
         with raster.open_reader(path) as reader:
-            repair(graph, scale, settings, _sampler(reader, raster.band_scaling(path)))
+            repair(graph, scale, settings, _Sampler(reader, raster.band_scaling(path)))
     timings.update(skeleton=t1 - t0, trace_join=t2 - t1, repair=time.perf_counter() - t2)
     return RoadNetwork(graph, info, scale, threshold, timings)
 
 
-def _sampler(reader: raster.WindowReader, scaling: raster.BandScaling):
-    """Probability at integer (row, col) points, read as one window around them."""
+class _Sampler:
+    """Probability at integer (row, col) points, read in tiles of ``TILE`` pixels kept in a
+    small cache (repair samples loose ends in row-major order: neighbours share tiles)."""
 
-    def sample(points: np.ndarray) -> np.ndarray:
+    TILE = 256
+    KEEP = 64  # tiles held: 16 MiB
+
+    def __init__(self, reader: raster.WindowReader, scaling: raster.BandScaling) -> None:
+        self.reader, self.scaling = reader, scaling
+        self.tiles: dict[tuple[int, int], np.ndarray] = {}
+
+    def _tile(self, key: tuple[int, int]) -> np.ndarray:
+        if key not in self.tiles:
+            if len(self.tiles) >= self.KEEP:
+                self.tiles.pop(next(iter(self.tiles)))
+            r0, c0 = key[0] * self.TILE, key[1] * self.TILE
+            self.tiles[key] = raster.read_scaled(
+                self.reader, self.scaling, c0, r0, self.TILE, self.TILE
+            )
+        return self.tiles[key]
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
         pts = points.astype(np.int64)
-        r0, c0 = pts.min(axis=0)
-        r1, c1 = pts.max(axis=0) + 1
-        window = raster.read_scaled(reader, scaling, int(c0), int(r0), int(c1 - c0), int(r1 - r0))
-        return window[pts[:, 0] - r0, pts[:, 1] - c0]
-
-    return sample
+        keys = pts // self.TILE
+        out = np.empty(len(pts), np.float32)
+        for key in {tuple(k) for k in keys.tolist()}:
+            sel = (keys[:, 0] == key[0]) & (keys[:, 1] == key[1])
+            tile = self._tile(key)
+            out[sel] = tile[pts[sel, 0] - key[0] * self.TILE, pts[sel, 1] - key[1] * self.TILE]
+        return out
 
 
 def network_raster(

@@ -67,9 +67,8 @@ def _fingerprint(data: dict) -> tuple:
 
 def contract(graph: nx.MultiGraph) -> None:
     """Merge the two edges at every node of degree two (not a lone ring's own node)."""
-    for node in sorted(graph.nodes):
-        if node not in graph or graph.degree(node) != 2:
-            continue
+    # merging at a node leaves the degrees of the others as they were
+    for node in sorted(n for n, degree in graph.degree if degree == 2):
         edges = list(graph.edges(node, keys=True, data=True))
         if len(edges) != 2:
             continue  # a self-loop: a ring with nothing else on it
@@ -83,9 +82,9 @@ def contract(graph: nx.MultiGraph) -> None:
 
 def canonical_rings(graph: nx.MultiGraph) -> None:
     """A ring with no other edge starts and ends at its smallest (row, col) point."""
-    for node in sorted(graph.nodes):
+    for node in sorted(n for n, degree in graph.degree if degree == 2):
         edges = list(graph.edges(node, keys=True, data=True))
-        if graph.degree(node) != 2 or len(edges) != 1 or edges[0][1] != node:
+        if len(edges) != 1 or edges[0][1] != node:
             continue
         data = edges[0][3]
         path, probs = data["path"][:-1], data["probs"][:-1]
