@@ -497,9 +497,11 @@ def run_evaluate(
                 from pipeline.network_eval import score_scene_network
 
                 log.info("evaluate: road network of %s", scene.name)
-                network_scores[scene.name] = score_scene_network(
+                scored = score_scene_network(
                     scene, prediction, network, network.threshold or config.threshold
                 )
+                if scored:
+                    network_scores[scene.name] = scored
             prediction.unlink()  # a test scene's probability raster can be large
             if scores[scene.name].sweep.n_true == 0:
                 log.warning(

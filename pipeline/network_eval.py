@@ -10,6 +10,7 @@ settings, and, for reference, the raw skeleton graph (``repair: false``). Both a
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import geopandas as gpd
@@ -22,6 +23,8 @@ from pipeline.graph_metrics import score_networks
 from pipeline.network import build_network
 from pipeline.network_io import network_frames
 from pipeline.road_graph import graph_from_lines, graph_from_network
+
+log = logging.getLogger(__name__)
 
 # metrics evaluate reports for a network, as graph_metrics names them
 NETWORK_METRICS = (
@@ -61,9 +64,15 @@ def score_scene_network(
     threshold: float,
     metrics: GraphMetricsParams | None = None,
 ) -> dict[str, float]:
-    """APLS and TOPO of the repaired network, ``apls_raw`` of the raw skeleton graph."""
+    """APLS and TOPO of the repaired network, ``apls_raw`` of the raw skeleton graph; none
+    (an empty dict, with a warning) when the scene has no road in its valid area."""
     metrics = metrics or GraphMetricsParams()
     truth = truth_network(scene)
+    if truth.number_of_edges() == 0:
+        log.warning(
+            "evaluate: %s has no road vectors in its valid area; no network metrics", scene.name
+        )
+        return {}
     scores = score_networks(truth, proposal_network(prediction, params, threshold), metrics)
     out = {k: float(scores[k]) for k in NETWORK_METRICS}
     raw_params = NetworkParams.model_validate({**params.model_dump(), "repair": False})

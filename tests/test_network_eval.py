@@ -128,3 +128,11 @@ def test_evaluate_reports_network_metrics(tmp_path, monkeypatch):
     logged = MlflowClient(tracking_uri=reg.tracking_uri).get_run(result["mlflow_run_id"])
     assert logged.data.metrics["apls"] == pytest.approx(saved["apls"])
     assert logged.data.metrics["held_out/topo_recall"] == pytest.approx(saved["topo_recall"])
+
+
+def test_scene_without_roads_in_its_valid_area_has_no_network_metrics(tmp_path):
+    scene = _scene(tmp_path)
+    far = LineString([(ORIGIN[0] + 5000, ORIGIN[1]), (ORIGIN[0] + 6000, ORIGIN[1])])
+    gpd.GeoDataFrame(geometry=[far], crs=CRS).to_file(tmp_path / "far.gpkg", driver="GPKG")
+    elsewhere = scene.model_copy(update={"roads": tmp_path / "far.gpkg"})
+    assert score_scene_network(elsewhere, _prediction(tmp_path), PARAMS, 0.5) == {}
