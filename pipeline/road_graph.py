@@ -27,6 +27,7 @@ from typing import Any
 import geopandas as gpd
 import networkx as nx
 import numpy as np
+import pandas as pd
 import pyogrio
 import shapely
 from pyproj import CRS, Transformer
@@ -83,25 +84,49 @@ def read_road_graph(path: str | Path, layer: str | None = None) -> nx.MultiGraph
     lines = _read_layer(path, layer)
     if {"u", "v"} <= set(lines.columns):
         nodes = _read_layer(path, NODES_LAYER) if NODES_LAYER in _all_layers(path) else None
-        return graph_from_network(lines, nodes)
+        return graph_from_network(lines, nodes, f"{path}: layer {layer!r}")
     return graph_from_lines(lines)
 
 
-def graph_from_network(edges: gpd.GeoDataFrame, nodes: gpd.GeoDataFrame | None) -> nx.MultiGraph:
-    """The graph of a network GeoPackage: edges join nodes ``u`` and ``v`` as stored."""
+def graph_from_network(
+    edges: gpd.GeoDataFrame, nodes: gpd.GeoDataFrame | None, source: str = "network"
+) -> nx.MultiGraph:
+    """The graph of a network GeoPackage: edges join nodes ``u`` and ``v`` as stored.
+
+    Raises GraphInputError (naming ``source``) for an edge without integer ends or whose
+    geometry is not one line.
+    """
+    lines = _single_lines(edges.geometry.to_numpy(), source)
+    ends = edges[["u", "v"]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    if not (np.isfinite(ends).all() and (ends == np.round(ends)).all()):
+        raise GraphInputError(
+            f"{source}: the u and v columns of the edges must be integer node ids"
+        )
+    ends = ends.astype(np.int64)
     graph = nx.MultiGraph(crs=edges.crs)
     if nodes is not None and "node_id" in nodes.columns:
         for node_id, point in zip(nodes["node_id"], nodes.geometry, strict=True):
             graph.add_node(int(node_id), x=point.x, y=point.y)
-    attrs = [c for c in edges.columns if c not in ("u", "v", edges.geometry.name)]
-    for row in edges.itertuples(index=False):
-        line = getattr(row, edges.geometry.name)
-        u, v = int(row.u), int(row.v)
+    attrs = edges.drop(columns=["u", "v", edges.geometry.name]).to_dict("records")
+    for (u, v), line, attr in zip(ends.tolist(), lines, attrs, strict=True):
         for node, xy in ((u, line.coords[0]), (v, line.coords[-1])):
             if node not in graph:
                 graph.add_node(node, x=xy[0], y=xy[1])
-        graph.add_edge(u, v, geometry=line, **{a: getattr(row, a) for a in attrs})
+        graph.add_edge(u, v, geometry=line, **attr)
     return graph
+
+
+def _single_lines(geoms: np.ndarray, source: str) -> np.ndarray:
+    """LineStrings (MultiLineStrings that join into one line are joined)."""
+    multi = shapely.get_type_id(geoms) == shapely.GeometryType.MULTILINESTRING
+    geoms = geoms.copy()
+    geoms[multi] = shapely.line_merge(geoms[multi])
+    bad = np.flatnonzero(shapely.get_type_id(geoms) != shapely.GeometryType.LINESTRING)
+    if len(bad):
+        raise GraphInputError(
+            f"{source}: {len(bad)} edges are not one line each (the first is row {bad[0]})"
+        )
+    return geoms
 
 
 def graph_from_lines(lines: gpd.GeoDataFrame) -> nx.MultiGraph:

@@ -215,3 +215,33 @@ def test_an_empty_proposal_scores_zero_and_an_empty_truth_too() -> None:
     empty = nx.MultiGraph(crs=UTM)
     assert set(score_networks(truth, empty).values()) == {0.0}
     assert set(score_networks(empty, truth).values()) == {0.0}
+
+
+@pytest.mark.parametrize(
+    "shift, apls_value, topo_f1",
+    [
+        (3.0, 1.0, 1.0),  # within APLS's 4 m snap and TOPO's 5 m match
+        (4.5, 0.0, 1.0),  # every APLS control point missing; TOPO still matches
+        (6.0, 0.0, 0.0),  # TOPO seeds still find the proposal (11 m), no hole matches
+    ],
+)
+def test_a_shifted_proposal_meets_the_snap_and_match_distances(
+    shift: float, apls_value: float, topo_f1: float
+) -> None:
+    south, north = [(0, 0), (200, 0)], [(0, 100), (200, 100)]
+    moved = [[(x, y + shift) for x, y in road] for road in (south, north)]
+    scores = score_networks(road_graph(south, north), road_graph(*moved), WIDE)
+    assert scores["apls"] == pytest.approx(apls_value)
+    assert scores["topo_f1"] == pytest.approx(topo_f1)
+
+
+def test_a_sample_of_sources_is_seeded() -> None:
+    """Scores from a sample repeat for a seed; a sample of all sources is the full score."""
+    truth = road_graph(*H_ROADS)
+    proposal = road_graph(SOUTH_W, SOUTH_E, NORTH_W, NORTH_E)
+    sample = WIDE.model_copy(update={"apls_max_sources": 4, "topo_max_seeds": 4, "seed": 7})
+    first = score_networks(truth, proposal, sample)
+    assert score_networks(truth, proposal, sample) == first
+    assert first["apls"] != pytest.approx(8 / 15)  # 4 of 11 sources: another estimate
+    everything = WIDE.model_copy(update={"apls_max_sources": 11, "topo_max_seeds": 11})
+    assert score_networks(truth, proposal, everything)["apls"] == pytest.approx(8 / 15)

@@ -10,7 +10,7 @@ import pytest
 import shapely
 
 from pipeline.cli import main
-from pipeline.road_graph import read_road_graph
+from pipeline.road_graph import GraphInputError, read_road_graph
 
 UTM = "EPSG:32633"
 X0, Y0 = 500_000.0, 5_000_000.0
@@ -137,3 +137,28 @@ def test_score_network_help(capsys) -> None:
     for option in ("--json", "--truth-layer", "--proposal-layer", "--max-sources", "APLS"):
         assert option in out
     assert "--params" not in out  # the defaults of GraphMetricsParams, not a params file
+
+
+def test_network_edges_must_be_single_lines_with_integer_ends(tmp_path: Path) -> None:
+    path = write_network(tmp_path / "net.gpkg")
+    edges = gpd.read_file(path, layer="edges")
+    joined = edges.copy()
+    joined.loc[0, "geometry"] = shapely.MultiLineString(
+        [line((0, 0), (50, 0)), line((50, 0), (100, 0))]
+    )
+    joined.to_file(tmp_path / "joined.gpkg", layer="edges")
+    assert read_road_graph(tmp_path / "joined.gpkg").number_of_edges() == 5
+    broken = edges.copy()
+    broken.loc[0, "geometry"] = shapely.MultiLineString(
+        [line((0, 0), (40, 0)), line((50, 0), (100, 0))]
+    )
+    broken.to_file(tmp_path / "broken.gpkg", layer="edges")
+    with pytest.raises(
+        GraphInputError, match=r"broken.gpkg: layer 'edges': 1 edges are not one line"
+    ):
+        read_road_graph(tmp_path / "broken.gpkg")
+    edges.assign(u=edges["u"] + 0.0).to_file(tmp_path / "float.gpkg", layer="edges")
+    assert read_road_graph(tmp_path / "float.gpkg").number_of_edges() == 5
+    edges.assign(u=edges["u"] + 0.5).to_file(tmp_path / "half.gpkg", layer="edges")
+    with pytest.raises(GraphInputError, match="half.gpkg: layer 'edges': the u and v columns"):
+        read_road_graph(tmp_path / "half.gpkg")
