@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline.config import (
     PRECISIONS,
     ConfigError,
+    NetworkParams,
     Params,
     PredictParams,
     RegisterParams,
@@ -149,7 +150,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(p.train.out_dir, staging)
     try:
-        metrics = run_evaluate(p.evaluate, p.data, p.tile, staging, p.register)
+        metrics = run_evaluate(p.evaluate, p.data, p.tile, staging, p.register, p.network)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -184,7 +185,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     images = [resolve_input(i, args.asset) for i in args.image]  # STAC items, /vsicurl/ paths
     predict_batch(
-        batch_targets(images, args.output, args.vectors, args.stac_item),
+        batch_targets(images, args.output, args.vectors, args.stac_item, args.network),
         scheduler=args.scheduler,
         workers=d.workers if args.workers is None else args.workers,
         device=args.device or d.device,
@@ -202,6 +203,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         tta=args.tta,
         vector_min_spur_m=d.vector_min_spur_m,
         vector_simplify_m=d.vector_simplify_m,
+        network_params=p.network if p else NetworkParams(),
         dtype=args.dtype,
         tracking_default=reg.tracking_uri,
         progress=not args.quiet,
@@ -226,6 +228,29 @@ def cmd_export(args: argparse.Namespace) -> None:
         tracking_default=reg.tracking_uri,
     )
     print(f"wrote {out} (ONNX opset {OPSET}, metadata for the QGIS Deepness plugin)")
+
+
+def cmd_network(args: argparse.Namespace) -> None:
+    from pipeline.network import network_raster
+
+    # like predict, works without a params.yaml (then the defaults apply)
+    p = _params(args) if args.params or DEFAULT_PARAMS.exists() else None
+    params = p.network if p else NetworkParams()
+    changes = {"repair": False} if args.no_repair else {}
+    if args.block_size is not None:
+        changes["block_size"] = args.block_size
+    params = NetworkParams.model_validate({**params.model_dump(), **changes})
+    prob = Path(args.probability)
+    out = Path(args.output) if args.output else prob.with_name(prob.stem + "_network.gpkg")
+    network_raster(prob, out, params, threshold=args.threshold, overwrite=args.overwrite)
+    print(f"wrote {out}")
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -432,6 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
         "assets, model and settings) to this .json; with several images, a folder",
     )
     sp.add_argument(
+        "--network",
+        help="also write the road network (edges, nodes) to this GeoPackage; with several "
+        "images, a folder (settings: params.yaml network)",
+    )
+    sp.add_argument(
         "--dtype", choices=["uint8", "float32"], default="uint8", help="output sample type"
     )
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -488,6 +518,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="Deepness tile overlap in pixels, stored as a percentage (default: predict.overlap)",
     )
     sp.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    sp = add(
+        "network",
+        cmd_network,
+        "road network (edges, nodes) from a probability raster",
+        "Threshold, thin and trace a road probability raster (predict's output, or another "
+        "tool's with its scale, offset and nodata) block by block into one connected network: "
+        "a GeoPackage with layers edges and nodes in the raster's CRS. Cleaning settings: "
+        "params.yaml network (metres).",
+    )
+    sp.add_argument("probability", help="probability raster (any GDAL raster, one band)")
+    sp.add_argument(
+        "-o", "--output", help="output GeoPackage (default: <probability>_network.gpkg beside it)"
+    )
+    sp.add_argument(
+        "--threshold",
+        type=_probability,
+        help="road where probability >= this (default: network.threshold, else the raster's "
+        "threshold tag, which predict writes)",
+    )
+    sp.add_argument(
+        "--no-repair", action="store_true", help="the raw skeleton graph, without cleaning"
+    )
+    sp.add_argument(
+        "--block-size",
+        type=_positive_int,
+        help="pixels a side per block (a multiple of network.skeleton_tile)",
+    )
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
     sp = add(
         "models",
         cmd_models,

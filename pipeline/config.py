@@ -390,6 +390,90 @@ class EvaluateParams(_Section):
     )
 
 
+# ------------------------------------------------------------------------------------- network
+class NetworkParams(_Section):
+    """Probability raster -> road network (``pipeline network``, ``predict --network``,
+    evaluate). Cleaning distances are in metres on the ground; grid sizes in pixels."""
+
+    threshold: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Road where probability >= this; null: the raster's `threshold` tag (predict "
+        "writes the model's), else the model's threshold",
+    )
+    block_size: int = Field(
+        2048,
+        ge=64,
+        description="Pixels a side read and traced at a time (a multiple of skeleton_tile)",
+    )
+    skeleton_tile: int = Field(
+        1024,
+        ge=32,
+        description="Pixels a side of the fixed grid the mask is thinned on, each tile with "
+        "skeleton_halo_px of context: the skeleton does not depend on block_size",
+    )
+    skeleton_halo_px: int = Field(
+        64, ge=8, description="Context around each skeleton tile (more than half the widest road)"
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Dask worker processes that thin and trace blocks (1: in this process); "
+        "the network is the same for any number",
+    )
+    seam_margin_px: int = Field(
+        32, ge=4, description="Skeleton seen beyond a block's edges when it is traced (seam joins)"
+    )
+    hole_max_m2: float = Field(
+        30.0, ge=0, description="Holes in the road mask up to this area are filled before thinning"
+    )
+    repair: bool = Field(
+        True, description="Clean the raw skeleton graph (the steps below); false: raw graph"
+    )
+    junction_merge_m: float = Field(
+        6.0, ge=0, description="Junction nodes closer than this become one node"
+    )
+    spur_min_m: float = Field(
+        20.0, ge=0, description="Dead ends shorter than this, off a junction, are pruned"
+    )
+    min_component_m: float = Field(
+        25.0, ge=0, description="Pieces of network shorter than this in all are dropped"
+    )
+    bridge_max_m: float = Field(
+        25.0, ge=0, description="Loose ends are joined across gaps up to this long (0: off)"
+    )
+    bridge_min_fraction: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="A gap is bridged only if the probability along the straight line stays at "
+        "or above this fraction of the threshold (a road under a tree or shadow): 0.1 at 0.5",
+    )
+    bridge_min_detour: float = Field(
+        3.0,
+        ge=1,
+        description="Bridge only where the network path between the two points is at least this "
+        "many times the gap (or missing): no shortcuts along the same road",
+    )
+    extend_ends_m: float = Field(
+        10.0,
+        ge=0,
+        description="Dead ends are carried on along their direction, up to this far, while the "
+        "probability stays above the threshold (thinning stops short of a road's end)",
+    )
+    simplify_m: float = Field(1.0, ge=0, description="Douglas-Peucker tolerance of the edges")
+
+    @model_validator(mode="after")
+    def _tiles_fit(self) -> NetworkParams:
+        if self.block_size % self.skeleton_tile:
+            raise ValueError(
+                f"network.block_size {self.block_size} must be a multiple of "
+                f"network.skeleton_tile {self.skeleton_tile}"
+            )
+        return self
+
+
 # ------------------------------------------------------------------------------- graph metrics
 class GraphMetricsParams(_Section):
     """APLS (SpaceNet, CosmiQ apls.py) and TOPO (Biagioni and Eriksson 2012), all in metres."""
@@ -498,6 +582,7 @@ with warnings.catch_warnings():
         register: RegisterParams = Field(default_factory=RegisterParams)
         predict: PredictParams = Field(default_factory=PredictParams)
         label_check: LabelCheckParams = Field(default_factory=LabelCheckParams)
+        network: NetworkParams = Field(default_factory=NetworkParams)
 
         @model_validator(mode="after")
         def _encoder_is_pretrained(self) -> Params:

@@ -36,7 +36,14 @@ import numpy as np
 from pipeline import parallel, raster, registry
 from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.baseline import add_baseline_metrics
-from pipeline.config import DataParams, EvaluateParams, RegisterParams, SceneSource, TileParams
+from pipeline.config import (
+    DataParams,
+    EvaluateParams,
+    NetworkParams,
+    RegisterParams,
+    SceneSource,
+    TileParams,
+)
 from pipeline.metrics import (
     DEFAULT_THRESHOLDS,
     SweepResult,
@@ -251,7 +258,9 @@ def summarize(curve: SweepResult, threshold: float, test_best: float) -> dict[st
 
 def model_metrics(result: dict[str, Any]) -> dict[str, float]:
     """What model.json records: test metrics at the threshold it carries (chosen on validation)."""
+    network = {f"test_{k}": result[k] for k in ("apls", "topo_f1") if k in result}
     return {
+        **network,
         "test_iou": result["iou"],
         "test_f1": result["f1"],
         "test_precision": result["precision"],
@@ -457,11 +466,13 @@ def run_evaluate(
     tile: TileParams,
     model_dir: Path,
     register: RegisterParams,
+    network: NetworkParams | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model_dir`` on the test scenes; writes metrics, plots, figures, model.json;
     returns the metrics (as in eval.json) plus ``mlflow_run_id``.
 
-    Prediction runs with ``tile.workers`` workers.
+    Prediction runs with ``tile.workers`` workers. With ``network``, the road network of each
+    test scene with road vectors is scored too (``network_eval``: APLS, TOPO).
     """
     model_dir = Path(model_dir)
     scenes = held_out_scenes(data)
@@ -474,6 +485,7 @@ def run_evaluate(
         parallel.shared_cluster(None, len(scenes), tile.workers) as scheduler,
     ):
         scores: dict[str, SceneScore] = {}
+        network_scores: dict[str, dict[str, float]] = {}
         for scene in scenes:
             log.info("evaluate: predicting %s", scene.name)
             prediction = predict_scene(
@@ -488,6 +500,15 @@ def run_evaluate(
                 config.threshold,
                 class_attribute=params.class_attribute,
             )
+            if network is not None and scene.roads is not None:
+                from pipeline.network_eval import score_scene_network
+
+                log.info("evaluate: road network of %s", scene.name)
+                scored = score_scene_network(
+                    scene, prediction, network, network.threshold or config.threshold
+                )
+                if scored:
+                    network_scores[scene.name] = scored
             prediction.unlink()  # a test scene's probability raster can be large
             if scores[scene.name].sweep.n_true == 0:
                 log.warning(
@@ -520,6 +541,12 @@ def run_evaluate(
                     old = pooled_by_class.get(cls, (0, 0))
                     pooled_by_class[cls] = (old[0] + road, old[1] + found)
             result.update(recall_by_class(pooled_by_class))
+
+        for name, values in network_scores.items():
+            result["per_scene"][name].update(values)
+        if network_scores:  # a network metric over scenes is the mean of the scenes' values
+            for key in next(iter(network_scores.values())):
+                result[key] = float(np.mean([v[key] for v in network_scores.values()]))
 
         # Issue 3: how far the U-Net is above band values alone (per-pixel logistic regression).
         add_baseline_metrics(result, scenes, data, tile.out_dir)

@@ -35,7 +35,7 @@ import numpy as np
 
 from pipeline import parallel, raster, registry, sources, stac, styles
 from pipeline.atomic import check_free_space
-from pipeline.config import PRECISIONS
+from pipeline.config import PRECISIONS, NetworkParams
 from pipeline.model_config import ModelConfig, check_weights, read_config, resolve_model
 from pipeline.predict_task import GroupResult, PredictJob
 from pipeline.stitching import (
@@ -232,6 +232,16 @@ def min_output_bytes(width: int, height: int, dtype: str) -> int:
     return width * height * np.dtype(dtype).itemsize // 4
 
 
+def _start_network_warm_up() -> Any:
+    """Compile the network's skeleton code on a thread while the workers predict."""
+    from pipeline.network import warm_up
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="roadseg-network-warm-up")
+    future = pool.submit(warm_up)
+    pool.shutdown(wait=False)
+    return future
+
+
 def _cog_blocksize(height: int, width: int) -> int:
     # 512 px COG tiles as GDAL's default; small rasters get 256 so they still have an overview
     return 512 if min(height, width) >= 2048 else 256
@@ -331,6 +341,8 @@ def predict_raster(
     vector_simplify_m: float = 1.0,
     stac_item: Path | None = None,
     source_item: dict | None = None,
+    network: Path | None = None,
+    network_params: NetworkParams | None = None,
     overwrite: bool = False,
     dtype: str = "uint8",
     tracking_default: str = "sqlite:///mlflow.db",
@@ -350,7 +362,7 @@ def predict_raster(
     name, else in file order (``raster.band_plan``). With ``resample``, a raster whose pixel
     size differs from the model's by more than ``gsd_tolerance`` (a ratio) is predicted at
     the model's pixel size window by window, the output staying on the raster's grid. Raises
-    FileExistsError when ``output`` (or ``vectors``) exists and ``overwrite`` is False,
+    FileExistsError when ``output`` (or ``vectors``, ``network``) exists and ``overwrite`` is False,
     ``raster.RasterError`` when the band count does not match the model.
     """
     t0 = time.perf_counter()
@@ -363,7 +375,7 @@ def predict_raster(
         raise ValueError(f"block_size must be a positive multiple of 256, got {block_size}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for target in (output, vectors, styles.style_path(output), stac_item):
+    for target in (output, vectors, network, styles.style_path(output), stac_item):
         if target is not None and Path(target).exists() and not overwrite:
             raise FileExistsError(f"{target}: exists; pass --overwrite to replace it")
     if sources.absolute(image) == str(output.resolve()):
@@ -375,6 +387,7 @@ def predict_raster(
         raise raster.RasterError(
             f"{image}: no CRS, so no STAC Item (its footprint is in EPSG:4326)"
         )
+    network_warm_up = _start_network_warm_up() if network is not None else None
     # A registry model is resolved on a thread while the cluster starts: importing MLflow and
     # asking the store take about as long (~1.7 s) as a worker takes to start. A model folder
     # is read and checked at once, so that its errors come before any cluster starts.
@@ -507,6 +520,20 @@ def predict_raster(
             min_spur_m=vector_min_spur_m,
             simplify_m=vector_simplify_m,
         )
+    if network is not None:
+        from pipeline.network import network_raster
+
+        network_warm_up.result()
+        t_network = time.perf_counter()
+        net_params = network_params or NetworkParams()
+        network_raster(
+            output,
+            Path(network),
+            net_params,
+            threshold=net_params.threshold or config.threshold,
+            overwrite=overwrite,
+        )
+        timings["network"] = time.perf_counter() - t_network
     if stac_item is not None:
         stac.write_prediction_item(
             Path(stac_item),
@@ -514,6 +541,7 @@ def predict_raster(
             info,
             tags,
             vectors=vectors_out,
+            network=Path(network) if network is not None else None,
             source_item=source_item,
             encoding={"data_type": dtype, "nodata": nodata, "scale": scale},
             overwrite=overwrite,

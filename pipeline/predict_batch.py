@@ -29,6 +29,7 @@ class Target:
     vectors: Path | None = None
     stac_item: Path | None = None  # where to write the prediction's STAC Item
     source_item: dict | None = None  # the STAC Item the image came from
+    network: Path | None = None  # where to write the road network
 
 
 def batch_targets(
@@ -36,11 +37,12 @@ def batch_targets(
     output: str | Path | None = None,
     vectors: str | Path | None = None,
     stac_item: str | Path | None = None,
+    network: str | Path | None = None,
 ) -> list[Target]:
     """Where each image's outputs go.
 
-    ``output`` / ``vectors`` / ``stac_item`` name a file for one image, or an existing folder,
-    which gets ``<image>_roads.tif`` / ``.gpkg`` / ``.json``; with several images they must be
+    ``output`` / ``vectors`` / ``stac_item`` / ``network`` name a file for one image, or an existing
+    folder, which gets ``<image>_roads.tif`` / ``.gpkg`` / ``.json`` / ``_network.gpkg``; with several images they must be
     folders. Without ``output`` each raster goes beside its input (a remote one's, or a STAC
     Item's named by the item id, in the current folder). Raises ValueError, before any work,
     when two inputs would write the same file.
@@ -70,12 +72,13 @@ def batch_targets(
             place(src, vectors, "--vectors", ".gpkg"),
             place(src, stac_item, "--stac-item", ".json"),
             src.item,
+            place(src, network, "--network", "_network.gpkg"),
         )
         for src in given
     ]
     writers: dict[Path, Target] = {}
     for t in targets:
-        for path in (t.output, t.vectors, t.stac_item):
+        for path in (t.output, t.vectors, t.stac_item, t.network):
             if path is None:
                 continue
             if not sources.is_remote(t.image) and path.resolve() == Path(t.image).resolve():
@@ -96,7 +99,7 @@ def exclusive_outputs(target: Target) -> Iterator[None]:
     predict of the same output fails at once instead of racing this one, and temporaries left
     by a killed earlier run of it are removed."""
     with contextlib.ExitStack() as stack:
-        for path in (target.output, target.vectors, target.stac_item):
+        for path in (target.output, target.vectors, target.stac_item, target.network):
             if path is not None:
                 stack.enter_context(exclusive_output(path))
         yield
@@ -132,7 +135,7 @@ def predict_batch(
         if sources.absolute(t.image) in outputs:
             report(f"skipped {t.image}: it is the output of another image given")
         elif skip_existing and all(
-            p is None or p.exists() for p in (t.output, t.vectors, t.stac_item)
+            p is None or p.exists() for p in (t.output, t.vectors, t.stac_item, t.network)
         ):
             report(f"skipped {t.image}: {t.output} exists")
         else:
@@ -150,6 +153,7 @@ def predict_batch(
                         vectors=t.vectors,
                         stac_item=t.stac_item,
                         source_item=t.source_item,
+                        network=t.network,
                         scheduler=address,
                         workers=workers,
                         device=device,
@@ -163,7 +167,8 @@ def predict_batch(
                 failed.append(t.image)
                 continue
             written.append(result.output)
-            report(f"wrote {result.output}" + (f" and {result.vectors}" if result.vectors else ""))
+            also = [str(p) for p in (result.vectors, t.network) if p is not None]
+            report(f"wrote {result.output}" + "".join(f" and {p}" for p in also))
     if failed:
         raise ValueError(
             f"{len(failed)} of {len(todo)} images failed (errors above): {', '.join(map(str, failed))}"

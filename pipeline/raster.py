@@ -465,6 +465,85 @@ def write_geotiff(
     return path
 
 
+# ------------------------------------------------------- physical values (network, scaled bands)
+@dataclass(frozen=True)
+class BandScaling:
+    """How stored values of a band become physical ones: ``value * scale + offset``; stored
+    ``nodata`` (or NaN) means no value."""
+
+    scale: float
+    offset: float
+    nodata: float | None
+    dtype: str
+
+    @property
+    def declared(self) -> bool:
+        """Whether the file says how to scale (GDAL scale/offset metadata beyond 1 and 0)."""
+        return (self.scale, self.offset) != (1.0, 0.0)
+
+
+def band_scaling(path: str | Path, band: int = 1) -> BandScaling:
+    """Scale, offset and nodata of one band as the file declares them (GDAL metadata)."""
+    with _open(Path(path)) as ds:
+        scale = ds.scales[band - 1] if ds.scales else 1.0
+        offset = ds.offsets[band - 1] if ds.offsets else 0.0
+        return BandScaling(
+            float(1.0 if scale is None else scale),
+            float(0.0 if offset is None else offset),
+            ds.nodata,
+            ds.dtypes[band - 1],
+        )
+
+
+def read_scaled(
+    reader: WindowReader,
+    scaling: BandScaling,
+    col_off: int,
+    row_off: int,
+    width: int,
+    height: int,
+    band: int = 1,
+) -> np.ndarray:
+    """One band's window as float32 physical values; NaN at nodata and outside the raster."""
+    ds = reader.ds
+    out = np.full((height, width), np.nan, np.float32)
+    # the part inside the raster, read plainly: rasterio's boundless reads go through a
+    # warped VRT, several times slower
+    c0, r0 = max(col_off, 0), max(row_off, 0)
+    c1, r1 = min(col_off + width, ds.width), min(row_off + height, ds.height)
+    if c1 <= c0 or r1 <= r0:
+        return out
+    win = Window(c0, r0, c1 - c0, r1 - r0)
+    values = ds.read(band, window=win).astype(np.float32)
+    values = values * np.float32(scaling.scale) + np.float32(scaling.offset)
+    values[ds.read_masks(band, window=win) == 0] = np.nan
+    out[r0 - row_off : r1 - row_off, c0 - col_off : c1 - col_off] = values
+    return out
+
+
+def valid_footprint(path: str | Path, max_side: int = 2048) -> Any:
+    """The area with valid pixels (GDAL's dataset mask) as a shapely (Multi)Polygon in the
+    raster's CRS, traced on the mask decimated to at most ``max_side`` pixels a side."""
+    import shapely
+    from rasterio.features import shapes
+
+    with _open(Path(path)) as ds:
+        factor = max(1, -(-max(ds.width, ds.height) // max_side))
+        shape = (-(-ds.height // factor), -(-ds.width // factor))
+        mask = (ds.dataset_mask(out_shape=shape) > 0).astype(np.uint8)
+        transform = ds.transform * Affine.scale(ds.width / shape[1], ds.height / shape[0])
+    polygons = [
+        shapely.geometry.shape(g) for g, v in shapes(mask, mask > 0, transform=transform) if v
+    ]
+    return shapely.union_all(polygons) if polygons else shapely.Polygon()
+
+
+def raster_tags(path: str | Path) -> dict[str, str]:
+    """The dataset's GDAL metadata tags (default domain)."""
+    with _open(Path(path)) as ds:
+        return dict(ds.tags())
+
+
 # ---------------------------------------------------------------- whole-raster reads (evaluate)
 def read_valid_mask(path: str | Path) -> np.ndarray:
     """GDAL's dataset mask of the whole raster as a bool array (True = valid pixel)."""

@@ -21,6 +21,19 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
+def _network_note(metrics: dict) -> str:
+    if "apls" not in metrics:
+        return ""
+    return (
+        "\nRoad network metrics: `apls` (both directions `apls_gt_onto_prop`, `apls_prop_onto_gt`) "
+        "is APLS as SpaceNet defines it (CosmiQ apls.py: control points every 50 m, 4 m snapping, "
+        "harmonic mean of the two directions); `topo_*` is TOPO (Biagioni and Eriksson 2012). Both "
+        "score the network `pipeline network` builds from the prediction (params.yaml `network`) "
+        "against the scenes' road vectors; `apls_raw` is the raw skeleton graph without repair. "
+        "The champion alias is decided on test IoU.\n"
+    )
+
+
 def model_card(params: Params, config, eval_metrics: dict, version_hint: str = "") -> str:
     """A markdown model card: data, params, metrics, intended use, limits."""
     m = eval_metrics
@@ -61,7 +74,7 @@ zoo (encoder weights: {config.encoder_weights}{f"; fine-tuned from {config.init_
 {rows}
 
 Decision threshold (F1-best on the validation chips, chosen by train): {config.threshold:.3f}
-
+{_network_note(m)}
 ## Intended use
 Road probability maps from {len(config.bands)}-band ({", ".join(config.bands)}) {dtype} imagery
 at a pixel size close to {gsd}, for mapping teams to review in a GIS.

@@ -1,0 +1,368 @@
+"""Clean a raw skeleton graph into a road network: pure graph work on networkx, no I/O.
+
+The graph (a ``networkx.MultiGraph``) is in pixel space: a node's key is its (row, col)
+position; an edge carries ``path`` ((K, 2) float (row, col), from node ``start`` to the other
+end), ``probs`` ((K,) float32 probability at each path point) and is measured in metres
+through ``scale`` = (metres per row, metres per column). Every function visits nodes and
+edges in sorted order, so the result depends only on the graph, never on how it was built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+from scipy.spatial import cKDTree
+
+Node = tuple[float, float]
+Sampler = Callable[[np.ndarray], np.ndarray]  # (N, 2) row/col -> (N,) probability (NaN: none)
+
+
+@dataclass(frozen=True)
+class RepairSettings:
+    """The cleaning steps' distances in metres (see ``config.NetworkParams``)."""
+
+    junction_merge_m: float
+    spur_min_m: float
+    min_component_m: float
+    bridge_max_m: float
+    bridge_min_prob: float
+    bridge_min_detour: float
+    extend_ends_m: float = 0.0
+    threshold: float = 0.5
+
+
+# ------------------------------------------------------------------------------------- basics
+def add_edge(graph: nx.MultiGraph, a: Node, b: Node, path: np.ndarray, probs: np.ndarray) -> None:
+    graph.add_edge(a, b, path=np.asarray(path, float), probs=np.asarray(probs, np.float32), start=a)
+
+
+def oriented(data: dict, start: Node) -> tuple[np.ndarray, np.ndarray]:
+    """An edge's path and probabilities running from ``start``."""
+    if data["start"] == start:
+        return data["path"], data["probs"]
+    return data["path"][::-1], data["probs"][::-1]
+
+
+def path_length(path: np.ndarray, scale: tuple[float, float]) -> float:
+    """Length in metres of a (K, 2) row/col path."""
+    if len(path) < 2:
+        return 0.0
+    return float(np.hypot(*(np.diff(path, axis=0) * scale).T).sum())
+
+
+def sorted_edges(graph: nx.MultiGraph) -> list[tuple[Node, Node, int, dict]]:
+    """Edges in an order that depends only on their geometry."""
+    edges = list(graph.edges(keys=True, data=True))
+    return sorted(edges, key=lambda e: (min(e[0], e[1]), max(e[0], e[1]), _fingerprint(e[3])))
+
+
+def _fingerprint(data: dict) -> tuple:
+    path = data["path"]
+    ends = sorted([tuple(path[len(path) // 2]), tuple(path[(len(path) - 1) // 2])])
+    return (len(path), *ends)
+
+
+def contract(graph: nx.MultiGraph) -> None:
+    """Merge the two edges at every node of degree two (not a lone ring's own node)."""
+    # merging at a node leaves the degrees of the others as they were
+    for node in sorted(n for n, degree in graph.degree if degree == 2):
+        edges = list(graph.edges(node, keys=True, data=True))
+        if len(edges) != 2:
+            continue  # a self-loop: a ring with nothing else on it
+        (_, a, ka, da), (_, b, kb, db) = edges
+        p1, q1 = oriented(da, a)
+        p2, q2 = oriented(db, node)
+        graph.remove_node(node)
+        add_edge(graph, a, b, np.vstack([p1, p2[1:]]), np.concatenate([q1, q2[1:]]))
+    canonical_rings(graph)
+
+
+def canonical_rings(graph: nx.MultiGraph) -> None:
+    """A ring with no other edge starts and ends at its smallest (row, col) point."""
+    for node in sorted(n for n, degree in graph.degree if degree == 2):
+        edges = list(graph.edges(node, keys=True, data=True))
+        if len(edges) != 1 or edges[0][1] != node:
+            continue
+        data = edges[0][3]
+        path, probs = data["path"][:-1], data["probs"][:-1]
+        first = min(range(len(path)), key=lambda i: tuple(path[i]))
+        path, probs = np.roll(path, -first, axis=0), np.roll(probs, -first)
+        if len(path) > 2 and tuple(path[-1]) < tuple(path[1]):
+            path = np.vstack([path[:1], path[1:][::-1]])
+            probs = np.concatenate([probs[:1], probs[1:][::-1]])
+        key = tuple(float(v) for v in path[0])
+        graph.remove_node(node)
+        add_edge(graph, key, key, np.vstack([path, path[:1]]), np.append(probs, probs[0]))
+
+
+# ----------------------------------------------------------------------------- the steps
+def repair(
+    graph: nx.MultiGraph, scale: tuple[float, float], settings: RepairSettings, sample: Sampler
+) -> None:
+    """All cleaning steps, in place: junction clusters merged, gaps bridged, spurs pruned,
+    small pieces dropped (edges stay at pixel resolution; simplify when writing)."""
+    contract(graph)
+    merge_junctions(graph, scale, settings.junction_merge_m)
+    contract(graph)
+    if settings.bridge_max_m > 0:
+        bridge_gaps(graph, scale, settings, sample)
+        contract(graph)
+    prune_spurs(graph, scale, settings.spur_min_m)
+    drop_small_components(graph, scale, settings.min_component_m)
+    if settings.extend_ends_m > 0:
+        extend_ends(graph, scale, settings.extend_ends_m, settings.threshold, sample)
+
+
+def merge_junctions(graph: nx.MultiGraph, scale: tuple[float, float], distance_m: float) -> None:
+    """Junctions (degree >= 3) joined by an edge shorter than ``distance_m`` become one node at
+    their mean position (the knots thinning leaves where roads meet); edges between them
+    shorter than twice the distance go, longer ones become loops."""
+    if distance_m <= 0:
+        return
+    clusters = nx.Graph()
+    for u, v, _, data in sorted_edges(graph):
+        if (
+            u != v
+            and graph.degree(u) >= 3
+            and graph.degree(v) >= 3
+            and path_length(data["path"], scale) < distance_m
+        ):
+            clusters.add_edge(u, v)
+    for members in sorted(sorted(c) for c in nx.connected_components(clusters)):
+        centre = tuple(float(v) for v in np.mean(members, axis=0))
+        inside = set(members)
+        edges = sorted(
+            {
+                (min(u, v), max(u, v), k): d
+                for u, v, k, d in graph.edges(members, keys=True, data=True)
+            }.items(),
+            key=lambda item: (item[0][0], item[0][1], _fingerprint(item[1])),
+        )
+        graph.remove_nodes_from(members)
+        for (u, v, _), data in edges:
+            path, probs = oriented(data, u)
+            path = path.copy()
+            if u in inside:
+                path[0] = centre
+            if v in inside:
+                path[-1] = centre
+            if u in inside and v in inside and path_length(path, scale) < 2 * distance_m:
+                continue
+            add_edge(graph, centre if u in inside else u, centre if v in inside else v, path, probs)
+
+
+def prune_spurs(graph: nx.MultiGraph, scale: tuple[float, float], min_m: float) -> None:
+    """Remove dead ends shorter than ``min_m`` that hang off a junction, until none is left
+    (merging at the junctions left with two edges can expose a new spur)."""
+    while min_m > 0:
+        degree = dict(graph.degree)
+        spurs = [
+            (u, v, k)
+            for u, v, k, d in sorted_edges(graph)
+            if sorted((degree[u], degree[v]))[0] == 1
+            and sorted((degree[u], degree[v]))[1] >= 3
+            and path_length(d["path"], scale) < min_m
+        ]
+        if not spurs:
+            return
+        graph.remove_edges_from(spurs)
+        graph.remove_nodes_from([n for n in list(graph.nodes) if graph.degree(n) == 0])
+        contract(graph)
+
+
+def drop_small_components(graph: nx.MultiGraph, scale: tuple[float, float], min_m: float) -> None:
+    """Drop connected pieces whose edges add up to less than ``min_m``."""
+    for nodes in list(nx.connected_components(graph)):
+        sub = graph.subgraph(nodes)
+        total = sum(path_length(d["path"], scale) for _, _, d in sub.edges(data=True))
+        if total < min_m:
+            graph.remove_nodes_from(nodes)
+
+
+def extend_ends(
+    graph: nx.MultiGraph,
+    scale: tuple[float, float],
+    max_m: float,
+    threshold: float,
+    sample: Sampler,
+) -> None:
+    """Carry each dead end on, in the direction of its last ``max_m``, for as long as the
+    probability stays at or above ``threshold``, at most ``max_m``: thinning stops a road's
+    centreline about half a road width short of where the road ends (the raster's edge, the
+    edge of the data, a cul-de-sac)."""
+    for end in sorted(n for n in graph.nodes if graph.degree(n) == 1):
+        ((_, other, key, data),) = graph.edges(end, keys=True, data=True)
+        path, probs = oriented(data, other)  # runs into the end
+        back = _point_back(path, scale, max_m)
+        direction = (path[-1] - back) * scale
+        norm = float(np.hypot(*direction))
+        if norm == 0:
+            continue
+        step = direction / norm / scale  # one metre, in pixels
+        count = int(max_m)
+        ahead = path[-1] + np.arange(1, count + 1)[:, None] * step
+        values = np.nan_to_num(sample(np.rint(ahead)), nan=-1.0)
+        keep = int(np.argmin(values >= threshold)) if (values < threshold).any() else count
+        if keep == 0:
+            continue
+        new_end = tuple(float(v) for v in ahead[keep - 1])
+        if new_end in graph:
+            continue
+        graph.remove_edge(end, other, key)
+        graph.remove_node(end)
+        add_edge(
+            graph,
+            other,
+            new_end,
+            np.vstack([path, ahead[:keep]]),
+            np.concatenate([probs, values[:keep].astype(np.float32)]),
+        )
+
+
+def _point_back(path: np.ndarray, scale: tuple[float, float], distance_m: float) -> np.ndarray:
+    """The path point about ``distance_m`` back from its last point (or its first point)."""
+    steps = np.hypot(*(np.diff(path[::-1], axis=0) * scale).T)
+    far = np.flatnonzero(np.cumsum(steps) >= distance_m)
+    return path[::-1][far[0] + 1] if len(far) else path[0]
+
+
+# ----------------------------------------------------------------------------------- bridging
+@dataclass(frozen=True)
+class _Bridge:
+    length_m: float
+    end: Node
+    target: Node  # the node it joins, or the path point where an edge is split
+    edge: int  # index into the edge snapshot when an edge is split there, else -1
+    vertex: int
+    line: np.ndarray  # (K, 2) row/col points along the straight line, end to target
+    probs: np.ndarray
+
+
+def bridge_gaps(
+    graph: nx.MultiGraph, scale: tuple[float, float], settings: RepairSettings, sample: Sampler
+) -> None:
+    """Join loose ends (degree 1) to the nearest other end or edge point within
+    ``bridge_max_m`` when the probability along the straight line stays at or above
+    ``bridge_min_prob`` and the network does not already link the two within
+    ``bridge_min_detour`` times the gap. Shortest bridges first; each end is used once."""
+    ends = sorted(n for n in graph.nodes if graph.degree(n) == 1)
+    if not ends:
+        return
+    edges = sorted_edges(graph)
+    vertices = _Vertices(edges, scale, np.array(ends) * scale, settings.bridge_max_m)
+    for (_, _, _, data), length in zip(edges, vertices.length, strict=True):
+        data["length_m"] = float(length)  # Dijkstra's weight
+    found = (_best_bridge(graph, end, vertices, scale, settings, sample) for end in ends)
+    chosen = [b for b in found if b is not None]
+    used: set[Node] = set()
+    splits: dict[int, set[int]] = {}
+    accepted = []
+    for bridge in sorted(chosen, key=lambda b: (b.length_m, b.end, b.target)):
+        if bridge.end in used:
+            continue
+        used.add(bridge.end)
+        if bridge.edge < 0 and graph.degree(bridge.target) == 1:
+            used.add(bridge.target)
+        if bridge.edge >= 0:
+            splits.setdefault(bridge.edge, set()).add(bridge.vertex)
+        accepted.append(bridge)
+    for e, vertices in sorted(splits.items()):
+        _split_edge(graph, edges[e], sorted(vertices))
+    for b in accepted:
+        add_edge(graph, b.end, b.target, b.line, b.probs)
+
+
+class _Vertices:
+    """Every path point of every edge, with its edge, index and distance along the edge."""
+
+    def __init__(
+        self, edges: list, scale: tuple[float, float], ends_m: np.ndarray, radius_m: float
+    ) -> None:
+        self.edges = edges
+        paths = [d["path"] for _, _, _, d in edges]
+        steps = [np.hypot(*(np.diff(p, axis=0) * scale).T) for p in paths]
+        self.length = np.array([float(s.sum()) for s in steps])
+        self.first = [d["start"] for _, _, _, d in edges]
+        self.last = [tuple(p[-1]) for p in paths]
+        # only the points that some loose end could reach are kept (memory)
+        reach = cKDTree(ends_m)
+        near = [
+            np.isfinite(reach.query(p * scale, distance_upper_bound=radius_m)[0]) for p in paths
+        ]
+        self.points = np.vstack([p[k] for p, k in zip(paths, near, strict=True)])
+        self.owner = np.concatenate([np.full(k.sum(), e) for e, k in enumerate(near)])
+        self.index = np.concatenate([np.flatnonzero(k) for k in near])
+        along = [np.concatenate([[0.0], np.cumsum(s)]) for s in steps]
+        self.along = np.concatenate([a[k] for a, k in zip(along, near, strict=True)])
+        self.tree = cKDTree(self.points * scale)
+
+
+def _best_bridge(
+    graph: nx.MultiGraph,
+    end: Node,
+    vx: _Vertices,
+    scale: tuple[float, float],
+    settings: RepairSettings,
+    sample: Sampler,
+) -> _Bridge | None:
+    """The shortest bridge from ``end`` that passes the detour and probability tests."""
+    here = np.array(end, float)
+    near = np.array(vx.tree.query_ball_point(here * scale, settings.bridge_max_m), np.int64)
+    gap = np.hypot(*((vx.points[near] - here) * scale).T) if len(near) else np.zeros(0)
+    near, gap = near[gap > 0], gap[gap > 0]
+    if not len(near):
+        return None
+    reach = nx.single_source_dijkstra_path_length(
+        graph, end, cutoff=settings.bridge_min_detour * settings.bridge_max_m, weight="length_m"
+    )
+    edge = vx.owner[near]
+    via_first = np.array([reach.get(vx.first[e], np.inf) for e in edge]) + vx.along[near]
+    via_last = np.array([reach.get(vx.last[e], np.inf) for e in edge]) + (
+        vx.length[edge] - vx.along[near]
+    )
+    ok = np.minimum(via_first, via_last) >= settings.bridge_min_detour * gap
+    near, gap, edge = near[ok], gap[ok], edge[ok]
+    order = np.lexsort((near, gap))
+    _, first_of_edge = np.unique(edge[order], return_index=True)  # the nearest point per edge
+    candidates = order[np.sort(first_of_edge)]
+    lines = [_line(here, vx.points[i]) for i in near[candidates]]
+    if not lines:
+        return None
+    probs = np.nan_to_num(sample(np.rint(np.vstack(lines))), nan=-1.0).astype(np.float32)
+    offsets = np.cumsum([0] + [len(line) for line in lines])
+    for k, c in enumerate(candidates):
+        line_probs = probs[offsets[k] : offsets[k + 1]]
+        if np.all(line_probs >= settings.bridge_min_prob):
+            i = int(near[c])
+            j, e = int(vx.index[i]), int(vx.owner[i])
+            on_node = j in (0, len(vx.edges[e][3]["path"]) - 1)
+            target = tuple(float(x) for x in vx.points[i])
+            return _Bridge(
+                float(gap[c]), end, target, -1 if on_node else e, j, lines[k], line_probs
+            )
+    return None
+
+
+def _line(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Points about a pixel apart on the straight line from ``a`` to ``b`` (both included)."""
+    steps = max(2, int(np.ceil(np.hypot(*(b - a)))) + 1)
+    return a + np.linspace(0.0, 1.0, steps)[:, None] * (b - a)
+
+
+def _split_edge(graph: nx.MultiGraph, edge: tuple, vertices: list[int]) -> None:
+    """Cut an edge into pieces at the given path points (each becomes a node)."""
+    u, v, k, data = edge
+    graph.remove_edge(u, v, k)
+    path, probs = data["path"], data["probs"]
+    cuts = [0, *vertices, len(path) - 1]
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        add_edge(
+            graph,
+            tuple(float(x) for x in path[a]),
+            tuple(float(x) for x in path[b]),
+            path[a : b + 1],
+            probs[a : b + 1],
+        )

@@ -1,0 +1,278 @@
+"""Road networks from probability rasters: real GeoTIFFs with roads of known geometry."""
+
+from __future__ import annotations
+
+import math
+
+import geopandas as gpd
+import numpy as np
+import pyproj
+import pytest
+from affine import Affine
+
+from pipeline import raster
+from pipeline.cli import main
+from pipeline.config import NetworkParams
+from pipeline.network import NetworkError, build_network, network_raster
+from pipeline.network_io import network_frames
+
+UTM = "EPSG:32632"
+# small grids so that a 200 px raster spans several blocks and skeleton tiles
+SMALL = dict(block_size=64, skeleton_tile=32, skeleton_halo_px=16, seam_margin_px=16)
+
+
+def draw(shape, segments, width=4.0):
+    """Probability raster with roads: segments (row0, col0, row1, col1, probability)."""
+    rr, cc = np.mgrid[0 : shape[0], 0 : shape[1]].astype(float)
+    out = np.zeros(shape, np.float32)
+    for r0, c0, r1, c1, value in segments:
+        d = np.array([r1 - r0, c1 - c0], float)
+        length = float(np.hypot(*d))
+        d /= length
+        t = np.clip((rr - r0) * d[0] + (cc - c0) * d[1], 0, length)
+        dist = np.hypot(rr - (r0 + t * d[0]), cc - (c0 + t * d[1]))
+        out = np.where(dist <= width / 2, np.maximum(out, value), out)
+    return out
+
+
+def write_prob(path, prob, crs=UTM, transform=None, threshold=0.5):
+    """As predict writes it: a uint8 COG, p = value / 254, 255 = nodata, threshold tag."""
+    transform = transform or Affine(1.0, 0, 500000.0, 0, -1.0, 5400000.0)
+    values = np.rint(np.nan_to_num(prob, nan=255 / 254) * 254).astype(np.uint8)
+    with raster.stream_cog(
+        path,
+        width=prob.shape[1],
+        height=prob.shape[0],
+        crs=crs,
+        transform=transform,
+        dtype="uint8",
+        nodata=255,
+        scale=1 / 254,
+        tags={"threshold": threshold},
+    ) as writer:
+        writer.write(values, 0, 0)
+    return path
+
+
+def layers(path):
+    return gpd.read_file(path, layer="edges"), gpd.read_file(path, layer="nodes")
+
+
+def test_cross_is_one_junction_of_degree_four(tmp_path):
+    prob = draw((200, 200), [(100, 5, 100, 195, 0.9), (5, 100, 195, 100, 0.9)])
+    out = network_raster(
+        write_prob(tmp_path / "p.tif", prob), tmp_path / "net.gpkg", NetworkParams(**SMALL)
+    )
+    edges, nodes = layers(out)
+    assert sorted(nodes.degree) == [1, 1, 1, 1, 4]
+    assert len(edges) == 4
+    assert edges.crs == pyproj.CRS(UTM)
+    junction = nodes[nodes.degree == 4].geometry.iloc[0]
+    assert junction.distance(gpd.points_from_xy([500100.5], [5399899.5])[0]) < 2.0
+    # each arm runs from the centre to about 5 px from the edge: ~95 m at 1 m pixels
+    assert np.allclose(edges.length_m, 95, atol=4)
+    assert np.allclose(edges.length_m, edges.length)  # metres = CRS units here
+    assert set(edges.u) | set(edges.v) == set(nodes.node_id)
+    assert np.allclose(edges.mean_prob, 0.9, atol=0.01)
+    assert (edges.min_prob <= edges.mean_prob).all()
+
+
+@pytest.mark.parametrize(("gap_prob", "bridged"), [(0.3, True), (0.0, False)])
+def test_gap_bridged_only_where_probability_says_road(tmp_path, gap_prob, bridged):
+    prob = draw((120, 200), [(60, 5, 60, 195, 0.9)])
+    prob[:, 97:103] = np.where(prob[:, 97:103] > 0, gap_prob, 0)  # a 6 m gap: tree, shadow
+    path = write_prob(tmp_path / "p.tif", prob)
+    edges, _ = network_frames(build_network(path, NetworkParams(**SMALL)), 1.0)
+    assert len(edges) == (1 if bridged else 2)
+    if bridged:
+        assert edges.length_m.iloc[0] == pytest.approx(190, abs=4)
+        assert edges.min_prob.iloc[0] == pytest.approx(0.3, abs=0.01)
+    raw, _ = network_frames(build_network(path, NetworkParams(**SMALL, repair=False)), 1.0)
+    assert len(raw) == 2  # without repair the gap stays
+
+
+def test_short_spur_pruned_long_branch_kept(tmp_path):
+    roads = [(60, 5, 60, 195, 0.9), (60, 60, 68, 60, 0.9), (60, 140, 115, 140, 0.9)]
+    path = write_prob(tmp_path / "p.tif", draw((120, 200), roads))
+    edges, nodes = network_frames(build_network(path, NetworkParams(**SMALL, spur_min_m=12)), 1)
+    assert len(edges) == 3  # the 40 m branch makes a junction; the ~8 m stub is gone
+    assert sorted(nodes.degree) == [1, 1, 1, 3]
+    raw, _ = network_frames(build_network(path, NetworkParams(**SMALL, repair=False)), 1.0)
+    assert len(raw) == 5
+
+
+def test_road_crossing_block_seams_is_one_edge(tmp_path):
+    # a diagonal road through blocks of 64 px: it crosses 5 seams
+    path = write_prob(tmp_path / "p.tif", draw((200, 200), [(10, 20, 190, 170, 0.9)]))
+    for params in (NetworkParams(**SMALL), NetworkParams(**{**SMALL, "block_size": 256})):
+        edges, nodes = network_frames(build_network(path, params), 1.0)
+        assert len(edges) == 1
+        assert sorted(nodes.degree) == [1, 1]
+        assert edges.length_m.iloc[0] == pytest.approx(math.hypot(180, 150), abs=4)
+
+
+def _signature(path, **changes):
+    edges, nodes = network_frames(build_network(path, NetworkParams(**{**SMALL, **changes})), 1.0)
+    e = sorted(
+        (
+            round(g.length, 3),
+            tuple(np.round(g.coords[0], 2)),
+            tuple(np.round(g.coords[-1], 2)),
+            round(float(m), 4),
+            round(float(n), 4),
+        )
+        for g, m, n in zip(edges.geometry, edges.mean_prob, edges.min_prob, strict=True)
+    )
+    n = sorted(
+        (int(d), round(p.x, 2), round(p.y, 2))
+        for d, p in zip(nodes.degree, nodes.geometry, strict=True)
+    )
+    return e, n
+
+
+@pytest.mark.parametrize("repair", [False, True])
+def test_same_network_whatever_the_block_size(tmp_path, repair):
+    rng = np.random.default_rng(1)
+    roads = [(*rng.uniform(0, 300, 4), rng.uniform(0.55, 1.0)) for _ in range(10)]
+    prob = draw((300, 300), roads, width=5)
+    prob = np.clip(prob + rng.normal(0, 0.05, prob.shape) * (prob > 0), 0, 1)
+    prob[140:150, 0:40] = np.nan  # nodata
+    path = write_prob(tmp_path / "p.tif", prob)
+    whole = _signature(path, repair=repair, block_size=320)
+    assert len(whole[0]) > 10
+    for block in (64, 96, 160):
+        assert _signature(path, repair=repair, block_size=block) == whole
+
+
+@pytest.mark.slow
+def test_same_network_whatever_the_worker_count(tmp_path):
+    rng = np.random.default_rng(2)
+    roads = [(*rng.uniform(0, 300, 4), rng.uniform(0.55, 1.0)) for _ in range(10)]
+    path = write_prob(tmp_path / "p.tif", draw((300, 300), roads, width=5))
+    serial = _signature(path, block_size=96)
+    assert len(serial[0]) > 10
+    assert _signature(path, block_size=96, workers=2) == serial
+    assert _signature(path, block_size=160, workers=2) == serial
+
+
+def test_geographic_raster_lengths_in_metres(tmp_path):
+    res = 1e-5  # degrees: ~1.11 m north-south, ~0.74 m east-west at 48 N
+    transform = Affine(res, 0, 7.0, 0, -res, 48.0)
+    prob = draw((200, 260), [(100, 5, 100, 255, 0.9), (5, 130, 195, 130, 0.9)], width=6)
+    path = write_prob(tmp_path / "p.tif", prob, crs="EPSG:4326", transform=transform)
+    edges, nodes = layers(network_raster(path, tmp_path / "n.gpkg", NetworkParams(**SMALL)))
+    assert edges.crs == pyproj.CRS("EPSG:4326")
+    assert sorted(nodes.degree) == [1, 1, 1, 1, 4]
+    geod = pyproj.Geod(ellps="WGS84")
+    for line, length in zip(edges.geometry, edges.length_m, strict=True):
+        (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
+        assert length == pytest.approx(geod.inv(x0, y0, x1, y1)[2], rel=0.01)
+    east_west = edges[[abs(g.coords[0][1] - g.coords[-1][1]) < 1e-9 for g in edges.geometry]]
+    assert np.allclose(
+        east_west.length_m, 125 * res * 111_320 * math.cos(math.radians(48)), rtol=0.05
+    )
+
+
+def test_float_raster_of_another_tool(tmp_path):
+    prob = draw((100, 160), [(50, 5, 50, 155, 0.8)])
+    prob[:, :3] = np.nan
+    path = raster.write_geotiff(
+        tmp_path / "other.tif",
+        prob,
+        crs=UTM,
+        transform=Affine(0.5, 0, 500000.0, 0, -0.5, 5400000.0),
+        nodata=float("nan"),
+    )
+    edges, _ = network_frames(build_network(path, NetworkParams(**SMALL), threshold=0.5), 0.5)
+    assert len(edges) == 1
+    assert edges.length_m.iloc[0] == pytest.approx(148 * 0.5, abs=3)
+
+
+def test_unscaled_byte_raster_is_refused(tmp_path, capsys):
+    prob = draw((64, 64), [(32, 2, 32, 62, 1.0)]) * 255
+    path = raster.write_geotiff(
+        tmp_path / "bytes.tif",
+        prob.astype(np.uint8),
+        crs=UTM,
+        transform=Affine(1, 0, 500000.0, 0, -1, 5400000.0),
+    )
+    with pytest.raises(NetworkError, match="gdal_edit.py -scale"):
+        build_network(path, NetworkParams(**SMALL), threshold=0.5)
+    assert main(["network", str(path), "--threshold", "0.5"]) == 2
+    assert "not probabilities in 0..1" in capsys.readouterr().err
+    assert not (tmp_path / "bytes_network.gpkg").exists()
+
+
+def test_cli_writes_once_and_needs_overwrite(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: defaults
+    write_prob(tmp_path / "p.tif", draw((100, 100), [(50, 5, 50, 95, 0.9)]))
+    assert main(["network", "p.tif", "-o", "n.gpkg"]) == 0
+    edges, nodes = layers(tmp_path / "n.gpkg")
+    assert len(edges) == 1 and list(nodes.degree) == [1, 1]
+    assert main(["network", "p.tif", "-o", "n.gpkg"]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["network", "p.tif", "-o", "n.gpkg", "--overwrite", "--no-repair"]) == 0
+
+
+def test_empty_raster_gives_empty_layers(tmp_path):
+    path = write_prob(tmp_path / "p.tif", np.zeros((80, 80), np.float32))
+    edges, nodes = layers(network_raster(path, tmp_path / "n.gpkg", NetworkParams(**SMALL)))
+    assert len(edges) == 0 and len(nodes) == 0
+    assert {"edge_id", "u", "v", "length_m", "mean_prob", "min_prob"} <= set(edges.columns)
+
+
+def test_predict_batch_places_network_files(tmp_path):
+    from pipeline.predict_batch import batch_targets
+
+    (tmp_path / "nets").mkdir()
+    targets = batch_targets([tmp_path / "a.tif", tmp_path / "b.tif"], network=tmp_path / "nets")
+    assert [t.network for t in targets] == [
+        tmp_path / "nets" / "a_roads_network.gpkg",
+        tmp_path / "nets" / "b_roads_network.gpkg",
+    ]
+    with pytest.raises(ValueError, match="--network must be an existing folder"):
+        batch_targets([tmp_path / "a.tif", tmp_path / "b.tif"], network=tmp_path / "n.gpkg")
+
+
+@pytest.mark.slow
+def test_predict_writes_the_network_with_the_models_threshold(tmp_path, scenes_dir, monkeypatch):
+    from pipeline.model import ModelConfig, build_unet, save_model
+
+    monkeypatch.chdir(tmp_path)  # no params.yaml: defaults
+    cfg = ModelConfig(
+        encoder="resnet18", bands=["red", "green", "blue", "nir"], mean=[120.0] * 4,
+        std=[50.0] * 4, chip_size=64, threshold=0.5,
+    )  # fmt: skip
+    model = save_model(build_unet(cfg), cfg, tmp_path / "model")
+    image = scenes_dir / "s1.tif"
+    args = ["predict", str(image), "--model", str(model), "-o", "p.tif", "--window", "64"]
+    args += ["--overlap", "16"]
+    assert main([*args, "--workers", "1", "-q", "--network", "net.gpkg"]) == 0
+    edges, nodes = layers(tmp_path / "net.gpkg")
+    assert edges.crs == pyproj.CRS(UTM) and nodes.crs == pyproj.CRS(UTM)
+    assert set(edges.u) | set(edges.v) <= set(nodes.node_id)
+    assert raster.raster_tags(tmp_path / "p.tif")["threshold"] == "0.5"
+    assert main([*args, "--workers", "1", "-q", "--network", "net.gpkg"]) == 2  # exists
+
+
+def test_loose_end_bridged_onto_an_edge(tmp_path):
+    # a side road fades to probability 0.3 over the 12 m before the main road (a tree)
+    prob = draw((160, 200), [(40, 5, 40, 195, 0.9), (40, 100, 150, 100, 0.3)])
+    prob = np.maximum(prob, draw((160, 200), [(54, 100, 150, 100, 0.9)]))
+    path = write_prob(tmp_path / "p.tif", prob)
+    edges, nodes = network_frames(build_network(path, NetworkParams(**SMALL)), 1.0)
+    assert sorted(nodes.degree) == [1, 1, 1, 3]  # a T junction on the main road
+    assert len(edges) == 3
+    _, raw = network_frames(build_network(path, NetworkParams(**SMALL, repair=False)), 1.0)
+    assert sorted(raw.degree) == [1, 1, 1, 1]
+
+
+def test_junction_cluster_merged_into_one_node(tmp_path):
+    # two side roads meet the main road 3 m apart, from either side: one crossing
+    roads = [(60, 5, 60, 195, 0.9), (5, 99, 60, 99, 0.9), (60, 102, 115, 102, 0.9)]
+    path = write_prob(tmp_path / "p.tif", draw((120, 200), roads))
+    _, nodes = network_frames(build_network(path, NetworkParams(**SMALL)), 1.0)
+    assert sorted(nodes.degree) == [1, 1, 1, 1, 4]
+    params = NetworkParams(**SMALL, junction_merge_m=0, spur_min_m=0)
+    _, raw = network_frames(build_network(path, params), 1.0)
+    assert sorted(raw.degree) == [1, 1, 1, 1, 3, 3]

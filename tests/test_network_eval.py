@@ -1,0 +1,138 @@
+"""Network metrics in evaluate: truth from road vectors (EPSG:4326) on a UTM scene, the
+proposal from a probability raster; APLS/TOPO into eval.json, model.json and MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from affine import Affine
+from shapely.geometry import LineString
+
+from pipeline import evaluate, raster
+from pipeline.config import (
+    DataParams,
+    EvaluateParams,
+    NetworkParams,
+    RegisterParams,
+    SceneSource,
+    TileParams,
+)
+from pipeline.network_eval import score_scene_network, truth_network
+
+SIZE = 256
+CRS = "EPSG:32632"
+ORIGIN = (500000.0, 5400000.0)
+TRANSFORM = Affine(1.0, 0.0, ORIGIN[0], 0.0, -1.0, ORIGIN[1])
+ROW, COL = 100, 160  # a horizontal and a vertical road cross here
+PARAMS = NetworkParams(block_size=128, skeleton_tile=64, skeleton_halo_px=16, seam_margin_px=16)
+
+
+def _nodata_corner() -> np.ndarray:
+    rows, cols = np.mgrid[:SIZE, :SIZE]
+    return rows + cols < 48
+
+
+def _scene(tmp_path: Path) -> SceneSource:
+    img = np.full((4, SIZE, SIZE), 90, np.uint8)
+    img[:, _nodata_corner()] = 0
+    image = raster.write_geotiff(
+        tmp_path / "scene.tif", img, crs=CRS, transform=TRANSFORM, nodata=0
+    )
+    y, x = ORIGIN[1] - (ROW + 0.5), ORIGIN[0] + COL + 0.5
+    lines = [
+        LineString([(ORIGIN[0] - 20, y), (ORIGIN[0] + SIZE + 20, y)]),  # runs off the scene
+        LineString([(x, ORIGIN[1] + 10), (x, ORIGIN[1] - SIZE - 10)]),
+    ]
+    roads = gpd.GeoDataFrame({"width_m": [6.0, 6.0]}, geometry=lines, crs=CRS).to_crs("EPSG:4326")
+    roads.to_file(tmp_path / "scene.roads.gpkg", layer="roads", driver="GPKG")
+    return SceneSource(
+        name="held_out", image=image, roads=tmp_path / "scene.roads.gpkg", split="test"
+    )
+
+
+def _prediction(tmp_path: Path, gap_prob: float | None = None) -> Path:
+    prob = np.full((SIZE, SIZE), 0.02, np.float32)
+    prob[ROW - 2 : ROW + 2, :] = 0.9
+    prob[:, COL - 2 : COL + 2] = 0.9
+    if gap_prob is not None:
+        prob[190:196, COL - 2 : COL + 2] = gap_prob  # 6 m of the vertical road under a tree
+    prob[_nodata_corner()] = np.nan
+    return raster.write_geotiff(
+        tmp_path / "prob.tif", prob, crs=CRS, transform=TRANSFORM, nodata=float("nan")
+    )
+
+
+def test_truth_network_is_clipped_to_the_valid_area_and_noded(tmp_path):
+    graph = truth_network(_scene(tmp_path))
+    degrees = sorted(d for _, d in graph.degree)
+    assert degrees == [1, 1, 1, 1, 4]  # the cross, cut at the scene's edges and nodata
+    xs = [d["x"] for _, d in graph.nodes(data=True)]
+    assert min(xs) >= ORIGIN[0] and max(xs) <= ORIGIN[0] + SIZE + 1e-6
+
+
+def test_perfect_prediction_scores_one_and_repair_bridges_a_gap(tmp_path):
+    scene = _scene(tmp_path)
+    perfect = score_scene_network(scene, _prediction(tmp_path), PARAMS, 0.5)
+    assert perfect["apls"] > 0.95 and perfect["topo_f1"] > 0.95
+    assert perfect["apls_raw"] > 0.9
+
+    gap = score_scene_network(scene, _prediction(tmp_path, gap_prob=0.3), PARAMS, 0.5)
+    assert gap["apls"] > 0.95  # bridged
+    assert gap["apls_raw"] < gap["apls"] - 0.05  # the raw skeleton keeps the gap
+    for key in ("apls_gt_onto_prop", "apls_prop_onto_gt", "topo_precision", "topo_recall"):
+        assert 0.0 <= gap[key] <= 1.0
+
+
+@pytest.mark.slow
+def test_evaluate_reports_network_metrics(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.model import ModelConfig, build_unet, save_model
+
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working dir
+    scene = _scene(tmp_path)
+    cfg = ModelConfig(
+        encoder="resnet18", bands=["red", "green", "blue", "nir"], mean=[90.0] * 4,
+        std=[40.0] * 4, chip_size=64, threshold=0.5,
+    )  # fmt: skip
+    model_dir = save_model(build_unet(cfg), cfg, tmp_path / "model")
+    (tmp_path / "pred").mkdir()
+    prediction = _prediction(tmp_path / "pred", gap_prob=0.3)
+
+    def known_prediction(scene, out_dir, model_dir, params, workers, scheduler=None):
+        target = Path(out_dir) / "p.tif"
+        target.write_bytes(prediction.read_bytes())
+        return target
+
+    monkeypatch.setattr(evaluate, "predict_scene", known_prediction)
+    ev = EvaluateParams(
+        metrics_path=tmp_path / "metrics" / "eval.json",
+        plots_dir=tmp_path / "plots",
+        reports_dir=tmp_path / "reports",
+    )
+    tile = TileParams(out_dir=tmp_path / "chips", workers=1)
+    reg = RegisterParams(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="t")
+    result = evaluate.run_evaluate(ev, DataParams(scenes=[scene]), tile, model_dir, reg, PARAMS)
+
+    saved = json.loads(ev.metrics_path.read_text())
+    for key in ("apls", "apls_gt_onto_prop", "apls_prop_onto_gt", "topo_f1", "apls_raw"):
+        assert saved[key] == pytest.approx(saved["per_scene"]["held_out"][key])
+    assert saved["apls"] > 0.95 and "iou" in saved
+    card = json.loads((model_dir / "model.json").read_text())["metrics"]
+    assert card["test_apls"] == pytest.approx(saved["apls"])
+    assert card["test_topo_f1"] == pytest.approx(saved["topo_f1"])
+    logged = MlflowClient(tracking_uri=reg.tracking_uri).get_run(result["mlflow_run_id"])
+    assert logged.data.metrics["apls"] == pytest.approx(saved["apls"])
+    assert logged.data.metrics["held_out/topo_recall"] == pytest.approx(saved["topo_recall"])
+
+
+def test_scene_without_roads_in_its_valid_area_has_no_network_metrics(tmp_path):
+    scene = _scene(tmp_path)
+    far = LineString([(ORIGIN[0] + 5000, ORIGIN[1]), (ORIGIN[0] + 6000, ORIGIN[1])])
+    gpd.GeoDataFrame(geometry=[far], crs=CRS).to_file(tmp_path / "far.gpkg", driver="GPKG")
+    elsewhere = scene.model_copy(update={"roads": tmp_path / "far.gpkg"})
+    assert score_scene_network(elsewhere, _prediction(tmp_path), PARAMS, 0.5) == {}
