@@ -367,7 +367,8 @@ def stop_cluster_in_background(client: Any) -> Future:
 
 def total_threads(client: Any) -> int:
     """Task slots on the cluster (sum of worker threads)."""
-    return sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()) or 1
+    workers = client.scheduler_info().get("workers", {})  # none once the scheduler is lost
+    return sum(w["nthreads"] for w in workers.values()) or 1
 
 
 def max_threads_per_worker(client: Any) -> int:
@@ -438,6 +439,12 @@ def stream_results(
                 client.cancel(list(ac.futures))
 
 
+_SCHEDULER_LOST = (
+    "the Dask scheduler dropped this run's tasks (it stopped, or the connection to it was "
+    "lost); start the scheduler again and rerun"
+)
+
+
 def _result(fut: Any) -> Any:
     """``fut.result()``; a future cancelled because the scheduler went away is a ClusterError."""
     from concurrent.futures import CancelledError
@@ -445,20 +452,18 @@ def _result(fut: Any) -> Any:
     try:
         return fut.result()
     except CancelledError:
-        raise ClusterError(
-            "the Dask scheduler dropped this run's tasks (it stopped, or the connection to it "
-            "was lost); start the scheduler again and rerun"
-        ) from None
+        raise ClusterError(_SCHEDULER_LOST) from None
 
 
 def _worker_count(client: Any) -> int:
     """Workers the scheduler has now; ClusterError when the scheduler no longer answers."""
     try:
-        return len(client.scheduler_info()["workers"])
+        info = client.scheduler_info()
     except (OSError, TimeoutError) as e:
-        raise ClusterError(
-            f"lost the Dask scheduler {client.scheduler.address} ({e}); start it again and rerun"
-        ) from None
+        raise ClusterError(f"{_SCHEDULER_LOST} ({e})") from None
+    if "workers" not in info or client.status in ("closing", "closed"):  # gave up reconnecting
+        raise ClusterError(_SCHEDULER_LOST)
+    return len(info["workers"])
 
 
 def wait_while_cluster_lives(client: Any, futures: list[Any]) -> None:
@@ -467,6 +472,7 @@ def wait_while_cluster_lives(client: Any, futures: list[Any]) -> None:
     return for ``NO_WORKERS_TIMEOUT_S`` (``$ROADSEG_NO_WORKERS_TIMEOUT_S``); then ClusterError:
     a run never hangs in silence."""
     import time
+    from concurrent.futures import CancelledError
 
     from distributed import wait
 
@@ -478,6 +484,8 @@ def wait_while_cluster_lives(client: Any, futures: list[Any]) -> None:
             return
         except TimeoutError:
             pass
+        except CancelledError:  # distributed cancels every future when the scheduler is lost
+            raise ClusterError(_SCHEDULER_LOST) from None
         if _worker_count(client):
             gone_since = None
             continue
