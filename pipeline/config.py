@@ -151,6 +151,12 @@ class PretrainParams(_Section):
         default_factory=lambda: ["resnet18"], description="Backbones to pretrain"
     )
     out_dir: Path = Field(Path("models/backbones"), description="<arch>.safetensors + <arch>.json")
+    task: Literal["auto", "landcover", "roads", "rotation"] = Field(
+        "auto",
+        description="Patch classes: landcover (the scenes' land-cover rasters), roads (from the road "
+        "masks: no road, direction in 4 bins, junction), rotation (self-supervised: 0/90/180/270 "
+        "degree turns of the imagery); auto: landcover where the chips have it, else roads",
+    )
     input_size: int = Field(
         64, ge=32, description="Chips are resized to this side for classification"
     )

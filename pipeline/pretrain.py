@@ -1,4 +1,7 @@
-"""Classification pretraining of a zoo backbone on land-cover patches (the ``pretrain`` stage).
+"""Classification pretraining of a zoo backbone on patches (the ``pretrain`` stage).
+
+The patch classes come from ``pretrain.task`` (:mod:`pipeline.pretrain_data`): land cover,
+classes derived from the road masks, or rotation prediction on imagery alone.
 
 One loop for every architecture: AdamW, cross-entropy, ``epochs`` passes over the train split
 (capped at ``max_batches_per_epoch``), validation after each epoch. Two architecture rules from
@@ -33,7 +36,7 @@ from backbones.losses import classification_loss
 from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.config import PretrainParams, RegisterParams
 from pipeline.model import autocast_dtype
-from pipeline.pretrain_data import PatchDataset, read_chip_folder
+from pipeline.pretrain_data import PatchDataset, read_chip_folder, resolve_task
 from pipeline.registry import log_dict, log_figure, log_metrics, log_params, tracked_run
 
 AUGMENTED_ARCHS = frozenset({"alexnet"})
@@ -170,17 +173,22 @@ def _device() -> torch.device:
 def pretrain_backbone(
     arch: str, params: PretrainParams, chips_dir: Path, tracking: RegisterParams
 ) -> dict[str, Any]:
-    """Train ``arch`` to classify land-cover patches; write weights + meta; log an MLflow run.
+    """Train ``arch`` to classify patches (``params.task``); write weights + meta; log an
+    MLflow run.
 
     Returns the meta dict plus ``run_id``, ``weights_path`` and ``meta_path``.
     """
-    chips = read_chip_folder(Path(chips_dir))
+    task = resolve_task(Path(chips_dir), params.task)
+    chips = read_chip_folder(Path(chips_dir), task)
     classes, bands = chips.classes, chips.bands
     augment = arch in AUGMENTED_ARCHS
     train_set = PatchDataset(chips, "train", params.input_size, augment=augment, seed=params.seed)
     val_set = PatchDataset(chips, "val", params.input_size)
     if len(train_set) == 0:
-        raise ValueError(f"{chips_dir}: no labelled train patches (land cover >= 60%, no nodata)")
+        raise ValueError(
+            f"{chips_dir}: no labelled train patches for pretrain.task {task} "
+            f"({params.input_size} px, no nodata{', land cover >= 60%' if task == 'landcover' else ''})"
+        )
     if augment:
         train_set.pca = PcaNoise.fit(train_set.sample_pixels(seed=params.seed))
 
@@ -205,12 +213,13 @@ def pretrain_backbone(
     with tracked_run(
         tracking.experiment,
         f"pretrain-{arch}",
-        tags={"stage": "pretrain", "arch": arch},
+        tags={"stage": "pretrain", "arch": arch, "task": task},
         tracking_default=tracking.tracking_uri,
     ) as run_id:
         log_params(
             {
                 "arch": arch,
+                "task": task,
                 "pretrain": params.model_dump(mode="json"),
                 "data": {
                     "fingerprint": chips.stats["fingerprint"],
@@ -247,6 +256,7 @@ def pretrain_backbone(
         )
         meta = {
             "arch": arch,
+            "task": task,
             "in_channels": len(bands),
             "num_classes": len(classes),
             "classes": classes,
