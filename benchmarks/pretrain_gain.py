@@ -75,8 +75,16 @@ def validation_cpu_s(model_dir: Path, chips_dir: Path, train_params) -> float:
 
 
 def run_unet(
-    p: Params, weights: str, backbones: Path, run_dir: Path, seed: int, batches: int, epochs: int
+    p: Params,
+    weights: str,
+    backbones: Path,
+    run_dir: Path,
+    seed: int,
+    batches: int,
+    epochs: int,
+    calibrate: bool = False,
 ) -> dict:
+    """One U-Net run; with ``calibrate`` also the CPU seconds of one validation pass."""
     from pipeline.train import run_train
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,8 +114,11 @@ def run_unet(
         "best_val_iou": metrics["val_iou"],
         "threshold": metrics["threshold"],
         "test_iou": test_iou(train.out_dir, p.tile.out_dir),
-        "val_pass_cpu_s": validation_cpu_s(train.out_dir, p.tile.out_dir, train),
-    }
+    } | (
+        {"val_pass_cpu_s": validation_cpu_s(train.out_dir, p.tile.out_dir, train)}
+        if calibrate
+        else {}
+    )
 
 
 def run_pretrain(p: Params, args: argparse.Namespace, folder: Path, seed: int) -> dict:
@@ -168,16 +179,25 @@ def main() -> int:
     p = absolute(load_params(args.params))
     work = (args.work or Path(tempfile.mkdtemp(prefix="roadseg-gain-"))).resolve()
     rows: list[dict] = []
+    val_pass_cpu_s = None  # measured once, in the first random run
     for seed in [int(s) for s in args.seeds.split(",")]:
         rnd = run_unet(
-            p, "none", work / "none", work / f"none-{seed}", seed, args.batches, args.epochs
+            p,
+            "none",
+            work / "none",
+            work / f"none-{seed}",
+            seed,
+            args.batches,
+            args.epochs,
+            calibrate=val_pass_cpu_s is None,
         )
+        val_pass_cpu_s = rnd.get("val_pass_cpu_s", val_pass_cpu_s)
         rows.append({"arm": "none", "seed": seed, **rnd, "total_cpu_s": rnd["train_cpu_s"]})
         print(json.dumps(rows[-1]), flush=True)
         pre = run_pretrain(p, args, work / f"backbones-{seed}", seed)
         # CPU per U-Net step: the random run's CPU less its validation passes, per step
         steps = args.batches * args.epochs
-        cpu_per_batch = (rnd["train_cpu_s"] - args.epochs * rnd["val_pass_cpu_s"]) / steps
+        cpu_per_batch = (rnd["train_cpu_s"] - args.epochs * val_pass_cpu_s) / steps
         batches = max(1, args.batches - round(pre["pretrain_cpu_s"] / cpu_per_batch / args.epochs))
         rep = run_unet(
             p, "repo", work / f"backbones-{seed}", work / f"repo-{seed}", seed, batches, args.epochs

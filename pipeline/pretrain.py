@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from backbones import build_backbone
 from backbones.augment import PcaNoise
@@ -37,6 +37,7 @@ from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.config import PretrainParams, RegisterParams
 from pipeline.model import autocast_dtype
 from pipeline.pretrain_data import PatchDataset, read_chip_folder, resolve_task
+from pipeline.pretrain_rasters import RasterRotationPatches
 from pipeline.registry import log_dict, log_figure, log_metrics, log_params, tracked_run
 
 AUGMENTED_ARCHS = frozenset({"alexnet"})
@@ -191,6 +192,10 @@ def pretrain_backbone(
         )
     if augment:
         train_set.pca = PcaNoise.fit(train_set.sample_pixels(seed=params.seed))
+    unlabelled = RasterRotationPatches(
+        params.unlabelled, params.input_size, chips.stats["mean"], chips.stats["std"]
+    )
+    train_data: Dataset = ConcatDataset([train_set, unlabelled]) if len(unlabelled) else train_set
 
     torch.manual_seed(params.seed)
     device = _device()
@@ -202,7 +207,7 @@ def pretrain_backbone(
         model.parameters(), lr=params.lr, weight_decay=params.weight_decay
     )
     train_loader = DataLoader(
-        train_set,
+        train_data,
         batch_size=params.batch_size,
         shuffle=True,
         generator=torch.Generator().manual_seed(params.seed),
@@ -224,6 +229,7 @@ def pretrain_backbone(
                 "data": {
                     "fingerprint": chips.stats["fingerprint"],
                     "train_patches": len(train_set),
+                    "unlabelled_patches": len(unlabelled),
                     "val_patches": len(val_set),
                 },
                 "device": device.type,

@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
 import segmentation_models_pytorch as smp
 import torch
+from rasterio.transform import from_origin
 from safetensors.torch import load_file
 
 from backbones import build_backbone
@@ -20,6 +22,7 @@ from pipeline.model import build_unet
 from pipeline.model_config import ModelConfig
 from pipeline.pretrain import load_pretrained, pretrain_backbone
 from pipeline.pretrain_targets import ROAD_CLASSES
+from pipeline.raster import write_geotiff
 from pipeline.train import init_encoder
 from tests.chipdata import BANDS, CLASSES, write_chips
 
@@ -153,8 +156,15 @@ def test_pretraining_without_land_cover_feeds_the_unet_encoder(
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     chips = write_chips(tmp_path / "chips", with_landcover=False, roads=True)
-    p = params(tmp_path, "resnet18", task=task, epochs=1, batch_size=8)
+    extra = []
+    if task == "rotation":  # and an unlabelled raster: 2 x 2 cells of 32 px, each 4 times
+        image = np.random.default_rng(0).integers(1, 255, (4, 64, 64)).astype(np.uint8)
+        grid = from_origin(500000, 5400000, 1.0, 1.0)
+        extra = [write_geotiff(tmp_path / "u.tif", image, crs="EPSG:32632", transform=grid)]
+    p = params(tmp_path, "resnet18", task=task, epochs=1, batch_size=8, unlabelled=extra)
     result = pretrain_backbone("resnet18", p, chips, tracking(tmp_path))
+    logged = dict(run_rows(tmp_path, result["run_id"], "params"))
+    assert logged["data.unlabelled_patches"] == ("16" if extra else "0")
     state, meta = load_pretrained("resnet18", p.out_dir)
     assert meta["task"] == ("roads" if task == "auto" else task)
     assert meta["classes"] == (classes or ["0°", "90°", "180°", "270°"])
