@@ -343,9 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(
         "pretrain",
         cmd_pretrain,
-        "pretrain a zoo backbone on land-cover chips",
-        "Train a classifier from the zoo (lenet5, alexnet, vgg*, googlenet, resnet*) on land-cover "
-        "classification of the chips; writes models/backbones/<arch>.safetensors + .json.",
+        "pretrain a zoo backbone as a patch classifier on the chips (pretrain.task)",
+        "Train a classifier from the zoo (lenet5, alexnet, vgg*, googlenet, resnet*) on patches of "
+        "the chips: land cover, classes from the road masks, or rotation (pretrain.task); writes "
+        "models/backbones/<arch>.safetensors + .json.",
     )
     sp.add_argument("arch", nargs="?", help="backbone (default: every arch in pretrain.archs)")
     sp = add(

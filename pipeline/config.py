@@ -251,6 +251,17 @@ class PretrainParams(_Section):
         default_factory=lambda: ["resnet18"], description="Backbones to pretrain"
     )
     out_dir: Path = Field(Path("models/backbones"), description="<arch>.safetensors + <arch>.json")
+    task: Literal["auto", "landcover", "roads", "rotation"] = Field(
+        "auto",
+        description="Patch classes: landcover (the scenes' land-cover rasters), roads (from the road "
+        "masks: no road, direction in 4 bins, junction), rotation (self-supervised: 0/90/180/270 "
+        "degree turns of the imagery); auto: landcover where the chips have it, else roads",
+    )
+    unlabelled: list[Path] = Field(
+        default_factory=list,
+        description="Extra rasters without labels (the chips' bands, in order) whose patches add "
+        "to the train split of task rotation",
+    )
     input_size: int = Field(
         64, ge=32, description="Chips are resized to this side for classification"
     )
@@ -270,6 +281,15 @@ class PretrainParams(_Section):
         "of the chips); null: every chip once per epoch",
     )
     seed: int = Field(0, description="Seed")
+
+    @model_validator(mode="after")
+    def _unlabelled_needs_rotation(self) -> PretrainParams:
+        if self.unlabelled and self.task != "rotation":
+            raise ValueError(
+                f"pretrain.unlabelled lists {len(self.unlabelled)} raster(s), but only task "
+                f"rotation learns from imagery without labels (pretrain.task is {self.task!r})"
+            )
+        return self
 
     def weights_path(self, arch: str) -> Path:
         return self.out_dir / f"{arch}.safetensors"

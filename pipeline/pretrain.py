@@ -1,4 +1,7 @@
-"""Classification pretraining of a zoo backbone on land-cover patches (the ``pretrain`` stage).
+"""Classification pretraining of a zoo backbone on patches (the ``pretrain`` stage).
+
+The patch classes come from ``pretrain.task`` (:mod:`pipeline.pretrain_data`): land cover,
+classes derived from the road masks, or rotation prediction on imagery alone.
 
 One loop for every architecture: AdamW, cross-entropy, ``epochs`` passes over the train split
 (capped at ``max_batches_per_epoch``), validation after each epoch. Two architecture rules from
@@ -25,7 +28,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from backbones import build_backbone
 from backbones.augment import PcaNoise
@@ -33,7 +36,8 @@ from backbones.losses import classification_loss
 from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.config import PretrainParams, RegisterParams
 from pipeline.model import autocast_dtype
-from pipeline.pretrain_data import PatchDataset, read_chip_folder
+from pipeline.pretrain_data import PatchDataset, read_chip_folder, resolve_task
+from pipeline.pretrain_rasters import RasterRotationPatches
 from pipeline.registry import log_dict, log_figure, log_metrics, log_params, tracked_run
 
 AUGMENTED_ARCHS = frozenset({"alexnet"})
@@ -170,19 +174,28 @@ def _device() -> torch.device:
 def pretrain_backbone(
     arch: str, params: PretrainParams, chips_dir: Path, tracking: RegisterParams
 ) -> dict[str, Any]:
-    """Train ``arch`` to classify land-cover patches; write weights + meta; log an MLflow run.
+    """Train ``arch`` to classify patches (``params.task``); write weights + meta; log an
+    MLflow run.
 
     Returns the meta dict plus ``run_id``, ``weights_path`` and ``meta_path``.
     """
-    chips = read_chip_folder(Path(chips_dir))
+    task = resolve_task(Path(chips_dir), params.task)
+    chips = read_chip_folder(Path(chips_dir), task)
     classes, bands = chips.classes, chips.bands
     augment = arch in AUGMENTED_ARCHS
     train_set = PatchDataset(chips, "train", params.input_size, augment=augment, seed=params.seed)
     val_set = PatchDataset(chips, "val", params.input_size)
     if len(train_set) == 0:
-        raise ValueError(f"{chips_dir}: no labelled train patches (land cover >= 60%, no nodata)")
+        raise ValueError(
+            f"{chips_dir}: no labelled train patches for pretrain.task {task} "
+            f"({params.input_size} px, no nodata{', land cover >= 60%' if task == 'landcover' else ''})"
+        )
     if augment:
         train_set.pca = PcaNoise.fit(train_set.sample_pixels(seed=params.seed))
+    unlabelled = RasterRotationPatches(
+        params.unlabelled, params.input_size, chips.stats["mean"], chips.stats["std"]
+    )
+    train_data: Dataset = ConcatDataset([train_set, unlabelled]) if len(unlabelled) else train_set
 
     torch.manual_seed(params.seed)
     device = _device()
@@ -194,7 +207,7 @@ def pretrain_backbone(
         model.parameters(), lr=params.lr, weight_decay=params.weight_decay
     )
     train_loader = DataLoader(
-        train_set,
+        train_data,
         batch_size=params.batch_size,
         shuffle=True,
         generator=torch.Generator().manual_seed(params.seed),
@@ -205,16 +218,18 @@ def pretrain_backbone(
     with tracked_run(
         tracking.experiment,
         f"pretrain-{arch}",
-        tags={"stage": "pretrain", "arch": arch},
+        tags={"stage": "pretrain", "arch": arch, "task": task},
         tracking_default=tracking.tracking_uri,
     ) as run_id:
         log_params(
             {
                 "arch": arch,
+                "task": task,
                 "pretrain": params.model_dump(mode="json"),
                 "data": {
                     "fingerprint": chips.stats["fingerprint"],
                     "train_patches": len(train_set),
+                    "unlabelled_patches": len(unlabelled),
                     "val_patches": len(val_set),
                 },
                 "device": device.type,
@@ -247,6 +262,7 @@ def pretrain_backbone(
         )
         meta = {
             "arch": arch,
+            "task": task,
             "in_channels": len(bands),
             "num_classes": len(classes),
             "classes": classes,

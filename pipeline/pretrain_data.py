@@ -1,10 +1,19 @@
-"""Land-cover patch classification data cut from the tile stage's chips (EuroSAT-like).
+"""Patch classification data cut from the tile stage's chips, for pretraining the zoo.
 
 Reads a chips folder as docs/formats.md describes it (``<scene>.images.npy``,
 ``<scene>.landcover.npy``, ``<scene>.masks.npy``, ``index.gpkg`` layer ``chips``, ``stats.json``)
-and cuts every chip of a split into a grid of square patches. A patch is kept when it has no
-nodata (no land-cover 255, no mask 255) and one land-cover class covers at least 60% of it;
-that class is its label. Images are normalised with the train statistics of ``stats.json``.
+and cuts every chip of a split into a grid of square patches, labelled by one of the tasks
+(``pretrain.task``):
+
+- ``landcover`` (EuroSAT-like): a patch is kept when it has no nodata (no land-cover 255, no
+  mask 255) and one land-cover class covers at least 60% of it; that class is its label;
+- ``roads``: classes derived from the road mask (no road, direction, junction;
+  :mod:`pipeline.pretrain_targets`);
+- ``rotation``: self-supervised, the patch turned by a multiple of 90 degrees, the turn is the
+  class (imagery only).
+
+``auto`` picks land cover where the chips have it, else roads. Images are normalised with the
+train statistics of ``stats.json``.
 
 AlexNet trains with the paper's augmentations (section 4.1), applied here when asked:
 random crops (the patch window jitters by up to 16/224 of its side, the 256 -> 224 crop margin,
@@ -18,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -29,9 +38,19 @@ from torch.utils.data import Dataset
 
 from backbones.augment import PcaNoise
 from pipeline.chip_format import INDEX_FILE, INDEX_LAYER, LANDCOVER_UNKNOWN, MASK_NODATA, STATS_FILE
+from pipeline.pretrain_targets import (
+    ROAD_CLASSES,
+    ROTATION_CLASSES,
+    label_road_patches,
+    label_rotation_patches,
+)
+
+Task = Literal["landcover", "roads", "rotation"]
 
 MIN_CLASS_SHARE = 0.6
 CROP_MARGIN = 16 / 224  # AlexNet: 224 crops out of 256 images move by up to 16 px each way
+# a left-right flip turns a NE-SW road into a NW-SE one (ROAD_CLASSES order)
+ROAD_CLASS_MIRRORED = [0, 1, 4, 3, 2, 5]
 
 
 @dataclass(frozen=True)
@@ -43,43 +62,76 @@ class ChipFolder:
     masks: dict[str, np.ndarray | None]
     index: pd.DataFrame
     stats: dict[str, Any]
+    task: Task = "landcover"
 
     @property
     def classes(self) -> list[str]:
+        if self.task == "roads":
+            return list(ROAD_CLASSES)
+        if self.task == "rotation":
+            return list(ROTATION_CLASSES)
         return list(self.stats["landcover_classes"])
+
+    @property
+    def scenes(self) -> list[str]:
+        """The scenes that give patches for the task."""
+        if self.task == "landcover":
+            return sorted(self.landcover)
+        if self.task == "roads":
+            return sorted(s for s, m in self.masks.items() if m is not None)
+        return sorted(self.images)
 
     @property
     def bands(self) -> list[str]:
         return list(self.stats["bands"])
 
 
-def read_chip_folder(chips_dir: Path) -> ChipFolder:
+def _has_landcover(chips_dir: Path, stats: dict[str, Any]) -> bool:
+    return bool(stats.get("landcover_classes")) and any(chips_dir.glob("*.landcover.npy"))
+
+
+def resolve_task(chips_dir: Path, requested: str) -> Task:
+    """``requested`` unless it is ``auto``: then land cover where the chips have it, else roads."""
+    if requested != "auto":
+        return requested  # type: ignore[return-value]
+    stats = json.loads((Path(chips_dir) / STATS_FILE).read_text())
+    return "landcover" if _has_landcover(Path(chips_dir), stats) else "roads"
+
+
+def _load(path: Path) -> np.ndarray | None:
+    return np.load(path, mmap_mode="r", allow_pickle=False) if path.exists() else None
+
+
+def read_chip_folder(chips_dir: Path, task: Task = "landcover") -> ChipFolder:
     chips_dir = Path(chips_dir)
     stats = json.loads((chips_dir / STATS_FILE).read_text())
     for key in ("bands", "mean", "std", "landcover_classes", "fingerprint"):
         if key not in stats:
             raise ValueError(f"{chips_dir / STATS_FILE}: missing {key!r}")
-    if not stats["landcover_classes"]:
+    if task == "landcover" and not stats["landcover_classes"]:
         raise ValueError(
-            f"{chips_dir}: no land-cover classes; pretraining needs scenes with land cover"
+            f"{chips_dir}: no land-cover classes; use pretrain.task auto, roads or rotation, "
+            "or give the scenes land cover"
         )
     index = pyogrio.read_dataframe(chips_dir / INDEX_FILE, layer=INDEX_LAYER, read_geometry=False)
     images, landcover, masks = {}, {}, {}
     for scene in sorted(index["scene"].unique()):
-        lc_path = chips_dir / f"{scene}.landcover.npy"
-        if not lc_path.exists():
-            continue  # a scene without land cover contributes no patches
         images[scene] = np.load(
             chips_dir / f"{scene}.images.npy", mmap_mode="r", allow_pickle=False
         )
-        landcover[scene] = np.load(lc_path, mmap_mode="r", allow_pickle=False)
-        mask_path = chips_dir / f"{scene}.masks.npy"
-        masks[scene] = (
-            np.load(mask_path, mmap_mode="r", allow_pickle=False) if mask_path.exists() else None
-        )
-    if not landcover:
-        raise ValueError(f"{chips_dir}: no <scene>.landcover.npy; pretraining needs land cover")
-    return ChipFolder(images, landcover, masks, index, stats)
+        masks[scene] = _load(chips_dir / f"{scene}.masks.npy")
+        lc = _load(chips_dir / f"{scene}.landcover.npy")
+        if lc is not None:  # a scene without land cover gives no land-cover patches
+            landcover[scene] = lc
+    chips = ChipFolder(images, landcover, masks, index, stats, task)
+    if not chips.scenes:
+        need = {
+            "landcover": "land cover (<scene>.landcover.npy)",
+            "roads": "road masks (<scene>.masks.npy)",
+            "rotation": "imagery (<scene>.images.npy)",
+        }[task]
+        raise ValueError(f"{chips_dir}: no {need}; pretrain.task {task} needs it")
+    return chips
 
 
 def label_patches(
@@ -110,7 +162,8 @@ def label_patches(
 
 
 class PatchDataset(Dataset):
-    """Normalised land-cover patches of one split, ``(image (C, S, S) float32, label int64)``."""
+    """Normalised labelled patches of one split (the chip folder's task),
+    ``(image (C, S, S) float32, label int64)``."""
 
     def __init__(
         self,
@@ -131,21 +184,29 @@ class PatchDataset(Dataset):
         self.std = np.where(std > 0, std, 1.0).astype(np.float32)[:, None, None]
         if self.mean.shape[0] != len(chips.bands) or self.std.shape[0] != len(chips.bands):
             raise ValueError("stats.json: mean/std need one value per band")
-        chip_size = next(iter(chips.landcover.values())).shape[-1]
+        chip_size = chips.images[chips.scenes[0]].shape[-1]
         self.patch = min(input_size, chip_size)  # chips smaller than input_size are resized
         self.items: list[tuple[str, int, int, int, int]] = []  # scene, array_index, row, col, label
         rows = chips.index[
-            (chips.index["split"] == split) & chips.index["scene"].isin(list(chips.landcover))
+            (chips.index["split"] == split) & chips.index["scene"].isin(chips.scenes)
         ]
-        num_classes = len(chips.classes)
         for scene, array_index in zip(rows["scene"], rows["array_index"], strict=True):
-            lc = chips.landcover[scene][int(array_index)]
-            nodata = lc == LANDCOVER_UNKNOWN
-            mask = chips.masks[scene]
-            if mask is not None:
-                nodata = nodata | (mask[int(array_index)] == MASK_NODATA)
-            for r, c, label in label_patches(lc, nodata, self.patch, num_classes):
+            for r, c, label in self._label_chip(scene, int(array_index)):
                 self.items.append((scene, int(array_index), r, c, label))
+
+    def _label_chip(self, scene: str, i: int) -> list[tuple[int, int, int]]:
+        mask = self.chips.masks[scene]
+        mask_i = None if mask is None else np.asarray(mask[i])
+        size = self.chips.images[scene].shape[-2:]
+        nodata = np.zeros(size, bool) if mask_i is None else mask_i == MASK_NODATA
+        if self.chips.task == "roads":
+            return label_road_patches(mask_i, nodata, self.patch)
+        if self.chips.task == "rotation":
+            return label_rotation_patches(nodata, self.patch)
+        lc = np.asarray(self.chips.landcover[scene][i])
+        return label_patches(
+            lc, nodata | (lc == LANDCOVER_UNKNOWN), self.patch, len(self.chips.classes)
+        )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -168,8 +229,12 @@ class PatchDataset(Dataset):
         if self.augment:
             if self.rng.random() < 0.5:
                 x = x[:, :, ::-1]
+                if self.chips.task == "roads":
+                    label = ROAD_CLASS_MIRRORED[label]
             if self.pca is not None:
                 x = x + self.pca.sample(self.rng)[:, None, None]
+        if self.chips.task == "rotation":
+            x = np.rot90(x, label, axes=(1, 2))  # counter-clockwise quarter turns
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         if self.patch != self.input_size:
             size = (self.input_size, self.input_size)

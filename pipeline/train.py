@@ -172,8 +172,12 @@ def init_encoder(model: nn.Module, params: TrainParams, pretrain: PretrainParams
 
     path = pretrain.weights_path(params.encoder)
     if not path.exists():
+        listed = params.encoder in pretrain.archs
         raise FileNotFoundError(
-            f"{path}: no pretrained {params.encoder}; add it to pretrain.archs and run `pipeline pretrain {params.encoder}`"
+            f"{path}: no pretrained {params.encoder} yet; "
+            + ("" if listed else f"add {params.encoder} to pretrain.archs, then ")
+            + f"run `dvc repro pretrain` or `pipeline pretrain {params.encoder}` "
+            "(or set train.encoder_weights: none)"
         )
     load_backbone_weights(model.encoder, load_file(str(path)))
 

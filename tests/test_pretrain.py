@@ -8,19 +8,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
 import segmentation_models_pytorch as smp
 import torch
+from rasterio.transform import from_origin
 from safetensors.torch import load_file
 
 from backbones import build_backbone
 from backbones.encoders import encoder_name, load_backbone_weights
-from pipeline.config import PretrainParams, RegisterParams
+from pipeline.config import PretrainParams, RegisterParams, TrainParams
+from pipeline.model import build_unet
+from pipeline.model_config import ModelConfig
 from pipeline.pretrain import load_pretrained, pretrain_backbone
+from pipeline.pretrain_targets import ROAD_CLASSES
+from pipeline.raster import write_geotiff
+from pipeline.train import init_encoder
 from tests.chipdata import BANDS, CLASSES, write_chips
 
 META_KEYS = {
-    "arch", "in_channels", "num_classes", "classes", "input_size", "mean", "std",
+    "arch", "task", "in_channels", "num_classes", "classes", "input_size", "mean", "std",
     "data_fingerprint", "val_accuracy", "epochs",
 }  # fmt: skip
 
@@ -72,6 +79,7 @@ def test_pretrain_writes_weights_meta_and_run(workdir: Path) -> None:
     assert set(meta) == META_KEYS
     stats = json.loads((workdir / "chips" / "stats.json").read_text())
     assert meta["arch"] == "resnet18" and meta["classes"] == CLASSES and meta["num_classes"] == 3
+    assert meta["task"] == "landcover"  # task auto, and the chips have land cover
     assert meta["in_channels"] == len(BANDS) and meta["input_size"] == 32 and meta["epochs"] == 2
     assert meta["mean"] == stats["mean"] and meta["std"] == stats["std"]
     assert meta["data_fingerprint"] == stats["fingerprint"]
@@ -139,3 +147,34 @@ def test_load_pretrained_checks_the_arch(workdir: Path, tmp_path: Path) -> None:
     p.meta_path("resnet18").write_text(json.dumps({"arch": "resnet34"}))
     with pytest.raises(ValueError, match="resnet34"):
         load_pretrained("resnet18", p.out_dir)
+
+
+@pytest.mark.parametrize(("task", "classes"), [("auto", ROAD_CLASSES), ("rotation", None)])
+def test_pretraining_without_land_cover_feeds_the_unet_encoder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task: str, classes: list[str] | None
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    chips = write_chips(tmp_path / "chips", with_landcover=False, roads=True)
+    extra = []
+    if task == "rotation":  # and an unlabelled raster: 2 x 2 cells of 32 px, each 4 times
+        image = np.random.default_rng(0).integers(1, 255, (4, 64, 64)).astype(np.uint8)
+        grid = from_origin(500000, 5400000, 1.0, 1.0)
+        extra = [write_geotiff(tmp_path / "u.tif", image, crs="EPSG:32632", transform=grid)]
+    p = params(tmp_path, "resnet18", task=task, epochs=1, batch_size=8, unlabelled=extra)
+    result = pretrain_backbone("resnet18", p, chips, tracking(tmp_path))
+    logged = dict(run_rows(tmp_path, result["run_id"], "params"))
+    assert logged["data.unlabelled_patches"] == ("16" if extra else "0")
+    state, meta = load_pretrained("resnet18", p.out_dir)
+    assert meta["task"] == ("roads" if task == "auto" else task)
+    assert meta["classes"] == (classes or ["0°", "90°", "180°", "270°"])
+    assert state["fc.weight"].shape == (len(meta["classes"]), 512)
+    assert result["val_accuracy"] is not None
+    # the train stage's own path: a U-Net as pipeline.model builds it, encoder_weights repo
+    stats = json.loads((chips / "stats.json").read_text())
+    config = ModelConfig(
+        encoder="resnet18", bands=stats["bands"], mean=stats["mean"], std=stats["std"], chip_size=64
+    )
+    unet = build_unet(config)
+    init_encoder(unet, TrainParams(encoder="resnet18", encoder_weights="repo"), p)
+    torch.testing.assert_close(unet.encoder.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])

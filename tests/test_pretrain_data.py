@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from backbones.augment import PcaNoise
-from pipeline.pretrain_data import PatchDataset, label_patches, read_chip_folder
-from tests.chipdata import write_chips
+from pipeline.pretrain_data import PatchDataset, label_patches, read_chip_folder, resolve_task
+from pipeline.pretrain_targets import ROAD_CLASSES
+from tests.chipdata import ROAD_DRAWINGS, draw_road, write_chips
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +101,64 @@ def test_reading_needs_land_cover(tmp_path: Path) -> None:
     (folder / "s1.landcover.npy").unlink()
     with pytest.raises(ValueError, match="land cover"):
         read_chip_folder(folder)
+
+
+@pytest.fixture(scope="module")
+def road_chips_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Chips with drawn roads and no land cover (a user's labelled imagery)."""
+    return write_chips(tmp_path_factory.mktemp("roads"), with_landcover=False, roads=True)
+
+
+def test_auto_task_is_land_cover_where_it_exists_else_roads(road_chips_dir, tmp_path) -> None:
+    assert resolve_task(write_chips(tmp_path), "auto") == "landcover"
+    assert resolve_task(road_chips_dir, "auto") == "roads"
+    assert resolve_task(road_chips_dir, "rotation") == "rotation"
+    with pytest.raises(ValueError, match="no land-cover classes; use pretrain.task"):
+        read_chip_folder(road_chips_dir, "landcover")
+
+
+def test_road_patches_carry_the_class_of_their_drawing(road_chips_dir) -> None:
+    chips = read_chip_folder(road_chips_dir, "roads")
+    assert chips.classes == ROAD_CLASSES and not chips.landcover
+    ds = PatchDataset(chips, "train", input_size=32)
+    expected = {
+        "none": "no road",
+        "horizontal": "road E-W",
+        "vertical": "road N-S",
+        "cross": "junction",
+    }
+    seen = set()
+    for k, (scene, i, r, c, label) in enumerate(ds.items):
+        cell = chips.masks[scene][i, r : r + 32, c : c + 32]
+        assert (cell != 255).all()
+        drawing = next(d for d in ROAD_DRAWINGS if np.array_equal(cell, draw_road(32, d)))
+        assert ROAD_CLASSES[label] == expected[drawing]
+        assert ds[k][1].item() == label
+        seen.add(drawing)
+    assert seen == set(ROAD_DRAWINGS)
+    # chip 0's nodata corner spoils its top-left cell
+    assert ("s1", 0, 0, 0) not in {it[:4] for it in ds.items}
+
+
+def test_a_flip_mirrors_the_road_direction(road_chips_dir) -> None:
+    chips = read_chip_folder(road_chips_dir, "roads")
+    aug = PatchDataset(chips, "train", input_size=32, augment=True, seed=0)
+    aug.items = [
+        ("s1", 1, 0, 0, ROAD_CLASSES.index("road NE-SW"))
+    ]  # any cell: the label is what moves
+    labels = {aug[0][1].item() for _ in range(20)}
+    assert labels == {ROAD_CLASSES.index("road NE-SW"), ROAD_CLASSES.index("road NW-SE")}
+
+
+def test_rotation_patches_are_turned_by_their_class(road_chips_dir) -> None:
+    chips = read_chip_folder(road_chips_dir, "rotation")
+    assert chips.classes == ["0°", "90°", "180°", "270°"]
+    ds = PatchDataset(chips, "train", input_size=32)
+    plain = PatchDataset(read_chip_folder(road_chips_dir, "roads"), "train", input_size=32)
+    assert len(ds) == 4 * len(plain)
+    x0, y0 = ds[0]
+    assert y0.item() == 0
+    for k in (1, 2, 3):
+        xk, yk = ds[k]
+        assert yk.item() == k and ds.items[k][:4] == ds.items[0][:4]
+        torch.testing.assert_close(xk, torch.rot90(x0, k, dims=(1, 2)))

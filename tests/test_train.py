@@ -16,7 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from pipeline.config import load_params
+from pipeline.config import PretrainParams, TrainParams, load_params
 from pipeline.datasets import Normalisation, SegmentationChips, dihedral, read_stats
 from pipeline.model import load_model
 from tests.conftest import scene_entries
@@ -340,8 +340,21 @@ def test_missing_pretrained_weights_is_a_clear_error(tmp_path, scenes_dir, chips
     p = load_params(write_params(tmp_path, scenes_dir, chips_dir, encoder_weights="repo"))
     from pipeline.train import run_train
 
-    with pytest.raises(FileNotFoundError, match="resnet18.safetensors: no pretrained resnet18"):
+    with pytest.raises(
+        FileNotFoundError, match="resnet18.safetensors: no pretrained resnet18"
+    ) as e:
         run_train(p.train, p.tile, p.pretrain, p.register)
+    # resnet18 is in pretrain.archs already: the fix is to run the stage, not to list it again
+    assert "`dvc repro pretrain`" in str(e.value) and "add resnet18" not in str(e.value)
+
+
+def test_missing_pretrained_weights_of_an_unlisted_encoder(tmp_path):
+    from pipeline.train import init_encoder
+
+    train = TrainParams(encoder="resnet34", encoder_weights="repo")
+    pretrain = PretrainParams(archs=["resnet18"], out_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="add resnet34 to pretrain.archs, then run"):
+        init_encoder(None, train, pretrain)
 
 
 @pytest.mark.slow
