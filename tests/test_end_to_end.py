@@ -34,6 +34,7 @@ COPY = [
     ".dvc/config",
     ".dvcignore",
     ".gitignore",
+    "models/backbones/README.md",
 ]
 
 
