@@ -248,7 +248,7 @@ def summary(ts: TileSetSource, per_tile: list[tuple[str, dict[str, Any]]]) -> di
         images=ts.images,
         labels=ts.labels,
         tiles=len(per_tile),
-        area_km2=round(sum(r["area_km2"] for _, r in per_tile), 3),
+        area_km2=round(sum(r["area_km2"] for _, r in per_tile), 6),
         splits={s: sum(1 for split, _ in per_tile if split == s) for s in SPLITS},
         road_fraction=round(sum(r["road_px"] for _, r in per_tile) / max(valid, 1), 4),
         nodata_fraction=round(1 - valid / max(sum(r["pixels"] for _, r in per_tile), 1), 4),
