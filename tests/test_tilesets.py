@@ -8,14 +8,16 @@ import json
 import warnings
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
 import yaml
 
+from pipeline import tilesets
 from pipeline.chip_format import MASK_NODATA
 from pipeline.cli import main
-from pipeline.config import TileSetSplit
+from pipeline.config import TileSetSplit, load_params
 from pipeline.tilesets import assign_splits
 
 SIZE = 64
@@ -132,7 +134,7 @@ def test_tile_sets_tile_through_the_cli(tmp_path, capsys):
     assert stats["scenes"] == {} and stats["gsd_m"] == 0.5
 
     # fill is nodata in the labels, even where the road runs on into it; road = 1 elsewhere
-    index = __import__("geopandas").read_file(out / "index.gpkg")
+    index = gpd.read_file(out / "index.gpkg")
     for scene in (f"mass_{s}" for s in STEMS):
         rows = index[index["scene"] == scene]
         assert rows["split"].nunique() == 1, "a tile goes whole to one split"
@@ -151,6 +153,14 @@ def test_tile_sets_tile_through_the_cli(tmp_path, capsys):
     assert (masks[col0][10:21] == 1).all() and (masks[col0][21:] == 0).all()
     assert (masks[col0][:10] == 0).all()
     assert index[index["scene"] == "dg_343"]["split"].unique().tolist() == ["test"]
+
+    # what the model card and the evaluate MLflow run say of the data: one line per tile set
+    data = load_params(params).data
+    lines = tilesets.describe(data, tilesets.read_summaries(out / "stats.json"))
+    assert lines[0] == (
+        f"mass: tile set {tmp_path / 'mass' / 'images/*.png'}, 5 tiles, 0.00512 km² "
+        "(3 train / 1 val / 1 test)"
+    )
 
 
 def test_split_is_deterministic_whole_tile_and_exact():
