@@ -215,3 +215,20 @@ def test_image_without_crs_needs_a_pixel_size(tmp_path, capsys):
     params = params_file(tmp_path, [entry])
     assert main(["tile", "-q", "--params", str(params)]) == 2
     assert "pixel_size_m" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"images": "images/*_*.png"}, "exactly one '*'"),
+        ({"labels": "masks/x.png"}, "needs {stem}"),
+        ({"label": {"road": [255, 0, 0], "background": [0]}}, "need as many values"),
+        ({"split": {"val_fraction": 0.5, "test_fraction": 0.5}}, "must be below 1"),
+        ({"imagess": "x"}, "imagess"),
+    ],
+)
+def test_tile_set_entry_mistakes_are_config_errors(tmp_path, capsys, change, message):
+    entry = mass_entry(tmp_path) | change
+    assert main(["tile", "-q", "--params", str(params_file(tmp_path, [entry]))]) == 2
+    err = capsys.readouterr().err
+    assert "data.scenes.0.tileset" in err and message in err
