@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.chip_format import INDEX_FILE, STATS_FILE
 
@@ -148,8 +157,127 @@ class OsmParams(_Section):
         return v
 
 
+class LabelConvention(_Section):
+    """How a tile set's label images mark road: a value (grey) or colour (RGB) for road, one
+    for background, and optionally a threshold for anti-aliased edges between the two."""
+
+    road: list[int] = Field(
+        [255], min_length=1, description="Road value [v] or colour [r, g, b] in the label images"
+    )
+    background: list[int] = Field(
+        [0], min_length=1, description="Background value [v] or colour [r, g, b]"
+    )
+    edge_threshold: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Accept colours between background and road (anti-aliased edges) and call "
+        "road those at least this far from background to road (0.5: the nearer one); null: "
+        "any colour other than road and background is an error",
+    )
+
+    @model_validator(mode="after")
+    def _same_length(self) -> LabelConvention:
+        if len(self.road) != len(self.background):
+            raise ValueError(
+                f"label road {self.road} and background {self.background} need as many values"
+            )
+        if self.road == self.background:
+            raise ValueError(f"label road and background are both {self.road}")
+        return self
+
+
+class TileSetSplit(_Section):
+    """Whole tiles to train/val/test: named tiles first, then fractions of the rest drawn by a
+    seeded hash of the tile name (the same files and seed always give the same split)."""
+
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of the tiles held out for val")
+    test_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Share of the tiles held out for test"
+    )
+    seed: int = Field(0, description="Seed of the tile hash that orders the draw")
+    val: list[str] = Field(
+        default_factory=list, description="Tiles (names as in {stem}) always in val"
+    )
+    test: list[str] = Field(
+        default_factory=list, description="Tiles (names as in {stem}) always in test"
+    )
+
+    @model_validator(mode="after")
+    def _fractions(self) -> TileSetSplit:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be below 1 (train needs tiles)")
+        both = set(self.val) & set(self.test)
+        if both:
+            raise ValueError(f"tiles listed in both val and test: {sorted(both)}")
+        return self
+
+
+class TileSetSource(_Section):
+    """Many image/label tiles as one entry (a public tile set such as Massachusetts Roads or
+    DeepGlobe): each tile becomes a scene ``<name>_<stem>``, split whole (pipeline/tilesets.py)."""
+
+    name: str = Field(description="Tile set id, unique; its tiles are scenes <name>_<stem>")
+    root: Path = Field(description="Folder of the tile set (paths below are relative to it)")
+    images: str = Field(
+        description="Glob of the images below root, one '*' in the file name: the tile's "
+        "{stem} (e.g. 'images/*.png', 'sat/*.tiff', 'train/*_sat.jpg')"
+    )
+    labels: str = Field(
+        description="Label image of a tile below root, with {stem} (e.g. 'masks/{stem}.png', "
+        "'map/{stem}.tif', 'train/{stem}_mask.png')"
+    )
+    pixel_size_m: float | None = Field(
+        None,
+        gt=0,
+        description="Pixel size in metres of images without georeferencing (they get a local "
+        "grid: docs/formats.md); images with a CRS keep their own grid",
+    )
+    label: LabelConvention = Field(
+        default_factory=LabelConvention, description="Which label value or colour is road"
+    )
+    fill: list[int] | None = Field(
+        None,
+        description="Image colour outside the imagery footprint (e.g. [255, 255, 255]): pixels "
+        "with exactly this value in every band are nodata in image and labels",
+    )
+    split: TileSetSplit = Field(default_factory=TileSetSplit, description="Whole-tile split")
+
+    @field_validator("images")
+    @classmethod
+    def _one_star(cls, v: str) -> str:
+        if Path(v).name.count("*") != 1 or any(c in Path(v).name for c in "?["):
+            raise ValueError(
+                f"images {v!r}: the file name part needs exactly one '*' (the tile's stem) "
+                "and no other wildcard"
+            )
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _has_stem(cls, v: str) -> str:
+        if "{stem}" not in v:
+            raise ValueError(f"labels {v!r}: needs {{stem}}, e.g. 'masks/{{stem}}.png'")
+        return v
+
+
+def _scene_kind(v: Any) -> str:
+    if isinstance(v, dict):
+        return "tileset" if "images" in v else "scene"
+    return "tileset" if isinstance(v, TileSetSource) else "scene"
+
+
+SceneEntry = Annotated[
+    Annotated[SceneSource, Tag("scene")] | Annotated[TileSetSource, Tag("tileset")],
+    Discriminator(_scene_kind),
+]
+
+
 class DataParams(_Section):
-    scenes: list[SceneSource] = Field(description="Input scenes (the synth output by default)")
+    scenes: list[SceneEntry] = Field(
+        description="Input scenes (the synth output by default) and tile sets (entries with "
+        "'images')"
+    )
     bands: list[str] = Field(
         default_factory=lambda: list(BAND_NAMES_RGBN), description="Band names, in file order"
     )
@@ -167,7 +295,7 @@ class DataParams(_Section):
 
     @field_validator("scenes")
     @classmethod
-    def _unique_names(cls, v: list[SceneSource]) -> list[SceneSource]:
+    def _unique_names(cls, v: list[SceneEntry]) -> list[SceneEntry]:
         names = [s.name for s in v]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import parallel, raster, registry
+from pipeline import parallel, raster, registry, tilesets
 from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.baseline import add_baseline_metrics
 from pipeline.config import (
@@ -437,8 +437,10 @@ def log_run(
     result: dict[str, Any],
     artifacts: dict[str, list[Path]],
     model_dir: Path,
+    data_lines: list[str] | None = None,
 ) -> str:
-    """One MLflow run ``evaluate`` with params, metrics and output files; returns its id."""
+    """One MLflow run ``evaluate`` with params, metrics and output files; returns its id.
+    ``data_lines`` describe the data (a tile set in one line: ``tilesets.describe``)."""
     with registry.tracked_run(
         register.experiment,
         "evaluate",
@@ -450,6 +452,7 @@ def log_run(
                 "evaluate": params.model_dump(mode="json"),
                 "model_dir": str(model_dir),
                 "scenes": sorted(result["per_scene"]),
+                "data": data_lines or [],
             }
         )
         registry.log_metrics(flat_metrics(result))
@@ -475,6 +478,8 @@ def run_evaluate(
     test scene with road vectors is scored too (``network_eval``: APLS, TOPO).
     """
     model_dir = Path(model_dir)
+    data_lines = tilesets.describe(data, tilesets.read_summaries(tile.stats_path))
+    data = tilesets.expand(data, Path(tile.out_dir) / tilesets.PREPARED_DIR)
     scenes = held_out_scenes(data)
     config = read_config(model_dir)
     thresholds = sweep_thresholds(config.threshold)
@@ -587,5 +592,6 @@ def run_evaluate(
         result,
         {"metrics": [metrics_path], "plots": [pr_path], "reports": figures},
         model_dir,
+        data_lines,
     )
     return {**result, "mlflow_run_id": run_id}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import shutil
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
 from pipeline import sources
-from pipeline.atomic import atomic_path, temporary_name
+from pipeline.atomic import atomic_path, temporary_name, write_text_atomic
 
 
 class RasterError(ValueError):
@@ -62,6 +63,8 @@ class RasterInfo:
             return None
         if self.crs.is_geographic:
             return self.res[0] * 111_320.0
+        if not self.crs.is_projected:  # a local engineering CRS (tile sets: LOCAL_GRID_WKT)
+            return self.res[0] * self.crs.units_factor[1]
         return self.res[0] * self.crs.linear_units_factor[1]
 
     @property
@@ -80,7 +83,9 @@ def _open(path: str | Path) -> rasterio.DatasetReader:
             # directory listing), each a request GDAL's docs advise against for cloud rasters
             with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
                 return rasterio.open(path)
-        return rasterio.open(path)
+        with warnings.catch_warnings():  # a tile without CRS is refused or given a grid by name
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            return rasterio.open(path)
     except RasterioIOError as e:
         if sources.is_remote(path):
             raise RasterError(f"{path}: GDAL cannot read it ({e})") from e
@@ -542,6 +547,67 @@ def raster_tags(path: str | Path) -> dict[str, str]:
     """The dataset's GDAL metadata tags (default domain)."""
     with _open(Path(path)) as ds:
         return dict(ds.tags())
+
+
+# ---------------------------------------------------------------- georeferencing wrappers
+# The grid given to images without georeferencing: a local engineering CRS in metres, x east
+# and y north, origin at the image's lower-left corner (it claims no place on Earth).
+LOCAL_GRID_WKT = (
+    'LOCAL_CS["roadseg local tile grid (metres, origin at the lower-left corner)",'
+    'UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+)
+
+
+def local_grid(pixel_size_m: float, height: int) -> tuple[CRS, Affine]:
+    """The local grid of an image without georeferencing, ``pixel_size_m`` metres a pixel:
+    its lower-left corner at (0, 0), so its coordinates are positive metres."""
+    return CRS.from_wkt(LOCAL_GRID_WKT), Affine(
+        pixel_size_m, 0, 0, 0, -pixel_size_m, height * pixel_size_m
+    )
+
+
+def write_vrt(
+    path: str | Path,
+    source: RasterInfo,
+    *,
+    crs: CRS,
+    transform: Affine,
+    nodata: list[float] | None = None,
+) -> Path:
+    """A GDAL VRT that shows ``source`` (by absolute path) on the grid ``crs``/``transform``,
+    with a per-band nodata value: GDAL's dataset mask is then invalid where every band holds
+    its nodata value (a fill colour), valid elsewhere. Written atomically."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("VRTDataset", rasterXSize=str(source.width), rasterYSize=str(source.height))
+    ET.SubElement(root, "SRS").text = crs.to_wkt()
+    ET.SubElement(root, "GeoTransform").text = ", ".join(
+        repr(float(v)) for v in transform.to_gdal()
+    )
+    gdal_type = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "float32": "Float32"}
+    for band in range(1, source.count + 1):
+        el = ET.SubElement(
+            root, "VRTRasterBand", dataType=gdal_type.get(source.dtype, "Float32"), band=str(band)
+        )
+        if nodata is not None:
+            ET.SubElement(el, "NoDataValue").text = repr(float(nodata[band - 1]))
+        src = ET.SubElement(el, "SimpleSource")
+        ET.SubElement(src, "SourceFilename", relativeToVRT="0").text = str(
+            Path(source.path).resolve()
+        )
+        ET.SubElement(src, "SourceBand").text = str(band)
+    if source.count == 3:
+        for el, ci in zip(root.iter("VRTRasterBand"), ("Red", "Green", "Blue"), strict=True):
+            ET.SubElement(el, "ColorInterp").text = ci
+    return write_text_atomic(path, ET.tostring(root, encoding="unicode"))
+
+
+def read_all(path: str | Path) -> np.ndarray:
+    """Every band of a raster, (C, H, W) in its dtype (one tile of a tile set at a time)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with _open(Path(path)) as ds:
+            return ds.read()
 
 
 # ---------------------------------------------------------------- whole-raster reads (evaluate)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import registry
+from pipeline import registry, tilesets
 from pipeline.atomic import write_text_atomic
 from pipeline.config import Params
 from pipeline.model_config import read_config
@@ -50,7 +50,9 @@ def model_card(params: Params, config, eval_metrics: dict, version_hint: str = "
             "| road class | road pixels | recall |\n|---|---|---|\n"
             + "\n".join(f"| {c} | {pixels.get(c, '')} | {r:.3f} |" for c, r in by_class.items())
         )
-    scenes = ", ".join(f"{s.name} ({s.split})" for s in params.data.scenes)
+    scenes = "; ".join(
+        tilesets.describe(params.data, tilesets.read_summaries(params.tile.stats_path))
+    )
     gsd = f"{config.gsd_m:g} m" if config.gsd_m else "that of the training scenes"
     dtype = config.dtype or "the training scenes' sample type"
     return f"""# {params.register.model_name} {version_hint}
@@ -157,9 +159,8 @@ def promote(params: Params, version: str) -> None:
 def _input_example(params: Params, channels: int) -> np.ndarray:
     """A small real input: the top-left 64 px of the first test (else any) chip."""
     chips_dir = Path(params.tile.out_dir)
-    for scene in [s.name for s in params.data.scenes if s.split == "test"] + [
-        s.name for s in params.data.scenes
-    ]:
+    data = tilesets.expand(params.data, chips_dir / tilesets.PREPARED_DIR, check_prepared=False)
+    for scene in [s.name for s in data.scenes if s.split == "test"] + [s.name for s in data.scenes]:
         path = chips_dir / f"{scene}.images.npy"
         if path.exists():
             arr = np.load(path, mmap_mode="r", allow_pickle=False)

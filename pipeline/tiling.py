@@ -443,8 +443,16 @@ def run_tile(
     import pandas as pd
     from shapely.geometry import box
 
+    from pipeline import tilesets
     from pipeline.parallel import map_ordered
 
+    entries = data
+    data, tileset_summaries = tilesets.prepare(
+        data,
+        Path(tile.out_dir) / tilesets.PREPARED_DIR,
+        workers=workers or tile.workers,
+        progress=progress,
+    )
     infos = check_scenes(data)
     band_plans = {s.name: scene_band_plan(s, data) for s in data.scenes}
     for bp in band_plans.values():
@@ -538,7 +546,8 @@ def run_tile(
         **stretched_stats(results, percentiles),
         chip_size=tile.chip_size,
         landcover_classes=classes,
-        scenes={s.name: s.split for s in data.scenes},
+        scenes={s.name: s.split for s in entries.scenes if isinstance(s, SceneSource)},
+        tilesets=tileset_summaries,
         counts={split: int((index["split"] == split).sum()) for split in ("train", "val", "test")},
         fingerprint=fingerprint,
     )

@@ -38,6 +38,7 @@ COPY = [
     ".dvc/config",
     ".dvcignore",
     ".gitignore",
+    "models/backbones/README.md",
 ]
 
 

@@ -1,0 +1,285 @@
+"""Tile sets: many image/label tiles named by one ``data.scenes`` entry, expanded to scenes.
+
+A public road data set (Massachusetts Roads, DeepGlobe) ships as hundreds to thousands of
+PNG/JPEG/TIFF tiles without georeferencing, with label images in their own convention. The tile
+stage expands such an entry (``TileSetSource``) into one scene per tile, named
+``<set>_<stem>``, and prepares each tile once, one at a time (memory does not grow with the
+set):
+
+- ``<stem>.vrt``: the image on its own grid, or for an image without CRS on a local grid of the
+  declared pixel size (``raster.LOCAL_GRID_WKT``), with the fill colour as nodata;
+- ``<stem>.labels.tif``: road = 1, background = 0, 255 (nodata) where the image is fill,
+  converted from the declared label convention (a colour outside it is an error).
+
+Whole tiles go to train/val/test (``assign_splits``): the same files and seed give the same
+split. Every later stage sees ordinary georeferenced scenes (``expand``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import raster
+from pipeline.chip_format import MASK_NODATA
+from pipeline.config import (
+    DataParams,
+    LabelConvention,
+    SceneSource,
+    TileSetSource,
+    TileSetSplit,
+)
+
+PREPARED_DIR = "tilesets"  # below tile.out_dir: <set>/<stem>.vrt and <stem>.labels.tif
+SPLITS = ("train", "val", "test")
+
+
+class TileSetError(ValueError):
+    """A tile set cannot be used; the message names the file or the params entry."""
+
+
+# ----------------------------------------------------------------------------- finding tiles
+def find_tiles(ts: TileSetSource) -> list[tuple[str, Path, Path]]:
+    """(stem, image, label) of every image matching ``ts.images``, sorted by stem."""
+    root = Path(ts.root)
+    if not root.is_dir():
+        raise TileSetError(f"{root}: tile set {ts.name!r}: folder not found (data.scenes root)")
+    prefix, suffix = Path(ts.images).name.split("*")
+    tiles: dict[str, tuple[Path, Path]] = {}
+    for image in sorted(root.glob(ts.images)):
+        stem = image.name[len(prefix) : len(image.name) - len(suffix)]
+        label = root / ts.labels.format(stem=stem)
+        if not label.is_file():
+            raise TileSetError(
+                f"{image}: no label image {label} (tile set {ts.name!r}, labels {ts.labels!r})"
+            )
+        if stem in tiles:
+            raise TileSetError(f"{image}: tile name {stem!r} also names {tiles[stem][0]}")
+        tiles[stem] = (image, label)
+    if not tiles:
+        raise TileSetError(f"{root}: no image matches {ts.images!r} (tile set {ts.name!r})")
+    return [(stem, image, label) for stem, (image, label) in sorted(tiles.items())]
+
+
+def assign_splits(stems: list[str], split: TileSetSplit) -> dict[str, str]:
+    """Split of each tile: the named ones, then ``round(fraction * tiles)`` test and val tiles
+    drawn in the order of a seeded hash of their names, the rest train."""
+    unknown = sorted(set(split.val + split.test) - set(stems))
+    if unknown:
+        raise TileSetError(f"split names tiles that the tile set does not have: {unknown}")
+    assigned = {s: "val" for s in split.val} | {s: "test" for s in split.test}
+    rest = sorted(
+        (s for s in stems if s not in assigned),
+        key=lambda s: hashlib.sha256(f"{split.seed}:{s}".encode()).hexdigest(),
+    )
+    n_test = max(0, round(split.test_fraction * len(stems)) - len(split.test))
+    n_val = max(0, round(split.val_fraction * len(stems)) - len(split.val))
+    for i, stem in enumerate(rest):
+        assigned[stem] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return assigned
+
+
+def tile_scenes(ts: TileSetSource, prepared_dir: Path) -> list[SceneSource]:
+    """The scenes of a tile set, pointing at its prepared files below ``prepared_dir``."""
+    tiles = find_tiles(ts)
+    splits = assign_splits([stem for stem, _, _ in tiles], ts.split)
+    folder = Path(prepared_dir) / ts.name
+    return [
+        SceneSource(
+            name=f"{ts.name}_{stem}",
+            image=folder / f"{stem}.vrt",
+            labels=folder / f"{stem}.labels.tif",
+            split=splits[stem],
+        )
+        for stem, _, _ in tiles
+    ]
+
+
+def expand(data: DataParams, prepared_dir: Path, *, check_prepared: bool = True) -> DataParams:
+    """``data`` with every tile set replaced by its tiles' scenes (prepared by the tile stage:
+    with ``check_prepared``, a missing prepared file is an error that says so)."""
+    scenes: list[SceneSource] = []
+    for entry in data.scenes:
+        if not isinstance(entry, TileSetSource):
+            scenes.append(entry)
+            continue
+        for scene in tile_scenes(entry, prepared_dir):
+            if check_prepared and not (scene.image.exists() and scene.labels.exists()):
+                raise TileSetError(
+                    f"{scene.image}: tile set {entry.name!r} is not prepared; run `pipeline tile`"
+                )
+            scenes.append(scene)
+    names = [s.name for s in scenes]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise TileSetError(f"scene names clash after expanding tile sets: {dup[:5]}")
+    return data.model_copy(update={"scenes": scenes})
+
+
+def has_tilesets(data: DataParams) -> bool:
+    return any(isinstance(e, TileSetSource) for e in data.scenes)
+
+
+# ----------------------------------------------------------------------------- labels
+def road_mask(
+    label: np.ndarray, conv: LabelConvention, valid: np.ndarray, path: Path
+) -> np.ndarray:
+    """uint8 (H, W), 1 where ``label`` (C, H, W) shows road in convention ``conv``, else 0.
+
+    A valid pixel whose colour is neither road nor background (nor, with an edge threshold,
+    between the two) raises TileSetError naming ``path`` and the colours found.
+    """
+    k = len(conv.road)
+    if k > 1 and label.shape[0] < k:
+        raise TileSetError(
+            f"{path}: {label.shape[0]} band(s), but the label convention gives {k} values "
+            f"(road {conv.road}); give one value for a single-band label"
+        )
+    bands = label[:k] if k > 1 else label[:1]
+    road = np.asarray(conv.road, np.float32)[:, None, None]
+    back = np.asarray(conv.background, np.float32)[:, None, None]
+    if conv.edge_threshold is None:
+        is_road = (bands == road).all(axis=0)
+        known = is_road | (bands == back).all(axis=0)
+    else:
+        d = road - back
+        offset = bands.astype(np.float32) - back
+        t = (offset * d).sum(axis=0) / float((d * d).sum())
+        off_line = np.sqrt(((offset - t * d) ** 2).sum(axis=0)) > 0.25 * math.sqrt((d * d).sum())
+        known = ~off_line & (t > -0.05) & (t < 1.05)
+        is_road = t >= conv.edge_threshold
+    if k == 1 and label.shape[0] > 1:
+        same = (label[1:] == label[:1]).all(axis=0)
+        known &= same  # a grey convention on a colour label: every band must agree
+    bad = valid & ~known
+    if bad.any():
+        colours = np.unique(label[:, bad].T, axis=0)[:5].tolist()
+        raise TileSetError(
+            f"{path}: {int(bad.sum())} pixels ({100 * bad.mean():.2f} %) have label colours "
+            f"outside the declared convention (road {conv.road}, background {conv.background}"
+            f"{'' if conv.edge_threshold is None else ', edges between'}), e.g. {colours}; "
+            "set the tile set's label (road, background, edge_threshold) in params.yaml"
+        )
+    return is_road.astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- preparing
+def prepare_tile(ts: TileSetSource, stem: str, image: Path, label: Path, out: Path) -> dict:
+    """Write ``<stem>.vrt`` and ``<stem>.labels.tif`` of one tile into ``out``; return its
+    area in km² and its valid and road pixel counts."""
+    info = raster.raster_info(image)
+    linfo = raster.raster_info(label)
+    if (linfo.width, linfo.height) != (info.width, info.height):
+        raise TileSetError(
+            f"{label}: label is {linfo.width}x{linfo.height}, its image {image} is "
+            f"{info.width}x{info.height}"
+        )
+    if info.crs is not None:
+        crs, transform = info.crs, info.transform
+    elif ts.pixel_size_m is None:
+        raise TileSetError(
+            f"{image}: no georeferencing; give the tile set {ts.name!r} a pixel_size_m"
+        )
+    else:
+        crs, transform = raster.local_grid(ts.pixel_size_m, info.height)
+    fill = None
+    if ts.fill is not None:
+        if len(ts.fill) not in (1, info.count):
+            raise TileSetError(
+                f"{image}: {info.count} bands, but fill {ts.fill} gives {len(ts.fill)} values"
+            )
+        fill = ts.fill * info.count if len(ts.fill) == 1 else list(ts.fill)
+    pixels = raster.read_all(image)
+    valid = np.ones(pixels.shape[1:], bool)
+    if fill is not None:
+        valid = ~(pixels == np.asarray(fill, pixels.dtype)[:, None, None]).all(axis=0)
+    del pixels
+    road = road_mask(raster.read_all(label), ts.label, valid, label)
+    labels = np.where(valid, road, MASK_NODATA).astype(np.uint8)
+    raster.write_vrt(out / f"{stem}.vrt", info, crs=crs, transform=transform, nodata=fill)
+    raster.write_geotiff(
+        out / f"{stem}.labels.tif", labels, crs=crs, transform=transform, nodata=MASK_NODATA
+    )
+    mpp = info.metres_per_pixel if info.crs is not None else ts.pixel_size_m
+    return dict(
+        area_km2=info.width * info.height * (mpp or 0.0) ** 2 / 1e6,
+        pixels=info.width * info.height,
+        valid_px=int(valid.sum()),
+        road_px=int((labels == 1).sum()),
+    )
+
+
+def prepare(
+    data: DataParams, prepared_dir: Path, *, workers: int = 1, progress: bool = True
+) -> tuple[DataParams, dict[str, dict]]:
+    """Prepare every tile of every tile set (in parallel, a tile per task, in bounded memory);
+    return ``data`` expanded to scenes and a summary per tile set (``summary``)."""
+    from pipeline.parallel import map_ordered
+
+    summaries: dict[str, dict] = {}
+    for ts in (e for e in data.scenes if isinstance(e, TileSetSource)):
+        out = Path(prepared_dir) / ts.name
+        out.mkdir(parents=True, exist_ok=True)
+        tiles = find_tiles(ts)
+        splits = assign_splits([stem for stem, _, _ in tiles], ts.split)
+        results = map_ordered(
+            prepare_tile,
+            [(ts, stem, image, label, out) for stem, image, label in tiles],
+            workers=min(workers, len(tiles)),
+            total=len(tiles),
+            desc=f"prepare {ts.name}",
+            unit="tile",
+            progress=progress,
+        )
+        per_tile = [(splits[stem], r) for (stem, _, _), r in zip(tiles, results, strict=True)]
+        summaries[ts.name] = summary(ts, per_tile)
+    return expand(data, prepared_dir), summaries
+
+
+def summary(ts: TileSetSource, per_tile: list[tuple[str, dict[str, Any]]]) -> dict:
+    """What the model card, the MLflow run and stats.json say of a tile set (not every tile)."""
+    valid = sum(r["valid_px"] for _, r in per_tile)
+    return dict(
+        root=str(ts.root),
+        images=ts.images,
+        labels=ts.labels,
+        tiles=len(per_tile),
+        area_km2=round(sum(r["area_km2"] for _, r in per_tile), 6),
+        splits={s: sum(1 for split, _ in per_tile if split == s) for s in SPLITS},
+        road_fraction=round(sum(r["road_px"] for _, r in per_tile) / max(valid, 1), 4),
+        nodata_fraction=round(1 - valid / max(sum(r["pixels"] for _, r in per_tile), 1), 4),
+    )
+
+
+def read_summaries(stats_path: Path) -> dict[str, dict]:
+    """The tile set summaries in the tile stage's stats.json ({} when there is none)."""
+    import json
+
+    path = Path(stats_path)
+    return json.loads(path.read_text()).get("tilesets", {}) if path.is_file() else {}
+
+
+def describe(data: DataParams, tilesets: dict[str, dict] | None = None) -> list[str]:
+    """One line per ``data.scenes`` entry: a scene's name and split, or a tile set's summary
+    (from ``tilesets``, the tile stage's stats.json, else counted from the file names)."""
+    lines = []
+    for entry in data.scenes:
+        if not isinstance(entry, TileSetSource):
+            lines.append(f"{entry.name} ({entry.split})")
+            continue
+        s = (tilesets or {}).get(entry.name)
+        if s is None:
+            stems = [stem for stem, _, _ in find_tiles(entry)]
+            splits = assign_splits(stems, entry.split)
+            s = {"tiles": len(stems), "splits": {k: list(splits.values()).count(k) for k in SPLITS}}
+        area = f", {s['area_km2']:g} km²" if "area_km2" in s else ""
+        counts = " / ".join(f"{s['splits'][k]} {k}" for k in SPLITS)
+        lines.append(
+            f"{entry.name}: tile set {Path(entry.root) / entry.images}, {s['tiles']} tiles{area} "
+            f"({counts})"
+        )
+    return lines

@@ -1,0 +1,234 @@
+"""Tile sets (pipeline/tilesets.py): PNG/JPEG tiles without georeferencing, written here, tiled
+through `pipeline tile`: fill colour as nodata in image and labels, label conventions, whole
+tiles split deterministically, and clear errors naming the file."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import yaml
+
+from pipeline import tilesets
+from pipeline.chip_format import MASK_NODATA
+from pipeline.cli import main
+from pipeline.config import TileSetSplit, load_params
+from pipeline.tilesets import assign_splits
+
+SIZE = 64
+FILL_COLS = 24  # left columns of every Massachusetts-like tile are white fill
+ROAD_ROWS = slice(30, 36)  # a road stripe across the whole tile, fill included
+STEMS = ["10078660_15", "10228660_15", "10378795_15", "10528795_15", "10828720_15"]
+
+
+def write_image(path: Path, array: np.ndarray, driver: str) -> None:
+    """A plain PNG/JPEG without georeferencing, as public tile sets ship."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = array if array.ndim == 3 else array[None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(
+            path,
+            "w",
+            driver=driver,
+            width=array.shape[2],
+            height=array.shape[1],
+            count=array.shape[0],
+            dtype="uint8",
+        ) as dst:
+            dst.write(array)
+
+
+def massachusetts_like(root: Path) -> None:
+    """images/<id>.png RGB with a white fill block; masks/<id>.png 0/255 running into it."""
+    rng = np.random.default_rng(0)
+    for stem in STEMS:
+        image = rng.integers(20, 200, (3, SIZE, SIZE), dtype=np.uint8)
+        image[:, :, :FILL_COLS] = 255
+        mask = np.zeros((SIZE, SIZE), np.uint8)
+        mask[ROAD_ROWS, :] = 255
+        write_image(root / "images" / f"{stem}.png", image, "PNG")
+        write_image(root / "masks" / f"{stem}.png", mask, "PNG")
+
+
+def red_on_white(root: Path) -> None:
+    """train/<id>_sat.jpg and train/<id>_mask.png: red road on white, anti-aliased edges."""
+    rng = np.random.default_rng(1)
+    for stem in ["104", "113", "343"]:
+        write_image(
+            root / "train" / f"{stem}_sat.jpg",
+            rng.integers(20, 200, (3, SIZE, SIZE), dtype=np.uint8),
+            "JPEG",
+        )
+        label = np.full((3, SIZE, SIZE), 255, np.uint8)
+        label[1:, 10:20, :] = 0  # red road
+        label[1:, 20, :] = 100  # edge nearer the road: road
+        label[1:, 21, :] = 200  # edge nearer the background: background
+        write_image(root / "train" / f"{stem}_mask.png", label, "PNG")
+
+
+def params_file(tmp_path: Path, scenes: list[dict]) -> Path:
+    params = {
+        "synth": {"scenes": []},
+        "data": {"bands": ["red", "green", "blue"], "scenes": scenes},
+        "tile": {
+            "out_dir": str(tmp_path / "chips"),
+            "chip_size": 32,
+            "stride": 32,
+            "max_nodata_fraction": 0.9,
+            "workers": 1,
+        },
+        "pretrain": {"archs": []},
+        "train": {"encoder_weights": "none"},
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def mass_entry(root: Path, **over) -> dict:
+    return {
+        "name": "mass",
+        "root": str(root),
+        "images": "images/*.png",
+        "labels": "masks/{stem}.png",
+        "pixel_size_m": 0.5,
+        "label": {"road": [255], "background": [0]},
+        "fill": [255, 255, 255],
+        "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 3},
+        **over,
+    }
+
+
+def red_entry(root: Path) -> dict:
+    return {
+        "name": "dg",
+        "root": str(root),
+        "images": "train/*_sat.jpg",
+        "labels": "train/{stem}_mask.png",
+        "pixel_size_m": 0.5,
+        "label": {"road": [255, 0, 0], "background": [255, 255, 255], "edge_threshold": 0.5},
+        "split": {"val_fraction": 0.0, "test_fraction": 0.0, "test": ["343"]},
+    }
+
+
+def test_tile_sets_tile_through_the_cli(tmp_path, capsys):
+    massachusetts_like(tmp_path / "mass")
+    red_on_white(tmp_path / "dg")
+    params = params_file(tmp_path, [mass_entry(tmp_path / "mass"), red_entry(tmp_path / "dg")])
+    assert main(["tile", "-q", "--params", str(params)]) == 0
+    out = tmp_path / "chips"
+    stats = json.loads((out / "stats.json").read_text())
+
+    # the summary, not every tile
+    mass = stats["tilesets"]["mass"]
+    assert mass["tiles"] == 5 and mass["splits"] == {"train": 3, "val": 1, "test": 1}
+    assert mass["area_km2"] == pytest.approx(5 * (SIZE * 0.5) ** 2 / 1e6)
+    assert mass["nodata_fraction"] == pytest.approx(FILL_COLS / SIZE, abs=1e-3)
+    assert stats["tilesets"]["dg"]["splits"] == {"train": 2, "val": 0, "test": 1}
+    assert stats["scenes"] == {} and stats["gsd_m"] == 0.5
+
+    # fill is nodata in the labels, even where the road runs on into it; road = 1 elsewhere
+    index = gpd.read_file(out / "index.gpkg")
+    for scene in (f"mass_{s}" for s in STEMS):
+        rows = index[index["scene"] == scene]
+        assert rows["split"].nunique() == 1, "a tile goes whole to one split"
+        masks = np.load(out / f"{scene}.masks.npy")
+        whole = np.zeros((SIZE, SIZE), np.uint8)
+        for row, mask in zip(rows.itertuples(), masks, strict=True):
+            whole[row.row_off : row.row_off + 32, row.col_off : row.col_off + 32] = mask
+        assert (whole[:, :FILL_COLS] == MASK_NODATA).all()
+        assert (whole[ROAD_ROWS, FILL_COLS:] == 1).all()
+        assert whole[:, FILL_COLS:].sum() == 6 * (SIZE - FILL_COLS)
+
+    # red on white with anti-aliased edges: the nearer colour wins
+    masks = np.load(out / "dg_104.masks.npy")
+    rows = index[index["scene"] == "dg_104"]
+    col0 = rows[(rows.row_off == 0) & (rows.col_off == 0)].array_index.item()
+    assert (masks[col0][10:21] == 1).all() and (masks[col0][21:] == 0).all()
+    assert (masks[col0][:10] == 0).all()
+    assert index[index["scene"] == "dg_343"]["split"].unique().tolist() == ["test"]
+
+    # what the model card and the evaluate MLflow run say of the data: one line per tile set
+    data = load_params(params).data
+    lines = tilesets.describe(data, tilesets.read_summaries(out / "stats.json"))
+    assert lines[0] == (
+        f"mass: tile set {tmp_path / 'mass' / 'images/*.png'}, 5 tiles, 0.00512 km² "
+        "(3 train / 1 val / 1 test)"
+    )
+
+
+def test_split_is_deterministic_whole_tile_and_exact():
+    stems = [f"tile{i:03d}" for i in range(20)]
+    split = TileSetSplit(val_fraction=0.1, test_fraction=0.2, seed=0)
+    first = assign_splits(stems, split)
+    assert first == assign_splits(list(reversed(stems)), split)
+    counts = {s: list(first.values()).count(s) for s in ("train", "val", "test")}
+    assert counts == {"train": 14, "val": 2, "test": 4}
+    other = assign_splits(stems, TileSetSplit(val_fraction=0.1, test_fraction=0.2, seed=1))
+    assert other != first, "the seed draws another split"
+    named = assign_splits(stems, TileSetSplit(test_fraction=0.2, test=["tile007"], val=["tile001"]))
+    assert named["tile007"] == "test" and named["tile001"] == "val"
+    assert list(named.values()).count("test") == 4
+
+
+def test_unmatched_label_names_the_image(tmp_path, capsys):
+    massachusetts_like(tmp_path / "mass")
+    (tmp_path / "mass/masks" / f"{STEMS[2]}.png").unlink()
+    params = params_file(tmp_path, [mass_entry(tmp_path / "mass")])
+    assert main(["tile", "-q", "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert f"images/{STEMS[2]}.png" in err and "no label image" in err
+    assert not (tmp_path / "chips" / "stats.json").exists()
+
+
+def test_size_mismatch_names_the_label(tmp_path, capsys):
+    massachusetts_like(tmp_path / "mass")
+    write_image(tmp_path / "mass/masks" / f"{STEMS[1]}.png", np.zeros((60, SIZE), np.uint8), "PNG")
+    params = params_file(tmp_path, [mass_entry(tmp_path / "mass")])
+    assert main(["tile", "-q", "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert f"masks/{STEMS[1]}.png" in err and "64x60" in err
+
+
+def test_label_colour_outside_the_convention_names_file_and_colour(tmp_path, capsys):
+    massachusetts_like(tmp_path / "mass")
+    label = np.zeros((SIZE, SIZE), np.uint8)
+    label[40:42, 40:42] = 1  # a 0/1 mask declared as 0/255
+    write_image(tmp_path / "mass/masks" / f"{STEMS[0]}.png", label, "PNG")
+    params = params_file(tmp_path, [mass_entry(tmp_path / "mass")])
+    assert main(["tile", "-q", "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert f"masks/{STEMS[0]}.png" in err and "outside the declared convention" in err
+    assert "[[1]]" in err
+
+
+def test_image_without_crs_needs_a_pixel_size(tmp_path, capsys):
+    massachusetts_like(tmp_path / "mass")
+    entry = mass_entry(tmp_path / "mass")
+    del entry["pixel_size_m"]
+    params = params_file(tmp_path, [entry])
+    assert main(["tile", "-q", "--params", str(params)]) == 2
+    assert "pixel_size_m" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"images": "images/*_*.png"}, "exactly one '*'"),
+        ({"labels": "masks/x.png"}, "needs {stem}"),
+        ({"label": {"road": [255, 0, 0], "background": [0]}}, "need as many values"),
+        ({"split": {"val_fraction": 0.5, "test_fraction": 0.5}}, "must be below 1"),
+        ({"imagess": "x"}, "imagess"),
+    ],
+)
+def test_tile_set_entry_mistakes_are_config_errors(tmp_path, capsys, change, message):
+    entry = mass_entry(tmp_path) | change
+    assert main(["tile", "-q", "--params", str(params_file(tmp_path, [entry]))]) == 2
+    err = capsys.readouterr().err
+    assert "data.scenes.0.tileset" in err and message in err
