@@ -374,7 +374,9 @@ def test_scheduler_at_a_closed_port_is_a_clean_error(image, model, tmp_path, cap
 def test_every_worker_gone_gives_up_after_the_stated_time(model, tmp_path):
     from distributed import Client, LocalCluster
 
-    img = write_raster(tmp_path / "big.tif", smooth_image(1024, 1024).astype(np.uint8))
+    # large enough (~1,900 windows) that the run is still going when its worker is retired,
+    # also on a quiet machine where a 1024^2 raster was done first
+    img = write_raster(tmp_path / "big.tif", smooth_image(2048, 2048).astype(np.uint8))
     out = tmp_path / "out.tif"
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
         with Client(cluster) as client:
@@ -384,7 +386,9 @@ def test_every_worker_gone_gives_up_after_the_stated_time(model, tmp_path):
             )
             try:
                 wait_for_staging(proc, tmp_path, out.name)
-                client.retire_workers(close_workers=True)
+                # closed at once, not retired: a graceful retirement waits for the queued tasks
+                for nanny in list(cluster.workers.values()):
+                    cluster.sync(nanny.close, timeout=10)
                 _, err = proc.communicate(timeout=60)
             finally:
                 proc.kill()
