@@ -372,26 +372,25 @@ def test_scheduler_at_a_closed_port_is_a_clean_error(image, model, tmp_path, cap
 
 @pytest.mark.slow
 def test_every_worker_gone_gives_up_after_the_stated_time(model, tmp_path):
-    from distributed import Client, LocalCluster
+    from distributed import LocalCluster
 
-    # large enough (~1,900 windows) that the run is still going when its worker is retired,
+    # large enough (~1,900 windows) that the run is still going when its worker is closed,
     # also on a quiet machine where a 1024^2 raster was done first
     img = write_raster(tmp_path / "big.tif", smooth_image(2048, 2048).astype(np.uint8))
     out = tmp_path / "out.tif"
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
-        with Client(cluster) as client:
-            proc = start_cli(
-                predict_args(img, out, model, cluster.scheduler_address),
-                ROADSEG_NO_WORKERS_TIMEOUT_S="3",
-            )
-            try:
-                wait_for_staging(proc, tmp_path, out.name)
-                # closed at once, not retired: a graceful retirement waits for the queued tasks
-                for nanny in list(cluster.workers.values()):
-                    cluster.sync(nanny.close, timeout=10)
-                _, err = proc.communicate(timeout=60)
-            finally:
-                proc.kill()
+        proc = start_cli(
+            predict_args(img, out, model, cluster.scheduler_address),
+            ROADSEG_NO_WORKERS_TIMEOUT_S="3",
+        )
+        try:
+            wait_for_staging(proc, tmp_path, out.name)
+            # closed at once, not retired: a graceful retirement waits for the queued tasks
+            for nanny in list(cluster.workers.values()):
+                cluster.sync(nanny.close, timeout=10)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
     assert proc.returncode == 2, err
     assert "waiting up to 3 s for one to return" in err
     assert "has been gone for 3 s; gave up" in err and "Traceback" not in err
