@@ -224,7 +224,9 @@ def start_cli(args: list[str], **env: str) -> subprocess.Popen:
     [(signal.SIGTERM, 143, "stopped by SIGTERM"), (signal.SIGINT, 130, "interrupted")],
 )
 def test_signal_mid_predict_cleans_up(model, scheduler, tmp_path, sig, code, said):
-    img = write_raster(tmp_path / "big.tif", smooth_image(512, 512).astype(np.uint8))
+    # ~1,900 windows: still running when the signal comes, also on a quiet machine (a 512^2
+    # raster could finish in the 0.3 s between its first temporary file and the signal)
+    img = write_raster(tmp_path / "big.tif", smooth_image(2048, 2048).astype(np.uint8))
     out = tmp_path / "out.tif"
     proc = start_cli(predict_args(img, out, model, scheduler))
     try:
