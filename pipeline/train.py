@@ -16,7 +16,6 @@ average), so ``--resume`` after a kill ends exactly where an uninterrupted run e
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import random
@@ -55,7 +54,7 @@ from pipeline.model import (
     pick_device,
     save_model,
 )
-from pipeline.model_config import check_weights, read_config, resolve_model
+from pipeline.model_config import check_weights, file_sha256, read_config, resolve_model
 from pipeline.train_report import log_figures, publish_model
 
 log = logging.getLogger(__name__)
@@ -207,14 +206,6 @@ def check_fine_tunable(
         )
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------- the stage
 @dataclass(frozen=True)
 class FineTuneSource:
@@ -335,7 +326,8 @@ def fine_tune_source(
     config = read_config(model_dir)
     check_weights(model_dir, config)
     check_fine_tunable(params.init_from, config, params, bands)
-    digest = file_digest(model_dir / WEIGHTS_FILE)
+    # check_weights has just hashed the file against the recorded digest: reuse it
+    digest = config.weights_sha256 or file_sha256(model_dir / WEIGHTS_FILE)
     log.info("fine-tuning from %s (%s)", params.init_from, model_dir)
     return FineTuneSource(params.init_from, model_dir, config, digest)
 
