@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PositiveInt,
     Tag,
     ValidationError,
     field_validator,
@@ -462,6 +463,13 @@ class TrainParams(_Section):
         "none",
         description="Attention in each decoder block: none, or smp's scSE (channel + spatial squeeze-excitation)",
     )
+    decoder_channels: list[PositiveInt] = Field(
+        default_factory=lambda: [256, 128, 64, 32, 16],
+        min_length=5,
+        max_length=5,
+        description="Output channels of the five U-Net decoder blocks, deepest first (smp's "
+        "decoder_channels); narrower costs less per step, most of it in the two full-resolution blocks",
+    )
     ema_decay: float | None = Field(
         None,
         gt=0,
@@ -486,6 +494,13 @@ class TrainParams(_Section):
     )
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after N epochs without val IoU gain"
+    )
+    road_sampling: float = Field(
+        0.0,
+        ge=0,
+        description="Draw each epoch's chips with replacement, chip i with weight 1 + road_sampling "
+        "x its road fraction / the mean road fraction, so chips with more road are seen more "
+        "often and chips without road (the false alarms) still are; 0: every chip once per epoch",
     )
     max_batches_per_epoch: int | None = Field(
         None,

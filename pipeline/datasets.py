@@ -170,6 +170,20 @@ class SegmentationChips(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def road_fractions(self) -> np.ndarray:
+        """Each chip's share of road among its valid pixels, in dataset order (float64)."""
+        out = np.zeros(len(self.items))
+        by_scene: dict[str, list[int]] = {}
+        for i, (scene, _) in enumerate(self.items):
+            by_scene.setdefault(scene, []).append(i)
+        for scene, positions in by_scene.items():
+            masks = self.arrays.get(scene, "masks")
+            for i in positions:
+                mask = np.asarray(masks[self.items[i][1]])
+                valid = np.count_nonzero(mask != MASK_NODATA)
+                out[i] = np.count_nonzero(mask == 1) / valid if valid else 0.0
+        return out
+
     def __len__(self) -> int:
         return len(self.items)
 

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, WeightedRandomSampler
 
 from pipeline.config import ConfigError
 
@@ -154,16 +154,26 @@ class GlobalBatchShards(Sampler[list[int]]):
     """
 
     def __init__(
-        self, n: int, global_batch: int, generator: torch.Generator, rank: int, world: int
+        self,
+        n: int,
+        global_batch: int,
+        generator: torch.Generator,
+        rank: int,
+        world: int,
+        weights: torch.Tensor | None = None,
     ) -> None:
         self.n, self.global_batch, self.rank, self.world = n, global_batch, rank, world
         self.generator = generator
+        self.weights = weights
 
     def __len__(self) -> int:
         return -(-self.n // self.global_batch)
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = torch.randperm(self.n, generator=self.generator).tolist()
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=self.generator).tolist()
+        else:  # the draw a single process's WeightedRandomSampler makes
+            order = torch.multinomial(self.weights, self.n, True, generator=self.generator).tolist()
         for start in range(0, self.n, self.global_batch):
             batch = order[start : start + self.global_batch]
             if len(batch) < self.world:
@@ -173,22 +183,34 @@ class GlobalBatchShards(Sampler[list[int]]):
 
 
 def train_loader(
-    ds: Dataset, global_batch: int, generator: torch.Generator, **loader_kw
+    ds: Dataset,
+    global_batch: int,
+    generator: torch.Generator,
+    weights: torch.Tensor | None = None,
+    **loader_kw,
 ) -> DataLoader:
     """The epoch's shuffled training batches for this process. In a single process: a
-    shuffling DataLoader of ``global_batch`` chips drawing its order from ``generator``; in a
-    process group, this process's ``GlobalBatchShards`` of the same order (the DataLoader draws
-    its worker seed from ``generator`` first in both cases, so the permutations are equal)."""
+    shuffling DataLoader of ``global_batch`` chips drawing its order from ``generator`` (with
+    ``weights``: ``len(ds)`` chips drawn with replacement, chip i with probability
+    proportional to ``weights[i]``); in a process group, this process's ``GlobalBatchShards``
+    of the same order (the DataLoader draws its worker seed from ``generator`` first in both
+    cases, so the orders are equal)."""
     if not active():
+        sampler = (
+            None
+            if weights is None
+            else WeightedRandomSampler(weights, len(ds), replacement=True, generator=generator)
+        )
         return DataLoader(
             ds,
             batch_size=global_batch,
-            shuffle=True,
+            shuffle=sampler is None,
+            sampler=sampler,
             generator=generator,
             drop_last=False,
             **loader_kw,
         )
-    shards = GlobalBatchShards(len(ds), global_batch, generator, rank(), world_size())
+    shards = GlobalBatchShards(len(ds), global_batch, generator, rank(), world_size(), weights)
     return DataLoader(ds, batch_sampler=shards, generator=generator, **loader_kw)
 
 

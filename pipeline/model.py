@@ -24,8 +24,6 @@ from pipeline.model_config import (
     read_config,
 )
 
-DECODER_CHANNELS = (256, 128, 64, 32, 16)
-
 
 class TransposedUpBlock(nn.Module):
     """A U-Net decoder block whose 2x upsampling is a learned transposed convolution (the seed's
@@ -53,22 +51,22 @@ def build_unet(config: ModelConfig) -> nn.Module:
         encoder_weights=None,
         in_channels=config.in_channels,
         classes=1,
-        decoder_channels=DECODER_CHANNELS,
+        decoder_channels=tuple(config.decoder_channels),
         decoder_attention_type=None
         if config.decoder_attention == "none"
         else config.decoder_attention,
     )
     if config.decoder_upsampling == "transposed":
-        _use_transposed_upsampling(model)
+        _use_transposed_upsampling(model, config.decoder_channels)
     if config.dropout > 0:
         head = model.segmentation_head
         model.segmentation_head = nn.Sequential(nn.Dropout2d(config.dropout), *head)
     return model
 
 
-def _use_transposed_upsampling(model: nn.Module) -> None:
+def _use_transposed_upsampling(model: nn.Module, decoder_channels: list[int]) -> None:
     encoder_channels = list(model.encoder.out_channels)[1:][::-1]
-    in_channels = [encoder_channels[0], *DECODER_CHANNELS[:-1]]
+    in_channels = [encoder_channels[0], *decoder_channels[:-1]]
     model.decoder.blocks = nn.ModuleList(
         TransposedUpBlock(block, ch)
         for block, ch in zip(model.decoder.blocks, in_channels, strict=True)

@@ -13,10 +13,12 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
+# smp's U-Net default; what every model saved before train.decoder_channels existed has
+DECODER_CHANNELS = (256, 128, 64, 32, 16)
 
 
 class ModelError(ValueError):
@@ -57,6 +59,12 @@ class ModelConfig(BaseModel):
     decoder_upsampling: str = Field("interp", description="interp or transposed")
     dropout: float = Field(0.0, description="Dropout before the segmentation head")
     decoder_attention: str = Field("none", description="Decoder attention: none or scse")
+    decoder_channels: list[PositiveInt] = Field(
+        default_factory=lambda: list(DECODER_CHANNELS),
+        min_length=5,
+        max_length=5,
+        description="Output channels of the five U-Net decoder blocks, deepest first",
+    )
     data_fingerprint: str = Field("", description="Fingerprint of the training chips")
     git_commit: str = Field("", description="Commit of the code that trained the model")
     metrics: dict[str, float] = Field(default_factory=dict, description="Validation/test metrics")

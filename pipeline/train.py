@@ -200,6 +200,10 @@ def check_fine_tunable(
         diffs.append(
             f"decoder_attention {source.decoder_attention!r} there, {params.decoder_attention!r} here"
         )
+    if source.decoder_channels != params.decoder_channels:
+        diffs.append(
+            f"decoder_channels {source.decoder_channels} there, {params.decoder_channels} here"
+        )
     if diffs:
         raise ValueError(
             f"{ref}: cannot fine-tune from this model ({'; '.join(diffs)}); set train.* to match it"
@@ -230,6 +234,7 @@ class Fitting:
     device: torch.device
     amp_dtype: torch.dtype | None
     trained: nn.Module | None = None  # under torchrun: the DDP wrapper of ``model``
+    chip_weights: torch.Tensor | None = None  # train.road_sampling's draw weights; None: uniform
 
     @property
     def stepped(self) -> nn.Module:
@@ -268,6 +273,7 @@ def run_train(
     train_ds, val_ds = chip_datasets(params, tile, norm)
     config = model_config(params, stats, mean, std, source, normalisation)
     fit = start_fitting(config, params, pretrain, source, len(train_ds), device, amp_dtype)
+    fit.chip_weights = road_sampling_weights(train_ds, params.road_sampling)
 
     ckpt_path = params.checkpoint_path
     identity = run_identity(params, stats["fingerprint"], source.digest if source else "")
@@ -377,6 +383,7 @@ def model_config(
         decoder_upsampling=params.decoder_upsampling,
         dropout=params.dropout,
         decoder_attention=params.decoder_attention,
+        decoder_channels=params.decoder_channels,
         data_fingerprint=stats["fingerprint"],
         git_commit=git_commit(),
     )
@@ -416,6 +423,24 @@ def start_fitting(
     )
     trained = distributed.wrap(model, device) if distributed.active() else None
     return Fitting(model, ema, optimiser, scheduler, steps_per_epoch, device, amp_dtype, trained)
+
+
+def road_sampling_weights(ds: SegmentationChips, strength: float) -> torch.Tensor | None:
+    """Draw weights 1 + strength x road fraction / mean road fraction (``train.road_sampling``);
+    None for 0 (or chips without any road), which keeps the plain shuffle."""
+    if strength == 0:
+        return None
+    fractions = ds.road_fractions()
+    if fractions.mean() == 0:
+        return None
+    weights = 1.0 + strength * fractions / fractions.mean()
+    log.info(
+        "road sampling: chip weights %.2f-%.2f (mean road fraction %.3f)",
+        weights.min(),
+        weights.max(),
+        fractions.mean(),
+    )
+    return torch.as_tensor(weights, dtype=torch.float64)
 
 
 def _log_run_params(params: TrainParams, data_fingerprint: str, params_file: Path | None) -> None:
@@ -506,6 +531,7 @@ def _optimiser_steps(
         train_ds,
         params.batch_size,
         generator,
+        fit.chip_weights,
         num_workers=params.num_workers,
         pin_memory=fit.device.type == "cuda",
     )

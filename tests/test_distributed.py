@@ -52,6 +52,26 @@ def test_global_batch_shards_share_out_the_single_process_batches(n, batch, worl
             assert got[: len(expected)] == expected
 
 
+def test_weighted_shards_share_out_the_single_process_weighted_draw():
+    n, batch, world = 10, 4, 2
+    weights = torch.tensor([1.0] * 5 + [20.0] * 5, dtype=torch.float64)
+    ds = list(range(n))
+    single = [
+        b.tolist()
+        for b in distributed.train_loader(ds, batch, torch.Generator().manual_seed(5), weights)
+    ]
+    drawn = [i for b in single for i in b]
+    assert len(drawn) == n and len(set(drawn)) < n, "drawn with replacement"
+    assert sum(i >= 5 for i in drawn) > sum(i < 5 for i in drawn), "heavy chips drawn more"
+    per_rank = []
+    for r in range(world):
+        g = torch.Generator().manual_seed(5)
+        shards = distributed.GlobalBatchShards(n, batch, g, r, world, weights)
+        per_rank.append([b.tolist() for b in DataLoader(ds, batch_sampler=shards, generator=g)])
+    for step, expected in enumerate(single):
+        assert [i for r in range(world) for i in per_rank[r][step]] == expected
+
+
 def test_a_single_process_is_untouched():
     assert not distributed.active() and distributed.world_size() == 1 and distributed.is_main()
     assert distributed.per_process_batch(5) == 5

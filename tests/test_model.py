@@ -3,6 +3,8 @@ attention) build what they say and survive the save/load round trip predict reli
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -30,8 +32,10 @@ def _config(**options) -> ModelConfig:
         {"dropout": 0.3},
         {"decoder_attention": "scse"},
         {"decoder_upsampling": "transposed", "dropout": 0.2, "decoder_attention": "scse"},
+        {"decoder_channels": [64, 32, 16, 16, 8]},
+        {"decoder_channels": [64, 32, 16, 16, 8], "decoder_upsampling": "transposed"},
     ],
-    ids=["default", "transposed", "dropout", "scse", "all"],
+    ids=["default", "transposed", "dropout", "scse", "all", "narrow", "narrow-transposed"],
 )
 def test_unet_options_round_trip(options, tmp_path):
     torch.manual_seed(0)
@@ -65,6 +69,34 @@ def test_options_change_the_network():
     assert modules["transposed"].count("ConvTranspose2d") == 5  # one per decoder block
     assert "Dropout2d" in modules["dropout"] and "Dropout2d" not in modules["default"]
     assert "SCSEModule" in modules["scse"] and "SCSEModule" not in modules["default"]
+
+
+def test_decoder_channels_set_the_decoder_width_and_older_models_keep_smp_s_default(tmp_path):
+    narrow = build_unet(_config(decoder_channels=[64, 32, 16, 16, 8]))
+    default = build_unet(_config())
+    widths = [block.conv2[0].out_channels for block in narrow.decoder.blocks]
+    assert widths == [64, 32, 16, 16, 8]
+    assert [block.conv2[0].out_channels for block in default.decoder.blocks] == [
+        256,
+        128,
+        64,
+        32,
+        16,
+    ]
+    assert (
+        sum(p.numel() for p in narrow.decoder.parameters())
+        < sum(p.numel() for p in default.decoder.parameters()) / 4
+    )
+    # a model.json written before decoder_channels existed rebuilds smp's default decoder
+    save_model(default, _config(), tmp_path / "old")
+    path = tmp_path / "old" / "model.json"
+    saved = json.loads(path.read_text())
+    del saved["decoder_channels"]
+    path.write_text(json.dumps(saved))
+    loaded, config = load_model(tmp_path / "old")
+    assert config.decoder_channels == [256, 128, 64, 32, 16]
+    with pytest.raises(ValueError, match="decoder_channels"):
+        _config(decoder_channels=[64, 32, 16, 8])
 
 
 def test_dropout_is_active_in_training_only():

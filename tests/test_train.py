@@ -216,6 +216,45 @@ def test_train_writes_model_metrics_and_mlflow_run(tmp_path, scenes_dir, chips_d
     assert len(history) == 2
 
 
+def test_road_sampling_draws_chips_with_more_road_more_often(chips_dir):
+    from pipeline.train import road_sampling_weights
+
+    stats = read_stats(chips_dir)
+    ds = SegmentationChips(
+        chips_dir, "train", Normalisation.from_lists(stats["mean"], stats["std"])
+    )
+    fractions = ds.road_fractions()
+    for i in (0, len(ds) - 1):  # against the chip itself
+        _, y, v = ds[i]
+        assert fractions[i] == pytest.approx(float((y * v).sum() / v.sum()))
+    assert road_sampling_weights(ds, 0.0) is None
+    weights = road_sampling_weights(ds, 2.0).numpy()
+    assert weights.min() == pytest.approx(1.0 + 2.0 * fractions.min() / fractions.mean())
+    assert np.argmax(weights) == np.argmax(fractions) and weights.mean() == pytest.approx(3.0)
+
+
+def test_a_narrow_decoder_with_road_sampling_trains_and_is_saved_as_such(
+    tmp_path, scenes_dir, chips_dir, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    params_file = write_params(
+        tmp_path,
+        scenes_dir,
+        chips_dir,
+        epochs=1,
+        decoder_channels=[32, 16, 16, 8, 8],
+        road_sampling=3.0,
+    )
+    p = load_params(params_file)
+    from pipeline.train import run_train
+
+    metrics = run_train(p.train, p.tile, p.pretrain, p.register)
+    model, config = load_model(p.train.out_dir)
+    assert config.decoder_channels == [32, 16, 16, 8, 8]
+    assert [b.conv2[0].out_channels for b in model.decoder.blocks] == [32, 16, 16, 8, 8]
+    assert 0 <= metrics["val_iou"] <= 1
+
+
 def test_weight_average_is_a_warmed_up_ema_of_weights_and_batchnorm_statistics():
     from pipeline.train import weight_average
 
