@@ -177,32 +177,10 @@ def test_float32_output_matches_uint8_and_honours_nodata(
 
 
 def test_precision_is_recorded_and_checked(scene, model_dir, scheduler, tmp_path) -> None:
-    fp32 = predict_raster(
-        scene,
-        tmp_path / "fp32.tif",
-        PredictOptions(
-            model=model_dir,
-            window=64,
-            overlap=16,
-            scheduler=scheduler,
-            dtype="float32",
-            precision="fp32",
-            progress=False,
-        ),
-    ).output
-    bf16 = predict_raster(
-        scene,
-        tmp_path / "bf16.tif",
-        PredictOptions(
-            model=model_dir,
-            window=64,
-            overlap=16,
-            scheduler=scheduler,
-            dtype="float32",
-            precision="bf16",
-            progress=False,
-        ),
-    ).output
+    kw = dict(model=model_dir, window=64, overlap=16, scheduler=scheduler, progress=False)
+    options = {p: PredictOptions(**kw, dtype="float32", precision=p) for p in ("fp32", "bf16")}
+    fp32 = predict_raster(scene, tmp_path / "fp32.tif", options["fp32"]).output
+    bf16 = predict_raster(scene, tmp_path / "bf16.tif", options["bf16"]).output
     p32, prof = read(fp32)
     p16, prof16 = read(bf16)
     assert prof["tags"]["precision"] == "fp32" and prof16["tags"]["precision"] == "bf16"
@@ -220,35 +198,11 @@ def test_precision_is_recorded_and_checked(scene, model_dir, scheduler, tmp_path
 
 def test_pixels_do_not_depend_on_workers_block_size_or_task_size(model_dir, tmp_path) -> None:
     img = write_raster(tmp_path / "img.tif", smooth_image(256, 320).astype(np.uint8))
-    a = predict_raster(
-        img,
-        tmp_path / "a.tif",
-        PredictOptions(
-            model=model_dir,
-            window=64,
-            overlap=16,
-            workers=1,
-            device="cpu",
-            block_size=256,
-            windows_per_task=1,
-            progress=False,
-        ),
-    )
-    b = predict_raster(
-        img,
-        tmp_path / "b.tif",
-        PredictOptions(
-            model=model_dir,
-            window=64,
-            overlap=16,
-            workers=3,
-            device="cpu",
-            block_size=512,
-            windows_per_task=5,
-            batch_size=3,
-            progress=False,
-        ),
-    )
+    kw = dict(model=model_dir, window=64, overlap=16, device="cpu", progress=False)
+    one = PredictOptions(**kw, workers=1, block_size=256, windows_per_task=1)
+    three = PredictOptions(**kw, workers=3, block_size=512, windows_per_task=5, batch_size=3)
+    a = predict_raster(img, tmp_path / "a.tif", one)
+    b = predict_raster(img, tmp_path / "b.tif", three)
     va, _ = read(a.output)
     vb, _ = read(b.output)
     diff = np.abs(va.astype(int) - vb.astype(int))
