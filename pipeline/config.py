@@ -775,8 +775,11 @@ class PredictOptions(PredictParams):
         settings.update({key: value for key, value in flags.items() if value is not None})
         try:
             return cls.model_validate(settings)
-        except ValidationError as e:
-            raise ConfigError(_error_lines("invalid predict options", e)) from None
+        except ValidationError as e:  # params.yaml was valid: a flag's value is not
+            wrong = "; ".join(
+                f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
+            )
+            raise ConfigError(f"invalid predict options: {wrong}") from None
 
 
 with warnings.catch_warnings():
@@ -822,13 +825,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_error_lines(f"{path}: invalid parameters", e)) from None
-
-
-def _error_lines(title: str, error: ValidationError) -> str:
-    """``title`` and one indented line per invalid key (``section.key: what is wrong``)."""
-    lines = [title]
-    for err in error.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        lines.append(f"  {loc}: {err['msg']}")
-    return "\n".join(lines)
+        lines = [f"{path}: invalid parameters"]
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
