@@ -92,6 +92,7 @@ def recall_table(
 
 
 def main(argv: list[str] | None = None) -> None:
+    from pipeline.config import PredictOptions
     from pipeline.model_config import read_config, resolve_model
     from pipeline.predict import predict_raster
 
@@ -118,11 +119,13 @@ def main(argv: list[str] | None = None) -> None:
         predict_raster(
             scene.image,
             Path(d) / "prob.tif",
-            model=folder,
-            window=p.evaluate.window,
-            overlap=p.evaluate.overlap,
-            dtype="float32",
-            progress=False,
+            PredictOptions(
+                model=folder,
+                window=p.evaluate.window,
+                overlap=p.evaluate.overlap,
+                dtype="float32",
+                progress=False,
+            ),
         )
         prob = raster.read_band_array(Path(d) / "prob.tif")
     threshold = args.threshold if args.threshold is not None else read_config(folder).threshold

@@ -141,7 +141,7 @@ def _cpu() -> float:
 
 def model_rows(model: Path, scene: Path, roads: Path, folder: Path) -> None:
     """Predict the scene with --network; score the repaired and the raw network."""
-    from pipeline.config import SceneSource
+    from pipeline.config import PredictOptions, SceneSource
     from pipeline.network import network_raster
     from pipeline.network_eval import score_scene_network
     from pipeline.predict import predict_raster
@@ -150,11 +150,8 @@ def model_rows(model: Path, scene: Path, roads: Path, folder: Path) -> None:
     result = predict_raster(
         scene,
         folder / "prob.tif",
-        model=model,
+        PredictOptions(model=model, network_params=NetworkParams(), overwrite=True, progress=False),
         network=folder / "net.gpkg",
-        network_params=NetworkParams(),
-        overwrite=True,
-        progress=False,
     )
     predict_cpu = _cpu() - before
     net_s = result.timings["network"]

@@ -50,7 +50,7 @@ import numpy as np
 import psutil
 
 from pipeline import parallel
-from pipeline.config import PRECISIONS
+from pipeline.config import PRECISIONS, PredictOptions
 from pipeline.predict import predict_raster
 from pipeline.windows import WindowGrid, window_groups
 
@@ -230,17 +230,19 @@ def measure_once(
         res = predict_raster(
             image,
             out,
-            model=model_dir,
-            window=args.window,
-            overlap=overlap,
-            batch_size=args.batch_size,
-            windows_per_task=args.windows_per_task,
-            workers=args.workers,
-            device=args.device,
-            precision=args.precision,
-            overwrite=True,
-            progress=args.progress,
-            block_size=args.block_size,
+            PredictOptions(
+                model=model_dir,
+                window=args.window,
+                overlap=overlap,
+                batch_size=args.batch_size,
+                windows_per_task=args.windows_per_task,
+                workers=args.workers,
+                device=args.device,
+                precision=args.precision,
+                overwrite=True,
+                progress=args.progress,
+                block_size=args.block_size,
+            ),
         )
         wall = time.perf_counter() - t0
     return dict(

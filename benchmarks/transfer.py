@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import raster  # noqa: E402
+from pipeline.config import PredictOptions  # noqa: E402
 from pipeline.model_config import read_config  # noqa: E402
 from pipeline.predict import predict_raster  # noqa: E402
 
@@ -95,10 +96,11 @@ def show_cost(real: Path, tmp: Path, workers: int) -> None:
     image = real / "ottawa_roadnet" / "11" / "Ottawa-11.tif"
     model = random_model(tmp / "rgb", RGB, 1.0)
     for resample in (True, False):
-        res = predict_raster(
-            image, tmp / f"o_{resample}.tif", model=model, workers=workers, device="cpu",
-            progress=False, resample=resample, overwrite=True,
+        options = PredictOptions(
+            model=model, workers=workers, device="cpu", progress=False, resample=resample,
+            overwrite=True,
         )  # fmt: skip
+        res = predict_raster(image, tmp / f"o_{resample}.tif", options)
         print(
             f"resample={resample!s:5}  {res.seconds:6.1f} s  windows {res.windows_run:3d}  "
             f"model {res.timings.get('model', 0):6.1f} s (worker)"
@@ -126,10 +128,11 @@ def show_model(real: Path, model: Path, tmp: Path, workers: int) -> None:
         t0 = time.perf_counter()
         for image in sorted((sn / "AOI_4_Shanghai_Roads_Sample" / "MUL").glob("*.tif")):
             chip = image.stem.removeprefix("MUL_")
-            out = predict_raster(
-                image, tmp / f"{chip}.tif", model=model, workers=workers, device="cpu",
-                progress=False, bands=declared, gsd_tolerance=tolerance, overwrite=True,
+            options = PredictOptions(
+                model=model, workers=workers, device="cpu", progress=False, bands=declared,
+                gsd_tolerance=tolerance, overwrite=True,
             )  # fmt: skip
+            out = predict_raster(image, tmp / f"{chip}.tif", options)
             a, b, c = scores(out.output, sn / "derived" / f"MUL_roadmask_buf2m_{chip}.tif",
                              config.threshold)  # fmt: skip
             tp, fp, fn = tp + a, fp + b, fn + c

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.config import (
@@ -19,6 +19,7 @@ from pipeline.config import (
     ConfigError,
     NetworkParams,
     Params,
+    PredictOptions,
     PredictParams,
     RegisterParams,
     load_params,
@@ -175,48 +176,50 @@ def cmd_register(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from pipeline.predict_batch import batch_targets, predict_batch
-
-    # predict works without a params.yaml (a user's own folder): then the defaults apply; a
-    # --params file that is given must exist
-    p = _params(args) if args.params or DEFAULT_PARAMS.exists() else None
-    d = p.predict if p else PredictParams()
-    reg = p.register if p else RegisterParams()
     from pipeline.sources import resolve_input
 
+    options = predict_options(args)
     images = [resolve_input(i, args.asset) for i in args.image]  # STAC items, /vsicurl/ paths
     predict_batch(
         batch_targets(images, args.output, args.vectors, args.stac_item, args.network),
-        scheduler=args.scheduler,
-        workers=d.workers if args.workers is None else args.workers,
-        device=args.device or d.device,
+        options,
         skip_existing=args.skip_existing,
-        overwrite=args.overwrite,
         report_error=lambda line: print(line, file=sys.stderr),
-        model=args.model or d.model or f"models:/{reg.model_name}@champion",
-        window=d.window if args.window is None else args.window,
-        overlap=d.overlap if args.overlap is None else args.overlap,
-        batch_size=d.batch_size if args.batch_size is None else args.batch_size,
-        windows_per_task=d.windows_per_task
-        if args.windows_per_task is None
-        else args.windows_per_task,
-        precision=args.precision or d.precision,
-        tta=args.tta,
-        vector_min_spur_m=d.vector_min_spur_m,
-        vector_simplify_m=d.vector_simplify_m,
-        network_params=p.network if p else NetworkParams(),
-        dtype=args.dtype,
-        tracking_default=reg.tracking_uri,
-        progress=not args.quiet,
-        bands=args.bands,
-        resample=d.resample and not args.no_resample,
-        gsd_tolerance=d.gsd_tolerance,
     )
+
+
+def _optional_params(args: argparse.Namespace) -> Params | None:
+    """params.yaml when there is one: predict, export and network work without (a user's own
+    folder; then the defaults apply), but a --params file that is given must exist."""
+    return _params(args) if args.params or DEFAULT_PARAMS.exists() else None
+
+
+def predict_options(args: argparse.Namespace) -> PredictOptions:
+    """predict's options: params.yaml's predict section with the flags given over it."""
+    flags = {
+        "model": args.model,
+        "scheduler": args.scheduler,
+        "workers": args.workers,
+        "device": args.device,
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+        "windows_per_task": args.windows_per_task,
+        "window": args.window,
+        "overlap": args.overlap,
+        "tta": args.tta,
+        "bands": args.bands,
+        "resample": False if args.no_resample else None,
+        "dtype": args.dtype,
+        "overwrite": args.overwrite,
+        "progress": not args.quiet,
+    }
+    return PredictOptions.from_params(_optional_params(args), flags)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from pipeline.export import OPSET, export_onnx
 
-    p = _params(args) if args.params or DEFAULT_PARAMS.exists() else None
+    p = _optional_params(args)
     d = p.predict if p else PredictParams()
     reg = p.register if p else RegisterParams()
     out = export_onnx(
@@ -233,8 +236,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_network(args: argparse.Namespace) -> None:
     from pipeline.network import network_raster
 
-    # like predict, works without a params.yaml (then the defaults apply)
-    p = _params(args) if args.params or DEFAULT_PARAMS.exists() else None
+    p = _optional_params(args)
     params = p.network if p else NetworkParams()
     changes = {"repair": False} if args.no_repair else {}
     if args.block_size is not None:
@@ -303,22 +305,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in COMMANDS:
+        add_command(sub)
+    return parser
 
-    def add(name: str, fn, help: str, description: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=description)
-        sp.add_argument("--params", default=None, help="parameters file (default: params.yaml)")
-        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-        sp.set_defaults(func=fn)
-        return sp
 
-    add(
+def _stage(
+    sub: argparse._SubParsersAction, name: str, fn: Callable, help: str, description: str
+) -> argparse.ArgumentParser:
+    """A subcommand that reads params.yaml (``--params``) and can be quiet (``-q``)."""
+    sp = sub.add_parser(name, help=help, description=description)
+    sp.add_argument("--params", default=None, help="parameters file (default: params.yaml)")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sp.set_defaults(func=fn)
+    return sp
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    _stage(
+        sub,
         "synth",
         cmd_synth,
         "generate synthetic scenes",
         "Write synthetic 4-band GeoTIFF scenes with road centrelines (GeoPackage, EPSG:4326) and "
         "land cover to synth.out_dir. Deterministic for each scene's seed.",
     )
-    sp = add(
+
+
+def _add_tile(sub: argparse._SubParsersAction) -> None:
+    sp = _stage(
+        sub,
         "tile",
         cmd_tile,
         "cut scenes into chips with a spatial split",
@@ -328,7 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--workers", type=_positive_int, default=None, help="Dask workers (default: tile.workers)"
     )
-    sp = add(
+
+
+def _add_label_check(sub: argparse._SubParsersAction) -> None:
+    sp = _stage(
+        sub,
         "label-check",
         cmd_label_check,
         "measure how well road labels sit on the imagery",
@@ -340,7 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--probabilities",
         help="folder of `pipeline predict` outputs, <image stem>_roads.tif per scene",
     )
-    sp = add(
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    sp = _stage(
+        sub,
         "pretrain",
         cmd_pretrain,
         "pretrain a zoo backbone as a patch classifier on the chips (pretrain.task)",
@@ -349,7 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
         "models/backbones/<arch>.safetensors + .json.",
     )
     sp.add_argument("arch", nargs="?", help="backbone (default: every arch in pretrain.archs)")
-    sp = add(
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    sp = _stage(
+        sub,
         "train",
         cmd_train,
         "train the road U-Net",
@@ -358,7 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
         "in MLflow.",
     )
     sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    add(
+
+
+def _add_repro(sub: argparse._SubParsersAction) -> None:
+    _stage(
+        sub,
         "repro",
         cmd_repro,
         "`dvc repro`, with a progress line for the whole pipeline",
@@ -366,7 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
         "before each: stage i of n, time elapsed and an estimate of the time left (from the "
         "last run's durations in .dvc/tmp/stage_durations.json, else from params.yaml).",
     )
-    add(
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    _stage(
+        sub,
         "evaluate",
         cmd_evaluate,
         "evaluate on the held-out test scenes",
@@ -374,14 +410,22 @@ def build_parser() -> argparse.ArgumentParser:
         "the model's threshold (and, as an optimistic reference, at the test F1-best one), write "
         "metrics/eval.json, plots/ and reports/.",
     )
-    add(
+
+
+def _add_register(sub: argparse._SubParsersAction) -> None:
+    _stage(
+        sub,
         "register",
         cmd_register,
         "register the model in MLflow",
         "Register a new version of the model; alias 'champion' moves only if the test IoU is at "
         "least the champion's, otherwise 'challenger'.",
     )
-    sp = add(
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    sp = _stage(
+        sub,
         "predict",
         cmd_predict,
         "predict roads on a raster of any size",
@@ -404,6 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         help="output GeoTIFF (default: <image>_roads.tif beside it); with several images, a folder",
     )
+    _add_predict_run_flags(sp)
+    _add_predict_output_flags(sp)
+
+
+def _add_predict_run_flags(sp: argparse.ArgumentParser) -> None:
+    """predict's flags that override params.yaml's predict section (``PredictOptions``)."""
     sp.add_argument(
         "--model",
         help="models:/NAME@ALIAS, runs:/… or a model folder (default: predict.model, else models:/<register.model_name>@champion)",
@@ -448,6 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict at the raster's own pixel size even when it differs from the model's by "
         "more than predict.gsd_tolerance (default: resample each window to the model's)",
     )
+
+
+def _add_predict_output_flags(sp: argparse.ArgumentParser) -> None:
+    """predict's flags that say what it writes besides the probability COG."""
     sp.add_argument(
         "--vectors",
         help="also write road centrelines to this GeoPackage; with several images, a folder",
@@ -471,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out images whose outputs all exist (resume an interrupted run over many images)",
     )
+
+
+def _add_score_network(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser(
         "score-network",
         help="score a road network against the true one (APLS, TOPO)",
@@ -497,7 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="score from a seeded sample of this many APLS control points and TOPO seeds (big networks)",
     )
     sp.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
-    sp = add(
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    sp = _stage(
+        sub,
         "export",
         cmd_export,
         "export a model to ONNX for QGIS (Deepness) and onnxruntime",
@@ -519,7 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Deepness tile overlap in pixels, stored as a percentage (default: predict.overlap)",
     )
     sp.add_argument("--overwrite", action="store_true", help="replace an existing file")
-    sp = add(
+
+
+def _add_network(sub: argparse._SubParsersAction) -> None:
+    sp = _stage(
+        sub,
         "network",
         cmd_network,
         "road network (edges, nodes) from a probability raster",
@@ -547,7 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="pixels a side per block (a multiple of network.skeleton_tile)",
     )
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    sp = add(
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    sp = _stage(
+        sub,
         "models",
         cmd_models,
         "list registered versions, or promote one",
@@ -556,7 +625,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("action", nargs="?", choices=["list", "promote"], default="list")
     sp.add_argument("version", nargs="?", help="version to promote")
-    return parser
+
+
+# the subcommands, in the order `pipeline --help` lists them
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_synth,
+    _add_tile,
+    _add_label_check,
+    _add_pretrain,
+    _add_train,
+    _add_repro,
+    _add_evaluate,
+    _add_register,
+    _add_predict,
+    _add_score_network,
+    _add_export,
+    _add_network,
+    _add_models,
+)
 
 
 OWN_LOGGERS = ("pipeline", "backbones")

@@ -8,6 +8,7 @@ objects; nothing else in the project reads YAML. Derived output paths live here,
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -29,6 +30,9 @@ from pipeline.chip_format import INDEX_FILE, STATS_FILE
 # Autocast precision of training and inference (pipeline.model.autocast_dtype says what auto picks)
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+Device = Literal["auto", "cpu", "cuda"]
+# predict's output sample type: uint8 (p = value / 254, 255 = nodata) or float32 (NaN = nodata)
+OutputDtype = Literal["uint8", "float32"]
 
 BAND_NAMES_RGBN = ["red", "green", "blue", "nir"]
 
@@ -521,15 +525,23 @@ class TrainParams(_Section):
 
 
 # ------------------------------------------------------------------------------------ evaluate
-class EvaluateParams(_Section):
-    window: int = Field(512, ge=32, description="Prediction window (multiple of 32)")
-    overlap: int = Field(64, ge=0, description="Overlap between windows in pixels")
+class InferenceParams(_Section):
+    """The window grid and forward passes: the same keys in params.yaml's evaluate and predict
+    sections, which run the same code (``predict.predict_raster``)."""
+
+    window: int = Field(512, ge=32, description="Window side in pixels (multiple of 32)")
+    overlap: int = Field(64, ge=0, description="Overlap between neighbouring windows in pixels")
     batch_size: int | None = Field(
         None, ge=1, description="Windows per forward pass (default: 2 on CPU, fitted to GPU memory)"
     )
     precision: Precision = Field(
-        "auto", description="Inference autocast precision (as predict.precision)"
+        "auto",
+        description="Autocast precision; auto: bf16 on CUDA, fp32 on CPU (bf16 there is faster but "
+        "makes pixels depend on the thread count by a few 1/254 steps)",
     )
+
+
+class EvaluateParams(InferenceParams):
     tta: bool = Field(
         False,
         description="Score predictions averaged over the eight dihedral transforms (as predict --tta; "
@@ -698,23 +710,13 @@ class RegisterParams(_Section):
 
 
 # ------------------------------------------------------------------------------------- predict
-class PredictParams(_Section):
+class PredictParams(InferenceParams):
     model: str | None = Field(
         None, description="Model URI or folder; None: models:/<register.model_name>@champion"
     )
-    window: int = Field(512, ge=32, description="Window side in pixels (multiple of 32)")
-    overlap: int = Field(64, ge=0, description="Overlap between neighbouring windows")
-    batch_size: int | None = Field(
-        None, ge=1, description="Windows per forward pass (default: 2 on CPU, fitted to GPU memory)"
-    )
     windows_per_task: int = Field(4, ge=1, description="Windows per Dask task")
     workers: int | None = Field(None, ge=1, description="Local workers (default: GPUs or cores)")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device")
-    precision: Precision = Field(
-        "auto",
-        description="Autocast precision; auto: bf16 on CUDA, fp32 on CPU (bf16 there is faster but "
-        "makes pixels depend on the thread count by a few 1/254 steps)",
-    )
+    device: Device = Field("auto", description="Torch device")
     resample: bool = Field(
         True,
         description="Predict a raster whose pixel size differs from the model's (by more than "
@@ -729,6 +731,70 @@ class PredictParams(_Section):
     vector_simplify_m: float = Field(
         1.0, ge=0, description="--vectors: simplification tolerance of the centrelines"
     )
+
+
+class PredictOptions(PredictParams):
+    """Everything that says how ``predict.predict_raster`` runs: params.yaml's predict section
+    with the command's flags over it (:meth:`from_params`, the one place they meet), or the
+    evaluate stage's settings (``evaluate.predict_scene``). Typed and validated once; the
+    client plans with it and hands its worker part on in each task (``predict_task.PredictJob``).
+    What is predicted and where its outputs go are ``predict_raster``'s own arguments."""
+
+    model: str | Path = Field(
+        "models:/road-unet@champion",
+        description="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a model folder",
+    )
+    tracking_default: str = Field(
+        "sqlite:///mlflow.db",
+        description="Tracking URI a models:/ URI is resolved in, unless MLFLOW_TRACKING_URI is set",
+    )
+    tta: bool = Field(False, description="Average the eight dihedral transforms (8x the time)")
+    dtype: OutputDtype = Field(
+        "uint8",
+        description="Output samples: uint8 (p = value / 254, 255 = nodata) or float32 (NaN = nodata)",
+    )
+    block_size: int = Field(
+        1024,
+        gt=0,
+        multiple_of=256,
+        description="Side of the output blocks written as they complete; changes memory and "
+        "write granularity, never pixel values",
+    )
+    bands: list[int] | dict[str, int] | None = Field(
+        None,
+        description="The raster's bands for the model's: 1-based indexes in the model's order, or "
+        "name -> index; None: by band name, else in file order (raster.band_plan)",
+    )
+    network_params: NetworkParams = Field(
+        default_factory=NetworkParams, description="How --network traces and cleans the network"
+    )
+    scheduler: str | None = Field(
+        None, description="Address of a running Dask scheduler; None: a local cluster of its own"
+    )
+    overwrite: bool = Field(False, description="Replace existing outputs")
+    progress: bool = Field(True, description="Print the plan, a progress bar and an estimate")
+
+    @classmethod
+    def from_params(cls, params: Params | None, flags: Mapping[str, Any]) -> PredictOptions:
+        """params.yaml's predict section (its defaults without a params.yaml) with each flag
+        that was given (not None) over it. The model defaults to register.model_name's
+        champion, resolved in register.tracking_uri; ``--network`` uses the network section."""
+        predict = params.predict if params else PredictParams()
+        register = params.register if params else RegisterParams()
+        settings = predict.model_dump(exclude={"model"})
+        settings.update(
+            model=predict.model or f"models:/{register.model_name}@champion",
+            tracking_default=register.tracking_uri,
+            network_params=params.network if params else NetworkParams(),
+        )
+        settings.update({key: value for key, value in flags.items() if value is not None})
+        try:
+            return cls.model_validate(settings)
+        except ValidationError as e:  # params.yaml was valid: a flag's value is not
+            wrong = "; ".join(
+                f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
+            )
+            raise ConfigError(f"invalid predict options: {wrong}") from None
 
 
 with warnings.catch_warnings():

@@ -40,6 +40,7 @@ from pipeline.config import (
     DataParams,
     EvaluateParams,
     NetworkParams,
+    PredictOptions,
     RegisterParams,
     SceneSource,
     TileParams,
@@ -126,22 +127,21 @@ def predict_scene(
     ``scheduler``'s cluster when given, else on a local cluster of ``workers`` of its own)."""
     from pipeline.predict import predict_raster
 
-    result = predict_raster(
-        scene.image,
-        Path(out_dir) / f"{scene.name}_prob.tif",
+    options = PredictOptions(
         model=model_dir,
         window=params.window,
         overlap=params.overlap,
         batch_size=params.batch_size,
-        workers=workers,
-        scheduler=scheduler,
         precision=params.precision,
         tta=params.tta,
+        bands=scene.bands,
         dtype="float32",
+        workers=workers,
+        scheduler=scheduler,
         overwrite=True,
         progress=False,
-        bands=scene.bands,
     )
+    result = predict_raster(scene.image, Path(out_dir) / f"{scene.name}_prob.tif", options)
     return Path(result.output)
 
 

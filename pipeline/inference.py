@@ -25,7 +25,7 @@ from pipeline.model import autocast_dtype, load_model, pick_device
 from pipeline.model_config import WEIGHTS_FILE, ModelConfig, ModelError
 from pipeline.predict_task import GroupResult, PredictJob
 from pipeline.stitching import window_contribution_weight
-from pipeline.windows import UNET_MULTIPLE, WindowGroup
+from pipeline.windows import UNET_MULTIPLE, Rect, WindowGroup
 
 # Windows per forward pass on CPU when not given: a CPU's convolutions already use every core
 # at batch 1-2, and a worker then peaks at ~1.0 GiB instead of ~1.4 GiB with batch 4 for
@@ -264,36 +264,8 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
     mean = np.asarray(config.mean, np.float32)
     std = np.asarray(config.std, np.float32)
     stretch = None if job.stretch is None else np.asarray(job.stretch, np.float32)
-    region = group.region
-    contrib: np.ndarray | None = None
-    valid_out: np.ndarray | None = None
-    batch: list[tuple[tuple[int, int], np.ndarray, np.ndarray]] = []
+    blend = _GroupBlend(job, group.region, model, device)
     ran = skipped = 0
-    timings = {"read": 0.0, "model": 0.0, "blend": 0.0}
-
-    def flush() -> None:
-        nonlocal contrib, valid_out
-        if not batch:
-            return
-        t0 = time.perf_counter()
-        x = torch.from_numpy(np.stack([b[1] for b in batch]))
-        probs = forward_probs(model, x, device, job.tta, job.precision)
-        check_finite(probs, job, batch[0][0])
-        t1 = time.perf_counter()
-        timings["model"] += t1 - t0
-        if contrib is None:
-            contrib = np.zeros((region.height, region.width), np.float32)
-            valid_out = np.zeros((region.height, region.width), bool)
-        for (ij, _, valid), prob in zip(batch, probs, strict=True):
-            if job.scale != 1.0:  # back from the model's pixels onto the raster's
-                prob = resample_probs(prob[None], valid.shape)[0]
-            inside, weight = window_contribution_weight(job.grid, *ij)
-            dst = inside.slices_in(region)
-            contrib[dst] += weight * prob[: inside.height, : inside.width]
-            valid_out[dst] |= valid[: inside.height, : inside.width]
-        batch.clear()
-        timings["blend"] += time.perf_counter() - t1
-
     with raster.gdal_cache_limit(), run_reader(job.image, job.run_id, job.plan) as reader:
         for ij in group.windows:
             t0 = time.perf_counter()
@@ -303,19 +275,61 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
             )
             if not valid.any():
                 skipped += 1  # all nodata: the model never sees it
-                timings["read"] += time.perf_counter() - t0
+                blend.timings["read"] += time.perf_counter() - t0
                 continue
             if job.scale != 1.0:
                 shape = model_shape(rect.height, rect.width, job.scale)
                 x = normalise(*resample_window(image, valid, shape), mean, std, stretch)
             else:
                 x = normalise(image, valid, mean, std, stretch)
-            timings["read"] += time.perf_counter() - t0
-            if batch and batch[0][1].shape != x.shape:
-                flush()  # the last row/column of windows is cropped: a batch holds one shape
-            batch.append((ij, x, valid))
+            blend.timings["read"] += time.perf_counter() - t0
+            blend.add(ij, x, valid)
             ran += 1
-            if len(batch) >= job.batch_size:
-                flush()
-        flush()
-    return GroupResult(region, contrib, valid_out, ran, skipped, timings)
+        blend.flush()
+    return GroupResult(group.region, blend.contrib, blend.valid, ran, skipped, blend.timings)
+
+
+class _GroupBlend:
+    """One task's sum of weighted window probabilities over its ``region``: windows are
+    batched (one window shape per batch), run through the model and blended in."""
+
+    def __init__(
+        self, job: PredictJob, region: Rect, model: torch.nn.Module, device: torch.device
+    ) -> None:
+        self.job, self.region, self.model, self.device = job, region, model, device
+        self.contrib: np.ndarray | None = None  # None until a window is run
+        self.valid: np.ndarray | None = None
+        self.batch: list[tuple[tuple[int, int], np.ndarray, np.ndarray]] = []
+        self.timings = {"read": 0.0, "model": 0.0, "blend": 0.0}
+
+    def add(self, ij: tuple[int, int], x: np.ndarray, valid: np.ndarray) -> None:
+        """Queue window ``ij`` (normalised ``x``, its raster-pixel validity); runs a full batch."""
+        if self.batch and self.batch[0][1].shape != x.shape:
+            self.flush()  # the last row/column of windows is cropped: a batch holds one shape
+        self.batch.append((ij, x, valid))
+        if len(self.batch) >= self.job.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Run the queued windows and add their weighted probabilities to the sum."""
+        if not self.batch:
+            return
+        job, batch = self.job, self.batch
+        t0 = time.perf_counter()
+        x = torch.from_numpy(np.stack([b[1] for b in batch]))
+        probs = forward_probs(self.model, x, self.device, job.tta, job.precision)
+        check_finite(probs, job, batch[0][0])
+        t1 = time.perf_counter()
+        self.timings["model"] += t1 - t0
+        if self.contrib is None:
+            self.contrib = np.zeros((self.region.height, self.region.width), np.float32)
+            self.valid = np.zeros((self.region.height, self.region.width), bool)
+        for (ij, _, valid), prob in zip(batch, probs, strict=True):
+            if job.scale != 1.0:  # back from the model's pixels onto the raster's
+                prob = resample_probs(prob[None], valid.shape)[0]
+            inside, weight = window_contribution_weight(job.grid, *ij)
+            dst = inside.slices_in(self.region)
+            self.contrib[dst] += weight * prob[: inside.height, : inside.width]
+            self.valid[dst] |= valid[: inside.height, : inside.width]
+        batch.clear()
+        self.timings["blend"] += time.perf_counter() - t1

@@ -26,7 +26,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ import numpy as np
 
 from pipeline import parallel, raster, registry, sources, stac, styles
 from pipeline.atomic import check_free_space
-from pipeline.config import PRECISIONS, NetworkParams
+from pipeline.config import PredictOptions
 from pipeline.model_config import ModelConfig, check_weights, read_config, resolve_model
 from pipeline.predict_task import GroupResult, PredictJob
 from pipeline.stitching import (
@@ -50,7 +50,6 @@ from pipeline.windows import UNET_MULTIPLE, WindowGrid, WindowGroup, window_grou
 log = logging.getLogger(__name__)
 
 BAND_DESCRIPTION = "road_probability"
-DEFAULT_BLOCK = 1024
 # resample (or, with resample off, warn) when the raster's pixel size differs from the model's
 # by more than this factor
 GSD_TOLERANCE = 1.25
@@ -275,11 +274,8 @@ def _print_estimate(windows: int, seconds: float, total: int, threads: int) -> N
 
 def _stream_windows(
     client: Any,
-    job: PredictJob,
-    groups: list[WindowGroup],
-    assembler: BlockAssembler,
+    run: RunPlan,
     writer: raster.BlockWriter,
-    encode: Callable[[np.ndarray, np.ndarray], np.ndarray],
     timings: dict[str, float],
     progress: bool,
     name: str,
@@ -289,13 +285,14 @@ def _stream_windows(
     Returns (windows run, windows skipped); adds the workers' and the assembly's seconds to
     ``timings``.
     """
+    job, assembler, encode = run.job, run.assembler, run.encoding.encode
     ran = skipped = 0
     for rect, prob, valid in assembler.initially_complete():
         writer.write(encode(prob, valid), rect.row_off, rect.col_off)
     results = parallel.stream_results(
         client,
         run_group,
-        ((job, g) for g in groups),
+        ((job, g) for g in run.groups),
         max_in_flight=2 * parallel.total_threads(client) + 2,
         total=len(job.grid),
         progress=progress,
@@ -322,238 +319,356 @@ def _stream_windows(
     return ran, skipped
 
 
+@dataclass(frozen=True)
+class Target:
+    """One input raster and the files predict writes for it."""
+
+    image: str | Path  # a local file, or a GDAL name such as /vsicurl/https://...
+    output: Path
+    vectors: Path | None = None
+    stac_item: Path | None = None  # where to write the prediction's STAC Item
+    source_item: dict | None = None  # the STAC Item the image came from
+    network: Path | None = None  # where to write the road network
+
+    def outputs(self) -> list[Path]:
+        """The files this target writes (the probability style excepted)."""
+        return [p for p in (self.output, self.vectors, self.stac_item, self.network) if p]
+
+
+@dataclass(frozen=True)
+class OutputEncoding:
+    """How probabilities are stored: the sample type, its encoder, nodata and scale."""
+
+    dtype: str
+    encode: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    nodata: float
+    scale: float | None
+
+    @classmethod
+    def of(cls, dtype: str) -> OutputEncoding:
+        if dtype == "uint8":
+            return cls(dtype, encode_uint8, float(NODATA_UINT8), UINT8_SCALE)
+        return cls(dtype, encode_float32, float("nan"), None)
+
+    def tags(self) -> dict[str, str]:
+        """What the output's tags say of the encoding."""
+        if self.dtype == "uint8":
+            return {"encoding": "uint8: p = value / 254, 255 = nodata", "scale": "1/254"}
+        return {"encoding": "float32: p, NaN = nodata"}
+
+
+@dataclass
+class RunPlan:
+    """What the client settles inside the cluster before the first task: the model's config,
+    the output's tags, the job each task carries, the tasks and the block assembler."""
+
+    config: ModelConfig
+    tags: dict[str, str]
+    job: PredictJob
+    groups: list[WindowGroup]
+    assembler: BlockAssembler
+    encoding: OutputEncoding
+
+
 def predict_raster(
     image: str | Path,
-    output: Path,
+    output: str | Path,
+    options: PredictOptions | None = None,
     *,
-    model: str | Path = "models:/road-unet@champion",
-    window: int = 512,
-    overlap: int = 64,
-    batch_size: int | None = None,
-    windows_per_task: int = 4,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    tta: bool = False,
-    vectors: Path | None = None,
-    vector_min_spur_m: float = 10.0,
-    vector_simplify_m: float = 1.0,
-    stac_item: Path | None = None,
+    vectors: str | Path | None = None,
+    stac_item: str | Path | None = None,
     source_item: dict | None = None,
-    network: Path | None = None,
-    network_params: NetworkParams | None = None,
-    overwrite: bool = False,
-    dtype: str = "uint8",
-    tracking_default: str = "sqlite:///mlflow.db",
-    progress: bool = True,
-    block_size: int = DEFAULT_BLOCK,
-    bands: raster.BandSpec | None = None,
-    resample: bool = True,
-    gsd_tolerance: float = GSD_TOLERANCE,
+    network: str | Path | None = None,
 ) -> PredictResult:
     """Predict road probability over ``image`` and write a COG to ``output``.
 
-    ``block_size`` is the side of the output blocks written as they complete (a multiple of
-    256); it changes memory and write granularity, never pixel values. ``batch_size`` None
-    lets each worker choose (``fitted_batch_size``: 2 on CPU, what fits on a GPU); tasks hold
-    at least one batch of windows. ``bands`` declares the raster's bands for the model's
-    (1-based indexes in the model's order, or name -> index); by default they are picked by
-    name, else in file order (``raster.band_plan``). With ``resample``, a raster whose pixel
-    size differs from the model's by more than ``gsd_tolerance`` (a ratio) is predicted at
-    the model's pixel size window by window, the output staying on the raster's grid. Raises
-    FileExistsError when ``output`` (or ``vectors``, ``network``) exists and ``overwrite`` is False,
-    ``raster.RasterError`` when the band count does not match the model.
+    ``options`` (``config.PredictOptions``; its defaults without) say how: model, windows,
+    batches, device, precision, TTA, bands, resampling, sample type, cluster. Beside the COG
+    and its QGIS style, ``vectors`` gets road centrelines, ``network`` the road network and
+    ``stac_item`` a STAC Item (derived from ``source_item``, the image's own, when given).
+    Raises FileExistsError when an output exists and ``options.overwrite`` is False,
+    ``raster.RasterError`` when the raster does not fit the model.
     """
     t0 = time.perf_counter()
-    image, output = sources.gdal_name(image), Path(output)  # /vsicurl/https://... stays a str
-    if dtype not in ("uint8", "float32"):
-        raise ValueError(f"dtype must be uint8 or float32, got {dtype!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if block_size <= 0 or block_size % 256:
-        raise ValueError(f"block_size must be a positive multiple of 256, got {block_size}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for target in (output, vectors, network, styles.style_path(output), stac_item):
-        if target is not None and Path(target).exists() and not overwrite:
-            raise FileExistsError(f"{target}: exists; pass --overwrite to replace it")
-    if sources.absolute(image) == str(output.resolve()):
-        raise ValueError(f"{output}: the output would replace the input image")
-
-    info = raster.raster_info(image)
-    check_free_space(output, min_output_bytes(info.width, info.height, dtype))
-    if stac_item is not None and info.crs is None:  # refused before any work, not after it
-        raise raster.RasterError(
-            f"{image}: no CRS, so no STAC Item (its footprint is in EPSG:4326)"
-        )
-    network_warm_up = _start_network_warm_up() if network is not None else None
-    # A registry model is resolved on a thread while the cluster starts: importing MLflow and
-    # asking the store take about as long (~1.7 s) as a worker takes to start. A model folder
-    # is read and checked at once, so that its errors come before any cluster starts.
-    from_registry = registry.is_model_uri(str(model))
-    pool = ThreadPoolExecutor(1, thread_name_prefix="roadseg-model-resolve")
-    resolving = pool.submit(_resolve_model, model, tracking_default)
-    pool.shutdown(wait=False)
-    if gsd_tolerance < 1:
-        raise ValueError(f"gsd_tolerance is a ratio >= 1, got {gsd_tolerance}")
-    if not from_registry:
-        plan = _check_inputs(image, info, resolving.result()[1], str(model), bands)
-    WindowGrid(info.height, info.width, window, overlap)  # checks window and overlap
-
-    if dtype == "uint8":
-        encode, nodata, scale = encode_uint8, float(NODATA_UINT8), UINT8_SCALE
-    else:
-        encode, nodata, scale = encode_float32, float("nan"), None
-    timings = {"read": 0.0, "model": 0.0, "blend": 0.0, "assemble_write": 0.0}
-    t_cluster = time.perf_counter()
-    with parallel.cluster_client(scheduler, workers, device) as client:
-        timings["cluster_start"] = time.perf_counter() - t_cluster
-        folder, config, tags = resolving.result()
-        if from_registry:
-            plan = _check_inputs(image, info, config, str(model), bands)
-        px_scale = pixel_scale(image, info, config, str(model), resample, gsd_tolerance)
-        stretch = None
-        if config.normalisation == "percentile":  # this raster's own band range, as in training
-            stretch = tuple(raster.band_percentiles(image, plan))
-        grid = raster_grid(info, window, overlap, px_scale)
-        tags.update(
-            window=window,
-            overlap=overlap,
-            tta=tta,
-            precision=precision,
-            bands=",".join(str(b) for b in plan.bands),
-            model_pixels_per_pixel=f"{px_scale:.6g}",
-            encoding="uint8: p = value / 254, 255 = nodata"
-            if dtype == "uint8"
-            else "float32: p, NaN = nodata",
-        )
-        if scale is not None:
-            tags["scale"] = "1/254"
-        model_dir = str(folder.resolve())
-        link = parallel.dashboard_link(client)
-        if progress and link:
-            print(f"Dask dashboard: {link}")
-        t_load = time.perf_counter()
-        # every worker loads the model now (and says what batch it can take); the smallest wins
-        concurrent = parallel.max_threads_per_worker(client)
-        fitted = min(
-            client.run(fitted_batch_size, model_dir, device, window, concurrent, precision).values()
-        )
-        batch_size = batch_size or fitted
-        timings["model_load"] = time.perf_counter() - t_load
-        # a task holds at least one full batch of windows
-        groups = window_groups(grid, max(windows_per_task, batch_size))
-        if progress:
-            print(plan_line(image, grid, len(groups), parallel.total_threads(client)))
-        assembler = BlockAssembler(info.height, info.width, block_size, [g.region for g in groups])
-        job = PredictJob(
-            sources.absolute(image),
-            model_dir,
-            device,
-            grid,
-            batch_size,
-            tta,
-            precision,
-            plan=plan,
-            scale=px_scale,
-            stretch=stretch,
-        )
-        stopping = None
-        try:
-            with raster.stream_cog(
-                output,
-                width=info.width,
-                height=info.height,
-                crs=info.crs,
-                transform=info.transform,
-                gcps=info.gcps,
-                gcp_crs=info.gcp_crs,
-                dtype=dtype,
-                nodata=nodata,
-                description=BAND_DESCRIPTION,
-                scale=scale,
-                tags=tags,
-                overwrite=overwrite,
-                cog_blocksize=_cog_blocksize(info.height, info.width),
-            ) as writer:
-                t_stream = time.perf_counter()
-                try:
-                    ran, skipped = _stream_windows(
-                        client,
-                        job,
-                        groups,
-                        assembler,
-                        writer,
-                        encode,
-                        timings,
-                        progress,
-                        sources.display_name(image),
-                    )
-                finally:
-                    # workers of a cluster that outlives this call (--scheduler) close the raster
-                    # now; best effort: a worker that died has nothing left open
-                    with contextlib.suppress(Exception):
-                        client.run(release_readers)
-                t_finalize = time.perf_counter()
-                timings["windows"] = t_finalize - t_stream
-                # every block is written: our own cluster stops while the COG's overviews are built
-                stopping = parallel.stop_cluster_in_background(client)
-            t_stop = time.perf_counter()
-            timings["cog_finalize"] = t_stop - t_finalize
-        finally:
-            if stopping is not None:
-                stopping.result()
-    # the part of the cluster's shutdown not hidden behind the COG finalisation
-    timings["cluster_stop"] = time.perf_counter() - t_stop
-    styles.write_probability_style(output, config.threshold, overwrite=overwrite)
-
-    vectors_out = None
-    if vectors is not None:
-        from pipeline.vectorize import vectorize_raster
-
-        vectors_out = vectorize_raster(
-            output,
-            Path(vectors),
-            threshold=config.threshold,
-            overwrite=overwrite,
-            min_spur_m=vector_min_spur_m,
-            simplify_m=vector_simplify_m,
-        )
-    if network is not None:
-        from pipeline.network import network_raster
-
-        network_warm_up.result()
-        t_network = time.perf_counter()
-        net_params = network_params or NetworkParams()
-        network_raster(
-            output,
-            Path(network),
-            net_params,
-            threshold=net_params.threshold or config.threshold,
-            overwrite=overwrite,
-        )
-        timings["network"] = time.perf_counter() - t_network
-    if stac_item is not None:
-        stac.write_prediction_item(
-            Path(stac_item),
-            output,
-            info,
-            tags,
-            vectors=vectors_out,
-            network=Path(network) if network is not None else None,
-            source_item=source_item,
-            encoding={"data_type": dtype, "nodata": nodata, "scale": scale},
-            overwrite=overwrite,
-        )
+    options = options or PredictOptions()
+    target = Target(
+        sources.gdal_name(image),  # /vsicurl/https://... stays a str
+        Path(output),
+        vectors=_optional_path(vectors),
+        stac_item=_optional_path(stac_item),
+        source_item=source_item,
+        network=_optional_path(network),
+    )
+    info = check_target(target, options)
+    network_warm_up = _start_network_warm_up() if target.network is not None else None
+    resolving, band_plan = _resolve_model_early(target, info, options)
+    WindowGrid(info.height, info.width, options.window, options.overlap)  # checks both
+    run, ran, skipped, timings = _predict_on_cluster(target, info, options, resolving, band_plan)
+    vectors_out = _publish(target, info, options, run, timings, network_warm_up)
     seconds = time.perf_counter() - t0
     return PredictResult(
-        output=output,
+        output=target.output,
         vectors=vectors_out,
         seconds=seconds,
         windows_run=ran,
         windows_skipped=skipped,
         mpix_per_s=info.width * info.height / 1e6 / seconds,
-        peak_open_blocks=assembler.peak_open,
+        peak_open_blocks=run.assembler.peak_open,
         timings=timings,
     )
+
+
+def _optional_path(path: str | Path | None) -> Path | None:
+    return None if path is None else Path(path)
+
+
+# ------------------------------------------------------------------------ phase: the request
+def check_target(target: Target, options: PredictOptions) -> raster.RasterInfo:
+    """Refuse, before any work, outputs that exist (without overwrite) or would replace the
+    input, a disk too full for the output and a STAC Item without a CRS; returns the raster's
+    description."""
+    output = target.output
+    style = styles.style_path(output)
+    for path in (output, target.vectors, target.network, style, target.stac_item):
+        if path is not None and path.exists() and not options.overwrite:
+            raise FileExistsError(f"{path}: exists; pass --overwrite to replace it")
+    if sources.absolute(target.image) == str(output.resolve()):
+        raise ValueError(f"{output}: the output would replace the input image")
+    info = raster.raster_info(target.image)
+    check_free_space(output, min_output_bytes(info.width, info.height, options.dtype))
+    if target.stac_item is not None and info.crs is None:  # refused before any work, not after it
+        raise raster.RasterError(
+            f"{target.image}: no CRS, so no STAC Item (its footprint is in EPSG:4326)"
+        )
+    return info
+
+
+def _resolve_model_early(
+    target: Target, info: raster.RasterInfo, options: PredictOptions
+) -> tuple[Future, raster.BandPlan | None]:
+    """Start resolving the model on a thread; returns that future and, for a model folder, the
+    band plan (``None`` for a registry model, planned once the cluster is up).
+
+    A registry model is resolved while the cluster starts: importing MLflow and asking the
+    store take about as long (~1.7 s) as a worker takes to start. A model folder is read and
+    checked at once, so that its errors come before any cluster starts."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="roadseg-model-resolve")
+    resolving = pool.submit(_resolve_model, options.model, options.tracking_default)
+    pool.shutdown(wait=False)
+    if registry.is_model_uri(str(options.model)):
+        return resolving, None
+    config = resolving.result()[1]
+    return resolving, _check_inputs(target.image, info, config, str(options.model), options.bands)
+
+
+# ------------------------------------------------------------------------ phase: the cluster
+def _predict_on_cluster(
+    target: Target,
+    info: raster.RasterInfo,
+    options: PredictOptions,
+    resolving: Future,
+    band_plan: raster.BandPlan | None,
+) -> tuple[RunPlan, int, int, dict[str, float]]:
+    """Start (or join) the cluster, plan the run, stream every task into the COG; returns the
+    plan, the windows run and skipped, and the seconds by phase."""
+    timings = {"read": 0.0, "model": 0.0, "blend": 0.0, "assemble_write": 0.0}
+    t_cluster = time.perf_counter()
+    with parallel.cluster_client(options.scheduler, options.workers, options.device) as client:
+        timings["cluster_start"] = time.perf_counter() - t_cluster
+        run = plan_run(client, target, info, options, resolving.result(), band_plan, timings)
+        ran, skipped, t_stop = _write_cog(client, run, target, info, options, timings)
+    # the part of the cluster's shutdown not hidden behind the COG finalisation
+    timings["cluster_stop"] = time.perf_counter() - t_stop
+    return run, ran, skipped, timings
+
+
+def plan_run(
+    client: Any,
+    target: Target,
+    info: raster.RasterInfo,
+    options: PredictOptions,
+    resolved: tuple[Path, ModelConfig, dict[str, str]],
+    band_plan: raster.BandPlan | None,
+    timings: dict[str, float],
+) -> RunPlan:
+    """The run's bands, pixel scale, window grid, tags, batch size and tasks, once the model
+    is known and its workers are up."""
+    folder, config, tags = resolved
+    image, model_ref = target.image, str(options.model)
+    if band_plan is None:
+        band_plan = _check_inputs(image, info, config, model_ref, options.bands)
+    scale = pixel_scale(image, info, config, model_ref, options.resample, options.gsd_tolerance)
+    stretch = None
+    if config.normalisation == "percentile":  # this raster's own band range, as in training
+        stretch = tuple(raster.band_percentiles(image, band_plan))
+    grid = raster_grid(info, options.window, options.overlap, scale)
+    encoding = OutputEncoding.of(options.dtype)
+    tags.update(_run_tags(options, band_plan, scale, encoding))
+    model_dir = str(folder.resolve())
+    link = parallel.dashboard_link(client)
+    if options.progress and link:
+        print(f"Dask dashboard: {link}")
+    batch_size = _fit_batch_size(client, model_dir, options, timings)
+    # a task holds at least one full batch of windows
+    groups = window_groups(grid, max(options.windows_per_task, batch_size))
+    if options.progress:
+        print(plan_line(image, grid, len(groups), parallel.total_threads(client)))
+    assembler = BlockAssembler(
+        info.height, info.width, options.block_size, [g.region for g in groups]
+    )
+    job = PredictJob(
+        sources.absolute(image),
+        model_dir,
+        options.device,
+        grid,
+        batch_size,
+        options.tta,
+        options.precision,
+        plan=band_plan,
+        scale=scale,
+        stretch=stretch,
+    )
+    return RunPlan(config, tags, job, groups, assembler, encoding)
+
+
+def _run_tags(
+    options: PredictOptions, band_plan: raster.BandPlan, scale: float, encoding: OutputEncoding
+) -> dict[str, Any]:
+    """The output's tags that record how it was predicted (after those naming the model)."""
+    return {
+        "window": options.window,
+        "overlap": options.overlap,
+        "tta": options.tta,
+        "precision": options.precision,
+        "bands": ",".join(str(b) for b in band_plan.bands),
+        "model_pixels_per_pixel": f"{scale:.6g}",
+        **encoding.tags(),
+    }
+
+
+def _fit_batch_size(
+    client: Any, model_dir: str, options: PredictOptions, timings: dict[str, float]
+) -> int:
+    """``options.batch_size``, else the smallest that every worker says it can take; every
+    worker loads the model now either way (timed as ``model_load``)."""
+    t_load = time.perf_counter()
+    concurrent = parallel.max_threads_per_worker(client)
+    fitted = client.run(
+        fitted_batch_size, model_dir, options.device, options.window, concurrent, options.precision
+    )
+    timings["model_load"] = time.perf_counter() - t_load
+    return options.batch_size or min(fitted.values())
+
+
+def _write_cog(
+    client: Any,
+    run: RunPlan,
+    target: Target,
+    info: raster.RasterInfo,
+    options: PredictOptions,
+    timings: dict[str, float],
+) -> tuple[int, int, float]:
+    """Stream every task's windows into the output COG; returns (windows run, windows
+    skipped, when the COG was finished). Our own cluster stops while the COG's overviews are
+    built."""
+    stopping = None
+    try:
+        with raster.stream_cog(
+            target.output,
+            width=info.width,
+            height=info.height,
+            crs=info.crs,
+            transform=info.transform,
+            gcps=info.gcps,
+            gcp_crs=info.gcp_crs,
+            dtype=run.encoding.dtype,
+            nodata=run.encoding.nodata,
+            description=BAND_DESCRIPTION,
+            scale=run.encoding.scale,
+            tags=run.tags,
+            overwrite=options.overwrite,
+            cog_blocksize=_cog_blocksize(info.height, info.width),
+        ) as writer:
+            t_stream = time.perf_counter()
+            try:
+                ran, skipped = _stream_windows(
+                    client,
+                    run,
+                    writer,
+                    timings,
+                    options.progress,
+                    sources.display_name(target.image),
+                )
+            finally:
+                # workers of a cluster that outlives this call (--scheduler) close the raster
+                # now; best effort: a worker that died has nothing left open
+                with contextlib.suppress(Exception):
+                    client.run(release_readers)
+            t_finalize = time.perf_counter()
+            timings["windows"] = t_finalize - t_stream
+            stopping = parallel.stop_cluster_in_background(client)
+        t_stop = time.perf_counter()
+        timings["cog_finalize"] = t_stop - t_finalize
+    finally:
+        if stopping is not None:
+            stopping.result()
+    return ran, skipped, t_stop
+
+
+# ------------------------------------------------------------------------ phase: publishing
+def _publish(
+    target: Target,
+    info: raster.RasterInfo,
+    options: PredictOptions,
+    run: RunPlan,
+    timings: dict[str, float],
+    network_warm_up: Future | None,
+) -> Path | None:
+    """Beside the written COG: its QGIS style, then the centrelines, the road network and the
+    STAC Item asked for. Returns the centrelines' path (None when not asked for)."""
+    output, threshold = target.output, run.config.threshold
+    styles.write_probability_style(output, threshold, overwrite=options.overwrite)
+    vectors_out = None
+    if target.vectors is not None:
+        from pipeline.vectorize import vectorize_raster
+
+        vectors_out = vectorize_raster(
+            output,
+            target.vectors,
+            threshold=threshold,
+            overwrite=options.overwrite,
+            min_spur_m=options.vector_min_spur_m,
+            simplify_m=options.vector_simplify_m,
+        )
+    if target.network is not None:
+        from pipeline.network import network_raster
+
+        network_warm_up.result()
+        t_network = time.perf_counter()
+        net = options.network_params
+        network_raster(
+            output,
+            target.network,
+            net,
+            threshold=net.threshold or threshold,
+            overwrite=options.overwrite,
+        )
+        timings["network"] = time.perf_counter() - t_network
+    if target.stac_item is not None:
+        encoding = run.encoding
+        stac.write_prediction_item(
+            target.stac_item,
+            output,
+            info,
+            run.tags,
+            vectors=vectors_out,
+            network=target.network,
+            source_item=target.source_item,
+            encoding={
+                "data_type": encoding.dtype,
+                "nodata": encoding.nodata,
+                "scale": encoding.scale,
+            },
+            overwrite=options.overwrite,
+        )
+    return vectors_out

@@ -9,27 +9,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pipeline import parallel, sources
 from pipeline.atomic import OutputError, exclusive_output
-from pipeline.predict import default_output_path, predict_raster
+from pipeline.config import PredictOptions
+from pipeline.predict import Target, default_output_path, predict_raster
 from pipeline.raster import RasterError
 from pipeline.sources import Source
-
-
-@dataclass(frozen=True)
-class Target:
-    """One input raster and the files predict writes for it."""
-
-    image: str | Path  # a local file, or a GDAL name such as /vsicurl/https://...
-    output: Path
-    vectors: Path | None = None
-    stac_item: Path | None = None  # where to write the prediction's STAC Item
-    source_item: dict | None = None  # the STAC Item the image came from
-    network: Path | None = None  # where to write the road network
 
 
 def batch_targets(
@@ -78,9 +65,7 @@ def batch_targets(
     ]
     writers: dict[Path, Target] = {}
     for t in targets:
-        for path in (t.output, t.vectors, t.stac_item, t.network):
-            if path is None:
-                continue
+        for path in t.outputs():
             if not sources.is_remote(t.image) and path.resolve() == Path(t.image).resolve():
                 raise ValueError(
                     f"{path}: is the input image itself; give another output name (-o)"
@@ -99,78 +84,84 @@ def exclusive_outputs(target: Target) -> Iterator[None]:
     predict of the same output fails at once instead of racing this one, and temporaries left
     by a killed earlier run of it are removed."""
     with contextlib.ExitStack() as stack:
-        for path in (target.output, target.vectors, target.stac_item, target.network):
-            if path is not None:
-                stack.enter_context(exclusive_output(path))
+        for path in target.outputs():
+            stack.enter_context(exclusive_output(path))
         yield
 
 
 def predict_batch(
     targets: Sequence[Target],
+    options: PredictOptions | None = None,
     *,
-    scheduler: str | None = None,
-    workers: int | None = None,
-    device: str = "auto",
     skip_existing: bool = False,
-    overwrite: bool = False,
     report: Callable[[str], None] = print,
     report_error: Callable[[str], None] = print,
-    **options: Any,
 ) -> list[Path]:
-    """``predict_raster`` for every target, on one cluster; returns the outputs written.
+    """``predict_raster`` for every target with the same ``options``, on one cluster; returns
+    the outputs written.
 
-    Several targets share one local cluster (unless ``scheduler`` names one). Left out, each
-    with a line to ``report``: an input that is the output of another target (a second run over
-    ``tiles/*.tif`` matches the first run's ``*_roads.tif``), and with ``skip_existing`` a target
-    whose outputs all exist (they appear whole or not at all: an interrupted run resumes). A
-    raster that cannot be predicted (``RasterError``, an output that exists) is reported to
-    ``report_error`` and the others go on; then ValueError names the failures at the end. With
-    a single target its error is raised as is. ``options`` go to ``predict_raster``.
+    Several targets share one local cluster (unless ``options.scheduler`` names one). Left
+    out, each with a line to ``report``: an input that is the output of another target (a second
+    run over ``tiles/*.tif`` matches the first run's ``*_roads.tif``), and with ``skip_existing``
+    a target whose outputs all exist (they appear whole or not at all: an interrupted run
+    resumes). A raster that cannot be predicted (``RasterError``, an output that exists) is
+    reported to ``report_error`` and the others go on; then ValueError names the failures at
+    the end. With a single target its error is raised as is.
     """
-    if skip_existing and overwrite:
+    options = options or PredictOptions()
+    if skip_existing and options.overwrite:
         raise ValueError("--skip-existing and --overwrite contradict each other; give one")
-    outputs = {str(t.output.resolve()) for t in targets}
-    todo = []
-    for t in targets:
-        if sources.absolute(t.image) in outputs:
-            report(f"skipped {t.image}: it is the output of another image given")
-        elif skip_existing and all(
-            p is None or p.exists() for p in (t.output, t.vectors, t.stac_item, t.network)
-        ):
-            report(f"skipped {t.image}: {t.output} exists")
-        else:
-            todo.append(t)
+    todo = targets_to_predict(targets, skip_existing, report)
     written: list[Path] = []
-    failed: list[Path] = []
+    failed: list[str | Path] = []
     # one cluster for all (~4 s of worker start and model load on 2 cores saved per raster)
-    with parallel.shared_cluster(scheduler, len(todo), workers, device) as address:
+    cluster = parallel.shared_cluster(options.scheduler, len(todo), options.workers, options.device)
+    with cluster as address:
+        on_cluster = options.model_copy(update={"scheduler": address})
         for t in todo:
             try:
-                with exclusive_outputs(t):
-                    result = predict_raster(
-                        t.image,
-                        t.output,
-                        vectors=t.vectors,
-                        stac_item=t.stac_item,
-                        source_item=t.source_item,
-                        network=t.network,
-                        scheduler=address,
-                        workers=workers,
-                        device=device,
-                        overwrite=overwrite,
-                        **options,
-                    )
+                written.append(_predict_target(t, on_cluster, report))
             except (RasterError, FileExistsError, OutputError) as e:
                 if len(todo) == 1:
                     raise
                 report_error(f"error: {e}")  # this raster only: go on with the others
                 failed.append(t.image)
-                continue
-            written.append(result.output)
-            also = [str(p) for p in (result.vectors, t.network) if p is not None]
-            report(f"wrote {result.output}" + "".join(f" and {p}" for p in also))
     if failed:
         raise ValueError(
             f"{len(failed)} of {len(todo)} images failed (errors above): {', '.join(map(str, failed))}"
         )
     return written
+
+
+def targets_to_predict(
+    targets: Sequence[Target], skip_existing: bool, report: Callable[[str], None]
+) -> list[Target]:
+    """``targets`` less those whose input is another target's output and, with
+    ``skip_existing``, those whose outputs all exist; each left out is reported."""
+    outputs = {str(t.output.resolve()) for t in targets}
+    todo = []
+    for t in targets:
+        if sources.absolute(t.image) in outputs:
+            report(f"skipped {t.image}: it is the output of another image given")
+        elif skip_existing and all(p.exists() for p in t.outputs()):
+            report(f"skipped {t.image}: {t.output} exists")
+        else:
+            todo.append(t)
+    return todo
+
+
+def _predict_target(target: Target, options: PredictOptions, report: Callable[[str], None]) -> Path:
+    """Predict one target holding its outputs' locks; reports and returns the COG written."""
+    with exclusive_outputs(target):
+        result = predict_raster(
+            target.image,
+            target.output,
+            options,
+            vectors=target.vectors,
+            stac_item=target.stac_item,
+            source_item=target.source_item,
+            network=target.network,
+        )
+    also = [str(p) for p in (result.vectors, target.network) if p is not None]
+    report(f"wrote {result.output}" + "".join(f" and {p}" for p in also))
+    return result.output

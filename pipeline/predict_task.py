@@ -1,6 +1,7 @@
 """The job and result types that travel between the predict client and its Dask workers.
 
-``pipeline.predict`` (the client, no torch) builds a :class:`PredictJob` and receives
+``pipeline.predict`` (the client, no torch) builds a :class:`PredictJob` from the run's
+``config.PredictOptions`` and what it planned (``predict.plan_run``), and receives
 :class:`GroupResult` objects; ``pipeline.inference`` (the workers, torch) consumes the one and
 produces the other. Keeping them here lets both import them without importing each other.
 """

@@ -13,7 +13,7 @@ import torch
 from affine import Affine
 
 from pipeline import parallel, raster
-from pipeline.config import DataParams, TileParams
+from pipeline.config import DataParams, PredictOptions, TileParams
 from pipeline.model import ModelConfig, build_unet, save_model
 from pipeline.predict import predict_raster
 from pipeline.raster import RasterError, band_plan, parse_band_spec
@@ -77,7 +77,7 @@ def model3(tmp_path_factory) -> Path:
 
 def _predict(image: Path, out: Path, model: Path, scheduler: str, **kw) -> np.ndarray:
     kw = dict(window=64, overlap=16, scheduler=scheduler, progress=False) | kw
-    return read(predict_raster(image, out, model=model, **kw).output)[0]
+    return read(predict_raster(image, out, PredictOptions(model=model, **kw)).output)[0]
 
 
 # ------------------------------------------------------------------------------ band_plan
@@ -180,7 +180,9 @@ def test_true_alpha_with_a_4_band_model_is_a_clear_error(model4, tmp_path, monke
     data[3] = np.where(data[3] > 120, 255, 0)
     rgba = write_default(tmp_path / "rgba.tif", data)
     with pytest.raises(RasterError, match=r"read as a mask.*read as data.*the model .* expects 4"):
-        predict_raster(rgba, tmp_path / "o.tif", model=model4, window=64, progress=False)
+        predict_raster(
+            rgba, tmp_path / "o.tif", PredictOptions(model=model4, window=64, progress=False)
+        )
     assert not (tmp_path / "o.tif").exists()
 
 

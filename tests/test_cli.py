@@ -313,3 +313,54 @@ def test_warnings_print_as_one_line_and_quiet_silences_progress_messages(monkeyp
     assert logging.getLogger("pipeline.tiling").isEnabledFor(logging.WARNING)
     configure_logging(verbose=False, quiet=False)
     assert logging.getLogger("pipeline.tiling").isEnabledFor(logging.INFO)
+
+
+PREDICT_PARAMS = """\
+synth: {scenes: []}
+data: {scenes: [{name: a, image: a.tif, roads: a.gpkg}]}
+register: {model_name: my-roads, tracking_uri: "sqlite:///elsewhere.db"}
+predict: {window: 256, overlap: 32, batch_size: 3, windows_per_task: 6, precision: fp32,
+          resample: false, vector_min_spur_m: 5.0}
+network: {block_size: 512, skeleton_tile: 256}
+"""
+
+
+def _predict_options(argv: list[str]):
+    from pipeline.cli import predict_options
+
+    return predict_options(build_parser().parse_args(["predict", "x.tif", *argv]))
+
+
+def test_predict_options_are_params_yaml_with_the_flags_given_over_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(PREDICT_PARAMS)
+    from_file = _predict_options([])
+    assert (from_file.window, from_file.overlap, from_file.batch_size) == (256, 32, 3)
+    assert from_file.windows_per_task == 6 and from_file.precision == "fp32"
+    assert not from_file.resample and from_file.vector_min_spur_m == 5.0
+    assert from_file.model == "models:/my-roads@champion"
+    assert from_file.tracking_default == "sqlite:///elsewhere.db"
+    assert from_file.network_params.block_size == 512
+    assert not from_file.tta and from_file.progress and not from_file.overwrite
+
+    flags = ["--window", "128", "--overlap", "0", "--batch-size", "1", "--precision", "bf16"]
+    flags += ["--model", "folder", "--tta", "--dtype", "float32", "--bands", "3,2,1", "-q"]
+    given = _predict_options(flags)
+    assert (given.window, given.overlap, given.batch_size, given.precision) == (128, 0, 1, "bf16")
+    assert given.model == "folder" and given.tta and given.dtype == "float32"
+    assert given.bands == [3, 2, 1] and not given.progress
+    assert given.windows_per_task == 6  # not given: params.yaml's
+
+
+def test_predict_options_without_a_params_file_are_the_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no params.yaml here
+    options = _predict_options(["--no-resample"])
+    assert options.model == "models:/road-unet@champion" and options.window == 512
+    assert options.overlap == 64 and options.batch_size is None and not options.resample
+    assert options.tracking_default == "sqlite:///mlflow.db"
+
+
+def test_a_predict_flag_that_params_yaml_would_refuse_is_a_one_line_error(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "x.tif"), "--window", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid predict options: window: ") and err.count("\n") == 1

@@ -280,6 +280,7 @@ def test_run_evaluate_scores_a_known_prediction(tmp_path, isolated_mlflow, monke
 @pytest.mark.slow
 def test_evaluate_tta_scores_what_predict_tta_writes(tmp_path):
     """evaluate.tta: the scored probability is predict --tta's, pixel for pixel, not the plain one."""
+    from pipeline.config import PredictOptions
     from pipeline.predict import predict_raster
 
     image = _write_image(tmp_path / "scene.tif")
@@ -295,14 +296,16 @@ def test_evaluate_tta_scores_what_predict_tta_writes(tmp_path):
     reference = predict_raster(
         image,
         tmp_path / "reference.tif",
-        model=model_dir,
-        window=ev.window,
-        overlap=ev.overlap,
-        batch_size=ev.batch_size,
-        workers=1,
-        tta=True,
-        dtype="float32",
-        progress=False,
+        PredictOptions(
+            model=model_dir,
+            window=ev.window,
+            overlap=ev.overlap,
+            batch_size=ev.batch_size,
+            workers=1,
+            tta=True,
+            dtype="float32",
+            progress=False,
+        ),
     ).output
     read = {
         name: raster.read_band_array(path)

@@ -19,6 +19,7 @@ import rasterio
 from distributed import Client
 
 from pipeline import parallel
+from pipeline.config import PredictOptions
 from pipeline.predict import predict_raster
 from tests.helpers import make_model, smooth_image, write_raster
 
@@ -244,12 +245,14 @@ def test_predict_through_an_external_scheduler(tmp_path: Path) -> None:
         res = predict_raster(
             img,
             tmp_path / "out.tif",
-            model=model,
-            window=64,
-            overlap=16,
-            windows_per_task=1,
-            scheduler=address,
-            progress=False,
+            PredictOptions(
+                model=model,
+                window=64,
+                overlap=16,
+                windows_per_task=1,
+                scheduler=address,
+                progress=False,
+            ),
         )
         assert res.windows_run == 3 * 5  # one window per task
         with rasterio.open(res.output) as ds:
@@ -265,12 +268,9 @@ def test_predict_through_an_external_scheduler(tmp_path: Path) -> None:
         local = predict_raster(
             img,
             tmp_path / "local.tif",
-            model=model,
-            window=64,
-            overlap=16,
-            workers=1,
-            device="cpu",
-            progress=False,
+            PredictOptions(
+                model=model, window=64, overlap=16, workers=1, device="cpu", progress=False
+            ),
         )
         with rasterio.open(local.output) as ds:
             assert np.abs(ds.read(1).astype(int) - values.astype(int)).max() <= 1

@@ -21,6 +21,7 @@ from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 
 from pipeline import parallel
+from pipeline.config import PredictOptions
 from pipeline.predict import default_output_path, predict_raster
 from pipeline.raster import RasterError
 from pipeline.windows import WindowGrid
@@ -85,12 +86,14 @@ def test_output_is_a_cog_on_the_input_grid_with_exact_nodata(
     res = predict_raster(
         scene,
         out,
-        model=model_dir,
-        window=64,
-        overlap=16,
-        scheduler=scheduler,
-        block_size=256,
-        progress=False,
+        PredictOptions(
+            model=model_dir,
+            window=64,
+            overlap=16,
+            scheduler=scheduler,
+            block_size=256,
+            progress=False,
+        ),
     )
     assert res.output == out and out.exists() and res.vectors is None
     values, prof = read(out)
@@ -149,21 +152,19 @@ def test_float32_output_matches_uint8_and_honours_nodata(
     u8 = predict_raster(
         scene,
         tmp_path / "u8.tif",
-        model=model_dir,
-        window=64,
-        overlap=16,
-        scheduler=scheduler,
-        progress=False,
+        PredictOptions(model=model_dir, window=64, overlap=16, scheduler=scheduler, progress=False),
     ).output
     f32 = predict_raster(
         scene,
         tmp_path / "f32.tif",
-        model=model_dir,
-        window=64,
-        overlap=16,
-        scheduler=scheduler,
-        dtype="float32",
-        progress=False,
+        PredictOptions(
+            model=model_dir,
+            window=64,
+            overlap=16,
+            scheduler=scheduler,
+            dtype="float32",
+            progress=False,
+        ),
     ).output
     q, _ = read(u8)
     p, prof = read(f32)
@@ -176,28 +177,10 @@ def test_float32_output_matches_uint8_and_honours_nodata(
 
 
 def test_precision_is_recorded_and_checked(scene, model_dir, scheduler, tmp_path) -> None:
-    fp32 = predict_raster(
-        scene,
-        tmp_path / "fp32.tif",
-        model=model_dir,
-        window=64,
-        overlap=16,
-        scheduler=scheduler,
-        dtype="float32",
-        precision="fp32",
-        progress=False,
-    ).output
-    bf16 = predict_raster(
-        scene,
-        tmp_path / "bf16.tif",
-        model=model_dir,
-        window=64,
-        overlap=16,
-        scheduler=scheduler,
-        dtype="float32",
-        precision="bf16",
-        progress=False,
-    ).output
+    kw = dict(model=model_dir, window=64, overlap=16, scheduler=scheduler, progress=False)
+    options = {p: PredictOptions(**kw, dtype="float32", precision=p) for p in ("fp32", "bf16")}
+    fp32 = predict_raster(scene, tmp_path / "fp32.tif", options["fp32"]).output
+    bf16 = predict_raster(scene, tmp_path / "bf16.tif", options["bf16"]).output
     p32, prof = read(fp32)
     p16, prof16 = read(bf16)
     assert prof["tags"]["precision"] == "fp32" and prof16["tags"]["precision"] == "bf16"
@@ -205,37 +188,21 @@ def test_precision_is_recorded_and_checked(scene, model_dir, scheduler, tmp_path
     assert (np.isnan(p16) == ~valid).all()
     assert np.abs(p16[valid] - p32[valid]).max() < 0.1  # the same model, at lower precision
     with pytest.raises(ValueError, match="precision"):
-        predict_raster(scene, tmp_path / "x.tif", model=model_dir, precision="fp8", progress=False)
+        predict_raster(
+            scene,
+            tmp_path / "x.tif",
+            PredictOptions(model=model_dir, precision="fp8", progress=False),
+        )
     assert not (tmp_path / "x.tif").exists()
 
 
 def test_pixels_do_not_depend_on_workers_block_size_or_task_size(model_dir, tmp_path) -> None:
     img = write_raster(tmp_path / "img.tif", smooth_image(256, 320).astype(np.uint8))
-    a = predict_raster(
-        img,
-        tmp_path / "a.tif",
-        model=model_dir,
-        window=64,
-        overlap=16,
-        workers=1,
-        device="cpu",
-        block_size=256,
-        windows_per_task=1,
-        progress=False,
-    )
-    b = predict_raster(
-        img,
-        tmp_path / "b.tif",
-        model=model_dir,
-        window=64,
-        overlap=16,
-        workers=3,
-        device="cpu",
-        block_size=512,
-        windows_per_task=5,
-        batch_size=3,
-        progress=False,
-    )
+    kw = dict(model=model_dir, window=64, overlap=16, device="cpu", progress=False)
+    one = PredictOptions(**kw, workers=1, block_size=256, windows_per_task=1)
+    three = PredictOptions(**kw, workers=3, block_size=512, windows_per_task=5, batch_size=3)
+    a = predict_raster(img, tmp_path / "a.tif", one)
+    b = predict_raster(img, tmp_path / "b.tif", three)
     va, _ = read(a.output)
     vb, _ = read(b.output)
     diff = np.abs(va.astype(int) - vb.astype(int))
@@ -256,11 +223,13 @@ def test_no_seams_at_window_or_block_edges(model_dir, scheduler, tmp_path) -> No
         progress=False,
     )
     # control: without overlap the window edges show (so the measure can see a seam) ...
-    p0, _ = read(predict_raster(img, tmp_path / "hard.tif", overlap=0, **kw).output)
+    p0, _ = read(predict_raster(img, tmp_path / "hard.tif", PredictOptions(overlap=0, **kw)).output)
     edges0 = [o for o, _ in WindowGrid(320, 320, 64, 0).row_spans][1:]
     assert seam_ratio(p0, edges0, axis=1) > 3.0
     # ... with blending, no boundary (window starts and ends, the block edge at 256) stands out
-    p1, _ = read(predict_raster(img, tmp_path / "soft.tif", overlap=32, **kw).output)
+    p1, _ = read(
+        predict_raster(img, tmp_path / "soft.tif", PredictOptions(overlap=32, **kw)).output
+    )
     spans = WindowGrid(320, 320, 64, 32).row_spans
     boundaries = sorted({o for o, _ in spans[1:]} | {o + n for o, n in spans[:-1]} | {256})
     for axis in (0, 1):
@@ -275,7 +244,9 @@ def test_own_local_cluster_is_gone_when_predict_returns(scene, model_dir, tmp_pa
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     out = tmp_path / "own.tif"
     res = predict_raster(
-        scene, out, model=model_dir, window=64, overlap=16, workers=1, progress=False
+        scene,
+        out,
+        PredictOptions(model=model_dir, window=64, overlap=16, workers=1, progress=False),
     )
     left = [
         p
@@ -292,13 +263,16 @@ def test_existing_output_is_not_overwritten(scene, model_dir, tmp_path) -> None:
     out = tmp_path / "out.tif"
     out.write_bytes(b"keep me")
     with pytest.raises(FileExistsError, match="overwrite"):
-        predict_raster(scene, out, model=model_dir, window=64, progress=False)
+        predict_raster(scene, out, PredictOptions(model=model_dir, window=64, progress=False))
     assert out.read_bytes() == b"keep me"
     vec = tmp_path / "roads.gpkg"
     vec.write_bytes(b"keep me too")
     with pytest.raises(FileExistsError, match="roads.gpkg"):
         predict_raster(
-            scene, tmp_path / "new.tif", model=model_dir, window=64, vectors=vec, progress=False
+            scene,
+            tmp_path / "new.tif",
+            PredictOptions(model=model_dir, window=64, progress=False),
+            vectors=vec,
         )
     assert not (tmp_path / "new.tif").exists()
 
@@ -324,13 +298,15 @@ def test_failed_run_leaves_no_output_and_keeps_the_old_one(model_dir, scheduler,
         predict_raster(
             img,
             out,
-            model=model_dir,
-            window=64,
-            overlap=16,
-            scheduler=scheduler,
-            block_size=256,
-            windows_per_task=1,
-            progress=False,
+            PredictOptions(
+                model=model_dir,
+                window=64,
+                overlap=16,
+                scheduler=scheduler,
+                block_size=256,
+                windows_per_task=1,
+                progress=False,
+            ),
         )
     assert not out.exists()
     out.write_bytes(b"previous result")
@@ -338,12 +314,14 @@ def test_failed_run_leaves_no_output_and_keeps_the_old_one(model_dir, scheduler,
         predict_raster(
             img,
             out,
-            model=model_dir,
-            window=64,
-            overlap=16,
-            scheduler=scheduler,
-            overwrite=True,
-            progress=False,
+            PredictOptions(
+                model=model_dir,
+                window=64,
+                overlap=16,
+                scheduler=scheduler,
+                overwrite=True,
+                progress=False,
+            ),
         )
     assert out.read_bytes() == b"previous result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.tif", "out.tif"]
@@ -354,9 +332,9 @@ def test_killed_run_leaves_no_output(model_dir, scheduler, tmp_path) -> None:
     img = write_raster(tmp_path / "big.tif", smooth_image(512, 512).astype(np.uint8))
     out = tmp_path / "out.tif"
     code = (
-        "from pipeline.predict import predict_raster; "
-        f"predict_raster({str(img)!r}, {str(out)!r}, model={str(model_dir)!r}, window=64, "
-        f"overlap=16, scheduler={scheduler!r}, progress=False)"
+        "from pipeline.config import PredictOptions; from pipeline.predict import predict_raster; "
+        f"predict_raster({str(img)!r}, {str(out)!r}, PredictOptions(model={str(model_dir)!r}, "
+        f"window=64, overlap=16, scheduler={scheduler!r}, progress=False))"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
     try:
@@ -380,7 +358,9 @@ def test_band_count_mismatch_is_a_clear_error(model_dir, tmp_path, monkeypatch) 
     monkeypatch.setattr(parallel, "cluster_client", no_cluster)
     img = write_raster(tmp_path / "rgb.tif", smooth_image(64, 64, bands=3).astype(np.uint8))
     with pytest.raises(RasterError, match=r"rgb\.tif.*3 band.*expects 4"):
-        predict_raster(img, tmp_path / "o.tif", model=model_dir, window=64, progress=False)
+        predict_raster(
+            img, tmp_path / "o.tif", PredictOptions(model=model_dir, window=64, progress=False)
+        )
     assert not (tmp_path / "o.tif").exists()
 
 
@@ -400,20 +380,14 @@ def test_registry_model_is_resolved_beside_the_cluster_start(
     out = predict_raster(
         img,
         tmp_path / "o.tif",
-        window=64,
-        overlap=16,
-        scheduler=scheduler,
-        tracking_default=store,
-        progress=False,
+        PredictOptions(
+            window=64, overlap=16, scheduler=scheduler, tracking_default=store, progress=False
+        ),
     ).output
     by_folder = predict_raster(
         img,
         tmp_path / "f.tif",
-        model=model_dir,
-        window=64,
-        overlap=16,
-        scheduler=scheduler,
-        progress=False,
+        PredictOptions(model=model_dir, window=64, overlap=16, scheduler=scheduler, progress=False),
     ).output
     values, profile = read(out)
     assert profile["tags"]["model_uri"] == "models:/road-unet@champion"
@@ -424,22 +398,22 @@ def test_registry_model_is_resolved_beside_the_cluster_start(
         predict_raster(
             img,
             tmp_path / "none.tif",
-            window=64,
-            overlap=16,
-            scheduler=scheduler,
-            tracking_default=f"sqlite:///{tmp_path}/missing/mlflow.db",
-            progress=False,
+            PredictOptions(
+                window=64,
+                overlap=16,
+                scheduler=scheduler,
+                tracking_default=f"sqlite:///{tmp_path}/missing/mlflow.db",
+                progress=False,
+            ),
         )
     rgb = write_raster(tmp_path / "rgb.tif", smooth_image(64, 64, bands=3).astype(np.uint8))
     with pytest.raises(RasterError, match="expects 4"):
         predict_raster(
             rgb,
             tmp_path / "rgb_o.tif",
-            window=64,
-            overlap=16,
-            scheduler=scheduler,
-            tracking_default=store,
-            progress=False,
+            PredictOptions(
+                window=64, overlap=16, scheduler=scheduler, tracking_default=store, progress=False
+            ),
         )
     assert not (tmp_path / "none.tif").exists() and not (tmp_path / "rgb_o.tif").exists()
 
@@ -453,11 +427,7 @@ def test_normalisation_uses_the_models_stats_for_any_input_dtype(
     ref = predict_raster(
         write_raster(tmp_path / "u8.tif", base),
         tmp_path / "ref.tif",
-        model=model_dir,
-        window=64,
-        overlap=16,
-        scheduler=scheduler,
-        progress=False,
+        PredictOptions(model=model_dir, window=64, overlap=16, scheduler=scheduler, progress=False),
     ).output
     scaled_model = make_model(
         tmp_path / "scaled", mean=[m * 10 + 5 for m in MEAN], std=[s * 10 for s in STD]
@@ -469,11 +439,9 @@ def test_normalisation_uses_the_models_stats_for_any_input_dtype(
         out = predict_raster(
             img,
             tmp_path / f"{img.stem}_o.tif",
-            model=scaled_model,
-            window=64,
-            overlap=16,
-            scheduler=scheduler,
-            progress=False,
+            PredictOptions(
+                model=scaled_model, window=64, overlap=16, scheduler=scheduler, progress=False
+            ),
         ).output
         v, _ = read(out)
         assert np.abs(v.astype(int) - r.astype(int)).max() <= 1
@@ -483,11 +451,7 @@ def test_normalisation_uses_the_models_stats_for_any_input_dtype(
         predict_raster(
             f32,
             tmp_path / "other.tif",
-            model=other,
-            window=64,
-            overlap=16,
-            scheduler=scheduler,
-            progress=False,
+            PredictOptions(model=other, window=64, overlap=16, scheduler=scheduler, progress=False),
         ).output
     )
     assert np.abs(v.astype(int) - r.astype(int)).max() > 1
@@ -508,11 +472,9 @@ def test_masked_pixels_are_hidden_from_the_model(model_dir, scheduler, tmp_path)
                 predict_raster(
                     img,
                     tmp_path / f"{name}_o.tif",
-                    model=model_dir,
-                    window=64,
-                    overlap=16,
-                    scheduler=scheduler,
-                    progress=False,
+                    PredictOptions(
+                        model=model_dir, window=64, overlap=16, scheduler=scheduler, progress=False
+                    ),
                 ).output
             )[0]
         )
@@ -526,11 +488,9 @@ def test_raster_without_crs_warns_and_output_has_none(model_dir, scheduler, tmp_
         out = predict_raster(
             img,
             tmp_path / "o.tif",
-            model=model_dir,
-            window=64,
-            overlap=16,
-            scheduler=scheduler,
-            progress=False,
+            PredictOptions(
+                model=model_dir, window=64, overlap=16, scheduler=scheduler, progress=False
+            ),
         ).output
     _, prof = read(out)
     assert prof["crs"] is None and prof["transform"] == TRANSFORM
@@ -552,11 +512,9 @@ def test_imagery_unlike_the_training_imagery_warns(model_dir, scheduler, tmp_pat
         predict_raster(
             like,
             tmp_path / "o1.tif",
-            model=trained,
-            window=64,
-            overlap=16,
-            scheduler=scheduler,
-            progress=False,
+            PredictOptions(
+                model=trained, window=64, overlap=16, scheduler=scheduler, progress=False
+            ),
         )
     assert not [w for w in caught if "trained" in str(w.message)]  # the imagery the model knows
     deep = write_raster(tmp_path / "deep.tif", (smooth_image(64, 64) * 200).astype(np.uint16))
@@ -566,11 +524,9 @@ def test_imagery_unlike_the_training_imagery_warns(model_dir, scheduler, tmp_pat
         predict_raster(
             deep,
             tmp_path / "o2.tif",
-            model=trained,
-            window=64,
-            overlap=16,
-            scheduler=scheduler,
-            progress=False,
+            PredictOptions(
+                model=trained, window=64, overlap=16, scheduler=scheduler, progress=False
+            ),
         )
     coarse = write_raster(
         tmp_path / "coarse.tif",
@@ -583,12 +539,14 @@ def test_imagery_unlike_the_training_imagery_warns(model_dir, scheduler, tmp_pat
         predict_raster(
             coarse,
             tmp_path / "o3.tif",
-            model=trained,
-            window=64,
-            overlap=16,
-            scheduler=scheduler,
-            progress=False,
-            resample=False,
+            PredictOptions(
+                model=trained,
+                window=64,
+                overlap=16,
+                scheduler=scheduler,
+                progress=False,
+                resample=False,
+            ),
         )
     assert "gdalwarp -tr 0.5 0.5" in str(caught[-1].message)
 
@@ -600,11 +558,9 @@ def test_raster_smaller_than_a_window(model_dir, scheduler, tmp_path) -> None:
     res = predict_raster(
         img,
         tmp_path / "o.tif",
-        model=model_dir,
-        window=128,
-        overlap=16,
-        scheduler=scheduler,
-        progress=False,
+        PredictOptions(
+            model=model_dir, window=128, overlap=16, scheduler=scheduler, progress=False
+        ),
     )
     v, prof = read(res.output)
     assert (prof["height"], prof["width"]) == (40, 50) and res.windows_run == 1
@@ -627,7 +583,7 @@ def test_a_rewritten_input_is_read_afresh_and_workers_keep_nothing_open(
     )
     data = smooth_image(160, 192).astype(np.uint8)
     write_raster(img, data, tiled=True, blockxsize=64, blockysize=64)
-    first, _ = read(predict_raster(img, tmp_path / "first.tif", **kw).output)
+    first, _ = read(predict_raster(img, tmp_path / "first.tif", PredictOptions(**kw)).output)
     with Client(scheduler) as client:
         assert set(client.run(inference.open_reader_count).values()) == {0}
     write_raster(
@@ -636,8 +592,12 @@ def test_a_rewritten_input_is_read_afresh_and_workers_keep_nothing_open(
     write_raster(
         tmp_path / "fresh.tif", data[:, ::-1, :].copy(), tiled=True, blockxsize=64, blockysize=64
     )
-    again, _ = read(predict_raster(img, tmp_path / "again.tif", **kw).output)
-    fresh, _ = read(predict_raster(tmp_path / "fresh.tif", tmp_path / "fresh_o.tif", **kw).output)
+    again, _ = read(predict_raster(img, tmp_path / "again.tif", PredictOptions(**kw)).output)
+    fresh, _ = read(
+        predict_raster(
+            tmp_path / "fresh.tif", tmp_path / "fresh_o.tif", PredictOptions(**kw)
+        ).output
+    )
     assert np.abs(again.astype(int) - fresh.astype(int)).max() <= 1
     assert (
         np.abs(again.astype(int) - first.astype(int)).max() > 10
@@ -661,8 +621,8 @@ def test_vrt_input_predicts_like_its_source(scene, model_dir, scheduler, tmp_pat
         f"<GeoTransform>{gt}</GeoTransform>{bands}</VRTDataset>"
     )
     kw = dict(model=model_dir, window=64, overlap=16, scheduler=scheduler, progress=False)
-    a, _ = read(predict_raster(vrt, tmp_path / "vrt_o.tif", **kw).output)
-    b, prof = read(predict_raster(scene, tmp_path / "tif_o.tif", **kw).output)
+    a, _ = read(predict_raster(vrt, tmp_path / "vrt_o.tif", PredictOptions(**kw)).output)
+    b, prof = read(predict_raster(scene, tmp_path / "tif_o.tif", PredictOptions(**kw)).output)
     assert prof["crs"] == rasterio.crs.CRS.from_string(CRS)
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
@@ -677,14 +637,16 @@ def test_tta_makes_prediction_flip_equivariant(model_dir, scheduler, tmp_path) -
             out = predict_raster(
                 img,
                 tmp_path / f"{name}_{tta}.tif",
-                model=model_dir,
-                window=64,
-                overlap=0,
-                scheduler=scheduler,
-                tta=tta,
-                dtype="float32",
-                overwrite=True,
-                progress=False,
+                PredictOptions(
+                    model=model_dir,
+                    window=64,
+                    overlap=0,
+                    scheduler=scheduler,
+                    tta=tta,
+                    dtype="float32",
+                    overwrite=True,
+                    progress=False,
+                ),
             ).output
             outs[name, tta] = read(out)[0]
     err_plain = np.abs(outs["flip", False][:, ::-1] - outs["base", False]).max()
@@ -699,12 +661,8 @@ def test_vectors_are_written_as_linestrings(scene, model_dir, scheduler, tmp_pat
     res = predict_raster(
         scene,
         tmp_path / "o.tif",
-        model=model_dir,
-        window=64,
-        overlap=16,
-        scheduler=scheduler,
+        PredictOptions(model=model_dir, window=64, overlap=16, scheduler=scheduler, progress=False),
         vectors=vec,
-        progress=False,
     )
     assert res.vectors == vec
     roads = gpd.read_file(vec, layer="roads")
@@ -727,9 +685,10 @@ def test_the_predict_client_never_imports_torch(scene, model_dir, tmp_path) -> N
     """Only the workers load torch: `pipeline predict` starts fast and its process stays small."""
     out = tmp_path / "out.tif"
     code = (
-        "import sys; from pipeline.predict import predict_raster; "
-        f"predict_raster({str(scene)!r}, {str(out)!r}, model={str(model_dir)!r}, window=64, overlap=16, "
-        "workers=1, progress=False); print('torch' in sys.modules)"
+        "import sys; from pipeline.config import PredictOptions; "
+        "from pipeline.predict import predict_raster; "
+        f"predict_raster({str(scene)!r}, {str(out)!r}, PredictOptions(model={str(model_dir)!r}, "
+        "window=64, overlap=16, workers=1, progress=False)); print('torch' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "False"
@@ -738,5 +697,7 @@ def test_the_predict_client_never_imports_torch(scene, model_dir, tmp_path) -> N
 
 def test_window_not_a_multiple_of_32_is_refused_before_any_work(scene, model_dir, tmp_path) -> None:
     with pytest.raises(ValueError, match="multiple of 32"):
-        predict_raster(scene, tmp_path / "out.tif", model=model_dir, window=100, progress=False)
+        predict_raster(
+            scene, tmp_path / "out.tif", PredictOptions(model=model_dir, window=100, progress=False)
+        )
     assert not list(tmp_path.iterdir())

@@ -14,6 +14,7 @@ import pytest
 from affine import Affine
 
 from pipeline import parallel, raster
+from pipeline.config import PredictOptions
 from pipeline.model_config import read_config
 from pipeline.predict import pixel_scale, predict_raster
 from tests.helpers import make_model, read, smooth_image, write_raster
@@ -53,7 +54,9 @@ def test_a_finer_raster_is_predicted_at_the_models_pixel_size_on_its_own_grid(
     data = fine_image()
     fine = write_raster(tmp_path / "fine.tif", data, nodata=0)
     kw = dict(model=metre_model, window=64, overlap=16, progress=False)
-    res = predict_raster(fine, tmp_path / "a.tif", scheduler=scheduler, windows_per_task=5, **kw)
+    res = predict_raster(
+        fine, tmp_path / "a.tif", PredictOptions(scheduler=scheduler, windows_per_task=5, **kw)
+    )
     a, prof = read(res.output)
     # (a) the input's grid, CRS and nodata; the model ran at 1 m: 128 px windows of the raster
     assert (prof["height"], prof["width"], prof["transform"]) == (256, 320, FINE)
@@ -64,7 +67,9 @@ def test_a_finer_raster_is_predicted_at_the_models_pixel_size_on_its_own_grid(
     # (b) the same pixels whatever the workers and task size
     b = read(
         predict_raster(
-            fine, tmp_path / "b.tif", workers=1, device="cpu", windows_per_task=1, **kw
+            fine,
+            tmp_path / "b.tif",
+            PredictOptions(workers=1, device="cpu", windows_per_task=1, **kw),
         ).output
     )[0]
     diff = np.abs(a.astype(int) - b.astype(int))
@@ -72,7 +77,9 @@ def test_a_finer_raster_is_predicted_at_the_models_pixel_size_on_its_own_grid(
     # (c) about what the model says on a 1 m copy, brought back to 0.5 m
     coarse_data = data.reshape(4, 128, 2, 160, 2).astype(float).mean(axis=(2, 4)).astype(np.uint8)
     coarse = write_raster(tmp_path / "coarse.tif", coarse_data, nodata=0, transform=COARSE)
-    c = read(predict_raster(coarse, tmp_path / "c.tif", scheduler=scheduler, **kw).output)[0]
+    c = read(
+        predict_raster(coarse, tmp_path / "c.tif", PredictOptions(scheduler=scheduler, **kw)).output
+    )[0]
     c = np.kron(c, np.ones((2, 2), np.uint8))
     inside = (a < 255) & (c < 255)
     inside[:48, :] = inside[:, :68] = False  # away from the nodata edge, which moves by a pixel
@@ -82,7 +89,7 @@ def test_a_finer_raster_is_predicted_at_the_models_pixel_size_on_its_own_grid(
     with pytest.warns(UserWarning, match=r"fine.tif: pixels are 0.50 m.*trained at 1.00 m"):
         d = read(
             predict_raster(
-                fine, tmp_path / "d.tif", scheduler=scheduler, resample=False, **kw
+                fine, tmp_path / "d.tif", PredictOptions(scheduler=scheduler, resample=False, **kw)
             ).output
         )[0]
     assert np.abs(d[inside].astype(float) - c[inside]).mean() / 254 > 2 * err.mean()
@@ -142,7 +149,9 @@ def test_a_percentile_model_sees_a_darker_flatter_copy_alike(
     for name, data in (("bright", bright), ("dark", dark)):
         img = write_raster(tmp_path / f"{name}.tif", data.astype(np.float32), nodata=0)
         for model in (percentile, dataset):
-            res = predict_raster(img, tmp_path / f"{name}_{model.name}.tif", model=model, **kw)
+            res = predict_raster(
+                img, tmp_path / f"{name}_{model.name}.tif", PredictOptions(model=model, **kw)
+            )
             out[name, model.name] = read(res.output)[0].astype(float) / 254
     valid = out["bright", "p"] < 255 / 254
     assert (out["dark", "p"][~valid] == 255 / 254).all()

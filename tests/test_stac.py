@@ -215,10 +215,13 @@ def test_an_unreachable_remote_raster_is_one_clear_error(
 
 
 def test_a_stac_item_of_a_raster_without_crs_is_refused_before_any_work(tmp_path) -> None:
+    from pipeline.config import PredictOptions
     from pipeline.predict import predict_raster
     from tests.helpers import smooth_image, write_raster
 
     img = write_raster(tmp_path / "nocrs.tif", smooth_image(64, 64).astype(np.uint8), crs=None)
     with pytest.raises(raster.RasterError, match="no CRS, so no STAC Item"):
-        predict_raster(img, tmp_path / "o.tif", model=tmp_path, stac_item=tmp_path / "o.json")
+        predict_raster(
+            img, tmp_path / "o.tif", PredictOptions(model=tmp_path), stac_item=tmp_path / "o.json"
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nocrs.tif"]
