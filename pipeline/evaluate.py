@@ -2,8 +2,9 @@
 score it against the scene's roads.
 
 Writes (see docs/formats.md): ``metrics/eval.json`` (DVC metrics), ``plots/pr.csv`` (DVC plots),
-``reports/<scene>_error_map.png`` and ``<scene>_quicklook.png``; merges the test metrics into
-the model folder's ``model.json``; logs all of it to an MLflow run ``evaluate``.
+``reports/<scene>_error_map.png`` and ``<scene>_quicklook.png`` (drawn by
+``evaluate_figures.py``); merges the test metrics into the model folder's ``model.json``; logs
+all of it to an MLflow run ``evaluate``.
 
 A scene is scored block by block (``EVAL_BLOCK`` pixels a side, read with a margin of the
 relaxed slack so the relaxed metrics see across block edges): memory does not grow with the
@@ -27,6 +28,7 @@ import logging
 import math
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import parallel, raster, registry, tilesets
-from pipeline.atomic import atomic_path, write_text_atomic
+from pipeline.atomic import write_text_atomic
 from pipeline.baseline import add_baseline_metrics
 from pipeline.config import (
     DataParams,
@@ -44,6 +46,16 @@ from pipeline.config import (
     RegisterParams,
     SceneSource,
     TileParams,
+)
+from pipeline.evaluate_figures import (
+    NODATA,
+    PNG_MAX_SIDE,
+    downsample_factor,
+    error_codes,
+    reduce_codes,
+    scene_title,
+    write_error_map,
+    write_quicklook,
 )
 from pipeline.metrics import (
     DEFAULT_THRESHOLDS,
@@ -59,22 +71,7 @@ log = logging.getLogger(__name__)
 
 # Thresholds of the sweep, 0.00..1.00 (the same grid train chooses the model's threshold on).
 SWEEP_THRESHOLDS = DEFAULT_THRESHOLDS
-PNG_MAX_SIDE = 1024  # figures of larger scenes are downsampled to at most this many pixels a side
 EVAL_BLOCK = 1024  # a test scene is scored in blocks of about this many pixels a side
-
-# Error map classes, in increasing priority when a downsampled block holds several.
-NODATA, TRUE_NEGATIVE, TRUE_POSITIVE, FALSE_POSITIVE, FALSE_NEGATIVE = range(5)
-ERROR_PALETTE = np.array(
-    [
-        [128, 128, 128],  # nodata: grey
-        [0, 0, 0],  # background correctly left out: black
-        [255, 255, 0],  # road found: yellow
-        [255, 0, 0],  # false alarm: red
-        [0, 0, 255],  # road missed: blue
-    ],
-    dtype=np.uint8,
-)
-ERROR_LABELS = ("nodata", "background", "road found (TP)", "false alarm (FP)", "road missed (FN)")
 
 
 class EvaluateError(ValueError):
@@ -145,6 +142,97 @@ def predict_scene(
     return Path(result.output)
 
 
+@dataclass
+class _Overview:
+    """What a scene's figures show, at every ``factor``-th pixel, filled block by block."""
+
+    factor: int
+    codes: np.ndarray
+    prob: np.ndarray
+    valid: np.ndarray
+
+    @classmethod
+    def empty(cls, height: int, width: int) -> _Overview:
+        factor = downsample_factor((height, width), PNG_MAX_SIDE)
+        small = (math.ceil(height / factor), math.ceil(width / factor))
+        return cls(
+            factor=factor,
+            codes=np.full(small, NODATA, dtype=np.uint8),
+            prob=np.full(small, np.nan, dtype=np.float32),
+            valid=np.zeros(small, dtype=bool),
+        )
+
+    def add(
+        self, row: int, col: int, prob: np.ndarray, codes: np.ndarray, valid: np.ndarray
+    ) -> None:
+        """A block at (``row``, ``col``) (origins on the overview's grid), full resolution."""
+        f = self.factor
+        reduced = reduce_codes(codes, f)
+        at = (
+            slice(row // f, row // f + reduced.shape[0]),
+            slice(col // f, col // f + reduced.shape[1]),
+        )
+        self.codes[at] = reduced
+        self.prob[at] = np.where(valid, prob, np.nan)[::f, ::f]
+        self.valid[at] = valid[::f, ::f]
+
+
+def _scene_blocks(
+    height: int, width: int, step: int, margin: int
+) -> Iterator[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
+    """Blocks of ``step`` pixels a side as (row0, col0, row1, col1), each with the window to
+    read: the block plus ``margin`` pixels around it, cut at the scene's edges."""
+    for r0 in range(0, height, step):
+        for c0 in range(0, width, step):
+            r1, c1 = min(r0 + step, height), min(c0 + step, width)
+            rr0, cc0 = max(0, r0 - margin), max(0, c0 - margin)
+            rr1, cc1 = min(height, r1 + margin), min(width, c1 + margin)
+            yield (r0, c0, r1, c1), (rr0, cc0, rr1, cc1)
+
+
+def _road_classes(
+    windows: SceneWindows, scene: str, class_attribute: str | None
+) -> dict[str, object]:
+    """The scene's road polygons by class; none without ``class_attribute`` or when the truth
+    cannot give classes (a warning says why; the scene is still scored)."""
+    if not class_attribute:
+        return {}
+    try:
+        return windows.road_classes(class_attribute)
+    except TruthError as exc:  # a report the data cannot give: skip it, score the rest
+        log.warning("evaluate: recall by road class skipped for %s: %s", scene, exc)
+        return {}
+
+
+def _check_same_grid(
+    predicted: raster.WindowReader, windows: SceneWindows, prediction: Path, image: Path
+) -> tuple[int, int]:
+    """The scene's (height, width); EvaluateError when the prediction is on another grid."""
+    height, width = windows.info.height, windows.info.width
+    if (predicted.ds.height, predicted.ds.width) != (height, width):
+        raise EvaluateError(
+            f"{prediction}: prediction grid {predicted.ds.width}x{predicted.ds.height} differs "
+            f"from {image} ({width}x{height})"
+        )
+    return height, width
+
+
+def _count_classes(
+    windows: SceneWindows,
+    classes: dict[str, object],
+    counts: dict[str, list[int]],
+    box: tuple[int, int, int, int],
+    valid: np.ndarray,
+    found: np.ndarray,
+) -> None:
+    """Add a block's valid road pixels and found road pixels of each class to ``counts``."""
+    r0, c0, r1, c1 = box
+    for name, polygons in classes.items():
+        road = windows.burn(polygons, c0, r0, c1 - c0, r1 - r0)
+        counts[name][0] += int(np.count_nonzero(road & valid))
+        counts[name][1] += int(np.count_nonzero(road & found))
+
+
 def score_scene(
     scene: SceneSource,
     prediction: Path,
@@ -161,60 +249,31 @@ def score_scene(
     road class's valid pixels and those found at ``threshold`` (vector truth only; vectors
     without that attribute get a warning naming the file and are scored without classes)."""
     with SceneWindows(scene, data) as windows, raster.open_reader(prediction) as predicted:
-        classes = {}
-        if class_attribute:
-            try:
-                classes = windows.road_classes(class_attribute)
-            except TruthError as exc:  # a report the data cannot give: skip it, score the rest
-                log.warning("evaluate: recall by road class skipped for %s: %s", scene.name, exc)
+        classes = _road_classes(windows, scene.name, class_attribute)
         by_class = {name: [0, 0] for name in classes}
-        height, width = windows.info.height, windows.info.width
-        if (predicted.ds.height, predicted.ds.width) != (height, width):
-            raise EvaluateError(
-                f"{prediction}: prediction grid {predicted.ds.width}x{predicted.ds.height} differs "
-                f"from {scene.image} ({width}x{height})"
-            )
-        factor = downsample_factor((height, width), PNG_MAX_SIDE)
-        step = factor * math.ceil(block / factor)  # block origins on the overview's grid
-        small = (math.ceil(height / factor), math.ceil(width / factor))
-        codes = np.full(small, NODATA, dtype=np.uint8)
-        prob_small = np.full(small, np.nan, dtype=np.float32)
-        valid_small = np.zeros(small, dtype=bool)
+        height, width = _check_same_grid(predicted, windows, prediction, scene.image)
+        overview = _Overview.empty(height, width)
+        step = overview.factor * math.ceil(block / overview.factor)  # on the overview's grid
         sweep = ThresholdSweep(thresholds, rho)
-        for r0 in range(0, height, step):
-            for c0 in range(0, width, step):
-                r1, c1 = min(r0 + step, height), min(c0 + step, width)
-                # the block plus a margin of rho pixels, cut at the scene's edges
-                rr0, cc0 = max(0, r0 - rho), max(0, c0 - rho)
-                rr1, cc1 = min(height, r1 + rho), min(width, c1 + rho)
-                _, valid, truth = windows.read(cc0, rr0, cc1 - cc0, rr1 - rr0)
-                prob = raster.read_window(predicted, cc0, rr0, cc1 - cc0, rr1 - rr0)[0][0].astype(
-                    np.float32
-                )
-                valid &= np.isfinite(prob)
-                core = (slice(r0 - rr0, r1 - rr0), slice(c0 - cc0, c1 - cc0))
-                sweep.update(prob, truth, valid, core=core)
-                p, t, v = prob[core], truth[core], valid[core]
-                reduced = reduce_codes(error_codes(p >= threshold, t, v), factor)
-                at = (
-                    slice(r0 // factor, r0 // factor + reduced.shape[0]),
-                    slice(c0 // factor, c0 // factor + reduced.shape[1]),
-                )
-                codes[at] = reduced
-                prob_small[at] = np.where(v, p, np.nan)[::factor, ::factor]
-                valid_small[at] = v[::factor, ::factor]
-                if classes:
-                    found = v & (p >= threshold)
-                    for name, polygons in classes.items():
-                        road = windows.burn(polygons, c0, r0, c1 - c0, r1 - r0)
-                        by_class[name][0] += int(np.count_nonzero(road & v))
-                        by_class[name][1] += int(np.count_nonzero(road & found))
+        for box, (rr0, cc0, rr1, cc1) in _scene_blocks(height, width, step, rho):
+            _, valid, truth = windows.read(cc0, rr0, cc1 - cc0, rr1 - rr0)
+            prob = raster.read_window(predicted, cc0, rr0, cc1 - cc0, rr1 - rr0)[0][0].astype(
+                np.float32
+            )
+            valid &= np.isfinite(prob)
+            r0, c0, r1, c1 = box
+            core = (slice(r0 - rr0, r1 - rr0), slice(c0 - cc0, c1 - cc0))
+            sweep.update(prob, truth, valid, core=core)
+            p, t, v = prob[core], truth[core], valid[core]
+            overview.add(r0, c0, p, error_codes(p >= threshold, t, v), v)
+            if classes:
+                _count_classes(windows, classes, by_class, box, v, v & (p >= threshold))
     return SceneScore(
         sweep=sweep,
-        codes=codes,
-        prob=prob_small,
-        valid=valid_small,
-        factor=factor,
+        codes=overview.codes,
+        prob=overview.prob,
+        valid=overview.valid,
+        factor=overview.factor,
         by_class={k: (a, b) for k, (a, b) in by_class.items()},
     )
 
@@ -269,112 +328,6 @@ def model_metrics(result: dict[str, Any]) -> dict[str, float]:
         "test_relaxed_recall": result["relaxed_recall"],
         "relaxed_break_even": result["relaxed_break_even"],
     }
-
-
-# ----------------------------------------------------------------------------------- figures
-def error_codes(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Per-pixel class (NODATA, TRUE_NEGATIVE, TRUE_POSITIVE, FALSE_POSITIVE, FALSE_NEGATIVE)."""
-    codes = np.full(pred.shape, TRUE_NEGATIVE, dtype=np.uint8)
-    codes[pred & truth] = TRUE_POSITIVE
-    codes[pred & ~truth] = FALSE_POSITIVE
-    codes[~pred & truth] = FALSE_NEGATIVE
-    codes[~valid] = NODATA
-    return codes
-
-
-def downsample_factor(shape: tuple[int, int], max_side: int = PNG_MAX_SIDE) -> int:
-    """Smallest integer factor that brings both sides to ``max_side`` or less."""
-    return max(1, math.ceil(max(shape) / max_side))
-
-
-def reduce_codes(codes: np.ndarray, factor: int) -> np.ndarray:
-    """Downsample class codes by ``factor``; a block shows its highest-priority class, so a
-    one-pixel road error stays visible in an overview (missed > false alarm > found > rest)."""
-    if factor == 1:
-        return codes
-    h, w = codes.shape
-    hp, wp = math.ceil(h / factor) * factor, math.ceil(w / factor) * factor
-    padded = np.full((hp, wp), NODATA, dtype=codes.dtype)
-    padded[:h, :w] = codes
-    return padded.reshape(hp // factor, factor, wp // factor, factor).max(axis=(1, 3))
-
-
-def rgb_band_indexes(bands: list[str], count: int) -> list[int]:
-    """1-based indexes of red, green, blue by band name; else the first three (or band 1)."""
-    names = [b.lower() for b in bands]
-    if all(c in names for c in ("red", "green", "blue")):
-        return [names.index(c) + 1 for c in ("red", "green", "blue")]
-    return [1, 2, 3] if count >= 3 else [1, 1, 1]
-
-
-def stretch(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(C, H, W) -> (H, W, C) floats in 0..1, each band stretched between its 2nd and 98th
-    percentiles over valid pixels (raw uint8/uint16 imagery is rarely full-range)."""
-    out = np.zeros(image.shape[1:] + (image.shape[0],), dtype=np.float32)
-    for i, band in enumerate(image.astype(np.float32)):
-        values = band[valid]
-        lo, hi = np.percentile(values, [2, 98]) if values.size else (0.0, 1.0)
-        out[..., i] = np.clip((band - lo) / max(hi - lo, 1e-6), 0, 1)
-    return out
-
-
-def _new_figure(shape: tuple[int, int]):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    h, w = shape
-    fig = Figure(figsize=(8, 8 * h / w + 0.8), dpi=120)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def write_error_map(path: Path, codes: np.ndarray, title: str) -> Path:
-    """A scene's error classes (``error_codes``, at overview resolution) as a PNG with a legend."""
-    from matplotlib.patches import Patch
-
-    rgb = ERROR_PALETTE[codes]
-    fig = _new_figure(rgb.shape[:2])
-    ax = fig.add_subplot()
-    ax.imshow(rgb, interpolation="nearest")
-    ax.set_axis_off()
-    ax.set_title(title, fontsize=9)
-    handles = [
-        Patch(color=ERROR_PALETTE[i] / 255, label=ERROR_LABELS[i]) for i in range(len(ERROR_LABELS))
-    ]
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    _save_figure(fig, path)
-    return path
-
-
-def _save_figure(fig: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", bbox_inches="tight")
-
-
-def write_quicklook(
-    path: Path,
-    image: Path,
-    score: SceneScore,
-    bands: list[str],
-    title: str,
-    declared: raster.BandSpec | None = None,
-) -> Path:
-    """The scene's RGB with the road probability overlaid (transparent where it is low).
-    ``declared``: the scene's own band declaration (``raster.band_plan``)."""
-    plan = raster.band_plan(image, bands, declared)
-    valid, prob = score.valid, score.prob
-    rgb_idx = [plan.bands[i - 1] for i in rgb_band_indexes(bands, len(plan.bands))]
-    rgb = stretch(raster.read_decimated(image, rgb_idx, *valid.shape), valid)
-    fig = _new_figure(valid.shape)
-    ax = fig.add_subplot()
-    ax.imshow(rgb, interpolation="nearest")
-    overlay = np.nan_to_num(prob, nan=0.0)
-    im = ax.imshow(overlay, cmap="plasma", vmin=0, vmax=1, alpha=np.clip(overlay, 0, 1) * 0.8)
-    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="road probability")
-    ax.set_axis_off()
-    ax.set_title(title, fontsize=9)
-    _save_figure(fig, path)
-    return path
 
 
 # ----------------------------------------------------------------------------------- outputs
@@ -463,6 +416,151 @@ def log_run(
 
 
 # ------------------------------------------------------------------------------------- stage
+def _score_scenes(
+    scenes: list[SceneSource],
+    model_dir: Path,
+    params: EvaluateParams,
+    data: DataParams,
+    tile: TileParams,
+    network: NetworkParams | None,
+    threshold: float,
+    scheduler: str | None,
+    tmp: Path,
+) -> tuple[dict[str, SceneScore], dict[str, dict[str, float]]]:
+    """Predict and score each test scene in turn, at the model's ``threshold``; (pixel
+    scores, road network scores) by scene."""
+    thresholds = sweep_thresholds(threshold)
+    scores: dict[str, SceneScore] = {}
+    network_scores: dict[str, dict[str, float]] = {}
+    for scene in scenes:
+        log.info("evaluate: predicting %s", scene.name)
+        prediction = predict_scene(scene, tmp, model_dir, params, tile.workers, scheduler=scheduler)
+        scores[scene.name] = score_scene(
+            scene,
+            prediction,
+            data,
+            thresholds,
+            params.relaxed_slack_px,
+            threshold,
+            class_attribute=params.class_attribute,
+        )
+        if network is not None and scene.roads is not None:
+            from pipeline.network_eval import score_scene_network
+
+            log.info("evaluate: road network of %s", scene.name)
+            scored = score_scene_network(scene, prediction, network, network.threshold or threshold)
+            if scored:
+                network_scores[scene.name] = scored
+        prediction.unlink()  # a test scene's probability raster can be large
+        if scores[scene.name].sweep.n_true == 0:
+            log.warning("evaluate: test scene %s has no road pixels in its valid area", scene.name)
+    return scores, network_scores
+
+
+def _pooled_metrics(
+    scores: dict[str, SceneScore], threshold: float, rho: int
+) -> tuple[dict[str, Any], SweepResult]:
+    """The metrics over all test pixels together (micro average) and per scene, at the model's
+    ``threshold`` and at the test F1-best one; and the pooled curve (for the PR plot)."""
+    sweeps = {name: score.sweep for name, score in scores.items()}
+    pooled = ThresholdSweep(sweep_thresholds(threshold), rho)
+    for sweep in sweeps.values():
+        pooled += sweep
+    if pooled.n_valid == 0:
+        raise EvaluateError(
+            "the test scenes have no valid pixel (all nodata?): nothing to evaluate"
+        )
+    curve = pooled.compute()
+    test_best = best_f1_threshold(curve)  # an optimistic reference, never the model's
+    result: dict[str, Any] = {
+        **summarize(curve, threshold, test_best),
+        "test_best_threshold": test_best,
+    }
+    result["relaxed_slack_px"] = rho
+    result["per_scene"] = {
+        name: summarize(s.compute(), threshold, test_best) for name, s in sweeps.items()
+    }
+    return result, curve
+
+
+def _add_class_recall(result: dict[str, Any], scores: dict[str, SceneScore]) -> None:
+    """Recall by road class, per scene and pooled over the scenes."""
+    pooled_by_class: dict[str, tuple[int, int]] = {}
+    for name, score in scores.items():
+        result["per_scene"][name].update(recall_by_class(score.by_class))
+        for cls, (road, found) in score.by_class.items():
+            old = pooled_by_class.get(cls, (0, 0))
+            pooled_by_class[cls] = (old[0] + road, old[1] + found)
+    result.update(recall_by_class(pooled_by_class))
+
+
+def _add_network_metrics(
+    result: dict[str, Any], network_scores: dict[str, dict[str, float]]
+) -> None:
+    """Each scene's road network metrics; over scenes, the mean of the scenes' values."""
+    for name, values in network_scores.items():
+        result["per_scene"][name].update(values)
+    if network_scores:
+        for key in next(iter(network_scores.values())):
+            result[key] = float(np.mean([v[key] for v in network_scores.values()]))
+
+
+def _write_figures(
+    params: EvaluateParams,
+    scenes: list[SceneSource],
+    scores: dict[str, SceneScore],
+    result: dict[str, Any],
+    threshold: float,
+    bands: list[str],
+) -> list[Path]:
+    """Each test scene's error map and quicklook in ``params.reports_dir``; the model as it
+    is used: at its own ``threshold``."""
+    params.reports_dir.mkdir(parents=True, exist_ok=True)
+    figures: list[Path] = []
+    for scene in scenes:
+        score = scores[scene.name]
+        title = scene_title(
+            scene.name, threshold, result["per_scene"][scene.name], params.relaxed_slack_px
+        )
+        error_map = params.reports_dir / f"{scene.name}_error_map.png"
+        figures.append(write_error_map(error_map, score.codes, title))
+        figures.append(
+            write_quicklook(
+                params.reports_dir / f"{scene.name}_quicklook.png",
+                scene.image,
+                score.prob,
+                score.valid,
+                bands,
+                scene.name,
+                scene.bands,
+            )
+        )
+    return figures
+
+
+def _write_outputs(
+    params: EvaluateParams,
+    register: RegisterParams,
+    model_dir: Path,
+    result: dict[str, Any],
+    curve: SweepResult,
+    figures: list[Path],
+    data_lines: list[str],
+) -> str:
+    """eval.json, pr.csv, the test metrics in model.json, and the MLflow run; its id."""
+    metrics_path = write_text_atomic(params.metrics_path, json.dumps(result, indent=2) + "\n")
+    pr_path = write_pr_csv(params.plots_dir / "pr.csv", curve)
+    update_model_config(model_dir, model_metrics(result))
+    return log_run(
+        register,
+        params,
+        result,
+        {"metrics": [metrics_path], "plots": [pr_path], "reports": figures},
+        model_dir,
+        data_lines,
+    )
+
+
 def run_evaluate(
     params: EvaluateParams,
     data: DataParams,
@@ -481,117 +579,22 @@ def run_evaluate(
     data_lines = tilesets.describe(data, tilesets.read_summaries(tile.stats_path))
     data = tilesets.expand(data, Path(tile.out_dir) / tilesets.PREPARED_DIR)
     scenes = held_out_scenes(data)
-    config = read_config(model_dir)
-    thresholds = sweep_thresholds(config.threshold)
-    rho = params.relaxed_slack_px
+    threshold = read_config(model_dir).threshold
 
     with (
         tempfile.TemporaryDirectory(prefix="roadseg-evaluate-") as tmp,
         parallel.shared_cluster(None, len(scenes), tile.workers) as scheduler,
     ):
-        scores: dict[str, SceneScore] = {}
-        network_scores: dict[str, dict[str, float]] = {}
-        for scene in scenes:
-            log.info("evaluate: predicting %s", scene.name)
-            prediction = predict_scene(
-                scene, Path(tmp), model_dir, params, tile.workers, scheduler=scheduler
-            )
-            scores[scene.name] = score_scene(
-                scene,
-                prediction,
-                data,
-                thresholds,
-                rho,
-                config.threshold,
-                class_attribute=params.class_attribute,
-            )
-            if network is not None and scene.roads is not None:
-                from pipeline.network_eval import score_scene_network
-
-                log.info("evaluate: road network of %s", scene.name)
-                scored = score_scene_network(
-                    scene, prediction, network, network.threshold or config.threshold
-                )
-                if scored:
-                    network_scores[scene.name] = scored
-            prediction.unlink()  # a test scene's probability raster can be large
-            if scores[scene.name].sweep.n_true == 0:
-                log.warning(
-                    "evaluate: test scene %s has no road pixels in its valid area", scene.name
-                )
-        sweeps = {name: score.sweep for name, score in scores.items()}
-
-        pooled = ThresholdSweep(thresholds, rho)
-        for sweep in sweeps.values():
-            pooled += sweep
-        if pooled.n_valid == 0:
-            raise EvaluateError(
-                "the test scenes have no valid pixel (all nodata?): nothing to evaluate"
-            )
-        curve = pooled.compute()
-        test_best = best_f1_threshold(curve)  # an optimistic reference, never the model's
-        result: dict[str, Any] = {
-            **summarize(curve, config.threshold, test_best),
-            "test_best_threshold": test_best,
-        }
-        result["relaxed_slack_px"] = rho
-        result["per_scene"] = {
-            name: summarize(s.compute(), config.threshold, test_best) for name, s in sweeps.items()
-        }
+        scores, network_scores = _score_scenes(
+            scenes, model_dir, params, data, tile, network, threshold, scheduler, Path(tmp)
+        )
+        result, curve = _pooled_metrics(scores, threshold, params.relaxed_slack_px)
         if params.class_attribute:
-            pooled_by_class: dict[str, tuple[int, int]] = {}
-            for name, score in scores.items():
-                result["per_scene"][name].update(recall_by_class(score.by_class))
-                for cls, (road, found) in score.by_class.items():
-                    old = pooled_by_class.get(cls, (0, 0))
-                    pooled_by_class[cls] = (old[0] + road, old[1] + found)
-            result.update(recall_by_class(pooled_by_class))
-
-        for name, values in network_scores.items():
-            result["per_scene"][name].update(values)
-        if network_scores:  # a network metric over scenes is the mean of the scenes' values
-            for key in next(iter(network_scores.values())):
-                result[key] = float(np.mean([v[key] for v in network_scores.values()]))
-
+            _add_class_recall(result, scores)
+        _add_network_metrics(result, network_scores)
         # Issue 3: how far the U-Net is above band values alone (per-pixel logistic regression).
         add_baseline_metrics(result, scenes, data, tile.out_dir)
+        figures = _write_figures(params, scenes, scores, result, threshold, data.bands)
 
-        # Figures show the model as it is used: at its own threshold.
-        params.reports_dir.mkdir(parents=True, exist_ok=True)
-        figures: list[Path] = []
-        for scene in scenes:
-            score = scores[scene.name]
-            m = result["per_scene"][scene.name]
-            title = (
-                f"{scene.name}: threshold {config.threshold:.2f} (from validation), "
-                f"IoU {m['iou']:.3f}, F1 {m['f1']:.3f}, "
-                f"relaxed break-even {m['relaxed_break_even']:.3f} (rho {rho} px)"
-            )
-            figures.append(
-                write_error_map(
-                    params.reports_dir / f"{scene.name}_error_map.png", score.codes, title
-                )
-            )
-            figures.append(
-                write_quicklook(
-                    params.reports_dir / f"{scene.name}_quicklook.png",
-                    scene.image,
-                    score,
-                    data.bands,
-                    scene.name,
-                    scene.bands,
-                )
-            )
-
-    metrics_path = write_text_atomic(params.metrics_path, json.dumps(result, indent=2) + "\n")
-    pr_path = write_pr_csv(params.plots_dir / "pr.csv", curve)
-    update_model_config(model_dir, model_metrics(result))
-    run_id = log_run(
-        register,
-        params,
-        result,
-        {"metrics": [metrics_path], "plots": [pr_path], "reports": figures},
-        model_dir,
-        data_lines,
-    )
+    run_id = _write_outputs(params, register, model_dir, result, curve, figures, data_lines)
     return {**result, "mlflow_run_id": run_id}

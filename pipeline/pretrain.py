@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from backbones.losses import classification_loss
 from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.config import PretrainParams, RegisterParams
 from pipeline.model import autocast_dtype
-from pipeline.pretrain_data import PatchDataset, read_chip_folder, resolve_task
+from pipeline.pretrain_data import ChipFolder, PatchDataset, Task, read_chip_folder, resolve_task
 from pipeline.pretrain_rasters import RasterRotationPatches
 from pipeline.registry import log_dict, log_figure, log_metrics, log_params, tracked_run
 
@@ -171,17 +172,23 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pretrain_backbone(
-    arch: str, params: PretrainParams, chips_dir: Path, tracking: RegisterParams
-) -> dict[str, Any]:
-    """Train ``arch`` to classify patches (``params.task``); write weights + meta; log an
-    MLflow run.
+@dataclass(frozen=True)
+class _Patches:
+    """What a backbone learns from: the chips folder's labelled patches (and unlabelled
+    rotation patches of ``pretrain.unlabelled`` rasters) for ``task``."""
 
-    Returns the meta dict plus ``run_id``, ``weights_path`` and ``meta_path``.
-    """
+    task: Task
+    chips: ChipFolder
+    train: PatchDataset
+    val: PatchDataset
+    unlabelled: RasterRotationPatches
+    train_data: Dataset  # train, with the unlabelled patches when there are any
+
+
+def _load_patches(arch: str, params: PretrainParams, chips_dir: Path) -> _Patches:
+    """The patches of ``params.task``; ValueError when there is no train patch."""
     task = resolve_task(Path(chips_dir), params.task)
     chips = read_chip_folder(Path(chips_dir), task)
-    classes, bands = chips.classes, chips.bands
     augment = arch in AUGMENTED_ARCHS
     train_set = PatchDataset(chips, "train", params.input_size, augment=augment, seed=params.seed)
     val_set = PatchDataset(chips, "val", params.input_size)
@@ -196,85 +203,142 @@ def pretrain_backbone(
         params.unlabelled, params.input_size, chips.stats["mean"], chips.stats["std"]
     )
     train_data: Dataset = ConcatDataset([train_set, unlabelled]) if len(unlabelled) else train_set
+    return _Patches(task, chips, train_set, val_set, unlabelled, train_data)
 
+
+@dataclass(frozen=True)
+class _Learner:
+    """A backbone ready to train: model (channels-last, on ``device``), optimiser, autocast."""
+
+    model: nn.Module
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    optimizer: torch.optim.Optimizer
+
+
+def _build_learner(arch: str, params: PretrainParams, num_classes: int, bands: int) -> _Learner:
+    """Seed torch, build ``arch`` and check it can classify ``params.input_size`` patches."""
     torch.manual_seed(params.seed)
     device = _device()
-    model = build_backbone(arch, num_classes=len(classes), in_channels=len(bands)).to(device)
-    _check_input_size(model, arch, len(bands), params.input_size, device)
+    model = build_backbone(arch, num_classes=num_classes, in_channels=bands).to(device)
+    _check_input_size(model, arch, bands, params.input_size, device)
     model = model.to(memory_format=torch.channels_last)
     amp_dtype = autocast_dtype(device, params.precision, training=True)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=params.lr, weight_decay=params.weight_decay
     )
+    return _Learner(model, device, amp_dtype, optimizer)
+
+
+def _log_run_params(
+    arch: str, params: PretrainParams, patches: _Patches, learner: _Learner
+) -> None:
+    """The MLflow run's params: arch, task, settings, data, device and autocast type."""
+    log_params(
+        {
+            "arch": arch,
+            "task": patches.task,
+            "pretrain": params.model_dump(mode="json"),
+            "data": {
+                "fingerprint": patches.chips.stats["fingerprint"],
+                "train_patches": len(patches.train),
+                "unlabelled_patches": len(patches.unlabelled),
+                "val_patches": len(patches.val),
+            },
+            "device": learner.device.type,
+            "autocast": str(learner.amp_dtype or "float32"),
+        }
+    )
+
+
+def _fit(
+    learner: _Learner,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    params: PretrainParams,
+    num_classes: int,
+) -> dict[str, Any]:
+    """Train ``params.epochs`` epochs, validating and logging after each; the last validation."""
+    val: dict[str, Any] = {
+        "accuracy": None,
+        "confusion": np.zeros((num_classes,) * 2, dtype=np.int64),
+    }
+    model, device, amp_dtype = learner.model, learner.device, learner.amp_dtype
+    for epoch in range(1, params.epochs + 1):
+        train_loss = train_one_epoch(
+            model,
+            train_loader,
+            learner.optimizer,
+            device,
+            params.aux_weight,
+            params.max_batches_per_epoch,
+            amp_dtype,
+        )
+        val = evaluate(model, val_loader, device, num_classes, amp_dtype)
+        metrics = {"train_loss": train_loss}
+        if val["accuracy"] is not None:
+            metrics |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+        log_metrics(metrics, step=epoch)
+    return val
+
+
+def _backbone_meta(
+    arch: str, params: PretrainParams, patches: _Patches, val_accuracy: float | None
+) -> dict[str, Any]:
+    """The ``<arch>.json`` beside the weights: what the backbone was trained on and for."""
+    stats = patches.chips.stats
+    return {
+        "arch": arch,
+        "task": patches.task,
+        "in_channels": len(patches.chips.bands),
+        "num_classes": len(patches.chips.classes),
+        "classes": patches.chips.classes,
+        "input_size": params.input_size,
+        "mean": [float(v) for v in stats["mean"]],
+        "std": [float(v) for v in stats["std"]],
+        "data_fingerprint": stats["fingerprint"],
+        "val_accuracy": val_accuracy,
+        "epochs": params.epochs,
+    }
+
+
+def pretrain_backbone(
+    arch: str, params: PretrainParams, chips_dir: Path, tracking: RegisterParams
+) -> dict[str, Any]:
+    """Train ``arch`` to classify patches (``params.task``); write weights + meta; log an
+    MLflow run.
+
+    Returns the meta dict plus ``run_id``, ``weights_path`` and ``meta_path``.
+    """
+    patches = _load_patches(arch, params, chips_dir)
+    classes = patches.chips.classes
+    learner = _build_learner(arch, params, len(classes), len(patches.chips.bands))
     train_loader = DataLoader(
-        train_data,
+        patches.train_data,
         batch_size=params.batch_size,
         shuffle=True,
         generator=torch.Generator().manual_seed(params.seed),
-        pin_memory=device.type == "cuda",
+        pin_memory=learner.device.type == "cuda",
     )
-    val_loader = DataLoader(val_set, batch_size=params.batch_size)
+    val_loader = DataLoader(patches.val, batch_size=params.batch_size)
 
     with tracked_run(
         tracking.experiment,
         f"pretrain-{arch}",
-        tags={"stage": "pretrain", "arch": arch, "task": task},
+        tags={"stage": "pretrain", "arch": arch, "task": patches.task},
         tracking_default=tracking.tracking_uri,
     ) as run_id:
-        log_params(
-            {
-                "arch": arch,
-                "task": task,
-                "pretrain": params.model_dump(mode="json"),
-                "data": {
-                    "fingerprint": chips.stats["fingerprint"],
-                    "train_patches": len(train_set),
-                    "unlabelled_patches": len(unlabelled),
-                    "val_patches": len(val_set),
-                },
-                "device": device.type,
-                "autocast": str(amp_dtype or "float32"),
-            }
-        )
-        val: dict[str, Any] = {
-            "accuracy": None,
-            "confusion": np.zeros((len(classes),) * 2, dtype=np.int64),
-        }
-        for epoch in range(1, params.epochs + 1):
-            train_loss = train_one_epoch(
-                model,
-                train_loader,
-                optimizer,
-                device,
-                params.aux_weight,
-                params.max_batches_per_epoch,
-                amp_dtype,
-            )
-            val = evaluate(model, val_loader, device, len(classes), amp_dtype)
-            metrics = {"train_loss": train_loss}
-            if val["accuracy"] is not None:
-                metrics |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
-            log_metrics(metrics, step=epoch)
-
+        _log_run_params(arch, params, patches, learner)
+        val = _fit(learner, train_loader, val_loader, params, len(classes))
         log_figure(
             confusion_figure(val["confusion"], classes, f"{arch}: validation"),
             "confusion_matrix.png",
         )
-        meta = {
-            "arch": arch,
-            "task": task,
-            "in_channels": len(bands),
-            "num_classes": len(classes),
-            "classes": classes,
-            "input_size": params.input_size,
-            "mean": [float(v) for v in chips.stats["mean"]],
-            "std": [float(v) for v in chips.stats["std"]],
-            "data_fingerprint": chips.stats["fingerprint"],
-            "val_accuracy": val["accuracy"],
-            "epochs": params.epochs,
-        }
+        meta = _backbone_meta(arch, params, patches, val["accuracy"])
         log_dict(meta, f"{arch}.json")
-        save_pretrained(model.cpu(), meta, params.weights_path(arch), params.meta_path(arch))
+        save_pretrained(
+            learner.model.cpu(), meta, params.weights_path(arch), params.meta_path(arch)
+        )
     return {
         **meta,
         "run_id": run_id,

@@ -693,6 +693,66 @@ class BlockWriter:
             raise write_error(self._path, e) from None
 
 
+def _staging_profile(
+    width: int,
+    height: int,
+    dtype: str,
+    nodata: float | None,
+    georef: dict[str, Any],
+    blocksize: int,
+) -> dict[str, Any]:
+    """The creation options of the tiled, lightly compressed staging GeoTIFF."""
+    return dict(
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=1,
+        dtype=dtype,
+        **georef,
+        nodata=nodata,
+        tiled=True,
+        blockxsize=blocksize,
+        blockysize=blocksize,
+        compress="deflate",
+        zlevel=1,
+        BIGTIFF="IF_SAFER",
+    )
+
+
+def _describe_band(
+    dst: rasterio.io.DatasetWriter,
+    description: str | None,
+    scale: float | None,
+    tags: dict[str, Any] | None,
+) -> None:
+    """Band description, scale (offset 0) and dataset tags, each when given."""
+    if description:
+        dst.set_band_description(1, description)
+    if scale is not None:
+        dst.scales = (scale,)
+        dst.offsets = (0.0,)
+    if tags:
+        dst.update_tags(**{k: str(v) for k, v in tags.items()})
+
+
+def _staging_to_cog(staging: Path, out: Path, blocksize: int, overview_resampling: str) -> None:
+    """Convert the staging GeoTIFF into a COG at ``out`` with GDAL's COG driver."""
+    from rasterio.shutil import copy as gdal_copy
+
+    with rasterio.open(staging) as src:
+        gdal_copy(
+            src,
+            str(out),
+            driver="COG",
+            COMPRESS="DEFLATE",
+            PREDICTOR="YES",
+            BLOCKSIZE=blocksize,
+            OVERVIEW_RESAMPLING=overview_resampling.upper(),
+            BIGTIFF="IF_SAFER",
+            NUM_THREADS="ALL_CPUS",
+        )
+
+
 @contextlib.contextmanager
 def stream_cog(
     path: str | Path,
@@ -725,55 +785,20 @@ def stream_cog(
     ``transform``, as the input was. A failed write (disk full, folder gone) raises RasterError
     naming ``path``.
     """
-    from rasterio.shutil import copy as gdal_copy
-
     path = Path(path)
+    georef = dict(gcps=list(gcps), crs=gcp_crs) if gcps else dict(crs=crs, transform=transform)
+    profile = _staging_profile(width, height, dtype, nodata, georef, staging_blocksize)
     with atomic_path(path, overwrite=overwrite) as final_tmp, gdal_cache_limit():
         staging = temporary_name(path)
         try:
-            georef = (
-                dict(gcps=list(gcps), crs=gcp_crs) if gcps else dict(crs=crs, transform=transform)
-            )
-            profile: dict[str, Any] = dict(
-                driver="GTiff",
-                width=width,
-                height=height,
-                count=1,
-                dtype=dtype,
-                **georef,
-                nodata=nodata,
-                tiled=True,
-                blockxsize=staging_blocksize,
-                blockysize=staging_blocksize,
-                compress="deflate",
-                zlevel=1,
-                BIGTIFF="IF_SAFER",
-            )
             in_body = False
             try:
                 with rasterio.open(staging, "w", **profile) as dst:
-                    if description:
-                        dst.set_band_description(1, description)
-                    if scale is not None:
-                        dst.scales = (scale,)
-                        dst.offsets = (0.0,)
-                    if tags:
-                        dst.update_tags(**{k: str(v) for k, v in tags.items()})
+                    _describe_band(dst, description, scale, tags)
                     in_body = True
                     yield BlockWriter(dst, path)
                     in_body = False
-                with rasterio.open(staging) as src:
-                    gdal_copy(
-                        src,
-                        str(final_tmp),
-                        driver="COG",
-                        COMPRESS="DEFLATE",
-                        PREDICTOR="YES",
-                        BLOCKSIZE=cog_blocksize,
-                        OVERVIEW_RESAMPLING=overview_resampling.upper(),
-                        BIGTIFF="IF_SAFER",
-                        NUM_THREADS="ALL_CPUS",
-                    )
+                _staging_to_cog(staging, final_tmp, cog_blocksize, overview_resampling)
             except _WRITE_ERRORS as e:
                 if in_body:  # the caller's own error, raised through the yield
                     raise

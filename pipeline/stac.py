@@ -81,37 +81,33 @@ def _datetime(source_item: dict[str, Any] | None) -> dt.datetime | None:
     return None
 
 
-def prediction_item(
-    item_path: Path,
-    output: Path,
-    info: raster.RasterInfo,
-    tags: dict[str, Any],
-    *,
-    vectors: Path | None = None,
-    network: Path | None = None,
-    source_item: dict[str, Any] | None = None,
-    encoding: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The STAC Item (as a dict) of a prediction written to ``output`` on ``info``'s grid."""
+def _new_item(
+    output: Path, info: raster.RasterInfo, tags: dict[str, Any], source_item: dict[str, Any] | None
+) -> Any:
+    """The bare pystac Item: footprint, datetime (the source imagery's, else now), properties."""
     import pystac
-    from pystac.extensions.projection import ProjectionExtension
-    from pystac.extensions.raster import RasterBand, RasterExtension
-
-    from pipeline.styles import style_path
 
     bbox, geometry = footprint_4326(info)
     now = dt.datetime.now(dt.timezone.utc)
     acquired = _datetime(source_item)
     props: dict[str, Any] = {"created": now.isoformat().replace("+00:00", "Z")}
     props.update(_properties({k: str(v) for k, v in tags.items()}))
-    item = pystac.Item(
+    return pystac.Item(
         id=Path(output).stem,
         geometry=geometry,
         bbox=bbox,
         datetime=acquired or now,
         properties=props,
     )
-    item_dir = Path(item_path).resolve().parent
+
+
+def _add_probability(
+    item: Any, output: Path, item_dir: Path, encoding: dict[str, Any] | None
+) -> None:
+    """The probability COG (role ``data``), with its encoding in the raster extension."""
+    import pystac
+    from pystac.extensions.raster import RasterBand, RasterExtension
+
     cog = pystac.Asset(
         _href(output, item_dir),
         title="road probability",
@@ -123,6 +119,17 @@ def prediction_item(
         # JSON has no NaN: STAC writes a float nodata NaN as the string "nan"
         enc = {k: ("nan" if v != v else v) for k, v in encoding.items() if v is not None}
         RasterExtension.ext(cog, add_if_missing=True).bands = [RasterBand.create(**enc)]
+
+
+def _add_companions(
+    item: Any, output: Path, item_dir: Path, vectors: Path | None, network: Path | None
+) -> None:
+    """The files written beside the probability: its QGIS style when there is one, the
+    centrelines and the road network when given."""
+    import pystac
+
+    from pipeline.styles import style_path
+
     style = style_path(output)
     if style.exists():
         item.add_asset(
@@ -145,6 +152,12 @@ def prediction_item(
                     _href(path, item_dir), title=title, media_type=GEOPACKAGE, roles=["data"]
                 ),
             )
+
+
+def _add_projection(item: Any, info: raster.RasterInfo) -> None:
+    """The projection extension: CRS (EPSG code, else WKT2), shape, transform, bbox."""
+    from pystac.extensions.projection import ProjectionExtension
+
     proj = ProjectionExtension.ext(item, add_if_missing=True)
     epsg = info.crs.to_epsg()
     proj.apply(
@@ -154,6 +167,27 @@ def prediction_item(
         transform=list(info.transform)[:6],
         bbox=list(info.bounds),
     )
+
+
+def prediction_item(
+    item_path: Path,
+    output: Path,
+    info: raster.RasterInfo,
+    tags: dict[str, Any],
+    *,
+    vectors: Path | None = None,
+    network: Path | None = None,
+    source_item: dict[str, Any] | None = None,
+    encoding: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The STAC Item (as a dict) of a prediction written to ``output`` on ``info``'s grid."""
+    import pystac
+
+    item = _new_item(output, info, tags, source_item)
+    item_dir = Path(item_path).resolve().parent
+    _add_probability(item, output, item_dir, encoding)
+    _add_companions(item, output, item_dir, vectors, network)
+    _add_projection(item, info)
     if source_item is not None:
         for link in source_item.get("links", []):
             if link.get("rel") == "self":

@@ -16,8 +16,8 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Iterable
-from contextlib import closing, nullcontext
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -268,6 +268,103 @@ def scene_roads(scene: SceneSource, data: DataParams, info: raster.RasterInfo) -
     return _ROADS[key], True
 
 
+@dataclass
+class _ChipCollector:
+    """The chips a task keeps, in plan order, with their index rows and train band sums."""
+
+    scene: str
+    size: int
+    n_bands: int
+    images: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    landcover: list[np.ndarray] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    train_sums: list[tuple[np.ndarray, np.ndarray, int]] = field(default_factory=list)
+
+    def add(
+        self,
+        chip: ChipWindow,
+        image: np.ndarray,
+        mask: np.ndarray,
+        valid: np.ndarray,
+        landcover: np.ndarray | None,
+        nodata_fraction: float,
+        transform: Affine,
+    ) -> None:
+        """Keep one chip (``transform``: its window's) and its index row."""
+        self.images.append(image)
+        self.masks.append(mask)
+        if landcover is not None:
+            self.landcover.append(landcover)
+        if chip.split == "train":
+            px = image.reshape(self.n_bands, -1)[:, valid.ravel()].astype(np.float64)
+            self.train_sums.append((px.sum(axis=1), (px * px).sum(axis=1), px.shape[1]))
+        n_valid = int(valid.sum())
+        self.rows.append(
+            dict(
+                chip_id=f"{self.scene}_{chip.row_off}_{chip.col_off}",
+                scene=self.scene,
+                array_index=len(self.rows),
+                row_off=chip.row_off,
+                col_off=chip.col_off,
+                size=self.size,
+                split=chip.split,
+                road_fraction=float((mask == 1).sum()) / max(n_valid, 1),
+                nodata_fraction=nodata_fraction,
+                bounds=_window_bounds(transform, self.size),
+            )
+        )
+
+    def batch(self, dtype: str, with_landcover: bool, roads_loaded: bool) -> ChipBatch:
+        """The kept chips stacked (``dtype``: the scene's; empty arrays when none was kept)."""
+        size = self.size
+
+        def stack(arrays: list[np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+            return np.stack(arrays) if arrays else np.empty((0, *shape), dtype)
+
+        return ChipBatch(
+            scene=self.scene,
+            images=stack(self.images, (self.n_bands, size, size), dtype),
+            masks=stack(self.masks, (size, size), np.uint8),
+            landcover=stack(self.landcover, (size, size), np.uint8) if with_landcover else None,
+            rows=self.rows,
+            train_sums=self.train_sums,
+            roads_loaded=roads_loaded,
+        )
+
+
+@contextmanager
+def _scene_readers(
+    scene: SceneSource, plan: raster.BandPlan
+) -> Iterator[tuple[raster.WindowReader, Any, Any]]:
+    """Readers of the scene's image, label raster and land cover (None where it has none)."""
+    with raster.open_reader(scene.image, plan) as image:
+        label_reader = raster.open_reader(scene.labels) if scene.labels else nullcontext()
+        lc_reader = raster.open_reader(scene.landcover) if scene.landcover else nullcontext()
+        with label_reader as labels, lc_reader as landcover:
+            yield image, labels, landcover
+
+
+def _read_chip(
+    image: raster.WindowReader, labels: Any, chip: ChipWindow, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(image, valid, label) of one chip window; label None without a label raster."""
+    pixels, valid = raster.read_window(image, chip.col_off, chip.row_off, size, size)
+    if labels is None:
+        return pixels, valid, None
+    # a label raster's own nodata is unknown ground truth: ignored like image nodata
+    label, label_valid = raster.read_window(labels, chip.col_off, chip.row_off, size, size)
+    return pixels, valid & label_valid, label
+
+
+def _read_landcover(
+    landcover: raster.WindowReader, chip: ChipWindow, size: int, valid: np.ndarray
+) -> np.ndarray:
+    """One chip's land cover classes, ``LANDCOVER_UNKNOWN`` where the chip is not valid."""
+    lc = raster.read_window(landcover, chip.col_off, chip.row_off, size, size)[0][0]
+    return np.where(valid, lc, LANDCOVER_UNKNOWN).astype(np.uint8)
+
+
 def tile_chips(
     scene: SceneSource,
     chips: list[ChipWindow],
@@ -287,72 +384,23 @@ def tile_chips(
 
     size = tile.chip_size
     roads, loaded = scene_roads(scene, data, info) if scene.roads is not None else (None, False)
-    images: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
-    lcs: list[np.ndarray] = []
-    rows: list[dict] = []
-    train_sums: list[tuple[np.ndarray, np.ndarray, int]] = []
     plan = plan or scene_band_plan(scene, data)
-    n_bands = len(plan.bands)
-    with raster.open_reader(scene.image, plan) as img_reader:
-        label_reader = raster.open_reader(scene.labels) if scene.labels else nullcontext()
-        lc_reader = raster.open_reader(scene.landcover) if scene.landcover else nullcontext()
-        with label_reader as labels, lc_reader as landcover:
-            for chip in chips:
-                image, valid = raster.read_window(
-                    img_reader, chip.col_off, chip.row_off, size, size
-                )
-                if labels is not None:
-                    # a label raster's own nodata is unknown ground truth: ignored like image nodata
-                    label, label_valid = raster.read_window(
-                        labels, chip.col_off, chip.row_off, size, size
-                    )
-                    valid &= label_valid
-                nodata_fraction = 1.0 - float(valid.mean())
-                if nodata_fraction > tile.max_nodata_fraction:
-                    continue
-                win_transform = info.transform @ Affine.translation(chip.col_off, chip.row_off)
-                if roads is not None:
-                    road = vectors.burn_mask(roads, win_transform, (size, size))
-                else:
-                    road = (label[0] == 1).astype(np.uint8)
-                mask = np.where(valid, road, MASK_NODATA).astype(np.uint8)
-                images.append(image)
-                masks.append(mask)
-                if landcover is not None:
-                    lc = raster.read_window(landcover, chip.col_off, chip.row_off, size, size)[0][0]
-                    lcs.append(np.where(valid, lc, LANDCOVER_UNKNOWN).astype(np.uint8))
-                if chip.split == "train":
-                    px = image.reshape(n_bands, -1)[:, valid.ravel()].astype(np.float64)
-                    train_sums.append((px.sum(axis=1), (px * px).sum(axis=1), px.shape[1]))
-                n_valid = int(valid.sum())
-                rows.append(
-                    dict(
-                        chip_id=f"{scene.name}_{chip.row_off}_{chip.col_off}",
-                        scene=scene.name,
-                        array_index=len(rows),
-                        row_off=chip.row_off,
-                        col_off=chip.col_off,
-                        size=size,
-                        split=chip.split,
-                        road_fraction=float((mask == 1).sum()) / max(n_valid, 1),
-                        nodata_fraction=nodata_fraction,
-                        bounds=_window_bounds(win_transform, size),
-                    )
-                )
-
-    def stack(arrays: list[np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        return np.stack(arrays) if arrays else np.empty((0, *shape), dtype)
-
-    return ChipBatch(
-        scene=scene.name,
-        images=stack(images, (n_bands, size, size), info.dtype),
-        masks=stack(masks, (size, size), np.uint8),
-        landcover=stack(lcs, (size, size), np.uint8) if scene.landcover is not None else None,
-        rows=rows,
-        train_sums=train_sums,
-        roads_loaded=loaded,
-    )
+    kept = _ChipCollector(scene.name, size, len(plan.bands))
+    with _scene_readers(scene, plan) as (image_reader, labels, landcover):
+        for chip in chips:
+            image, valid, label = _read_chip(image_reader, labels, chip, size)
+            nodata_fraction = 1.0 - float(valid.mean())
+            if nodata_fraction > tile.max_nodata_fraction:
+                continue
+            win_transform = info.transform @ Affine.translation(chip.col_off, chip.row_off)
+            if roads is not None:
+                road = vectors.burn_mask(roads, win_transform, (size, size))
+            else:
+                road = (label[0] == 1).astype(np.uint8)
+            mask = np.where(valid, road, MASK_NODATA).astype(np.uint8)
+            lc = _read_landcover(landcover, chip, size, valid) if landcover is not None else None
+            kept.add(chip, image, mask, valid, lc, nodata_fraction, win_transform)
+    return kept.batch(info.dtype, scene.landcover is not None, loaded)
 
 
 def write_scene(
@@ -422,6 +470,133 @@ def task_chunks(chips: list[ChipWindow], chips_per_task: int) -> list[list[ChipW
     return [chips[i : i + chips_per_task] for i in range(0, len(chips), chips_per_task)]
 
 
+@dataclass(frozen=True)
+class _TileInputs:
+    """The scenes to tile (tile sets expanded into scenes) and what is known of each."""
+
+    data: DataParams
+    tileset_summaries: dict[str, dict]  # one per tile set, recorded in stats.json
+    infos: dict[str, raster.RasterInfo]
+    band_plans: dict[str, raster.BandPlan]
+    # each scene's own band range, for models trained with normalisation: percentile
+    percentiles: dict[str, list[tuple[float, float]]]
+
+
+def _prepare_inputs(
+    data: DataParams, tile: TileParams, workers: int, progress: bool
+) -> _TileInputs:
+    """Expand tile sets, check every scene, plan its bands and measure its band range."""
+    from pipeline import tilesets
+
+    data, tileset_summaries = tilesets.prepare(
+        data, Path(tile.out_dir) / tilesets.PREPARED_DIR, workers=workers, progress=progress
+    )
+    infos = check_scenes(data)
+    band_plans = {s.name: scene_band_plan(s, data) for s in data.scenes}
+    for bp in band_plans.values():
+        if bp.note:
+            log.info("%s", bp.note)
+    percentiles = {
+        s.name: raster.band_percentiles(s.image, band_plans[s.name]) for s in data.scenes
+    }
+    return _TileInputs(data, tileset_summaries, infos, band_plans, percentiles)
+
+
+def _tile_scenes(
+    inputs: _TileInputs,
+    tile: TileParams,
+    plans: dict[str, list[ChipWindow]],
+    *,
+    workers: int,
+    progress: bool,
+    chips_per_task: int,
+    max_in_flight: int | None,
+) -> list[SceneTiles]:
+    """Cut every scene's chips on Dask workers and write them here, scene after scene, in
+    task order."""
+    from pipeline.parallel import map_ordered
+
+    scenes = inputs.data.scenes
+    tasks = {
+        s.name: [
+            (s, chunk, inputs.infos[s.name], inputs.data, tile, inputs.band_plans[s.name])
+            for chunk in task_chunks(plans[s.name], chips_per_task)
+        ]
+        for s in scenes
+    }
+    batches = map_ordered(
+        tile_chips,
+        [t for s in scenes for t in tasks[s.name]],
+        workers=min(workers, sum(len(t) for t in tasks.values())),
+        max_in_flight=max_in_flight,
+        total=sum(len(p) for p in plans.values()),
+        weight=lambda task: len(task[1]),
+        desc="tile",
+        unit="chip",
+        progress=progress,
+    )
+    results: list[SceneTiles] = []
+    try:
+        with closing(batches):
+            for scene in scenes:
+                info, n_tasks = inputs.infos[scene.name], len(tasks[scene.name])
+                res = write_scene(
+                    scene, info, tile, islice(batches, n_tasks), len(inputs.data.bands)
+                )
+                log.debug(
+                    "tile: %s: %d chips from %d tasks, roads built %d times",
+                    scene.name,
+                    len(res.rows),
+                    res.tasks,
+                    res.roads_loads,
+                )
+                results.append(res)
+    finally:
+        _ROADS.clear()  # in-process runs: do not keep the last scene's roads after the stage
+    return results
+
+
+def _band_mean_std(results: list[SceneTiles]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of each band over all train pixels (from the scenes' exact sums)."""
+    train_count = sum(r.band_count for r in results)
+    if train_count == 0:
+        raise TilingError(
+            "no train chips: check data.scenes splits and tile.split fractions in params.yaml"
+        )
+    band_sum = sum(r.band_sum for r in results)
+    band_sumsq = sum(r.band_sumsq for r in results)
+    mean = band_sum / train_count
+    std = np.sqrt(np.maximum(band_sumsq / train_count - mean**2, 1e-12))
+    return mean, std
+
+
+def _chip_index(results: list[SceneTiles], infos: dict[str, raster.RasterInfo], crs: Any) -> Any:
+    """One GeoDataFrame of every chip's index row and footprint, in ``crs``."""
+    import geopandas as gpd
+    import pandas as pd
+    from shapely.geometry import box
+
+    frames = []
+    for res in results:
+        if not res.rows:
+            continue
+        gdf = gpd.GeoDataFrame(
+            [{k: v for k, v in row.items() if k != "bounds"} for row in res.rows],
+            geometry=[box(*row["bounds"]) for row in res.rows],
+            crs=infos[res.scene].crs,
+        )
+        frames.append(gdf.to_crs(crs))
+    return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=crs)
+
+
+def _fingerprint(results: list[SceneTiles], index: Any) -> str:
+    """SHA-256 of the chip arrays' digests and the index's attributes: the chips' identity."""
+    return hashlib.sha256(
+        "".join(r.digest for r in results).encode()
+        + index.drop(columns="geometry").to_csv(index=False).encode()
+    ).hexdigest()
+
+
 def run_tile(
     data: DataParams,
     tile: TileParams,
@@ -439,117 +614,37 @@ def run_tile(
     order, so the outputs are byte-identical whatever the workers, the task size or the order
     in which tasks finish.
     """
-    import geopandas as gpd
-    import pandas as pd
-    from shapely.geometry import box
-
-    from pipeline import tilesets
-    from pipeline.parallel import map_ordered
-
-    entries = data
-    data, tileset_summaries = tilesets.prepare(
-        data,
-        Path(tile.out_dir) / tilesets.PREPARED_DIR,
-        workers=workers or tile.workers,
+    workers = workers or tile.workers
+    inputs = _prepare_inputs(data, tile, workers, progress)
+    infos, first = inputs.infos, inputs.infos[inputs.data.scenes[0].name]
+    plans = plan_chips(inputs.data, tile, infos)
+    Path(tile.out_dir).mkdir(parents=True, exist_ok=True)
+    results = _tile_scenes(
+        inputs,
+        tile,
+        plans,
+        workers=workers,
         progress=progress,
-    )
-    infos = check_scenes(data)
-    band_plans = {s.name: scene_band_plan(s, data) for s in data.scenes}
-    for bp in band_plans.values():
-        if bp.note:
-            log.info("%s", bp.note)
-    # each scene's own band range, for models trained with normalisation: percentile
-    percentiles = {
-        s.name: raster.band_percentiles(s.image, band_plans[s.name]) for s in data.scenes
-    }
-    plans = plan_chips(data, tile, infos)
-    out = Path(tile.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    tasks = {
-        s.name: [
-            (s, chunk, infos[s.name], data, tile, band_plans[s.name])
-            for chunk in task_chunks(plans[s.name], chips_per_task)
-        ]
-        for s in data.scenes
-    }
-    n_tasks = sum(len(t) for t in tasks.values())
-    batches = map_ordered(
-        tile_chips,
-        [t for s in data.scenes for t in tasks[s.name]],
-        workers=min(workers or tile.workers, n_tasks),
+        chips_per_task=chips_per_task,
         max_in_flight=max_in_flight,
-        total=sum(len(p) for p in plans.values()),
-        weight=lambda task: len(task[1]),
-        desc="tile",
-        unit="chip",
-        progress=progress,
     )
-    results: list[SceneTiles] = []
-    try:
-        with closing(batches):
-            for scene in data.scenes:
-                res = write_scene(
-                    scene,
-                    infos[scene.name],
-                    tile,
-                    islice(batches, len(tasks[scene.name])),
-                    len(data.bands),
-                )
-                log.debug(
-                    "tile: %s: %d chips from %d tasks, roads built %d times",
-                    scene.name,
-                    len(res.rows),
-                    res.tasks,
-                    res.roads_loads,
-                )
-                results.append(res)
-    finally:
-        _ROADS.clear()  # in-process runs: do not keep the last scene's roads after the stage
-
-    train_count = sum(r.band_count for r in results)
-    if train_count == 0:
-        raise TilingError(
-            "no train chips: check data.scenes splits and tile.split fractions in params.yaml"
-        )
-    band_sum = sum(r.band_sum for r in results)
-    band_sumsq = sum(r.band_sumsq for r in results)
-    mean = band_sum / train_count
-    std = np.sqrt(np.maximum(band_sumsq / train_count - mean**2, 1e-12))
-
-    first_crs = infos[data.scenes[0].name].crs
-    frames = []
-    for res in results:
-        if not res.rows:
-            continue
-        gdf = gpd.GeoDataFrame(
-            [{k: v for k, v in row.items() if k != "bounds"} for row in res.rows],
-            geometry=[box(*row["bounds"]) for row in res.rows],
-            crs=infos[res.scene].crs,
-        )
-        frames.append(gdf.to_crs(first_crs))
-    index = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=first_crs)
+    mean, std = _band_mean_std(results)
+    index = _chip_index(results, infos, first.crs)
     write_index(index, tile.index_path)
-
-    classes = _landcover_classes(data)
-    fingerprint = hashlib.sha256(
-        "".join(r.digest for r in results).encode()
-        + index.drop(columns="geometry").to_csv(index=False).encode()
-    ).hexdigest()
     stats = dict(
-        bands=list(data.bands),
-        dtype=infos[data.scenes[0].name].dtype,
-        gsd_m=_median_gsd(data, infos),
+        bands=list(inputs.data.bands),
+        dtype=first.dtype,
+        gsd_m=_median_gsd(inputs.data, infos),
         mean=[float(m) for m in mean],
         std=[float(s) for s in std],
-        percentiles={name: [list(p) for p in bands] for name, bands in percentiles.items()},
-        **stretched_stats(results, percentiles),
+        percentiles={name: [list(p) for p in bands] for name, bands in inputs.percentiles.items()},
+        **stretched_stats(results, inputs.percentiles),
         chip_size=tile.chip_size,
-        landcover_classes=classes,
-        scenes={s.name: s.split for s in entries.scenes if isinstance(s, SceneSource)},
-        tilesets=tileset_summaries,
+        landcover_classes=_landcover_classes(inputs.data),
+        scenes={s.name: s.split for s in data.scenes if isinstance(s, SceneSource)},
+        tilesets=inputs.tileset_summaries,
         counts={split: int((index["split"] == split).sum()) for split in ("train", "val", "test")},
-        fingerprint=fingerprint,
+        fingerprint=_fingerprint(results, index),
     )
     write_text_atomic(tile.stats_path, json.dumps(stats, indent=2))
     log.info("tiled %d chips: %s", len(index), stats["counts"])

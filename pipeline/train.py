@@ -277,33 +277,11 @@ def run_train(
 
     ckpt_path = params.checkpoint_path
     identity = run_identity(params, stats["fingerprint"], source.digest if source else "")
-    progress = Progress()
-    if resume:
-        distributed.check_seen_by_all(ckpt_path)
-    if resume and ckpt_path.exists():
-        progress = resume_checkpoint(
-            ckpt_path,
-            identity,
-            model=fit.model,
-            ema=fit.ema,
-            optimiser=fit.optimiser,
-            scheduler=fit.scheduler,
-        )
-        log.info("resumed from %s at epoch %d", ckpt_path, progress.start_epoch)
+    progress = _resume(ckpt_path, identity, fit) if resume else Progress()
 
     # under torchrun only rank 0 tracks, writes and publishes; the others train and validate
     main = distributed.is_main()
-    with (
-        registry.tracked_run(
-            register.experiment,
-            f"train-{params.encoder}",
-            tags={"stage": "train", "encoder": params.encoder},
-            tracking_default=register.tracking_uri,
-            run_id=progress.run_id,
-        )
-        if main
-        else contextlib.nullcontext(progress.run_id)
-    ) as run_id:
+    with _tracked_run(params, register, progress.run_id, main) as run_id:
         progress.run_id = run_id
         if progress.start_epoch == 0 and main:
             _log_run_params(params, stats["fingerprint"], params_file)
@@ -319,6 +297,40 @@ def run_train(
             registry.log_metrics({"best_val_iou": progress.best_iou})
     distributed.barrier()  # the others end when rank 0 has published
     return final
+
+
+def _resume(ckpt_path: Path, identity: dict, fit: Fitting) -> Progress:
+    """Restore model, weight average, optimiser, schedule and progress from the checkpoint at
+    ``ckpt_path``; a fresh start when there is none yet (every process must see the same)."""
+    distributed.check_seen_by_all(ckpt_path)
+    if not ckpt_path.exists():
+        return Progress()
+    progress = resume_checkpoint(
+        ckpt_path,
+        identity,
+        model=fit.model,
+        ema=fit.ema,
+        optimiser=fit.optimiser,
+        scheduler=fit.scheduler,
+    )
+    log.info("resumed from %s at epoch %d", ckpt_path, progress.start_epoch)
+    return progress
+
+
+def _tracked_run(
+    params: TrainParams, register: RegisterParams, run_id: str | None, main: bool
+) -> contextlib.AbstractContextManager[str | None]:
+    """The MLflow run ``train-<encoder>`` (continued when ``run_id`` is given) on the main
+    process; elsewhere just ``run_id``."""
+    if not main:
+        return contextlib.nullcontext(run_id)
+    return registry.tracked_run(
+        register.experiment,
+        f"train-{params.encoder}",
+        tags={"stage": "train", "encoder": params.encoder},
+        tracking_default=register.tracking_uri,
+        run_id=run_id,
+    )
 
 
 def fine_tune_source(

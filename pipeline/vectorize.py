@@ -80,16 +80,11 @@ def _clusters(table: np.ndarray, is_junction: np.ndarray) -> np.ndarray:
     return labels
 
 
-def trace_edges(pixels: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
-    """Split a skeleton into edges between nodes: [(node_a, node_b, (K, 2) float row/col path)].
-
-    Nodes are endpoints (degree 1) and junctions (degree >= 3; touching junction pixels form
-    one node, placed at their centroid). Closed loops without nodes come back with both ends
-    at node -1. Isolated pixels are dropped.
-    """
-    pixels = np.asarray(pixels, np.int64).reshape(-1, 2)
-    table = neighbour_table(pixels)
-    degree = (table >= 0).sum(axis=1)
+def _skeleton_nodes(
+    pixels: np.ndarray, table: np.ndarray, degree: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(node of each pixel, -1 for path pixels; (N, 2) row/col centre of each node): touching
+    junction pixels form one node, each endpoint its own."""
     junction = degree >= 3
     labels = _clusters(table, junction)
     n_junction = int(labels.max()) + 1 if junction.any() else 0
@@ -103,11 +98,38 @@ def trace_edges(pixels: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
     np.add.at(centre, node[is_node], pixels[is_node].astype(float))
     np.add.at(counts, node[is_node], 1)
     centre /= np.maximum(counts, 1)[:, None]
+    return node, centre
 
-    visited = np.zeros(len(pixels), bool)
+
+def _walk(
+    table: np.ndarray, node: np.ndarray, visited: np.ndarray, start: int, first: int
+) -> tuple[list[int], int]:
+    """Follow path pixels from node pixel ``start`` through ``first`` to the next node; the
+    path pixels and the node reached (-1: a dead end or a pixel already walked)."""
+    path, prev, cur = [first], start, first
+    visited[cur] = True
+    while True:
+        nxt = [int(t) for t in table[cur] if t >= 0 and t != prev]
+        if not nxt:  # cannot happen for degree 2, but never loop forever
+            return path, -1
+        t = nxt[0]
+        if node[t] >= 0:
+            return path, int(node[t])
+        if visited[t]:
+            return path, -1
+        visited[t] = True
+        path.append(t)
+        prev, cur = cur, t
+
+
+def _node_edges(
+    pixels: np.ndarray, table: np.ndarray, node: np.ndarray, centre: np.ndarray, visited: np.ndarray
+) -> list[tuple[int, int, np.ndarray]]:
+    """Edges that start at a node: between touching nodes, and along each path of pixels
+    leaving a node (marked in ``visited``)."""
     edges: list[tuple[int, int, np.ndarray]] = []
     seen_direct: set[tuple[int, int]] = set()
-    for p in np.flatnonzero(is_node):
+    for p in np.flatnonzero(node >= 0):
         for q in table[p]:
             if q < 0:
                 continue
@@ -119,23 +141,7 @@ def trace_edges(pixels: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
                 continue
             if visited[q]:
                 continue
-            path, prev, cur = [q], p, int(q)
-            visited[cur] = True
-            while True:
-                nxt = [int(t) for t in table[cur] if t >= 0 and t != prev]
-                if not nxt:  # cannot happen for degree 2, but never loop forever
-                    end = -1
-                    break
-                t = nxt[0]
-                if node[t] >= 0:
-                    end = int(node[t])
-                    break
-                if visited[t]:
-                    end = -1
-                    break
-                visited[t] = True
-                path.append(t)
-                prev, cur = cur, t
+            path, end = _walk(table, node, visited, p, int(q))
             a = int(node[p])
             coords = [centre[a], *pixels[path].astype(float)]
             if end >= 0:
@@ -143,7 +149,14 @@ def trace_edges(pixels: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
             if end == a and len(path) <= 2:
                 continue  # a pixel hugging its own junction: no road
             edges.append((a, end, np.stack(coords)))
-    # loops made only of degree-2 pixels
+    return edges
+
+
+def _loop_edges(
+    pixels: np.ndarray, table: np.ndarray, degree: np.ndarray, visited: np.ndarray
+) -> list[tuple[int, int, np.ndarray]]:
+    """Closed loops made only of degree-2 pixels (not walked from a node), ends at node -1."""
+    edges: list[tuple[int, int, np.ndarray]] = []
     for p in np.flatnonzero((degree == 2) & ~visited):
         if visited[p]:
             continue
@@ -161,6 +174,22 @@ def trace_edges(pixels: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
             coords = np.vstack([coords, coords[:1]])
         edges.append((-1, -1, coords))
     return edges
+
+
+def trace_edges(pixels: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+    """Split a skeleton into edges between nodes: [(node_a, node_b, (K, 2) float row/col path)].
+
+    Nodes are endpoints (degree 1) and junctions (degree >= 3; touching junction pixels form
+    one node, placed at their centroid). Closed loops without nodes come back with both ends
+    at node -1. Isolated pixels are dropped.
+    """
+    pixels = np.asarray(pixels, np.int64).reshape(-1, 2)
+    table = neighbour_table(pixels)
+    degree = (table >= 0).sum(axis=1)
+    node, centre = _skeleton_nodes(pixels, table, degree)
+    visited = np.zeros(len(pixels), bool)
+    edges = _node_edges(pixels, table, node, centre, visited)
+    return edges + _loop_edges(pixels, table, degree, visited)
 
 
 def _length(coords: np.ndarray) -> float:

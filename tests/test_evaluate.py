@@ -16,14 +16,17 @@ from affine import Affine
 from pipeline import evaluate, raster
 from pipeline.config import DataParams, EvaluateParams, RegisterParams, SceneSource, TileParams
 from pipeline.evaluate import (
-    ERROR_PALETTE,
     EvaluateError,
-    downsample_factor,
-    error_codes,
     held_out_scenes,
-    reduce_codes,
     run_evaluate,
     sweep_thresholds,
+)
+from pipeline.evaluate_figures import (
+    ERROR_PALETTE,
+    NODATA,
+    downsample_factor,
+    error_codes,
+    reduce_codes,
 )
 from pipeline.metrics import ThresholdSweep, confusion
 from pipeline.scene_truth import SceneWindows
@@ -427,7 +430,7 @@ def test_blockwise_scoring_equals_the_whole_scene(tmp_path, monkeypatch, truth_f
     for field in ("tp", "fp", "fn", "tn", "predicted_near_truth", "true_near_prediction"):
         np.testing.assert_array_equal(getattr(a, field), getattr(c, field))
     assert whole.codes.shape == (50, 46)
-    assert (whole.codes[:8, :8] == evaluate.NODATA).all()
+    assert (whole.codes[:8, :8] == NODATA).all()
 
 
 # ------------------------------------------------------------------------ recall by road class
