@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from pipeline.chip_format import INDEX_FILE, STATS_FILE
+from pipeline.registry import DEFAULT_TRACKING_URI
 
 # Autocast precision of training and inference (pipeline.model.autocast_dtype says what auto picks)
 Precision = Literal["auto", "fp32", "bf16"]
@@ -704,7 +705,7 @@ class RegisterParams(_Section):
     model_name: str = Field("road-unet", description="Registered model name")
     experiment: str = Field("roadseg", description="MLflow experiment")
     tracking_uri: str = Field(
-        "sqlite:///mlflow.db", description="Used unless MLFLOW_TRACKING_URI is set"
+        DEFAULT_TRACKING_URI, description="Used unless MLFLOW_TRACKING_URI is set"
     )
     receipt_path: Path = Field(Path("models/registered.json"), description="What was registered")
 
@@ -745,7 +746,7 @@ class PredictOptions(PredictParams):
         description="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a model folder",
     )
     tracking_default: str = Field(
-        "sqlite:///mlflow.db",
+        DEFAULT_TRACKING_URI,
         description="Tracking URI a models:/ URI is resolved in, unless MLFLOW_TRACKING_URI is set",
     )
     tta: bool = Field(False, description="Average the eight dihedral transforms (8x the time)")

@@ -29,6 +29,7 @@ from torch import nn
 from pipeline.atomic import atomic_path, refuse_existing
 from pipeline.model import load_model
 from pipeline.model_config import ModelConfig, resolve_model
+from pipeline.registry import DEFAULT_TRACKING_URI
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -108,7 +109,7 @@ def export_onnx(
     tile_size: int = 512,
     overlap_px: int = 64,
     overwrite: bool = False,
-    tracking_default: str = "sqlite:///mlflow.db",
+    tracking_default: str = DEFAULT_TRACKING_URI,
 ) -> Path:
     """Export a model folder or registry model (``models:/NAME@ALIAS``) to ONNX at ``output``.
 

@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
+from pipeline.registry import DEFAULT_TRACKING_URI
+
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
 # smp's U-Net default; what every model saved before train.decoder_channels existed has
@@ -146,7 +148,7 @@ def check_weights(folder: Path, config: ModelConfig) -> None:
         ) from None
 
 
-def resolve_model(ref: str | Path, tracking_default: str = "sqlite:///mlflow.db") -> Path:
+def resolve_model(ref: str | Path, tracking_default: str = DEFAULT_TRACKING_URI) -> Path:
     """A model folder for ``ref``: a local folder as it is, or a ``models:/…`` URI downloaded."""
     from pipeline import registry
 
