@@ -53,7 +53,7 @@ def tiny_params(base: dict) -> dict:
         "demo_region",
     }  # the mechanics need no more
     p["synth"]["scenes"] = [s for s in p["synth"]["scenes"] if s["name"] in keep]
-    p["data"]["scenes"] = [s for s in p["data"]["scenes"] if s["name"] in keep]
+    assert p["data"]["scenes"] == [{"synth": "all"}], "data.scenes takes the synth scenes"
     p["synth"].update(size=256, gsd=1.0)
     p["tile"].update(chip_size=64, stride=64, workers=2)
     p["tile"]["split"].update(block_size_m=128, val_fraction=0.25, gap_m=0)
