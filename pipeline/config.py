@@ -356,7 +356,10 @@ class LabelCheckParams(_Section):
     threshold: float = Field(
         0.5, ge=0, le=1, description="Probability above which a pixel is predicted road"
     )
-    report_path: Path = Field(Path("reports/label_check.json"), description="The report")
+    report_path: Path = Field(
+        Path("outputs/label_check.json"),
+        description="The report (not in reports/: the evaluate stage's output, which DVC empties)",
+    )
 
 
 # ---------------------------------------------------------------------------------------- tile
