@@ -10,15 +10,13 @@ the training curves, the precision-recall curve and the error maps of both.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.test_end_to_end import BIN, COPY, ROOT, run, tiny_params
+from tests.test_end_to_end import BIN, ROOT, copy_project, run, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -26,21 +24,10 @@ COMMITTED = ["metrics/train.json", "metrics/eval.json", "plots/train.csv", "plot
 
 
 def _project(repo: Path) -> dict:
-    for rel in COPY:
-        src, dst = ROOT / rel, repo / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
     params = tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     params["pretrain"]["archs"] = []
     params["train"].update(encoder_weights="none", epochs=1, max_batches_per_epoch=2)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["MPLBACKEND"] = "Agg"
-    return env
+    return copy_project(repo, params)
 
 
 def _exit_code(cmd: list[str], cwd: Path, env: dict) -> int:
