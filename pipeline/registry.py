@@ -156,6 +156,11 @@ def log_text(text: str, artifact_file: str) -> None:
     _mlflow().log_text(text, artifact_file)
 
 
+def set_run_description(text: str) -> None:
+    """The active run's description (markdown), shown at the top of its page in the MLflow UI."""
+    _mlflow().set_tag("mlflow.note.content", text)
+
+
 def active_run_id() -> str | None:
     run = _mlflow().active_run()
     return run.info.run_id if run else None
