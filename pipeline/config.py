@@ -68,6 +68,15 @@ class SynthParams(_Section):
         True, description="Mask a rotated acquisition footprint with nodata, like a real image"
     )
 
+    @field_validator("scenes")
+    @classmethod
+    def _unique_names(cls, v: list[SynthSceneSpec]) -> list[SynthSceneSpec]:
+        names = [s.name for s in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate scene names: {dup} (each writes <out_dir>/<name>.tif)")
+        return v
+
     def scene_files(self, name: str) -> tuple[Path, Path, Path]:
         """The image, road vectors and land cover synth writes for scene ``name``."""
         out = Path(self.out_dir)

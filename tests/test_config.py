@@ -121,6 +121,10 @@ def test_synth_scenes_beside_a_users_own_scene(tmp_path):
             lambda d: d["data"]["scenes"][0].update(split="val"),
             r"data.scenes.0.synth.split: Extra inputs",
         ),
+        (
+            lambda d: d["synth"]["scenes"].append({"name": "scene_a", "seed": 99}),
+            r"synth.scenes: Value error, duplicate scene names: \['scene_a'\]",
+        ),
         (  # a mistake in a user's own scene is named at its place in params.yaml
             lambda d: d["data"]["scenes"].append({"name": "own", "image": "own.tif"}),
             r"data.scenes.1.scene: Value error, scene 'own': give exactly one of",
