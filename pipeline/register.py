@@ -112,6 +112,7 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
         )
         registry.log_text(card, "model_card.md")
         registry.set_run_description(card)
+        registry.set_logged_model_description(model_uri, card)
         log_evaluation(params, Path(eval_path))
         tags = {
             "encoder": config.encoder,

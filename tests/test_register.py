@@ -243,8 +243,9 @@ def test_a_later_default_store_is_used_unless_the_user_set_one(tmp_path, monkeyp
 
 
 def test_the_versions_run_shows_the_model_card_and_the_evaluation(project):
-    """What the MLflow UI shows on the new version's source run (the training run): the model
-    card as the run's description, and under evaluation/ the metrics, each test scene's error
+    """What the MLflow UI shows of a new version: the model card as the description of the
+    version, of its source model and of its source run (the training run), and in that run under
+    evaluation/ the metrics, each test scene's error
     map and quicklook from reports/, and a precision-recall figure drawn from plots/pr.csv."""
     import matplotlib.pyplot as plt
     import mlflow
@@ -265,7 +266,10 @@ def test_the_versions_run_shows_the_model_card_and_the_evaluation(project):
     run = client.get_run(receipt["run_id"])
     card = run.data.tags["mlflow.note.content"]
     assert card.startswith("# road-unet") and "iou" in card
-    assert client.get_model_version("road-unet", receipt["version"]).description == card
+    version = client.get_model_version("road-unet", receipt["version"])
+    assert version.description == card
+    source_model = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert source_model.tags["mlflow.note.content"] == card
     logged = {a.path for a in client.list_artifacts(receipt["run_id"], "evaluation")}
     assert logged == {
         "evaluation/eval.json",
