@@ -50,6 +50,12 @@ class _Section(BaseModel):
 class SynthSceneSpec(_Section):
     name: str = Field(description="Scene id; files are <out_dir>/<name>.tif and <name>.roads.gpkg")
     seed: int = Field(description="Random seed: the same seed gives the same scene, bit for bit")
+    split: Literal["auto", "train", "val", "test", "none"] = Field(
+        "auto",
+        description="The scene's split where data.scenes takes the synthetic scenes ({synth: "
+        "all}): as a data scene's split; 'none': generated but seen by no stage (a region to "
+        "predict)",
+    )
 
 
 class SynthParams(_Section):
@@ -67,6 +73,20 @@ class SynthParams(_Section):
     nodata_border: bool = Field(
         True, description="Mask a rotated acquisition footprint with nodata, like a real image"
     )
+
+    @field_validator("scenes")
+    @classmethod
+    def _unique_names(cls, v: list[SynthSceneSpec]) -> list[SynthSceneSpec]:
+        names = [s.name for s in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate scene names: {dup} (each writes <out_dir>/<name>.tif)")
+        return v
+
+    def scene_files(self, name: str) -> tuple[Path, Path, Path]:
+        """The image, road vectors and land cover synth writes for scene ``name``."""
+        out = Path(self.out_dir)
+        return out / f"{name}.tif", out / f"{name}.roads.gpkg", out / f"{name}.landcover.tif"
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -267,22 +287,38 @@ class TileSetSource(_Section):
         return v
 
 
+class SynthScenesEntry(_Section):
+    """``{synth: all}`` in data.scenes: every scene of synth.scenes, with its split, so the
+    synthetic scenes are listed once. :func:`load_params` replaces it by their scene entries
+    (:func:`expand_synth_scenes`): stages never see it."""
+
+    synth: Literal["all"] = Field(
+        description="'all': the scenes synth.scenes generates (those with split: none left out)"
+    )
+
+
 def _scene_kind(v: Any) -> str:
     if isinstance(v, dict):
+        if "synth" in v:
+            return "synth"
         return "tileset" if "images" in v else "scene"
+    if isinstance(v, SynthScenesEntry):
+        return "synth"
     return "tileset" if isinstance(v, TileSetSource) else "scene"
 
 
 SceneEntry = Annotated[
-    Annotated[SceneSource, Tag("scene")] | Annotated[TileSetSource, Tag("tileset")],
+    Annotated[SceneSource, Tag("scene")]
+    | Annotated[TileSetSource, Tag("tileset")]
+    | Annotated[SynthScenesEntry, Tag("synth")],
     Discriminator(_scene_kind),
 ]
 
 
 class DataParams(_Section):
     scenes: list[SceneEntry] = Field(
-        description="Input scenes (the synth output by default) and tile sets (entries with "
-        "'images')"
+        description="Input scenes, tile sets (entries with 'images') and {synth: all} (every "
+        "scene synth.scenes generates, with its split)"
     )
     bands: list[str] = Field(
         default_factory=lambda: list(BAND_NAMES_RGBN), description="Band names, in file order"
@@ -302,7 +338,9 @@ class DataParams(_Section):
     @field_validator("scenes")
     @classmethod
     def _unique_names(cls, v: list[SceneEntry]) -> list[SceneEntry]:
-        names = [s.name for s in v]
+        if sum(isinstance(s, SynthScenesEntry) for s in v) > 1:
+            raise ValueError("{synth: all} is listed more than once")
+        names = [s.name for s in v if not isinstance(s, SynthScenesEntry)]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"duplicate scene names: {sorted(dup)}")
@@ -333,7 +371,10 @@ class LabelCheckParams(_Section):
     threshold: float = Field(
         0.5, ge=0, le=1, description="Probability above which a pixel is predicted road"
     )
-    report_path: Path = Field(Path("reports/label_check.json"), description="The report")
+    report_path: Path = Field(
+        Path("outputs/label_check.json"),
+        description="The report (not in reports/: the evaluate stage's output, which DVC empties)",
+    )
 
 
 # ---------------------------------------------------------------------------------------- tile
@@ -827,6 +868,50 @@ with warnings.catch_warnings():
             return self
 
 
+def synth_scenes(synth: SynthParams) -> list[SceneSource]:
+    """The synthetic scenes as data.scenes entries: their files and split (split: none left
+    out), in synth.scenes order with the test scenes last (scene order decides chip order,
+    hence the training run; it is the order the demo once listed them in by hand)."""
+    specs = [s for s in synth.scenes if s.split != "none"]
+    out = []
+    for spec in sorted(specs, key=lambda s: s.split == "test"):  # stable: synth order otherwise
+        image, roads, landcover = synth.scene_files(spec.name)
+        out.append(
+            SceneSource(
+                name=spec.name, image=image, roads=roads, landcover=landcover, split=spec.split
+            )
+        )
+    return out
+
+
+def expand_synth_scenes(params: Params) -> Params:
+    """``params`` with ``{synth: all}`` in data.scenes replaced by :func:`synth_scenes`, so
+    every stage sees plain scene entries. Raises ValueError where that leaves no scene or two
+    scenes of one name."""
+    entries = params.data.scenes
+    if not any(isinstance(e, SynthScenesEntry) for e in entries):
+        return params
+    if not params.synth.scenes:
+        raise ValueError("data.scenes: {synth: all} takes synth.scenes, which is empty")
+    synthetic = synth_scenes(params.synth)
+    if not synthetic and len(entries) == 1:
+        raise ValueError(
+            "data.scenes: {synth: all} is the only entry and every synth scene has split: none, "
+            "so no stage has a scene"
+        )
+    names = {s.name for s in synthetic}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, SynthScenesEntry) and entry.name in names:
+            raise ValueError(
+                f"data.scenes.{i}: scene {entry.name!r} is also a synthetic scene "
+                "({synth: all}); rename one of them"
+            )
+    scenes: list[SceneEntry] = []
+    for entry in entries:
+        scenes.extend(synthetic if isinstance(entry, SynthScenesEntry) else [entry])
+    return params.model_copy(update={"data": params.data.model_copy(update={"scenes": scenes})})
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; relative paths stay relative to the working directory."""
     path = Path(path)
@@ -839,10 +924,14 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of stage sections")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as e:
         lines = [f"{path}: invalid parameters"]
         for err in e.errors():
             loc = ".".join(str(p) for p in err["loc"])
             lines.append(f"  {loc}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
+    try:
+        return expand_synth_scenes(params)
+    except ValueError as e:
+        raise ConfigError(f"{path}: invalid parameters\n  {e}") from None

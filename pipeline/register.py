@@ -7,6 +7,7 @@ it becomes ``challenger``. Everything MLflow-specific goes through pipeline/regi
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -110,6 +111,9 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
             params, config, {k: v for k, v in eval_metrics.items() if k != "per_scene"}
         )
         registry.log_text(card, "model_card.md")
+        registry.set_run_description(card)
+        registry.set_logged_model_description(model_uri, card)
+        log_evaluation(params, Path(eval_path))
         tags = {
             "encoder": config.encoder,
             "encoder_weights": config.encoder_weights,
@@ -140,6 +144,41 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
     }
     write_text_atomic(reg.receipt_path, json.dumps(receipt, indent=2))
     return receipt
+
+
+def log_evaluation(params: Params, eval_path: Path) -> None:
+    """The evaluate stage's results in the training run the new version joins, so that the
+    version's source run shows them: ``evaluation/`` holds eval.json, each test scene's error
+    map and quicklook, and the precision-recall curve drawn from plots/pr.csv."""
+    registry.log_artifact(eval_path, "evaluation")
+    for figure in sorted(Path(params.evaluate.reports_dir).glob("*.png")):
+        registry.log_artifact(figure, "evaluation")
+    pr_csv = Path(params.evaluate.plots_dir) / "pr.csv"
+    if pr_csv.is_file():
+        fig = pr_curve_figure(pr_csv, params.evaluate.relaxed_slack_px)
+        registry.log_figure(fig, "evaluation/pr_curve.png")
+
+
+def pr_curve_figure(pr_csv: Path, slack_px: int):
+    """Precision against recall over thresholds, per pixel and relaxed (``plots/pr.csv``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(pr_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for prefix, label in (("", "per pixel"), ("relaxed_", f"relaxed ({slack_px} px)")):
+        recall = [float(r[f"{prefix}recall"]) for r in rows]
+        precision = [float(r[f"{prefix}precision"]) for r in rows]
+        ax.plot(recall, precision, label=label)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.set_title("Precision-recall on the test scenes (thresholds 0..1)", fontsize=9)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    plt.close(fig)  # logged by MLflow from the object; closed so figures do not pile up
+    return fig
 
 
 def promote(params: Params, version: str) -> None:

@@ -20,6 +20,7 @@ from pipeline.atomic import default_dir_mode
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MODEL_URI_PREFIX = "models:/"
+NOTE_TAG = "mlflow.note.content"  # the tag the MLflow UI shows as a run's or model's description
 
 
 def _mlflow():
@@ -154,6 +155,17 @@ def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
 
 def log_text(text: str, artifact_file: str) -> None:
     _mlflow().log_text(text, artifact_file)
+
+
+def set_run_description(text: str) -> None:
+    """The active run's description (markdown), shown at the top of its page in the MLflow UI."""
+    _mlflow().set_tag(NOTE_TAG, text)
+
+
+def set_logged_model_description(model_uri: str, text: str) -> None:
+    """The description (markdown) of a model logged by :func:`log_pyfunc_model`
+    (``models:/m-<id>``): the MLflow UI shows it on the page a version links as its source model."""
+    _client().set_logged_model_tags(model_uri.removeprefix(MODEL_URI_PREFIX), {NOTE_TAG: text})
 
 
 def active_run_id() -> str | None:

@@ -52,7 +52,7 @@ def test_encoder_needs_pretraining_when_repo_weights(tmp_path):
 
 def test_scene_needs_exactly_one_label_source(tmp_path):
     data = _shipped()
-    data["data"]["scenes"][0].pop("roads")
+    data["data"]["scenes"].append({"name": "own", "image": "own.tif"})
     with pytest.raises(ConfigError, match="exactly one of 'roads' or 'labels'"):
         load_params(_write(tmp_path, data))
 
@@ -60,3 +60,79 @@ def test_scene_needs_exactly_one_label_source(tmp_path):
 def test_missing_file_names_it(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml: file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+# ------------------------------------------------------------- data.scenes {synth: all}
+def test_synth_scenes_reach_data_once_with_their_splits():
+    """The shipped params list each synthetic scene once (synth.scenes); data.scenes takes them
+    all with {synth: all}: their files, their splits, and no demo_region (split: none)."""
+    raw = _shipped()
+    assert raw["data"]["scenes"] == [{"synth": "all"}]
+    p = load_params(ROOT / "params.yaml")
+    by_name = {s.name: s for s in p.data.scenes}
+    assert set(by_name) == {s.name for s in p.synth.scenes if s.split != "none"}
+    assert by_name["heldout"].split == "test"
+    assert by_name["val_a"].split == by_name["val_b"].split == "val"
+    assert by_name["scene_a"].split == "auto"
+    a = by_name["scene_a"]
+    out = p.synth.out_dir
+    assert (a.image, a.roads, a.landcover) == (
+        out / "scene_a.tif",
+        out / "scene_a.roads.gpkg",
+        out / "scene_a.landcover.tif",
+    )
+    assert [s.name for s in p.data.scenes][-1] == "heldout", "test scenes come last"
+
+
+def test_synth_scenes_beside_a_users_own_scene(tmp_path):
+    data = _shipped()
+    data["synth"]["out_dir"] = "elsewhere"
+    data["data"]["scenes"].insert(0, {"name": "own", "image": "own.tif", "labels": "own.lab.tif"})
+    p = load_params(_write(tmp_path, data))
+    names = [s.name for s in p.data.scenes]
+    assert names[0] == "own" and "scene_a" in names
+    assert p.data.scenes[1].image == Path("elsewhere") / f"{names[1]}.tif"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["data"]["scenes"].append({"synth": "all"}), "listed more than once"),
+        (lambda d: d["synth"].update(scenes=[]), r"takes synth.scenes, which is empty"),
+        (
+            lambda d: d["synth"]["scenes"][0].update(split="tset"),
+            r"synth.scenes.0.split: Input should be 'auto', 'train', 'val', 'test' or 'none'",
+        ),
+        (
+            lambda d: d["synth"].update(scenes=[{"name": "x", "seed": 1, "split": "none"}]),
+            "every synth scene has split: none",
+        ),
+        (
+            lambda d: d["data"]["scenes"].append(
+                {"name": "scene_a", "image": "a.tif", "labels": "a.tif"}
+            ),
+            r"data.scenes.1: scene 'scene_a' is also a synthetic scene",
+        ),
+        (
+            lambda d: d["data"]["scenes"].append({"synth": "some"}),
+            r"data.scenes.1.synth.synth: Input should be 'all'",
+        ),
+        (
+            lambda d: d["data"]["scenes"][0].update(split="val"),
+            r"data.scenes.0.synth.split: Extra inputs",
+        ),
+        (
+            lambda d: d["synth"]["scenes"].append({"name": "scene_a", "seed": 99}),
+            r"synth.scenes: Value error, duplicate scene names: \['scene_a'\]",
+        ),
+        (  # a mistake in a user's own scene is named at its place in params.yaml
+            lambda d: d["data"]["scenes"].append({"name": "own", "image": "own.tif"}),
+            r"data.scenes.1.scene: Value error, scene 'own': give exactly one of",
+        ),
+    ],
+)
+def test_synth_scenes_mistakes_are_errors_naming_them(tmp_path, change, message):
+    data = _shipped()
+    change(data)
+    with pytest.raises(ConfigError, match=message):
+        load_params(_write(tmp_path, data))

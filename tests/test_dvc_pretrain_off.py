@@ -6,34 +6,22 @@ pretrain the folder holds only its tracked README, and the pipeline must still r
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.test_end_to_end import BIN, COPY, ROOT, run, tiny_params
+from tests.test_end_to_end import BIN, ROOT, copy_project, run, tiny_params
 
 pytestmark = pytest.mark.slow
 
 
 def test_dvc_repro_trains_without_pretraining(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    for rel in COPY:
-        src, dst = ROOT / rel, repo / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
     params = tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     params["pretrain"]["archs"] = []
     params["train"].update(encoder_weights="none", epochs=1, max_batches_per_epoch=2)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["MPLBACKEND"] = "Agg"
+    env = copy_project(repo, params)
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     run(["git", "init", "-q"], repo, env)
     run([*git, "add", "-A"], repo, env)

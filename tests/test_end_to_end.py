@@ -53,7 +53,7 @@ def tiny_params(base: dict) -> dict:
         "demo_region",
     }  # the mechanics need no more
     p["synth"]["scenes"] = [s for s in p["synth"]["scenes"] if s["name"] in keep]
-    p["data"]["scenes"] = [s for s in p["data"]["scenes"] if s["name"] in keep]
+    assert p["data"]["scenes"] == [{"synth": "all"}], "data.scenes takes the synth scenes"
     p["synth"].update(size=256, gsd=1.0)
     p["tile"].update(chip_size=64, stride=64, workers=2)
     p["tile"]["split"].update(block_size_m=128, val_fraction=0.25, gap_m=0)
@@ -83,23 +83,29 @@ def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> tuple[Path, dict]:
-    repo = tmp_path_factory.mktemp("roadseg-e2e")
+def copy_project(repo: Path, params: dict) -> dict:
+    """The project's files (COPY) and ``params`` in ``repo``; returns the environment to run
+    its commands in (this venv first on PATH, no MLFLOW_* of the caller's)."""
     for rel in COPY:
-        src = ROOT / rel
-        dst = repo / rel
+        src, dst = ROOT / rel, repo / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dst)
-    params = tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    params["data"]["scenes"].append(own_orthophoto_with_osm(tmp_path_factory.mktemp("own-data")))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["MPLBACKEND"] = "Agg"
+    return env
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict]:
+    repo = tmp_path_factory.mktemp("roadseg-e2e")
+    params = tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    params["data"]["scenes"].append(own_orthophoto_with_osm(tmp_path_factory.mktemp("own-data")))
+    env = copy_project(repo, params)
     run(["git", "init", "-q"], repo, env)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo, env)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], repo, env)

@@ -240,3 +240,42 @@ def test_a_later_default_store_is_used_unless_the_user_set_one(tmp_path, monkeyp
     monkeypatch.setenv("MLFLOW_TRACKING_URI", first)
     assert registry.configure(second) == first and os.environ["MLFLOW_TRACKING_URI"] == first
     assert mlflow.get_tracking_uri() == first
+
+
+def test_the_versions_run_shows_the_model_card_and_the_evaluation(project):
+    """What the MLflow UI shows of a new version: the model card as the description of the
+    version, of its source model and of its source run (the training run), and in that run under
+    evaluation/ the metrics, each test scene's error
+    map and quicklook from reports/, and a precision-recall figure drawn from plots/pr.csv."""
+    import matplotlib.pyplot as plt
+    import mlflow
+    import numpy as np
+
+    params, release = project
+    Path("reports").mkdir()
+    for name in ("held_error_map.png", "held_quicklook.png"):
+        plt.imsave(Path("reports") / name, np.eye(8))
+    Path("plots").mkdir()
+    Path("plots/pr.csv").write_text(
+        "threshold,precision,recall,f1,iou,relaxed_precision,relaxed_recall\n"
+        "0.1,0.3,0.9,0.45,0.29,0.4,0.95\n0.5,0.6,0.6,0.6,0.43,0.7,0.7\n0.9,0.9,0.2,0.33,0.2,0.95,0.3\n"
+    )
+    receipt = _register_with_iou(params, release, 0.5)
+
+    client = mlflow.tracking.MlflowClient(registry.tracking_uri(params.register.tracking_uri))
+    run = client.get_run(receipt["run_id"])
+    card = run.data.tags["mlflow.note.content"]
+    assert card.startswith("# road-unet") and "iou" in card
+    version = client.get_model_version("road-unet", receipt["version"])
+    assert version.description == card
+    source_model = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert source_model.tags["mlflow.note.content"] == card
+    logged = {a.path for a in client.list_artifacts(receipt["run_id"], "evaluation")}
+    assert logged == {
+        "evaluation/eval.json",
+        "evaluation/held_error_map.png",
+        "evaluation/held_quicklook.png",
+        "evaluation/pr_curve.png",
+    }
+    figure = Path(client.download_artifacts(receipt["run_id"], "evaluation/pr_curve.png"))
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

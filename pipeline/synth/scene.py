@@ -36,12 +36,7 @@ def generate_scene(spec: SynthSceneSpec, params: SynthParams, index: int) -> Sce
     Scene ``index`` shifts the origin east by ``index * (size * gsd + 1000)`` metres so that
     scenes never overlap. Every file is written atomically.
     """
-    out = Path(params.out_dir)
-    files = SceneFiles(
-        out / f"{spec.name}.tif",
-        out / f"{spec.name}.roads.gpkg",
-        out / f"{spec.name}.landcover.tif",
-    )
+    files = SceneFiles(*params.scene_files(spec.name))
     grid = scene_grid(params, index)
     layout_rng, cover_rng, object_rng, paint_rng, sensor_rng = np.random.default_rng(
         spec.seed
