@@ -18,6 +18,7 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from pipeline.chip_format import INDEX_FILE, INDEX_LAYER, MASK_NODATA, STATS_FILE
+from pipeline.normalise import standardise
 
 
 @dataclass(frozen=True)
@@ -37,16 +38,10 @@ class Normalisation:
     def apply(
         self, image: np.ndarray, valid: np.ndarray | None = None, scene: str | None = None
     ) -> np.ndarray:
-        """(C,H,W) raw band values -> float32 standardised; nodata pixels set to 0. With a
-        stretch, ``scene``'s band range is mapped to 0..1 first."""
-        x = image.astype(np.float32)
-        if self.stretch is not None:
-            lo, hi = self.stretch[scene].T
-            x = (x - lo[:, None, None]) / (hi - lo)[:, None, None]
-        x = (x - self.mean[:, None, None]) / self.std[:, None, None]
-        if valid is not None:
-            x *= valid[None]
-        return x
+        """(C,H,W) raw band values -> float32 standardised (``normalise.standardise``); nodata
+        pixels set to 0. With a stretch, ``scene``'s band range is mapped to 0..1 first."""
+        stretch = None if self.stretch is None else self.stretch[scene]
+        return standardise(image, self.mean, self.std, valid, stretch)
 
 
 def chip_normalisation(

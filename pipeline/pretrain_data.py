@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from backbones.augment import PcaNoise
 from pipeline.chip_format import INDEX_FILE, INDEX_LAYER, LANDCOVER_UNKNOWN, MASK_NODATA, STATS_FILE
+from pipeline.normalise import pretrain_band_stats, standardise
 from pipeline.pretrain_targets import (
     ROAD_CLASSES,
     ROTATION_CLASSES,
@@ -179,9 +180,7 @@ class PatchDataset(Dataset):
         self.augment = augment
         self.pca = pca
         self.rng = np.random.default_rng(seed)
-        self.mean = np.asarray(chips.stats["mean"], dtype=np.float32)[:, None, None]
-        std = np.asarray(chips.stats["std"], dtype=np.float32)
-        self.std = np.where(std > 0, std, 1.0).astype(np.float32)[:, None, None]
+        self.mean, self.std = pretrain_band_stats(chips.stats["mean"], chips.stats["std"])
         if self.mean.shape[0] != len(chips.bands) or self.std.shape[0] != len(chips.bands):
             raise ValueError("stats.json: mean/std need one value per band")
         chip_size = chips.images[chips.scenes[0]].shape[-1]
@@ -225,7 +224,7 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         scene, i, r, c, label = self.items[k]
-        x = (self._window(scene, i, r, c) - self.mean) / self.std
+        x = standardise(self._window(scene, i, r, c), self.mean, self.std)
         if self.augment:
             if self.rng.random() < 0.5:
                 x = x[:, :, ::-1]
@@ -250,9 +249,7 @@ class PatchDataset(Dataset):
         for k in picks:
             scene, i, r, c, _ = self.items[int(k)]
             chip = self.chips.images[scene][i]
-            x = (
-                np.asarray(chip[:, r : r + self.patch, c : c + self.patch], dtype=np.float32)
-                - self.mean
-            ) / self.std
+            window = np.asarray(chip[:, r : r + self.patch, c : c + self.patch])
+            x = standardise(window, self.mean, self.std)
             chans.append(x.reshape(x.shape[0], -1).T)
         return np.concatenate(chans) if chans else np.zeros((0, len(self.mean)), np.float32)
