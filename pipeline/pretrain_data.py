@@ -24,20 +24,25 @@ horizontal flips, and "fancy PCA" colour noise: each image gets
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import pyogrio
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from backbones.augment import PcaNoise
-from pipeline.chip_format import INDEX_FILE, INDEX_LAYER, LANDCOVER_UNKNOWN, MASK_NODATA, STATS_FILE
+from pipeline.chip_format import (
+    LANDCOVER_UNKNOWN,
+    MASK_NODATA,
+    STATS_FILE,
+    open_chip_array,
+    read_chip_index,
+    read_stats,
+)
 from pipeline.normalise import pretrain_band_stats, standardise
 from pipeline.pretrain_targets import (
     ROAD_CLASSES,
@@ -95,17 +100,13 @@ def resolve_task(chips_dir: Path, requested: str) -> Task:
     """``requested`` unless it is ``auto``: then land cover where the chips have it, else roads."""
     if requested != "auto":
         return requested  # type: ignore[return-value]
-    stats = json.loads((Path(chips_dir) / STATS_FILE).read_text())
+    stats = read_stats(chips_dir)
     return "landcover" if _has_landcover(Path(chips_dir), stats) else "roads"
-
-
-def _load(path: Path) -> np.ndarray | None:
-    return np.load(path, mmap_mode="r", allow_pickle=False) if path.exists() else None
 
 
 def read_chip_folder(chips_dir: Path, task: Task = "landcover") -> ChipFolder:
     chips_dir = Path(chips_dir)
-    stats = json.loads((chips_dir / STATS_FILE).read_text())
+    stats = read_stats(chips_dir)
     for key in ("bands", "mean", "std", "landcover_classes", "fingerprint"):
         if key not in stats:
             raise ValueError(f"{chips_dir / STATS_FILE}: missing {key!r}")
@@ -114,14 +115,12 @@ def read_chip_folder(chips_dir: Path, task: Task = "landcover") -> ChipFolder:
             f"{chips_dir}: no land-cover classes; use pretrain.task auto, roads or rotation, "
             "or give the scenes land cover"
         )
-    index = pyogrio.read_dataframe(chips_dir / INDEX_FILE, layer=INDEX_LAYER, read_geometry=False)
+    index = read_chip_index(chips_dir, geometry=False)
     images, landcover, masks = {}, {}, {}
     for scene in sorted(index["scene"].unique()):
-        images[scene] = np.load(
-            chips_dir / f"{scene}.images.npy", mmap_mode="r", allow_pickle=False
-        )
-        masks[scene] = _load(chips_dir / f"{scene}.masks.npy")
-        lc = _load(chips_dir / f"{scene}.landcover.npy")
+        images[scene] = open_chip_array(chips_dir, scene, "images")
+        masks[scene] = open_chip_array(chips_dir, scene, "masks", required=False)
+        lc = open_chip_array(chips_dir, scene, "landcover", required=False)
         if lc is not None:  # a scene without land cover gives no land-cover patches
             landcover[scene] = lc
     chips = ChipFolder(images, landcover, masks, index, stats, task)
