@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.chip_format import INDEX_FILE, INDEX_LAYER, MASK_NODATA
+from pipeline.chip_format import INDEX_FILE, MASK_NODATA, open_chip_array, read_chip_index
 from pipeline.config import DataParams, SceneSource
 from pipeline.metrics import Confusion, confusion
 from pipeline.scene_truth import SceneWindows
@@ -54,23 +54,22 @@ def sample_train_pixels(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(band values (N, C) float64, road (N,) bool) sampled evenly from the valid pixels of
     the train chips listed in ``chips_dir/index.gpkg``; deterministic for ``seed``."""
-    import geopandas as gpd
-
-    chips_dir = Path(chips_dir)
-    index_path = chips_dir / INDEX_FILE
-    if not index_path.exists():
-        raise BaselineError(f"{index_path}: no chip index; run `pipeline tile` first")
-    index = gpd.read_file(index_path, layer=INDEX_LAYER, ignore_geometry=True, engine="pyogrio")
+    try:
+        index = read_chip_index(chips_dir, geometry=False)
+    except FileNotFoundError as e:
+        raise BaselineError(str(e)) from None
     train = index[index["split"] == "train"].sort_values(["scene", "array_index"])
     if train.empty:
-        raise BaselineError(f"{index_path}: no train chips to fit the baseline on")
+        raise BaselineError(
+            f"{Path(chips_dir) / INDEX_FILE}: no train chips to fit the baseline on"
+        )
     per_chip = math.ceil(max_pixels / len(train))
     rng = np.random.default_rng(seed)
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     for scene, rows in train.groupby("scene", sort=True):
-        images = np.load(chips_dir / f"{scene}.images.npy", mmap_mode="r")
-        masks = np.load(chips_dir / f"{scene}.masks.npy", mmap_mode="r")
+        images = open_chip_array(chips_dir, scene, "images")
+        masks = open_chip_array(chips_dir, scene, "masks")
         for i in rows["array_index"]:
             mask = np.asarray(masks[i]).ravel()
             valid = np.flatnonzero(mask != MASK_NODATA)

@@ -8,7 +8,6 @@ batches whatever the number of workers, which is what makes ``train --resume`` e
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,9 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from pipeline.chip_format import INDEX_FILE, INDEX_LAYER, MASK_NODATA, STATS_FILE
+from pipeline.chip_format import MASK_NODATA, ChipArrays, read_chip_index
+from pipeline.chip_format import read_stats as read_stats  # where train and tests find it
+from pipeline.normalise import standardise
 
 
 @dataclass(frozen=True)
@@ -37,16 +38,10 @@ class Normalisation:
     def apply(
         self, image: np.ndarray, valid: np.ndarray | None = None, scene: str | None = None
     ) -> np.ndarray:
-        """(C,H,W) raw band values -> float32 standardised; nodata pixels set to 0. With a
-        stretch, ``scene``'s band range is mapped to 0..1 first."""
-        x = image.astype(np.float32)
-        if self.stretch is not None:
-            lo, hi = self.stretch[scene].T
-            x = (x - lo[:, None, None]) / (hi - lo)[:, None, None]
-        x = (x - self.mean[:, None, None]) / self.std[:, None, None]
-        if valid is not None:
-            x *= valid[None]
-        return x
+        """(C,H,W) raw band values -> float32 standardised (``normalise.standardise``); nodata
+        pixels set to 0. With a stretch, ``scene``'s band range is mapped to 0..1 first."""
+        stretch = None if self.stretch is None else self.stretch[scene]
+        return standardise(image, self.mean, self.std, valid, stretch)
 
 
 def chip_normalisation(
@@ -65,41 +60,6 @@ def chip_normalisation(
         )
     mean, std = fixed or (stats["percentile_mean"], stats["percentile_std"])
     return Normalisation.from_lists(mean, std, stats["percentiles"]), mean, std
-
-
-def read_chip_index(chips_dir: Path):
-    """The chip index GeoDataFrame (layer ``chips``)."""
-    import geopandas as gpd
-
-    path = Path(chips_dir) / INDEX_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no chip index; run `pipeline tile` first")
-    return gpd.read_file(path, layer=INDEX_LAYER, engine="pyogrio")
-
-
-def read_stats(chips_dir: Path) -> dict:
-    path = Path(chips_dir) / STATS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no chip statistics; run `pipeline tile` first")
-    return json.loads(path.read_text())
-
-
-class ChipArrays:
-    """Lazily memory-mapped per-scene chip arrays (opened in each worker process on first use)."""
-
-    def __init__(self, chips_dir: Path) -> None:
-        self.dir = Path(chips_dir)
-        self._open: dict[tuple[str, str], np.ndarray] = {}
-
-    def get(self, scene: str, kind: str) -> np.ndarray:
-        key = (scene, kind)
-        if key not in self._open:
-            path = self.dir / f"{scene}.{kind}.npy"
-            self._open[key] = np.load(path, mmap_mode="r", allow_pickle=False)
-        return self._open[key]
-
-    def __getstate__(self) -> dict:
-        return {"dir": self.dir, "_open": {}}
 
 
 def dihedral(arr: np.ndarray, k: int) -> np.ndarray:

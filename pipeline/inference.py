@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from pipeline import parallel, raster
 from pipeline.model import autocast_dtype, load_model, pick_device
 from pipeline.model_config import WEIGHTS_FILE, ModelConfig, ModelError
+from pipeline.normalise import standardise
 from pipeline.predict_task import GroupResult, PredictJob
 from pipeline.stitching import window_contribution_weight
 from pipeline.windows import UNET_MULTIPLE, Rect, WindowGroup
@@ -35,9 +36,11 @@ GPU_MEMORY_FRACTION = 0.6  # of the GPU memory free after loading the model, for
 MAX_GPU_BATCH_SIZE = 64
 
 
-def _load_for_worker(
+def load_for_inference(
     model_dir: str, device: str
 ) -> tuple[torch.nn.Module, ModelConfig, torch.device]:
+    """The model of ``model_dir`` on ``device`` (``auto``: CUDA when present; on a Dask worker
+    its own GPU), in channels-last layout, with its config and the device."""
     dev = pick_device(device)
     if dev.type == "cuda" and dev.index is None:
         gpu = parallel.worker_gpu()
@@ -50,7 +53,7 @@ def _load_for_worker(
 def worker_model(model_dir: str, device: str) -> tuple[torch.nn.Module, ModelConfig, torch.device]:
     """The model for this worker process, loaded on first use and reused by later tasks."""
     return parallel.worker_cached(
-        ("model", model_dir, device), lambda: _load_for_worker(model_dir, device)
+        ("model", model_dir, device), lambda: load_for_inference(model_dir, device)
     )
 
 
@@ -125,23 +128,22 @@ def forward_probs(
         return prob[:, 0].float().cpu().numpy()
 
 
-def normalise(
-    image: np.ndarray,
-    valid: np.ndarray,
-    mean: np.ndarray,
-    std: np.ndarray,
-    stretch: np.ndarray | None = None,
+def forward_padded(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    device: torch.device,
+    tta: bool = False,
+    precision: str = "auto",
 ) -> np.ndarray:
-    """(C, H, W) any dtype -> float32 ``(x - mean) / std``, 0 where the pixel is nodata. With
-    ``stretch`` (C, 2), each band's (low, high) is first mapped to (0, 1) (percentile
-    normalisation, as ``datasets.Normalisation``)."""
-    x = image.astype(np.float32)
-    if stretch is not None:
-        lo, hi = stretch[:, 0], stretch[:, 1]
-        x = (x - lo[:, None, None]) / (hi - lo)[:, None, None]
-    x = (x - mean[:, None, None]) / std[:, None, None]
-    x[:, ~valid] = 0.0
-    return x
+    """:func:`forward_probs` for a batch of any height and width: padded at the bottom and
+    right to the U-Net's multiple of 32 (reflected where the image is large enough, else
+    zeros), the probabilities cropped back to (N, H, W)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % UNET_MULTIPLE, (-w) % UNET_MULTIPLE
+    if ph or pw:
+        mode = "reflect" if min(h, w) > max(ph, pw) else "constant"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return forward_probs(model, x, device, tta, precision)[:, :h, :w]
 
 
 def model_shape(height: int, width: int, scale: float) -> tuple[int, int]:
@@ -279,9 +281,10 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
                 continue
             if job.scale != 1.0:
                 shape = model_shape(rect.height, rect.width, job.scale)
-                x = normalise(*resample_window(image, valid, shape), mean, std, stretch)
+                pixels, model_valid = resample_window(image, valid, shape)
+                x = standardise(pixels, mean, std, model_valid, stretch)
             else:
-                x = normalise(image, valid, mean, std, stretch)
+                x = standardise(image, mean, std, valid, stretch)
             blend.timings["read"] += time.perf_counter() - t0
             blend.add(ij, x, valid)
             ran += 1

@@ -36,7 +36,7 @@ from backbones.augment import PcaNoise
 from backbones.losses import classification_loss
 from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.config import PretrainParams, RegisterParams
-from pipeline.model import autocast_dtype
+from pipeline.model import autocast_dtype, pick_device
 from pipeline.pretrain_data import ChipFolder, PatchDataset, Task, read_chip_folder, resolve_task
 from pipeline.pretrain_rasters import RasterRotationPatches
 from pipeline.registry import log_dict, log_figure, log_metrics, log_params, tracked_run
@@ -168,10 +168,6 @@ def _check_input_size(
         ) from e
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @dataclass(frozen=True)
 class _Patches:
     """What a backbone learns from: the chips folder's labelled patches (and unlabelled
@@ -219,7 +215,7 @@ class _Learner:
 def _build_learner(arch: str, params: PretrainParams, num_classes: int, bands: int) -> _Learner:
     """Seed torch, build ``arch`` and check it can classify ``params.input_size`` patches."""
     torch.manual_seed(params.seed)
-    device = _device()
+    device = pick_device("auto")
     model = build_backbone(arch, num_classes=num_classes, in_channels=bands).to(device)
     _check_input_size(model, arch, bands, params.input_size, device)
     model = model.to(memory_format=torch.channels_last)

@@ -24,20 +24,26 @@ horizontal flips, and "fancy PCA" colour noise: each image gets
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import pyogrio
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from backbones.augment import PcaNoise
-from pipeline.chip_format import INDEX_FILE, INDEX_LAYER, LANDCOVER_UNKNOWN, MASK_NODATA, STATS_FILE
+from pipeline.chip_format import (
+    LANDCOVER_UNKNOWN,
+    MASK_NODATA,
+    STATS_FILE,
+    open_chip_array,
+    read_chip_index,
+    read_stats,
+)
+from pipeline.normalise import pretrain_band_stats, standardise
 from pipeline.pretrain_targets import (
     ROAD_CLASSES,
     ROTATION_CLASSES,
@@ -94,17 +100,13 @@ def resolve_task(chips_dir: Path, requested: str) -> Task:
     """``requested`` unless it is ``auto``: then land cover where the chips have it, else roads."""
     if requested != "auto":
         return requested  # type: ignore[return-value]
-    stats = json.loads((Path(chips_dir) / STATS_FILE).read_text())
+    stats = read_stats(chips_dir)
     return "landcover" if _has_landcover(Path(chips_dir), stats) else "roads"
-
-
-def _load(path: Path) -> np.ndarray | None:
-    return np.load(path, mmap_mode="r", allow_pickle=False) if path.exists() else None
 
 
 def read_chip_folder(chips_dir: Path, task: Task = "landcover") -> ChipFolder:
     chips_dir = Path(chips_dir)
-    stats = json.loads((chips_dir / STATS_FILE).read_text())
+    stats = read_stats(chips_dir)
     for key in ("bands", "mean", "std", "landcover_classes", "fingerprint"):
         if key not in stats:
             raise ValueError(f"{chips_dir / STATS_FILE}: missing {key!r}")
@@ -113,14 +115,12 @@ def read_chip_folder(chips_dir: Path, task: Task = "landcover") -> ChipFolder:
             f"{chips_dir}: no land-cover classes; use pretrain.task auto, roads or rotation, "
             "or give the scenes land cover"
         )
-    index = pyogrio.read_dataframe(chips_dir / INDEX_FILE, layer=INDEX_LAYER, read_geometry=False)
+    index = read_chip_index(chips_dir, geometry=False)
     images, landcover, masks = {}, {}, {}
     for scene in sorted(index["scene"].unique()):
-        images[scene] = np.load(
-            chips_dir / f"{scene}.images.npy", mmap_mode="r", allow_pickle=False
-        )
-        masks[scene] = _load(chips_dir / f"{scene}.masks.npy")
-        lc = _load(chips_dir / f"{scene}.landcover.npy")
+        images[scene] = open_chip_array(chips_dir, scene, "images")
+        masks[scene] = open_chip_array(chips_dir, scene, "masks", required=False)
+        lc = open_chip_array(chips_dir, scene, "landcover", required=False)
         if lc is not None:  # a scene without land cover gives no land-cover patches
             landcover[scene] = lc
     chips = ChipFolder(images, landcover, masks, index, stats, task)
@@ -179,9 +179,7 @@ class PatchDataset(Dataset):
         self.augment = augment
         self.pca = pca
         self.rng = np.random.default_rng(seed)
-        self.mean = np.asarray(chips.stats["mean"], dtype=np.float32)[:, None, None]
-        std = np.asarray(chips.stats["std"], dtype=np.float32)
-        self.std = np.where(std > 0, std, 1.0).astype(np.float32)[:, None, None]
+        self.mean, self.std = pretrain_band_stats(chips.stats["mean"], chips.stats["std"])
         if self.mean.shape[0] != len(chips.bands) or self.std.shape[0] != len(chips.bands):
             raise ValueError("stats.json: mean/std need one value per band")
         chip_size = chips.images[chips.scenes[0]].shape[-1]
@@ -225,7 +223,7 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         scene, i, r, c, label = self.items[k]
-        x = (self._window(scene, i, r, c) - self.mean) / self.std
+        x = standardise(self._window(scene, i, r, c), self.mean, self.std)
         if self.augment:
             if self.rng.random() < 0.5:
                 x = x[:, :, ::-1]
@@ -250,9 +248,7 @@ class PatchDataset(Dataset):
         for k in picks:
             scene, i, r, c, _ = self.items[int(k)]
             chip = self.chips.images[scene][i]
-            x = (
-                np.asarray(chip[:, r : r + self.patch, c : c + self.patch], dtype=np.float32)
-                - self.mean
-            ) / self.std
+            window = np.asarray(chip[:, r : r + self.patch, c : c + self.patch])
+            x = standardise(window, self.mean, self.std)
             chans.append(x.reshape(x.shape[0], -1).T)
         return np.concatenate(chans) if chans else np.zeros((0, len(self.mean)), np.float32)

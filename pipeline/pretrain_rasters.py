@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pipeline.normalise import pretrain_band_stats, standardise
 from pipeline.raster import RasterError, open_reader, raster_info, read_window
 
 
@@ -37,9 +38,7 @@ class RasterRotationPatches(Dataset):
 
     def __init__(self, paths: list[Path], patch: int, mean: list[float], std: list[float]) -> None:
         self.patch = patch
-        self.mean = np.asarray(mean, dtype=np.float32)[:, None, None]
-        s = np.asarray(std, dtype=np.float32)
-        self.std = np.where(s > 0, s, 1.0).astype(np.float32)[:, None, None]
+        self.mean, self.std = pretrain_band_stats(mean, std)
         self.items: list[tuple[Path, int, int, int]] = []  # path, row, col, quarter turns
         for path in map(Path, paths):
             count = raster_info(path).count
@@ -57,5 +56,5 @@ class RasterRotationPatches(Dataset):
         path, r, c, turns = self.items[k]
         with open_reader(path) as reader:
             image, _ = read_window(reader, c, r, self.patch, self.patch)
-        x = np.rot90((image.astype(np.float32) - self.mean) / self.std, turns, axes=(1, 2))
+        x = np.rot90(standardise(image, self.mean, self.std), turns, axes=(1, 2))
         return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor(turns, dtype=torch.int64)

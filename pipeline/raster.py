@@ -26,6 +26,7 @@ from rasterio.windows import Window
 
 from pipeline import sources
 from pipeline.atomic import atomic_path, temporary_name, write_text_atomic
+from pipeline.normalise import percentile_stretch
 
 
 class RasterError(ValueError):
@@ -321,7 +322,6 @@ def _finish_plan(
     return BandPlan(tuple(bands), validity, note)
 
 
-PERCENTILE_RANGE = (2.0, 98.0)  # the per-raster stretch of ``normalisation: percentile``
 PERCENTILE_SAMPLE_PX = 1024  # longer side of the decimated read the percentiles come from
 
 
@@ -342,8 +342,7 @@ def band_percentiles(
             valid = ds.dataset_mask(out_shape=shape) > 0
     if not valid.any():
         raise RasterError(f"{path}: no valid pixel to take band percentiles from")
-    lo, hi = np.percentile(img[:, valid].astype(np.float64), PERCENTILE_RANGE, axis=1)
-    return [(float(a), float(max(b, a + 1.0))) for a, b in zip(lo, hi, strict=True)]
+    return percentile_stretch(img[:, valid])
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import numpy as np
 
 from pipeline import registry, tilesets
 from pipeline.atomic import write_text_atomic
+from pipeline.chip_format import open_chip_array
 from pipeline.config import Params
 from pipeline.model_config import read_config
 
@@ -200,9 +201,7 @@ def _input_example(params: Params, channels: int) -> np.ndarray:
     chips_dir = Path(params.tile.out_dir)
     data = tilesets.expand(params.data, chips_dir / tilesets.PREPARED_DIR, check_prepared=False)
     for scene in [s.name for s in data.scenes if s.split == "test"] + [s.name for s in data.scenes]:
-        path = chips_dir / f"{scene}.images.npy"
-        if path.exists():
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            if len(arr):
-                return np.asarray(arr[:1, :, :64, :64], dtype=np.float32)
+        arr = open_chip_array(chips_dir, scene, "images", required=False)
+        if arr is not None and len(arr):
+            return np.asarray(arr[:1, :, :64, :64], dtype=np.float32)
     return np.zeros((1, channels, 64, 64), np.float32)

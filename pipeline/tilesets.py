@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import raster
-from pipeline.chip_format import MASK_NODATA
+from pipeline.chip_format import MASK_NODATA, read_stats
 from pipeline.config import (
     DataParams,
     LabelConvention,
@@ -257,10 +257,7 @@ def summary(ts: TileSetSource, per_tile: list[tuple[str, dict[str, Any]]]) -> di
 
 def read_summaries(stats_path: Path) -> dict[str, dict]:
     """The tile set summaries in the tile stage's stats.json ({} when there is none)."""
-    import json
-
-    path = Path(stats_path)
-    return json.loads(path.read_text()).get("tilesets", {}) if path.is_file() else {}
+    return read_stats(Path(stats_path).parent, required=False).get("tilesets", {})
 
 
 def describe(data: DataParams, tilesets: dict[str, dict] | None = None) -> list[str]:

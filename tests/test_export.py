@@ -14,8 +14,9 @@ import torch
 from pipeline import raster
 from pipeline.cli import main
 from pipeline.export import INPUT_NAME, OPSET, export_onnx
-from pipeline.inference import forward_probs, normalise
+from pipeline.inference import forward_probs
 from pipeline.model import load_model
+from pipeline.normalise import standardise
 from pipeline.windows import WindowGrid
 from tests.helpers import make_model, smooth_image, write_raster
 
@@ -84,7 +85,7 @@ def test_onnxruntime_equals_torch_on_the_same_windows(onnx_path, model_dir, imag
             data, valid = raster.read_window(
                 reader, rect.col_off, rect.row_off, rect.width, rect.height
             )
-            windows.append(normalise(data, valid, mean, std))
+            windows.append(standardise(data, mean, std, valid))
     assert any(w.shape[1] != w.shape[2] for w in windows)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     model, _ = load_model(model_dir, torch.device("cpu"))

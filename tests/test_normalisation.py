@@ -9,8 +9,15 @@ import pytest
 
 from pipeline import raster
 from pipeline.config import load_params
-from pipeline.datasets import SegmentationChips, chip_normalisation, read_chip_index, read_stats
+from pipeline.datasets import (
+    Normalisation,
+    SegmentationChips,
+    chip_normalisation,
+    read_chip_index,
+    read_stats,
+)
 from pipeline.model import load_model
+from pipeline.normalise import percentile_stretch, standardise
 from tests.conftest import BANDS
 from tests.test_train import write_params
 
@@ -80,3 +87,33 @@ def test_percentile_training_stores_its_normalisation_in_the_model(
     stats = read_stats(chips_dir)
     assert config.normalisation == "percentile"
     assert (config.mean, config.std) == (stats["percentile_mean"], stats["percentile_std"])
+
+
+def test_nodata_pixels_are_zero_whatever_they_hold() -> None:
+    """Float imagery often marks nodata with NaN: a chip's NaN must not reach the loss."""
+    rng = np.random.default_rng(0)
+    image = (rng.random((2, 8, 8)) * 200).astype(np.float32)
+    image[:, :2, :3] = np.nan
+    valid = np.ones((8, 8), bool)
+    valid[:2, :3] = False
+    mean, std = [90.0, 100.0], [40.0, 45.0]
+    x = Normalisation.from_lists(mean, std).apply(image, valid)
+    assert x.dtype == np.float32 and np.isfinite(x).all()
+    assert (x[:, ~valid] == 0).all()
+    want = (image.astype(np.float64) - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    assert np.allclose(x[:, valid], want[:, valid], atol=1e-6)
+
+
+def test_a_flat_band_is_stretched_without_dividing_by_zero() -> None:
+    pixels = np.stack([np.full(100, 7.0), np.arange(100.0)])
+    (lo0, hi0), (lo1, hi1) = percentile_stretch(pixels)
+    assert (lo0, hi0) == (7.0, 8.0)
+    assert (lo1, hi1) == pytest.approx((1.98, 97.02))
+    image = pixels.reshape(2, 10, 10)
+    x = standardise(
+        image,
+        np.zeros(2, np.float32),
+        np.ones(2, np.float32),
+        stretch=np.float32([[lo0, hi0], [lo1, hi1]]),
+    )
+    assert np.isfinite(x).all() and (x[0] == 0).all()
