@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.atomic import write_text_atomic
-from pipeline.config import ConfigError, load_params
+from pipeline.config import ConfigError, PretrainParams, load_params
 
 DURATIONS_PATH = Path(".dvc/tmp/stage_durations.json")
 
@@ -33,6 +33,7 @@ DURATIONS_PATH = Path(".dvc/tmp/stage_durations.json")
 SECONDS_PER_SYNTH_SCENE = 3.0
 SECONDS_PER_TILE_SCENE = 2.0
 SECONDS_PER_PRETRAIN_SCENE_EPOCH = 2.5
+SECONDS_PER_PRETRAIN_BATCH = 0.5  # 64 patches of 64 px
 SECONDS_PER_TRAIN_SCENE_EPOCH = 4.2
 SECONDS_EVALUATE = 60.0
 SECONDS_REGISTER = 15.0
@@ -64,11 +65,19 @@ def static_estimates(params_path: Path) -> dict[str, float]:
     return {
         "synth": SECONDS_PER_SYNTH_SCENE * len(p.synth.scenes),
         "tile": SECONDS_PER_TILE_SCENE * scenes,
-        "pretrain": SECONDS_PER_PRETRAIN_SCENE_EPOCH * scenes * p.pretrain.epochs,
+        "pretrain": _pretrain_seconds(p.pretrain, scenes),
         "train": SECONDS_PER_TRAIN_SCENE_EPOCH * scenes * p.train.epochs,
         "evaluate": SECONDS_EVALUATE,
         "register": SECONDS_REGISTER,
     }
+
+
+def _pretrain_seconds(pretrain: PretrainParams, scenes: int) -> float:
+    """Per backbone: scenes x epochs, or the batch cap x epochs where that is less."""
+    per_epoch = SECONDS_PER_PRETRAIN_SCENE_EPOCH * scenes
+    if pretrain.max_batches_per_epoch:
+        per_epoch = min(per_epoch, SECONDS_PER_PRETRAIN_BATCH * pretrain.max_batches_per_epoch)
+    return per_epoch * pretrain.epochs
 
 
 def estimate(
