@@ -28,14 +28,16 @@ from pipeline.config import ConfigError, PretrainParams, load_params
 
 DURATIONS_PATH = Path(".dvc/tmp/stage_durations.json")
 
-# Seconds per unit of work, measured on the 2-core demo (2026-12: 24 scenes, 30 epochs, 50 of
-# 54 minutes training); only used for stages that have never run in this repository.
-SECONDS_PER_SYNTH_SCENE = 3.0
-SECONDS_PER_TILE_SCENE = 2.0
+# Seconds per unit of work on 2 cores (2026-12-06, Intel with AMX: synth 26 s for 27 scenes,
+# tile 13 s, pretrain 35 s for 80 batches, training 50 s per epoch of 27 scenes with the narrow
+# decoder; a CPU without AMX takes about twice as long); only used for stages that have never
+# run in this repository.
+SECONDS_PER_SYNTH_SCENE = 1.5
+SECONDS_PER_TILE_SCENE = 1.0
 SECONDS_PER_PRETRAIN_SCENE_EPOCH = 2.5
 SECONDS_PER_PRETRAIN_BATCH = 0.5  # 64 patches of 64 px
-SECONDS_PER_TRAIN_SCENE_EPOCH = 4.2
-SECONDS_EVALUATE = 60.0
+SECONDS_PER_TRAIN_SCENE_EPOCH = 2.5
+SECONDS_EVALUATE = 30.0
 SECONDS_REGISTER = 15.0
 
 
