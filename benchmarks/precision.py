@@ -15,6 +15,7 @@ Also prints the largest probability difference bf16 makes on the same input.
 
     .venv/bin/python benchmarks/precision.py                 # every core, CPU (or CUDA if present)
     .venv/bin/python benchmarks/precision.py --threads 1
+    .venv/bin/python benchmarks/precision.py --decoder-channels 128,64,32,16,16   # the demo's decoder
 """
 
 from __future__ import annotations
@@ -104,13 +105,18 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--infer-batch", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--decoder-channels",
+        default="256,128,64,32,16",
+        help="the U-Net decoder's widths, deepest first (train.decoder_channels)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device("auto")
     print(
         f"device {device}, torch threads {torch.get_num_threads()}, native CPU bf16 {cpu_has_native_bf16()}, "
-        f"encoder rs-{args.encoder}, train {args.train_batch} x {args.chip} px, infer {args.infer_batch} x {args.window} px"
+        f"encoder rs-{args.encoder}, decoder {args.decoder_channels}, train {args.train_batch} x {args.chip} px, infer {args.infer_batch} x {args.window} px"
     )
 
     config = ModelConfig(
@@ -119,6 +125,7 @@ def main() -> int:
         mean=[0.0] * 4,
         std=[1.0] * 4,
         chip_size=args.chip,
+        decoder_channels=[int(c) for c in args.decoder_channels.split(",")],
     )
     gen = torch.Generator().manual_seed(0)
     x_train = torch.randn(args.train_batch, 4, args.chip, args.chip, generator=gen).to(device)

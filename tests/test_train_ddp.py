@@ -24,7 +24,15 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 # the same global batch of 4 chips: one process x 4, or two processes x 2
-TRAIN = dict(epochs=3, batch_size=4, max_batches_per_epoch=4, loss="bce", augment=False)
+TRAIN = dict(
+    epochs=3,
+    batch_size=4,
+    max_batches_per_epoch=4,
+    loss="bce",
+    augment=False,
+    road_sampling=0.0,  # the recipe the tolerances below were measured with, not the demo's
+    decoder_channels=[256, 128, 64, 32, 16],
+)
 # Two processes differ from one only in BatchNorm statistics (per process: 2 chips, not 4) and
 # in the order of float sums. Measured 2026-12-06 at this budget (seeds 0, 1, 2; BENCHMARKS.md):
 # per-epoch train loss within 5.2 % of one process of the same seed, while one process's seeds
