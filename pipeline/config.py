@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from pipeline.chip_format import INDEX_FILE, STATS_FILE
+from pipeline.model_config import DECODER_CHANNELS
 from pipeline.registry import DEFAULT_TRACKING_URI
 
 # Autocast precision of training and inference (pipeline.model.autocast_dtype says what auto picks)
@@ -510,7 +511,7 @@ class TrainParams(_Section):
         description="Attention in each decoder block: none, or smp's scSE (channel + spatial squeeze-excitation)",
     )
     decoder_channels: list[PositiveInt] = Field(
-        default_factory=lambda: [256, 128, 64, 32, 16],
+        default_factory=lambda: list(DECODER_CHANNELS),
         min_length=5,
         max_length=5,
         description="Output channels of the five U-Net decoder blocks, deepest first (smp's "
