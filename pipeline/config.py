@@ -475,6 +475,37 @@ class PretrainParams(_Section):
 
 
 # --------------------------------------------------------------------------------------- train
+class LabelNoiseParams(_Section):
+    """Loss weights for labels that miss roads or draw them at a guessed width (OSM-derived
+    labels); both off by default (pipeline/label_noise.py)."""
+
+    far_positive_weight: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Loss weight of a background pixel farther than far_from_label_m from any road "
+        "label that the model already calls road (probability >= confidence): a likely road the "
+        "labels miss; 1 = off, 0 = ignored",
+    )
+    far_from_label_m: float = Field(
+        10.0,
+        gt=0,
+        description="Distance from the nearest road label beyond which far_positive_weight applies",
+    )
+    confidence: float = Field(
+        0.8,
+        gt=0,
+        lt=1,
+        description="Probability from which a far background pixel counts as a positive",
+    )
+    edge_band_m: float = Field(
+        0.0,
+        ge=0,
+        description="Ignore background pixels within this distance of a road label (labels drawn "
+        "at a fixed width); 0 = off",
+    )
+
+
 class TrainParams(_Section):
     encoder: str = Field(
         "resnet18", description="Zoo backbone used as U-Net encoder (vgg*, resnet*, googlenet)"
@@ -541,6 +572,10 @@ class TrainParams(_Section):
     )
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after N epochs without val IoU gain"
+    )
+    label_noise: LabelNoiseParams = Field(
+        default_factory=LabelNoiseParams,
+        description="Loss weights that tolerate labels with omissions (OSM); off by default",
     )
     road_sampling: float = Field(
         0.0,

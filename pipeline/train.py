@@ -45,6 +45,7 @@ from pipeline.checkpoints import (
 )
 from pipeline.config import PretrainParams, RegisterParams, TileParams, TrainParams
 from pipeline.datasets import Normalisation, SegmentationChips, chip_normalisation, read_stats
+from pipeline.label_noise import LabelNoise
 from pipeline.metrics import DEFAULT_THRESHOLDS, Confusion, ThresholdSweep, best_f1_threshold
 from pipeline.model import (
     WEIGHTS_FILE,
@@ -235,6 +236,7 @@ class Fitting:
     amp_dtype: torch.dtype | None
     trained: nn.Module | None = None  # under torchrun: the DDP wrapper of ``model``
     chip_weights: torch.Tensor | None = None  # train.road_sampling's draw weights; None: uniform
+    label_noise: LabelNoise | None = None  # train.label_noise's loss weights; None: plain loss
 
     @property
     def stepped(self) -> nn.Module:
@@ -274,6 +276,7 @@ def run_train(
     config = model_config(params, stats, mean, std, source, normalisation)
     fit = start_fitting(config, params, pretrain, source, len(train_ds), device, amp_dtype)
     fit.chip_weights = road_sampling_weights(train_ds, params.road_sampling)
+    fit.label_noise = LabelNoise.from_params(params.label_noise, stats.get("gsd_m"))
 
     ckpt_path = params.checkpoint_path
     identity = run_identity(params, stats["fingerprint"], source.digest if source else "")
@@ -557,6 +560,8 @@ def _optimiser_steps(
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = fit.stepped(x)
+        if fit.label_noise is not None:
+            v = fit.label_noise.weights(logits, y, v)
         loss = masked_loss(logits.float(), y, v, params)
         fit.optimiser.zero_grad(set_to_none=True)
         loss.backward()
