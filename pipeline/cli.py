@@ -77,12 +77,14 @@ def cmd_tile(args: argparse.Namespace) -> None:
 
 
 def cmd_label_check(args: argparse.Namespace) -> None:
+    from pipeline import tilesets
     from pipeline.atomic import write_text_atomic
     from pipeline.label_check import check_labels
 
     p = _params(args)
     probs = Path(args.probabilities) if args.probabilities else None
-    results = check_labels(p.data, p.label_check, probs)
+    data = tilesets.expand(p.data, Path(p.tile.out_dir) / tilesets.PREPARED_DIR)
+    results = check_labels(data, p.label_check, probs)
     rows = [r.as_dict() for r in results]
     write_text_atomic(p.label_check.report_path, json.dumps(rows, indent=2) + "\n")
     print(f"{'scene':<20} {'east m':>7} {'north m':>8} {'clarity':>8}  missed")
@@ -96,7 +98,13 @@ def cmd_label_check(args: argparse.Namespace) -> None:
             f"{r.peak_to_median:>8.1f}  {missed}{flag}"
         )
     for r in results:
-        if r.flagged:
+        if r.flagged and r.labels == "raster":
+            print(
+                f"{r.scene}: labels sit {r.shift_m:.1f} m off (east {r.shift_east_m:g}, north "
+                f"{r.shift_north_m:g}); label_offset_m moves road vectors only: shift the label "
+                "raster's georeferencing, or leave the scene out"
+            )
+        elif r.flagged:
             print(
                 f"{r.scene}: labels sit {r.shift_m:.1f} m off; set "
                 f"label_offset_m: [{r.shift_east_m:g}, {r.shift_north_m:g}] on this scene in "

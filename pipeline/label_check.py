@@ -8,8 +8,8 @@ scene:
   response of the imagery over shifts up to ``max_shift_m``. Without a model the response is
   the image's edge strength (Sobel magnitude summed over bands) and the labels' own edges are
   what is matched: a road's two edges sit at its label's two edges. With a probability raster
-  of a first model (``pipeline predict`` output) the labels are matched to the probability
-  itself. The peak's height over the surface's median says how clear the answer is; only a
+  of a first model (``pipeline predict`` output) the labels' edges are matched to the
+  probability's edges. The peak's height over the surface's median says how clear the answer is; only a
   clear answer is flagged (image edges alone are a weak signal on real imagery: buildings and
   verges have edges too, and label widths rarely match road widths). The shift
   is the correction to apply (``data.scenes[].label_offset_m: [east, north]``), measured after
@@ -46,6 +46,7 @@ class SceneLabelCheck:
     declared_offset_m: tuple[float, float] | None
     flagged: bool  # clear, and larger than the tolerance
     response: str  # "edges" or "probability"
+    labels: str = "vectors"  # "vectors" (burned) or "raster" (a label raster, a tile set's tile)
     predicted_km: float | None = None
     omitted_km: float | None = None
     omitted_fraction: float | None = None
@@ -97,16 +98,34 @@ def _label_edges(mask: np.ndarray) -> np.ndarray:
     return np.hypot(ndimage.sobel(m, axis=0), ndimage.sobel(m, axis=1))
 
 
-def _windows(info: raster.RasterInfo, roads, params: LabelCheckParams) -> list[tuple[int, int]]:
+def _windows(
+    info: raster.RasterInfo, labels: _Labels, params: LabelCheckParams
+) -> list[tuple[int, int]]:
     """Top-left (row, col) of the ``params.windows`` windows with the most labelled road."""
     size = params.window_px
     found = []
     for r in range(0, max(1, info.height - size // 2), size):
         for c in range(0, max(1, info.width - size // 2), size):
-            mask = vectors.burn_mask(roads, _window_transform(info, r, c), (size, size))
-            found.append((int(mask.sum()), r, c))
+            found.append((int(labels.window(r, c, (size, size)).sum()), r, c))
     found.sort(reverse=True)
     return [(r, c) for n, r, c in found[: params.windows] if n > 0]
+
+
+class _Labels:
+    """A scene's road labels window by window: its vectors burned (with any declared offset),
+    or its label raster read (1 = road; background and nodata 0)."""
+
+    def __init__(self, scene: SceneSource, data: DataParams, info: raster.RasterInfo) -> None:
+        self.info = info
+        self.roads = vectors.load_scene_roads(scene, data, info) if scene.roads else None
+        self.path = scene.labels
+
+    def window(self, row: int, col: int, shape: tuple[int, int]) -> np.ndarray:
+        if self.roads is not None:
+            return vectors.burn_mask(self.roads, _window_transform(self.info, row, col), shape)
+        with raster.open_reader(self.path) as reader:
+            values = reader.read_band(1, col, row, shape[1], shape[0])
+        return (values == 1).astype(np.uint8)
 
 
 def _window_transform(info: raster.RasterInfo, row: int, col: int):
@@ -121,26 +140,27 @@ def check_scene(
 ) -> SceneLabelCheck:
     """Measure the label shift (and, with ``probability``, the omissions) of one scene."""
     info = raster.raster_info(scene.image)
-    roads = vectors.load_scene_roads(scene, data, info)
+    labels = _Labels(scene, data, info)
     res = info.metres_per_pixel or 1.0
     m = max(1, int(round(params.max_shift_m / res)))
     surface = np.zeros((2 * m + 1, 2 * m + 1))
     omission = _Omission(params, res) if probability is not None else None
-    for row, col in _windows(info, roads, params):
+    for row, col in _windows(info, labels, params):
         size = params.window_px
         big = (size + 2 * m, size + 2 * m)
-        label = vectors.burn_mask(roads, _window_transform(info, row, col), (size, size))
+        label = labels.window(row, col, (size, size))
         if probability is None:
             with raster.open_reader(scene.image) as reader:
                 image, valid = reader.read(col - m, row - m, *big)
             response, target = edge_strength(image, valid), _label_edges(label)
         else:
-            response = _read_probability(probability, row - m, col - m, big)
-            target = label.astype(np.float32)
-            wide = vectors.burn_mask(roads, _window_transform(info, row - m, col - m), big).astype(
-                bool
-            )
-            omission.add(response, wide)
+            prob = _read_probability(probability, row - m, col - m, big)
+            omission.add(prob, labels.window(row - m, col - m, big).astype(bool))
+            # the probability's edges against the labels' edges, as with image edges: the
+            # probability itself correlates with the label band over a broad plateau of shifts
+            # (roads are several pixels wide), which hides how clear the best shift is
+            response = edge_strength(prob[None], np.ones(big, bool))
+            target = _label_edges(label)
         surface += _correlation(response, target, m)
     dr, dc, clarity = _peak(surface, m)
     east, north = (
@@ -159,6 +179,7 @@ def check_scene(
         declared_offset_m=tuple(scene.label_offset_m) if scene.label_offset_m else None,
         flagged=clarity >= params.min_clarity and shift > params.tolerance_m,
         response="edges" if probability is None else "probability",
+        labels="vectors" if scene.roads else "raster",
         **extra,
     )
 
@@ -207,12 +228,11 @@ class _Omission:
 def check_labels(
     data: DataParams, params: LabelCheckParams, probabilities: Path | None = None
 ) -> list[SceneLabelCheck]:
-    """``check_scene`` for every scene with road vectors (label rasters are left out). With
-    ``probabilities``, a folder holding ``<image stem>_roads.tif`` for each scene."""
+    """``check_scene`` for every scene (tile sets expanded to their tiles, as ``data`` holds them
+    after ``tilesets.expand``). With ``probabilities``, a folder holding ``<image stem>_roads.tif``
+    for each scene."""
     results = []
     for scene in data.scenes:
-        if scene.roads is None:
-            continue
         prob = None
         if probabilities is not None:
             prob = Path(probabilities) / f"{Path(scene.image).stem}_roads.tif"

@@ -148,3 +148,65 @@ def test_a_missing_probability_raster_names_the_command_that_makes_it(scene_dir)
         FileNotFoundError, match="ortho_roads.tif: no probability raster.*pipeline predict"
     ):
         check_labels(DataParams(scenes=[scene], bands=BANDS), PARAMS, scene_dir / "none")
+
+
+def test_a_tile_sets_label_rasters_are_checked_after_tiling(tmp_path, capsys):
+    """Tiles without georeferencing (a public tile set): labels drawn 6 px west and 4 px south
+    of the roads the first model finds, and one road the labels miss."""
+    from pipeline.raster import local_grid
+
+    from .test_tilesets import write_image
+
+    root = tmp_path / "set"
+    image = np.full((3, SIZE, SIZE), 90, np.uint8)
+    found = _paint(SIZE, ROADS + [((EXTRA_ROAD_X, -20, EXTRA_ROAD_X, 276), 6.0, "track")])
+    image[:, found > 0] = 180
+    labelled = [((x0 - 6, y0 + 4, x1 - 6, y1 + 4), w, h) for (x0, y0, x1, y1), w, h in ROADS]
+    write_image(root / "images" / "t1.png", image, "PNG")
+    write_image(root / "masks" / "t1.png", (_paint(SIZE, labelled) * 255).astype(np.uint8), "PNG")
+    params = {
+        "synth": {"scenes": []},
+        "data": {
+            "bands": ["red", "green", "blue"],
+            "scenes": [
+                {
+                    "name": "set",
+                    "root": str(root),
+                    "images": "images/*.png",
+                    "labels": "masks/{stem}.png",
+                    "pixel_size_m": 1.0,
+                    "label": {"road": [255], "background": [0]},
+                    "split": {"val_fraction": 0.0, "test_fraction": 0.0},
+                }
+            ],  # fmt: skip
+        },
+        "tile": {"out_dir": str(tmp_path / "chips"), "chip_size": 64, "stride": 64, "workers": 1},
+        "pretrain": {"archs": []},
+        "train": {"encoder_weights": "none"},
+        # the unlabelled road's edges lower the peak's clarity (9.1 here) below the default 10
+        "label_check": {
+            "window_px": 256,
+            "min_clarity": 8,
+            "report_path": str(tmp_path / "check.json"),
+        },  # fmt: skip
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    probs = tmp_path / "probs"
+    probs.mkdir()
+    crs, transform = local_grid(1.0, SIZE)
+    write_geotiff(
+        probs / "t1_roads.tif", np.round(found * 254).astype(np.uint8), crs=crs,
+        transform=transform, nodata=255,
+    )  # fmt: skip
+    args = ["label-check", "--params", str(path), "--probabilities", str(probs)]
+    assert main(args) == 2  # before `pipeline tile` the prepared tiles do not exist: an error
+    assert "pipeline tile" in capsys.readouterr().err
+    assert main(["tile", "-q", "--params", str(path)]) == 0
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "set_t1: labels sit 7.2 m off" in out and "label raster" in out
+    [row] = json.loads((tmp_path / "check.json").read_text())
+    assert row["labels"] == "raster" and row["flagged"]
+    assert (row["shift_east_m"], row["shift_north_m"]) == pytest.approx((6.0, 4.0), abs=1.0)
+    assert row["omitted_km"] > 0.15  # the track, 256 m, less where it meets labelled roads
