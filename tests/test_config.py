@@ -136,3 +136,15 @@ def test_synth_scenes_mistakes_are_errors_naming_them(tmp_path, change, message)
     change(data)
     with pytest.raises(ConfigError, match=message):
         load_params(_write(tmp_path, data))
+
+
+def test_the_shipped_recipes_are_valid_params_files():
+    from pipeline.config import TileSetSource
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/params.yaml"))
+    assert recipes
+    for path in recipes:
+        p = load_params(path)  # a ConfigError names the file and the field
+        tile_sets = [e for e in p.data.scenes if isinstance(e, TileSetSource)]
+        assert tile_sets and all(t.pixel_size_m for t in tile_sets), path
+        assert p.pretrain.archs or p.train.encoder_weights == "none", path
