@@ -119,6 +119,7 @@ class _Labels:
         self.info = info
         self.roads = vectors.load_scene_roads(scene, data, info) if scene.roads else None
         self.path = scene.labels
+        self.kind = "vectors" if self.roads is not None else "raster"
 
     def window(self, row: int, col: int, shape: tuple[int, int]) -> np.ndarray:
         if self.roads is not None:
@@ -148,20 +149,21 @@ def check_scene(
     for row, col in _windows(info, labels, params):
         size = params.window_px
         big = (size + 2 * m, size + 2 * m)
-        label = labels.window(row, col, (size, size))
         if probability is None:
+            label = labels.window(row, col, (size, size))
             with raster.open_reader(scene.image) as reader:
                 image, valid = reader.read(col - m, row - m, *big)
-            response, target = edge_strength(image, valid), _label_edges(label)
+            response = edge_strength(image, valid)
         else:
+            wide = labels.window(row - m, col - m, big)  # the omission count looks past the window
+            label = wide[m : m + size, m : m + size]
             prob = _read_probability(probability, row - m, col - m, big)
-            omission.add(prob, labels.window(row - m, col - m, big).astype(bool))
+            omission.add(prob, wide.astype(bool))
             # the probability's edges against the labels' edges, as with image edges: the
             # probability itself correlates with the label band over a broad plateau of shifts
             # (roads are several pixels wide), which hides how clear the best shift is
             response = edge_strength(prob[None], np.ones(big, bool))
-            target = _label_edges(label)
-        surface += _correlation(response, target, m)
+        surface += _correlation(response, _label_edges(label), m)
     dr, dc, clarity = _peak(surface, m)
     east, north = (
         dc * abs(info.transform.a) * _unit(info),
@@ -179,7 +181,7 @@ def check_scene(
         declared_offset_m=tuple(scene.label_offset_m) if scene.label_offset_m else None,
         flagged=clarity >= params.min_clarity and shift > params.tolerance_m,
         response="edges" if probability is None else "probability",
-        labels="vectors" if scene.roads else "raster",
+        labels=labels.kind,
         **extra,
     )
 
