@@ -51,6 +51,7 @@ def map_ordered(
     """
     from tqdm import tqdm
 
+    quiet_interrupted_sync()
     with contextlib.ExitStack() as stack:
         if client is None and workers > 1:
             import dask
@@ -265,6 +266,39 @@ class _HeartbeatAtCloseFilter(logging.Filter):
         return not workers or any(w.status not in closing for w in workers)
 
 
+class _InterruptedSyncFilter(logging.Filter):
+    """Drops the NameError distributed logs when Ctrl-C or SIGTERM lands in a blocking call.
+
+    ``distributed.utils.sync`` (2026.8) answers a KeyboardInterrupt by scheduling a
+    ``cancel()`` on its event loop that reads a future assigned only once the call has started
+    there; when the interrupt comes first, the loop's callback fails with ``NameError: cannot
+    access free variable 'future'`` and tornado logs it with a traceback. Nothing was left
+    running (the call never started), and our own interrupt message follows; the traceback
+    would only tell the user that something crashed.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, NameError) or exc.name != "future":
+            return True
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        code = tb.tb_frame.f_code if tb is not None else None
+        return not (
+            code is not None
+            and code.co_name == "cancel"
+            and code.co_filename.replace(os.sep, "/").endswith("distributed/utils.py")
+        )
+
+
+def quiet_interrupted_sync() -> None:
+    """Install ``_InterruptedSyncFilter`` on tornado's callback logger in this process (once)."""
+    logger = logging.getLogger("tornado.application")
+    if not any(isinstance(f, _InterruptedSyncFilter) for f in logger.filters):
+        logger.addFilter(_InterruptedSyncFilter())
+
+
 def _quiet_heartbeat_at_close() -> None:
     """Install ``_HeartbeatAtCloseFilter`` in this worker process (once): for the clusters
     roadseg starts and stops itself, whose shutdown it knows to be deliberate."""
@@ -284,6 +318,7 @@ def local_cluster(workers: int | None, device: str = "auto") -> Iterator[Any]:
     import dask
     from distributed import Client, LocalCluster
 
+    quiet_interrupted_sync()
     plan = plan_workers(workers, device)
     threads = plan.torch_threads
     pre_spawn = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
@@ -310,6 +345,7 @@ def connect(scheduler: str) -> Iterator[Any]:
     """A Client on a running scheduler (``tcp://host:port``); its workers must see the files."""
     from distributed import Client
 
+    quiet_interrupted_sync()
     try:
         client = Client(scheduler, timeout=SCHEDULER_CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as e:
