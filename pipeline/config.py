@@ -117,6 +117,25 @@ class SceneSource(_Section):
         "labels drawn over other imagery (OpenStreetMap) are often a few metres off; "
         "`pipeline label-check` measures the shift",
     )
+    transfer: bool = Field(
+        False,
+        description="Another source (place, sensor, pixel size) held out whole to measure how the "
+        "model travels: never trained or validated on, scored apart from the test scenes "
+        "(evaluate's `transfer` metrics, the model card)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _transfer_is_held_out(cls, data: Any) -> Any:
+        if not (isinstance(data, dict) and data.get("transfer")):
+            return data
+        split = data.get("split", "auto")
+        if split not in ("auto", "test"):
+            raise ValueError(
+                f"scene {data.get('name')!r}: transfer: true holds the whole scene out, so its "
+                f"split cannot be {split!r}"
+            )
+        return {**data, "split": "test"}
 
     @model_validator(mode="after")
     def _one_label_source(self) -> SceneSource:
@@ -269,6 +288,12 @@ class TileSetSource(_Section):
         "with exactly this value in every band are nodata in image and labels",
     )
     split: TileSetSplit = Field(default_factory=TileSetSplit, description="Whole-tile split")
+    transfer: bool = Field(
+        False,
+        description="Every tile held out: another source (place, sensor, pixel size) scored "
+        "apart from the test scenes to measure how the model travels (evaluate's `transfer` "
+        "metrics, the model card); `split` is then not used",
+    )
 
     @field_validator("images")
     @classmethod

@@ -95,7 +95,7 @@ class SceneScore:
 # ------------------------------------------------------------------------------------ inputs
 def held_out_scenes(data: DataParams) -> list[SceneSource]:
     """The scenes held out whole for testing (``split: test`` in params.yaml's data.scenes)."""
-    scenes = [s for s in data.scenes if s.split == "test"]
+    scenes = [s for s in data.scenes if s.split == "test" and not s.transfer]
     if not scenes:
         names = ", ".join(f"{s.name} ({s.split})" for s in data.scenes)
         raise EvaluateError(
@@ -103,6 +103,17 @@ def held_out_scenes(data: DataParams) -> list[SceneSource]:
             f"data.scenes (scenes now: {names})"
         )
     return scenes
+
+
+def transfer_sources(entries: list[Any], data: DataParams) -> dict[str, list[SceneSource]]:
+    """The ``transfer: true`` entries of data.scenes as given (``entries``, before tile sets
+    are expanded) and the scenes of each in the expanded ``data``."""
+    by_name = {s.name: s for s in data.scenes}
+    return {
+        e.name: [by_name[n] for n in tilesets.entry_scene_names(e)]
+        for e in entries
+        if getattr(e, "transfer", False)
+    }
 
 
 def sweep_thresholds(model_threshold: float) -> np.ndarray:
@@ -370,7 +381,7 @@ def _flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     for k, v in metrics.items():
         if isinstance(v, int | float):
             flat[f"{prefix}{k}"] = float(v)
-        elif isinstance(v, dict) and k != "per_scene":
+        elif isinstance(v, dict) and k not in ("per_scene", "transfer"):
             flat.update({f"{prefix}{k}/{_metric_key(c)}": float(x) for c, x in v.items()})
     return flat
 
@@ -381,6 +392,8 @@ def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
     flat = _flat(result)
     for scene, metrics in result.get("per_scene", {}).items():
         flat.update(_flat(metrics, f"{_metric_key(scene)}/"))
+    for source, metrics in result.get("transfer", {}).items():
+        flat.update(_flat(metrics, f"transfer/{_metric_key(source)}/"))
     return flat
 
 
@@ -483,6 +496,39 @@ def _pooled_metrics(
     return result, curve
 
 
+def transfer_metrics(
+    scores: dict[str, SceneScore],
+    sources: dict[str, list[SceneSource]],
+    threshold: float,
+    rho: int,
+) -> dict[str, dict[str, float]]:
+    """Per transfer source, the metrics over its scenes' pixels together at the model's
+    ``threshold``; suffixed ``_at_source_best``, at that source's own F1-best threshold (how
+    much of the loss a threshold chosen for the source would win back)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, scenes in sources.items():
+        pooled = ThresholdSweep(sweep_thresholds(threshold), rho)
+        for scene in scenes:
+            pooled += scores[scene.name].sweep
+        if pooled.n_valid == 0:
+            log.warning("evaluate: transfer source %s has no valid pixel; not scored", name)
+            continue
+        curve = pooled.compute()
+        best = best_f1_threshold(curve)
+        metrics = {
+            k.replace("_at_test_best", "_at_source_best"): v
+            for k, v in summarize(curve, threshold, best).items()
+        }
+        sizes = [raster.raster_info(s.image).metres_per_pixel for s in scenes]
+        out[name] = {
+            **metrics,
+            "source_best_threshold": best,
+            "scenes": len(scenes),
+            "pixel_size_m": float(np.median([m for m in sizes if m is not None] or [np.nan])),
+        }
+    return out
+
+
 def _add_class_recall(result: dict[str, Any], scores: dict[str, SceneScore]) -> None:
     """Recall by road class, per scene and pooled over the scenes."""
     pooled_by_class: dict[str, tuple[int, int]] = {}
@@ -577,18 +623,28 @@ def run_evaluate(
     """
     model_dir = Path(model_dir)
     data_lines = tilesets.describe(data, tilesets.read_summaries(tile.stats_path))
+    entries = list(data.scenes)
     data = tilesets.expand(data, Path(tile.out_dir) / tilesets.PREPARED_DIR)
     scenes = held_out_scenes(data)
+    sources = transfer_sources(entries, data)
+    others = [s for group in sources.values() for s in group]
     threshold = read_config(model_dir).threshold
 
     with (
         tempfile.TemporaryDirectory(prefix="roadseg-evaluate-") as tmp,
-        parallel.shared_cluster(None, len(scenes), tile.workers) as scheduler,
+        parallel.shared_cluster(None, len(scenes) + len(others), tile.workers) as scheduler,
     ):
         scores, network_scores = _score_scenes(
             scenes, model_dir, params, data, tile, network, threshold, scheduler, Path(tmp)
         )
         result, curve = _pooled_metrics(scores, threshold, params.relaxed_slack_px)
+        if others:
+            other_scores, _ = _score_scenes(
+                others, model_dir, params, data, tile, None, threshold, scheduler, Path(tmp)
+            )
+            result["transfer"] = transfer_metrics(
+                other_scores, sources, threshold, params.relaxed_slack_px
+            )
         if params.class_attribute:
             _add_class_recall(result, scores)
         _add_network_metrics(result, network_scores)

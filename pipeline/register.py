@@ -36,6 +36,33 @@ def _network_note(metrics: dict) -> str:
     )
 
 
+def _transfer_section(metrics: dict, gsd_m: float | None) -> str:
+    """Where the model holds: the held-out test scenes beside each transfer source."""
+    sources = metrics.get("transfer") or {}
+    if not sources:
+        return (
+            "\n## Other sources\nNot measured: add a scene or tile set from another place or "
+            "sensor to data.scenes with `transfer: true` and evaluate scores it here.\n"
+        )
+    gsd = f"{gsd_m:g}" if gsd_m else "?"
+    lines = [
+        "\n## Other sources (held out whole, never trained on; `transfer: true`)",
+        "Predicted as `pipeline predict` would (resampled to the model's pixel size), at the "
+        "model's threshold; the last column at the source's own F1-best threshold.\n",
+        "| source | scenes | pixel size (m) | IoU | relaxed break-even | recall | IoU at its best threshold |",
+        "|---|---|---|---|---|---|---|",
+        f"| test scenes (this data) | {len(metrics.get('per_scene', {}))} | {gsd} | "
+        f"{metrics['iou']:.3f} | {metrics['relaxed_break_even']:.3f} | {metrics['recall']:.3f} | "
+        f"{metrics.get('iou_at_test_best', float('nan')):.3f} |",
+    ]
+    for name, m in sources.items():
+        lines.append(
+            f"| {name} | {m['scenes']:.0f} | {m['pixel_size_m']:.2g} | {m['iou']:.3f} | "
+            f"{m['relaxed_break_even']:.3f} | {m['recall']:.3f} | {m['iou_at_source_best']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def model_card(params: Params, config, eval_metrics: dict, version_hint: str = "") -> str:
     """A markdown model card: data, params, metrics, intended use, limits."""
     m = eval_metrics
@@ -78,14 +105,15 @@ zoo (encoder weights: {config.encoder_weights}{f"; fine-tuned from {config.init_
 {rows}
 
 Decision threshold (F1-best on the validation chips, chosen by train): {config.threshold:.3f}
-{_network_note(m)}
+{_network_note(m)}{_transfer_section(m, config.gsd_m)}
 ## Intended use
 Road probability maps from {len(config.bands)}-band ({", ".join(config.bands)}) {dtype} imagery
 at a pixel size close to {gsd}, for mapping teams to review in a GIS.
 `pipeline predict region.tif` (it warns on another sample type or pixel size).
 
 ## Limits
-- Trained on the scenes above only; other sensors, seasons or resolutions need fine-tuning.
+- Trained on the scenes above only; other sensors, seasons or resolutions may need
+  fine-tuning (see "Other sources" for what was measured).
 - Roads under canopy are labelled as road in training and may be over- or under-predicted.
 - Probabilities are not calibrated beyond the threshold choice.
 """

@@ -86,7 +86,7 @@ def assign_splits(stems: list[str], split: TileSetSplit) -> dict[str, str]:
 def tile_scenes(ts: TileSetSource, prepared_dir: Path) -> list[SceneSource]:
     """The scenes of a tile set, pointing at its prepared files below ``prepared_dir``."""
     tiles = find_tiles(ts)
-    splits = assign_splits([stem for stem, _, _ in tiles], ts.split)
+    splits = tile_splits(ts, [stem for stem, _, _ in tiles])
     folder = Path(prepared_dir) / ts.name
     return [
         SceneSource(
@@ -94,9 +94,24 @@ def tile_scenes(ts: TileSetSource, prepared_dir: Path) -> list[SceneSource]:
             image=folder / f"{stem}.vrt",
             labels=folder / f"{stem}.labels.tif",
             split=splits[stem],
+            transfer=ts.transfer,
         )
         for stem, _, _ in tiles
     ]
+
+
+def tile_splits(ts: TileSetSource, stems: list[str]) -> dict[str, str]:
+    """Split of each tile: every tile ``test`` for a transfer set, else ``assign_splits``."""
+    if ts.transfer:
+        return dict.fromkeys(stems, "test")
+    return assign_splits(stems, ts.split)
+
+
+def entry_scene_names(entry: SceneSource | TileSetSource) -> list[str]:
+    """The scene names a ``data.scenes`` entry becomes (a tile set: one per tile)."""
+    if isinstance(entry, TileSetSource):
+        return [f"{entry.name}_{stem}" for stem, _, _ in find_tiles(entry)]
+    return [entry.name]
 
 
 def expand(data: DataParams, prepared_dir: Path, *, check_prepared: bool = True) -> DataParams:
@@ -225,7 +240,7 @@ def prepare(
         out = Path(prepared_dir) / ts.name
         out.mkdir(parents=True, exist_ok=True)
         tiles = find_tiles(ts)
-        splits = assign_splits([stem for stem, _, _ in tiles], ts.split)
+        splits = tile_splits(ts, [stem for stem, _, _ in tiles])
         results = map_ordered(
             prepare_tile,
             [(ts, stem, image, label, out) for stem, image, label in tiles],
@@ -266,15 +281,17 @@ def describe(data: DataParams, tilesets: dict[str, dict] | None = None) -> list[
     lines = []
     for entry in data.scenes:
         if not isinstance(entry, TileSetSource):
-            lines.append(f"{entry.name} ({entry.split})")
+            lines.append(f"{entry.name} ({'transfer' if entry.transfer else entry.split})")
             continue
         s = (tilesets or {}).get(entry.name)
         if s is None:
             stems = [stem for stem, _, _ in find_tiles(entry)]
-            splits = assign_splits(stems, entry.split)
+            splits = tile_splits(entry, stems)
             s = {"tiles": len(stems), "splits": {k: list(splits.values()).count(k) for k in SPLITS}}
         area = f", {s['area_km2']:g} km²" if "area_km2" in s else ""
         counts = " / ".join(f"{s['splits'][k]} {k}" for k in SPLITS)
+        if entry.transfer:
+            counts = "all held out: transfer"
         lines.append(
             f"{entry.name}: tile set {Path(entry.root) / entry.images}, {s['tiles']} tiles{area} "
             f"({counts})"

@@ -174,6 +174,9 @@ def plan_chips(
     plans: dict[str, list[ChipWindow]] = {}
     for scene in data.scenes:
         info = infos[scene.name]
+        if scene.transfer:
+            plans[scene.name] = []  # scored by evaluate on the whole scene, never chipped
+            continue
         if scene.split != "auto":
             plans[scene.name] = whole_scene_chips(
                 info.height, info.width, tile.chip_size, tile.stride, scene.split

@@ -568,3 +568,58 @@ def test_several_test_scenes_are_predicted_on_one_cluster(
     east, west = result["per_scene"]["east"], result["per_scene"]["west"]
     assert east["valid_pixels"] == west["valid_pixels"] == int((~_nodata_corner()).sum())
     assert east["iou"] == pytest.approx(west["iou"])  # the same image, the same pixels
+
+
+@pytest.mark.slow
+def test_transfer_sources_are_scored_apart_from_the_test_scenes(tmp_path, isolated_mlflow):
+    """A `transfer: true` scene is predicted and scored like a test scene but reported on its
+    own (eval.json's `transfer`, MLflow's transfer/<source>/...), never pooled into the
+    headline metrics. Here it is the test scene's own image and roads: its figures must equal
+    the test scene's exactly, and the headline must count the test scene's pixels only."""
+    from mlflow.tracking import MlflowClient
+
+    image = _write_image(tmp_path / "scene.tif")
+    roads = _write_roads(tmp_path / "scene.roads.gpkg")
+    model_dir = _write_model(tmp_path / "model")
+    data = DataParams(
+        scenes=[
+            SceneSource(name="held_out", image=image, roads=roads, split="test"),
+            SceneSource(name="elsewhere", image=image, roads=roads, transfer=True),
+            SceneSource(name="training", image=image, roads=roads, split="train"),
+        ],
+        bands=BANDS,
+    )
+    ev, tile, reg = _params(tmp_path)
+
+    result = run_evaluate(ev, data, tile, model_dir, reg)
+
+    assert set(result["per_scene"]) == {"held_out"}
+    scene = result["per_scene"]["held_out"]
+    assert result["valid_pixels"] == scene["valid_pixels"] == int((~_nodata_corner()).sum())
+    other = result["transfer"]["elsewhere"]
+    assert other["scenes"] == 1 and other["pixel_size_m"] == pytest.approx(1.0)
+    for key in ("iou", "relaxed_break_even", "recall", "valid_pixels", "road_pixels"):
+        assert other[key] == pytest.approx(scene[key]), key
+    assert other["iou_at_source_best"] >= other["iou"] - 1e-9
+    assert json.loads(ev.metrics_path.read_text())["transfer"] == result["transfer"]
+    logged = MlflowClient(tracking_uri=reg.tracking_uri).get_run(result["mlflow_run_id"])
+    assert logged.data.metrics["transfer/elsewhere/iou"] == pytest.approx(other["iou"])
+    assert logged.data.metrics["iou"] == pytest.approx(result["iou"])
+
+
+def test_a_transfer_scene_cannot_be_trained_on():
+    with pytest.raises(ValueError, match="transfer: true holds the whole scene out"):
+        SceneSource(name="x", image="x.tif", labels="y.tif", transfer=True, split="train")
+    assert SceneSource(name="x", image="x.tif", labels="y.tif", transfer=True).split == "test"
+
+
+def test_only_transfer_scenes_is_still_no_test_scene(tmp_path):
+    data = DataParams(
+        scenes=[
+            SceneSource(
+                name="far", image=tmp_path / "a.tif", labels=tmp_path / "b.tif", transfer=True
+            )
+        ]
+    )
+    with pytest.raises(EvaluateError, match="no test scene"):
+        held_out_scenes(data)

@@ -210,6 +210,29 @@ def test_model_card_describes_this_model_not_the_demo(tmp_path):
     card = model_card(load_params(tmp_path / "params.yaml"), config, metrics, "v8")
     assert "Recall by road class (`road_class`)" in card
     assert "| track | 80 | 0.375 |" in card and "| motorway | 1000 | 0.990 |" in card
+    assert "## Other sources\nNot measured: add a scene or tile set" in card
+
+    metrics = {
+        "iou": 0.61,
+        "relaxed_break_even": 0.84,
+        "recall": 0.7,
+        "iou_at_test_best": 0.62,
+        "per_scene": {"a": {}, "b": {}},
+        "transfer": {
+            "ottawa": {
+                "iou": 0.24,
+                "relaxed_break_even": 0.73,
+                "recall": 0.3,
+                "iou_at_source_best": 0.31,
+                "scenes": 1,
+                "pixel_size_m": 0.21,
+            }
+        },
+    }
+    card = model_card(load_params(tmp_path / "params.yaml"), config, metrics, "v9")
+    assert "| test scenes (this data) | 2 | 0.3 | 0.610 | 0.840 | 0.700 | 0.620 |" in card
+    assert "| ottawa | 1 | 0.21 | 0.240 | 0.730 | 0.300 | 0.310 |" in card
+    assert "| iou | 0.6100 |" in card  # the headline table keeps the test scenes only
     config = config.model_copy(update={"init_from": "models:/city-roads@champion"})
     assert "fine-tuned from models:/city-roads@champion" in model_card(
         load_params(tmp_path / "params.yaml"), config, metrics

@@ -232,3 +232,29 @@ def test_tile_set_entry_mistakes_are_config_errors(tmp_path, capsys, change, mes
     assert main(["tile", "-q", "--params", str(params_file(tmp_path, [entry]))]) == 2
     err = capsys.readouterr().err
     assert "data.scenes.0.tileset" in err and message in err
+
+
+def test_a_transfer_tile_set_is_prepared_held_out_whole_and_not_chipped(tmp_path):
+    """`transfer: true`: every tile is test, prepared for evaluate but cut into no chip, and
+    the data line says so; the other set trains as before."""
+    massachusetts_like(tmp_path / "mass")
+    red_on_white(tmp_path / "dg")
+    dg = {**red_entry(tmp_path / "dg"), "transfer": True}
+    params = params_file(tmp_path, [mass_entry(tmp_path / "mass"), dg])
+    assert main(["tile", "-q", "--params", str(params)]) == 0
+    out = tmp_path / "chips"
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["tilesets"]["dg"]["splits"] == {"train": 0, "val": 0, "test": 3}
+    index = gpd.read_file(out / "index.gpkg")
+    assert not index["scene"].str.startswith("dg_").any()
+    assert index["scene"].str.startswith("mass_").any()
+    for stem in ("104", "113", "343"):
+        assert (out / "tilesets" / "dg" / f"{stem}.labels.tif").is_file()
+    data = load_params(params).data
+    expanded = tilesets.expand(data, out / "tilesets")
+    far = [s for s in expanded.scenes if s.transfer]
+    assert [s.name for s in far] == ["dg_104", "dg_113", "dg_343"]
+    assert {s.split for s in far} == {"test"}
+    assert tilesets.entry_scene_names(data.scenes[1]) == ["dg_104", "dg_113", "dg_343"]
+    line = tilesets.describe(data, tilesets.read_summaries(out / "stats.json"))[1]
+    assert line.endswith("3 tiles, 0.003072 km² (all held out: transfer)")
