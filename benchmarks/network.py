@@ -139,8 +139,48 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def model_rows(model: Path, scene: Path, roads: Path, folder: Path) -> None:
-    """Predict the scene with --network; score the repaired and the raw network."""
+def mosaic_vrt(scene: Path, n: int, path: Path) -> Path:
+    """A VRT of the scene repeated n x n times (same CRS and pixel size, its origin): a large
+    raster with the scene's road density, for timing predict and the network at that size."""
+    from xml.sax.saxutils import escape
+
+    import rasterio
+
+    with rasterio.open(scene) as src:
+        w, h, t = src.width, src.height, src.transform
+        bands = [
+            (b, src.dtypes[b - 1], src.colorinterp[b - 1].name.capitalize())
+            for b in range(1, src.count + 1)
+        ]
+        nodata, wkt = src.nodata, src.crs.to_wkt()
+    gdal_types = {"uint8": "Byte", "uint16": "UInt16", "float32": "Float32", "int16": "Int16"}
+    xml = [f'<VRTDataset rasterXSize="{w * n}" rasterYSize="{h * n}">']
+    xml.append(f"  <SRS>{escape(wkt)}</SRS>")
+    xml.append(f"  <GeoTransform>{t.c}, {t.a}, {t.b}, {t.f}, {t.d}, {t.e}</GeoTransform>")
+    for b, dtype, interp in bands:
+        xml.append(f'  <VRTRasterBand dataType="{gdal_types[dtype]}" band="{b}">')
+        xml.append(f"    <ColorInterp>{interp}</ColorInterp>")
+        if nodata is not None:
+            xml.append(f"    <NoDataValue>{nodata}</NoDataValue>")
+        for i in range(n):
+            for j in range(n):
+                xml += [
+                    "    <SimpleSource>",
+                    f'      <SourceFilename relativeToVRT="0">{scene.resolve()}</SourceFilename>',
+                    f"      <SourceBand>{b}</SourceBand>",
+                    f'      <SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>',
+                    f'      <DstRect xOff="{j * w}" yOff="{i * h}" xSize="{w}" ySize="{h}"/>',
+                    "    </SimpleSource>",
+                ]
+        xml.append("  </VRTRasterBand>")
+    xml.append("</VRTDataset>")
+    path.write_text("\n".join(xml) + "\n")
+    return path
+
+
+def model_rows(model: Path, scene: Path, roads: Path | None, folder: Path) -> None:
+    """Predict the scene with --network; score the repaired and the raw network (when the
+    scene's roads are given)."""
     from pipeline.config import PredictOptions, SceneSource
     from pipeline.network import network_raster
     from pipeline.network_eval import score_scene_network
@@ -166,6 +206,9 @@ def model_rows(model: Path, scene: Path, roads: Path, folder: Path) -> None:
         f"(client and workers), the network alone {net_cpu:.2f} s ({net_wall:.2f} s wall) = "
         f"{100 * net_cpu / (predict_cpu - net_cpu):.1f} % of predict's CPU"
     )
+    print("predict phases:", {k: round(v, 2) for k, v in result.timings.items()})
+    if roads is None:
+        return
     tags = raster.raster_tags(folder / "prob.tif")
     threshold = float(tags["threshold"])
     source = SceneSource(name=scene.stem, image=scene, roads=roads, split="test")
@@ -233,6 +276,13 @@ def main() -> None:
         action="store_true",
         help="without a model: score the scene's roads as a perfect and a degraded mask",
     )
+    ap.add_argument(
+        "--mosaic",
+        type=int,
+        default=1,
+        help="with --model: predict the scene repeated N x N times (a VRT), e.g. 16 for a "
+        "16384^2 raster from a 1024^2 scene; APLS is then not scored",
+    )
     ap.add_argument("--workdir", type=Path, help="where the inputs go (default: a temp folder)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="roadseg-network-bench-") as tmp:
@@ -242,7 +292,10 @@ def main() -> None:
         if sizes:
             size_rows(sizes, folder)
         if args.model:
-            model_rows(args.model, args.scene, args.roads, folder)
+            scene, roads = args.scene, args.roads
+            if args.mosaic > 1:
+                scene, roads = mosaic_vrt(args.scene, args.mosaic, folder / "mosaic.vrt"), None
+            model_rows(args.model, scene, roads, folder)
         if args.simulate:
             simulated_rows(args.scene, args.roads, folder)
 

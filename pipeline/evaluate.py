@@ -519,14 +519,21 @@ def transfer_metrics(
             k.replace("_at_test_best", "_at_source_best"): v
             for k, v in summarize(curve, threshold, best).items()
         }
-        sizes = [raster.raster_info(s.image).metres_per_pixel for s in scenes]
         out[name] = {
             **metrics,
             "source_best_threshold": best,
             "scenes": len(scenes),
-            "pixel_size_m": float(np.median([m for m in sizes if m is not None] or [np.nan])),
+            "pixel_size_m": _pixel_width_m(scenes),
         }
     return out
+
+
+def _pixel_width_m(scenes: list[SceneSource]) -> float:
+    """The scenes' median pixel width on the ground in metres (geodesic for a geographic CRS,
+    where a degree of longitude is shorter than one of latitude)."""
+    from pipeline.network import metres_per_pixel
+
+    return float(np.median([metres_per_pixel(raster.raster_info(s.image))[1] for s in scenes]))
 
 
 def _add_class_recall(result: dict[str, Any], scores: dict[str, SceneScore]) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,7 @@ def metres_per_pixel(info: raster.RasterInfo) -> tuple[float, float]:
     if info.crs is None:
         return (1.0, 1.0)
     if not info.crs.is_geographic:
-        unit = info.crs.linear_units_factor[1]
+        unit = raster.metres_per_unit(info.crs)
         return (row_step * unit, col_step * unit)
     import pyproj
 
@@ -339,33 +340,53 @@ def build_network(
 
 class _Sampler:
     """Probability at integer (row, col) points, read in tiles of ``TILE`` pixels kept in a
-    small cache (repair samples loose ends in row-major order: neighbours share tiles)."""
+    least-recently-used cache as the file stores them (repair samples loose ends in row-major
+    order: a band of tiles two tiles high across the raster is in use at a time).
 
-    TILE = 256
-    KEEP = 64  # tiles held: 16 MiB
+    The tiles keep the file's values and validity, scaled only at the sampled points: a float
+    copy of every tile would cost four times the memory for the few points sampled."""
+
+    TILE = 512
+    KEEP = 96  # tiles held: 48 MiB of uint8 values and masks (more for wider sample types)
 
     def __init__(self, reader: raster.WindowReader, scaling: raster.BandScaling) -> None:
         self.reader, self.scaling = reader, scaling
-        self.tiles: dict[tuple[int, int], np.ndarray] = {}
+        self.tiles: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
-    def _tile(self, key: tuple[int, int]) -> np.ndarray:
-        if key not in self.tiles:
-            if len(self.tiles) >= self.KEEP:
-                self.tiles.pop(next(iter(self.tiles)))
-            r0, c0 = key[0] * self.TILE, key[1] * self.TILE
-            self.tiles[key] = raster.read_scaled(
-                self.reader, self.scaling, c0, r0, self.TILE, self.TILE
-            )
-        return self.tiles[key]
+    def _tile(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        tile = self.tiles.get(key)
+        if tile is not None:
+            self.tiles.move_to_end(key)
+            return tile
+        if len(self.tiles) >= self.KEEP:
+            self.tiles.popitem(last=False)
+        tile = raster.read_raw(self.reader, key[1] * self.TILE, key[0] * self.TILE, self.TILE)
+        self.tiles[key] = tile
+        return tile
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         pts = points.astype(np.int64)
         keys = pts // self.TILE
-        out = np.empty(len(pts), np.float32)
-        for key in {tuple(k) for k in keys.tolist()}:
-            sel = (keys[:, 0] == key[0]) & (keys[:, 1] == key[1])
-            tile = self._tile(key)
-            out[sel] = tile[pts[sel, 0] - key[0] * self.TILE, pts[sel, 1] - key[1] * self.TILE]
+        local = pts - keys * self.TILE
+        out = np.full(len(pts), np.nan, np.float32)
+        first = keys[0] if len(keys) else None
+        if first is not None and (keys == first).all():  # the usual case: one tile
+            groups = [((int(first[0]), int(first[1])), slice(None))]
+        else:
+            groups = [
+                (key, (keys[:, 0] == key[0]) & (keys[:, 1] == key[1]))
+                for key in {tuple(k) for k in keys.tolist()}
+            ]
+        for key, sel in groups:
+            values, valid = self._tile(key)
+            if not values.size:
+                continue  # outside the raster: no probability
+            r, c = local[sel, 0], local[sel, 1]
+            inside = (r >= 0) & (c >= 0) & (r < values.shape[0]) & (c < values.shape[1])
+            r, c = np.where(inside, r, 0), np.where(inside, c, 0)
+            ok = inside & valid[r, c]
+            scaled = values[r, c].astype(np.float32) * np.float32(self.scaling.scale)
+            out[sel] = np.where(ok, scaled + np.float32(self.scaling.offset), np.nan)
         return out
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.atomic import atomic_path
 from pipeline.network_repair import oriented, path_length, sorted_edges
-from pipeline.raster import RasterInfo
+from pipeline.raster import RasterInfo, metres_per_unit
 
 EDGES_LAYER = "edges"
 NODES_LAYER = "nodes"
@@ -33,17 +33,32 @@ class RoadNetwork:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def simplify_path(path: np.ndarray, scale: tuple[float, float], tolerance_m: float) -> np.ndarray:
-    """Douglas-Peucker in metres; both ends stay; a ring keeps at least a triangle."""
+def simplify_paths(
+    paths: list[np.ndarray], scale: tuple[float, float], tolerance_m: float
+) -> list[np.ndarray]:
+    """Douglas-Peucker in metres, all paths in one call; both ends stay; a ring keeps at
+    least a triangle (else, as a path of fewer than 3 points, it stays as it is)."""
     import shapely
 
-    if tolerance_m <= 0 or len(path) < 3:
-        return path
-    metric = path * scale
-    simple = shapely.get_coordinates(shapely.simplify(shapely.LineString(metric), tolerance_m))
-    if len(simple) < (4 if np.allclose(path[0], path[-1]) else 2):
-        return path
-    return simple / scale
+    if tolerance_m <= 0 or not paths:
+        return list(paths)
+    counts = np.array([len(p) for p in paths])
+    short = counts < 3
+    todo = np.flatnonzero(~short)
+    if not len(todo):
+        return list(paths)
+    metric = np.vstack([paths[i] for i in todo]) * scale
+    lines = shapely.linestrings(metric, indices=np.repeat(np.arange(len(todo)), counts[todo]))
+    coords, owner = shapely.get_coordinates(shapely.simplify(lines, tolerance_m), return_index=True)
+    kept = np.bincount(owner, minlength=len(todo))
+    pieces = np.split(coords / scale, np.cumsum(kept)[:-1])
+    out = list(paths)
+    for k, i in enumerate(todo):
+        path = paths[i]
+        ring = np.allclose(path[0], path[-1])
+        if kept[k] >= (4 if ring else 2):
+            out[i] = pieces[k]
+    return out
 
 
 def _to_crs(path: np.ndarray, transform) -> np.ndarray:
@@ -53,6 +68,17 @@ def _to_crs(path: np.ndarray, transform) -> np.ndarray:
     return np.column_stack([t.c + cols * t.a + rows * t.b, t.f + cols * t.d + rows * t.e])
 
 
+def _lines(paths: list[np.ndarray], transform) -> np.ndarray:
+    """LineStrings in the raster's CRS of (K, 2) row/col paths, built in one call."""
+    import shapely
+
+    if not paths:
+        return np.array([], dtype=object)
+    counts = [len(p) for p in paths]
+    coords = _to_crs(np.vstack(paths), transform)
+    return shapely.linestrings(coords, indices=np.repeat(np.arange(len(paths)), counts))
+
+
 def _lengths(lines: list, crs) -> list[float]:
     import pyproj
     import shapely
@@ -60,7 +86,7 @@ def _lengths(lines: list, crs) -> list[float]:
     if crs is not None and crs.is_geographic:
         geod = pyproj.CRS.from_user_input(crs.to_wkt()).get_geod()
         return [abs(geod.geometry_length(g)) for g in lines]
-    factor = crs.linear_units_factor[1] if crs is not None else 1.0
+    factor = metres_per_unit(crs) if crs is not None else 1.0
     return [float(shapely.length(g)) * factor for g in lines]
 
 
@@ -68,29 +94,27 @@ def network_frames(network: RoadNetwork, simplify_m: float):
     """(edges, nodes) GeoDataFrames of ``network`` (edges simplified by ``simplify_m``)."""
     import geopandas as gpd
     import pyproj
-    import shapely
 
     graph, info = network.graph, network.info
     crs = pyproj.CRS.from_user_input(info.crs.to_wkt()) if info.crs else None
     nodes = sorted(graph.nodes)
     ids = {n: i for i, n in enumerate(nodes)}
-    rows = []
+    rows, paths = [], []
     for u, v, _, data in sorted_edges(graph):
         a, b = sorted((u, v), key=ids.__getitem__)
         path, probs = oriented(data, a) if u != v else (data["path"], data["probs"])
-        simple = simplify_path(path, network.scale, simplify_m)
-        line = shapely.LineString(_to_crs(simple, info.transform))
+        paths.append(path)
         low = float(np.min(probs))
-        rows.append((ids[a], ids[b], line, max(float(np.mean(probs, dtype=float)), low), low))
-    lines = [r[2] for r in rows]
+        rows.append((ids[a], ids[b], max(float(np.mean(probs, dtype=float)), low), low))
+    lines = list(_lines(simplify_paths(paths, network.scale, simplify_m), info.transform))
     edges = gpd.GeoDataFrame(
         {
             "edge_id": np.arange(len(rows), dtype=np.int64),
             "u": np.array([r[0] for r in rows], np.int64),
             "v": np.array([r[1] for r in rows], np.int64),
             "length_m": np.array(_lengths(lines, info.crs), float),
-            "mean_prob": np.array([r[3] for r in rows], float),
-            "min_prob": np.array([r[4] for r in rows], float),
+            "mean_prob": np.array([r[2] for r in rows], float),
+            "min_prob": np.array([r[3] for r in rows], float),
         },
         geometry=lines,
         crs=crs,

@@ -159,13 +159,13 @@ def prune_spurs(graph: nx.MultiGraph, scale: tuple[float, float], min_m: float) 
     (merging at the junctions left with two edges can expose a new spur)."""
     while min_m > 0:
         degree = dict(graph.degree)
-        spurs = [
-            (u, v, k)
-            for u, v, k, d in sorted_edges(graph)
-            if sorted((degree[u], degree[v]))[0] == 1
-            and sorted((degree[u], degree[v]))[1] >= 3
-            and path_length(d["path"], scale) < min_m
-        ]
+        # the set of spurs, not their order, decides what is removed
+        spurs = {
+            (u, v, k) if u <= v else (v, u, k)
+            for end in [n for n, d in degree.items() if d == 1]
+            for u, v, k, d in graph.edges(end, keys=True, data=True)
+            if max(degree[u], degree[v]) >= 3 and path_length(d["path"], scale) < min_m
+        }
         if not spurs:
             return
         graph.remove_edges_from(spurs)
@@ -175,10 +175,13 @@ def prune_spurs(graph: nx.MultiGraph, scale: tuple[float, float], min_m: float) 
 
 def drop_small_components(graph: nx.MultiGraph, scale: tuple[float, float], min_m: float) -> None:
     """Drop connected pieces whose edges add up to less than ``min_m``."""
-    for nodes in list(nx.connected_components(graph)):
-        sub = graph.subgraph(nodes)
-        total = sum(path_length(d["path"], scale) for _, _, d in sub.edges(data=True))
-        if total < min_m:
+    components = list(nx.connected_components(graph))
+    component = {node: i for i, nodes in enumerate(components) for node in nodes}
+    total = np.zeros(len(components))
+    for u, _, d in graph.edges(data=True):
+        total[component[u]] += path_length(d["path"], scale)
+    for nodes, length in zip(components, total, strict=True):
+        if length < min_m:
             graph.remove_nodes_from(nodes)
 
 
@@ -252,10 +255,15 @@ def bridge_gaps(
     if not ends:
         return
     edges = sorted_edges(graph)
-    vertices = _Vertices(edges, scale, np.array(ends) * scale, settings.bridge_max_m)
+    ends_m = np.array(ends) * scale
+    vertices = _Vertices(edges, scale, ends_m, settings.bridge_max_m)
     for (_, _, _, data), length in zip(edges, vertices.length, strict=True):
         data["length_m"] = float(length)  # Dijkstra's weight
-    found = (_best_bridge(graph, end, vertices, scale, settings, sample) for end in ends)
+    nearby = vertices.tree.query_ball_point(ends_m, settings.bridge_max_m)
+    found = (
+        _best_bridge(graph, end, np.array(near, np.int64), vertices, scale, settings, sample)
+        for end, near in zip(ends, nearby, strict=True)
+    )
     chosen = [b for b in found if b is not None]
     used: set[Node] = set()
     splits: dict[int, set[int]] = {}
@@ -283,34 +291,40 @@ class _Vertices:
     ) -> None:
         self.edges = edges
         paths = [d["path"] for _, _, _, d in edges]
-        steps = [np.hypot(*(np.diff(p, axis=0) * scale).T) for p in paths]
-        self.length = np.array([float(s.sum()) for s in steps])
+        sizes = np.array([len(p) for p in paths])
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        points = np.vstack(paths)
+        owner = np.repeat(np.arange(len(paths)), sizes)
+        # every path's steps at once: the step into each path's first point is zero
+        steps = np.hypot(*(np.diff(points, axis=0, prepend=points[:1]) * scale).T)
+        steps[starts] = 0.0
+        along = np.cumsum(steps)
+        along -= np.repeat(along[starts], sizes)
+        self.length = along[starts + sizes - 1]
         self.first = [d["start"] for _, _, _, d in edges]
         self.last = [tuple(p[-1]) for p in paths]
         # only the points that some loose end could reach are kept (memory)
         reach = cKDTree(ends_m)
-        near = [
-            np.isfinite(reach.query(p * scale, distance_upper_bound=radius_m)[0]) for p in paths
-        ]
-        self.points = np.vstack([p[k] for p, k in zip(paths, near, strict=True)])
-        self.owner = np.concatenate([np.full(k.sum(), e) for e, k in enumerate(near)])
-        self.index = np.concatenate([np.flatnonzero(k) for k in near])
-        along = [np.concatenate([[0.0], np.cumsum(s)]) for s in steps]
-        self.along = np.concatenate([a[k] for a, k in zip(along, near, strict=True)])
+        near = np.isfinite(reach.query(points * scale, distance_upper_bound=radius_m)[0])
+        self.points = points[near]
+        self.owner = owner[near]
+        self.index = (np.arange(len(points)) - np.repeat(starts, sizes))[near]
+        self.along = along[near]
         self.tree = cKDTree(self.points * scale)
 
 
 def _best_bridge(
     graph: nx.MultiGraph,
     end: Node,
+    near: np.ndarray,
     vx: _Vertices,
     scale: tuple[float, float],
     settings: RepairSettings,
     sample: Sampler,
 ) -> _Bridge | None:
-    """The shortest bridge from ``end`` that passes the detour and probability tests."""
+    """The shortest bridge from ``end`` to one of the path points ``near`` it (indexes into
+    ``vx``) that passes the detour and probability tests."""
     here = np.array(end, float)
-    near = np.array(vx.tree.query_ball_point(here * scale, settings.bridge_max_m), np.int64)
     gap = np.hypot(*((vx.points[near] - here) * scale).T) if len(near) else np.zeros(0)
     near, gap = near[gap > 0], gap[gap > 0]
     if not len(near):
@@ -319,20 +333,21 @@ def _best_bridge(
         graph, end, cutoff=settings.bridge_min_detour * settings.bridge_max_m, weight="length_m"
     )
     edge = vx.owner[near]
-    via_first = np.array([reach.get(vx.first[e], np.inf) for e in edge]) + vx.along[near]
-    via_last = np.array([reach.get(vx.last[e], np.inf) for e in edge]) + (
-        vx.length[edge] - vx.along[near]
-    )
+    owners, which = np.unique(edge, return_inverse=True)  # a few edges, many points each
+    to_first = np.array([reach.get(vx.first[e], np.inf) for e in owners])[which]
+    to_last = np.array([reach.get(vx.last[e], np.inf) for e in owners])[which]
+    via_first = to_first + vx.along[near]
+    via_last = to_last + (vx.length[edge] - vx.along[near])
     ok = np.minimum(via_first, via_last) >= settings.bridge_min_detour * gap
     near, gap, edge = near[ok], gap[ok], edge[ok]
     order = np.lexsort((near, gap))
     _, first_of_edge = np.unique(edge[order], return_index=True)  # the nearest point per edge
     candidates = order[np.sort(first_of_edge)]
-    lines = [_line(here, vx.points[i]) for i in near[candidates]]
-    if not lines:
+    if not len(candidates):
         return None
-    probs = np.nan_to_num(sample(np.rint(np.vstack(lines))), nan=-1.0).astype(np.float32)
-    offsets = np.cumsum([0] + [len(line) for line in lines])
+    lines, offsets = _lines(here, vx.points[near[candidates]])
+    probs = sample(np.rint(lines))
+    probs = np.where(np.isnan(probs), np.float32(-1.0), probs).astype(np.float32)
     for k, c in enumerate(candidates):
         line_probs = probs[offsets[k] : offsets[k + 1]]
         if np.all(line_probs >= settings.bridge_min_prob):
@@ -340,16 +355,21 @@ def _best_bridge(
             j, e = int(vx.index[i]), int(vx.owner[i])
             on_node = j in (0, len(vx.edges[e][3]["path"]) - 1)
             target = tuple(float(x) for x in vx.points[i])
-            return _Bridge(
-                float(gap[c]), end, target, -1 if on_node else e, j, lines[k], line_probs
-            )
+            line = lines[offsets[k] : offsets[k + 1]]
+            return _Bridge(float(gap[c]), end, target, -1 if on_node else e, j, line, line_probs)
     return None
 
 
-def _line(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Points about a pixel apart on the straight line from ``a`` to ``b`` (both included)."""
-    steps = max(2, int(np.ceil(np.hypot(*(b - a)))) + 1)
-    return a + np.linspace(0.0, 1.0, steps)[:, None] * (b - a)
+def _lines(a: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points about a pixel apart on the straight lines from ``a`` to each target (both ends
+    included), one after another, and where each line starts (plus the total) in them."""
+    delta = targets - a
+    counts = np.maximum(2, np.ceil(np.hypot(*delta.T)).astype(np.int64) + 1)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    line = np.repeat(np.arange(len(targets)), counts)
+    step = np.arange(offsets[-1]) - offsets[line]
+    fraction = step / (counts[line] - 1)
+    return a + fraction[:, None] * delta[line], offsets
 
 
 def _split_edge(graph: nx.MultiGraph, edge: tuple, vertices: list[int]) -> None:

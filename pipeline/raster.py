@@ -64,9 +64,7 @@ class RasterInfo:
             return None
         if self.crs.is_geographic:
             return self.res[0] * 111_320.0
-        if not self.crs.is_projected:  # a local engineering CRS (tile sets: LOCAL_GRID_WKT)
-            return self.res[0] * self.crs.units_factor[1]
-        return self.res[0] * self.crs.linear_units_factor[1]
+        return self.res[0] * metres_per_unit(self.crs)
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
@@ -74,6 +72,12 @@ class RasterInfo:
         left, top = self.transform @ (0, 0)
         right, bottom = self.transform @ (self.width, self.height)
         return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
+
+
+def metres_per_unit(crs: CRS) -> float:
+    """Metres in one unit of a projected CRS or of a local engineering one (tile sets:
+    ``LOCAL_GRID_WKT``, which has units but no linear units in PROJ's sense)."""
+    return float((crs.linear_units_factor if crs.is_projected else crs.units_factor)[1])
 
 
 def _open(path: str | Path) -> rasterio.DatasetReader:
@@ -523,6 +527,19 @@ def read_scaled(
     values[ds.read_masks(band, window=win) == 0] = np.nan
     out[r0 - row_off : r1 - row_off, c0 - col_off : c1 - col_off] = values
     return out
+
+
+def read_raw(
+    reader: WindowReader, col_off: int, row_off: int, size: int, band: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """One band's ``size`` x ``size`` window from (``row_off``, ``col_off``) as the file stores
+    the values, and where they are valid (GDAL's mask); cut at the raster's edges, empty for a
+    window that starts outside it."""
+    ds = reader.ds
+    if not (0 <= col_off < ds.width and 0 <= row_off < ds.height):
+        return np.zeros((0, 0), ds.dtypes[band - 1]), np.zeros((0, 0), bool)
+    win = Window(col_off, row_off, min(size, ds.width - col_off), min(size, ds.height - row_off))
+    return ds.read(band, window=win), ds.read_masks(band, window=win) > 0
 
 
 def valid_footprint(path: str | Path, max_side: int = 2048) -> Any:

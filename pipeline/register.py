@@ -36,7 +36,7 @@ def _network_note(metrics: dict) -> str:
     )
 
 
-def _transfer_section(metrics: dict, gsd_m: float | None) -> str:
+def _transfer_section(metrics: dict, gsd_m: float | None, test_scenes: int | None) -> str:
     """Where the model holds: the held-out test scenes beside each transfer source."""
     sources = metrics.get("transfer") or {}
     if not sources:
@@ -51,7 +51,7 @@ def _transfer_section(metrics: dict, gsd_m: float | None) -> str:
         "model's threshold; the last column at the source's own F1-best threshold.\n",
         "| source | scenes | pixel size (m) | IoU | relaxed break-even | recall | IoU at its best threshold |",
         "|---|---|---|---|---|---|---|",
-        f"| test scenes (this data) | {len(metrics.get('per_scene', {}))} | {gsd} | "
+        f"| test scenes (this data) | {test_scenes if test_scenes is not None else '?'} | {gsd} | "
         f"{metrics['iou']:.3f} | {metrics['relaxed_break_even']:.3f} | {metrics['recall']:.3f} | "
         f"{metrics.get('iou_at_test_best', float('nan')):.3f} |",
     ]
@@ -63,8 +63,15 @@ def _transfer_section(metrics: dict, gsd_m: float | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_card(params: Params, config, eval_metrics: dict, version_hint: str = "") -> str:
-    """A markdown model card: data, params, metrics, intended use, limits."""
+def model_card(
+    params: Params,
+    config,
+    eval_metrics: dict,
+    version_hint: str = "",
+    test_scenes: int | None = None,
+) -> str:
+    """A markdown model card: data, params, metrics, where the model holds, intended use,
+    limits (``test_scenes``: how many test scenes the metrics pool)."""
     m = eval_metrics
     rows = "\n".join(
         f"| {k} | {v:.4f} |"
@@ -105,7 +112,7 @@ zoo (encoder weights: {config.encoder_weights}{f"; fine-tuned from {config.init_
 {rows}
 
 Decision threshold (F1-best on the validation chips, chosen by train): {config.threshold:.3f}
-{_network_note(m)}{_transfer_section(m, config.gsd_m)}
+{_network_note(m)}{_transfer_section(m, config.gsd_m, test_scenes)}
 ## Intended use
 Road probability maps from {len(config.bands)}-band ({", ".join(config.bands)}) {dtype} imagery
 at a pixel size close to {gsd}, for mapping teams to review in a GIS.
@@ -137,7 +144,10 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
         )
         model_uri = registry.log_pyfunc_model(model_dir, example)
         card = model_card(
-            params, config, {k: v for k, v in eval_metrics.items() if k != "per_scene"}
+            params,
+            config,
+            {k: v for k, v in eval_metrics.items() if k != "per_scene"},
+            test_scenes=len(eval_metrics.get("per_scene", {})),
         )
         registry.log_text(card, "model_card.md")
         registry.set_run_description(card)

@@ -173,6 +173,17 @@ def test_geographic_raster_lengths_in_metres(tmp_path):
     )
 
 
+def test_a_tile_on_the_local_grid_of_a_tile_set_is_measured_in_metres(tmp_path):
+    """Tile sets without georeferencing get a local engineering CRS (no linear units in
+    PROJ's sense): the network of such a tile's probability is still in metres."""
+    prob = draw((100, 160), [(50, 5, 50, 155, 0.8)])
+    crs, transform = raster.local_grid(0.5, 100)
+    path = raster.write_geotiff(tmp_path / "tile.tif", prob, crs=crs, transform=transform)
+    edges, _ = network_frames(build_network(path, NetworkParams(**SMALL), threshold=0.5), 0.5)
+    assert len(edges) == 1
+    assert edges.length_m.iloc[0] == pytest.approx(148 * 0.5, abs=3)
+
+
 def test_float_raster_of_another_tool(tmp_path):
     prob = draw((100, 160), [(50, 5, 50, 155, 0.8)])
     prob[:, :3] = np.nan

@@ -217,7 +217,6 @@ def test_model_card_describes_this_model_not_the_demo(tmp_path):
         "relaxed_break_even": 0.84,
         "recall": 0.7,
         "iou_at_test_best": 0.62,
-        "per_scene": {"a": {}, "b": {}},
         "transfer": {
             "ottawa": {
                 "iou": 0.24,
@@ -229,7 +228,7 @@ def test_model_card_describes_this_model_not_the_demo(tmp_path):
             }
         },
     }
-    card = model_card(load_params(tmp_path / "params.yaml"), config, metrics, "v9")
+    card = model_card(load_params(tmp_path / "params.yaml"), config, metrics, "v9", test_scenes=2)
     assert "| test scenes (this data) | 2 | 0.3 | 0.610 | 0.840 | 0.700 | 0.620 |" in card
     assert "| ottawa | 1 | 0.21 | 0.240 | 0.730 | 0.300 | 0.310 |" in card
     assert "| iou | 0.6100 |" in card  # the headline table keeps the test scenes only
