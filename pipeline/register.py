@@ -168,7 +168,10 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
     champion_iou = None
     if champion is not None and champion != version:
         champion_iou = float(registry.version_tags(reg.model_name, champion).get("test_iou", "-1"))
-    alias = CHAMPION if champion_iou is None or test_iou >= champion_iou else CHALLENGER
+    # compared as the tags keep them (6 decimals): the same model registered again ties
+    alias = (
+        CHAMPION if champion_iou is None or float(f"{test_iou:.6f}") >= champion_iou else CHALLENGER
+    )
     registry.set_alias(reg.model_name, alias, version)
 
     receipt = {

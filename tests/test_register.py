@@ -64,12 +64,13 @@ def _register_with_iou(params, release: Path, iou: float) -> dict:
 
 
 def _check_registry_flow(params, release: Path, env: dict) -> None:
-    first = _register_with_iou(params, release, 0.50)
+    iou = 0.5342096927462782  # more digits than the tag keeps: a tie must still be a tie
+    first = _register_with_iou(params, release, iou)
     assert (first["version"], first["alias"]) == ("1", "champion")
     worse = _register_with_iou(params, release, 0.40)
     assert (worse["version"], worse["alias"]) == ("2", "challenger")
     assert registry.alias_version("road-unet", "champion") == "1"
-    tie = _register_with_iou(params, release, 0.50)
+    tie = _register_with_iou(params, release, iou)
     assert tie["alias"] == "champion", "a version at least as good as the champion takes the alias"
 
     versions = registry.list_versions("road-unet")
@@ -77,7 +78,7 @@ def _check_registry_flow(params, release: Path, env: dict) -> None:
     assert versions[0]["aliases"] == ["champion"] and versions[1]["aliases"] == ["challenger"]
     tags = versions[2]["tags"]
     assert tags["encoder"] == "resnet18" and tags["git_commit"] == "abc123"
-    assert float(tags["test_iou"]) == 0.5 and tags["data_fingerprint"] == "f" * 64
+    assert tags["test_iou"] == "0.534210" and tags["data_fingerprint"] == "f" * 64
 
     promote(params, "2")
     assert registry.alias_version("road-unet", "champion") == "2"
