@@ -697,8 +697,8 @@ class NetworkParams(_Section):
     workers: int = Field(
         1,
         ge=1,
-        description="Dask worker processes that thin and trace blocks (1: in this process); "
-        "the network is the same for any number",
+        description="Dask worker processes that thin and trace blocks (1: in this process, "
+        "thinning a block per core on up to 4 threads); the network is the same for any number",
     )
     seam_margin_px: int = Field(
         32, ge=4, description="Skeleton seen beyond a block's edges when it is traced (seam joins)"

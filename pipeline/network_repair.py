@@ -53,6 +53,15 @@ def path_length(path: np.ndarray, scale: tuple[float, float]) -> float:
     return float(np.hypot(*(np.diff(path, axis=0) * scale).T).sum())
 
 
+def edge_length(data: dict, scale: tuple[float, float]) -> float:
+    """An edge's length in metres, measured once (an edge's path never changes: the steps
+    replace edges, they do not edit them)."""
+    length = data.get("length_m")
+    if length is None:
+        length = data["length_m"] = path_length(data["path"], scale)
+    return length
+
+
 def sorted_edges(graph: nx.MultiGraph) -> list[tuple[Node, Node, int, dict]]:
     """Edges in an order that depends only on their geometry."""
     edges = list(graph.edges(keys=True, data=True))
@@ -128,7 +137,7 @@ def merge_junctions(graph: nx.MultiGraph, scale: tuple[float, float], distance_m
             u != v
             and graph.degree(u) >= 3
             and graph.degree(v) >= 3
-            and path_length(data["path"], scale) < distance_m
+            and edge_length(data, scale) < distance_m
         ):
             clusters.add_edge(u, v)
     for members in sorted(sorted(c) for c in nx.connected_components(clusters)):
@@ -164,7 +173,7 @@ def prune_spurs(graph: nx.MultiGraph, scale: tuple[float, float], min_m: float) 
             (u, v, k) if u <= v else (v, u, k)
             for end in [n for n, d in degree.items() if d == 1]
             for u, v, k, d in graph.edges(end, keys=True, data=True)
-            if max(degree[u], degree[v]) >= 3 and path_length(d["path"], scale) < min_m
+            if max(degree[u], degree[v]) >= 3 and edge_length(d, scale) < min_m
         }
         if not spurs:
             return
@@ -179,7 +188,7 @@ def drop_small_components(graph: nx.MultiGraph, scale: tuple[float, float], min_
     component = {node: i for i, nodes in enumerate(components) for node in nodes}
     total = np.zeros(len(components))
     for u, _, d in graph.edges(data=True):
-        total[component[u]] += path_length(d["path"], scale)
+        total[component[u]] += edge_length(d, scale)
     for nodes, length in zip(components, total, strict=True):
         if length < min_m:
             graph.remove_nodes_from(nodes)
@@ -195,34 +204,73 @@ def extend_ends(
     """Carry each dead end on, in the direction of its last ``max_m``, for as long as the
     probability stays at or above ``threshold``, at most ``max_m``: thinning stops a road's
     centreline about half a road width short of where the road ends (the raster's edge, the
-    edge of the data, a cul-de-sac)."""
-    for end in sorted(n for n in graph.nodes if graph.degree(n) == 1):
-        ((_, other, key, data),) = graph.edges(end, keys=True, data=True)
-        path, probs = oriented(data, other)  # runs into the end
-        back = _point_back(path, scale, max_m)
-        direction = (path[-1] - back) * scale
-        norm = float(np.hypot(*direction))
-        if norm == 0:
+    edge of the data, a cul-de-sac).
+
+    The points ahead of every end are sampled in one call; an end whose edge an earlier
+    extension replaced (both ends of one short edge) is planned and sampled again."""
+    ends = sorted(n for n in graph.nodes if graph.degree(n) == 1)
+    plans = [_extension(graph, end, scale, max_m) for end in ends]
+    ahead = [plan.ahead for plan in plans if plan.ahead is not None]
+    sampled = sample(np.rint(np.vstack(ahead))) if ahead else np.zeros(0, np.float32)
+    values = iter(np.split(sampled, np.cumsum([len(a) for a in ahead])[:-1]) if ahead else [])
+    for end, plan in zip(ends, plans, strict=True):
+        planned = next(values) if plan.ahead is not None else None
+        if not (end in graph and graph.degree(end) == 1):
             continue
-        step = direction / norm / scale  # one metre, in pixels
-        count = int(max_m)
-        ahead = path[-1] + np.arange(1, count + 1)[:, None] * step
-        values = np.nan_to_num(sample(np.rint(ahead)), nan=-1.0)
-        keep = int(np.argmin(values >= threshold)) if (values < threshold).any() else count
-        if keep == 0:
-            continue
-        new_end = tuple(float(v) for v in ahead[keep - 1])
-        if new_end in graph:
-            continue
-        graph.remove_edge(end, other, key)
-        graph.remove_node(end)
-        add_edge(
-            graph,
-            other,
-            new_end,
-            np.vstack([path, ahead[:keep]]),
-            np.concatenate([probs, values[:keep].astype(np.float32)]),
-        )
+        if graph.get_edge_data(plan.other, end, plan.key) is not plan.data:
+            plan = _extension(graph, end, scale, max_m)
+            planned = sample(np.rint(plan.ahead)) if plan.ahead is not None else None
+        if planned is not None:
+            _extend(graph, end, plan, np.nan_to_num(planned, nan=-1.0), threshold)
+
+
+@dataclass(frozen=True)
+class _Extension:
+    """A dead end's edge and the points one metre apart ahead of it (None: no direction)."""
+
+    other: Node
+    key: int
+    data: dict
+    path: np.ndarray  # running into the end
+    probs: np.ndarray
+    ahead: np.ndarray | None
+
+
+def _extension(
+    graph: nx.MultiGraph, end: Node, scale: tuple[float, float], max_m: float
+) -> _Extension:
+    ((_, other, key, data),) = graph.edges(end, keys=True, data=True)
+    path, probs = oriented(data, other)
+    direction = (path[-1] - _point_back(path, scale, max_m)) * scale
+    norm = float(np.hypot(*direction))
+    if norm == 0:
+        return _Extension(other, key, data, path, probs, None)
+    step = direction / norm / scale  # one metre, in pixels
+    ahead = path[-1] + np.arange(1, int(max_m) + 1)[:, None] * step
+    return _Extension(other, key, data, path, probs, ahead)
+
+
+def _extend(
+    graph: nx.MultiGraph, end: Node, plan: _Extension, values: np.ndarray, threshold: float
+) -> None:
+    """Move ``end`` along ``plan.ahead`` while ``values`` (the probability there) stay at or
+    above ``threshold``."""
+    count = len(values)
+    keep = int(np.argmin(values >= threshold)) if (values < threshold).any() else count
+    if keep == 0:
+        return
+    new_end = tuple(float(v) for v in plan.ahead[keep - 1])
+    if new_end in graph:
+        return
+    graph.remove_edge(end, plan.other, plan.key)
+    graph.remove_node(end)
+    add_edge(
+        graph,
+        plan.other,
+        new_end,
+        np.vstack([plan.path, plan.ahead[:keep]]),
+        np.concatenate([plan.probs, values[:keep].astype(np.float32)]),
+    )
 
 
 def _point_back(path: np.ndarray, scale: tuple[float, float], distance_m: float) -> np.ndarray:
@@ -257,14 +305,13 @@ def bridge_gaps(
     edges = sorted_edges(graph)
     ends_m = np.array(ends) * scale
     vertices = _Vertices(edges, scale, ends_m, settings.bridge_max_m)
-    for (_, _, _, data), length in zip(edges, vertices.length, strict=True):
-        data["length_m"] = float(length)  # Dijkstra's weight
+    for _, _, _, data in edges:
+        edge_length(data, scale)  # Dijkstra's weight, "length_m"
     nearby = vertices.tree.query_ball_point(ends_m, settings.bridge_max_m)
-    found = (
-        _best_bridge(graph, end, np.array(near, np.int64), vertices, scale, settings, sample)
-        for end, near in zip(ends, nearby, strict=True)
-    )
-    chosen = [b for b in found if b is not None]
+    chosen = []
+    for i in range(0, len(ends), _ENDS_AT_ONCE):  # row-major chunks: their lines share tiles
+        chunk = slice(i, i + _ENDS_AT_ONCE)
+        chosen += _bridges_of(graph, ends[chunk], nearby[chunk], vertices, scale, settings, sample)
     used: set[Node] = set()
     splits: dict[int, set[int]] = {}
     accepted = []
@@ -313,22 +360,69 @@ class _Vertices:
         self.tree = cKDTree(self.points * scale)
 
 
-def _best_bridge(
+_ENDS_AT_ONCE = 2048  # loose ends whose candidate lines are sampled in one call
+
+
+def _bridges_of(
+    graph: nx.MultiGraph,
+    ends: list[Node],
+    nearby: list[list[int]],
+    vx: _Vertices,
+    scale: tuple[float, float],
+    settings: RepairSettings,
+    sample: Sampler,
+) -> list[_Bridge]:
+    """For each end, the shortest bridge to one of the path points ``nearby`` it (indexes
+    into ``vx``) that passes the detour and probability tests; the candidates' lines of all
+    the ends are drawn and sampled together."""
+    found = [
+        _candidates(graph, end, np.array(near, np.int64), vx, scale, settings)
+        for end, near in zip(ends, nearby, strict=True)
+    ]
+    counts = np.array([len(points) for points, _ in found])
+    if not counts.sum():
+        return []
+    targets = np.concatenate([points for points, _ in found])
+    gaps = np.concatenate([gap for _, gap in found])
+    starts = np.repeat(np.array(ends, float), counts, axis=0)
+    lines, offsets = _lines(starts, vx.points[targets])
+    probs = sample(np.rint(lines))
+    probs = np.where(np.isnan(probs), np.float32(-1.0), probs).astype(np.float32)
+    passed = np.logical_and.reduceat(probs >= settings.bridge_min_prob, offsets[:-1])
+    first = np.concatenate([[0], np.cumsum(counts)])
+    bridges = []
+    for k, end in enumerate(ends):
+        ok = np.flatnonzero(passed[first[k] : first[k + 1]])
+        if not len(ok):
+            continue
+        c = first[k] + int(ok[0])  # candidates come nearest first
+        i = int(targets[c])
+        j, e = int(vx.index[i]), int(vx.owner[i])
+        on_node = j in (0, len(vx.edges[e][3]["path"]) - 1)
+        target = tuple(float(x) for x in vx.points[i])
+        line, line_probs = lines[offsets[c] : offsets[c + 1]], probs[offsets[c] : offsets[c + 1]]
+        bridges.append(
+            _Bridge(float(gaps[c]), end, target, -1 if on_node else e, j, line, line_probs)
+        )
+    return bridges
+
+
+def _candidates(
     graph: nx.MultiGraph,
     end: Node,
     near: np.ndarray,
     vx: _Vertices,
     scale: tuple[float, float],
     settings: RepairSettings,
-    sample: Sampler,
-) -> _Bridge | None:
-    """The shortest bridge from ``end`` to one of the path points ``near`` it (indexes into
-    ``vx``) that passes the detour and probability tests."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where a bridge from ``end`` may go, nearest first, and how long it would be: of the
+    path points ``near`` it, the nearest of each edge among those the network does not
+    already link to ``end`` within ``bridge_min_detour`` times the gap."""
     here = np.array(end, float)
     gap = np.hypot(*((vx.points[near] - here) * scale).T) if len(near) else np.zeros(0)
     near, gap = near[gap > 0], gap[gap > 0]
     if not len(near):
-        return None
+        return near, gap
     reach = nx.single_source_dijkstra_path_length(
         graph, end, cutoff=settings.bridge_min_detour * settings.bridge_max_m, weight="length_m"
     )
@@ -343,33 +437,19 @@ def _best_bridge(
     order = np.lexsort((near, gap))
     _, first_of_edge = np.unique(edge[order], return_index=True)  # the nearest point per edge
     candidates = order[np.sort(first_of_edge)]
-    if not len(candidates):
-        return None
-    lines, offsets = _lines(here, vx.points[near[candidates]])
-    probs = sample(np.rint(lines))
-    probs = np.where(np.isnan(probs), np.float32(-1.0), probs).astype(np.float32)
-    for k, c in enumerate(candidates):
-        line_probs = probs[offsets[k] : offsets[k + 1]]
-        if np.all(line_probs >= settings.bridge_min_prob):
-            i = int(near[c])
-            j, e = int(vx.index[i]), int(vx.owner[i])
-            on_node = j in (0, len(vx.edges[e][3]["path"]) - 1)
-            target = tuple(float(x) for x in vx.points[i])
-            line = lines[offsets[k] : offsets[k + 1]]
-            return _Bridge(float(gap[c]), end, target, -1 if on_node else e, j, line, line_probs)
-    return None
+    return near[candidates], gap[candidates]
 
 
-def _lines(a: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Points about a pixel apart on the straight lines from ``a`` to each target (both ends
-    included), one after another, and where each line starts (plus the total) in them."""
-    delta = targets - a
+def _lines(starts: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points about a pixel apart on the straight line from each start to its target (both
+    ends included), one line after another, and where each starts (plus the total)."""
+    delta = targets - starts
     counts = np.maximum(2, np.ceil(np.hypot(*delta.T)).astype(np.int64) + 1)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     line = np.repeat(np.arange(len(targets)), counts)
     step = np.arange(offsets[-1]) - offsets[line]
     fraction = step / (counts[line] - 1)
-    return a + fraction[:, None] * delta[line], offsets
+    return starts[line] + fraction[:, None] * delta[line], offsets
 
 
 def _split_edge(graph: nx.MultiGraph, edge: tuple, vertices: list[int]) -> None:

@@ -287,3 +287,28 @@ def test_junction_cluster_merged_into_one_node(tmp_path):
     params = NetworkParams(**SMALL, junction_merge_m=0, spur_min_m=0)
     _, raw = network_frames(build_network(path, params), 1.0)
     assert sorted(raw.degree) == [1, 1, 1, 1, 3, 3]
+
+
+def test_repair_samples_the_probability_the_file_holds_across_tiles(tmp_path):
+    """The sampler repair reads probabilities through (tiles of the file in a small cache):
+    points spread over many tiles, in any order, some outside the raster or on nodata, get
+    exactly the file's value, NaN where there is none."""
+    from pipeline.network import _Sampler
+
+    rng = np.random.default_rng(0)
+    prob = rng.random((1300, 1100)).astype(np.float32)
+    prob[:40, :] = np.nan
+    path = write_prob(tmp_path / "p.tif", prob)
+    expected = np.rint(np.nan_to_num(prob, nan=255 / 254) * 254) / 254
+    expected[:40, :] = np.nan
+    points = np.column_stack([rng.integers(-50, 1350, 5000), rng.integers(-50, 1150, 5000)])
+    inside = (points >= 0).all(axis=1) & (points[:, 0] < 1300) & (points[:, 1] < 1100)
+    with raster.open_reader(path) as reader:
+        sampler = _Sampler(reader, raster.band_scaling(path))
+        sampler.KEEP = 3  # tiles are dropped and read again
+        got = sampler(points.astype(float))
+        one = sampler(points[inside][:1].astype(float))
+    want = np.full(len(points), np.nan)
+    want[inside] = expected[points[inside, 0], points[inside, 1]]
+    np.testing.assert_allclose(got, want, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(one, want[inside][:1], rtol=1e-6)
