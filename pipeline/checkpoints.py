@@ -10,8 +10,10 @@ weights) that a resume must match.
 
 from __future__ import annotations
 
+import errno
 import json
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +37,38 @@ class Progress:
     run_id: str | None = None
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that could not be written; the message names the file and why."""
+
+
 def save_checkpoint(path: Path, **state) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write ``state`` to ``path`` through a temporary file: a write that fails (a full disk)
+    leaves the previous checkpoint as it was and says so in one line."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (RuntimeError, OSError) as e:
+        raise CheckpointError(_write_failure(Path(path), e)) from None
+
+
+def _write_failure(path: Path, error: BaseException) -> str:
+    kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was written"
+    folder = path.parent if path.parent.is_dir() else Path.cwd()
+    free = shutil.disk_usage(folder).free
+    if (
+        "No space left" in str(error)
+        or getattr(error, "errno", None) == errno.ENOSPC
+        or (free < _DISK_FULL_BYTES)
+    ):
+        return (
+            f"{path}: the disk is full ({free / 2**20:.0f} MiB free) while writing a "
+            f"checkpoint; {kept}. Free some space (or set train.out_dir on another disk) "
+            "and run again with --resume"
+        )
+    return f"{path}: cannot write a checkpoint ({str(error).splitlines()[0]}); {kept}"
+
+
+_DISK_FULL_BYTES = 2**20  # less free space than this after a failed write: the disk is full
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -63,6 +63,24 @@ def _transfer_section(metrics: dict, gsd_m: float | None, test_scenes: int | Non
     return "\n".join(lines) + "\n"
 
 
+def _metric_rows(m: dict, class_attribute: str | None) -> str:
+    """The test metrics' table rows, and recall by road class when evaluated."""
+    rows = "\n".join(
+        f"| {k} | {v:.4f} |"
+        for k, v in m.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    )
+    by_class = m.get("recall_by_class") or {}
+    if by_class:
+        pixels = m.get("road_pixels_by_class", {})
+        rows += (
+            f"\n\nRecall by road class (`{class_attribute}`), at the decision threshold:\n\n"
+            "| road class | road pixels | recall |\n|---|---|---|\n"
+            + "\n".join(f"| {c} | {pixels.get(c, '')} | {r:.3f} |" for c, r in by_class.items())
+        )
+    return rows
+
+
 def model_card(
     params: Params,
     config,
@@ -73,19 +91,7 @@ def model_card(
     """A markdown model card: data, params, metrics, where the model holds, intended use,
     limits (``test_scenes``: how many test scenes the metrics pool)."""
     m = eval_metrics
-    rows = "\n".join(
-        f"| {k} | {v:.4f} |"
-        for k, v in m.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    )
-    by_class = m.get("recall_by_class") or {}
-    if by_class:
-        pixels = m.get("road_pixels_by_class", {})
-        rows += (
-            f"\n\nRecall by road class (`{params.evaluate.class_attribute}`), at the decision threshold:\n\n"
-            "| road class | road pixels | recall |\n|---|---|---|\n"
-            + "\n".join(f"| {c} | {pixels.get(c, '')} | {r:.3f} |" for c, r in by_class.items())
-        )
+    rows = _metric_rows(m, params.evaluate.class_attribute)
     scenes = "; ".join(
         tilesets.describe(params.data, tilesets.read_summaries(params.tile.stats_path))
     )

@@ -469,6 +469,41 @@ def test_disk_full_while_writing_is_one_line_and_leaves_nothing(model, scheduler
     assert "Traceback" not in err and left == []
 
 
+@needs_private_mounts
+def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path):
+    """torch.save on a full disk raises a bare RuntimeError from its zip writer; training
+    must say which file and why in one line, and the checkpoint of the epoch before must
+    still load (a resume starts from it)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    code = (
+        "import os, sys, torch\n"
+        "from pathlib import Path\n"
+        "from pipeline.checkpoints import CheckpointError, load_checkpoint, save_checkpoint\n"
+        "p = Path(sys.argv[1]) / 'last.pt'\n"
+        "save_checkpoint(p, model={'w': torch.ones(1000)}, epoch=1)\n"
+        "try:\n"
+        "    save_checkpoint(p, model={'w': torch.ones(2_000_000)}, epoch=2)\n"
+        "except CheckpointError as e:\n"
+        "    print('ERROR:' + str(e))\n"
+        "print('EPOCH:', load_checkpoint(p)['epoch'])\n"
+        "print('LEFT:', ' '.join(sorted(os.listdir(sys.argv[1]))))\n"
+    )
+    script = 'mount -t tmpfs -o size=1m tmpfs "$1" || exit 99; shift; exec "$@"'
+    proc = subprocess.run(
+        UNSHARE + ["sh", "-c", script, "sh", str(folder), sys.executable, "-c", code, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"ERROR:{folder}/last.pt: the disk is full" in out, out
+    assert "the previous checkpoint is kept" in out and "--resume" in out
+    assert "EPOCH: 1" in out and "LEFT: last.pt\n" in out
+
+
 # ------------------------------------------------------------------------ the tile stage
 def test_label_grid_error_says_what_differs(project, capsys):
     from affine import Affine
