@@ -80,15 +80,18 @@ class SceneTiles:
 
 # ----------------------------------------------------------------------------- validation
 def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
-    """Validate every scene before any work: CRS present, same band count, label grids match."""
+    """Validate every scene before any work: CRS present, same band count, label grids match,
+    one sample type (transfer scenes, never chipped, may have another: predict reads them)."""
     infos: dict[str, raster.RasterInfo] = {}
+    chipped: list[raster.RasterInfo] = []
     for scene in data.scenes:
         info = raster.raster_info(scene.image)
         if info.crs is None:
             raise TilingError(
                 f"{scene.image}: image has no CRS; georeference it (gdal_edit.py -a_srs) first"
             )
-        first = next(iter(infos.values()), None)
+        first = chipped[0] if chipped and not scene.transfer else None
+        chipped += [] if scene.transfer else [info]
         if first is not None and info.dtype != first.dtype:
             raise TilingError(
                 f"{scene.image}: sample type {info.dtype}, but {first.path} is {first.dtype}; every "
@@ -499,8 +502,10 @@ def _prepare_inputs(
     for bp in band_plans.values():
         if bp.note:
             log.info("%s", bp.note)
-    percentiles = {
-        s.name: raster.band_percentiles(s.image, band_plans[s.name]) for s in data.scenes
+    percentiles = {  # the chips' stretch: transfer scenes give none
+        s.name: raster.band_percentiles(s.image, band_plans[s.name])
+        for s in data.scenes
+        if not s.transfer
     }
     return _TileInputs(data, tileset_summaries, infos, band_plans, percentiles)
 

@@ -14,7 +14,7 @@ import pytest
 import rasterio
 import yaml
 
-from pipeline import tilesets
+from pipeline import raster, tilesets
 from pipeline.chip_format import MASK_NODATA
 from pipeline.cli import main
 from pipeline.config import TileSetSplit, load_params
@@ -258,3 +258,27 @@ def test_a_transfer_tile_set_is_prepared_held_out_whole_and_not_chipped(tmp_path
     assert tilesets.entry_scene_names(data.scenes[1]) == ["dg_104", "dg_113", "dg_343"]
     line = tilesets.describe(data, tilesets.read_summaries(out / "stats.json"))[1]
     assert line.endswith("3 tiles, 0.003072 km² (all held out: transfer)")
+
+
+def test_a_transfer_scene_may_come_from_another_sensor(tmp_path, capsys):
+    """A transfer scene is never chipped, so it may have another sample type (an 11-bit
+    satellite chip beside 8-bit aerial tiles): predict stretches it. A training scene of
+    another sample type is still refused, naming both files."""
+    from affine import Affine
+
+    massachusetts_like(tmp_path / "mass")
+    image = np.random.default_rng(2).integers(0, 2047, (3, SIZE, SIZE), dtype=np.uint16)
+    labels = np.zeros((SIZE, SIZE), np.uint8)
+    labels[20:24, :] = 1
+    grid = dict(crs="EPSG:32651", transform=Affine(0.3, 0, 350000.0, 0, -0.3, 3450000.0))
+    sat = raster.write_geotiff(tmp_path / "wv3.tif", image, **grid)
+    lab = raster.write_geotiff(tmp_path / "wv3.labels.tif", labels, **grid)
+    far = {"name": "wv3", "image": str(sat), "labels": str(lab), "transfer": True}
+    params = params_file(tmp_path, [mass_entry(tmp_path / "mass"), far])
+    assert main(["tile", "-q", "--params", str(params)]) == 0
+    stats = json.loads((tmp_path / "chips" / "stats.json").read_text())
+    assert "wv3" not in stats["percentiles"]
+
+    params = params_file(tmp_path, [mass_entry(tmp_path / "mass"), {**far, "transfer": False}])
+    assert main(["tile", "-q", "--params", str(params)]) == 2
+    assert "wv3.tif: sample type uint16, but" in capsys.readouterr().err
