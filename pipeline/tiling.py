@@ -28,7 +28,7 @@ from affine import Affine
 
 from pipeline import raster
 from pipeline.atomic import atomic_path, write_text_atomic
-from pipeline.chip_format import INDEX_LAYER, LANDCOVER_UNKNOWN, MASK_NODATA
+from pipeline.chip_format import INDEX_FILE, INDEX_LAYER, LANDCOVER_UNKNOWN, MASK_NODATA
 from pipeline.config import DataParams, SceneSource, TileParams
 from pipeline.splits import (
     ChipWindow,
@@ -582,18 +582,30 @@ def _chip_index(results: list[SceneTiles], infos: dict[str, raster.RasterInfo], 
     """One GeoDataFrame of every chip's index row and footprint, in ``crs``."""
     import geopandas as gpd
     import pandas as pd
+    from pyproj.exceptions import ProjError
     from shapely.geometry import box
 
     frames = []
     for res in results:
         if not res.rows:
             continue
-        gdf = gpd.GeoDataFrame(
-            [{k: v for k, v in row.items() if k != "bounds"} for row in res.rows],
-            geometry=[box(*row["bounds"]) for row in res.rows],
-            crs=infos[res.scene].crs,
+        frames.append(
+            gpd.GeoDataFrame(
+                [{k: v for k, v in row.items() if k != "bounds"} for row in res.rows],
+                geometry=[box(*row["bounds"]) for row in res.rows],
+                crs=infos[res.scene].crs,
+            )
         )
-        frames.append(gdf.to_crs(crs))
+    try:
+        frames = [f if f.crs == crs else f.to_crs(crs) for f in frames]
+    except ProjError:
+        # tiles on a local grid (no georeferencing) beside georeferenced scenes: no common CRS
+        log.warning(
+            "tile: the scenes' grids are not related (local tile grids beside georeferenced "
+            "images): %s has each chip's footprint in its own scene's coordinates, no CRS",
+            INDEX_FILE,
+        )
+        frames, crs = [f.set_crs(None, allow_override=True) for f in frames], None
     return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=crs)
 
 
@@ -624,7 +636,8 @@ def run_tile(
     """
     workers = workers or tile.workers
     inputs = _prepare_inputs(data, tile, workers, progress)
-    infos, first = inputs.infos, inputs.infos[inputs.data.scenes[0].name]
+    chipped = [s for s in inputs.data.scenes if not s.transfer] or inputs.data.scenes
+    infos, first = inputs.infos, inputs.infos[chipped[0].name]
     plans = plan_chips(inputs.data, tile, infos)
     Path(tile.out_dir).mkdir(parents=True, exist_ok=True)
     results = _tile_scenes(
@@ -682,9 +695,13 @@ def stretched_stats(
 
 def write_index(index, path: Path) -> None:
     """Write the chip index GeoPackage atomically and reproducibly (fixed GeoPackage timestamp)."""
+    import warnings
+
     from pipeline import vectors
 
-    vectors.write_vectors(index, path, layer=INDEX_LAYER, reproducible=True)
+    with warnings.catch_warnings():  # no CRS is what _chip_index means when it gives none
+        warnings.filterwarnings("ignore", message="'crs' was not provided")
+        vectors.write_vectors(index, path, layer=INDEX_LAYER, reproducible=True)
 
 
 def _median_gsd(data: DataParams, infos: dict[str, raster.RasterInfo]) -> float:

@@ -282,3 +282,28 @@ def test_a_transfer_scene_may_come_from_another_sensor(tmp_path, capsys):
     params = params_file(tmp_path, [mass_entry(tmp_path / "mass"), {**far, "transfer": False}])
     assert main(["tile", "-q", "--params", str(params)]) == 2
     assert "wv3.tif: sample type uint16, but" in capsys.readouterr().err
+
+
+def test_local_tile_grids_train_beside_georeferenced_scenes(tmp_path, caplog):
+    """PNG tiles without georeferencing (a local grid) and a georeferenced scene train
+    together: there is no common CRS for the chip index, so its footprints stay in each
+    scene's own coordinates, without a CRS, and the tile stage says so."""
+    from affine import Affine
+
+    massachusetts_like(tmp_path / "mass")
+    image = np.random.default_rng(3).integers(0, 255, (3, SIZE, SIZE), dtype=np.uint8)
+    labels = np.zeros((SIZE, SIZE), np.uint8)
+    labels[:, 30:34] = 1
+    grid = dict(crs="EPSG:4326", transform=Affine(3e-6, 0, -75.9, 0, -3e-6, 45.33))
+    img = raster.write_geotiff(tmp_path / "ottawa.tif", image, **grid)
+    lab = raster.write_geotiff(tmp_path / "ottawa.labels.tif", labels, **grid)
+    other = {"name": "ottawa", "image": str(img), "labels": str(lab), "split": "train"}
+    params = params_file(tmp_path, [mass_entry(tmp_path / "mass"), other])
+    with caplog.at_level("WARNING", logger="pipeline.tiling"):
+        assert main(["tile", "-q", "--params", str(params)]) == 0
+    assert "the scenes' grids are not related" in caplog.text
+    index = gpd.read_file(tmp_path / "chips" / "index.gpkg")
+    assert index.crs is None
+    assert set(index["scene"].str.split("_").str[0]) == {"mass", "ottawa"}
+    ottawa = index[index["scene"] == "ottawa"].total_bounds
+    assert ottawa[0] == pytest.approx(-75.9) and ottawa[3] == pytest.approx(45.33)
