@@ -69,8 +69,12 @@ from pipeline.scene_truth import SceneWindows, TruthError
 
 log = logging.getLogger(__name__)
 
-# Thresholds of the sweep, 0.00..1.00 (the same grid train chooses the model's threshold on).
-SWEEP_THRESHOLDS = DEFAULT_THRESHOLDS
+# Thresholds of the sweep: 0.00..1.00 in steps of 0.01 (the grid train chooses the model's
+# threshold on), and steps of 0.001 below 0.01 and above 0.99, where a model on imagery unlike
+# its training data often has its break-even point (the Massachusetts model on Ottawa: 0.007).
+SWEEP_THRESHOLDS = np.union1d(
+    DEFAULT_THRESHOLDS, np.r_[np.arange(1, 10) / 1000, 1 - np.arange(1, 10) / 1000]
+)
 EVAL_BLOCK = 1024  # a test scene is scored in blocks of about this many pixels a side
 
 
@@ -117,7 +121,7 @@ def transfer_sources(entries: list[Any], data: DataParams) -> dict[str, list[Sce
 
 
 def sweep_thresholds(model_threshold: float) -> np.ndarray:
-    """The sweep's thresholds, 0.00..1.00 in steps of 0.01, plus the model's own threshold."""
+    """The sweep's thresholds (``SWEEP_THRESHOLDS``) plus the model's own threshold."""
     if np.any(np.isclose(SWEEP_THRESHOLDS, model_threshold, rtol=0.0, atol=1e-9)):
         return SWEEP_THRESHOLDS.copy()
     return np.union1d(SWEEP_THRESHOLDS, [float(model_threshold)])

@@ -331,9 +331,27 @@ def test_no_test_scene_names_params(tmp_path):
 
 
 def test_sweep_includes_the_model_threshold():
-    assert len(sweep_thresholds(0.37)) == 101
+    assert len(sweep_thresholds(0.37)) == 119  # 0.01 steps, 0.001 steps at both ends
     th = sweep_thresholds(0.375)
-    assert len(th) == 102 and 0.375 in th and np.all(np.diff(th) > 0)
+    assert len(th) == 120 and 0.375 in th and np.all(np.diff(th) > 0)
+    assert {0.001, 0.005, 0.995} <= set(np.round(th, 6))
+
+
+def test_a_break_even_below_one_percent_is_resolved():
+    """A model that is unsure on unfamiliar imagery: road pixels at 0.006, background at
+    0.002 and 0.004. Precision and recall meet between 0.004 and 0.006; on the 0.01 grid
+    alone the crossing would be interpolated between 0 and 0.01."""
+    from pipeline.metrics import relaxed_break_even
+
+    truth = np.zeros((60, 60), np.uint8)
+    truth[:, 30] = 1
+    prob = np.full((60, 60), 0.002, np.float32)
+    prob[:, 10] = prob[:, 50] = 0.004
+    prob[:, 30] = 0.006
+    sweep = ThresholdSweep(sweep_thresholds(0.5), rho=0)
+    sweep.update(prob, truth)
+    value, at = relaxed_break_even(sweep.compute())
+    assert value == pytest.approx(1.0) and 0.004 < at <= 0.006
 
 
 # ------------------------------------------------------------------------------ error map
