@@ -209,6 +209,12 @@ def wait_for_staging(proc: subprocess.Popen, folder: Path, name: str, timeout: f
         time.sleep(0.05)
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """A shell ignores SIGINT in the commands it starts in the background (``cmd &``), and
+    Python then never raises KeyboardInterrupt: the CLI gets SIGINT as from a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(args: list[str], **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         PIPELINE + args,
@@ -216,6 +222,7 @@ def start_cli(args: list[str], **env: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **env},
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
 
 

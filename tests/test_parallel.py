@@ -196,6 +196,9 @@ def _interrupt_sync_before_it_starts() -> None:
 
     from distributed.utils import LoopRunner, sync
 
+    # Ctrl-C raises KeyboardInterrupt even where pytest was started with SIGINT ignored
+    # (a background job of a shell script)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     runner = LoopRunner(asynchronous=False)
     runner.start()
     try:
@@ -207,6 +210,7 @@ def _interrupt_sync_before_it_starts() -> None:
         time.sleep(0.8)  # the loop runs the call, then the cancel scheduled by the interrupt
     finally:
         runner.stop()
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_an_interrupt_before_a_dask_call_starts_logs_no_traceback(caplog) -> None:
