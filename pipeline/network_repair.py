@@ -375,15 +375,9 @@ def _bridges_of(
     """For each end, the shortest bridge to one of the path points ``nearby`` it (indexes
     into ``vx``) that passes the detour and probability tests; the candidates' lines of all
     the ends are drawn and sampled together."""
-    found = [
-        _candidates(graph, end, np.array(near, np.int64), vx, scale, settings)
-        for end, near in zip(ends, nearby, strict=True)
-    ]
-    counts = np.array([len(points) for points, _ in found])
+    targets, gaps, counts = _candidates(graph, ends, nearby, vx, scale, settings)
     if not counts.sum():
         return []
-    targets = np.concatenate([points for points, _ in found])
-    gaps = np.concatenate([gap for _, gap in found])
     starts = np.repeat(np.array(ends, float), counts, axis=0)
     lines, offsets = _lines(starts, vx.points[targets])
     probs = sample(np.rint(lines))
@@ -409,35 +403,45 @@ def _bridges_of(
 
 def _candidates(
     graph: nx.MultiGraph,
-    end: Node,
-    near: np.ndarray,
+    ends: list[Node],
+    nearby: list[list[int]],
     vx: _Vertices,
     scale: tuple[float, float],
     settings: RepairSettings,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Where a bridge from ``end`` may go, nearest first, and how long it would be: of the
-    path points ``near`` it, the nearest of each edge among those the network does not
-    already link to ``end`` within ``bridge_min_detour`` times the gap."""
-    here = np.array(end, float)
-    gap = np.hypot(*((vx.points[near] - here) * scale).T) if len(near) else np.zeros(0)
-    near, gap = near[gap > 0], gap[gap > 0]
-    if not len(near):
-        return near, gap
-    reach = nx.single_source_dijkstra_path_length(
-        graph, end, cutoff=settings.bridge_min_detour * settings.bridge_max_m, weight="length_m"
-    )
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where a bridge from each end may go, nearest first, how long it would be, and how many
+    places each end has: of the path points ``nearby`` an end, the nearest of each edge among
+    those the network does not already link to the end within ``bridge_min_detour`` times the
+    gap. All the ends at once; only the network distances are found end by end."""
+    sizes = np.array([len(near) for near in nearby], np.int64)
+    near = np.fromiter((i for n in nearby for i in n), np.int64, int(sizes.sum()))
+    k = np.repeat(np.arange(len(ends)), sizes)
+    gap = np.hypot(*((vx.points[near] - np.array(ends, float)[k]) * scale).T)
+    near, gap, k = near[gap > 0], gap[gap > 0], k[gap > 0]
     edge = vx.owner[near]
-    owners, which = np.unique(edge, return_inverse=True)  # a few edges, many points each
-    to_first = np.array([reach.get(vx.first[e], np.inf) for e in owners])[which]
-    to_last = np.array([reach.get(vx.last[e], np.inf) for e in owners])[which]
-    via_first = to_first + vx.along[near]
-    via_last = to_last + (vx.length[edge] - vx.along[near])
+    # network distance from each end to both ends of each edge it might bridge to
+    pairs, which = np.unique(np.stack([k, edge], axis=1), axis=0, return_inverse=True)
+    to_first, to_last = np.full(len(pairs), np.inf), np.full(len(pairs), np.inf)
+    cutoff = settings.bridge_min_detour * settings.bridge_max_m
+    searched, reach = -1, {}
+    for p, (end, e) in enumerate(pairs.tolist()):
+        if end != searched:  # pairs come sorted by end: one search per end
+            searched = end
+            reach = nx.single_source_dijkstra_path_length(
+                graph, ends[end], cutoff=cutoff, weight="length_m"
+            )
+        to_first[p] = reach.get(vx.first[e], np.inf)
+        to_last[p] = reach.get(vx.last[e], np.inf)
+    which = which.reshape(-1)
+    via_first = to_first[which] + vx.along[near]
+    via_last = to_last[which] + (vx.length[edge] - vx.along[near])
     ok = np.minimum(via_first, via_last) >= settings.bridge_min_detour * gap
-    near, gap, edge = near[ok], gap[ok], edge[ok]
-    order = np.lexsort((near, gap))
-    _, first_of_edge = np.unique(edge[order], return_index=True)  # the nearest point per edge
-    candidates = order[np.sort(first_of_edge)]
-    return near[candidates], gap[candidates]
+    near, gap, edge, k = near[ok], gap[ok], edge[ok], k[ok]
+    order = np.lexsort((near, gap, k))
+    # the nearest point per end and edge, in the order end, gap
+    _, first = np.unique(k[order] * len(vx.edges) + edge[order], return_index=True)
+    chosen = order[np.sort(first)]
+    return near[chosen], gap[chosen], np.bincount(k[chosen], minlength=len(ends))
 
 
 def _lines(starts: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
