@@ -16,6 +16,7 @@ users.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -136,6 +137,34 @@ def check_free_space(path: str | Path, need_bytes: int) -> None:
             f"{folder}: {free / 2**20:.0f} MiB free, but writing {Path(path).name} needs at "
             f"least {need_bytes / 2**20:.0f} MiB; free some space or write elsewhere"
         )
+
+
+DISK_FULL_BYTES = 2**20  # a failed write with less free space than this: the disk is full
+
+
+def error_chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the errors it was raised from (GDAL's reason is often a chained one)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def free_bytes_if_full(path: str | Path, error: BaseException) -> int | None:
+    """After writing ``path`` failed with ``error``: the bytes left beside it when the disk is
+    full, else None. libtiff and torch's zip writer report a full disk only as a failed
+    write, so less than ``DISK_FULL_BYTES`` free counts as full too."""
+    folder = Path(path).parent
+    free = shutil.disk_usage(folder).free if folder.is_dir() else None
+    said = any(
+        getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)
+        for e in error_chain(error)
+    )
+    if said or (free is not None and free < DISK_FULL_BYTES):
+        return free or 0
+    return None
 
 
 def refuse_existing(path: str | Path, overwrite: bool) -> None:

@@ -10,10 +10,8 @@ weights) that a resume must match.
 
 from __future__ import annotations
 
-import errno
 import json
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from pipeline.atomic import atomic_path
+from pipeline.atomic import atomic_path, free_bytes_if_full
 from pipeline.config import TrainParams
 
 
@@ -53,22 +51,14 @@ def save_checkpoint(path: Path, **state) -> None:
 
 def _write_failure(path: Path, error: BaseException) -> str:
     kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was written"
-    folder = path.parent if path.parent.is_dir() else Path.cwd()
-    free = shutil.disk_usage(folder).free
-    if (
-        "No space left" in str(error)
-        or getattr(error, "errno", None) == errno.ENOSPC
-        or (free < _DISK_FULL_BYTES)
-    ):
+    free = free_bytes_if_full(path, error)
+    if free is not None:
         return (
             f"{path}: the disk is full ({free / 2**20:.0f} MiB free) while writing a "
             f"checkpoint; {kept}. Free some space (or set train.out_dir on another disk) "
             "and run again with --resume"
         )
     return f"{path}: cannot write a checkpoint ({str(error).splitlines()[0]}); {kept}"
-
-
-_DISK_FULL_BYTES = 2**20  # less free space than this after a failed write: the disk is full
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -7,8 +7,6 @@ error messages and atomic writes live in one place.
 from __future__ import annotations
 
 import contextlib
-import errno
-import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +23,13 @@ from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
 from pipeline import sources
-from pipeline.atomic import atomic_path, temporary_name, write_text_atomic
+from pipeline.atomic import (
+    atomic_path,
+    error_chain,
+    free_bytes_if_full,
+    temporary_name,
+    write_text_atomic,
+)
 from pipeline.normalise import percentile_stretch
 
 
@@ -671,26 +675,19 @@ def gdal_cache_limit(nbytes: int = STREAM_CACHE_BYTES) -> Iterator[None]:
         yield
 
 
-DISK_FULL_BYTES = 2**20  # a failed write with less free space than this: the disk is full
 # what GDAL raises when a write fails (disk full, folder removed, file system read-only)
 _WRITE_ERRORS = (CPLE_BaseError, RasterioError, OSError)
 
 
 def write_error(path: Path, error: BaseException) -> RasterError:
     """A RasterError naming ``path`` for a failed write, saying so when the disk is full."""
-    chain: list[BaseException] = []
-    while error is not None and error not in chain:  # GDAL's reason is in the chained errors
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    text = "; ".join(dict.fromkeys(str(e) for e in chain if str(e)))
-    free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else None
-    # libtiff reports a full disk only as "Write error": then the free space tells
-    full = any(getattr(e, "errno", None) == errno.ENOSPC for e in chain)
-    if full or "No space left" in text or (free is not None and free < DISK_FULL_BYTES):
+    free = free_bytes_if_full(path, error)
+    if free is not None:
         return RasterError(
-            f"{path}: the disk is full ({(free or 0) / 2**20:.0f} MiB free); free some space "
+            f"{path}: the disk is full ({free / 2**20:.0f} MiB free); free some space "
             "or write the output elsewhere (-o)"
         )
+    text = "; ".join(dict.fromkeys(str(e) for e in error_chain(error) if str(e)))
     return RasterError(f"{path}: cannot write the output ({text})")
 
 
