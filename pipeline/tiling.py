@@ -90,13 +90,14 @@ def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
             raise TilingError(
                 f"{scene.image}: image has no CRS; georeference it (gdal_edit.py -a_srs) first"
             )
-        first = chipped[0] if chipped and not scene.transfer else None
-        chipped += [] if scene.transfer else [info]
-        if first is not None and info.dtype != first.dtype:
-            raise TilingError(
-                f"{scene.image}: sample type {info.dtype}, but {first.path} is {first.dtype}; every "
-                "scene must share one sample type (band statistics are pooled over them)"
-            )
+        if not scene.transfer:
+            if chipped and info.dtype != chipped[0].dtype:
+                raise TilingError(
+                    f"{scene.image}: sample type {info.dtype}, but {chipped[0].path} is "
+                    f"{chipped[0].dtype}; every scene must share one sample type (band "
+                    "statistics are pooled over them)"
+                )
+            chipped.append(info)
         scene_band_plan(scene, data)  # raises when the scene lacks one of data.bands
         for label_path in (scene.labels, scene.landcover):
             if label_path is None:
