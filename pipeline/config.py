@@ -500,6 +500,24 @@ class PretrainParams(_Section):
 
 
 # --------------------------------------------------------------------------------------- train
+class ThinRoadParams(_Section):
+    """Road pixels weighted up by how narrow their road is (pipeline/thin_roads.py); off by
+    default."""
+
+    max_weight: float = Field(
+        1.0,
+        ge=1,
+        description="Largest loss weight of a road pixel: a road pixel weighs reference_width_m / "
+        "the width of its road, between 1 and this; 1 = off",
+    )
+    reference_width_m: float = Field(
+        8.0,
+        gt=0,
+        description="Roads at least this wide weigh 1 per pixel; narrower ones more, so every metre "
+        "of road counts about alike",
+    )
+
+
 class LabelNoiseParams(_Section):
     """Loss weights for labels that miss roads or draw them at a guessed width (OSM-derived
     labels); both off by default (pipeline/label_noise.py)."""
@@ -601,6 +619,10 @@ class TrainParams(_Section):
     label_noise: LabelNoiseParams = Field(
         default_factory=LabelNoiseParams,
         description="Loss weights that tolerate labels with omissions (OSM); off by default",
+    )
+    thin_roads: ThinRoadParams = Field(
+        default_factory=ThinRoadParams,
+        description="Loss weights that count narrow roads per metre rather than per pixel; off by default",
     )
     road_sampling: float = Field(
         0.0,

@@ -56,6 +56,7 @@ from pipeline.model import (
     save_model,
 )
 from pipeline.model_config import check_weights, file_sha256, read_config, resolve_model
+from pipeline.thin_roads import ThinRoadWeight
 from pipeline.train_report import log_figures, publish_model
 
 log = logging.getLogger(__name__)
@@ -132,9 +133,10 @@ def masked_loss(
     n_valid = valid.sum().clamp_min(1.0)
     loss = (bce * valid).sum() / n_valid
     if params.loss == "bce_dice":
-        prob = torch.sigmoid(logits) * valid
+        # valid may carry weights (train.label_noise, train.thin_roads): each pixel counts once, weighted
+        prob = torch.sigmoid(logits)
         inter = (prob * target * valid).sum()
-        dice = 1 - (2 * inter + 1) / (prob.sum() + (target * valid).sum() + 1)
+        dice = 1 - (2 * inter + 1) / ((prob * valid).sum() + (target * valid).sum() + 1)
         loss = loss + dice
     elif params.loss == "bce_lovasz":
         from segmentation_models_pytorch.losses import LovaszLoss
@@ -237,6 +239,7 @@ class Fitting:
     trained: nn.Module | None = None  # under torchrun: the DDP wrapper of ``model``
     chip_weights: torch.Tensor | None = None  # train.road_sampling's draw weights; None: uniform
     label_noise: LabelNoise | None = None  # train.label_noise's loss weights; None: plain loss
+    thin_roads: ThinRoadWeight | None = None  # train.thin_roads' road weights; None: plain loss
 
     @property
     def stepped(self) -> nn.Module:
@@ -277,6 +280,7 @@ def run_train(
     fit = start_fitting(config, params, pretrain, source, len(train_ds), device, amp_dtype)
     fit.chip_weights = road_sampling_weights(train_ds, params.road_sampling)
     fit.label_noise = LabelNoise.from_params(params.label_noise, stats.get("gsd_m"))
+    fit.thin_roads = ThinRoadWeight.from_params(params.thin_roads, stats.get("gsd_m"))
 
     ckpt_path = params.checkpoint_path
     identity = run_identity(params, stats["fingerprint"], source.digest if source else "")
@@ -562,6 +566,8 @@ def _optimiser_steps(
             logits = fit.stepped(x)
         if fit.label_noise is not None:
             v = fit.label_noise.weights(logits, y, v)
+        if fit.thin_roads is not None:
+            v = fit.thin_roads.weights(y, v)
         loss = masked_loss(logits.float(), y, v, params)
         fit.optimiser.zero_grad(set_to_none=True)
         loss.backward()

@@ -82,7 +82,8 @@ def test_metres_become_chip_pixels_and_defaults_are_off():
         LabelNoise.from_params(LabelNoiseParams(edge_band_m=2), None)
 
 
-def _train_losses(tmp_path: Path, scenes_dir: Path, chips_dir: Path, **train) -> list[float]:
+def train_losses(tmp_path: Path, scenes_dir: Path, chips_dir: Path, **train) -> list[float]:
+    """Train 2 epochs in ``tmp_path`` with the ``train`` params given; the loss per epoch."""
     from pipeline.train import run_train
 
     params_file = write_params(tmp_path, scenes_dir, chips_dir, epochs=2, **train)
@@ -96,10 +97,10 @@ def test_training_uses_the_weights_and_records_them(tmp_path, scenes_dir, chips_
     (tmp_path / "plain").mkdir()
     (tmp_path / "tolerant").mkdir()
     monkeypatch.chdir(tmp_path / "plain")
-    plain = _train_losses(tmp_path / "plain", scenes_dir, chips_dir, precision="fp32")
+    plain = train_losses(tmp_path / "plain", scenes_dir, chips_dir, precision="fp32")
     monkeypatch.chdir(tmp_path / "tolerant")
     noise = {"far_positive_weight": 0.0, "edge_band_m": 3.0}
-    tolerant = _train_losses(
+    tolerant = train_losses(
         tmp_path / "tolerant", scenes_dir, chips_dir, precision="fp32", label_noise=noise
     )
     assert len(plain) == len(tolerant) == 2
