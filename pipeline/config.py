@@ -557,6 +557,11 @@ class TrainParams(_Section):
         "repo", description="repo: this repository's pretrained backbone; imagenet needs internet"
     )
     out_dir: Path = Field(Path("models/unet"), description="Trained model folder")
+    metrics_path: Path = Field(
+        Path("metrics/train.json"),
+        description="DVC metrics file: the best epoch's validation figures",
+    )
+    plot_path: Path = Field(Path("plots/train.csv"), description="DVC plot: one row per epoch")
     init_from: str | None = Field(
         None,
         description="Fine-tune: start from this trained model (a model folder or models:/NAME@ALIAS) "

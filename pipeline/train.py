@@ -299,7 +299,7 @@ def run_train(
             return {"stopped_after_epoch": stopped}
         final = {}
         if main:
-            final = publish_model(_best_dir(params), params.out_dir, progress.history, run_id)
+            final = publish_model(_best_dir(params), params, progress.history, run_id)
             log_figures(progress.history, fit.scored, val_ds, device)
             registry.log_metrics({"best_val_iou": progress.best_iou})
     distributed.barrier()  # the others end when rank 0 has published

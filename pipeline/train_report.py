@@ -1,6 +1,6 @@
 """What the train stage leaves behind once its epochs are done: the best model copied to
-``train.out_dir`` with ``run.json``, the DVC metrics and plot (``metrics/train.json``,
-``plots/train.csv``), and the training curves and validation overlays as MLflow figures."""
+``train.out_dir`` with ``run.json``, the DVC metrics and plot (``train.metrics_path``,
+``train.plot_path``), and the training curves and validation overlays as MLflow figures."""
 
 from __future__ import annotations
 
@@ -15,24 +15,22 @@ from torch import nn
 
 from pipeline import registry
 from pipeline.atomic import atomic_path, write_text_atomic
+from pipeline.config import TrainParams
 from pipeline.datasets import SegmentationChips
 from pipeline.model import CONFIG_FILE, WEIGHTS_FILE
 
-TRAIN_METRICS_PATH = Path("metrics/train.json")
-TRAIN_PLOT_PATH = Path("plots/train.csv")
 
-
-def publish_model(best_dir: Path, out_dir: Path, history: list[dict], run_id: str) -> dict:
-    """Copy the best model to the stage output and write DVC metrics/plots; returns the
-    metrics."""
-    out_dir = Path(out_dir)
+def publish_model(best_dir: Path, params: TrainParams, history: list[dict], run_id: str) -> dict:
+    """Copy the best model to ``params.out_dir`` and write the DVC metrics and plot
+    (``params.metrics_path``, ``params.plot_path``); returns the metrics."""
+    out_dir = Path(params.out_dir)
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         with atomic_path(out_dir / name) as tmp:
             shutil.copyfile(best_dir / name, tmp)
     write_text_atomic(out_dir / "run.json", json.dumps({"mlflow_run_id": run_id}))
     metrics = train_metrics(history)
-    write_text_atomic(TRAIN_METRICS_PATH, json.dumps(metrics, indent=2))
-    with atomic_path(TRAIN_PLOT_PATH) as tmp, open(tmp, "w", newline="") as fh:
+    write_text_atomic(params.metrics_path, json.dumps(metrics, indent=2))
+    with atomic_path(params.plot_path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(history[0].keys()))
         writer.writeheader()
         writer.writerows(history)

@@ -89,7 +89,7 @@ def train_losses(tmp_path: Path, scenes_dir: Path, chips_dir: Path, **train) -> 
     params_file = write_params(tmp_path, scenes_dir, chips_dir, epochs=2, **train)
     p = load_params(params_file)
     run_train(p.train, p.tile, p.pretrain, p.register, params_file=params_file)
-    with open(tmp_path / "plots/train.csv") as f:
+    with open(tmp_path / p.train.plot_path) as f:
         return [float(row["train_loss"]) for row in csv.DictReader(f)]
 
 

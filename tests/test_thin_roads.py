@@ -77,16 +77,26 @@ def test_metres_become_chip_pixels_and_the_default_is_off():
 
 
 def test_training_uses_the_weights_and_records_them(tmp_path, scenes_dir, chips_dir, monkeypatch):
+    arms = {
+        "plain": {"thin_roads": {"max_weight": 1.0}},
+        # and its metrics and plot where this run's params say, beside another run's
+        "thin": {
+            "thin_roads": {"max_weight": 3.0, "reference_width_m": 12},
+            "metrics_path": "runs/thin/train.json",
+            "plot_path": "runs/thin/train.csv",
+        },
+    }
     losses = {}
-    for name, thin in (("plain", None), ("thin", {"max_weight": 3.0, "reference_width_m": 12})):
+    for name, train in arms.items():
         (tmp_path / name).mkdir()
         monkeypatch.chdir(tmp_path / name)
-        extra = {"thin_roads": thin} if thin else {}
         losses[name] = train_losses(
-            tmp_path / name, scenes_dir, chips_dir, precision="fp32", **extra
+            tmp_path / name, scenes_dir, chips_dir, precision="fp32", **train
         )
     assert len(losses["plain"]) == len(losses["thin"]) == 2
     assert all(abs(a - b) > 1e-4 for a, b in zip(losses["plain"], losses["thin"], strict=True))
+    assert (tmp_path / "thin/runs/thin/train.json").exists()
+    assert not (tmp_path / "thin/metrics").exists() and not (tmp_path / "thin/plots").exists()
 
     import mlflow
 
