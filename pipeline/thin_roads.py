@@ -6,10 +6,11 @@ a road network (and APLS) counts every metre alike. Here a road pixel weighs
 ``reference_width / local road width``, between 1 and ``max_weight``: per metre of road, every
 road narrower than the reference counts about as much as one at the reference width.
 
-The local width comes from the label alone, with the same max/min pools the GPU or CPU already
-runs: the chessboard depth of each road pixel (how many 3 x 3 erosions it survives), then the
-deepest pixel within that many pixels of it, i.e. the half-width of the road it lies on.
-Roads wider than the reference are not measured further (the erosions stop there).
+The local width comes from the label alone, by torch max pools on the training device: the
+chessboard depth of each road pixel (how many 3 x 3 erosions it survives), then the deepest
+pixel within that many pixels of it, i.e. the half-width of the road it lies on. Roads wider
+than the reference are not measured further (the erosions stop there). On labels drawn at one
+fixed width every road pixel gets the same weight: a plain positive weight.
 """
 
 from __future__ import annotations
