@@ -84,9 +84,10 @@ class LabelNoise:
 
 
 def near(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """1 where ``mask`` has a 1 within ``radius`` pixels (square neighbourhood), else 0.
+    """The largest value of ``mask`` within ``radius`` pixels (square neighbourhood): for a 0/1
+    mask, 1 where it has a 1 that near, else 0.
 
-    Two separable max filters; the border is padded with zeros (-inf for the pool)."""
+    Two separable max filters; the border is padded with -inf (nothing beyond it)."""
     k = 2 * radius + 1
     rows = F.max_pool2d(mask, (k, 1), stride=1, padding=(radius, 0))
     return F.max_pool2d(rows, (1, k), stride=1, padding=(0, radius))

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import ThinRoadParams
+from pipeline.label_noise import near
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,4 @@ def half_width(road: torch.Tensor, cap: int) -> torch.Tensor:
         if not eroded.any():
             break
         depth = depth + eroded
-    k = 2 * cap + 1
-    deepest = F.max_pool2d(depth, (k, 1), stride=1, padding=(cap, 0))
-    deepest = F.max_pool2d(deepest, (1, k), stride=1, padding=(0, cap))
-    return deepest * road
+    return near(depth, cap) * road
