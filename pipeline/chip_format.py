@@ -18,6 +18,7 @@ INDEX_FILE = "index.gpkg"  # one row per chip, footprint polygons: open it in QG
 INDEX_LAYER = "chips"
 STATS_FILE = "stats.json"  # bands, dtype, gsd_m, train mean/std, classes, counts, fingerprint
 MASK_NODATA = 255  # in <scene>.masks.npy: 0 background, 1 road, 255 nodata (no loss, no metric)
+MASK_NEGATIVE = 2  # in <scene>.masks.npy: background a scene's `negatives` mark (railways, ...)
 LANDCOVER_UNKNOWN = 255  # in <scene>.landcover.npy
 
 

@@ -84,10 +84,16 @@ class SynthParams(_Section):
             raise ValueError(f"duplicate scene names: {dup} (each writes <out_dir>/<name>.tif)")
         return v
 
-    def scene_files(self, name: str) -> tuple[Path, Path, Path]:
-        """The image, road vectors and land cover synth writes for scene ``name``."""
+    def scene_files(self, name: str) -> tuple[Path, Path, Path, Path]:
+        """The image, road vectors, land cover and hard negatives (the railway) synth writes
+        for scene ``name``."""
         out = Path(self.out_dir)
-        return out / f"{name}.tif", out / f"{name}.roads.gpkg", out / f"{name}.landcover.tif"
+        return (
+            out / f"{name}.tif",
+            out / f"{name}.roads.gpkg",
+            out / f"{name}.landcover.tif",
+            out / f"{name}.negatives.gpkg",
+        )
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -102,6 +108,13 @@ class SceneSource(_Section):
     labels: Path | None = Field(None, description="Label raster on the image grid (road = 1)")
     landcover: Path | None = Field(
         None, description="Optional land-cover class raster (for pretraining)"
+    )
+    negatives: Path | None = Field(
+        None,
+        description="Optional vectors of what looks like road and is not (railways, river banks, "
+        "field margins; e.g. OSM railway lines): lines buffered by their width attribute or "
+        "data.negative_half_width_m, marked in the chips as hard negatives that train weighs "
+        "by train.negative_weight; a file without features marks nothing",
     )
     split: Literal["auto", "train", "val", "test"] = Field(
         "auto", description="'test' holds the whole scene out; 'auto' assigns area blocks"
@@ -355,6 +368,11 @@ class DataParams(_Section):
     default_half_width_m: float = Field(
         2.0, gt=0, description="Buffer each side of a centreline without width (SpaceNet: 2 m)"
     )
+    negative_half_width_m: float = Field(
+        2.5,
+        gt=0,
+        description="Buffer each side of a hard-negative line (a scene's negatives) without width",
+    )
     osm: OsmParams = Field(
         default_factory=OsmParams,
         description="Road classes and widths for OpenStreetMap roads (.osm/.osm.pbf extracts, "
@@ -581,6 +599,13 @@ class TrainParams(_Section):
         "convex surrogate of IoU itself)",
     )
     pos_weight: float = Field(1.0, gt=0, description="BCE weight of the road class")
+    negative_weight: float = Field(
+        1.0,
+        ge=1,
+        description="Loss weight of background the labels mark as a hard negative (a scene's "
+        "`negatives` vectors: railways, river banks, anything that looks like road and is not); "
+        "1: as any background",
+    )
     decoder_upsampling: Literal["interp", "transposed"] = Field(
         "interp", description="Decoder upsampling: smp's interpolation or transposed convolutions"
     )
@@ -963,10 +988,15 @@ def synth_scenes(synth: SynthParams) -> list[SceneSource]:
     specs = [s for s in synth.scenes if s.split != "none"]
     out = []
     for spec in sorted(specs, key=lambda s: s.split == "test"):  # stable: synth order otherwise
-        image, roads, landcover = synth.scene_files(spec.name)
+        image, roads, landcover, negatives = synth.scene_files(spec.name)
         out.append(
             SceneSource(
-                name=spec.name, image=image, roads=roads, landcover=landcover, split=spec.split
+                name=spec.name,
+                image=image,
+                roads=roads,
+                landcover=landcover,
+                negatives=negatives,
+                split=spec.split,
             )
         )
     return out

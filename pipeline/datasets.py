@@ -16,7 +16,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from pipeline.chip_format import MASK_NODATA, ChipArrays, read_chip_index
+from pipeline.chip_format import MASK_NEGATIVE, MASK_NODATA, ChipArrays, read_chip_index
 from pipeline.chip_format import read_stats as read_stats  # where train and tests find it
 from pipeline.normalise import standardise
 
@@ -78,7 +78,7 @@ def rescale(
 
     Output pixel ``p`` takes the input at ``c + (p - c) / scale`` (``c`` the centre): bilinear for
     the image, nearest for mask and valid. Pixels that fall outside the input (``scale < 1``)
-    become nodata: valid 0, image 0, mask 0.
+    become nodata: valid 0, image 0, mask 0. ``v`` may carry loss weights (any value > 0 is valid).
     """
     if scale == 1.0:
         return x, y, v
@@ -91,14 +91,16 @@ def rescale(
     y_out = ndimage.affine_transform(y, order=0, **kw)
     v_out = ndimage.affine_transform(v, order=0, **kw)
     x_out = np.stack([ndimage.affine_transform(band, order=1, **kw) for band in x])
-    return (x_out * v_out[None]).astype(np.float32), y_out, v_out
+    return (x_out * (v_out[None] > 0)).astype(np.float32), y_out, v_out
 
 
 class SegmentationChips(Dataset):
     """(image, mask, valid) chips of one split for U-Net training.
 
     Returns float32 tensors: image (C,H,W) standardised, mask (1,H,W) in {0,1}, valid (1,H,W)
-    in {0,1} (0 where the chip has nodata; loss and metrics ignore those pixels).
+    in {0,1} (0 where the chip has nodata; loss and metrics ignore those pixels), or with
+    ``negative_weight`` that weight on hard-negative background (loss weights; metrics read
+    valid > 0.5).
 
     With ``augment``: one of the eight dihedral transforms, then (``scale_jitter`` > 0) a zoom
     about the centre (:func:`rescale`), both applied identically to image, mask and valid; then
@@ -115,6 +117,7 @@ class SegmentationChips(Dataset):
         seed: int = 0,
         jitter: float = 0.1,
         scale_jitter: float = 0.0,
+        negative_weight: float = 1.0,
     ) -> None:
         index = read_chip_index(chips_dir)
         rows = index[index["split"] == split].sort_values(["scene", "array_index"])
@@ -125,6 +128,7 @@ class SegmentationChips(Dataset):
         self.seed = seed
         self.jitter = jitter
         self.scale_jitter = scale_jitter
+        self.negative_weight = negative_weight
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -155,6 +159,8 @@ class SegmentationChips(Dataset):
         x = self.norm.apply(image, valid, scene)
         y = (mask == 1).astype(np.float32)
         v = valid.astype(np.float32)
+        if self.negative_weight != 1.0:
+            v[mask == MASK_NEGATIVE] = self.negative_weight
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             k = int(rng.integers(8))
@@ -181,4 +187,4 @@ class SegmentationChips(Dataset):
         gamma = rng.uniform(1 - self.jitter, 1 + self.jitter, c).astype(np.float32)
         x = np.sign(x) * np.abs(x) ** gamma[:, None, None]
         x = x * contrast[:, None, None] + brightness[:, None, None]
-        return (x * v[None]).astype(np.float32)
+        return (x * (v[None] > 0)).astype(np.float32)

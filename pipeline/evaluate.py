@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import parallel, raster, registry, tilesets
+from pipeline import parallel, raster, registry, tilesets, vectors
 from pipeline.atomic import write_text_atomic
 from pipeline.baseline import add_baseline_metrics
 from pipeline.config import (
@@ -76,6 +76,9 @@ SWEEP_THRESHOLDS = np.union1d(
     DEFAULT_THRESHOLDS, np.r_[np.arange(1, 10) / 1000, 1 - np.arange(1, 10) / 1000]
 )
 EVAL_BLOCK = 1024  # a test scene is scored in blocks of about this many pixels a side
+_NEGATIVES = (
+    "\x00negatives"  # score_scene's counts of the scene's hard negatives, beside its classes
+)
 
 
 class EvaluateError(ValueError):
@@ -94,6 +97,7 @@ class SceneScore:
     by_class: dict[str, tuple[int, int]] = field(
         default_factory=dict
     )  # class -> (road px, found px)
+    negatives: tuple[int, int] | None = None  # (hard-negative px, of them called road); None: none
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -237,15 +241,16 @@ def _count_classes(
     classes: dict[str, object],
     counts: dict[str, list[int]],
     box: tuple[int, int, int, int],
-    valid: np.ndarray,
-    found: np.ndarray,
+    counted: dict[str, np.ndarray],
+    called_road: np.ndarray,
 ) -> None:
-    """Add a block's valid road pixels and found road pixels of each class to ``counts``."""
+    """Add, per class, a block's pixels that count (``counted[name]``) under its polygons and
+    those of them called road to ``counts``."""
     r0, c0, r1, c1 = box
     for name, polygons in classes.items():
-        road = windows.burn(polygons, c0, r0, c1 - c0, r1 - r0)
-        counts[name][0] += int(np.count_nonzero(road & valid))
-        counts[name][1] += int(np.count_nonzero(road & found))
+        inside = windows.burn(polygons, c0, r0, c1 - c0, r1 - r0) & counted[name]
+        counts[name][0] += int(np.count_nonzero(inside))
+        counts[name][1] += int(np.count_nonzero(inside & called_road))
 
 
 def score_scene(
@@ -266,6 +271,12 @@ def score_scene(
     with SceneWindows(scene, data) as windows, raster.open_reader(prediction) as predicted:
         classes = _road_classes(windows, scene.name, class_attribute)
         by_class = {name: [0, 0] for name in classes}
+        negatives = vectors.load_scene_negatives(scene, data, windows.info)
+        if negatives is not None:
+            classes_and_negatives = {**classes, _NEGATIVES: negatives}
+            by_class[_NEGATIVES] = [0, 0]
+        else:
+            classes_and_negatives = classes
         height, width = _check_same_grid(predicted, windows, prediction, scene.image)
         overview = _Overview.empty(height, width)
         step = overview.factor * math.ceil(block / overview.factor)  # on the overview's grid
@@ -281,15 +292,20 @@ def score_scene(
             sweep.update(prob, truth, valid, core=core)
             p, t, v = prob[core], truth[core], valid[core]
             overview.add(r0, c0, p, error_codes(p >= threshold, t, v), v)
-            if classes:
-                _count_classes(windows, classes, by_class, box, v, v & (p >= threshold))
+            if classes_and_negatives:  # a negative under a road is road: background only
+                counted = {k: v & ~t if k == _NEGATIVES else v for k in classes_and_negatives}
+                _count_classes(
+                    windows, classes_and_negatives, by_class, box, counted, p >= threshold
+                )
+    counts = {k: (a, b) for k, (a, b) in by_class.items()}
     return SceneScore(
         sweep=sweep,
         codes=overview.codes,
         prob=overview.prob,
         valid=overview.valid,
         factor=overview.factor,
-        by_class={k: (a, b) for k, (a, b) in by_class.items()},
+        by_class=counts,
+        negatives=counts.pop(_NEGATIVES, None),
     )
 
 
@@ -551,6 +567,22 @@ def _add_class_recall(result: dict[str, Any], scores: dict[str, SceneScore]) -> 
     result.update(recall_by_class(pooled_by_class))
 
 
+def _add_negative_false_alarms(result: dict[str, Any], scores: dict[str, SceneScore]) -> None:
+    """``negatives_called_road``: the share of the test scenes' hard-negative pixels (their
+    ``negatives`` vectors: a railway) the model calls road, per scene and over the scenes."""
+    total = [0, 0]
+    for name, score in scores.items():
+        if score.negatives is None or score.negatives[0] == 0:
+            continue
+        pixels, called = score.negatives
+        result["per_scene"][name].update(
+            {"negatives_called_road": called / pixels, "negative_pixels": pixels}
+        )
+        total = [total[0] + pixels, total[1] + called]
+    if total[0]:
+        result.update({"negatives_called_road": total[1] / total[0], "negative_pixels": total[0]})
+
+
 def _add_network_metrics(
     result: dict[str, Any], network_scores: dict[str, dict[str, float]]
 ) -> None:
@@ -658,6 +690,7 @@ def run_evaluate(
             )
         if params.class_attribute:
             _add_class_recall(result, scores)
+        _add_negative_false_alarms(result, scores)
         _add_network_metrics(result, network_scores)
         # Issue 3: how far the U-Net is above band values alone (per-pixel logistic regression).
         add_baseline_metrics(result, scenes, data, tile.out_dir)

@@ -28,7 +28,13 @@ from affine import Affine
 
 from pipeline import raster
 from pipeline.atomic import atomic_path, write_text_atomic
-from pipeline.chip_format import INDEX_FILE, INDEX_LAYER, LANDCOVER_UNKNOWN, MASK_NODATA
+from pipeline.chip_format import (
+    INDEX_FILE,
+    INDEX_LAYER,
+    LANDCOVER_UNKNOWN,
+    MASK_NEGATIVE,
+    MASK_NODATA,
+)
 from pipeline.config import DataParams, SceneSource, TileParams
 from pipeline.splits import (
     ChipWindow,
@@ -99,6 +105,11 @@ def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
                 )
             chipped.append(info)
         scene_band_plan(scene, data)  # raises when the scene lacks one of data.bands
+        if scene.negatives is not None and not Path(scene.negatives).is_file():
+            raise TilingError(
+                f"{scene.negatives}: file not found (scene {scene.name}'s negatives); "
+                "re-run `pipeline synth` for a synthetic scene, or fix the path"
+            )
         for label_path in (scene.labels, scene.landcover):
             if label_path is None:
                 continue
@@ -243,6 +254,7 @@ class _NpyStream:
 
 
 _ROADS: dict[tuple, Any] = {}  # this process's road polygons, one scene at a time
+_NEGATIVES: dict[tuple, Any] = {}  # and its hard-negative polygons (None: none)
 ROADS_LOADS = 0  # how often this process built road polygons
 
 
@@ -257,22 +269,36 @@ def scene_roads(scene: SceneSource, data: DataParams, info: raster.RasterInfo) -
     global ROADS_LOADS
     from pipeline import vectors
 
-    stat = Path(scene.roads).stat()
-    key = (
-        str(scene.roads),
-        stat.st_mtime_ns,
-        stat.st_size,
-        info.crs.to_wkt(),
-        info.bounds,
-        data.width_attribute,
-        data.default_half_width_m,
-    )
+    key = (*_file_key(scene.roads), info.crs.to_wkt(), info.bounds, data.width_attribute)
+    key = (*key, data.default_half_width_m)
     if key in _ROADS:
         return _ROADS[key], False
     _ROADS.clear()
     _ROADS[key] = vectors.load_scene_roads(scene, data, info)
     ROADS_LOADS += 1
     return _ROADS[key], True
+
+
+def scene_negatives(scene: SceneSource, data: DataParams, info: raster.RasterInfo) -> Any:
+    """The hard-negative polygons of ``scene`` on its image grid (None: it has none), built
+    once per scene and process as :func:`scene_roads` builds the roads."""
+    from pipeline import vectors
+
+    if scene.negatives is None:
+        return None
+    key = (*_file_key(scene.negatives), info.crs.to_wkt(), data.width_attribute)
+    key = (*key, data.negative_half_width_m)
+    if key not in _NEGATIVES:
+        _NEGATIVES.clear()
+        _NEGATIVES[key] = vectors.load_scene_negatives(scene, data, info)
+    return _NEGATIVES[key]
+
+
+def _file_key(path: Path) -> tuple:
+    """A file's identity for the caches above: a file rewritten between two runs in one
+    process is read again."""
+    stat = Path(path).stat()
+    return str(path), stat.st_mtime_ns, stat.st_size
 
 
 @dataclass
@@ -391,6 +417,7 @@ def tile_chips(
 
     size = tile.chip_size
     roads, loaded = scene_roads(scene, data, info) if scene.roads is not None else (None, False)
+    negatives = scene_negatives(scene, data, info)
     plan = plan or scene_band_plan(scene, data)
     kept = _ChipCollector(scene.name, size, len(plan.bands))
     with _scene_readers(scene, plan) as (image_reader, labels, landcover):
@@ -405,6 +432,9 @@ def tile_chips(
             else:
                 road = (label[0] == 1).astype(np.uint8)
             mask = np.where(valid, road, MASK_NODATA).astype(np.uint8)
+            if negatives is not None:
+                negative = vectors.burn_mask(negatives, win_transform, (size, size)) > 0
+                mask[negative & (mask == 0)] = MASK_NEGATIVE
             lc = _read_landcover(landcover, chip, size, valid) if landcover is not None else None
             kept.add(chip, image, mask, valid, lc, nodata_fraction, win_transform)
     return kept.batch(info.dtype, scene.landcover is not None, loaded)

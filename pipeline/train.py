@@ -369,6 +369,7 @@ def chip_datasets(
         augment=params.augment,
         seed=params.seed,
         scale_jitter=params.scale_jitter,
+        negative_weight=params.negative_weight,
     )
     val_ds = SegmentationChips(tile.out_dir, "val", norm)
     if len(train_ds) == 0 or len(val_ds) == 0:

@@ -33,6 +33,7 @@ from pipeline.atomic import atomic_path
 log = logging.getLogger(__name__)
 
 ROADS_LAYER = "roads"
+NEGATIVES_LAYER = "negatives"  # a scene's hard negatives (synth writes its railway there)
 _POLYGONAL = (shapely.GeometryType.POLYGON, shapely.GeometryType.MULTIPOLYGON)
 _COLLECTION = shapely.GeometryType.GEOMETRYCOLLECTION
 _READ_ERRORS = (
@@ -114,6 +115,31 @@ def load_scene_roads(scene: Any, data: Any, info: raster.RasterInfo) -> gpd.GeoD
         default_half_width_m=data.default_half_width_m,
         bounds=info.bounds,
         osm=data.osm,
+        offset_m=scene.label_offset_m,
+    )
+
+
+def load_scene_negatives(scene: Any, data: Any, info: raster.RasterInfo) -> gpd.GeoDataFrame | None:
+    """The hard-negative polygons of a ``SceneSource`` (its ``negatives`` vectors: railways,
+    river banks) on its image grid, buffered like roads (``data.width_attribute``, else
+    ``data.negative_half_width_m``); None when the scene names none or the file has no
+    features (a scene without a railway). Unlike road labels they may all lie off the image."""
+    if scene.negatives is None:
+        return None
+    path = Path(scene.negatives)
+    if not path.exists():
+        raise VectorError(f"{path}: file not found (scene {scene.name}'s negatives)")
+    try:
+        features = pyogrio.read_info(path)["features"]
+    except _READ_ERRORS as e:
+        raise VectorError(f"{path}: cannot read the negatives of scene {scene.name}: {e}") from None
+    if features == 0:
+        return None
+    return load_road_polygons(
+        path,
+        info.crs,
+        width_attribute=data.width_attribute,
+        default_half_width_m=data.negative_half_width_m,
         offset_m=scene.label_offset_m,
     )
 

@@ -641,3 +641,52 @@ def test_only_transfer_scenes_is_still_no_test_scene(tmp_path):
     )
     with pytest.raises(EvaluateError, match="no test scene"):
         held_out_scenes(data)
+
+
+@pytest.mark.parametrize("block", [4096, 64])
+def test_negatives_called_road_counts_the_background_under_a_scenes_negatives(tmp_path, block):
+    """A railway (the scene's negatives) crossing both roads: its pixels off the roads are
+    counted, those the prediction calls road are the false alarms; with and without classes."""
+    import geopandas as gpd
+    from shapely.geometry import LineString
+
+    image = _write_image(tmp_path / "scene.tif")
+    roads = _write_two_class_roads(tmp_path / "scene.roads.gpkg")
+    left, top = TRANSFORM * (0, 0)
+    right, bottom = TRANSFORM * (SIZE, SIZE)
+    rail = LineString([(left, bottom + 20), (right, top - 20)])
+    negatives = tmp_path / "scene.negatives.gpkg"
+    gpd.GeoDataFrame({"width_m": [4.0]}, geometry=[rail], crs=CRS).to_file(
+        negatives, layer="negatives"
+    )
+    scene = SceneSource(name="s", image=image, roads=roads, negatives=negatives, split="test")
+    data = DataParams(scenes=[scene], bands=BANDS)
+    with SceneWindows(scene, data) as w:
+        truth = w.read(0, 0, SIZE, SIZE)[2]
+    with SceneWindows(SceneSource(name="r", image=image, roads=negatives, split="test"), data) as w:
+        band = w.read(0, 0, SIZE, SIZE)[2]
+    valid = ~_nodata_corner()
+    counted = band & ~truth & valid
+    prob = np.full((SIZE, SIZE), 0.1, dtype=np.float32)
+    prob[truth] = 0.9
+    prob[: SIZE // 2][band[: SIZE // 2]] = 0.7  # the model calls the railway's top half road
+    prob[~valid] = np.nan
+    pred = raster.write_geotiff(
+        tmp_path / "p.tif", prob, crs=CRS, transform=TRANSFORM, nodata=float("nan")
+    )
+    for attribute in (None, "road_class"):
+        score = evaluate.score_scene(
+            scene, pred, data, sweep_thresholds(0.5), 3, 0.5, block=block, class_attribute=attribute
+        )
+        called = counted & (prob >= 0.5)
+        assert score.negatives == (int(counted.sum()), int(called.sum()))
+        assert 0.3 < called.sum() / counted.sum() < 0.7 and (band & truth & valid).any()
+        assert set(score.by_class) == (set() if attribute is None else {"residential", "track"})
+    result = {"per_scene": {"s": {}}}
+    evaluate._add_negative_false_alarms(result, {"s": score})
+    assert result["negatives_called_road"] == called.sum() / counted.sum()
+    assert result["per_scene"]["s"]["negative_pixels"] == int(counted.sum())
+    # a scene without negatives reports nothing
+    plain = SceneSource(name="s", image=image, roads=roads, split="test")
+    score = evaluate.score_scene(plain, pred, data, sweep_thresholds(0.5), 3, 0.5, block=block)
+    assert score.negatives is None

@@ -56,13 +56,41 @@ def _labels(files: SceneFiles) -> np.ndarray:
     return vectors.burn_mask(polys, info.transform, (info.height, info.width))
 
 
-def test_run_synth_writes_three_files_per_scene_and_no_leftovers(scenes):
+def test_run_synth_writes_four_files_per_scene_and_no_leftovers(scenes):
     params, files = scenes
     assert [f.image.name for f in files] == ["a.tif", "b.tif"]
     written = sorted(p.name for p in params.out_dir.iterdir())
-    assert written == sorted(
-        ["a.tif", "a.roads.gpkg", "a.landcover.tif", "b.tif", "b.roads.gpkg", "b.landcover.tif"]
-    )
+    kinds = ("tif", "roads.gpkg", "landcover.tif", "negatives.gpkg")
+    assert written == sorted(f"{name}.{kind}" for name in "ab" for kind in kinds)
+
+
+def test_the_railway_is_written_as_hard_negatives_on_its_ballast(scenes):
+    """Scene a (seed 1) has two railway lines, b none: a's negatives band covers the painted
+    ballast bed (grey, flat, not road), b's file has no rows and marks nothing."""
+    from pipeline.config import DataParams, SceneSource
+    from pipeline.synth.roads import RAILWAY_NEGATIVE_WIDTH_M
+
+    params, files = scenes
+    a = gpd.read_file(files[0].negatives)
+    assert a.crs.to_epsg() == 4326 and list(a["kind"]) == ["railway", "railway"]
+    assert (a["width_m"] == RAILWAY_NEGATIVE_WIDTH_M).all()
+    assert len(gpd.read_file(files[1].negatives)) == 0
+    data = DataParams(scenes=[{"name": "x", "image": files[0].image, "roads": files[0].roads}])
+    masks = {}
+    for f in files:
+        scene = SceneSource(name=f.image.stem, image=f.image, roads=f.roads, negatives=f.negatives)
+        info = raster.raster_info(f.image)
+        polygons = vectors.load_scene_negatives(scene, data, info)
+        masks[f.image.stem] = (
+            None if polygons is None else vectors.burn_mask(polygons, info.transform, (SIZE, SIZE))
+        )
+    assert masks["b"] is None
+    band = masks["a"].astype(bool) & ~_labels(files[0]).astype(bool)
+    assert band.sum() > 2 * 400 * 4  # two lines across a 512 m scene, ~5 px wide
+    image = _image(files[0]).astype(float)
+    # ballast: grey (bands close to each other), brighter in red than the vegetation beside it
+    centre = image[:3, band].std(axis=0).mean()
+    assert centre < image[:3, ~band].std(axis=0).mean()
 
 
 def test_image_grid_bands_and_nodata_read_back(scenes):

@@ -28,6 +28,9 @@ ROAD_WIDTH_M: dict[str, tuple[float, float]] = {
     "residential": (5.0, 6.5),
     "track": (3.0, 4.0),
 }
+# width of the band along a railway marked as a hard negative: its 3.4 m ballast bed
+# (paint.py) and a metre each side
+RAILWAY_NEGATIVE_WIDTH_M = 5.4
 # every synthetic road has a width; the fallback only matters to other readers of the gpkg
 LABEL_HALF_WIDTH_M = 2.0
 _CLIP_MARGIN_M = 25.0  # roads run this far past the scene edge so their buffers reach it
@@ -141,6 +144,17 @@ def road_table(
         },
         geometry=list(geoms),
     )
+
+
+def railways_for_file(rails: list[shapely.LineString], grid: Grid, crs: str) -> gpd.GeoDataFrame:
+    """The railway centrelines as hard negatives (``<scene>.negatives.gpkg``): ``kind`` and
+    ``width_m`` (the painted ballast bed and a metre beside it), in EPSG:4326 like the roads;
+    no rows when the scene has no railway."""
+    table = gpd.GeoDataFrame(
+        {"kind": ["railway"] * len(rails), "width_m": [RAILWAY_NEGATIVE_WIDTH_M] * len(rails)},
+        geometry=gpd.GeoSeries(list(rails)),
+    )
+    return roads_for_file(table, grid, crs)
 
 
 def roads_for_file(roads: gpd.GeoDataFrame, grid: Grid, crs: str) -> gpd.GeoDataFrame:

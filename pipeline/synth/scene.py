@@ -1,5 +1,6 @@
 """One scene end to end, and the synth stage: layout, road file, labels, objects, paint,
-sensor, then the image, road GeoPackage and land-cover raster written atomically."""
+sensor, then the image, road GeoPackage, land-cover raster and the railway as hard negatives
+written atomically."""
 
 from __future__ import annotations
 
@@ -15,23 +16,26 @@ from pipeline.synth.grid import scene_grid
 from pipeline.synth.layout import draw_layout
 from pipeline.synth.objects import place_objects
 from pipeline.synth.paint import paint_scene
-from pipeline.synth.roads import LABEL_HALF_WIDTH_M, roads_for_file
+from pipeline.synth.roads import LABEL_HALF_WIDTH_M, railways_for_file, roads_for_file
 from pipeline.synth.sensor import IMAGE_NODATA, apply_sensor
 from pipeline.synth.state import log, prepare_scene, timed_step
 from pipeline.synth.types import LANDCOVER_CLASSES, LANDCOVER_NODATA
+from pipeline.vectors import NEGATIVES_LAYER
 
 
 @dataclass(frozen=True)
 class SceneFiles:
-    """The three files of one scene."""
+    """The four files of one scene."""
 
     image: Path
     roads: Path
     landcover: Path
+    negatives: Path
 
 
 def generate_scene(spec: SynthSceneSpec, params: SynthParams, index: int) -> SceneFiles:
-    """Write ``<name>.tif``, ``<name>.roads.gpkg`` and ``<name>.landcover.tif`` to ``params.out_dir``.
+    """Write ``<name>.tif``, ``<name>.roads.gpkg``, ``<name>.landcover.tif`` and
+    ``<name>.negatives.gpkg`` (the railway) to ``params.out_dir``.
 
     Scene ``index`` shifts the origin east by ``index * (size * gsd + 1000)`` metres so that
     scenes never overlap. Every file is written atomically.
@@ -47,6 +51,12 @@ def generate_scene(spec: SynthSceneSpec, params: SynthParams, index: int) -> Sce
     with timed_step("road vectors"):
         vectors.write_vectors(
             roads_for_file(layout.roads, grid, params.crs), files.roads, reproducible=True
+        )
+        vectors.write_vectors(
+            railways_for_file(layout.rails, grid, params.crs),
+            files.negatives,
+            layer=NEGATIVES_LAYER,
+            reproducible=True,
         )
         polygons = vectors.load_road_polygons(
             files.roads,
