@@ -493,7 +493,11 @@ def _add_predict_run_flags(sp: argparse.ArgumentParser) -> None:
     )
     sp.add_argument("--window", type=_positive_int, help="window side in pixels (multiple of 32)")
     sp.add_argument("--overlap", type=_non_negative_int, help="overlap between windows in pixels")
-    sp.add_argument("--tta", action="store_true", help="average the eight dihedral transforms")
+    sp.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="average the eight dihedral transforms, 8x the model time (default: predict.tta)",
+    )
     sp.add_argument(
         "--bands",
         type=_band_spec,

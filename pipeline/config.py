@@ -886,6 +886,11 @@ class PredictParams(InferenceParams):
     vector_simplify_m: float = Field(
         1.0, ge=0, description="--vectors: simplification tolerance of the centrelines"
     )
+    tta: bool = Field(
+        False,
+        description="Average the eight dihedral transforms (8x the model time; what evaluate.tta "
+        "scores); --tta / --no-tta override it",
+    )
 
 
 class PredictOptions(PredictParams):
@@ -903,7 +908,6 @@ class PredictOptions(PredictParams):
         DEFAULT_TRACKING_URI,
         description="Tracking URI a models:/ URI is resolved in, unless MLFLOW_TRACKING_URI is set",
     )
-    tta: bool = Field(False, description="Average the eight dihedral transforms (8x the time)")
     dtype: OutputDtype = Field(
         "uint8",
         description="Output samples: uint8 (p = value / 254, 255 = nodata) or float32 (NaN = nodata)",

@@ -76,9 +76,8 @@ SWEEP_THRESHOLDS = np.union1d(
     DEFAULT_THRESHOLDS, np.r_[np.arange(1, 10) / 1000, 1 - np.arange(1, 10) / 1000]
 )
 EVAL_BLOCK = 1024  # a test scene is scored in blocks of about this many pixels a side
-_NEGATIVES = (
-    "\x00negatives"  # score_scene's counts of the scene's hard negatives, beside its classes
-)
+# score_scene counts the scene's hard negatives beside its road classes under this key
+_NEGATIVES = "\x00negatives"
 
 
 class EvaluateError(ValueError):

@@ -352,6 +352,15 @@ def test_predict_options_are_params_yaml_with_the_flags_given_over_it(tmp_path, 
     assert given.windows_per_task == 6  # not given: params.yaml's
 
 
+def test_predict_tta_comes_from_params_yaml_and_either_flag_overrides_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(PREDICT_PARAMS.replace("fp32,", "fp32, tta: true,"))
+    assert _predict_options([]).tta
+    assert not _predict_options(["--no-tta"]).tta
+    (tmp_path / "params.yaml").write_text(PREDICT_PARAMS)
+    assert not _predict_options([]).tta and _predict_options(["--tta"]).tta
+
+
 def test_predict_options_without_a_params_file_are_the_defaults(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no params.yaml here
     options = _predict_options(["--no-resample"])
