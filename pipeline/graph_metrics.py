@@ -12,7 +12,8 @@ The graphs are networkx graphs (``Graph``/``MultiGraph``, directions ignored) wh
 carry ``x``, ``y`` and whose edges may carry a LineString ``geometry`` (else straight
 segments), with the CRS in ``graph.graph["crs"]`` or passed as ``truth_crs``/``proposal_crs``
 (see :mod:`pipeline.road_graph` for readers). Everything is measured in metres, in the
-truth's CRS when projected, else in the UTM zone of the truth; the proposal is reprojected.
+truth's CRS when projected (not a Mercator: EPSG:3857's metres are not the ground's), else
+in the UTM zone of the truth; the proposal is reprojected.
 
 **APLS** is the SpaceNet metric as the CosmiQ reference ``apls.py`` (Van Etten et al. 2018)
 computes it, with ``linestring_delta=50``, ``max_snap_dist=4``, ``min_path_length=10`` and

@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.atomic import atomic_path
 from pipeline.network_repair import oriented, path_length, sorted_edges
 from pipeline.raster import RasterInfo, metres_per_unit
+from pipeline.road_graph import is_mercator
 
 EDGES_LAYER = "edges"
 NODES_LAYER = "nodes"
@@ -82,9 +83,14 @@ def _lines(paths: list[np.ndarray], transform) -> np.ndarray:
 def _lengths(lines: list, crs) -> list[float]:
     import pyproj
     import shapely
+    import shapely.ops
 
-    if crs is not None and crs.is_geographic:
-        geod = pyproj.CRS.from_user_input(crs.to_wkt()).get_geod()
+    if crs is not None and (crs.is_geographic or is_mercator(crs)):
+        source = pyproj.CRS.from_user_input(crs.to_wkt())
+        if source.is_projected:  # a Mercator: measure on the ellipsoid
+            to_geo = pyproj.Transformer.from_crs(source, source.geodetic_crs, always_xy=True)
+            lines = [shapely.ops.transform(to_geo.transform, g) for g in lines]
+        geod = source.get_geod()
         return [abs(geod.geometry_length(g)) for g in lines]
     factor = metres_per_unit(crs) if crs is not None else 1.0
     return [float(shapely.length(g)) * factor for g in lines]

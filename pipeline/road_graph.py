@@ -8,14 +8,17 @@ edges carry a shapely ``geometry`` (LineString in the same CRS), the CRS in
   ``edge_id``, ``length_m``, ``mean_prob``, ``min_prob`` that are kept as attributes) and a
   ``nodes`` layer (Point; ``node_id``, ``degree``), as ``pipeline network`` writes it;
 - any line layer (road centrelines, OpenStreetMap extracts, SpaceNet GeoJSON): the lines are
-  noded with shapely (split where they cross or touch) and every line end becomes a node. Two
-  roads that cross without a junction (a bridge) are then joined: mark such crossings in the
-  data with the network format instead.
+  noded with shapely (split where they cross or touch), a line end that stops within 0.5 m of
+  another line is joined to it (a T-junction drawn to a point inside a segment is rarely on it
+  exactly after reprojection), and every line end becomes a node. Two roads that cross
+  without a junction (a bridge) are then joined: mark such crossings in the data with the
+  network format instead.
 
 :func:`metric_graph` turns such a graph into a :class:`RoadGraph` in metres: a projected CRS
-stays (coordinates scaled to metres when its unit is not the metre), a geographic one goes to
-the UTM zone of the data. A second graph can be put into the first one's metric CRS, so that
-both are compared in the same coordinates.
+stays (coordinates scaled to metres when its unit is not the metre), a geographic one, or a
+Mercator (the web's EPSG:3857, 1.4x too long at 45°), goes to the UTM zone of the data. A
+second graph can be put into the first one's metric CRS, so that both are compared in the
+same coordinates.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pyproj import CRS, Transformer
 from pyproj.aoi import AreaOfInterest
 from pyproj.database import query_utm_crs_info
 
+END_SNAP_M = 0.5  # a line end this close to another line (metres) is joined to it
 EDGES_LAYER = "edges"
 NODES_LAYER = "nodes"
 _LINES = ("LineString", "MultiLineString", "LineString Z", "MultiLineString Z")
@@ -129,11 +133,18 @@ def _single_lines(geoms: np.ndarray, source: str) -> np.ndarray:
     return geoms
 
 
-def graph_from_lines(lines: gpd.GeoDataFrame) -> nx.MultiGraph:
-    """The graph of any line layer: lines noded where they cross or touch, ends as nodes."""
+def graph_from_lines(lines: gpd.GeoDataFrame, snap_m: float = END_SNAP_M) -> nx.MultiGraph:
+    """The graph of any line layer: lines noded where they cross or touch, ends as nodes.
+
+    A line end that stops within ``snap_m`` metres of another line without touching it is
+    joined to it (:func:`join_near_ends`): a side road drawn to a point inside another road's
+    segment rarely lies on it exactly once reprojected, and would otherwise be cut off.
+    """
     parts = shapely.get_parts(lines.geometry.explode(index_parts=False).to_numpy())
     parts = parts[~shapely.is_empty(parts)]
     noded = shapely.get_parts(shapely.node(shapely.multilinestrings(parts)))
+    crs = CRS.from_user_input(lines.crs) if lines.crs is not None else None
+    noded = join_near_ends(noded, snap_m / _metres_per_unit(crs))
     graph = nx.MultiGraph(crs=lines.crs)
     ids: dict[tuple[float, float], int] = {}
     for line in noded:
@@ -145,6 +156,97 @@ def graph_from_lines(lines: gpd.GeoDataFrame) -> nx.MultiGraph:
             ends.append(ids[xy])
         graph.add_edge(ends[0], ends[1], geometry=shapely.force_2d(line))
     return graph
+
+
+def is_mercator(crs: Any) -> bool:
+    """A (non-transverse) Mercator projection, such as the web's EPSG:3857: its metres are
+    1/cos(latitude) of a metre on the ground (any CRS object with ``to_wkt``, or what pyproj
+    reads)."""
+    crs = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    if not crs.is_projected:
+        return False
+    operation = crs.coordinate_operation
+    method = operation.method_name.lower() if operation is not None else ""
+    return "mercator" in method and "transverse" not in method
+
+
+def _metres_per_unit(crs: CRS | None) -> float:
+    """Metres per unit of ``crs`` (a degree of latitude for a geographic CRS; metres when
+    there is no CRS), to turn a tolerance in metres into the data's units."""
+    if crs is None:
+        return 1.0
+    if crs.is_geographic:
+        return 111_320.0
+    return float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
+
+
+def join_near_ends(lines: np.ndarray, tolerance: float) -> np.ndarray:
+    """``lines`` (noded LineStrings) with every dangling end that lies within ``tolerance``
+    (data units) of another line joined to its nearest point there: that line is cut at the
+    point and a straight connector added, all sharing the point's exact coordinates."""
+    if tolerance <= 0 or len(lines) < 2:
+        return lines
+    ends = np.concatenate([shapely.get_point(lines, 0), shapely.get_point(lines, -1)])
+    owner = np.tile(np.arange(len(lines)), 2)
+    _, inverse, counts = np.unique(
+        shapely.get_coordinates(ends), axis=0, return_inverse=True, return_counts=True
+    )
+    dangling = np.flatnonzero(counts[inverse.ravel()] == 1)
+    near, line = shapely.STRtree(lines).query(
+        ends[dangling], predicate="dwithin", distance=tolerance
+    )
+    best: dict[int, tuple[float, int]] = {}
+    for i, j in zip(dangling[near], line, strict=True):
+        d = shapely.distance(ends[i], lines[j])
+        if j != owner[i] and d > 0 and d < best.get(i, (np.inf, -1))[0]:
+            best[i] = (d, j)
+    if not best:
+        return lines
+    cuts: dict[int, list[float]] = {}
+    connectors = []
+    for i, (_, j) in best.items():
+        pos = float(shapely.line_locate_point(lines[j], ends[i]))
+        cuts.setdefault(j, []).append(pos)
+        point = _point_at(lines[j], pos)
+        connectors.append(shapely.LineString([shapely.get_coordinates(ends[i])[0], point]))
+    out = [_cut(line, cuts[j]) if j in cuts else [line] for j, line in enumerate(lines)]
+    return np.array([piece for pieces in out for piece in pieces] + connectors, dtype=object)
+
+
+def _point_at(line: shapely.LineString, pos: float) -> tuple[float, float]:
+    """The point ``pos`` along ``line``: a vertex of it when ``pos`` falls on one."""
+    coords = shapely.get_coordinates(line)
+    along = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(coords, axis=0).T))])
+    k = int(np.searchsorted(along, pos))
+    if k < len(along) and abs(along[k] - pos) <= 1e-9 * max(1.0, along[-1]):
+        return tuple(coords[k])
+    if k >= len(along):
+        return tuple(coords[-1])
+    t = (pos - along[k - 1]) / (along[k] - along[k - 1])
+    return tuple(coords[k - 1] + t * (coords[k] - coords[k - 1]))
+
+
+def _cut(line: shapely.LineString, positions: list[float]) -> list[shapely.LineString]:
+    """``line`` cut at ``positions`` (metres along it, any order) into pieces that share the
+    cut points' exact coordinates (those :func:`_point_at` gives)."""
+    coords = shapely.get_coordinates(line)
+    along = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(coords, axis=0).T))])
+    pieces, current, k = [], [tuple(coords[0])], 1
+    for pos in sorted(set(positions)):
+        point = _point_at(line, pos)
+        while k < len(coords) and along[k] < pos:
+            if tuple(coords[k]) != current[-1]:
+                current.append(tuple(coords[k]))
+            k += 1
+        if point != current[-1]:
+            current.append(point)
+        if len(current) >= 2:
+            pieces.append(shapely.LineString(current))
+        current = [point]
+    current += [tuple(c) for c in coords[k:] if tuple(c) != current[-1]]
+    if len(current) >= 2:
+        pieces.append(shapely.LineString(current))
+    return pieces
 
 
 def _all_layers(path: Path) -> dict[str, str]:
@@ -185,10 +287,16 @@ def _read_layer(path: Path, layer: str) -> gpd.GeoDataFrame:
 
 # ----------------------------------------------------------------------------------- in metres
 def metric_crs(crs: Any, xy: np.ndarray) -> CRS:
-    """The CRS to measure in: ``crs`` itself when projected, else the UTM zone of ``xy``."""
+    """The CRS to measure in: ``crs`` itself when projected, else (geographic, or a Mercator
+    such as the web's EPSG:3857, whose metres are 1/cos(latitude) of true ones) the UTM zone
+    of ``xy``."""
     crs = CRS.from_user_input(crs)
-    if crs.is_projected:
+    if crs.is_projected and not is_mercator(crs):
         return crs
+    if crs.is_projected:
+        xy = np.asarray(
+            Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True).transform(*xy.T)
+        ).T
     lon, lat = xy.mean(axis=0) if len(xy) else (0.0, 0.0)
     info = query_utm_crs_info(
         datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat)

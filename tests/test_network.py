@@ -13,7 +13,7 @@ from affine import Affine
 from pipeline import raster
 from pipeline.cli import main
 from pipeline.config import NetworkParams
-from pipeline.network import NetworkError, build_network, network_raster
+from pipeline.network import NetworkError, build_network, metres_per_pixel, network_raster
 from pipeline.network_io import network_frames
 
 UTM = "EPSG:32632"
@@ -153,6 +153,26 @@ def test_same_network_whatever_the_worker_count(tmp_path):
     assert len(serial[0]) > 10
     assert _signature(path, block_size=96, workers=2) == serial
     assert _signature(path, block_size=160, workers=2) == serial
+
+
+def test_web_mercator_raster_lengths_are_ground_metres(tmp_path):
+    """EPSG:3857 pixels of 1.5 "metres" at 48 N are 1.0 m on the ground: edge lengths and the
+    pruning and bridging lengths in metres follow the ground, not the projection's unit."""
+    x0, y0 = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True).transform(7, 48)
+    transform = Affine(1.5, 0, x0, 0, -1.5, y0)
+    prob = draw((200, 260), [(100, 5, 100, 255, 0.9), (5, 130, 195, 130, 0.9)], width=6)
+    path = write_prob(tmp_path / "p.tif", prob, crs="EPSG:3857", transform=transform)
+    rows_m, cols_m = metres_per_pixel(raster.raster_info(path))
+    assert rows_m == pytest.approx(1.5 * math.cos(math.radians(48)), rel=0.01)
+    assert cols_m == pytest.approx(rows_m, rel=0.01)
+    edges, nodes = layers(network_raster(path, tmp_path / "n.gpkg", NetworkParams(**SMALL)))
+    assert sorted(nodes.degree) == [1, 1, 1, 1, 4]
+    to_geo = pyproj.Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True)
+    geod = pyproj.Geod(ellps="WGS84")
+    for line, length in zip(edges.geometry, edges.length_m, strict=True):
+        (ax, ay), (bx, by) = (to_geo.transform(*xy) for xy in (line.coords[0], line.coords[-1]))
+        assert length == pytest.approx(geod.inv(ax, ay, bx, by)[2], rel=0.01)
+        assert length < 0.7 * line.length  # the projection's "metres" are 1.49x too long here
 
 
 def test_geographic_raster_lengths_in_metres(tmp_path):

@@ -6,11 +6,20 @@ import json
 from pathlib import Path
 
 import geopandas as gpd
+import networkx as nx
+import numpy as np
 import pytest
 import shapely
 
 from pipeline.cli import main
-from pipeline.road_graph import GraphInputError, read_road_graph
+from pipeline.graph_metrics import score_networks
+from pipeline.road_graph import (
+    GraphInputError,
+    graph_from_lines,
+    join_near_ends,
+    metric_graph,
+    read_road_graph,
+)
 
 UTM = "EPSG:32633"
 X0, Y0 = 500_000.0, 5_000_000.0
@@ -75,6 +84,62 @@ def test_crossing_centrelines_are_noded(tmp_path: Path) -> None:
     graph = read_road_graph(tmp_path / "roads.geojson")
     assert graph.number_of_edges() == 7
     assert sorted(d for _, d in graph.degree()) == [1] * 6 + [4, 4]
+
+
+def _t_junction(tmp_path: Path, gap_m: float, crs: str) -> nx.MultiGraph:
+    """The south road of the H and a 100 m side road from its middle northwards whose end
+    stops ``gap_m`` short of it, written in ``crs`` (a side road drawn to a point inside the
+    other road's segment: after reprojection it lies a hair off that segment)."""
+    roads = gpd.GeoDataFrame(
+        geometry=[line((0, 0), (200, 0)), line((100.3, gap_m), (100.3, 100))], crs=UTM
+    )
+    roads.to_crs(crs).to_file(tmp_path / f"t{gap_m}{crs[-4:]}.gpkg", layer="roads")
+    return read_road_graph(tmp_path / f"t{gap_m}{crs[-4:]}.gpkg")
+
+
+@pytest.mark.parametrize("crs", [UTM, "EPSG:4326", "EPSG:3857"])
+def test_a_side_road_ending_on_or_just_short_of_a_road_joins_it(tmp_path: Path, crs) -> None:
+    """Within 0.5 m (a hair off after reprojection, or an undershoot) the side road joins the
+    road at a junction of degree 3; 2 m short it stays a separate road."""
+    for gap in (0.0, 1e-9, 0.3):
+        graph = _t_junction(tmp_path, gap, crs)
+        assert nx.is_connected(graph), gap
+        # the junction, three dead ends, and where the gap was bridged a node of degree 2
+        assert sorted(d for _, d in graph.degree() if d != 2) == [1, 1, 1, 3], gap
+        # on the road exactly: noded as it is (3 edges), unless reprojection moved it a hair
+        assert graph.number_of_edges() in (
+            (3, 4) if gap == 0 and crs != UTM else (3,) if gap == 0 else (4,)
+        )
+        metric = metric_graph(graph, simplify=False)
+        assert metric.total_length_m == pytest.approx(300.0, abs=0.1)
+    apart = _t_junction(tmp_path, 2.0, crs)
+    assert not nx.is_connected(apart) and apart.number_of_edges() == 2
+
+
+def test_joining_an_end_scores_the_t_junction_as_the_network_that_has_it(tmp_path: Path) -> None:
+    """A truth whose side road lies a hair off the road scores a proposal with the junction
+    as it scores itself: 1.0."""
+    truth = _t_junction(tmp_path, 1e-9, "EPSG:4326")
+    proposal = _t_junction(tmp_path, 0.0, UTM)
+    scores = score_networks(truth, proposal)
+    assert scores["apls"] == pytest.approx(1.0, abs=1e-4)
+    assert scores["topo_f1"] > 0.98  # one hole of 63 left over by the round trip's millimetres
+    # without joining, the truth's side road is cut off: every pair across the junction fails
+    unjoined = graph_from_lines(gpd.read_file(tmp_path / "t1e-094326.gpkg"), snap_m=0.0)
+    assert score_networks(unjoined, proposal)["apls"] < 0.8
+
+
+def test_join_near_ends_cuts_the_road_at_a_shared_point_without_empty_pieces() -> None:
+    road = shapely.LineString([(0, 0), (50, 0), (100, 0)])
+    side = shapely.LineString([(50, 0.2), (50, 40)])  # above an existing vertex of the road
+    other = shapely.LineString([(80, -0.1), (80, -30)])  # below the road's second segment
+    out = join_near_ends(np.array([road, side, other], dtype=object), 0.5)
+    assert all(piece.length > 0 for piece in out)
+    assert sum(piece.length for piece in out) == pytest.approx(100 + 39.8 + 29.9 + 0.2 + 0.1)
+    ends = [tuple(c) for piece in out for c in (piece.coords[0], piece.coords[-1])]
+    assert ends.count((50.0, 0.0)) == 3 and ends.count((80.0, 0.0)) == 3
+    untouched = np.array([road, shapely.LineString([(50, 3), (50, 40)])], dtype=object)
+    assert list(join_near_ends(untouched, 0.5)) == list(untouched)
 
 
 def test_score_network_prints_and_writes_json(tmp_path: Path, capsys) -> None:
