@@ -76,8 +76,7 @@ SWEEP_THRESHOLDS = np.union1d(
     DEFAULT_THRESHOLDS, np.r_[np.arange(1, 10) / 1000, 1 - np.arange(1, 10) / 1000]
 )
 EVAL_BLOCK = 1024  # a test scene is scored in blocks of about this many pixels a side
-# score_scene counts the scene's hard negatives beside its road classes under this key
-_NEGATIVES = "\x00negatives"
+_NEGATIVES = "negatives"  # score_scene counts a scene's hard negatives as a class of their own
 
 
 class EvaluateError(ValueError):
@@ -240,14 +239,14 @@ def _count_classes(
     classes: dict[str, object],
     counts: dict[str, list[int]],
     box: tuple[int, int, int, int],
-    counted: dict[str, np.ndarray],
+    counted: np.ndarray,
     called_road: np.ndarray,
 ) -> None:
-    """Add, per class, a block's pixels that count (``counted[name]``) under its polygons and
-    those of them called road to ``counts``."""
+    """Add, per class, a block's pixels that count (``counted``) under its polygons and those
+    of them called road to ``counts``."""
     r0, c0, r1, c1 = box
     for name, polygons in classes.items():
-        inside = windows.burn(polygons, c0, r0, c1 - c0, r1 - r0) & counted[name]
+        inside = windows.burn(polygons, c0, r0, c1 - c0, r1 - r0) & counted
         counts[name][0] += int(np.count_nonzero(inside))
         counts[name][1] += int(np.count_nonzero(inside & called_road))
 
@@ -270,12 +269,9 @@ def score_scene(
     with SceneWindows(scene, data) as windows, raster.open_reader(prediction) as predicted:
         classes = _road_classes(windows, scene.name, class_attribute)
         by_class = {name: [0, 0] for name in classes}
-        negatives = vectors.load_scene_negatives(scene, data, windows.info)
-        if negatives is not None:
-            classes_and_negatives = {**classes, _NEGATIVES: negatives}
-            by_class[_NEGATIVES] = [0, 0]
-        else:
-            classes_and_negatives = classes
+        polygons = vectors.load_scene_negatives(scene, data, windows.info)
+        negatives = {} if polygons is None else {_NEGATIVES: polygons}
+        negative_counts = {name: [0, 0] for name in negatives}
         height, width = _check_same_grid(predicted, windows, prediction, scene.image)
         overview = _Overview.empty(height, width)
         step = overview.factor * math.ceil(block / overview.factor)  # on the overview's grid
@@ -291,20 +287,18 @@ def score_scene(
             sweep.update(prob, truth, valid, core=core)
             p, t, v = prob[core], truth[core], valid[core]
             overview.add(r0, c0, p, error_codes(p >= threshold, t, v), v)
-            if classes_and_negatives:  # a negative under a road is road: background only
-                counted = {k: v & ~t if k == _NEGATIVES else v for k in classes_and_negatives}
-                _count_classes(
-                    windows, classes_and_negatives, by_class, box, counted, p >= threshold
-                )
-    counts = {k: (a, b) for k, (a, b) in by_class.items()}
+            if classes:
+                _count_classes(windows, classes, by_class, box, v, p >= threshold)
+            if negatives:  # a negative under a road is road: its background only
+                _count_classes(windows, negatives, negative_counts, box, v & ~t, p >= threshold)
     return SceneScore(
         sweep=sweep,
         codes=overview.codes,
         prob=overview.prob,
         valid=overview.valid,
         factor=overview.factor,
-        by_class=counts,
-        negatives=counts.pop(_NEGATIVES, None),
+        by_class={k: (a, b) for k, (a, b) in by_class.items()},
+        negatives=tuple(negative_counts[_NEGATIVES]) if negatives else None,
     )
 
 

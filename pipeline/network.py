@@ -39,9 +39,8 @@ import numpy as np
 from pipeline import parallel, raster
 from pipeline.atomic import refuse_existing
 from pipeline.config import NetworkParams
-from pipeline.network_io import RoadNetwork, write_network
+from pipeline.network_io import RoadNetwork, ground_lengths, write_network
 from pipeline.network_repair import RepairSettings, add_edge, canonical_rings, contract, repair
-from pipeline.road_graph import is_mercator
 
 log = logging.getLogger(__name__)
 
@@ -59,25 +58,21 @@ class NetworkError(ValueError):
 def metres_per_pixel(info: raster.RasterInfo) -> tuple[float, float]:
     """(metres per row, metres per column) at the raster's centre; geodesic for a geographic
     CRS or a Mercator (EPSG:3857); (1, 1), i.e. pixels, without a CRS."""
-    t = info.transform
-    col_step, row_step = float(np.hypot(t.a, t.d)), float(np.hypot(t.b, t.e))
+    import shapely
+
     if info.crs is None:
         return (1.0, 1.0)
-    if not info.crs.is_geographic and not is_mercator(info.crs):
-        unit = raster.metres_per_unit(info.crs)
-        return (row_step * unit, col_step * unit)
-    import pyproj
-
-    crs = pyproj.CRS.from_user_input(info.crs.to_wkt())
-    to_geo = pyproj.Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
+    t = info.transform
+    col_step, row_step = float(np.hypot(t.a, t.d)), float(np.hypot(t.b, t.e))
     x, y = t * (info.width / 2, info.height / 2)
-    lon, lat = to_geo.transform(x, y)
-    lon_c, lat_c = to_geo.transform(x + col_step, y)
-    lon_r, lat_r = to_geo.transform(x, y + row_step)
-    geod = crs.get_geod()
-    dx = geod.inv(lon, lat, lon_c, lat_c)[2]
-    dy = geod.inv(lon, lat, lon_r, lat_r)[2]
-    return (float(abs(dy)), float(abs(dx)))
+    across, down = ground_lengths(
+        [
+            shapely.LineString([(x, y), (x + col_step, y)]),
+            shapely.LineString([(x, y), (x, y + row_step)]),
+        ],
+        info.crs,
+    )
+    return (float(down), float(across))
 
 
 def _blocks(height: int, width: int, size: int) -> Iterator[tuple[int, int, int, int]]:

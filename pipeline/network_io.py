@@ -80,7 +80,9 @@ def _lines(paths: list[np.ndarray], transform) -> np.ndarray:
     return shapely.linestrings(coords, indices=np.repeat(np.arange(len(paths)), counts))
 
 
-def _lengths(lines: list, crs) -> list[float]:
+def ground_lengths(lines: list, crs) -> list[float]:
+    """Lengths in metres of ``lines`` in ``crs`` (a rasterio CRS or None: the lines' units):
+    on the ellipsoid for a geographic CRS or a Mercator, else scaled by the unit."""
     import pyproj
     import shapely
     import shapely.ops
@@ -118,7 +120,7 @@ def network_frames(network: RoadNetwork, simplify_m: float):
             "edge_id": np.arange(len(rows), dtype=np.int64),
             "u": np.array([r[0] for r in rows], np.int64),
             "v": np.array([r[1] for r in rows], np.int64),
-            "length_m": np.array(_lengths(lines, info.crs), float),
+            "length_m": np.array(ground_lengths(lines, info.crs), float),
             "mean_prob": np.array([r[2] for r in rows], float),
             "min_prob": np.array([r[3] for r in rows], float),
         },

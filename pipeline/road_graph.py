@@ -202,21 +202,26 @@ def join_near_ends(lines: np.ndarray, tolerance: float) -> np.ndarray:
             best[i] = (d, j)
     if not best:
         return lines
-    cuts: dict[int, list[float]] = {}
+    cuts: dict[int, list[tuple[float, tuple[float, float]]]] = {}
     connectors = []
     for i, (_, j) in best.items():
         pos = float(shapely.line_locate_point(lines[j], ends[i]))
-        cuts.setdefault(j, []).append(pos)
         point = _point_at(lines[j], pos)
+        cuts.setdefault(j, []).append((pos, point))
         connectors.append(shapely.LineString([shapely.get_coordinates(ends[i])[0], point]))
     out = [_cut(line, cuts[j]) if j in cuts else [line] for j, line in enumerate(lines)]
     return np.array([piece for pieces in out for piece in pieces] + connectors, dtype=object)
 
 
+def _along(coords: np.ndarray) -> np.ndarray:
+    """Distance along a line's vertices from its start."""
+    return np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(coords, axis=0).T))])
+
+
 def _point_at(line: shapely.LineString, pos: float) -> tuple[float, float]:
     """The point ``pos`` along ``line``: a vertex of it when ``pos`` falls on one."""
     coords = shapely.get_coordinates(line)
-    along = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(coords, axis=0).T))])
+    along = _along(coords)
     k = int(np.searchsorted(along, pos))
     if k < len(along) and abs(along[k] - pos) <= 1e-9 * max(1.0, along[-1]):
         return tuple(coords[k])
@@ -226,14 +231,15 @@ def _point_at(line: shapely.LineString, pos: float) -> tuple[float, float]:
     return tuple(coords[k - 1] + t * (coords[k] - coords[k - 1]))
 
 
-def _cut(line: shapely.LineString, positions: list[float]) -> list[shapely.LineString]:
-    """``line`` cut at ``positions`` (metres along it, any order) into pieces that share the
-    cut points' exact coordinates (those :func:`_point_at` gives)."""
+def _cut(
+    line: shapely.LineString, cuts: list[tuple[float, tuple[float, float]]]
+) -> list[shapely.LineString]:
+    """``line`` cut at ``cuts`` ((position along it, the point there), any order) into pieces
+    that share the cut points' exact coordinates."""
     coords = shapely.get_coordinates(line)
-    along = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(coords, axis=0).T))])
+    along = _along(coords)
     pieces, current, k = [], [tuple(coords[0])], 1
-    for pos in sorted(set(positions)):
-        point = _point_at(line, pos)
+    for pos, point in sorted(set(cuts)):
         while k < len(coords) and along[k] < pos:
             if tuple(coords[k]) != current[-1]:
                 current.append(tuple(coords[k]))
@@ -380,7 +386,7 @@ def _transform(
         tr = Transformer.from_crs(source, target, always_xy=True)
         xy = np.column_stack(tr.transform(xy[:, 0], xy[:, 1])) if len(xy) else xy
         lines = shapely.transform(lines, lambda c: np.column_stack(tr.transform(c[:, 0], c[:, 1])))
-    scale = float(target.axis_info[0].unit_conversion_factor) if target.axis_info else 1.0
+    scale = _metres_per_unit(target)
     if scale != 1.0:
         xy = xy * scale
         lines = shapely.transform(lines, lambda c: c * scale)

@@ -269,8 +269,13 @@ def scene_roads(scene: SceneSource, data: DataParams, info: raster.RasterInfo) -
     global ROADS_LOADS
     from pipeline import vectors
 
-    key = (*_file_key(scene.roads), info.crs.to_wkt(), info.bounds, data.width_attribute)
-    key = (*key, data.default_half_width_m)
+    key = (
+        *_file_key(scene.roads),
+        info.crs.to_wkt(),
+        info.bounds,
+        data.width_attribute,
+        data.default_half_width_m,
+    )
     if key in _ROADS:
         return _ROADS[key], False
     _ROADS.clear()
@@ -286,8 +291,12 @@ def scene_negatives(scene: SceneSource, data: DataParams, info: raster.RasterInf
 
     if scene.negatives is None:
         return None
-    key = (*_file_key(scene.negatives), info.crs.to_wkt(), data.width_attribute)
-    key = (*key, data.negative_half_width_m)
+    key = (
+        *_file_key(scene.negatives),
+        info.crs.to_wkt(),
+        data.width_attribute,
+        data.negative_half_width_m,
+    )
     if key not in _NEGATIVES:
         _NEGATIVES.clear()
         _NEGATIVES[key] = vectors.load_scene_negatives(scene, data, info)
