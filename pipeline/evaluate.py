@@ -470,11 +470,13 @@ def _score_scenes(
             threshold,
             class_attribute=params.class_attribute,
         )
-        if network is not None and scene.roads is not None:
+        if network is not None:
             from pipeline.network_eval import score_scene_network
 
             log.info("evaluate: road network of %s", scene.name)
-            scored = score_scene_network(scene, prediction, network, network.threshold or threshold)
+            scored = score_scene_network(
+                scene, prediction, network, network.threshold or threshold, data
+            )
             if scored:
                 network_scores[scene.name] = scored
         prediction.unlink()  # a test scene's probability raster can be large
@@ -655,7 +657,8 @@ def run_evaluate(
     returns the metrics (as in eval.json) plus ``mlflow_run_id``.
 
     Prediction runs with ``tile.workers`` workers. With ``network``, the road network of each
-    test scene with road vectors is scored too (``network_eval``: APLS, TOPO).
+    test scene is scored too (``network_eval``: APLS, TOPO; against the road vectors, or the
+    network traced from a label raster).
     """
     model_dir = Path(model_dir)
     data_lines = tilesets.describe(data, tilesets.read_summaries(tile.stats_path))

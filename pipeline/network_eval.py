@@ -1,8 +1,12 @@
-"""Score the road network of a predicted scene against the scene's road vectors (evaluate).
+"""Score the road network of a predicted scene against the scene's truth (evaluate).
 
-The truth network comes from the scene's road centrelines, reprojected to the image's CRS,
-clipped to the image's valid area (roads where the image has no pixels cannot be found) and
-noded where lines cross (``road_graph.graph_from_lines``). The proposal is the network
+The truth network of a scene with road vectors comes from its centrelines, reprojected to the
+image's CRS, clipped to the image's valid area (roads where the image has no pixels cannot be
+found) and noded where lines cross (``road_graph.graph_from_lines``). A scene scored against a
+label raster (a tile set: Massachusetts Roads, DeepGlobe) has no centrelines: its truth network
+is traced from the road mask evaluate scores pixels against (the labels inside the image's
+valid area) with the same ``network`` settings as the proposal, as DeepGlobe's road networks
+are scored on the skeleton of the ground-truth mask. The proposal is the network
 ``pipeline network`` builds from the stitched prediction with ``params.yaml`` ``network``
 settings, and, for reference, the raw skeleton graph (``repair: false``). Both are scored with
 ``graph_metrics.score_networks``: APLS as SpaceNet defines it (CosmiQ ``apls.py``) and TOPO.
@@ -15,14 +19,16 @@ from pathlib import Path
 
 import geopandas as gpd
 import networkx as nx
+import numpy as np
 import pyproj
 
 from pipeline import raster
-from pipeline.config import GraphMetricsParams, NetworkParams, SceneSource
+from pipeline.config import DataParams, GraphMetricsParams, NetworkParams, SceneSource
 from pipeline.graph_metrics import score_networks
 from pipeline.network import build_network
 from pipeline.network_io import network_frames
 from pipeline.road_graph import graph_from_lines, graph_from_network
+from pipeline.scene_truth import SceneWindows
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,9 @@ NETWORK_METRICS = (
     "topo_recall",
     "topo_f1",
 )
+MASK_THRESHOLD = 0.5  # the truth mask written for a label raster is 0 / 1
+MASK_NODATA = 255
+MASK_BLOCK = 2048  # pixels a side of the truth mask written at a time
 
 
 def truth_network(scene: SceneSource) -> nx.MultiGraph:
@@ -50,6 +59,36 @@ def truth_network(scene: SceneSource) -> nx.MultiGraph:
     return graph_from_lines(lines)
 
 
+def write_truth_mask(scene: SceneSource, data: DataParams, path: Path) -> Path:
+    """The scene's pixel truth as evaluate scores it (road 1, background 0, 255 where the image
+    or the labels have no data), written block by block as a GeoTIFF on the image's grid."""
+    with SceneWindows(scene, data) as windows:
+        info = windows.info
+        with raster.stream_cog(
+            path, width=info.width, height=info.height, crs=info.crs,
+            transform=info.transform, dtype="uint8", nodata=MASK_NODATA, overwrite=True,
+        ) as out:  # fmt: skip
+            for row in range(0, info.height, MASK_BLOCK):
+                for col in range(0, info.width, MASK_BLOCK):
+                    height = min(MASK_BLOCK, info.height - row)
+                    width = min(MASK_BLOCK, info.width - col)
+                    _, valid, truth = windows.read(col, row, width, height)
+                    out.write(np.where(valid, truth, MASK_NODATA).astype(np.uint8), row, col)
+    return path
+
+
+def label_truth_network(
+    scene: SceneSource, data: DataParams, params: NetworkParams, workdir: Path
+) -> nx.MultiGraph:
+    """The network of a scene scored against a label raster: its truth mask traced and cleaned
+    with the proposal's ``network`` settings (gaps in a 0 / 1 mask are never bridged)."""
+    mask = write_truth_mask(scene, data, Path(workdir) / f"{scene.name}.truth-mask.tif")
+    try:
+        return proposal_network(mask, params, MASK_THRESHOLD)
+    finally:
+        mask.unlink(missing_ok=True)
+
+
 def proposal_network(prediction: Path, params: NetworkParams, threshold: float) -> nx.MultiGraph:
     """The network ``pipeline network`` builds from a probability raster, as a graph."""
     network = build_network(prediction, params, threshold)
@@ -62,16 +101,22 @@ def score_scene_network(
     prediction: Path,
     params: NetworkParams,
     threshold: float,
+    data: DataParams | None = None,
     metrics: GraphMetricsParams | None = None,
 ) -> dict[str, float]:
     """APLS and TOPO of the repaired network, ``apls_raw`` of the raw skeleton graph; none
-    (an empty dict, with a warning) when the scene has no road in its valid area."""
+    (an empty dict, with a warning) when the scene has no road in its valid area. The truth of
+    a scene without road vectors is traced from its label raster beside ``prediction``, its
+    image read with ``data``'s bands."""
     metrics = metrics or GraphMetricsParams()
-    truth = truth_network(scene)
+    if scene.roads is not None:
+        truth = truth_network(scene)
+    elif data is None:
+        raise TypeError(f"scene {scene.name} is scored against its labels: pass data (its bands)")
+    else:
+        truth = label_truth_network(scene, data, params, Path(prediction).parent)
     if truth.number_of_edges() == 0:
-        log.warning(
-            "evaluate: %s has no road vectors in its valid area; no network metrics", scene.name
-        )
+        log.warning("evaluate: %s has no road in its valid area; no network metrics", scene.name)
         return {}
     scores = score_networks(truth, proposal_network(prediction, params, threshold), metrics)
     out = {k: float(scores[k]) for k in NETWORK_METRICS}

@@ -293,11 +293,12 @@ def _read_layer(path: Path, layer: str) -> gpd.GeoDataFrame:
 
 # ----------------------------------------------------------------------------------- in metres
 def metric_crs(crs: Any, xy: np.ndarray) -> CRS:
-    """The CRS to measure in: ``crs`` itself when projected, else (geographic, or a Mercator
+    """The CRS to measure in: ``crs`` itself when projected, or a local engineering grid (the
+    grid of a tile set without georeferencing, in its units), else (geographic, or a Mercator
     such as the web's EPSG:3857, whose metres are 1/cos(latitude) of true ones) the UTM zone
     of ``xy``."""
     crs = CRS.from_user_input(crs)
-    if crs.is_projected and not is_mercator(crs):
+    if (crs.is_projected and not is_mercator(crs)) or crs.is_engineering:
         return crs
     if crs.is_projected:
         xy = np.asarray(

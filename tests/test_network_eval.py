@@ -136,3 +136,77 @@ def test_scene_without_roads_in_its_valid_area_has_no_network_metrics(tmp_path):
     gpd.GeoDataFrame(geometry=[far], crs=CRS).to_file(tmp_path / "far.gpkg", driver="GPKG")
     elsewhere = scene.model_copy(update={"roads": tmp_path / "far.gpkg"})
     assert score_scene_network(elsewhere, _prediction(tmp_path), PARAMS, 0.5) == {}
+
+
+# ------------------------------------------------------- a tile set scored against its labels
+TILE = 160  # pixels a side, 1 m each
+FILL = 24  # left columns of the tile are white fill (nodata), the horizontal road runs into it
+
+
+def _tile_set_scene(tmp_path: Path) -> tuple[SceneSource, DataParams]:
+    """A Massachusetts-like tile set (PNG, no georeferencing, 0/255 masks, white fill)
+    prepared by `pipeline tile`: the test tile as evaluate sees it, on its local grid."""
+    from pipeline import tilesets
+    from pipeline.cli import main
+    from pipeline.config import load_params
+    from tests.test_tilesets import params_file, write_image
+
+    rng = np.random.default_rng(0)
+    for stem in ("t1", "t2"):
+        image = rng.integers(20, 200, (3, TILE, TILE), dtype=np.uint8)
+        image[:, :, :FILL] = 255
+        mask = np.zeros((TILE, TILE), np.uint8)
+        mask[78:85, :] = 255  # 7 px bands, as Massachusetts draws its roads
+        mask[:, 98:105] = 255
+        write_image(tmp_path / "set" / "images" / f"{stem}.png", image, "PNG")
+        write_image(tmp_path / "set" / "masks" / f"{stem}.png", mask, "PNG")
+    entry = {
+        "name": "mass", "root": str(tmp_path / "set"), "images": "images/*.png",
+        "labels": "masks/{stem}.png", "pixel_size_m": 1.0,
+        "label": {"road": [255], "background": [0]}, "fill": [255, 255, 255],
+        "split": {"val_fraction": 0.0, "test_fraction": 0.0, "test": ["t1"]},
+    }  # fmt: skip
+    params = params_file(tmp_path, [entry])
+    assert main(["tile", "-q", "--params", str(params)]) == 0
+    data = tilesets.expand(load_params(params).data, tmp_path / "chips" / "tilesets")
+    (scene,) = [s for s in data.scenes if s.split == "test"]
+    return scene, data
+
+
+def _tile_prediction(scene: SceneSource, folder: Path, drop_vertical: bool = False) -> Path:
+    info = raster.raster_info(scene.labels)
+    labels = raster.read_band_array(scene.labels)
+    prob = np.where(labels == 1, 0.9, 0.02).astype(np.float32)
+    if drop_vertical:
+        prob[:, 98:105] = np.where(prob[:, 98:105] > 0.5, 0.02, prob[:, 98:105])
+        prob[78:85, 98:105] = 0.9  # the crossing stays, the vertical road is gone
+    prob[:, :FILL] = np.nan
+    folder.mkdir(exist_ok=True)
+    return raster.write_geotiff(
+        folder / "p.tif", prob, crs=info.crs, transform=info.transform, nodata=float("nan")
+    )
+
+
+def test_truth_mask_of_a_tile_is_the_labels_inside_the_imagery(tmp_path):
+    from pipeline.network_eval import MASK_NODATA, write_truth_mask
+
+    scene, data = _tile_set_scene(tmp_path)
+    mask = raster.read_band_array(write_truth_mask(scene, data, tmp_path / "m.tif"))
+    assert (mask[:, :FILL] == MASK_NODATA).all()  # the road runs on into the fill: not truth
+    assert (mask[78:85, FILL:] == 1).all() and (mask[:, 98:105] == 1).all()
+    assert set(np.unique(mask[:, FILL:])) == {0, 1}
+    assert raster.raster_info(tmp_path / "m.tif").crs == raster.raster_info(scene.image).crs
+
+
+def test_a_tile_set_scene_is_scored_against_the_network_of_its_labels(tmp_path):
+    scene, data = _tile_set_scene(tmp_path)
+    assert scene.roads is None and scene.labels is not None
+    perfect = score_scene_network(scene, _tile_prediction(scene, tmp_path / "a"), PARAMS, 0.5, data)
+    assert perfect["apls"] > 0.95 and perfect["topo_f1"] > 0.95
+    half = score_scene_network(
+        scene, _tile_prediction(scene, tmp_path / "b", drop_vertical=True), PARAMS, 0.5, data
+    )
+    # the horizontal road found (136 m of 296 m), the vertical one missed: recall-side APLS low
+    assert half["apls_gt_onto_prop"] < 0.6 and half["apls_prop_onto_gt"] > 0.9
+    assert half["topo_recall"] < 0.6 < half["topo_precision"]
+    assert not list((tmp_path / "b").glob("*truth*"))  # the traced truth mask is removed

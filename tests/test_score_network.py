@@ -29,7 +29,7 @@ def line(*pts: tuple[float, float]) -> shapely.LineString:
     return shapely.LineString([(X0 + x, Y0 + y) for x, y in pts])
 
 
-def write_network(path: Path, with_bridge: bool = True) -> Path:
+def write_network(path: Path, with_bridge: bool = True, crs: str = UTM) -> Path:
     """The "H" (two 200 m roads, a 100 m bridge) as a network GeoPackage (edges + nodes)."""
     nodes = {0: (0, 0), 1: (100, 0), 2: (200, 0), 3: (0, 100), 4: (100, 100), 5: (200, 100)}
     ends = [(0, 1), (1, 2), (3, 4), (4, 5)] + ([(1, 4)] if with_bridge else [])
@@ -43,12 +43,12 @@ def write_network(path: Path, with_bridge: bool = True) -> Path:
             "min_prob": [0.8] * len(ends),
         },
         geometry=[line(nodes[u], nodes[v]) for u, v in ends],
-        crs=UTM,
+        crs=crs,
     )
     points = gpd.GeoDataFrame(
         {"node_id": list(nodes), "degree": [1, 3, 1, 1, 3, 1]},
         geometry=[shapely.Point(X0 + x, Y0 + y) for x, y in nodes.values()],
-        crs=UTM,
+        crs=crs,
     )
     edges.to_file(path, layer="edges", driver="GPKG")
     points.to_file(path, layer="nodes", driver="GPKG")
@@ -164,6 +164,21 @@ def test_score_network_prints_and_writes_json(tmp_path: Path, capsys) -> None:
     assert "exists" in capsys.readouterr().err
     assert main(["score-network", str(truth), str(truth), "--json", str(out), "--overwrite"]) == 0
     assert json.loads(out.read_text())["apls"] == pytest.approx(1.0)
+
+
+def test_networks_on_a_local_tile_grid_are_measured_in_its_metres(tmp_path: Path) -> None:
+    """The networks of a tile set without georeferencing (Massachusetts Roads) lie on
+    roadseg's local metre grid, an engineering CRS: scored in it, not sent to a UTM zone."""
+    from pipeline.raster import LOCAL_GRID_WKT
+
+    truth = write_network(tmp_path / "truth.gpkg", crs=LOCAL_GRID_WKT)
+    proposal = write_network(tmp_path / "proposal.gpkg", with_bridge=False, crs=LOCAL_GRID_WKT)
+    out = tmp_path / "scores.json"
+    assert main(["score-network", str(truth), str(proposal), "--json", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    assert scores["apls"] == pytest.approx(8 / 15)
+    assert scores["truth_length_m"] == pytest.approx(500.0)
+    assert "roadseg local tile grid" in scores["metric_crs"]
 
 
 def test_layers_are_selectable(tmp_path: Path, capsys) -> None:
