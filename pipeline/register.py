@@ -31,7 +31,8 @@ def _network_note(metrics: dict) -> str:
         "is APLS as SpaceNet defines it (CosmiQ apls.py: control points every 50 m, 4 m snapping, "
         "harmonic mean of the two directions); `topo_*` is TOPO (Biagioni and Eriksson 2012). Both "
         "score the network `pipeline network` builds from the prediction (params.yaml `network`) "
-        "against the scenes' road vectors; `apls_raw` is the raw skeleton graph without repair. "
+        "against the scenes' road vectors (a scene with a label raster: against the network "
+        "traced the same way from its labels); `apls_raw` is the raw skeleton graph without repair. "
         "The champion alias is decided on test IoU.\n"
     )
 
