@@ -299,6 +299,7 @@ def cmd_score_network(args: argparse.Namespace) -> None:
         params,
         truth_layer=args.truth_layer,
         proposal_layer=args.proposal_layer,
+        within=args.within,
     )
     print(format_scores(scores))
     if args.json:
@@ -557,6 +558,12 @@ def _add_score_network(sub: argparse._SubParsersAction) -> None:
     )
     sp.add_argument(
         "--proposal-layer", help="line layer of the proposal (default: edges, else the only one)"
+    )
+    sp.add_argument(
+        "--within",
+        metavar="RASTER",
+        help="clip the truth to the valid pixels of this raster (the image the proposal was "
+        "predicted from), as evaluate does: truth roads where it has no data cannot be found",
     )
     sp.add_argument("--json", help="also write the scores to this JSON file")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing --json file")

@@ -78,7 +78,7 @@ from scipy.sparse.csgraph import dijkstra, maximum_bipartite_matching
 from scipy.spatial import cKDTree
 
 from pipeline.config import GraphMetricsParams
-from pipeline.road_graph import RoadGraph, metric_graph, read_road_graph
+from pipeline.road_graph import RoadGraph, metric_graph, raster_valid_area, read_road_graph
 
 _TOL = 1e-6  # metres: points this close to a node or to each other are the same place
 _BATCH_BYTES = 64 * 2**20  # Dijkstra rows held at a time (sources x nodes x 8 bytes)
@@ -106,11 +106,16 @@ def score_network_files(
     *,
     truth_layer: str | None = None,
     proposal_layer: str | None = None,
+    within: str | Path | None = None,
 ) -> dict[str, Any]:
     """:func:`score_networks` of two vector files (see :func:`pipeline.road_graph.read_road_graph`),
-    with the lengths of both networks and the CRS they were measured in."""
+    with the lengths of both networks and the CRS they were measured in. With ``within`` (a
+    raster: the image the proposal was predicted from), the truth is clipped to its valid
+    pixels, as evaluate clips a scene's roads: a road where the image has no data cannot be
+    found. The proposal is scored whole."""
     params = params or GraphMetricsParams()
-    truth_graph = read_road_graph(truth_path, truth_layer)
+    area = raster_valid_area(within) if within is not None else None
+    truth_graph = read_road_graph(truth_path, truth_layer, area)
     proposal_graph = read_road_graph(proposal_path, proposal_layer)
     truth = metric_graph(truth_graph, simplify=params.simplify)
     proposal = metric_graph(proposal_graph, None, truth.crs, simplify=params.simplify)
@@ -122,6 +127,7 @@ def score_network_files(
         "metric_crs": truth.crs.to_string() if truth.crs else None,
         "truth": str(truth_path),
         "proposal": str(proposal_path),
+        "within": str(within) if within is not None else None,
         "apls_definition": "SpaceNet APLS (CosmiQ apls.py), not the Sat2Graph variant",
         "params": params.model_dump(),
     }

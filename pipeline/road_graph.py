@@ -37,6 +37,8 @@ from pyproj import CRS, Transformer
 from pyproj.aoi import AreaOfInterest
 from pyproj.database import query_utm_crs_info
 
+from pipeline import raster
+
 END_SNAP_M = 0.5  # a line end this close to another line (metres) is joined to it
 EDGES_LAYER = "edges"
 NODES_LAYER = "nodes"
@@ -71,12 +73,16 @@ class RoadGraph:
 
 
 # ------------------------------------------------------------------------------------- reading
-def read_road_graph(path: str | Path, layer: str | None = None) -> nx.MultiGraph:
+def read_road_graph(
+    path: str | Path, layer: str | None = None, within: gpd.GeoSeries | None = None
+) -> nx.MultiGraph:
     """A road graph from a vector file (see the module docstring for the two formats).
 
     ``layer`` picks the line layer; by default the ``edges`` layer when there is one, else the
-    only line layer. Raises GraphInputError naming ``path`` when the file, the layer or its
-    lines are missing, or the data has no CRS.
+    only line layer. ``within`` (an area with its CRS) keeps the parts of the lines inside it,
+    noded as plain lines (a network GeoPackage's ends meet at its nodes, so its junctions
+    stay). Raises GraphInputError naming ``path`` when the file, the layer or its lines (inside
+    ``within``) are missing, or the data has no CRS.
     """
     path = Path(path)
     layers = _line_layers(path)
@@ -86,10 +92,29 @@ def read_road_graph(path: str | Path, layer: str | None = None) -> nx.MultiGraph
             f"{path}: no line layer {layer!r} (line layers: {', '.join(layers) or 'none'})"
         )
     lines = _read_layer(path, layer)
+    if within is not None:
+        return graph_from_lines(_clip_lines(lines, within, f"{path}: layer {layer!r}"))
     if {"u", "v"} <= set(lines.columns):
         nodes = _read_layer(path, NODES_LAYER) if NODES_LAYER in _all_layers(path) else None
         return graph_from_network(lines, nodes, f"{path}: layer {layer!r}")
     return graph_from_lines(lines)
+
+
+def raster_valid_area(path: str | Path) -> gpd.GeoSeries:
+    """The valid pixels of a raster (its dataset mask) as an area with the raster's CRS."""
+    info = raster.raster_info(path)
+    if info.crs is None:
+        raise GraphInputError(f"{path}: the raster has no CRS: its area cannot be placed")
+    return gpd.GeoSeries([raster.valid_footprint(path)], crs=info.crs.to_wkt())
+
+
+def _clip_lines(lines: gpd.GeoDataFrame, area: gpd.GeoSeries, source: str) -> gpd.GeoDataFrame:
+    """The parts of ``lines`` inside ``area`` (reprojected to the lines' CRS)."""
+    inside = lines.clip(area.to_crs(lines.crs).union_all())
+    inside = inside[inside.geom_type.isin(_LINES) & ~inside.geometry.is_empty]
+    if len(inside) == 0:
+        raise GraphInputError(f"{source}: no line inside the area to score")
+    return inside
 
 
 def graph_from_network(

@@ -181,6 +181,39 @@ def test_networks_on_a_local_tile_grid_are_measured_in_its_metres(tmp_path: Path
     assert "roadseg local tile grid" in scores["metric_crs"]
 
 
+def test_within_a_raster_scores_only_where_it_has_pixels(tmp_path: Path, capsys) -> None:
+    """--within: the truth's right-hand 75 m lie where the image has no data; the proposal,
+    traced from that image, stops where its pixels stop and is complete inside them."""
+    from affine import Affine
+
+    from pipeline import raster
+
+    truth = write_network(tmp_path / "truth.gpkg")
+    proposal = tmp_path / "proposal.gpkg"
+    gpd.GeoDataFrame(
+        geometry=[line((0, 0), (125, 0)), line((0, 100), (125, 100)), line((100, 0), (100, 100))],
+        crs=UTM,
+    ).to_file(proposal, driver="GPKG")
+    image = np.full((1, 140, 240), 50, np.uint8)
+    image[:, :, 145:] = 0  # nodata from x = 125 m on
+    transform = Affine(1.0, 0.0, X0 - 20, 0.0, -1.0, Y0 + 120)
+    scene = raster.write_geotiff(
+        tmp_path / "scene.tif", image, crs=UTM, transform=transform, nodata=0
+    )
+    out = tmp_path / "s.json"
+    assert main(["score-network", str(truth), str(proposal), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["apls"] < 0.9  # the right-hand ends count as missed
+    args = ["score-network", str(truth), str(proposal), "--within", str(scene), "--json", str(out)]
+    assert main([*args, "--overwrite"]) == 0
+    scores = json.loads(out.read_text())
+    assert scores["truth_length_m"] == pytest.approx(350.0, abs=0.5)  # 2 x 125 m + the bridge
+    assert scores["apls"] == pytest.approx(1.0, abs=0.01) and scores["within"] == str(scene)
+    capsys.readouterr()
+    bare = raster.write_geotiff(tmp_path / "bare.tif", image, crs=None, transform=transform)
+    assert main(["score-network", str(truth), str(proposal), "--within", str(bare)]) == 2
+    assert "bare.tif" in capsys.readouterr().err
+
+
 def test_layers_are_selectable(tmp_path: Path, capsys) -> None:
     path = write_network(tmp_path / "both.gpkg")
     write_centrelines(path, crs=UTM, layer="osm")
