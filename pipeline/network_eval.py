@@ -5,8 +5,9 @@ image's CRS, clipped to the image's valid area (roads where the image has no pix
 found) and noded where lines cross (``road_graph.graph_from_lines``). A scene scored against a
 label raster (a tile set: Massachusetts Roads, DeepGlobe) has no centrelines: its truth network
 is traced from the road mask evaluate scores pixels against (the labels inside the image's
-valid area) with the same ``network`` settings as the proposal, as DeepGlobe's road networks
-are scored on the skeleton of the ground-truth mask. The proposal is the network
+valid area) as ``pipeline network`` traces a probability raster, with the default cleaning
+settings whatever the ``network`` section says (so that a sweep of them meets one truth), as
+DeepGlobe's road networks are scored on the skeleton of the ground-truth mask. The proposal is the network
 ``pipeline network`` builds from the stitched prediction with ``params.yaml`` ``network``
 settings, and, for reference, the raw skeleton graph (``repair: false``). Both are scored with
 ``graph_metrics.score_networks``: APLS as SpaceNet defines it (CosmiQ ``apls.py``) and TOPO.
@@ -44,6 +45,9 @@ NETWORK_METRICS = (
 MASK_THRESHOLD = 0.5  # the truth mask written for a label raster is 0 / 1
 MASK_NODATA = 255
 MASK_BLOCK = 2048  # pixels a side of the truth mask written at a time
+# what of the `network` settings a truth mask is traced with: how it is computed, never how it
+# is cleaned, so that every proposal of a sweep of the cleaning settings meets the same truth
+TRACING_SETTINGS = ("block_size", "skeleton_tile", "skeleton_halo_px", "workers", "seam_margin_px")
 
 
 def truth_network(scene: SceneSource) -> nx.MultiGraph:
@@ -81,10 +85,12 @@ def label_truth_network(
     scene: SceneSource, data: DataParams, params: NetworkParams, workdir: Path
 ) -> nx.MultiGraph:
     """The network of a scene scored against a label raster: its truth mask traced and cleaned
-    with the proposal's ``network`` settings (gaps in a 0 / 1 mask are never bridged)."""
+    as ``pipeline network`` does with the default cleaning settings (gaps in a 0 / 1 mask are
+    never bridged), ``params`` giving only the block and worker settings."""
     mask = write_truth_mask(scene, data, Path(workdir) / f"{scene.name}.truth-mask.tif")
+    tracing = NetworkParams.model_validate({k: getattr(params, k) for k in TRACING_SETTINGS})
     try:
-        return proposal_network(mask, params, MASK_THRESHOLD)
+        return proposal_network(mask, tracing, MASK_THRESHOLD)
     finally:
         mask.unlink(missing_ok=True)
 

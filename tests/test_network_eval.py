@@ -210,3 +210,16 @@ def test_a_tile_set_scene_is_scored_against_the_network_of_its_labels(tmp_path):
     assert half["apls_gt_onto_prop"] < 0.6 and half["apls_prop_onto_gt"] > 0.9
     assert half["topo_recall"] < 0.6 < half["topo_precision"]
     assert not list((tmp_path / "b").glob("*truth*"))  # the traced truth mask is removed
+
+
+def test_the_truth_of_a_tile_does_not_follow_the_cleaning_settings(tmp_path):
+    """A sweep of `network` cleaning settings scores every proposal against one truth."""
+    from pipeline.network_eval import label_truth_network
+
+    scene, data = _tile_set_scene(tmp_path)
+    plain = label_truth_network(scene, data, PARAMS, tmp_path)
+    strict = PARAMS.model_copy(update={"min_component_m": 10_000.0, "spur_min_m": 500.0})
+    swept = label_truth_network(scene, data, strict, tmp_path)
+    assert swept.number_of_edges() == plain.number_of_edges() > 0
+    dropped = score_scene_network(scene, _tile_prediction(scene, tmp_path / "a"), strict, 0.5, data)
+    assert dropped["apls"] == 0.0  # the proposal, not the truth, lost every piece under 10 km
