@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -85,6 +86,26 @@ def map_ordered(
                 yield result
 
 
+def call_portably(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on a Dask worker; an exception leaves it without its chain (``__cause__``,
+    ``__context__``). GDAL's errors (rasterio's ``CPLE_*``, chained under pyogrio's and ours)
+    do not survive distributed's pickling, and one in the chain made the client raise a bare
+    ``Exception(repr)`` in place of the pipeline's own error, which the CLI turns into one
+    sentence. The pipeline's messages already carry the cause's text."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        e.__cause__ = None
+        e.__context__ = None
+        e.__suppress_context__ = True
+        raise
+
+
+def _task_key(fn: Callable[..., Any]) -> str:
+    """A unique task key named after ``fn`` (what the dashboard and worker logs show)."""
+    return f"{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex}"
+
+
 def _ordered_on(
     client: Any, fn: Callable[..., Any], tasks: Iterable[tuple], max_in_flight: int
 ) -> Iterator[tuple[tuple, Any]]:
@@ -99,7 +120,7 @@ def _ordered_on(
             task = next(it, None)
             if task is None:
                 return
-            window.append((client.submit(fn, *task, pure=False), task))
+            window.append((client.submit(call_portably, fn, *task, key=_task_key(fn)), task))
 
     fill()
     try:
@@ -450,7 +471,7 @@ def stream_results(
         task = next(it, None)
         if task is None:
             return False
-        fut = client.submit(fn, *task, pure=False)
+        fut = client.submit(call_portably, fn, *task, key=_task_key(fn))
         pending[fut.key] = task
         ac.add(fut)
         return True

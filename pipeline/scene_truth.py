@@ -57,7 +57,7 @@ class SceneWindows:
         """The scene's road polygons grouped by the values of ``attribute`` (as text; missing
         values are "unknown"); empty for a scene scored against a label raster. Raises
         TruthError naming the file when the vectors have no such attribute."""
-        if self.roads is None:
+        if self.roads is None or len(self.roads) == 0:
             return {}
         if attribute not in self.roads.columns:
             columns = ", ".join(c for c in self.roads.columns if c != self.roads.geometry.name)

@@ -86,8 +86,9 @@ class SceneTiles:
 
 # ----------------------------------------------------------------------------- validation
 def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
-    """Validate every scene before any work: CRS present, same band count, label grids match,
-    one sample type (transfer scenes, never chipped, may have another: predict reads them)."""
+    """Validate every scene before any work: CRS present, same band count, road files readable,
+    label grids match, one sample type (transfer scenes, never chipped, may have another:
+    predict reads them)."""
     infos: dict[str, raster.RasterInfo] = {}
     chipped: list[raster.RasterInfo] = []
     for scene in data.scenes:
@@ -105,6 +106,10 @@ def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
                 )
             chipped.append(info)
         scene_band_plan(scene, data)  # raises when the scene lacks one of data.bands
+        if scene.roads is not None:
+            from pipeline import vectors
+
+            vectors.check_readable(scene.roads)
         if scene.negatives is not None and not Path(scene.negatives).is_file():
             raise TilingError(
                 f"{scene.negatives}: file not found (scene {scene.name}'s negatives); "

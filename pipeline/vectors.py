@@ -106,8 +106,14 @@ def load_scene_roads(scene: Any, data: Any, info: raster.RasterInfo) -> gpd.GeoD
     """The road polygons of a ``SceneSource`` on its image's grid, with ``DataParams``' widths.
 
     Labels that miss the image entirely (a wrong CRS, the wrong file) are an error, not an
-    empty mask.
+    empty mask. An empty file (0 bytes, or a layer without features) says the scene has no
+    road, as SpaceNet ships its chips without roads: no polygons, with a warning.
     """
+    path = Path(scene.roads)
+    if _is_empty(path):
+        log.warning("%s: no road features: scene %s is all background", path, scene.name)
+        crs = info.crs.to_wkt() if info.crs is not None else None
+        return gpd.GeoDataFrame(geometry=gpd.GeoSeries([], crs=crs), crs=crs)
     return load_road_polygons(
         scene.roads,
         info.crs,
@@ -212,19 +218,50 @@ def write_vectors(
 
 
 # ------------------------------------------------------------------------------------ reading
+def _roads_layer(path: Path) -> str:
+    """The ``roads`` layer when the file has one (``lines`` for an OSM extract), else its first."""
+    layers = [str(name) for name, _ in pyogrio.list_layers(path)]
+    if not layers:
+        raise VectorError(f"{path}: no layers")
+    if osm_module.is_osm_file(path) and osm_module.OSM_LINES_LAYER in layers:
+        return osm_module.OSM_LINES_LAYER
+    return ROADS_LAYER if ROADS_LAYER in layers else layers[0]
+
+
+def _is_empty(path: Path) -> bool:
+    """True for a file of 0 bytes or whose roads layer has no features; False for anything
+    else (a missing or unreadable file is left to :func:`_read` to report)."""
+    if not path.is_file():
+        return False
+    if path.stat().st_size == 0:
+        return True
+    try:
+        return pyogrio.read_info(path, layer=_roads_layer(path))["features"] == 0
+    except (VectorError, *_READ_ERRORS):
+        return False
+
+
+def check_readable(path: str | Path) -> None:
+    """Raise VectorError naming ``path`` when it is missing or OGR cannot open its roads layer
+    (checked before any work starts; an empty file is a scene without roads)."""
+    path = Path(path)
+    if not path.exists():
+        raise VectorError(f"{path}: file not found")
+    if _is_empty(path):
+        return
+    try:
+        pyogrio.read_info(path, layer=_roads_layer(path))
+    except _READ_ERRORS as e:
+        raise VectorError(f"{path}: not a vector file OGR can read ({e})") from None
+
+
 def _read(path: Path, bbox: tuple[float, float, float, float] | None = None) -> gpd.GeoDataFrame:
-    """The ``roads`` layer when the file has one (``lines`` for an OSM extract), else its first
-    layer, only features touching ``bbox`` (in the layer's CRS) when given; checked for CRS and
-    features."""
+    """The roads layer (:func:`_roads_layer`), only features touching ``bbox`` (in the layer's
+    CRS) when given; checked for CRS and features."""
     if not path.exists():
         raise VectorError(f"{path}: file not found")
     try:
-        layers = [str(name) for name, _ in pyogrio.list_layers(path)]
-        if not layers:
-            raise VectorError(f"{path}: no layers")
-        layer = ROADS_LAYER if ROADS_LAYER in layers else layers[0]
-        if osm_module.is_osm_file(path) and osm_module.OSM_LINES_LAYER in layers:
-            layer = osm_module.OSM_LINES_LAYER
+        layer = _roads_layer(path)
         gdf = gpd.read_file(path, layer=layer, engine="pyogrio", bbox=bbox)
     except VectorError:
         raise

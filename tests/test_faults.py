@@ -534,6 +534,22 @@ def test_label_grid_error_says_what_differs(project, capsys):
     assert not (project / "chips").exists()
 
 
+def test_an_unreadable_road_file_is_one_line_before_any_work(project, capsys):
+    from tests.conftest import make_scene
+
+    scene = make_scene(project, "x", seed=5)
+    roads = project / "roads.geojson"
+    roads.write_text("{ not json")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["scenes"] = [{"name": "x", "image": scene["image"], "roads": str(roads)}]
+    params["tile"].update(out_dir=str(project / "chips"), workers=2)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["tile", "-q"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {roads}: not a vector file OGR can read")
+    assert not (project / "chips").exists()
+
+
 @pytest.mark.slow
 def test_scheduler_lost_mid_run_is_one_line(model, tmp_path):
     bin_dir = Path(sys.executable).parent

@@ -373,3 +373,17 @@ def test_map_ordered_raises_the_first_failure_in_task_order(client) -> None:
         for v in parallel.map_ordered(int, tasks, client=client, max_in_flight=2, progress=False):
             got.append(v)
     assert got == [1, 2]
+
+
+def test_a_task_error_chained_to_gdal_reaches_the_client_as_itself(client, tmp_path) -> None:
+    """A road file OGR cannot open raises VectorError chained to pyogrio's and GDAL's errors,
+    which distributed cannot pickle: without call_portably the client got a bare
+    Exception(repr) and the CLI a raw traceback."""
+    from pipeline.vectors import VectorError, _read
+
+    broken = tmp_path / "roads.geojson"
+    broken.write_text("{ not json")
+    with pytest.raises(VectorError, match=r"roads\.geojson: not a vector file OGR can read"):
+        list(parallel.map_ordered(_read, [(broken,)], client=client, progress=False))
+    with pytest.raises(VectorError, match=r"roads\.geojson"):
+        list(parallel.stream_results(client, _read, [(broken,)], max_in_flight=1, progress=False))

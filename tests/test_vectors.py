@@ -15,11 +15,13 @@ import shapely
 from affine import Affine
 from shapely.geometry import LineString, Polygon
 
+from pipeline import raster
 from pipeline.vectors import (
     GPKG_FIXED_DATE,
     VectorError,
     burn_mask,
     load_road_polygons,
+    load_scene_roads,
     write_vectors,
 )
 
@@ -214,3 +216,27 @@ def test_reproducible_geopackages_are_byte_identical_and_others_keep_the_real_ti
     assert "OGR_CURRENT_DATE" not in os.environ  # restored after the write
     user = write_vectors(roads, tmp_path / "user.gpkg")
     assert _last_change(user)[:4] == str(datetime.now(timezone.utc).year)
+
+
+@pytest.mark.parametrize("kind", ["zero_bytes", "no_features"])
+def test_an_empty_roads_file_makes_a_scene_without_roads(tmp_path, caplog, kind):
+    """SpaceNet ships its chips without roads as 0-byte GeoJSON: all background, warned."""
+    from pipeline.config import DataParams, SceneSource
+
+    image = raster.write_geotiff(
+        tmp_path / "chip.tif", np.full((3, 32, 32), 80, np.uint8), crs=UTM,
+        transform=Affine(1.0, 0, 500000.0, 0, -1.0, 5400000.0),
+    )  # fmt: skip
+    roads = tmp_path / "roads.geojson"
+    if kind == "zero_bytes":
+        roads.write_bytes(b"")
+    else:
+        gpd.GeoDataFrame(geometry=gpd.GeoSeries([], crs=UTM)).to_file(roads, driver="GeoJSON")
+    scene = SceneSource(name="chip", image=image, roads=roads, split="train")
+    data = DataParams(scenes=[scene], bands=["red", "green", "blue"])
+    with caplog.at_level(logging.WARNING, logger="pipeline.vectors"):
+        polygons = load_scene_roads(scene, data, raster.raster_info(image))
+    assert len(polygons) == 0 and polygons.crs == raster.raster_info(image).crs
+    assert "roads.geojson: no road features: scene chip is all background" in caplog.text
+    mask = burn_mask(polygons, raster.raster_info(image).transform, (32, 32))
+    assert mask.shape == (32, 32) and not mask.any()
