@@ -7,10 +7,11 @@ label raster (a tile set: Massachusetts Roads, DeepGlobe) has no centrelines: it
 is traced from the road mask evaluate scores pixels against (the labels inside the image's
 valid area) as ``pipeline network`` traces a probability raster, with the default cleaning
 settings whatever the ``network`` section says (so that a sweep of them meets one truth), as
-DeepGlobe's road networks are scored on the skeleton of the ground-truth mask. The proposal is the network
-``pipeline network`` builds from the stitched prediction with ``params.yaml`` ``network``
-settings, and, for reference, the raw skeleton graph (``repair: false``). Both are scored with
-``graph_metrics.score_networks``: APLS as SpaceNet defines it (CosmiQ ``apls.py``) and TOPO.
+DeepGlobe's road networks are scored on the skeleton of the ground-truth mask. The proposal
+is the network ``pipeline network`` builds from the stitched prediction with ``params.yaml``
+``network`` settings, and, for reference, the raw skeleton graph (``repair: false``). Both
+are scored with ``graph_metrics.score_networks``: APLS as SpaceNet defines it (CosmiQ
+``apls.py``) and TOPO.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import networkx as nx
 import numpy as np
 import pyproj
 
-from pipeline import raster
+from pipeline import raster, vectors
 from pipeline.config import DataParams, GraphMetricsParams, NetworkParams, SceneSource
 from pipeline.graph_metrics import score_networks
 from pipeline.network import build_network
@@ -51,7 +52,10 @@ TRACING_SETTINGS = ("block_size", "skeleton_tile", "skeleton_halo_px", "workers"
 
 
 def truth_network(scene: SceneSource) -> nx.MultiGraph:
-    """The scene's road vectors as a graph in the image's CRS, inside its valid area."""
+    """The scene's road vectors as a graph in the image's CRS, inside its valid area (none for
+    an empty road file: a scene without roads)."""
+    if vectors.is_empty(scene.roads):
+        return nx.MultiGraph()
     info = raster.raster_info(scene.image)
     crs = pyproj.CRS.from_user_input(info.crs.to_wkt()) if info.crs else None
     roads = gpd.read_file(scene.roads)

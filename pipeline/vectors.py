@@ -110,7 +110,7 @@ def load_scene_roads(scene: Any, data: Any, info: raster.RasterInfo) -> gpd.GeoD
     road, as SpaceNet ships its chips without roads: no polygons, with a warning.
     """
     path = Path(scene.roads)
-    if _is_empty(path):
+    if is_empty(path):
         log.warning("%s: no road features: scene %s is all background", path, scene.name)
         crs = info.crs.to_wkt() if info.crs is not None else None
         return gpd.GeoDataFrame(geometry=gpd.GeoSeries([], crs=crs), crs=crs)
@@ -228,9 +228,10 @@ def _roads_layer(path: Path) -> str:
     return ROADS_LAYER if ROADS_LAYER in layers else layers[0]
 
 
-def _is_empty(path: Path) -> bool:
+def is_empty(path: str | Path) -> bool:
     """True for a file of 0 bytes or whose roads layer has no features; False for anything
     else (a missing or unreadable file is left to :func:`_read` to report)."""
+    path = Path(path)
     if not path.is_file():
         return False
     if path.stat().st_size == 0:
@@ -247,7 +248,7 @@ def check_readable(path: str | Path) -> None:
     path = Path(path)
     if not path.exists():
         raise VectorError(f"{path}: file not found")
-    if _is_empty(path):
+    if is_empty(path):
         return
     try:
         pyogrio.read_info(path, layer=_roads_layer(path))

@@ -223,3 +223,14 @@ def test_the_truth_of_a_tile_does_not_follow_the_cleaning_settings(tmp_path):
     assert swept.number_of_edges() == plain.number_of_edges() > 0
     dropped = score_scene_network(scene, _tile_prediction(scene, tmp_path / "a"), strict, 0.5, data)
     assert dropped["apls"] == 0.0  # the proposal, not the truth, lost every piece under 10 km
+
+
+def test_a_test_scene_with_an_empty_road_file_has_no_network_metrics(tmp_path, caplog):
+    """A SpaceNet chip without roads (0-byte GeoJSON) held out for testing: no network."""
+    scene = _scene(tmp_path)
+    (tmp_path / "none.geojson").write_bytes(b"")
+    empty = scene.model_copy(update={"roads": tmp_path / "none.geojson"})
+    assert truth_network(empty).number_of_edges() == 0
+    with caplog.at_level("WARNING", logger="pipeline.network_eval"):
+        assert score_scene_network(empty, _prediction(tmp_path), PARAMS, 0.5) == {}
+    assert "held_out has no road in its valid area" in caplog.text
