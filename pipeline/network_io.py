@@ -85,13 +85,15 @@ def ground_lengths(lines: list, crs) -> list[float]:
     on the ellipsoid for a geographic CRS or a Mercator, else scaled by the unit."""
     import pyproj
     import shapely
-    import shapely.ops
 
     if crs is not None and (crs.is_geographic or is_mercator(crs)):
         source = pyproj.CRS.from_user_input(crs.to_wkt())
         if source.is_projected:  # a Mercator: measure on the ellipsoid
             to_geo = pyproj.Transformer.from_crs(source, source.geodetic_crs, always_xy=True)
-            lines = [shapely.ops.transform(to_geo.transform, g) for g in lines]
+            lines = [
+                shapely.transform(g, lambda xy: np.column_stack(to_geo.transform(*xy.T)))
+                for g in lines
+            ]
         geod = source.get_geod()
         return [abs(geod.geometry_length(g)) for g in lines]
     factor = metres_per_unit(crs) if crs is not None else 1.0

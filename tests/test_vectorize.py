@@ -152,7 +152,7 @@ def test_geographic_crs_lengths_are_geodesic_metres(tmp_path: Path) -> None:
     out = vectorize_raster(
         _write_prob(tmp_path / "g.tif", v, "EPSG:4326", tr), tmp_path / "g.gpkg", threshold=0.5
     )
-    roads = gpd.read_file(out)
+    roads = gpd.read_file(out, layer="roads")
     assert len(roads) == 1
     assert roads["length_m"].iloc[0] == pytest.approx(178 * 1.1132, rel=0.03)
 
