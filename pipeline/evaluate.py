@@ -516,10 +516,13 @@ def transfer_metrics(
     sources: dict[str, list[SceneSource]],
     threshold: float,
     rho: int,
+    networks: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per transfer source, the metrics over its scenes' pixels together at the model's
     ``threshold``; suffixed ``_at_source_best``, at that source's own F1-best threshold (how
-    much of the loss a threshold chosen for the source would win back)."""
+    much of the loss a threshold chosen for the source would win back); and, from
+    ``networks`` (road network scores by scene), the mean over its scenes as for the test
+    scenes."""
     out: dict[str, dict[str, float]] = {}
     for name, scenes in sources.items():
         pooled = ThresholdSweep(sweep_thresholds(threshold), rho)
@@ -536,11 +539,18 @@ def transfer_metrics(
         }
         out[name] = {
             **metrics,
+            **_mean_network_scores([(networks or {}).get(s.name, {}) for s in scenes]),
             "source_best_threshold": best,
             "scenes": len(scenes),
             "pixel_size_m": _pixel_width_m(scenes),
         }
     return out
+
+
+def _mean_network_scores(scores: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each road network metric over the scenes that have it."""
+    scored = [s for s in scores if s]
+    return {k: float(np.mean([s[k] for s in scored])) for k in (scored[0] if scored else {})}
 
 
 def _pixel_width_m(scenes: list[SceneSource]) -> float:
@@ -678,11 +688,11 @@ def run_evaluate(
         )
         result, curve = _pooled_metrics(scores, threshold, params.relaxed_slack_px)
         if others:
-            other_scores, _ = _score_scenes(
-                others, model_dir, params, data, tile, None, threshold, scheduler, Path(tmp)
+            other_scores, other_networks = _score_scenes(
+                others, model_dir, params, data, tile, network, threshold, scheduler, Path(tmp)
             )
             result["transfer"] = transfer_metrics(
-                other_scores, sources, threshold, params.relaxed_slack_px
+                other_scores, sources, threshold, params.relaxed_slack_px, other_networks
             )
         if params.class_attribute:
             _add_class_recall(result, scores)

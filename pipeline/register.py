@@ -50,18 +50,23 @@ def _transfer_section(metrics: dict, gsd_m: float | None, test_scenes: int | Non
         "\n## Other sources (held out whole, never trained on; `transfer: true`)",
         "Predicted as `pipeline predict` would (resampled to the model's pixel size), at the "
         "model's threshold; the last column at the source's own F1-best threshold.\n",
-        "| source | scenes | pixel size (m) | IoU | relaxed break-even | recall | IoU at its best threshold |",
-        "|---|---|---|---|---|---|---|",
+        "| source | scenes | pixel size (m) | IoU | relaxed break-even | recall | IoU at its best threshold | APLS |",
+        "|---|---|---|---|---|---|---|---|",
         f"| test scenes (this data) | {test_scenes if test_scenes is not None else '?'} | {gsd} | "
         f"{metrics['iou']:.3f} | {metrics['relaxed_break_even']:.3f} | {metrics['recall']:.3f} | "
-        f"{metrics.get('iou_at_test_best', float('nan')):.3f} |",
+        f"{metrics.get('iou_at_test_best', float('nan')):.3f} | {_apls_cell(metrics)} |",
     ]
     for name, m in sources.items():
         lines.append(
             f"| {name} | {m['scenes']:.0f} | {m['pixel_size_m']:.2g} | {m['iou']:.3f} | "
-            f"{m['relaxed_break_even']:.3f} | {m['recall']:.3f} | {m['iou_at_source_best']:.3f} |"
+            f"{m['relaxed_break_even']:.3f} | {m['recall']:.3f} | {m['iou_at_source_best']:.3f} | "
+            f"{_apls_cell(m)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _apls_cell(metrics: dict) -> str:
+    return f"{metrics['apls']:.3f}" if "apls" in metrics else "not scored"
 
 
 def _metric_rows(m: dict, class_attribute: str | None) -> str:

@@ -596,6 +596,8 @@ def test_transfer_sources_are_scored_apart_from_the_test_scenes(tmp_path, isolat
     the test scene's exactly, and the headline must count the test scene's pixels only."""
     from mlflow.tracking import MlflowClient
 
+    from pipeline.config import NetworkParams
+
     image = _write_image(tmp_path / "scene.tif")
     roads = _write_roads(tmp_path / "scene.roads.gpkg")
     model_dir = _write_model(tmp_path / "model")
@@ -608,8 +610,9 @@ def test_transfer_sources_are_scored_apart_from_the_test_scenes(tmp_path, isolat
         bands=BANDS,
     )
     ev, tile, reg = _params(tmp_path)
+    network = NetworkParams(block_size=128, skeleton_tile=64, skeleton_halo_px=16)
 
-    result = run_evaluate(ev, data, tile, model_dir, reg)
+    result = run_evaluate(ev, data, tile, model_dir, reg, network)
 
     assert set(result["per_scene"]) == {"held_out"}
     scene = result["per_scene"]["held_out"]
@@ -617,6 +620,8 @@ def test_transfer_sources_are_scored_apart_from_the_test_scenes(tmp_path, isolat
     other = result["transfer"]["elsewhere"]
     assert other["scenes"] == 1 and other["pixel_size_m"] == pytest.approx(1.0)
     for key in ("iou", "relaxed_break_even", "recall", "valid_pixels", "road_pixels"):
+        assert other[key] == pytest.approx(scene[key]), key
+    for key in ("apls", "apls_raw", "topo_f1"):  # its road network is scored as the test's
         assert other[key] == pytest.approx(scene[key]), key
     assert other["iou_at_source_best"] >= other["iou"] - 1e-9
     assert json.loads(ev.metrics_path.read_text())["transfer"] == result["transfer"]

@@ -226,12 +226,16 @@ def test_model_card_describes_this_model_not_the_demo(tmp_path):
                 "iou_at_source_best": 0.31,
                 "scenes": 1,
                 "pixel_size_m": 0.21,
+                "apls": 0.125,
             }
         },
     }
     card = model_card(load_params(tmp_path / "params.yaml"), config, metrics, "v9", test_scenes=2)
-    assert "| test scenes (this data) | 2 | 0.3 | 0.610 | 0.840 | 0.700 | 0.620 |" in card
-    assert "| ottawa | 1 | 0.21 | 0.240 | 0.730 | 0.300 | 0.310 |" in card
+    # no network scored on the test scenes; one on the transfer source
+    assert (
+        "| test scenes (this data) | 2 | 0.3 | 0.610 | 0.840 | 0.700 | 0.620 | not scored |" in card
+    )
+    assert "| ottawa | 1 | 0.21 | 0.240 | 0.730 | 0.300 | 0.310 | 0.125 |" in card
     assert "| iou | 0.6100 |" in card  # the headline table keeps the test scenes only
     config = config.model_copy(update={"init_from": "models:/city-roads@champion"})
     assert "fine-tuned from models:/city-roads@champion" in model_card(
