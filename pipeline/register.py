@@ -49,7 +49,8 @@ def _transfer_section(metrics: dict, gsd_m: float | None, test_scenes: int | Non
     lines = [
         "\n## Other sources (held out whole, never trained on; `transfer: true`)",
         "Predicted as `pipeline predict` would (resampled to the model's pixel size), at the "
-        "model's threshold; the last column at the source's own F1-best threshold.\n",
+        "model's threshold, but \"IoU at its best threshold\" at the source's own F1-best "
+        "threshold; APLS of the road network, the mean over the scenes.\n",
         "| source | scenes | pixel size (m) | IoU | relaxed break-even | recall | IoU at its best threshold | APLS |",
         "|---|---|---|---|---|---|---|---|",
         f"| test scenes (this data) | {test_scenes if test_scenes is not None else '?'} | {gsd} | "
