@@ -69,7 +69,7 @@ def map_ordered(
                 )
             )
             client = stack.enter_context(Client(cluster))
-            client.run(_quiet_heartbeat_at_close)
+            client.run(_quiet_owned_worker)
             # runs first when the stack closes: the workers' heaps (geopandas, rasterio, the
             # scenes' roads) frozen, their exit is quick and the nanny need not kill them
             stack.callback(_freeze_heaps, client)
@@ -260,7 +260,7 @@ def _configure_worker(threads: int, gpu: int | None) -> None:
     if gpu is not None:
         torch.cuda.set_device(gpu)
     _CACHE["__gpu__"] = gpu
-    _quiet_heartbeat_at_close()
+    _quiet_owned_worker()
 
 
 _HEARTBEAT_FAILURE = "Failed to communicate with scheduler during heartbeat"
@@ -320,12 +320,36 @@ def quiet_interrupted_sync() -> None:
         logger.addFilter(_InterruptedSyncFilter())
 
 
-def _quiet_heartbeat_at_close() -> None:
-    """Install ``_HeartbeatAtCloseFilter`` in this worker process (once): for the clusters
-    roadseg starts and stops itself, whose shutdown it knows to be deliberate."""
-    logger = logging.getLogger("distributed.worker")
-    if not any(isinstance(f, _HeartbeatAtCloseFilter) for f in logger.filters):
-        logger.addFilter(_HeartbeatAtCloseFilter())
+class _ReportedTaskErrorFilter(logging.Filter):
+    """Drops a worker's "Compute Failed" ERROR (the task's traceback, once per failed task) and
+    the "ended with CancelledError" warning of the tasks cancelled after it.
+
+    In a cluster roadseg starts for one command, the client raises every task error itself
+    (``map_ordered``, ``stream_results``): the CLI prints it as one line, or Python its
+    traceback for an unexpected one. The worker's copy only repeated it above that line, once
+    per task that failed, and the cancellations that follow are deliberate.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg if isinstance(record.msg, str) else ""
+        return not (
+            message.startswith("Compute Failed")
+            or (message.startswith("Async instruction") and "CancelledError" in message)
+        )
+
+
+def _quiet_owned_worker() -> None:
+    """Install ``_HeartbeatAtCloseFilter`` and ``_ReportedTaskErrorFilter`` in this worker
+    process (once): for the clusters roadseg starts and stops itself, whose shutdown it knows
+    to be deliberate and whose task errors its client reports."""
+    for name, kind in (
+        ("distributed.worker", _HeartbeatAtCloseFilter),
+        ("distributed.worker", _ReportedTaskErrorFilter),
+        ("distributed.worker.state_machine", _ReportedTaskErrorFilter),
+    ):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
 
 
 @contextlib.contextmanager

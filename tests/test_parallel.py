@@ -387,3 +387,12 @@ def test_a_task_error_chained_to_gdal_reaches_the_client_as_itself(client, tmp_p
         list(parallel.map_ordered(_read, [(broken,)], client=client, progress=False))
     with pytest.raises(VectorError, match=r"roads\.geojson"):
         list(parallel.stream_results(client, _read, [(broken,)], max_in_flight=1, progress=False))
+
+
+def test_task_errors_in_our_clusters_are_reported_once_by_the_client(capfd) -> None:
+    """A failed task's traceback is not logged again by the worker above the client's error."""
+    tasks = [("1",), ("x",), ("y",), ("4",)]
+    with pytest.raises(ValueError, match="invalid literal"):
+        list(parallel.map_ordered(int, tasks, workers=2, max_in_flight=4, progress=False))
+    err = capfd.readouterr().err
+    assert "Compute Failed" not in err and "CancelledError" not in err
