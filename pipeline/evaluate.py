@@ -594,9 +594,7 @@ def _add_network_metrics(
     """Each scene's road network metrics; over scenes, the mean of the scenes' values."""
     for name, values in network_scores.items():
         result["per_scene"][name].update(values)
-    if network_scores:
-        for key in next(iter(network_scores.values())):
-            result[key] = float(np.mean([v[key] for v in network_scores.values()]))
+    result.update(_mean_network_scores(list(network_scores.values())))
 
 
 def _write_figures(

@@ -31,6 +31,7 @@ from pipeline.network import build_network
 from pipeline.network_io import network_frames
 from pipeline.road_graph import graph_from_lines, graph_from_network
 from pipeline.scene_truth import SceneWindows
+from pipeline.windows import blocks
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +77,11 @@ def write_truth_mask(scene: SceneSource, data: DataParams, path: Path) -> Path:
             path, width=info.width, height=info.height, crs=info.crs,
             transform=info.transform, dtype="uint8", nodata=MASK_NODATA, overwrite=True,
         ) as out:  # fmt: skip
-            for row in range(0, info.height, MASK_BLOCK):
-                for col in range(0, info.width, MASK_BLOCK):
-                    height = min(MASK_BLOCK, info.height - row)
-                    width = min(MASK_BLOCK, info.width - col)
-                    _, valid, truth = windows.read(col, row, width, height)
-                    out.write(np.where(valid, truth, MASK_NODATA).astype(np.uint8), row, col)
+            for b in blocks(info.height, info.width, MASK_BLOCK):
+                _, valid, truth = windows.read(b.col_off, b.row_off, b.width, b.height)
+                out.write(
+                    np.where(valid, truth, MASK_NODATA).astype(np.uint8), b.row_off, b.col_off
+                )
     return path
 
 

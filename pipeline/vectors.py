@@ -248,10 +248,10 @@ def check_readable(path: str | Path) -> None:
     path = Path(path)
     if not path.exists():
         raise VectorError(f"{path}: file not found")
-    if is_empty(path):
+    if path.stat().st_size == 0:
         return
     try:
-        pyogrio.read_info(path, layer=_roads_layer(path))
+        pyogrio.read_info(path, layer=_roads_layer(path))  # a layer without features reads
     except _READ_ERRORS as e:
         raise VectorError(f"{path}: not a vector file OGR can read ({e})") from None
 
