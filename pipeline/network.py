@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from pipeline import parallel, raster
+from pipeline import parallel, raster, windows
 from pipeline.atomic import refuse_existing
 from pipeline.config import NetworkParams
 from pipeline.network_io import RoadNetwork, ground_lengths, write_network
@@ -75,10 +75,11 @@ def metres_per_pixel(info: raster.RasterInfo) -> tuple[float, float]:
     return (float(down), float(across))
 
 
-def _blocks(height: int, width: int, size: int) -> Iterator[tuple[int, int, int, int]]:
-    for r in range(0, height, size):
-        for c in range(0, width, size):
-            yield r, c, min(r + size, height), min(c + size, width)
+def _blocks(height: int, width: int, size: int) -> list[tuple[int, int, int, int]]:
+    """``windows.blocks`` as (row0, col0, row1, col1) corners, the shape blocks travel in."""
+    return [
+        (b.row_off, b.col_off, b.row_end, b.col_end) for b in windows.blocks(height, width, size)
+    ]
 
 
 # -------------------------------------------------------------------------- 1. skeleton
@@ -306,11 +307,21 @@ def resolve_threshold(path: Path, threshold: float | None, fallback: float | Non
 def build_network(
     path: str | Path, params: NetworkParams, threshold: float | None = None
 ) -> RoadNetwork:
-    """The road network of a probability raster (module docstring)."""
+    """The road network of a probability raster (module docstring): traced, then repaired
+    when ``params.repair``."""
+    network = trace_network(path, params, threshold)
+    if params.repair:
+        repair_network(network, path, params)
+    return network
+
+
+def trace_network(
+    path: str | Path, params: NetworkParams, threshold: float | None = None
+) -> RoadNetwork:
+    """The raw skeleton graph of a probability raster (module docstring, steps 1-3)."""
     path = Path(path)
     info = raster.raster_info(path)
     threshold = resolve_threshold(path, threshold if threshold is not None else params.threshold)
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         client = None
@@ -327,23 +338,28 @@ def build_network(
         # pieces go into the graph block by block, in block order: never all of them at once
         graph = join_pieces(piece for pieces in traced for piece in pieces)
         del skeleton
-    t2 = time.perf_counter()
-    scale = metres_per_pixel(info)
-    if params.repair:
-        settings = RepairSettings(
-            params.junction_merge_m,
-            params.spur_min_m,
-            params.min_component_m,
-            params.bridge_max_m,
-            params.bridge_min_fraction * threshold,
-            params.bridge_min_detour,
-            params.extend_ends_m,
-            threshold,
-        )
-        with raster.open_reader(path) as reader:
-            repair(graph, scale, settings, _Sampler(reader, raster.band_scaling(path)))
-    timings.update(skeleton=t1 - t0, trace_join=t2 - t1, repair=time.perf_counter() - t2)
-    return RoadNetwork(graph, info, scale, threshold, timings)
+    timings = {"skeleton": t1 - t0, "trace_join": time.perf_counter() - t1, "repair": 0.0}
+    return RoadNetwork(graph, info, metres_per_pixel(info), threshold, timings)
+
+
+def repair_network(network: RoadNetwork, path: str | Path, params: NetworkParams) -> None:
+    """Repair ``network`` (traced from the probability raster ``path``) in place with
+    ``params``' cleaning settings (module docstring, step 4)."""
+    t0 = time.perf_counter()
+    threshold = network.threshold
+    settings = RepairSettings(
+        params.junction_merge_m,
+        params.spur_min_m,
+        params.min_component_m,
+        params.bridge_max_m,
+        params.bridge_min_fraction * threshold,
+        params.bridge_min_detour,
+        params.extend_ends_m,
+        threshold,
+    )
+    with raster.open_reader(path) as reader:
+        repair(network.graph, network.scale, settings, _Sampler(reader, raster.band_scaling(path)))
+    network.timings["repair"] = time.perf_counter() - t0
 
 
 class _Sampler:

@@ -19,16 +19,21 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import geopandas as gpd
 import networkx as nx
 import numpy as np
 import pyproj
 
 from pipeline import raster, vectors
-from pipeline.config import DataParams, GraphMetricsParams, NetworkParams, SceneSource
+from pipeline.config import (
+    DataParams,
+    GraphMetricsParams,
+    NetworkParams,
+    OsmParams,
+    SceneSource,
+)
 from pipeline.graph_metrics import score_networks
-from pipeline.network import build_network
-from pipeline.network_io import network_frames
+from pipeline.network import build_network, repair_network, trace_network
+from pipeline.network_io import RoadNetwork, network_frames
 from pipeline.road_graph import graph_from_lines, graph_from_network
 from pipeline.scene_truth import SceneWindows
 from pipeline.windows import blocks
@@ -52,17 +57,23 @@ MASK_BLOCK = 2048  # pixels a side of the truth mask written at a time
 TRACING_SETTINGS = ("block_size", "skeleton_tile", "skeleton_halo_px", "workers", "seam_margin_px")
 
 
-def truth_network(scene: SceneSource) -> nx.MultiGraph:
+def truth_network(scene: SceneSource, data: DataParams | None = None) -> nx.MultiGraph:
     """The scene's road vectors as a graph in the image's CRS, inside its valid area (none for
-    an empty road file: a scene without roads)."""
+    an empty road file: a scene without roads). They are read as the pixel truth reads them
+    (``vectors.load_road_lines``): the roads layer (an OSM extract's ``lines``), ``data``'s
+    OSM rules (default ones without ``data``) and the scene's ``label_offset_m``."""
     if vectors.is_empty(scene.roads):
         return nx.MultiGraph()
     info = raster.raster_info(scene.image)
-    crs = pyproj.CRS.from_user_input(info.crs.to_wkt()) if info.crs else None
-    roads = gpd.read_file(scene.roads)
-    if crs is not None and roads.crs is not None:
-        roads = roads.to_crs(crs)
-    roads = roads[roads.geometry.notna() & ~roads.geometry.is_empty]
+    if info.crs is None:
+        raise vectors.VectorError(f"{scene.image}: no CRS; its road vectors cannot be placed on it")
+    roads = vectors.load_road_lines(
+        scene.roads,
+        pyproj.CRS.from_user_input(info.crs.to_wkt()),
+        bounds=info.bounds,
+        osm=data.osm if data is not None else OsmParams(),
+        offset_m=scene.label_offset_m,
+    )
     clipped = roads.clip(raster.valid_footprint(scene.image))
     lines = clipped[clipped.geom_type.isin(["LineString", "MultiLineString"])]
     return graph_from_lines(lines)
@@ -101,7 +112,11 @@ def label_truth_network(
 
 def proposal_network(prediction: Path, params: NetworkParams, threshold: float) -> nx.MultiGraph:
     """The network ``pipeline network`` builds from a probability raster, as a graph."""
-    network = build_network(prediction, params, threshold)
+    return _as_graph(build_network(prediction, params, threshold), params)
+
+
+def _as_graph(network: RoadNetwork, params: NetworkParams) -> nx.MultiGraph:
+    """A network as ``pipeline network`` writes it (simplified edges), as a graph to score."""
     edges, nodes = network_frames(network, params.simplify_m)
     return graph_from_network(edges, nodes)
 
@@ -120,7 +135,7 @@ def score_scene_network(
     image read with ``data``'s bands."""
     metrics = metrics or GraphMetricsParams()
     if scene.roads is not None:
-        truth = truth_network(scene)
+        truth = truth_network(scene, data)
     elif data is None:
         raise TypeError(f"scene {scene.name} is scored against its labels: pass data (its bands)")
     else:
@@ -128,9 +143,11 @@ def score_scene_network(
     if truth.number_of_edges() == 0:
         log.warning("evaluate: %s has no road in its valid area; no network metrics", scene.name)
         return {}
-    scores = score_networks(truth, proposal_network(prediction, params, threshold), metrics)
+    network = trace_network(prediction, params, threshold)
+    raw = _as_graph(network, params)  # before the repair, which works in place
+    if params.repair:
+        repair_network(network, prediction, params)
+    scores = score_networks(truth, _as_graph(network, params), metrics)
     out = {k: float(scores[k]) for k in NETWORK_METRICS}
-    raw_params = NetworkParams.model_validate({**params.model_dump(), "repair": False})
-    raw = score_networks(truth, proposal_network(prediction, raw_params, threshold), metrics)
-    out["apls_raw"] = float(raw["apls"])
+    out["apls_raw"] = float(score_networks(truth, raw, metrics)["apls"])
     return out

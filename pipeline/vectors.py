@@ -75,12 +75,9 @@ def load_road_polygons(
     """
     path = Path(path)
     target = CRS.from_user_input(crs)
-    gdf = _repair(
-        _read(path, _bbox_4326(bounds, target) if osm_module.is_osm_file(path) else None), path
-    )
+    gdf = _road_features(path, target, bounds, osm)
     work = _working_crs(gdf, target)
-    if osm is not None and osm.apply and osm_module.HIGHWAY in gdf.columns:
-        gdf = _osm_roads(gdf, osm, path)
+    if _osm_applies(gdf, osm):
         half_m = (
             osm_module.full_widths_m(gdf, osm.class_widths_m, osm.lane_width_m, osm.default_width_m)
             / 2.0
@@ -88,10 +85,7 @@ def load_road_polygons(
     else:
         half_m = _half_widths_m(gdf, width_attribute, default_half_width_m, path)
     geoms = gdf.to_crs(work).geometry.to_numpy()
-    polygons = _to_polygons(geoms, half_m / _metres_per_unit(work))
-    if offset_m is not None:  # (east, north) metres, applied in the projected working CRS
-        shift = np.asarray(offset_m, float) / _metres_per_unit(work)
-        polygons = shapely.transform(polygons, lambda xy: xy + shift)
+    polygons = _shifted(_to_polygons(geoms, half_m / _metres_per_unit(work)), offset_m, work)
     attrs = pd.DataFrame(gdf.drop(columns=gdf.geometry.name)).reset_index(drop=True)
     out = gpd.GeoDataFrame(attrs, geometry=polygons, crs=work)
     if not work.equals(target):
@@ -100,6 +94,54 @@ def load_road_polygons(
     if bounds is not None:
         _check_overlap(out, bounds, path)
     return out
+
+
+def load_road_lines(
+    path: str | Path,
+    crs: Any,
+    *,
+    bounds: tuple[float, float, float, float] | None = None,
+    osm: Any = None,
+    offset_m: tuple[float, float] | None = None,
+) -> gpd.GeoDataFrame:
+    """The road features as they are (centrelines, not buffered) in ``crs``: the layer, the
+    OSM rules and the ``offset_m`` shift that :func:`load_road_polygons` labels pixels with,
+    so that a road network scored against them meets the roads the pixels were scored
+    against. Raises VectorError as :func:`load_road_polygons` does (without the overlap
+    check: a network truth outside the image is empty, not an error)."""
+    path = Path(path)
+    target = CRS.from_user_input(crs)
+    gdf = _road_features(path, target, bounds, osm)
+    work = _working_crs(gdf, target)
+    geoms = _shifted(gdf.to_crs(work).geometry.to_numpy(), offset_m, work)
+    attrs = pd.DataFrame(gdf.drop(columns=gdf.geometry.name)).reset_index(drop=True)
+    out = gpd.GeoDataFrame(attrs, geometry=geoms, crs=work)
+    return out if work.equals(target) else out.to_crs(target)
+
+
+def _road_features(
+    path: Path, target: CRS, bounds: tuple[float, float, float, float] | None, osm: Any
+) -> gpd.GeoDataFrame:
+    """The roads layer read (an OSM extract clipped to ``bounds`` while read), repaired, and
+    filtered by the OSM rules when they apply."""
+    gdf = _repair(
+        _read(path, _bbox_4326(bounds, target) if osm_module.is_osm_file(path) else None), path
+    )
+    return _osm_roads(gdf, osm, path) if _osm_applies(gdf, osm) else gdf
+
+
+def _osm_applies(gdf: gpd.GeoDataFrame, osm: Any) -> bool:
+    """Whether ``osm`` (``OsmParams``) rules turn these vectors into roads: OSM-tagged ones."""
+    return osm is not None and osm.apply and osm_module.HIGHWAY in gdf.columns
+
+
+def _shifted(geoms: np.ndarray, offset_m: tuple[float, float] | None, work: CRS) -> np.ndarray:
+    """``geoms`` (in the projected ``work`` CRS) moved by (east, north) metres, when given (a
+    scene's declared ``label_offset_m``)."""
+    if offset_m is None:
+        return geoms
+    shift = np.asarray(offset_m, float) / _metres_per_unit(work)
+    return shapely.transform(geoms, lambda xy: xy + shift)
 
 
 def load_scene_roads(scene: Any, data: Any, info: raster.RasterInfo) -> gpd.GeoDataFrame:

@@ -111,6 +111,32 @@ def test_osm_rules_follow_params_and_can_be_turned_off(osm_scene):
     assert len(load_scene_roads(osm_scene, raw, info)) == 8  # every way, railway included
 
 
+def _network_rows(scene: SceneSource, osm_params: OsmParams | None = None) -> list[int]:
+    """The rows (metres below the scene's top) of the roads in the scene's network truth."""
+    from pipeline.network_eval import truth_network
+
+    data = DataParams(scenes=[scene], bands=BANDS, osm=osm_params or OsmParams())
+    graph = truth_network(scene, data)
+    return sorted({round(ORIGIN[1] - graph.nodes[u]["y"]) for u, _ in graph.edges()})
+
+
+def test_the_network_truth_of_an_osm_scene_reads_the_roads_the_labels_read(osm_scene):
+    # the `lines` layer of the extract, OSM rules applied: no tunnel, footway or railway
+    assert _network_rows(osm_scene) == [40, 100, 160, 180]
+    assert _network_rows(osm_scene, OsmParams(apply=False)) == [
+        40,
+        70,
+        100,
+        130,
+        160,
+        180,
+        200,
+        220,
+    ]
+    moved = osm_scene.model_copy(update={"label_offset_m": (0.0, -10.0)})  # labels 10 m south
+    assert _network_rows(moved) == [50, 110, 170, 190]
+
+
 def test_an_extract_without_visible_roads_is_a_clear_error(osm_scene, tmp_path):
     only_paths = write_osm(
         tmp_path / "paths.osm",
