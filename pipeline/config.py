@@ -21,6 +21,7 @@ from pydantic import (
     PositiveInt,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -282,9 +283,18 @@ class TileSetSource(_Section):
         description="Glob of the images below root, one '*' in the file name: the tile's "
         "{stem} (e.g. 'images/*.png', 'sat/*.tiff', 'train/*_sat.jpg')"
     )
-    labels: str = Field(
+    labels: str | None = Field(
+        None,
         description="Label image of a tile below root, with {stem} (e.g. 'masks/{stem}.png', "
-        "'map/{stem}.tif', 'train/{stem}_mask.png')"
+        "'map/{stem}.tif', 'train/{stem}_mask.png')",
+    )
+    roads: str | None = Field(
+        None,
+        description="Instead of labels: road vectors of a tile below root (any OGR format), with "
+        "{stem}, for georeferenced tiles that ship with centrelines (SpaceNet: "
+        "'geojson_roads/SN3_roads_train_AOI_4_Shanghai_geojson_roads_{stem}.geojson'); burned "
+        "as a scene's roads are (data.default_half_width_m, width_attribute), scored as "
+        "networks against the centrelines; an empty file is a tile without roads",
     )
     pixel_size_m: float | None = Field(
         None,
@@ -318,12 +328,27 @@ class TileSetSource(_Section):
             )
         return v
 
-    @field_validator("labels")
+    @field_validator("labels", "roads")
     @classmethod
-    def _has_stem(cls, v: str) -> str:
-        if "{stem}" not in v:
-            raise ValueError(f"labels {v!r}: needs {{stem}}, e.g. 'masks/{{stem}}.png'")
+    def _has_stem(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and "{stem}" not in v:
+            example = "masks/{stem}.png" if info.field_name == "labels" else "roads/{stem}.geojson"
+            raise ValueError(f"{info.field_name} {v!r}: needs {{stem}}, e.g. {example!r}")
         return v
+
+    @model_validator(mode="after")
+    def _one_truth(self) -> TileSetSource:
+        if (self.labels is None) == (self.roads is None):
+            raise ValueError(
+                f"tile set {self.name!r}: give exactly one of 'labels' (label images) or "
+                "'roads' (road vectors)"
+            )
+        return self
+
+    @property
+    def truth(self) -> str:
+        """The pattern of a tile's truth file: its label image or its road vectors."""
+        return self.labels if self.labels is not None else str(self.roads)
 
 
 class SynthScenesEntry(_Section):

@@ -44,7 +44,8 @@ class TileSetError(ValueError):
 
 # ----------------------------------------------------------------------------- finding tiles
 def find_tiles(ts: TileSetSource) -> list[tuple[str, Path, Path]]:
-    """(stem, image, label) of every image matching ``ts.images``, sorted by stem."""
+    """(stem, image, truth) of every image matching ``ts.images``, sorted by stem: the truth
+    is the tile's label image, or its road vectors for a set with ``roads``."""
     root = Path(ts.root)
     if not root.is_dir():
         raise TileSetError(f"{root}: tile set {ts.name!r}: folder not found (data.scenes root)")
@@ -52,10 +53,12 @@ def find_tiles(ts: TileSetSource) -> list[tuple[str, Path, Path]]:
     tiles: dict[str, tuple[Path, Path]] = {}
     for image in sorted(root.glob(ts.images)):
         stem = image.name[len(prefix) : len(image.name) - len(suffix)]
-        label = root / ts.labels.format(stem=stem)
+        label = root / ts.truth.format(stem=stem)
         if not label.is_file():
+            what = "label image" if ts.labels is not None else "road file"
+            field = "labels" if ts.labels is not None else "roads"
             raise TileSetError(
-                f"{image}: no label image {label} (tile set {ts.name!r}, labels {ts.labels!r})"
+                f"{image}: no {what} {label} (tile set {ts.name!r}, {field} {ts.truth!r})"
             )
         if stem in tiles:
             raise TileSetError(f"{image}: tile name {stem!r} also names {tiles[stem][0]}")
@@ -92,11 +95,15 @@ def tile_scenes(ts: TileSetSource, prepared_dir: Path) -> list[SceneSource]:
         SceneSource(
             name=f"{ts.name}_{stem}",
             image=folder / f"{stem}.vrt",
-            labels=folder / f"{stem}.labels.tif",
             split=splits[stem],
             transfer=ts.transfer,
+            **(
+                {"labels": folder / f"{stem}.labels.tif"}
+                if ts.labels is not None
+                else {"roads": truth}
+            ),
         )
-        for stem, _, _ in tiles
+        for stem, _, truth in tiles
     ]
 
 
@@ -123,7 +130,8 @@ def expand(data: DataParams, prepared_dir: Path, *, check_prepared: bool = True)
             scenes.append(entry)
             continue
         for scene in tile_scenes(entry, prepared_dir):
-            if check_prepared and not (scene.image.exists() and scene.labels.exists()):
+            prepared = [scene.image] + ([scene.labels] if scene.labels is not None else [])
+            if check_prepared and not all(path.exists() for path in prepared):
                 raise TileSetError(
                     f"{scene.image}: tile set {entry.name!r} is not prepared; run `pipeline tile`"
                 )
@@ -183,49 +191,93 @@ def road_mask(
 
 
 # ----------------------------------------------------------------------------- preparing
-def prepare_tile(ts: TileSetSource, stem: str, image: Path, label: Path, out: Path) -> dict:
-    """Write ``<stem>.vrt`` and ``<stem>.labels.tif`` of one tile into ``out``; return its
-    area in km² and its valid and road pixel counts."""
+def prepare_tile(ts: TileSetSource, stem: str, image: Path, truth: Path, out: Path) -> dict:
+    """Write ``<stem>.vrt`` (and, from a label image, ``<stem>.labels.tif``) of one tile into
+    ``out``; return its area in km², its pixel and valid pixel counts, and its road pixels
+    (from a label image) or road km (from road vectors)."""
     info = raster.raster_info(image)
+    crs, transform = _grid(ts, image, info)
+    fill = _fill_colour(ts, image, info)
+    valid = np.ones((info.height, info.width), bool)
+    if fill is not None:
+        pixels = raster.read_all(image)
+        valid = ~(pixels == np.asarray(fill, pixels.dtype)[:, None, None]).all(axis=0)
+        del pixels
+    if ts.labels is not None:
+        road = _label_tile(ts, image, info, truth, valid)
+        raster.write_geotiff(
+            out / f"{stem}.labels.tif", road, crs=crs, transform=transform, nodata=MASK_NODATA
+        )
+        roads = dict(road_px=int((road == 1).sum()))
+    else:
+        roads = dict(road_km=_road_km(truth, info))
+    raster.write_vrt(out / f"{stem}.vrt", info, crs=crs, transform=transform, nodata=fill)
+    mpp = info.metres_per_pixel if info.crs is not None else ts.pixel_size_m
+    return dict(
+        area_km2=info.width * info.height * (mpp or 0.0) ** 2 / 1e6,
+        pixels=info.width * info.height,
+        valid_px=int(valid.sum()),
+        **roads,
+    )
+
+
+def _grid(ts: TileSetSource, image: Path, info: raster.RasterInfo) -> tuple[Any, Any]:
+    """(CRS, transform) of a tile: its own, or a local grid of the declared pixel size for an
+    image without georeferencing (which road vectors cannot be placed on)."""
+    if info.crs is not None:
+        return info.crs, info.transform
+    if ts.roads is not None:
+        raise TileSetError(
+            f"{image}: no georeferencing, so the road vectors of tile set {ts.name!r} cannot be "
+            "placed on it; give the tiles a CRS (gdal_translate -a_srs -a_ullr) or labels"
+        )
+    if ts.pixel_size_m is None:
+        raise TileSetError(
+            f"{image}: no georeferencing; give the tile set {ts.name!r} a pixel_size_m"
+        )
+    return raster.local_grid(ts.pixel_size_m, info.height)
+
+
+def _fill_colour(ts: TileSetSource, image: Path, info: raster.RasterInfo) -> list[int] | None:
+    """The tile set's fill colour, one value per band of ``image`` (None: no fill)."""
+    if ts.fill is None:
+        return None
+    if len(ts.fill) not in (1, info.count):
+        raise TileSetError(
+            f"{image}: {info.count} bands, but fill {ts.fill} gives {len(ts.fill)} values"
+        )
+    return ts.fill * info.count if len(ts.fill) == 1 else list(ts.fill)
+
+
+def _label_tile(
+    ts: TileSetSource, image: Path, info: raster.RasterInfo, label: Path, valid: np.ndarray
+) -> np.ndarray:
+    """The tile's labels: road 1, background 0, nodata where the image is fill."""
     linfo = raster.raster_info(label)
     if (linfo.width, linfo.height) != (info.width, info.height):
         raise TileSetError(
             f"{label}: label is {linfo.width}x{linfo.height}, its image {image} is "
             f"{info.width}x{info.height}"
         )
-    if info.crs is not None:
-        crs, transform = info.crs, info.transform
-    elif ts.pixel_size_m is None:
-        raise TileSetError(
-            f"{image}: no georeferencing; give the tile set {ts.name!r} a pixel_size_m"
-        )
-    else:
-        crs, transform = raster.local_grid(ts.pixel_size_m, info.height)
-    fill = None
-    if ts.fill is not None:
-        if len(ts.fill) not in (1, info.count):
-            raise TileSetError(
-                f"{image}: {info.count} bands, but fill {ts.fill} gives {len(ts.fill)} values"
-            )
-        fill = ts.fill * info.count if len(ts.fill) == 1 else list(ts.fill)
-    pixels = raster.read_all(image)
-    valid = np.ones(pixels.shape[1:], bool)
-    if fill is not None:
-        valid = ~(pixels == np.asarray(fill, pixels.dtype)[:, None, None]).all(axis=0)
-    del pixels
     road = road_mask(raster.read_all(label), ts.label, valid, label)
-    labels = np.where(valid, road, MASK_NODATA).astype(np.uint8)
-    raster.write_vrt(out / f"{stem}.vrt", info, crs=crs, transform=transform, nodata=fill)
-    raster.write_geotiff(
-        out / f"{stem}.labels.tif", labels, crs=crs, transform=transform, nodata=MASK_NODATA
-    )
-    mpp = info.metres_per_pixel if info.crs is not None else ts.pixel_size_m
-    return dict(
-        area_km2=info.width * info.height * (mpp or 0.0) ** 2 / 1e6,
-        pixels=info.width * info.height,
-        valid_px=int(valid.sum()),
-        road_px=int((labels == 1).sum()),
-    )
+    return np.where(valid, road, MASK_NODATA).astype(np.uint8)
+
+
+def _road_km(roads: Path, info: raster.RasterInfo) -> float:
+    """Kilometres of road centreline inside the tile (0 for an empty road file: a tile
+    without roads, as SpaceNet ships them)."""
+    from shapely.geometry import box
+
+    from pipeline import vectors
+    from pipeline.network_io import ground_lengths
+
+    vectors.check_readable(roads)
+    if vectors.is_empty(roads):
+        return 0.0
+    lines = vectors.load_road_lines(roads, info.crs.to_wkt(), bounds=info.bounds)
+    inside = lines.geometry.intersection(box(*info.bounds))
+    inside = inside[~inside.is_empty]
+    return round(sum(ground_lengths(list(inside), info.crs)) / 1000.0, 6)
 
 
 def prepare(
@@ -261,12 +313,16 @@ def summary(ts: TileSetSource, per_tile: list[tuple[str, dict[str, Any]]]) -> di
     return dict(
         root=str(ts.root),
         images=ts.images,
-        labels=ts.labels,
+        **({"labels": ts.labels} if ts.labels is not None else {"roads": ts.roads}),
         tiles=len(per_tile),
         area_km2=round(sum(r["area_km2"] for _, r in per_tile), 6),
         splits={s: sum(1 for split, _ in per_tile if split == s) for s in SPLITS},
-        road_fraction=round(sum(r["road_px"] for _, r in per_tile) / max(valid, 1), 4),
         nodata_fraction=round(1 - valid / max(sum(r["pixels"] for _, r in per_tile), 1), 4),
+        **(
+            {"road_km": round(sum(r["road_km"] for _, r in per_tile), 3)}
+            if ts.roads is not None
+            else {"road_fraction": round(sum(r["road_px"] for _, r in per_tile) / max(valid, 1), 4)}
+        ),
     )
 
 
@@ -289,6 +345,8 @@ def describe(data: DataParams, tilesets: dict[str, dict] | None = None) -> list[
             splits = tile_splits(entry, stems)
             s = {"tiles": len(stems), "splits": {k: list(splits.values()).count(k) for k in SPLITS}}
         area = f", {s['area_km2']:g} km²" if "area_km2" in s else ""
+        if "road_km" in s:
+            area += f", {s['road_km']:g} km of road"
         counts = " / ".join(f"{s['splits'][k]} {k}" for k in SPLITS)
         if entry.transfer:
             counts = "all held out: transfer"

@@ -307,3 +307,113 @@ def test_local_tile_grids_train_beside_georeferenced_scenes(tmp_path, caplog):
     assert set(index["scene"].str.split("_").str[0]) == {"mass", "ottawa"}
     ottawa = index[index["scene"] == "ottawa"].total_bounds
     assert ottawa[0] == pytest.approx(-75.9) and ottawa[3] == pytest.approx(45.33)
+
+
+SN_IMAGES = "PS-RGB/SN3_roads_train_AOI_4_Shanghai_PS-RGB_*.tif"
+SN_ROADS = "geojson_roads/SN3_roads_train_AOI_4_Shanghai_geojson_roads_{stem}.geojson"
+SN_PIXEL_DEG = 5e-6  # ~0.5 m at 31 N: SpaceNet's 0.3 m chips, coarser for a small test
+SN_ROAD_ROW = 40
+
+
+def spacenet_like(root: Path, stems: list[str], empty: str) -> None:
+    """Georeferenced EPSG:4326 chips as SpaceNet 3 ships them, each with its centreline
+    GeoJSON (a road across the chip at SN_ROAD_ROW); ``empty``'s file has 0 bytes, as
+    SpaceNet's files for chips without roads do."""
+    from affine import Affine
+    from shapely.geometry import LineString
+
+    rng = np.random.default_rng(4)
+    for i, stem in enumerate(stems):
+        west, north = 121.4 + i * 0.01, 31.2
+        transform = Affine(SN_PIXEL_DEG, 0, west, 0, -SN_PIXEL_DEG, north)
+        image = rng.integers(20, 200, (3, SIZE, SIZE), dtype=np.uint8)
+        (root / "PS-RGB").mkdir(parents=True, exist_ok=True)
+        raster.write_geotiff(
+            root / SN_IMAGES.replace("*", stem), image, crs="EPSG:4326", transform=transform
+        )
+        roads = root / SN_ROADS.format(stem=stem)
+        roads.parent.mkdir(parents=True, exist_ok=True)
+        if stem == empty:
+            roads.write_bytes(b"")
+            continue
+        y = north - (SN_ROAD_ROW + 0.5) * SN_PIXEL_DEG
+        line = LineString([(west - 1e-4, y), (west + (SIZE + 20) * SN_PIXEL_DEG, y)])
+        gdf = gpd.GeoDataFrame({"road_type": ["5"]}, geometry=[line], crs="EPSG:4326")
+        gdf.to_file(roads, driver="GeoJSON")
+
+
+def sn_entry(root: Path, **over) -> dict:
+    return {
+        "name": "sn",
+        "root": str(root),
+        "images": SN_IMAGES,
+        "roads": SN_ROADS,
+        "split": {"val_fraction": 0.0, "test_fraction": 0.0, "test": ["img7"]},
+        **over,
+    }
+
+
+def test_a_tile_set_with_road_vectors_tiles_as_it_ships(tmp_path):
+    """SpaceNet-like chips with centreline GeoJSON as one entry: each chip a scene with its
+    roads burned as a scene's are, a 0-byte road file a chip without roads, the summary in
+    km of road, and evaluate's network truth read from the centrelines."""
+    from pipeline.network_eval import truth_network
+
+    stems = ["img1", "img3", "img7", "img12"]
+    spacenet_like(tmp_path / "sn", stems, empty="img3")
+    params = params_file(tmp_path, [sn_entry(tmp_path / "sn")])
+    assert main(["tile", "-q", "--params", str(params)]) == 0
+    out = tmp_path / "chips"
+    sn = json.loads((out / "stats.json").read_text())["tilesets"]["sn"]
+    assert sn["tiles"] == 4 and sn["splits"] == {"train": 3, "val": 0, "test": 1}
+    chip_width_km = SIZE * SN_PIXEL_DEG * 111.32 * np.cos(np.radians(31.2))  # ~30 m
+    assert sn["road_km"] == pytest.approx(3 * chip_width_km, rel=0.02)  # the line inside only
+    assert sn["roads"] == SN_ROADS and "labels" not in sn
+
+    index = gpd.read_file(out / "index.gpkg")
+    assert set(index["scene"]) == {"sn_img1", "sn_img3", "sn_img7", "sn_img12"}
+    assert index[index["scene"] == "sn_img7"]["split"].unique().tolist() == ["test"]
+    masks = np.load(out / "sn_img1.masks.npy")
+    rows = index[index["scene"] == "sn_img1"]
+    top = rows[(rows.row_off == 32) & (rows.col_off == 0)].array_index.item()
+    road_rows = np.flatnonzero(masks[top].any(axis=1)) + 32
+    assert SN_ROAD_ROW in road_rows and len(road_rows) <= 10  # 2 m each side of the line
+    assert (np.load(out / "sn_img3.masks.npy") == 0).all()  # no roads: all background
+
+    data = tilesets.expand(load_params(params).data, out / "tilesets")
+    test = next(s for s in data.scenes if s.split == "test")
+    assert test.roads == tmp_path / "sn" / SN_ROADS.format(stem="img7") and test.labels is None
+    assert truth_network(test, data).number_of_edges() == 1
+    line = tilesets.describe(load_params(params).data, tilesets.read_summaries(out / "stats.json"))
+    assert f"4 tiles, {sn['area_km2']:g} km², {sn['road_km']:g} km of road" in line[0]
+
+
+def test_a_road_vector_tile_set_needs_georeferenced_images_and_every_road_file(tmp_path, capsys):
+    spacenet_like(tmp_path / "sn", ["img1", "img2"], empty="")
+    (tmp_path / "sn" / SN_ROADS.format(stem="img2")).unlink()
+    assert (
+        main(
+            [
+                "tile",
+                "-q",
+                "--params",
+                str(params_file(tmp_path, [sn_entry(tmp_path / "sn", split={})])),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "SN3_roads_train_AOI_4_Shanghai_PS-RGB_img2.tif: no road file" in err
+
+    massachusetts_like(tmp_path / "mass")
+    plain = {**mass_entry(tmp_path / "mass"), "roads": "roads/{stem}.geojson"}
+    del plain["labels"]
+    (tmp_path / "mass" / "roads").mkdir()
+    for stem in STEMS:
+        (tmp_path / "mass" / "roads" / f"{stem}.geojson").write_bytes(b"")
+    assert main(["tile", "-q", "--params", str(params_file(tmp_path, [plain]))]) == 2
+    err = capsys.readouterr().err
+    assert "no georeferencing, so the road vectors of tile set 'mass'" in err
+    both = {**mass_entry(tmp_path / "mass"), "roads": "roads/{stem}.geojson"}
+    assert main(["tile", "-q", "--params", str(params_file(tmp_path, [both]))]) == 2
+    assert "exactly one of 'labels'" in capsys.readouterr().err
