@@ -1,10 +1,12 @@
 """DVC as its users expect: metrics and plots live in git, `dvc exp run -S` tries a param.
 
-A tiny copy of the project in a fresh git repository (pretraining off to keep it short): after
-`dvc repro` the metrics and plots files are not git-ignored, so they are committed with
-dvc.lock; `dvc exp run -S train.epochs=2` then runs an experiment that `dvc exp show` lists
-with its metrics, `dvc metrics diff` compares it with the commit, and `dvc plots diff` draws
-the training curves, the precision-recall curve and the error maps of both.
+A tiny copy of the project in a fresh git repository with pretraining off (`pretrain.archs:
+[]`, `train.encoder_weights: none`): `dvc repro` runs without a backbone (the train stage
+depends on models/backbones, which then holds only its tracked README); the metrics and plots
+files are not git-ignored, so they are committed with dvc.lock; `dvc exp run -S
+train.epochs=2` then runs an experiment that `dvc exp show` lists with its metrics, `dvc
+metrics diff` compares it with the commit, and `dvc plots diff` draws the training curves, the
+precision-recall curve and the error maps of both.
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ def _experiment(shown: list[dict], name: str) -> dict:
     raise AssertionError(f"experiment {name!r} not listed by dvc exp show: {shown}")
 
 
+def _check_trained_without_pretraining(repo: Path, env: dict) -> None:
+    """No pretrain stage ran, no backbone was written, and the train stage is up to date."""
+    assert (repo / "models/unet").is_dir()
+    assert not list((repo / "models/backbones").glob("*.safetensors"))
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert not any(name.startswith("pretrain") for name in lock["stages"])
+    assert "models/backbones" in [d["path"] for d in lock["stages"]["train"]["deps"]]
+    status = run([str(BIN / "dvc"), "status", "train"], repo, env).stdout
+    assert "changed" not in status, status
+
+
 def test_dvc_exp_run_sets_a_param_and_compares_with_the_commit(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     env = _project(repo)
@@ -52,7 +65,9 @@ def test_dvc_exp_run_sets_a_param_and_compares_with_the_commit(tmp_path: Path) -
     run([*git, "add", "-A"], repo, env)
     run([*git, "commit", "-qm", "project"], repo, env)
 
+    assert (repo / "models/backbones/README.md").exists(), "the README is tracked by git"
     run([dvc, "repro"], repo, env)
+    _check_trained_without_pretraining(repo, env)
     for rel in COMMITTED:  # DVC does not cache them: git must not ignore them
         assert (repo / rel).is_file(), rel
         ignored = _exit_code(["git", "check-ignore", "-q", rel], repo, env)

@@ -401,10 +401,10 @@ def test_missing_pretrained_weights_of_an_unlisted_encoder(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ema_decay", [None, 0.9], ids=["plain", "ema"])
-def test_resume_after_a_kill_ends_like_an_uninterrupted_run(
-    tmp_path, scenes_dir, chips_dir, ema_decay
-):
+def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, scenes_dir, chips_dir):
+    """With EMA, the hardest case: the last weights and their average must both resume (the
+    checkpoint's `model` part is what a run without EMA resumes from)."""
+    ema_decay = 0.9
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     results = {}
@@ -443,9 +443,7 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(
         assert torch.equal(w_a[k], w_b[k]), k
     for key in ("val_iou", "val_f1", "best_epoch", "epochs"):
         assert m_a[key] == m_b[key], key
-    for part in (
-        ("model", "ema") if ema_decay else ("model",)
-    ):  # the last weights, and their average
+    for part in ("model", "ema"):  # the last weights, and their average
         assert c_a[part].keys() == c_b[part].keys()
         for k in c_a[part]:
             assert torch.equal(c_a[part][k], c_b[part][k]), f"{part}.{k}"
