@@ -11,8 +11,9 @@ Sources (from the development set, ``--real``; each is skipped when its folder i
   white);
 * ``spacenet-mul``: the 10 SpaceNet 3 Shanghai MUL chips, bands 5,3,2 as red, green, blue
   (WorldView-3, 11-bit in uint16, 1.2 m), against the 2 m-buffered centreline masks;
-* ``spacenet-pansharp``: the same chips pan-sharpened to 0.3 m (Brovey: the MUL bands
-  upsampled onto the PAN grid, each scaled by PAN / their mean), against the PAN masks.
+* ``spacenet-pansharp``: the same chips pan-sharpened to 0.3 m (``pipeline pansharpen``,
+  GDAL's weighted Brovey: the MUL bands upsampled onto the PAN grid, each scaled by PAN / their
+  mean), against the PAN masks.
 
 Tiles without georeferencing are prepared as ``pipeline tile`` prepares a tile set (a VRT on a
 local grid at the declared pixel size, a 0/1/255 label GeoTIFF). Scores pool every tile of a
@@ -119,29 +120,11 @@ def spacenet_mul(real: Path, tmp: Path) -> list[Pair]:
 
 
 def pansharpen(mul: Path, pan: Path, out: Path) -> Path:
-    """Brovey pan-sharpening of MUL bands 5,3,2 onto the PAN grid (uint16, 0 = nodata)."""
-    import rasterio
-    from rasterio.warp import Resampling, reproject
+    """MUL bands 5,3,2 sharpened onto the PAN grid (``pipeline pansharpen``: GDAL's weighted
+    Brovey; uint16, 0 = nodata)."""
+    from pipeline.pansharpen import pansharpen as gdal_pansharpen
 
-    with rasterio.open(pan) as p:
-        pan_px = p.read(1).astype(np.float32)
-        profile = p.profile | dict(count=3, dtype="uint16", nodata=0, driver="GTiff")
-        up = np.zeros((3, p.height, p.width), np.float32)
-        with rasterio.open(mul) as m:
-            for i, band in enumerate(MUL_RGB.values()):
-                reproject(
-                    m.read(band).astype(np.float32), up[i], src_transform=m.transform,
-                    src_crs=m.crs, dst_transform=p.transform, dst_crs=p.crs,
-                    resampling=Resampling.bilinear,
-                )  # fmt: skip
-    ratio = pan_px / np.maximum(up.mean(axis=0), 1e-3)
-    sharp = np.clip(up * ratio, 0, 65535).astype(np.uint16)
-    sharp[:, pan_px == 0] = 0
-    with rasterio.open(out, "w", **profile) as dst:
-        dst.write(sharp)
-        for i, name in enumerate(MUL_RGB, start=1):
-            dst.set_band_description(i, name)
-    return out
+    return gdal_pansharpen(pan, mul, out, bands=MUL_RGB, nodata=0, overwrite=True)
 
 
 def spacenet_pansharp(real: Path, tmp: Path) -> list[Pair]:

@@ -256,6 +256,15 @@ def cmd_network(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def cmd_pansharpen(args: argparse.Namespace) -> None:
+    from pipeline.pansharpen import pansharpen
+
+    pan = Path(args.pan)
+    out = Path(args.output) if args.output else pan.with_name(pan.stem + "_pansharpened.tif")
+    pansharpen(pan, args.mul, out, bands=args.bands, nodata=args.nodata, overwrite=args.overwrite)
+    print(f"wrote {out}")
+
+
 def _probability(text: str) -> float:
     value = float(text)
     if not 0 < value < 1:
@@ -633,6 +642,33 @@ def _add_network(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
+def _add_pansharpen(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser(
+        "pansharpen",
+        help="fuse multispectral bands with their panchromatic band (WorldView, SpaceNet)",
+        description="Sharpen the multispectral bands onto the panchromatic band's grid with "
+        "GDAL's pansharpening (weighted Brovey), block by block: a Cloud Optimised GeoTIFF, or "
+        "with -o name.vrt the VRT that computes it as it is read. The bands are named (red, "
+        "green, blue) so that tile and predict pick them by name.",
+    )
+    sp.add_argument("pan", help="panchromatic raster (one band)")
+    sp.add_argument("mul", help="multispectral raster (same CRS, coarser pixels)")
+    sp.add_argument(
+        "-o", "--output", help="output .tif (COG) or .vrt (default: <pan>_pansharpened.tif)"
+    )
+    sp.add_argument(
+        "--bands",
+        type=_band_spec,
+        help="the MUL bands to keep, by name (red=5,green=3,blue=2 for WorldView-3's 8 bands; "
+        "add nir=7 for a 4-band model); default: red, green and blue as the file names them",
+    )
+    sp.add_argument(
+        "--nodata", type=float, help="pixel value outside the imagery (default: the PAN's)"
+    )
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    sp.set_defaults(func=cmd_pansharpen)
+
+
 def _add_models(sub: argparse._SubParsersAction) -> None:
     sp = _stage(
         sub,
@@ -660,6 +696,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_score_network,
     _add_export,
     _add_network,
+    _add_pansharpen,
     _add_models,
 )
 

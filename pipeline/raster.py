@@ -748,11 +748,14 @@ def _describe_band(
         dst.update_tags(**{k: str(v) for k, v in tags.items()})
 
 
-def _staging_to_cog(staging: Path, out: Path, blocksize: int, overview_resampling: str) -> None:
-    """Convert the staging GeoTIFF into a COG at ``out`` with GDAL's COG driver."""
+def copy_to_cog(
+    source: str | Path, out: Path, blocksize: int = 512, overview_resampling: str = "average"
+) -> None:
+    """Convert any raster GDAL opens (a file, or a VRT given as its XML) into a COG at ``out``
+    with GDAL's COG driver (deflate, overviews), block by block."""
     from rasterio.shutil import copy as gdal_copy
 
-    with rasterio.open(staging) as src:
+    with rasterio.open(str(source)) as src:
         gdal_copy(
             src,
             str(out),
@@ -811,7 +814,7 @@ def stream_cog(
                     in_body = True
                     yield BlockWriter(dst, path)
                     in_body = False
-                _staging_to_cog(staging, final_tmp, cog_blocksize, overview_resampling)
+                copy_to_cog(staging, final_tmp, cog_blocksize, overview_resampling)
             except _WRITE_ERRORS as e:
                 if in_body:  # the caller's own error, raised through the yield
                     raise
