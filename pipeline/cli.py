@@ -13,6 +13,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import (
     PRECISIONS,
@@ -22,6 +23,7 @@ from pipeline.config import (
     PredictOptions,
     PredictParams,
     RegisterParams,
+    TileSetSource,
     load_params,
 )
 from pipeline.parallel import ClusterError, DeviceError
@@ -97,20 +99,36 @@ def cmd_label_check(args: argparse.Namespace) -> None:
             f"{r.scene:<20} {r.shift_east_m:>7.1f} {r.shift_north_m:>8.1f} "
             f"{r.peak_to_median:>8.1f}  {missed}{flag}"
         )
+    owners = {  # scene -> the tile set it is a tile of
+        name: entry.name
+        for entry in p.data.scenes
+        if isinstance(entry, TileSetSource)
+        for name in tilesets.entry_scene_names(entry)
+    }
     for r in results:
-        if r.flagged and r.labels == "raster":
-            print(
-                f"{r.scene}: labels sit {r.shift_m:.1f} m off (east {r.shift_east_m:g}, north "
-                f"{r.shift_north_m:g}); label_offset_m moves road vectors only: shift the label "
-                "raster's georeferencing, or leave the scene out"
-            )
-        elif r.flagged:
-            print(
-                f"{r.scene}: labels sit {r.shift_m:.1f} m off; set "
-                f"label_offset_m: [{r.shift_east_m:g}, {r.shift_north_m:g}] on this scene in "
-                "data.scenes (added to any offset declared there)"
-            )
+        if r.flagged:
+            print(_offset_hint(r, owners.get(r.scene)))
     print(f"report: {p.label_check.report_path}")
+
+
+def _offset_hint(r: Any, tileset: str | None) -> str:
+    """What to do about labels label-check found shifted (a ``LabelCheckResult``)."""
+    off = f"{r.scene}: labels sit {r.shift_m:.1f} m off"
+    if r.labels == "raster":
+        return (
+            f"{off} (east {r.shift_east_m:g}, north {r.shift_north_m:g}); label_offset_m moves "
+            "road vectors only: shift the label raster's georeferencing, or leave the scene out"
+        )
+    where = (
+        f"on tile set {tileset!r} in data.scenes, if its other tiles are shifted alike (one "
+        "offset for the whole set)"
+        if tileset
+        else "on this scene in data.scenes"
+    )
+    return (
+        f"{off}; set label_offset_m: [{r.shift_east_m:g}, {r.shift_north_m:g}] {where} "
+        "(added to any offset declared there)"
+    )
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:

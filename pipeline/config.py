@@ -311,6 +311,11 @@ class TileSetSource(_Section):
         "with exactly this value in every band are nodata in image and labels",
     )
     split: TileSetSplit = Field(default_factory=TileSetSplit, description="Whole-tile split")
+    label_offset_m: tuple[float, float] | None = Field(
+        None,
+        description="With roads: shift every tile's road vectors by (east, north) metres "
+        "(`pipeline label-check` measures it per tile)",
+    )
     transfer: bool = Field(
         False,
         description="Every tile held out: another source (place, sensor, pixel size) scored "
@@ -342,6 +347,16 @@ class TileSetSource(_Section):
             raise ValueError(
                 f"tile set {self.name!r}: give exactly one of 'labels' (label images) or "
                 "'roads' (road vectors)"
+            )
+        # settings of the other kind of truth would be silently ignored: say so instead
+        unused = (
+            {"label_offset_m"} if self.labels is not None else {"label", "pixel_size_m"}
+        ) & self.model_fields_set
+        if unused:
+            kind = "label images" if self.labels is not None else "road vectors"
+            raise ValueError(
+                f"tile set {self.name!r}: {sorted(unused)} do not apply to a tile set with "
+                f"{kind} (label and pixel_size_m go with labels, label_offset_m with roads)"
             )
         return self
 

@@ -144,10 +144,11 @@ def score_scene_network(
         log.warning("evaluate: %s has no road in its valid area; no network metrics", scene.name)
         return {}
     network = trace_network(prediction, params, threshold)
-    raw = _as_graph(network, params)  # before the repair, which works in place
-    if params.repair:
+    raw_scores = score_networks(truth, _as_graph(network, params), metrics)
+    scores = raw_scores
+    if params.repair:  # in place, after the raw graph was scored
         repair_network(network, prediction, params)
-    scores = score_networks(truth, _as_graph(network, params), metrics)
+        scores = score_networks(truth, _as_graph(network, params), metrics)
     out = {k: float(scores[k]) for k in NETWORK_METRICS}
-    out["apls_raw"] = float(score_networks(truth, raw, metrics)["apls"])
+    out["apls_raw"] = float(raw_scores["apls"])
     return out

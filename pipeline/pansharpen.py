@@ -46,6 +46,12 @@ def pick_bands(mul: Path, bands: list[int] | dict[str, int] | None) -> dict[str,
                 + ", ".join(f"{i}={n or '?'}" for i, n in enumerate(names, start=1))
                 + "); name them, e.g. --bands red=5,green=3,blue=2 (WorldView-3's 8 bands)"
             )
+    asked = len(bands) if bands else len(DEFAULT_BANDS)
+    if len(picked) < asked:
+        raise PansharpenError(
+            f"{mul}: bands {bands} give {len(picked)} distinct names for {asked} bands; name "
+            "each once (red=5,green=3,blue=2)"
+        )
     bad = {n: i for n, i in picked.items() if not 0 < i <= len(names)}
     if bad:
         raise PansharpenError(f"{mul}: has {len(names)} bands, no band {bad}")
@@ -78,6 +84,16 @@ def check_pair(pan: Path, mul: Path) -> tuple[raster.RasterInfo, raster.RasterIn
     return p, m
 
 
+def brovey_weights(names: list[str]) -> list[float]:
+    """The weights of the pseudo-panchromatic band Brovey divides by: red, green and blue
+    alike when any is kept, so that keeping an extra band (nir) leaves their colours as they
+    are; else every band alike."""
+    visible = [n in _COLOUR_INTERP for n in names]
+    if not any(visible):
+        return [1.0 / len(names)] * len(names)
+    return [1.0 / sum(visible) if v else 0.0 for v in visible]
+
+
 def pansharpen_vrt(
     pan: Path, mul: Path, bands: dict[str, int], dtype: str, nodata: float | None
 ) -> str:
@@ -86,6 +102,10 @@ def pansharpen_vrt(
     gdal_type = _GDAL_TYPES.get(dtype)
     if gdal_type is None:
         raise PansharpenError(f"{mul}: sample type {dtype} (pansharpen takes {list(_GDAL_TYPES)})")
+    if nodata is not None and dtype != "float32" and not float(nodata).is_integer():
+        raise PansharpenError(
+            f"{pan}: nodata {nodata} cannot mark {dtype} pixels; give --nodata (e.g. 0)"
+        )
     nodata_xml = "" if nodata is None else f"<NoDataValue>{nodata:g}</NoDataValue>"
 
     def source(path: Path, band: int) -> str:
@@ -105,7 +125,9 @@ def pansharpen_vrt(
             + f"{nodata_xml}</VRTRasterBand>"
         )
         spectral.append(f'    <SpectralBand dstBand="{i}">{source(mul, band)}</SpectralBand>')
+    weights = ",".join(f"{w:.10g}" for w in brovey_weights(list(bands)))
     options = (["    <NoData>" + f"{nodata:g}" + "</NoData>"] if nodata is not None else []) + [
+        f"    <AlgorithmOptions><Weights>{weights}</Weights></AlgorithmOptions>",
         f"    <PanchroBand>{source(pan, 1)}</PanchroBand>",
         *spectral,
     ]
@@ -135,6 +157,8 @@ def pansharpen(
     COG, or the VRT for a ``.vrt`` name. ``nodata`` (default: PAN's) marks pixels outside the
     imagery. Nothing appears at ``out`` unless the whole output was written."""
     pan, mul, out = Path(pan), Path(mul), Path(out)
+    if out.suffix.lower() not in (".tif", ".tiff", ".vrt"):
+        raise PansharpenError(f"{out}: write a .tif (a COG) or a .vrt")
     p, m = check_pair(pan, mul)
     picked = pick_bands(mul, bands)
     xml = pansharpen_vrt(pan, mul, picked, m.dtype, nodata if nodata is not None else p.nodata)

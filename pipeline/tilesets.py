@@ -1,15 +1,17 @@
 """Tile sets: many image/label tiles named by one ``data.scenes`` entry, expanded to scenes.
 
 A public road data set (Massachusetts Roads, DeepGlobe) ships as hundreds to thousands of
-PNG/JPEG/TIFF tiles without georeferencing, with label images in their own convention. The tile
-stage expands such an entry (``TileSetSource``) into one scene per tile, named
-``<set>_<stem>``, and prepares each tile once, one at a time (memory does not grow with the
-set):
+PNG/JPEG/TIFF tiles without georeferencing, with label images in their own convention; SpaceNet
+ships georeferenced chips, each with a GeoJSON of its road centrelines. The tile stage expands
+such an entry (``TileSetSource``) into one scene per tile, named ``<set>_<stem>``, and prepares
+each tile once, one at a time (memory does not grow with the set):
 
 - ``<stem>.vrt``: the image on its own grid, or for an image without CRS on a local grid of the
   declared pixel size (``raster.LOCAL_GRID_WKT``), with the fill colour as nodata;
-- ``<stem>.labels.tif``: road = 1, background = 0, 255 (nodata) where the image is fill,
-  converted from the declared label convention (a colour outside it is an error).
+- ``<stem>.labels.tif`` (label images): road = 1, background = 0, 255 (nodata) where the image
+  is fill, converted from the declared label convention (a colour outside it is an error);
+- road vectors (``roads``) are not converted: the tile's scene names its road file, burned by
+  the tile stage and scored by evaluate as any scene's roads.
 
 Whole tiles go to train/val/test (``assign_splits``): the same files and seed give the same
 split. Every later stage sees ordinary georeferenced scenes (``expand``).
@@ -34,7 +36,7 @@ from pipeline.config import (
     TileSetSplit,
 )
 
-PREPARED_DIR = "tilesets"  # below tile.out_dir: <set>/<stem>.vrt and <stem>.labels.tif
+PREPARED_DIR = "tilesets"  # below tile.out_dir: <set>/<stem>.vrt (and <stem>.labels.tif)
 SPLITS = ("train", "val", "test")
 
 
@@ -100,7 +102,7 @@ def tile_scenes(ts: TileSetSource, prepared_dir: Path) -> list[SceneSource]:
             **(
                 {"labels": folder / f"{stem}.labels.tif"}
                 if ts.labels is not None
-                else {"roads": truth}
+                else {"roads": truth, "label_offset_m": ts.label_offset_m}
             ),
         )
         for stem, _, truth in tiles
@@ -191,10 +193,13 @@ def road_mask(
 
 
 # ----------------------------------------------------------------------------- preparing
-def prepare_tile(ts: TileSetSource, stem: str, image: Path, truth: Path, out: Path) -> dict:
+def prepare_tile(
+    ts: TileSetSource, stem: str, image: Path, truth: Path, out: Path, osm: Any = None
+) -> dict:
     """Write ``<stem>.vrt`` (and, from a label image, ``<stem>.labels.tif``) of one tile into
     ``out``; return its area in km², its pixel and valid pixel counts, and its road pixels
-    (from a label image) or road km (from road vectors)."""
+    (from a label image) or road km (from road vectors, under the OSM rules ``osm``, the
+    ``data.osm`` the tile stage burns them with)."""
     info = raster.raster_info(image)
     crs, transform = _grid(ts, image, info)
     fill = _fill_colour(ts, image, info)
@@ -210,7 +215,7 @@ def prepare_tile(ts: TileSetSource, stem: str, image: Path, truth: Path, out: Pa
         )
         roads = dict(road_px=int((road == 1).sum()))
     else:
-        roads = dict(road_km=_road_km(truth, info))
+        roads = dict(road_km=_road_km(truth, info, osm, ts.label_offset_m))
     raster.write_vrt(out / f"{stem}.vrt", info, crs=crs, transform=transform, nodata=fill)
     mpp = info.metres_per_pixel if info.crs is not None else ts.pixel_size_m
     return dict(
@@ -263,9 +268,11 @@ def _label_tile(
     return np.where(valid, road, MASK_NODATA).astype(np.uint8)
 
 
-def _road_km(roads: Path, info: raster.RasterInfo) -> float:
-    """Kilometres of road centreline inside the tile (0 for an empty road file: a tile
-    without roads, as SpaceNet ships them)."""
+def _road_km(
+    roads: Path, info: raster.RasterInfo, osm: Any, offset_m: tuple[float, float] | None
+) -> float:
+    """Kilometres of road centreline inside the tile, read as the tile stage reads them (0 for
+    an empty road file: a tile without roads, as SpaceNet ships them)."""
     from shapely.geometry import box
 
     from pipeline import vectors
@@ -274,7 +281,9 @@ def _road_km(roads: Path, info: raster.RasterInfo) -> float:
     vectors.check_readable(roads)
     if vectors.is_empty(roads):
         return 0.0
-    lines = vectors.load_road_lines(roads, info.crs.to_wkt(), bounds=info.bounds)
+    lines = vectors.load_road_lines(
+        roads, info.crs.to_wkt(), bounds=info.bounds, osm=osm, offset_m=offset_m
+    )
     inside = lines.geometry.intersection(box(*info.bounds))
     inside = inside[~inside.is_empty]
     return round(sum(ground_lengths(list(inside), info.crs)) / 1000.0, 6)
@@ -295,7 +304,7 @@ def prepare(
         splits = tile_splits(ts, [stem for stem, _, _ in tiles])
         results = map_ordered(
             prepare_tile,
-            [(ts, stem, image, label, out) for stem, image, label in tiles],
+            [(ts, stem, image, label, out, data.osm) for stem, image, label in tiles],
             workers=min(workers, len(tiles)),
             total=len(tiles),
             desc=f"prepare {ts.name}",

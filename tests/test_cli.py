@@ -373,3 +373,19 @@ def test_a_predict_flag_that_params_yaml_would_refuse_is_a_one_line_error(tmp_pa
     assert main(["predict", str(tmp_path / "x.tif"), "--window", "16"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: invalid predict options: window: ") and err.count("\n") == 1
+
+
+def test_label_check_says_where_an_offset_goes():
+    """A scene's offset goes on its entry; a tile's on its tile set (tiles have no entry of
+    their own); a label raster cannot take one."""
+    from types import SimpleNamespace
+
+    from pipeline.cli import _offset_hint
+
+    shifted = dict(scene="sn_img1", shift_m=2.5, shift_east_m=1.5, shift_north_m=-2.0)
+    tile = _offset_hint(SimpleNamespace(**shifted, labels="vectors"), "sn")
+    assert "label_offset_m: [1.5, -2] on tile set 'sn' in data.scenes" in tile
+    scene = _offset_hint(SimpleNamespace(**shifted, labels="vectors"), None)
+    assert "label_offset_m: [1.5, -2] on this scene in data.scenes" in scene
+    raster = _offset_hint(SimpleNamespace(**shifted, labels="raster"), "mass")
+    assert "moves road vectors only" in raster

@@ -13,6 +13,7 @@ from affine import Affine
 from pipeline import raster
 from pipeline.cli import main
 from pipeline.pansharpen import PansharpenError, pansharpen
+from pipeline.raster import parse_band_spec
 
 CRS = "EPSG:32651"
 ORIGIN = (350000.0, 3450000.0)
@@ -70,6 +71,20 @@ def test_a_vrt_output_computes_the_same_pixels_as_it_is_read(tmp_path):
     assert raster.raster_info(vrt).nodata == 0
 
 
+def test_keeping_an_extra_band_leaves_the_colours_as_they_are(tmp_path):
+    """The pseudo-panchromatic band Brovey divides by is red, green and blue alike: adding
+    nir gives the 3-band product plus a band, not other colours."""
+    pan_path, mul_path, pan = _pair(tmp_path)
+    rgb = pansharpen(
+        pan_path, mul_path, tmp_path / "rgb.tif", bands={"red": 3, "green": 2, "blue": 1}
+    )
+    rgbn = pansharpen(
+        pan_path, mul_path, tmp_path / "rgbn.tif", bands={"red": 3, "green": 2, "blue": 1, "nir": 4}
+    )
+    np.testing.assert_array_equal(raster.read_all(rgbn)[:3], raster.read_all(rgb))
+    np.testing.assert_allclose(raster.read_all(rgbn)[3], pan * 160 / 80.0, atol=1.0)
+
+
 def test_bands_the_file_names_need_no_declaration(tmp_path):
     pan_path, mul_path, _ = _pair(tmp_path)
     with rasterio.open(mul_path, "r+") as ds:  # a 4-band file whose bands say what they are
@@ -100,6 +115,9 @@ def test_the_cli_writes_a_cog_and_refuses_to_overwrite(tmp_path, capsys):
         ("coarse", "PAN.tif: pixel 2 is not finer than the MUL's 2"),
         ("crs", "MUL.tif: CRS EPSG:32650 differs from the panchromatic"),
         ("pan_bands", "MUL.tif: 4 bands; the panchromatic image has one"),
+        ("twice", "MUL.tif: bands [1, 1, 2] give 2 distinct names for 3 bands"),
+        ("nan", "PAN.tif: nodata nan cannot mark uint16 pixels"),
+        ("png", "ps.png: write a .tif (a COG) or a .vrt"),
     ],
 )
 def test_pairs_that_cannot_be_fused_name_the_file(tmp_path, capsys, case, message):
@@ -109,11 +127,18 @@ def test_pairs_that_cannot_be_fused_name_the_file(tmp_path, capsys, case, messag
         raster.write_geotiff(pan, np.ones((16, 16), np.uint16), **grid)
     if case == "pan_bands":
         pan = mul
-    bands = {"red": 9} if case == "band" else None
-    args = ["pansharpen", str(pan), str(mul), "-o", str(tmp_path / "ps.tif")]
-    assert main(args + (["--bands", "red=9"] if bands else [])) == 2
+    declared = {"unnamed": None, "band": "red=9", "twice": "1,1,2"}.get(
+        case, "red=3,green=2,blue=1"
+    )
+    nodata = float("nan") if case == "nan" else None
+    out = tmp_path / ("ps.png" if case == "png" else "ps.tif")
+    args = ["pansharpen", str(pan), str(mul), "-o", str(out)]
+    args += ["--bands", declared] if declared else []
+    args += ["--nodata", "nan"] if nodata is not None else []
+    assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not list(tmp_path.glob("ps*"))
-    with pytest.raises(PansharpenError, match="MUL.tif|PAN.tif"):
-        pansharpen(pan, mul, tmp_path / "ps.tif", bands=bands)
+    bands = parse_band_spec(declared) if declared else None
+    with pytest.raises(PansharpenError, match=r"MUL\.tif|PAN\.tif|ps\.png"):
+        pansharpen(pan, mul, out, bands=bands, nodata=nodata)

@@ -407,7 +407,8 @@ def test_a_road_vector_tile_set_needs_georeferenced_images_and_every_road_file(t
 
     massachusetts_like(tmp_path / "mass")
     plain = {**mass_entry(tmp_path / "mass"), "roads": "roads/{stem}.geojson"}
-    del plain["labels"]
+    for key in ("labels", "label", "pixel_size_m"):  # a label image set's settings
+        del plain[key]
     (tmp_path / "mass" / "roads").mkdir()
     for stem in STEMS:
         (tmp_path / "mass" / "roads" / f"{stem}.geojson").write_bytes(b"")
@@ -417,3 +418,25 @@ def test_a_road_vector_tile_set_needs_georeferenced_images_and_every_road_file(t
     both = {**mass_entry(tmp_path / "mass"), "roads": "roads/{stem}.geojson"}
     assert main(["tile", "-q", "--params", str(params_file(tmp_path, [both]))]) == 2
     assert "exactly one of 'labels'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("entry", "unused"),
+    [
+        (lambda root: sn_entry(root, pixel_size_m=0.3), "['pixel_size_m'] do not apply"),
+        (lambda root: sn_entry(root, label={"road": [1]}), "['label'] do not apply"),
+        (lambda root: mass_entry(root, label_offset_m=[1, 2]), "['label_offset_m'] do not apply"),
+    ],
+)
+def test_settings_of_the_other_kind_of_truth_are_refused(tmp_path, capsys, entry, unused):
+    params = params_file(tmp_path, [entry(tmp_path)])
+    assert main(["tile", "-q", "--params", str(params)]) == 2
+    assert unused in capsys.readouterr().err
+
+
+def test_a_road_vector_tile_set_offset_moves_every_tile(tmp_path):
+    spacenet_like(tmp_path / "sn", ["img1", "img2"], empty="")
+    entry = sn_entry(tmp_path / "sn", split={}, label_offset_m=[1.5, -2.0])
+    data = load_params(params_file(tmp_path, [entry])).data
+    scenes = tilesets.expand(data, tmp_path / "chips" / "tilesets", check_prepared=False).scenes
+    assert [s.label_offset_m for s in scenes] == [(1.5, -2.0), (1.5, -2.0)]
