@@ -32,16 +32,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import Params, RegisterParams, load_params  # noqa: E402
+from pipeline.config import (  # noqa: E402
+    Params,
+    RegisterParams,
+    SceneSource,
+    TileSetSource,
+    load_params,
+)
 
 
 def absolute(p: Params) -> Params:
     """The same params with every relative input path made absolute (runs chdir elsewhere)."""
+    fields = {  # the input paths of a scene entry, of a tile set entry
+        SceneSource: ("image", "roads", "labels", "landcover"),
+        TileSetSource: ("root",),
+    }
     scenes = [
         s.model_copy(
             update={
                 k: Path(getattr(s, k)).resolve()
-                for k in ("image", "roads", "labels", "landcover")
+                for k in fields[type(s)]
                 if getattr(s, k) is not None
             }
         )

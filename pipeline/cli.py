@@ -108,7 +108,29 @@ def cmd_label_check(args: argparse.Namespace) -> None:
     for r in results:
         if r.flagged:
             print(_offset_hint(r, owners.get(r.scene)))
+    for name in dict.fromkeys(owners.values()):
+        print(_tile_set_shift(name, [r for r in results if owners.get(r.scene) == name]))
     print(f"report: {p.label_check.report_path}")
+
+
+def _tile_set_shift(name: str, results: list[Any]) -> str:
+    """One line for a tile set: the median shift of its clear tiles (``label_check``)."""
+    from pipeline.label_check import median_shift
+
+    found = median_shift(results)
+    if found is None:
+        return f"tile set {name!r}: no tile gave a clear answer"
+    clear, east, north = found
+    line = (
+        f"tile set {name!r}: median shift of its {clear} clear tiles (of {len(results)}): "
+        f"east {east:g} m, north {north:g} m"
+    )
+    if results[0].labels == "vectors":
+        line += (
+            f"; label_offset_m: [{east:g}, {north:g}] on the tile set moves every tile (added "
+            "to any offset declared there)"
+        )
+    return line
 
 
 def _offset_hint(r: Any, tileset: str | None) -> str:

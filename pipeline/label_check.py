@@ -55,6 +55,18 @@ class SceneLabelCheck:
         return asdict(self)
 
 
+def median_shift(results: list[SceneLabelCheck]) -> tuple[int, float, float] | None:
+    """(clear results, median east, median north shift in metres) of the results whose answer
+    is clear: the one shift a tile set's ``label_offset_m`` gives all its tiles (None when no
+    answer is clear)."""
+    clear = [r for r in results if r.clear]
+    if not clear:
+        return None
+    east = float(np.median([r.shift_east_m for r in clear]))
+    north = float(np.median([r.shift_north_m for r in clear]))
+    return len(clear), round(east, 2), round(north, 2)
+
+
 def best_shift(response: np.ndarray, label: np.ndarray, max_shift: int) -> tuple[int, int, float]:
     """(rows, cols, peak/median) shift of ``label`` that best matches ``response``.
 

@@ -210,3 +210,59 @@ def test_a_tile_sets_label_rasters_are_checked_after_tiling(tmp_path, capsys):
     assert row["labels"] == "raster" and row["flagged"]
     assert (row["shift_east_m"], row["shift_north_m"]) == pytest.approx((6.0, 4.0), abs=1.0)
     assert row["omitted_km"] > 0.15  # the track, 256 m, less where it meets labelled roads
+
+
+def test_a_road_vector_tile_set_gets_one_offset_for_all_its_tiles(scene_dir, tmp_path, capsys):
+    """Two georeferenced chips whose road files are drawn 6 m east and 4 m south of the roads:
+    each tile is flagged with the advice to set the offset on its tile set, the set's line
+    gives the median shift, and that offset declared on the tile set clears every tile."""
+    import geopandas as gpd
+    from shapely.geometry import LineString
+
+    from pipeline import raster
+
+    root = tmp_path / "sn"
+    (root / "chips").mkdir(parents=True)
+    (root / "roads").mkdir()
+    image = raster.read_all(scene_dir / "ortho.tif")
+    for i, stem in enumerate(["c1", "c2"]):
+        x0, y0 = ORIGIN[0] + 1000 * i, ORIGIN[1]
+        write_geotiff(
+            root / "chips" / f"{stem}.tif", image, crs=UTM,
+            transform=Affine(1.0, 0, x0, 0, -1.0, y0), band_descriptions=BANDS,
+        )  # fmt: skip
+        lines = [
+            LineString([(x0 + a + 6, y0 - b - 4), (x0 + c + 6, y0 - d - 4)])
+            for (a, b, c, d), _, _ in ROADS
+        ]
+        gpd.GeoDataFrame({"width": [w for _, w, _ in ROADS]}, geometry=lines, crs=UTM).to_file(
+            root / "roads" / f"{stem}.geojson", driver="GeoJSON"
+        )
+    entry = {
+        "name": "sn", "root": str(root), "images": "chips/*.tif", "roads": "roads/{stem}.geojson",
+        "split": {"val_fraction": 0.0, "test_fraction": 0.0},
+    }  # fmt: skip
+    params = {
+        "synth": {"scenes": []},
+        "data": {"bands": BANDS, "width_attribute": "width", "scenes": [entry]},
+        "tile": {"out_dir": str(tmp_path / "out"), "chip_size": 64, "stride": 64, "workers": 1},
+        "pretrain": {"archs": []},
+        "train": {"encoder_weights": "none"},
+        "label_check": {"window_px": 256, "report_path": str(tmp_path / "check.json")},
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    assert main(["tile", "-q", "--params", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["label-check", "--params", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "sn_c1: labels sit" in out and "on tile set 'sn' in data.scenes" in out
+    assert "tile set 'sn': median shift of its 2 clear tiles (of 2): east -6 m, north 4 m" in out
+    assert "label_offset_m: [-6, 4] on the tile set moves every tile" in out
+
+    params["data"]["scenes"][0]["label_offset_m"] = [-6.0, 4.0]
+    path.write_text(yaml.safe_dump(params))
+    assert main(["label-check", "--params", str(path)]) == 0
+    rows = json.loads((tmp_path / "check.json").read_text())
+    assert [r["flagged"] for r in rows] == [False, False]
+    assert all(abs(r["shift_east_m"]) <= 1 and abs(r["shift_north_m"]) <= 1 for r in rows)
