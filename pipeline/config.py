@@ -273,6 +273,28 @@ class TileSetSplit(_Section):
         return self
 
 
+class PansharpenSpec(_Section):
+    """Tiles that ship as a panchromatic image and multispectral bands (SpaceNet's PAN/ and
+    MUL/ folders): each tile is fused while it is prepared, as ``pipeline pansharpen`` fuses
+    (a VRT: GDAL's weighted Brovey, computed as it is read)."""
+
+    mul: str = Field(
+        description="Multispectral image of a tile below root, with {stem} (e.g. "
+        "'MUL/MUL_{stem}.tif'); the tile set's images are then its panchromatic images"
+    )
+    bands: dict[str, int] = Field(
+        description="MUL bands to keep, by name (WorldView-3: {red: 5, green: 3, blue: 2})",
+        min_length=1,
+    )
+
+    @field_validator("mul")
+    @classmethod
+    def _has_stem(cls, v: str) -> str:
+        if "{stem}" not in v:
+            raise ValueError(f"mul {v!r}: needs {{stem}}, e.g. 'MUL/MUL_{{stem}}.tif'")
+        return v
+
+
 class TileSetSource(_Section):
     """Many image/label tiles as one entry (a public tile set such as Massachusetts Roads or
     DeepGlobe): each tile becomes a scene ``<name>_<stem>``, split whole (pipeline/tilesets.py)."""
@@ -316,6 +338,11 @@ class TileSetSource(_Section):
         description="With roads: shift every tile's road vectors by (east, north) metres "
         "(`pipeline label-check` measures it per tile)",
     )
+    pansharpen: PansharpenSpec | None = Field(
+        None,
+        description="The images are panchromatic: fuse each with its multispectral image "
+        "(georeferenced tiles; no fill)",
+    )
     transfer: bool = Field(
         False,
         description="Every tile held out: another source (place, sensor, pixel size) scored "
@@ -352,6 +379,11 @@ class TileSetSource(_Section):
         unused = (
             {"label_offset_m"} if self.labels is not None else {"label", "pixel_size_m"}
         ) & self.model_fields_set
+        if self.pansharpen is not None and self.fill is not None:
+            raise ValueError(
+                f"tile set {self.name!r}: fill does not apply to pansharpened tiles (the "
+                "panchromatic image's nodata marks pixels outside the imagery)"
+            )
         if unused:
             kind = "label images" if self.labels is not None else "road vectors"
             raise ValueError(

@@ -7,7 +7,9 @@ such an entry (``TileSetSource``) into one scene per tile, named ``<set>_<stem>`
 each tile once, one at a time (memory does not grow with the set):
 
 - ``<stem>.vrt``: the image on its own grid, or for an image without CRS on a local grid of the
-  declared pixel size (``raster.LOCAL_GRID_WKT``), with the fill colour as nodata;
+  declared pixel size (``raster.LOCAL_GRID_WKT``), with the fill colour as nodata; for a set
+  with ``pansharpen``, the panchromatic image fused with the tile's multispectral bands
+  (``pipeline.pansharpen``);
 - ``<stem>.labels.tif`` (label images): road = 1, background = 0, 255 (nodata) where the image
   is fill, converted from the declared label convention (a colour outside it is an error);
 - road vectors (``roads``) are not converted: the tile's scene names its road file, burned by
@@ -62,12 +64,23 @@ def find_tiles(ts: TileSetSource) -> list[tuple[str, Path, Path]]:
             raise TileSetError(
                 f"{image}: no {what} {label} (tile set {ts.name!r}, {field} {ts.truth!r})"
             )
+        if ts.pansharpen is not None and not _mul_path(ts, stem).is_file():
+            raise TileSetError(
+                f"{image}: no multispectral image {_mul_path(ts, stem)} (tile set "
+                f"{ts.name!r}, pansharpen.mul {ts.pansharpen.mul!r})"
+            )
         if stem in tiles:
             raise TileSetError(f"{image}: tile name {stem!r} also names {tiles[stem][0]}")
         tiles[stem] = (image, label)
     if not tiles:
         raise TileSetError(f"{root}: no image matches {ts.images!r} (tile set {ts.name!r})")
     return [(stem, image, label) for stem, (image, label) in sorted(tiles.items())]
+
+
+def _mul_path(ts: TileSetSource, stem: str) -> Path:
+    """The multispectral image of a pansharpened tile set's tile."""
+    assert ts.pansharpen is not None
+    return Path(ts.root) / ts.pansharpen.mul.format(stem=stem)
 
 
 def assign_splits(stems: list[str], split: TileSetSplit) -> dict[str, str]:
@@ -216,7 +229,13 @@ def prepare_tile(
         roads = dict(road_px=int((road == 1).sum()))
     else:
         roads = dict(road_km=_road_km(truth, info, osm, ts.label_offset_m))
-    raster.write_vrt(out / f"{stem}.vrt", info, crs=crs, transform=transform, nodata=fill)
+    if ts.pansharpen is not None:  # the fused bands, on the panchromatic grid
+        from pipeline.pansharpen import pansharpen
+
+        bands = ts.pansharpen.bands
+        pansharpen(image, _mul_path(ts, stem), out / f"{stem}.vrt", bands=bands, overwrite=True)
+    else:
+        raster.write_vrt(out / f"{stem}.vrt", info, crs=crs, transform=transform, nodata=fill)
     mpp = info.metres_per_pixel if info.crs is not None else ts.pixel_size_m
     return dict(
         area_km2=info.width * info.height * (mpp or 0.0) ** 2 / 1e6,

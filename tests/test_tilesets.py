@@ -440,3 +440,54 @@ def test_a_road_vector_tile_set_offset_moves_every_tile(tmp_path):
     data = load_params(params_file(tmp_path, [entry])).data
     scenes = tilesets.expand(data, tmp_path / "chips" / "tilesets", check_prepared=False).scenes
     assert [s.label_offset_m for s in scenes] == [(1.5, -2.0), (1.5, -2.0)]
+
+
+def test_a_tile_set_of_pan_and_mul_chips_is_fused_while_prepared(tmp_path, capsys):
+    """SpaceNet's PAN/ and MUL/ folders as they ship: each tile's VRT is the pansharpened
+    image (named bands, the PAN grid), chipped and labelled from its road file."""
+    from affine import Affine
+    from shapely.geometry import LineString
+
+    root = tmp_path / "sn"
+    for folder in ("PAN", "MUL", "roads"):
+        (root / folder).mkdir(parents=True)
+    pan = np.random.default_rng(5).integers(100, 400, (SIZE, SIZE)).astype(np.uint16)
+    mul = np.stack([np.full((SIZE // 4, SIZE // 4), v, np.uint16) for v in (10, 20, 30, 40, 50)])
+    for i, stem in enumerate(["img1", "img2"]):
+        x0, y0 = 350000.0 + 1000 * i, 3450000.0
+        raster.write_geotiff(
+            root / "PAN" / f"PAN_{stem}.tif", pan, crs="EPSG:32651",
+            transform=Affine(0.5, 0, x0, 0, -0.5, y0),
+        )  # fmt: skip
+        raster.write_geotiff(
+            root / "MUL" / f"MUL_{stem}.tif", mul, crs="EPSG:32651",
+            transform=Affine(2.0, 0, x0, 0, -2.0, y0),
+        )  # fmt: skip
+        road = LineString([(x0 - 5, y0 - 10), (x0 + 40, y0 - 10)])
+        gpd.GeoDataFrame(geometry=[road], crs="EPSG:32651").to_file(
+            root / "roads" / f"{stem}.geojson", driver="GeoJSON"
+        )
+    entry = {
+        "name": "sn", "root": str(root), "images": "PAN/PAN_*.tif", "roads": "roads/{stem}.geojson",
+        "pansharpen": {"mul": "MUL/MUL_{stem}.tif", "bands": {"red": 5, "green": 3, "blue": 2}},
+        "split": {"val_fraction": 0.0, "test_fraction": 0.0, "test": ["img2"]},
+    }  # fmt: skip
+    params = params_file(tmp_path, [entry])
+    assert main(["tile", "-q", "--params", str(params)]) == 0
+    vrt = tmp_path / "chips" / "tilesets" / "sn" / "img1.vrt"
+    assert raster.band_names(vrt) == ["red", "green", "blue"]
+    fused = raster.read_all(vrt).astype(float)
+    # weighted Brovey on constant MUL bands 50, 30, 20: each band is PAN x level / their mean
+    for band, level in zip(fused, (50, 30, 20), strict=True):
+        np.testing.assert_allclose(band, pan * level / (100 / 3), atol=1.0)
+    chips = np.load(tmp_path / "chips" / "sn_img1.images.npy")
+    assert chips.shape[1] == 3 and chips.dtype == np.uint16
+    index = gpd.read_file(tmp_path / "chips" / "index.gpkg")
+    rows = index[index["scene"] == "sn_img1"]
+    first = rows[(rows.row_off == 0) & (rows.col_off == 0)].array_index.item()
+    mask = np.load(tmp_path / "chips" / "sn_img1.masks.npy")[first]
+    assert mask[20].all() and not mask[28].any()  # the road 10 m (20 px) down, 2 m each side
+
+    (root / "MUL" / "MUL_img2.tif").unlink()
+    assert main(["tile", "-q", "--params", str(params)]) == 2
+    assert "PAN_img2.tif: no multispectral image" in capsys.readouterr().err
