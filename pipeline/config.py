@@ -273,6 +273,21 @@ class TileSetSplit(_Section):
         return self
 
 
+def stem_pattern(v: str, field: str, example: str) -> str:
+    """``v`` if it is a path pattern whose only placeholder is ``{stem}`` (a tile's name)."""
+    import string
+
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(v) if name is not None}
+    except ValueError as e:
+        raise ValueError(f"{field} {v!r}: {e}") from None
+    if names != {"stem"}:
+        raise ValueError(
+            f"{field} {v!r}: needs {{stem}} and no other placeholder, e.g. {example!r}"
+        )
+    return v
+
+
 class PansharpenSpec(_Section):
     """Tiles that ship as a panchromatic image and multispectral bands (SpaceNet's PAN/ and
     MUL/ folders): each tile is fused while it is prepared, as ``pipeline pansharpen`` fuses
@@ -282,17 +297,21 @@ class PansharpenSpec(_Section):
         description="Multispectral image of a tile below root, with {stem} (e.g. "
         "'MUL/MUL_{stem}.tif'); the tile set's images are then its panchromatic images"
     )
-    bands: dict[str, int] = Field(
-        description="MUL bands to keep, by name (WorldView-3: {red: 5, green: 3, blue: 2})",
+    bands: dict[str, PositiveInt] = Field(
+        description="MUL bands to keep, by name (WorldView-3: {red: 5, green: 3, blue: 2}); "
+        "the names data.bands asks for",
         min_length=1,
     )
 
     @field_validator("mul")
     @classmethod
     def _has_stem(cls, v: str) -> str:
-        if "{stem}" not in v:
-            raise ValueError(f"mul {v!r}: needs {{stem}}, e.g. 'MUL/MUL_{{stem}}.tif'")
-        return v
+        return stem_pattern(v, "mul", "MUL/MUL_{stem}.tif")
+
+    @field_validator("bands")
+    @classmethod
+    def _lower_case(cls, v: dict[str, int]) -> dict[str, int]:
+        return {name.strip().lower(): band for name, band in v.items()}
 
 
 class TileSetSource(_Section):
@@ -341,7 +360,8 @@ class TileSetSource(_Section):
     pansharpen: PansharpenSpec | None = Field(
         None,
         description="The images are panchromatic: fuse each with its multispectral image "
-        "(georeferenced tiles; no fill)",
+        "(georeferenced tiles; fill, one value, marks the panchromatic image's pixels outside "
+        "the imagery, nodata in the fused image)",
     )
     transfer: bool = Field(
         False,
@@ -363,10 +383,10 @@ class TileSetSource(_Section):
     @field_validator("labels", "roads")
     @classmethod
     def _has_stem(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is not None and "{stem}" not in v:
-            example = "masks/{stem}.png" if info.field_name == "labels" else "roads/{stem}.geojson"
-            raise ValueError(f"{info.field_name} {v!r}: needs {{stem}}, e.g. {example!r}")
-        return v
+        if v is None:
+            return v
+        example = "masks/{stem}.png" if info.field_name == "labels" else "roads/{stem}.geojson"
+        return stem_pattern(v, str(info.field_name), example)
 
     @model_validator(mode="after")
     def _one_truth(self) -> TileSetSource:
@@ -379,10 +399,10 @@ class TileSetSource(_Section):
         unused = (
             {"label_offset_m"} if self.labels is not None else {"label", "pixel_size_m"}
         ) & self.model_fields_set
-        if self.pansharpen is not None and self.fill is not None:
+        if self.pansharpen is not None and self.fill is not None and len(self.fill) != 1:
             raise ValueError(
-                f"tile set {self.name!r}: fill does not apply to pansharpened tiles (the "
-                "panchromatic image's nodata marks pixels outside the imagery)"
+                f"tile set {self.name!r}: fill {self.fill} of a pansharpened set is one value, "
+                "the panchromatic image's outside the imagery (e.g. [0])"
             )
         if unused:
             kind = "label images" if self.labels is not None else "road vectors"
@@ -463,6 +483,18 @@ class DataParams(_Section):
         if not v:
             raise ValueError("at least one scene is needed")
         return v
+
+    @model_validator(mode="after")
+    def _pansharpened_bands(self) -> DataParams:
+        for entry in self.scenes:
+            if isinstance(entry, TileSetSource) and entry.pansharpen is not None:
+                missing = [b for b in self.bands if b.lower() not in entry.pansharpen.bands]
+                if missing:
+                    raise ValueError(
+                        f"tile set {entry.name!r}: data.bands asks for {missing}, which "
+                        f"pansharpen.bands does not name ({sorted(entry.pansharpen.bands)})"
+                    )
+        return self
 
 
 class LabelCheckParams(_Section):

@@ -232,8 +232,14 @@ def prepare_tile(
     if ts.pansharpen is not None:  # the fused bands, on the panchromatic grid
         from pipeline.pansharpen import pansharpen
 
-        bands = ts.pansharpen.bands
-        pansharpen(image, _mul_path(ts, stem), out / f"{stem}.vrt", bands=bands, overwrite=True)
+        pansharpen(
+            image,
+            _mul_path(ts, stem),
+            out / f"{stem}.vrt",
+            bands=ts.pansharpen.bands,
+            nodata=fill[0] if fill is not None else None,
+            overwrite=True,
+        )
     else:
         raster.write_vrt(out / f"{stem}.vrt", info, crs=crs, transform=transform, nodata=fill)
     mpp = info.metres_per_pixel if info.crs is not None else ts.pixel_size_m
@@ -250,6 +256,11 @@ def _grid(ts: TileSetSource, image: Path, info: raster.RasterInfo) -> tuple[Any,
     image without georeferencing (which road vectors cannot be placed on)."""
     if info.crs is not None:
         return info.crs, info.transform
+    if ts.pansharpen is not None:
+        raise TileSetError(
+            f"{image}: no CRS; a panchromatic image is fused with its multispectral image on "
+            f"the ground (tile set {ts.name!r})"
+        )
     if ts.roads is not None:
         raise TileSetError(
             f"{image}: no georeferencing, so the road vectors of tile set {ts.name!r} cannot be "
@@ -342,6 +353,7 @@ def summary(ts: TileSetSource, per_tile: list[tuple[str, dict[str, Any]]]) -> di
         root=str(ts.root),
         images=ts.images,
         **({"labels": ts.labels} if ts.labels is not None else {"roads": ts.roads}),
+        **({"pansharpen": ts.pansharpen.model_dump()} if ts.pansharpen is not None else {}),
         tiles=len(per_tile),
         area_km2=round(sum(r["area_km2"] for _, r in per_tile), 6),
         splits={s: sum(1 for split, _ in per_tile if split == s) for s in SPLITS},
@@ -375,6 +387,9 @@ def describe(data: DataParams, tilesets: dict[str, dict] | None = None) -> list[
         area = f", {s['area_km2']:g} km²" if "area_km2" in s else ""
         if "road_km" in s:
             area += f", {s['road_km']:g} km of road"
+        if entry.pansharpen is not None:
+            mul = ", ".join(f"{k}={v}" for k, v in entry.pansharpen.bands.items())
+            area += f", pansharpened ({mul} of {entry.pansharpen.mul})"
         counts = " / ".join(f"{s['splits'][k]} {k}" for k in SPLITS)
         if entry.transfer:
             counts = "all held out: transfer"

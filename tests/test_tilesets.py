@@ -452,6 +452,7 @@ def test_a_tile_set_of_pan_and_mul_chips_is_fused_while_prepared(tmp_path, capsy
     for folder in ("PAN", "MUL", "roads"):
         (root / folder).mkdir(parents=True)
     pan = np.random.default_rng(5).integers(100, 400, (SIZE, SIZE)).astype(np.uint16)
+    pan[:, SIZE - 16 :] = 0  # outside the imagery, as SpaceNet's PAN chips are, no nodata set
     mul = np.stack([np.full((SIZE // 4, SIZE // 4), v, np.uint16) for v in (10, 20, 30, 40, 50)])
     for i, stem in enumerate(["img1", "img2"]):
         x0, y0 = 350000.0 + 1000 * i, 3450000.0
@@ -470,16 +471,21 @@ def test_a_tile_set_of_pan_and_mul_chips_is_fused_while_prepared(tmp_path, capsy
     entry = {
         "name": "sn", "root": str(root), "images": "PAN/PAN_*.tif", "roads": "roads/{stem}.geojson",
         "pansharpen": {"mul": "MUL/MUL_{stem}.tif", "bands": {"red": 5, "green": 3, "blue": 2}},
-        "split": {"val_fraction": 0.0, "test_fraction": 0.0, "test": ["img2"]},
+        "fill": [0], "split": {"val_fraction": 0.0, "test_fraction": 0.0, "test": ["img2"]},
     }  # fmt: skip
     params = params_file(tmp_path, [entry])
     assert main(["tile", "-q", "--params", str(params)]) == 0
     vrt = tmp_path / "chips" / "tilesets" / "sn" / "img1.vrt"
     assert raster.band_names(vrt) == ["red", "green", "blue"]
-    fused = raster.read_all(vrt).astype(float)
+    fused = raster.read_all(vrt).astype(float)[:, :, : SIZE - 16]
     # weighted Brovey on constant MUL bands 50, 30, 20: each band is PAN x level / their mean
     for band, level in zip(fused, (50, 30, 20), strict=True):
-        np.testing.assert_allclose(band, pan * level / (100 / 3), atol=1.0)
+        np.testing.assert_allclose(band, pan[:, : SIZE - 16] * level / (100 / 3), atol=1.0)
+    valid = raster.read_valid_mask(vrt)  # the fill is nodata in the fused image
+    assert valid[:, : SIZE - 16].all() and not valid[:, SIZE - 16 :].any()
+    summary = json.loads((tmp_path / "chips" / "stats.json").read_text())["tilesets"]["sn"]
+    assert summary["nodata_fraction"] == pytest.approx(16 / SIZE)
+    assert summary["pansharpen"]["bands"] == {"red": 5, "green": 3, "blue": 2}
     chips = np.load(tmp_path / "chips" / "sn_img1.images.npy")
     assert chips.shape[1] == 3 and chips.dtype == np.uint16
     index = gpd.read_file(tmp_path / "chips" / "index.gpkg")
@@ -491,3 +497,39 @@ def test_a_tile_set_of_pan_and_mul_chips_is_fused_while_prepared(tmp_path, capsy
     (root / "MUL" / "MUL_img2.tif").unlink()
     assert main(["tile", "-q", "--params", str(params)]) == 2
     assert "PAN_img2.tif: no multispectral image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"labels": "masks/{stem}_{x}.png"}, "needs {stem} and no other placeholder"),
+        ({"pansharpen": {"mul": "MUL/{id}.tif", "bands": {"red": 1}}}, "mul 'MUL/{id}.tif'"),
+        ({"pansharpen": {"mul": "M/{stem}.tif", "bands": {"red": 0}}}, "greater than 0"),
+        (
+            {"pansharpen": {"mul": "M/{stem}.tif", "bands": {"Red": 5, "green": 3}}, "fill": [0]},
+            "data.bands asks for ['blue'], which pansharpen.bands does not name",
+        ),
+        (
+            {"pansharpen": {"mul": "M/{stem}.tif", "bands": {"red": 5, "green": 3, "blue": 2}}},
+            "fill [255, 255, 255] of a pansharpened set is one value",
+        ),
+    ],
+)
+def test_pansharpen_and_pattern_mistakes_are_config_errors(tmp_path, capsys, change, message):
+    entry = mass_entry(tmp_path) | change
+    assert main(["tile", "-q", "--params", str(params_file(tmp_path, [entry]))]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_pansharpened_tile_without_crs_stops_before_writing(tmp_path, capsys):
+    massachusetts_like(tmp_path / "mass")  # PNGs: no CRS
+    (tmp_path / "mass" / "MUL").mkdir()
+    for stem in STEMS:
+        (tmp_path / "mass" / "MUL" / f"{stem}.png").write_bytes(
+            (tmp_path / "mass" / "images" / f"{stem}.png").read_bytes()
+        )
+    ps = {"mul": "MUL/{stem}.png", "bands": {"red": 1, "green": 2, "blue": 3}}
+    entry = mass_entry(tmp_path / "mass", pansharpen=ps, fill=[255])
+    assert main(["tile", "-q", "--params", str(params_file(tmp_path, [entry]))]) == 2
+    assert "no CRS; a panchromatic image is fused" in capsys.readouterr().err
+    assert not list((tmp_path / "chips" / "tilesets" / "mass").glob("*"))
