@@ -399,16 +399,20 @@ class TileSetSource(_Section):
         unused = (
             {"label_offset_m"} if self.labels is not None else {"label", "pixel_size_m"}
         ) & self.model_fields_set
-        if self.pansharpen is not None and self.fill is not None and len(self.fill) != 1:
-            raise ValueError(
-                f"tile set {self.name!r}: fill {self.fill} of a pansharpened set is one value, "
-                "the panchromatic image's outside the imagery (e.g. [0])"
-            )
         if unused:
             kind = "label images" if self.labels is not None else "road vectors"
             raise ValueError(
                 f"tile set {self.name!r}: {sorted(unused)} do not apply to a tile set with "
                 f"{kind} (label and pixel_size_m go with labels, label_offset_m with roads)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _pansharpened_fill(self) -> TileSetSource:
+        if self.pansharpen is not None and self.fill is not None and len(self.fill) != 1:
+            raise ValueError(
+                f"tile set {self.name!r}: fill {self.fill} of a pansharpened set is one value, "
+                "the panchromatic image's outside the imagery (e.g. [0])"
             )
         return self
 

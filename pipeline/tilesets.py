@@ -308,8 +308,7 @@ def _road_km(
     from pipeline import vectors
     from pipeline.network_io import ground_lengths
 
-    vectors.check_readable(roads)
-    if vectors.is_empty(roads):
+    if vectors.is_empty(roads):  # an unreadable file: load_road_lines names it
         return 0.0
     lines = vectors.load_road_lines(
         roads, info.crs.to_wkt(), bounds=info.bounds, osm=osm, offset_m=offset_m

@@ -86,10 +86,7 @@ def load_road_polygons(
         half_m = _half_widths_m(gdf, width_attribute, default_half_width_m, path)
     geoms = gdf.to_crs(work).geometry.to_numpy()
     polygons = _shifted(_to_polygons(geoms, half_m / _metres_per_unit(work)), offset_m, work)
-    attrs = pd.DataFrame(gdf.drop(columns=gdf.geometry.name)).reset_index(drop=True)
-    out = gpd.GeoDataFrame(attrs, geometry=polygons, crs=work)
-    if not work.equals(target):
-        out = out.to_crs(target)
+    out = _in_target(gdf, polygons, work, target)
     out = out[~(out.geometry.isna() | out.geometry.is_empty)].reset_index(drop=True)
     if bounds is not None:
         _check_overlap(out, bounds, path)
@@ -114,9 +111,7 @@ def load_road_lines(
     gdf = _road_features(path, target, bounds, osm)
     work = _working_crs(gdf, target)
     geoms = _shifted(gdf.to_crs(work).geometry.to_numpy(), offset_m, work)
-    attrs = pd.DataFrame(gdf.drop(columns=gdf.geometry.name)).reset_index(drop=True)
-    out = gpd.GeoDataFrame(attrs, geometry=geoms, crs=work)
-    return out if work.equals(target) else out.to_crs(target)
+    return _in_target(gdf, geoms, work, target)
 
 
 def _road_features(
@@ -128,6 +123,16 @@ def _road_features(
         _read(path, _bbox_4326(bounds, target) if osm_module.is_osm_file(path) else None), path
     )
     return _osm_roads(gdf, osm, path) if _osm_applies(gdf, osm) else gdf
+
+
+def _in_target(
+    gdf: gpd.GeoDataFrame, geoms: np.ndarray, work: CRS, target: CRS
+) -> gpd.GeoDataFrame:
+    """``gdf``'s attributes with ``geoms`` (one per row, in the working CRS ``work``), in
+    ``target``."""
+    attrs = pd.DataFrame(gdf.drop(columns=gdf.geometry.name)).reset_index(drop=True)
+    out = gpd.GeoDataFrame(attrs, geometry=geoms, crs=work)
+    return out if work.equals(target) else out.to_crs(target)
 
 
 def _osm_applies(gdf: gpd.GeoDataFrame, osm: Any) -> bool:
