@@ -17,12 +17,14 @@ $(STAMP): pyproject.toml
 
 ## demo: run the DVC pipeline (synth -> tile -> pretrain -> train -> evaluate -> register;
 ##       `pipeline repro` is `dvc repro` stage by stage, printing stage i of n and the time left),
-##       then predict a region that no stage saw, from the registry's champion.
+##       then predict a region that no stage saw, from the registry's champion: probability COG,
+##       centrelines and road network.
 demo: $(STAMP)
 	pipeline repro
 	pipeline predict data/scenes/demo_region.tif -o outputs/demo_region_roads.tif \
-		--vectors outputs/demo_region_roads.gpkg --overwrite
-	@echo "open outputs/demo_region_roads.tif and outputs/demo_region_roads.gpkg in QGIS"
+		--vectors outputs/demo_region_roads.gpkg --network outputs/demo_region_network.gpkg --overwrite
+	@echo "open outputs/demo_region_roads.tif, outputs/demo_region_roads.gpkg (centrelines) and"
+	@echo "outputs/demo_region_network.gpkg (road network: edges, nodes) in QGIS"
 
 ## test: the whole suite, slow end-to-end tests included
 test: $(STAMP)

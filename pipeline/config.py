@@ -744,6 +744,14 @@ class TrainParams(_Section):
         "from a darker or flatter sensor maps to the same range; stored in the model",
     )
     augment: bool = Field(True, description="Dihedral flips/rotations and per-band jitter")
+    colour_jitter: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="With augment: each band's brightness shifted by up to +-s standard deviations, "
+        "its contrast and gamma scaled by 1 +- s, drawn per band (so hues shift too); larger "
+        "values train a model meant for other sensors",
+    )
     scale_jitter: float = Field(
         0.0,
         ge=0,

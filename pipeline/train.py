@@ -368,6 +368,7 @@ def chip_datasets(
         norm,
         augment=params.augment,
         seed=params.seed,
+        jitter=params.colour_jitter,
         scale_jitter=params.scale_jitter,
         negative_weight=params.negative_weight,
     )

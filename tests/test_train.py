@@ -112,6 +112,33 @@ def test_rescale_keeps_image_mask_and_nodata_aligned():
     assert np.all(vs[:, -3:] == 0) and np.all(vs[-3:, :] == 0) and np.all(ys[-3:, :] == 0)
 
 
+def test_colour_jitter_setting_reaches_the_train_chips_only(chips_dir):
+    """`train.colour_jitter` sets how far each band's brightness moves: 0 leaves the dihedral
+    copy exactly, a larger value moves bands further than the default 0.1 can; validation
+    chips are never jittered."""
+    from pipeline.config import TileParams
+    from pipeline.train import chip_datasets
+
+    stats = read_stats(chips_dir)
+    norm = Normalisation.from_lists(stats["mean"], stats["std"])
+    tile = TileParams(out_dir=chips_dir, chip_size=64, stride=64)
+    plain = SegmentationChips(chips_dir, "train", norm)
+
+    def largest_shift(colour_jitter: float) -> float:
+        train_ds, val_ds = chip_datasets(TrainParams(colour_jitter=colour_jitter), tile, norm)
+        assert not val_ds.augment
+        shifts = []
+        for i in range(min(8, len(plain))):
+            x0, x1, v1 = plain[i][0].numpy(), train_ds[i][0].numpy(), train_ds[i][2].numpy()
+            ok = v1[0] > 0
+            moved = [np.abs(x1 - dihedral(x0, k))[:, ok].mean(axis=1).max() for k in range(8)]
+            shifts.append(min(moved))
+        return float(max(shifts))
+
+    assert largest_shift(0.0) < 1e-5
+    assert largest_shift(0.6) > 0.2 > largest_shift(0.1) * 0.9
+
+
 def test_dataset_scale_jitter_is_applied_to_image_mask_and_valid_alike(chips_dir):
     from pipeline.datasets import rescale
 
