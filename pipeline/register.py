@@ -88,6 +88,21 @@ def _metric_rows(m: dict, class_attribute: str | None) -> str:
     return rows
 
 
+def _augmentation(train) -> str:
+    if not train.augment:
+        return "no augmentation"
+    zoom = f", zoom up to {1 + train.scale_jitter:g}x" if train.scale_jitter > 0 else ""
+    return f"augmentation: flips and rotations, colour jitter {train.colour_jitter:g}{zoom}"
+
+
+def _normalisation(kind: str) -> str:
+    if kind == "percentile":
+        return (
+            "each raster stretched between its own 2-98 % band percentiles (predict does the same)"
+        )
+    return "the training chips' band mean and standard deviation"
+
+
 def model_card(
     params: Params,
     config,
@@ -117,9 +132,10 @@ zoo (encoder weights: {config.encoder_weights}{f"; fine-tuned from {config.init_
 
 ## Training
 - Epochs {params.train.epochs}, batch {params.train.batch_size}, AdamW lr {params.train.lr},
-  loss {params.train.loss}, augmentation {params.train.augment}
+  loss {params.train.loss}, {_augmentation(params.train)}
+- Normalisation: {_normalisation(config.normalisation)}
 
-## Metrics on held-out test scenes (whole scenes, stitched like predict)
+## Metrics on held-out test scenes (whole scenes, stitched like {"predict --tta: the mean of the eight flips and rotations" if params.evaluate.tta else "predict"})
 | metric | value |
 |---|---|
 {rows}

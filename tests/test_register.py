@@ -202,6 +202,21 @@ def test_model_card_describes_this_model_not_the_demo(tmp_path):
     assert "R, G, B, NIR" not in card
     assert "| iou | 0.6100 |" in card and "0.420" in card
     assert "Recall by road class" not in card  # no classes evaluated, no table
+    assert "colour jitter 0.1" in card and "band mean and standard deviation" in card
+    assert "(whole scenes, stitched like predict)" in card
+    p["train"].update(normalisation="percentile", colour_jitter=0.4, scale_jitter=0.25)
+    p["evaluate"]["tta"] = True
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    travelling = model_card(
+        load_params(tmp_path / "params.yaml"),
+        config.model_copy(update={"normalisation": "percentile"}),
+        {"iou": 0.61},
+    )
+    assert "colour jitter 0.4, zoom up to 1.25x" in travelling
+    assert "2-98 % band percentiles" in travelling and "stitched like predict --tta" in travelling
+    p["train"].update(normalisation="dataset", colour_jitter=0.1, scale_jitter=0.0)
+    p["evaluate"]["tta"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
 
     metrics = {
         "iou": 0.61,
