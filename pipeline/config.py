@@ -816,7 +816,8 @@ class EvaluateParams(InferenceParams):
     tta: bool = Field(
         False,
         description="Score predictions averaged over the eight dihedral transforms (as predict --tta; "
-        "8x the inference time)",
+        "8x the inference time), cut at a threshold chosen the same way on the validation chips "
+        "and kept in model.json (threshold_tta) for predict --tta",
     )
     relaxed_slack_px: int = Field(
         3, ge=0, description="Slack of relaxed precision/recall (Mnih 2013: 3)"
@@ -1005,7 +1006,8 @@ class PredictParams(InferenceParams):
     tta: bool = Field(
         False,
         description="Average the eight dihedral transforms (8x the model time; what evaluate.tta "
-        "scores); --tta / --no-tta override it",
+        "scores), cut at the model's threshold_tta when evaluate chose one; --tta / --no-tta "
+        "override it",
     )
 
 

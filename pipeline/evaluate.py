@@ -66,6 +66,7 @@ from pipeline.metrics import (
 )
 from pipeline.model_config import CONFIG_FILE, read_config
 from pipeline.scene_truth import SceneWindows, TruthError
+from pipeline.tta_threshold import choose_tta_threshold
 
 log = logging.getLogger(__name__)
 
@@ -376,10 +377,15 @@ def write_pr_csv(path: Path, curve: SweepResult) -> Path:
     return write_text_atomic(path, buf.getvalue())
 
 
-def update_model_config(model_dir: Path, metrics: dict[str, float]) -> Path:
-    """Merge ``metrics`` into model.json's metrics; threshold and weights untouched."""
+def update_model_config(
+    model_dir: Path, metrics: dict[str, float], threshold_tta: float | None = None
+) -> Path:
+    """Merge ``metrics`` into model.json's metrics, and set ``threshold_tta`` when given;
+    threshold and weights untouched."""
     config = read_config(model_dir)
     config.metrics = {**config.metrics, **{k: float(v) for k, v in metrics.items()}}
+    if threshold_tta is not None:
+        config.threshold_tta = float(threshold_tta)
     return write_text_atomic(Path(model_dir) / CONFIG_FILE, config.model_dump_json(indent=2))
 
 
@@ -638,11 +644,13 @@ def _write_outputs(
     curve: SweepResult,
     figures: list[Path],
     data_lines: list[str],
+    threshold_tta: float | None = None,
 ) -> str:
-    """eval.json, pr.csv, the test metrics in model.json, and the MLflow run; its id."""
+    """eval.json, pr.csv, the test metrics (and the eight-view threshold) in model.json, and
+    the MLflow run; its id."""
     metrics_path = write_text_atomic(params.metrics_path, json.dumps(result, indent=2) + "\n")
     pr_path = write_pr_csv(params.plots_dir / "pr.csv", curve)
-    update_model_config(model_dir, model_metrics(result))
+    update_model_config(model_dir, model_metrics(result), threshold_tta)
     return log_run(
         register,
         params,
@@ -675,7 +683,7 @@ def run_evaluate(
     scenes = held_out_scenes(data)
     sources = transfer_sources(entries, data)
     others = [s for group in sources.values() for s in group]
-    threshold = read_config(model_dir).threshold
+    threshold, threshold_tta = _decision_threshold(model_dir, params, tile)
 
     with (
         tempfile.TemporaryDirectory(prefix="roadseg-evaluate-") as tmp,
@@ -700,5 +708,25 @@ def run_evaluate(
         add_baseline_metrics(result, scenes, data, tile.out_dir)
         figures = _write_figures(params, scenes, scores, result, threshold, data.bands)
 
-    run_id = _write_outputs(params, register, model_dir, result, curve, figures, data_lines)
+    if threshold_tta is not None:
+        result["threshold_source"] = "validation chips, mean of the eight flips and rotations"
+    run_id = _write_outputs(
+        params, register, model_dir, result, curve, figures, data_lines, threshold_tta
+    )
     return {**result, "mlflow_run_id": run_id}
+
+
+def _decision_threshold(
+    model_dir: Path, params: EvaluateParams, tile: TileParams
+) -> tuple[float, float | None]:
+    """The threshold the test scenes are cut at, and (with ``tta``) the eight-view threshold
+    chosen on the validation chips that model.json then keeps for ``predict --tta``."""
+    config = read_config(model_dir)
+    if not params.tta:
+        return config.threshold, None
+    chosen = choose_tta_threshold(model_dir, tile, params.precision)
+    if chosen is None:
+        log.warning("no validation chips in %s: --tta keeps the model's threshold", tile.out_dir)
+        return config.threshold, None
+    log.info("threshold for the eight-view mean: %.3f (plain: %.3f)", chosen, config.threshold)
+    return chosen, chosen

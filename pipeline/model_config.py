@@ -58,6 +58,13 @@ class ModelConfig(BaseModel):
     threshold: float = Field(
         0.5, ge=0, le=1, description="Decision threshold on the road probability"
     )
+    threshold_tta: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Decision threshold on the mean of the eight flips and rotations (predict "
+        "--tta), chosen by evaluate with tta on the validation chips; None: threshold",
+    )
     decoder_upsampling: str = Field("interp", description="interp or transposed")
     dropout: float = Field(0.0, description="Dropout before the segmentation head")
     decoder_attention: str = Field("none", description="Decoder attention: none or scse")

@@ -494,6 +494,9 @@ def plan_run(
     """The run's bands, pixel scale, window grid, tags, batch size and tasks, once the model
     is known and its workers are up."""
     folder, config, tags = resolved
+    if options.tta and config.threshold_tta is not None:  # the eight-view mean's own threshold
+        config = config.model_copy(update={"threshold": config.threshold_tta})
+        tags = {**tags, "threshold": f"{config.threshold:g}"}
     image, model_ref = target.image, str(options.model)
     if band_plan is None:
         band_plan = _check_inputs(image, info, config, model_ref, options.bands)

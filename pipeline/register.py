@@ -88,6 +88,15 @@ def _metric_rows(m: dict, class_attribute: str | None) -> str:
     return rows
 
 
+def _tta_threshold_note(config) -> str:
+    if config.threshold_tta is None:
+        return ""
+    return (
+        f"; with `predict --tta` {config.threshold_tta:.3f} (F1-best on the same chips "
+        "averaged over the eight flips and rotations, chosen by evaluate)"
+    )
+
+
 def _augmentation(train) -> str:
     if not train.augment:
         return "no augmentation"
@@ -140,7 +149,7 @@ zoo (encoder weights: {config.encoder_weights}{f"; fine-tuned from {config.init_
 |---|---|
 {rows}
 
-Decision threshold (F1-best on the validation chips, chosen by train): {config.threshold:.3f}
+Decision threshold (F1-best on the validation chips, chosen by train): {config.threshold:.3f}{_tta_threshold_note(config)}
 {_network_note(m)}{_transfer_section(m, config.gsd_m, test_scenes)}
 ## Intended use
 Road probability maps from {len(config.bands)}-band ({", ".join(config.bands)}) {dtype} imagery

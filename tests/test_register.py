@@ -209,9 +209,11 @@ def test_model_card_describes_this_model_not_the_demo(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     travelling = model_card(
         load_params(tmp_path / "params.yaml"),
-        config.model_copy(update={"normalisation": "percentile"}),
+        config.model_copy(update={"normalisation": "percentile", "threshold_tta": 0.38}),
         {"iou": 0.61},
     )
+    assert "validation chips, chosen by train): 0.420; with `predict --tta` 0.380" in travelling
+    assert "predict --tta" not in card
     assert "colour jitter 0.4, zoom up to 1.25x" in travelling
     assert "2-98 % band percentiles" in travelling and "stitched like predict --tta" in travelling
     p["train"].update(normalisation="dataset", colour_jitter=0.1, scale_jitter=0.0)
