@@ -29,7 +29,9 @@ def validation_chips(model_dir: Path, tile: TileParams) -> SegmentationChips | N
     """The validation chips normalised as the model was trained, or None where they cannot
     stand for it (no validation chips, or chips of other bands than the model's)."""
     config = read_config(model_dir)
-    stats = read_stats(tile.out_dir)
+    stats = read_stats(tile.out_dir, required=False)
+    if not stats:
+        return None
     if list(stats["bands"]) != list(config.bands):
         log.warning(
             "%s: chips of bands %s, model of %s: the threshold for --tta stays the model's",

@@ -94,6 +94,7 @@ def test_without_validation_chips_or_with_other_bands_there_is_no_tta_threshold(
     other = config.model_copy(update={"bands": ["nir", "red", "green", "blue"]})
     (model_dir / "model.json").write_text(other.model_dump_json())
     assert choose_tta_threshold(model_dir, TileParams(out_dir=chips_dir)) is None
+    assert choose_tta_threshold(model_dir, TileParams(out_dir=tmp_path / "no_chips")) is None
 
 
 def test_evaluate_with_tta_keeps_its_threshold_and_predict_tta_uses_it(
