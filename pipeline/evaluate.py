@@ -683,7 +683,8 @@ def run_evaluate(
     scenes = held_out_scenes(data)
     sources = transfer_sources(entries, data)
     others = [s for group in sources.values() for s in group]
-    threshold, threshold_tta = _decision_threshold(model_dir, params, tile)
+    threshold_tta = _eight_view_threshold(model_dir, params, tile)
+    threshold = read_config(model_dir).threshold if threshold_tta is None else threshold_tta
 
     with (
         tempfile.TemporaryDirectory(prefix="roadseg-evaluate-") as tmp,
@@ -716,17 +717,17 @@ def run_evaluate(
     return {**result, "mlflow_run_id": run_id}
 
 
-def _decision_threshold(
+def _eight_view_threshold(
     model_dir: Path, params: EvaluateParams, tile: TileParams
-) -> tuple[float, float | None]:
-    """The threshold the test scenes are cut at, and (with ``tta``) the eight-view threshold
-    chosen on the validation chips that model.json then keeps for ``predict --tta``."""
-    config = read_config(model_dir)
+) -> float | None:
+    """With ``tta``: the eight-view mean's threshold, chosen on the validation chips, which
+    the test scenes are cut at and model.json keeps for ``predict --tta``; else (or without
+    validation chips) None, and the model's own threshold applies."""
     if not params.tta:
-        return config.threshold, None
+        return None
     chosen = choose_tta_threshold(model_dir, tile, params.precision)
     if chosen is None:
         log.warning("no validation chips in %s: --tta keeps the model's threshold", tile.out_dir)
-        return config.threshold, None
-    log.info("threshold for the eight-view mean: %.3f (plain: %.3f)", chosen, config.threshold)
-    return chosen, chosen
+    else:
+        log.info("threshold for the eight-view mean: %.3f", chosen)
+    return chosen

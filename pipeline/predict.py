@@ -215,12 +215,16 @@ def _model_tags(model_ref: str | Path, folder: Path, config: ModelConfig) -> dic
 
 
 def _resolve_model(
-    model: str | Path, tracking_default: str
+    model: str | Path, tracking_default: str, tta: bool = False
 ) -> tuple[Path, ModelConfig, dict[str, str]]:
-    """(model folder, its config, the output's tags naming it) for a folder or a registry URI."""
+    """(model folder, its config, the output's tags naming it) for a folder or a registry URI.
+    With ``tta`` the config's threshold is the eight-view mean's own (``threshold_tta``) where
+    evaluate chose one: the COG's tag, its style, centrelines and network all cut there."""
     folder = Path(resolve_model(model, tracking_default))
     config = read_config(folder)
     check_weights(folder, config)  # a corrupt file stops here, before any worker loads it
+    if tta and config.threshold_tta is not None:
+        config = config.model_copy(update={"threshold": config.threshold_tta})
     return folder, config, _model_tags(model, folder, config)
 
 
@@ -453,7 +457,7 @@ def _resolve_model_early(
     store take about as long (~1.7 s) as a worker takes to start. A model folder is read and
     checked at once, so that its errors come before any cluster starts."""
     pool = ThreadPoolExecutor(1, thread_name_prefix="roadseg-model-resolve")
-    resolving = pool.submit(_resolve_model, options.model, options.tracking_default)
+    resolving = pool.submit(_resolve_model, options.model, options.tracking_default, options.tta)
     pool.shutdown(wait=False)
     if registry.is_model_uri(str(options.model)):
         return resolving, None
@@ -494,9 +498,6 @@ def plan_run(
     """The run's bands, pixel scale, window grid, tags, batch size and tasks, once the model
     is known and its workers are up."""
     folder, config, tags = resolved
-    if options.tta and config.threshold_tta is not None:  # the eight-view mean's own threshold
-        config = config.model_copy(update={"threshold": config.threshold_tta})
-        tags = {**tags, "threshold": f"{config.threshold:g}"}
     image, model_ref = target.image, str(options.model)
     if band_plan is None:
         band_plan = _check_inputs(image, info, config, model_ref, options.bands)

@@ -11,7 +11,14 @@ import pytest
 import rasterio
 import torch
 
-from pipeline.config import DataParams, EvaluateParams, PredictOptions, SceneSource, TileParams
+from pipeline.config import (
+    DataParams,
+    EvaluateParams,
+    PredictOptions,
+    RegisterParams,
+    SceneSource,
+    TileParams,
+)
 from pipeline.datasets import SegmentationChips, chip_normalisation, read_stats
 from pipeline.evaluate import run_evaluate
 from pipeline.inference import forward_probs
@@ -119,8 +126,6 @@ def test_evaluate_with_tta_keeps_its_threshold_and_predict_tta_uses_it(
         reports_dir=tmp_path / "reports",
     )
     tile = TileParams(out_dir=chips_dir, chip_size=64, stride=64, workers=1)
-    from pipeline.config import RegisterParams
-
     reg = RegisterParams(experiment="tta", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     expected = choose_tta_threshold(model_dir, tile)
     result = run_evaluate(ev, data, tile, model_dir, reg)
