@@ -93,7 +93,7 @@ def recall_table(
 
 def main(argv: list[str] | None = None) -> None:
     from pipeline.config import PredictOptions
-    from pipeline.model_config import read_config, resolve_model
+    from pipeline.model_config import resolve_model
     from pipeline.predict import predict_raster
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -124,11 +124,14 @@ def main(argv: list[str] | None = None) -> None:
                 window=p.evaluate.window,
                 overlap=p.evaluate.overlap,
                 dtype="float32",
+                tta=p.evaluate.tta,  # scored as evaluate scores it
                 progress=False,
             ),
         )
         prob = raster.read_band_array(Path(d) / "prob.tif")
-    threshold = args.threshold if args.threshold is not None else read_config(folder).threshold
+        written = raster.raster_tags(Path(d) / "prob.tif").get("threshold")
+    # the threshold predict cut at: the model's, or with evaluate.tta its threshold_tta
+    threshold = args.threshold if args.threshold is not None else float(written)
     with SceneWindows(scene, p.data) as sw:
         h, w = sw.info.height, sw.info.width
         _, valid, truth = sw.read(0, 0, w, h)

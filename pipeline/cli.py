@@ -410,7 +410,7 @@ def _add_label_check(sub: argparse._SubParsersAction) -> None:
         "label-check",
         cmd_label_check,
         "measure how well road labels sit on the imagery",
-        "For each scene with road vectors: the shift that best aligns the labels with the "
+        "For each scene with road labels (vectors or a label raster): the shift that best aligns the labels with the "
         "imagery's edges (or with a first model's probabilities), and with probabilities the "
         "length of predicted road no label covers. Writes label_check.report_path.",
     )

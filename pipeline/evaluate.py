@@ -709,6 +709,7 @@ def run_evaluate(
         add_baseline_metrics(result, scenes, data, tile.out_dir)
         figures = _write_figures(params, scenes, scores, result, threshold, data.bands)
 
+    result["views"] = 8 if params.tta else 1  # what the scores are of: register compares like
     if threshold_tta is not None:
         result["threshold_source"] = "validation chips, mean of the eight flips and rotations"
     run_id = _write_outputs(
@@ -727,7 +728,11 @@ def _eight_view_threshold(
         return None
     chosen = choose_tta_threshold(model_dir, tile, params.precision)
     if chosen is None:
-        log.warning("no validation chips in %s: --tta keeps the model's threshold", tile.out_dir)
+        log.warning(
+            "no validation chips with roads in the model's bands in %s: the eight-view mean is "
+            "cut at the model's threshold",
+            tile.out_dir,
+        )
     else:
         log.info("threshold for the eight-view mean: %.3f", chosen)
     return chosen

@@ -8,6 +8,7 @@ outputs go, which inputs to leave out, and that one bad raster does not stop the
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -28,13 +29,15 @@ def batch_targets(
 ) -> list[Target]:
     """Where each image's outputs go.
 
-    ``output`` / ``vectors`` / ``stac_item`` / ``network`` name a file for one image, or an existing
-    folder, which gets ``<image>_roads.tif`` / ``.gpkg`` / ``.json`` / ``_network.gpkg``; with several images they must be
-    folders. Without ``output`` each raster goes beside its input (a remote one's, or a STAC
-    Item's named by the item id, in the current folder). Raises ValueError, before any work,
-    when two inputs would write the same file.
+    ``output`` / ``vectors`` / ``stac_item`` / ``network`` name a file for one image, or a
+    folder (one that exists, or a name ending in "/", made once the outputs are checked),
+    which gets ``<image>_roads.tif`` / ``.gpkg`` / ``.json`` / ``_network.gpkg``; with several
+    images they must be folders. Without ``output`` each raster goes beside its input (a
+    remote one's, or a STAC Item's named by the item id, in the current folder). Raises
+    ValueError, before any work, when two inputs would write the same file.
     """
     given = [i if isinstance(i, Source) else sources.resolve_input(i) for i in images]
+    new_folders: set[Path] = set()
 
     def place(src: Source, value: str | Path | None, flag: str, suffix: str) -> Path | None:
         if value is None:
@@ -43,12 +46,14 @@ def batch_targets(
             if src.item is not None:  # a STAC Item's image: named by the item
                 return Path(f"{src.stem}_roads.tif")
             return default_output_path(src.path)
-        if Path(value).is_dir():
+        if Path(value).is_dir() or _names_folder(value):
+            if not Path(value).is_dir():
+                new_folders.add(Path(value))
             return Path(value) / f"{src.stem}_roads{suffix}"
         if len(images) > 1:
             raise ValueError(
-                f"{value}: with {len(images)} images, {flag} must be an existing folder "
-                f"(each image gets <name>_roads{suffix} in it)"
+                f"{value}: with {len(images)} images, {flag} must be a folder: one that exists, "
+                f"or a name ending in / (each image gets <name>_roads{suffix} in it)"
             )
         return Path(value)
 
@@ -75,7 +80,18 @@ def batch_targets(
                 raise ValueError(
                     f"{other.image} and {t.image} would both write {path}; predict them separately"
                 )
+    for folder in sorted(new_folders):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"{folder}: cannot make the output folder ({e.strerror})") from None
     return targets
+
+
+def _names_folder(value: str | Path) -> bool:
+    """``-o roads/``: a name ending in a path separator is a folder, made if need be."""
+    text = str(value)
+    return text.endswith("/") or text.endswith(os.sep)
 
 
 @contextlib.contextmanager

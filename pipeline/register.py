@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from pipeline.atomic import write_text_atomic
 from pipeline.chip_format import open_chip_array
 from pipeline.config import Params
 from pipeline.model_config import read_config
+
+log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -171,6 +174,7 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
     eval_metrics = json.loads(Path(eval_path).read_text())
     # Test IoU at the model's own threshold (chosen on validation), not the optimistic test-best.
     test_iou = float(eval_metrics["iou"])
+    views = int(eval_metrics.get("views", 1))  # 8: scored as predict --tta writes it
     run_info = json.loads((params.train.out_dir / "run.json").read_text())
     example = _input_example(params, config.in_channels)
 
@@ -199,17 +203,13 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
             "git_commit": config.git_commit,
             "test_iou": f"{test_iou:.6f}",
             "threshold": f"{config.threshold:.4f}",
+            "threshold_tta": "-" if config.threshold_tta is None else f"{config.threshold_tta:.4f}",
+            "views": str(views),
         }
         version = registry.register_version(model_uri, reg.model_name, tags, description=card)
 
     champion = registry.alias_version(reg.model_name, CHAMPION)
-    champion_iou = None
-    if champion is not None and champion != version:
-        champion_iou = float(registry.version_tags(reg.model_name, champion).get("test_iou", "-1"))
-    # compared as the tags keep them (6 decimals): the same model registered again ties
-    alias = (
-        CHAMPION if champion_iou is None or float(f"{test_iou:.6f}") >= champion_iou else CHALLENGER
-    )
+    alias, champion_iou = _alias(reg.model_name, version, test_iou, views, champion)
     registry.set_alias(reg.model_name, alias, version)
 
     receipt = {
@@ -217,6 +217,7 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
         "version": version,
         "alias": alias,
         "test_iou": test_iou,
+        "views": views,
         "previous_champion": champion,
         "previous_champion_iou": champion_iou,
         "run_id": run_id,
@@ -224,6 +225,33 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
     }
     write_text_atomic(reg.receipt_path, json.dumps(receipt, indent=2))
     return receipt
+
+
+def _alias(
+    model_name: str, version: str, test_iou: float, views: int, champion: str | None
+) -> tuple[str, float | None]:
+    """champion when the new version's test IoU is at least the champion's (as the tags keep
+    it, 6 decimals: the same model registered again ties), else challenger; the champion's IoU.
+
+    IoUs scored over a different number of views are not compared (the eight-view mean
+    scores higher than the same model's single view): the new version is then a challenger,
+    and the log says how to promote it by hand."""
+    if champion is None or champion == version:
+        return CHAMPION, None
+    tags = registry.version_tags(model_name, champion)
+    champion_iou = float(tags.get("test_iou", "-1"))
+    champion_views = int(tags.get("views", "1"))  # versions registered before 2026-12-07: 1
+    if champion_views != views:
+        log.warning(
+            "%s v%s was scored over %d view(s), champion v%s over %d: their test IoUs (%.4f, "
+            "%.4f) are not comparable, so v%s is the challenger; `pipeline models promote %s` "
+            "makes it the champion",
+            model_name, version, views, champion, champion_views, test_iou, champion_iou,
+            version, version,
+        )  # fmt: skip
+        return CHALLENGER, champion_iou
+    alias = CHAMPION if float(f"{test_iou:.6f}") >= champion_iou else CHALLENGER
+    return alias, champion_iou
 
 
 def log_evaluation(params: Params, eval_path: Path) -> None:

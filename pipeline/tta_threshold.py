@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader
 
 from pipeline.config import TileParams
@@ -51,7 +52,8 @@ def choose_tta_threshold(
     model_dir: Path, tile: TileParams, precision: str = "auto", batch_size: int = 4
 ) -> float | None:
     """The F1-best threshold of the eight-view mean on the validation chips (nodata left
-    out), as train chooses the plain one; None when there are no chips to choose on."""
+    out), as train chooses the plain one; None when there are no chips to choose on, or no
+    road in them."""
     chips = validation_chips(model_dir, tile)
     if chips is None:
         return None
@@ -63,4 +65,10 @@ def choose_tta_threshold(
         truth, valid = y[:, 0].numpy() > 0.5, v[:, 0].numpy() > 0.5
         for k in range(len(prob)):
             sweep.update(prob[k], truth[k], valid[k])
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the prediction workers size their batches to free memory
+    if not sweep.n_true:
+        log.warning("%s: no road in the validation chips: no threshold to choose", tile.out_dir)
+        return None  # F1 would be best at "nothing is road" (1.0) or "all is road" (0.0)
     return float(best_f1_threshold(sweep.compute()))

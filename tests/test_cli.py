@@ -214,13 +214,22 @@ def test_predict_several_images_write_into_a_folder_and_refuse_clashes(
     opts = ["--model", str(model), "--window", "64", "--overlap", "16", "--workers", "1", "-q"]
     # a file name for -o with several images, or two images writing one output: refused before any work
     assert main(["predict", str(a), str(b), "-o", str(tmp_path / "one.tif"), *opts]) == 2
-    assert "must be an existing folder" in capsys.readouterr().err
+    assert "must be a folder" in capsys.readouterr().err
     assert main(["predict", str(a), str(same_name), "-o", str(tmp_path / "out"), *opts]) == 2
     assert "would both write" in capsys.readouterr().err
     assert not list((tmp_path / "out").iterdir()) and not (tmp_path / "a_roads.tif").exists()
     assert main(["predict", str(a), str(b), "-o", str(tmp_path / "out"), *opts]) == 0
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["a_roads.qml", "a_roads.tif", "b_roads.qml", "b_roads.tif"]  # + QGIS styles
+    # a name ending in / is a folder, made once the outputs are checked (not when refused)
+    clash = ["predict", str(a), str(same_name), "-o", f"{tmp_path}/refused/", *opts]
+    assert main(clash) == 2 and not (tmp_path / "refused").exists()
+    capsys.readouterr()
+    assert main(["predict", str(a), str(b), "-o", f"{tmp_path}/new/probs/", *opts]) == 0
+    assert sorted(p.name for p in (tmp_path / "new/probs").glob("*.tif")) == [
+        "a_roads.tif",
+        "b_roads.tif",
+    ]
 
 
 def test_predict_skip_existing_resumes_a_run_over_many_images(tmp_path, capsys, monkeypatch):

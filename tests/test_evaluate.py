@@ -210,6 +210,7 @@ def test_run_evaluate_end_to_end(tmp_path, isolated_mlflow):
     assert result["road_pixels_by_class"]["residential"] == result["road_pixels"]  # the only road
     saved = json.loads(ev.metrics_path.read_text())
     assert saved["recall_by_class"] == pytest.approx(by_class)
+    assert saved["views"] == 1 and "threshold_source" not in saved  # one view, train's threshold
     from mlflow.tracking import MlflowClient
 
     logged = (

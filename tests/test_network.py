@@ -261,7 +261,7 @@ def test_predict_batch_places_network_files(tmp_path):
         tmp_path / "nets" / "a_roads_network.gpkg",
         tmp_path / "nets" / "b_roads_network.gpkg",
     ]
-    with pytest.raises(ValueError, match="--network must be an existing folder"):
+    with pytest.raises(ValueError, match="--network must be a folder"):
         batch_targets([tmp_path / "a.tif", tmp_path / "b.tif"], network=tmp_path / "n.gpkg")
 
 

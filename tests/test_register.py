@@ -48,7 +48,7 @@ def project(tmp_path, monkeypatch):
     return params, release
 
 
-def _register_with_iou(params, release: Path, iou: float) -> dict:
+def _register_with_iou(params, release: Path, iou: float, views: int | None = None) -> dict:
     with registry.tracked_run(
         params.register.experiment, "train", tracking_default=params.register.tracking_uri
     ) as run_id:
@@ -57,9 +57,10 @@ def _register_with_iou(params, release: Path, iou: float) -> dict:
     (params.train.out_dir / "run.json").write_text(json.dumps({"mlflow_run_id": run_id}))
     eval_path = Path("metrics/eval.json")
     eval_path.parent.mkdir(exist_ok=True)
-    eval_path.write_text(
-        json.dumps({"iou": iou, "f1": iou + 0.1, "per_scene": {"held": {"iou": iou}}})
-    )
+    scores = {"iou": iou, "f1": iou + 0.1, "per_scene": {"held": {"iou": iou}}}
+    if views is not None:  # eval.json written before 2026-12-07 has no views: 1
+        scores["views"] = views
+    eval_path.write_text(json.dumps(scores))
     return run_register(params, model_dir=release, eval_path=eval_path)
 
 
@@ -129,6 +130,27 @@ def test_registry_with_sqlite_store(project):
     _check_registry_flow(params, release, dict(os.environ))
     card = registry.list_versions("road-unet")[0]
     assert card["run_id"]
+
+
+def test_scores_of_eight_views_and_of_one_are_not_compared(project, caplog):
+    """A version scored with evaluate.tta (the eight-view mean, higher for the same model)
+    does not take the alias from a champion scored on one view, nor the reverse; once the
+    champion is moved by hand, versions scored like it are compared as before."""
+    params, release = project
+    plain = _register_with_iou(params, release, 0.50)  # an eval.json without views: one view
+    assert plain["alias"] == "champion" and plain["views"] == 1
+    tta = _register_with_iou(params, release, 0.60, views=8)
+    assert (tta["alias"], tta["previous_champion_iou"]) == ("challenger", 0.5)
+    assert "not comparable" in caplog.text and "pipeline models promote 2" in caplog.text
+    tags = registry.list_versions("road-unet")[0]["tags"]
+    assert (tags["views"], tags["threshold_tta"]) == ("8", "-")
+
+    promote(params, "2")
+    better = _register_with_iou(params, release, 0.61, views=8)
+    assert better["alias"] == "champion"
+    worse_plain = _register_with_iou(params, release, 0.99, views=1)
+    assert worse_plain["alias"] == "challenger", "one view is not compared with eight"
+    assert registry.alias_version("road-unet", "champion") == "3"
 
 
 def _free_port() -> int:

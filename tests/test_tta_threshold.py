@@ -4,6 +4,7 @@ with tta on the validation chips, kept in model.json, used by predict --tta."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import rasterio
 import torch
 
+from pipeline import tta_threshold
 from pipeline.config import (
     DataParams,
     EvaluateParams,
@@ -64,12 +66,20 @@ def _eight_view_mean(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def test_the_tta_threshold_is_f1_best_on_the_eight_view_mean_of_the_validation_chips(
-    tmp_path, chips_dir
+    tmp_path, chips_dir, monkeypatch
 ):
     model_dir = _model(tmp_path / "model", chips_dir)
     tile = TileParams(out_dir=chips_dir, chip_size=64, stride=64)
+    views = []  # the real forward pass, its tta argument recorded: F1 alone cannot tell here
+
+    def recorded(*args, **kwargs):
+        views.append(kwargs.get("tta"))
+        return forward_probs(*args, **kwargs)
+
+    monkeypatch.setattr(tta_threshold, "forward_probs", recorded)
     chosen = choose_tta_threshold(model_dir, tile)
     assert chosen is not None
+    assert views and all(views), "every validation batch predicted as the eight-view mean"
 
     stats = read_stats(chips_dir)
     norm, _, _ = chip_normalisation(stats, "dataset", tile.stats_path)
@@ -104,6 +114,20 @@ def test_without_validation_chips_or_with_other_bands_there_is_no_tta_threshold(
     assert choose_tta_threshold(model_dir, TileParams(out_dir=tmp_path / "no_chips")) is None
 
 
+def test_validation_chips_without_road_choose_no_threshold(tmp_path, chips_dir, caplog):
+    """With no road pixel F1 is best at "nothing is road" (a threshold of 1) or "all is road":
+    no threshold is chosen, the model's stays."""
+    roadless = tmp_path / "chips"
+    shutil.copytree(chips_dir, roadless)
+    for path in roadless.glob("*.masks.npy"):
+        masks = np.load(path)
+        np.save(path, np.where(masks == 1, 0, masks).astype(masks.dtype))
+    model_dir = _model(tmp_path / "model", roadless)
+    assert choose_tta_threshold(model_dir, TileParams(out_dir=chips_dir)) is not None
+    assert choose_tta_threshold(model_dir, TileParams(out_dir=roadless)) is None
+    assert "no road in the validation chips" in caplog.text
+
+
 def test_evaluate_with_tta_keeps_its_threshold_and_predict_tta_uses_it(
     tmp_path, chips_dir, scenes_dir, monkeypatch
 ):
@@ -134,7 +158,8 @@ def test_evaluate_with_tta_keeps_its_threshold_and_predict_tta_uses_it(
     assert config.threshold == 0.3, "the plain threshold stays train's"
     assert config.threshold_tta == pytest.approx(expected) and expected != 0.3
     assert result["threshold"] == pytest.approx(expected)
-    assert "eight flips" in json.loads(ev.metrics_path.read_text())["threshold_source"]
+    scores = json.loads(ev.metrics_path.read_text())
+    assert "eight flips" in scores["threshold_source"] and scores["views"] == 8
 
     image = Path(test["image"])
     for tta, threshold in ((True, expected), (False, 0.3)):
