@@ -116,7 +116,9 @@ def read_config(folder: Path) -> ModelConfig:
         problems = "; ".join(
             f"{'.'.join(map(str, err['loc'])) or 'model'}: {err['msg']}" for err in e.errors()
         )
-        raise ModelError(f"{path}: not a valid model config ({problems})") from None
+        newer = any(err["type"] == "extra_forbidden" for err in e.errors())
+        hint = "; a field this roadseg does not know: saved by a newer one? upgrade" * newer
+        raise ModelError(f"{path}: not a valid model config ({problems}){hint}") from None
 
 
 def file_sha256(path: Path) -> str:

@@ -187,6 +187,16 @@ def test_model_json_that_is_not_json_is_named(image, model, tmp_path, capsys):
     assert f"{model / CONFIG_FILE}: not JSON" in err
 
 
+def test_a_model_from_a_newer_roadseg_says_to_upgrade(image, model, tmp_path, capsys):
+    cfg = json.loads((model / CONFIG_FILE).read_text())
+    cfg["colour_space"] = "lab"  # a field some later version may add
+    (model / CONFIG_FILE).write_text(json.dumps(cfg))
+    assert main(predict_args(image, tmp_path / "out.tif", model, None)) == 2
+    err = capsys.readouterr().err
+    assert f"{model / CONFIG_FILE}: not a valid model config (colour_space:" in err
+    assert "saved by a newer one? upgrade" in err and not (tmp_path / "out.tif").exists()
+
+
 def test_mean_std_lengths_must_match_the_bands(image, model, tmp_path, capsys):
     cfg = json.loads((model / CONFIG_FILE).read_text())
     cfg["mean"] = cfg["mean"][:3]
