@@ -68,6 +68,17 @@ def batch_targets(
         )
         for src in given
     ]
+    _refuse_clashes(targets)
+    for folder in sorted(new_folders):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"{folder}: cannot make the output folder ({e.strerror})") from None
+    return targets
+
+
+def _refuse_clashes(targets: list[Target]) -> None:
+    """ValueError when an output is its own input or two inputs would write one file."""
     writers: dict[Path, Target] = {}
     for t in targets:
         for path in t.outputs():
@@ -80,12 +91,6 @@ def batch_targets(
                 raise ValueError(
                     f"{other.image} and {t.image} would both write {path}; predict them separately"
                 )
-    for folder in sorted(new_folders):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"{folder}: cannot make the output folder ({e.strerror})") from None
-    return targets
 
 
 def _names_folder(value: str | Path) -> bool:
