@@ -64,7 +64,7 @@ from pipeline.metrics import (
     best_f1_threshold,
     relaxed_break_even,
 )
-from pipeline.model_config import CONFIG_FILE, read_config
+from pipeline.model_config import CONFIG_FILE, config_json, read_config
 from pipeline.scene_truth import SceneWindows, TruthError
 from pipeline.tta_threshold import choose_tta_threshold
 
@@ -386,7 +386,7 @@ def update_model_config(
     config.metrics = {**config.metrics, **{k: float(v) for k, v in metrics.items()}}
     if threshold_tta is not None:
         config.threshold_tta = float(threshold_tta)
-    return write_text_atomic(Path(model_dir) / CONFIG_FILE, config.model_dump_json(indent=2))
+    return write_text_atomic(Path(model_dir) / CONFIG_FILE, config_json(config))
 
 
 def _metric_key(scene: str) -> str:

@@ -20,6 +20,7 @@ from pipeline.model_config import (
     ModelConfig,
     ModelError,
     check_weights,
+    config_json,
     file_sha256,
     read_config,
 )
@@ -82,7 +83,7 @@ def save_model(model: nn.Module, config: ModelConfig, folder: Path) -> Path:
         save_file(state, str(tmp))
         digest = file_sha256(tmp)
     config = config.model_copy(update={"weights_sha256": digest})
-    write_text_atomic(folder / CONFIG_FILE, config.model_dump_json(indent=2))
+    write_text_atomic(folder / CONFIG_FILE, config_json(config))
     return folder
 
 

@@ -101,6 +101,13 @@ class ModelConfig(BaseModel):
         return len(self.bands)
 
 
+def config_json(config: ModelConfig) -> str:
+    """model.json's text. ``threshold_tta`` (2026-12-07) is written only when set: a roadseg
+    from before it refuses a file naming a field it does not know, and most models have none."""
+    unset = {"threshold_tta"} if config.threshold_tta is None else None
+    return config.model_dump_json(indent=2, exclude=unset)
+
+
 def read_config(folder: Path) -> ModelConfig:
     """The model.json of ``folder``; ModelError naming the file when it is not a valid config."""
     path = Path(folder) / CONFIG_FILE

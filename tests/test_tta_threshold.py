@@ -103,6 +103,16 @@ def test_the_tta_threshold_is_f1_best_on_the_eight_view_mean_of_the_validation_c
     assert 0 < best < 1, "the check needs a model whose F1 depends on the threshold"
 
 
+def test_model_json_names_threshold_tta_only_when_it_is_set(tmp_path, chips_dir):
+    """A roadseg from before threshold_tta refuses fields it does not know: a model without
+    one must not name it."""
+    model_dir = _model(tmp_path / "model", chips_dir)
+    assert "threshold_tta" not in json.loads((model_dir / "model.json").read_text())
+    assert read_config(model_dir).threshold_tta is None
+    with_tta = _model(tmp_path / "tta", chips_dir, threshold_tta=0.38)
+    assert json.loads((with_tta / "model.json").read_text())["threshold_tta"] == 0.38
+
+
 def test_without_validation_chips_or_with_other_bands_there_is_no_tta_threshold(
     tmp_path, chips_dir
 ):
