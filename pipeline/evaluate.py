@@ -726,13 +726,7 @@ def _eight_view_threshold(
     validation chips) None, and the model's own threshold applies."""
     if not params.tta:
         return None
-    chosen = choose_tta_threshold(model_dir, tile, params.precision)
-    if chosen is None:
-        log.warning(
-            "no validation chips with roads in the model's bands in %s: the eight-view mean is "
-            "cut at the model's threshold",
-            tile.out_dir,
-        )
-    else:
+    chosen = choose_tta_threshold(model_dir, tile, params.precision)  # None: it says why
+    if chosen is not None:
         log.info("threshold for the eight-view mean: %.3f", chosen)
     return chosen

@@ -46,8 +46,9 @@ def batch_targets(
             if src.item is not None:  # a STAC Item's image: named by the item
                 return Path(f"{src.stem}_roads.tif")
             return default_output_path(src.path)
-        if Path(value).is_dir() or _names_folder(value):
-            if not Path(value).is_dir():
+        exists = Path(value).is_dir()
+        if exists or _names_folder(value):
+            if not exists:
                 new_folders.add(Path(value))
             return Path(value) / f"{src.stem}_roads{suffix}"
         if len(images) > 1:
@@ -95,8 +96,7 @@ def _refuse_clashes(targets: list[Target]) -> None:
 
 def _names_folder(value: str | Path) -> bool:
     """``-o roads/``: a name ending in a path separator is a folder, made if need be."""
-    text = str(value)
-    return text.endswith("/") or text.endswith(os.sep)
+    return str(value).endswith(("/", os.sep))
 
 
 @contextlib.contextmanager

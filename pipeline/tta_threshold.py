@@ -27,13 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def validation_chips(model_dir: Path, tile: TileParams) -> SegmentationChips | None:
-    """The validation chips normalised as the model was trained, or None where they cannot
-    stand for it (no validation chips, or chips of other bands than the model's)."""
+    """The validation chips normalised as the model was trained, or None (logged) where they
+    cannot stand for it (no validation chips, or chips of other bands than the model's)."""
     config = read_config(model_dir)
     stats = read_stats(tile.out_dir, required=False)
-    if not stats:
-        return None
-    if list(stats["bands"]) != list(config.bands):
+    if stats and list(stats["bands"]) != list(config.bands):
         log.warning(
             "%s: chips of bands %s, model of %s: the threshold for --tta stays the model's",
             tile.out_dir,
@@ -41,19 +39,26 @@ def validation_chips(model_dir: Path, tile: TileParams) -> SegmentationChips | N
             config.bands,
         )
         return None
-    norm, _, _ = chip_normalisation(
-        stats, config.normalisation, tile.stats_path, (config.mean, config.std)
-    )
-    chips = SegmentationChips(tile.out_dir, "val", norm)
-    return chips if len(chips) else None
+    chips = None
+    if stats:
+        norm, _, _ = chip_normalisation(
+            stats, config.normalisation, tile.stats_path, (config.mean, config.std)
+        )
+        chips = SegmentationChips(tile.out_dir, "val", norm)
+    if not chips:
+        log.warning(
+            "%s: no validation chips: the threshold for --tta stays the model's", tile.out_dir
+        )
+        return None
+    return chips
 
 
 def choose_tta_threshold(
     model_dir: Path, tile: TileParams, precision: str = "auto", batch_size: int = 4
 ) -> float | None:
     """The F1-best threshold of the eight-view mean on the validation chips (nodata left
-    out), as train chooses the plain one; None when there are no chips to choose on, or no
-    road in them."""
+    out), as train chooses the plain one; None, with a warning saying why, when there are no
+    chips to choose on, or no road in them."""
     chips = validation_chips(model_dir, tile)
     if chips is None:
         return None
@@ -69,6 +74,9 @@ def choose_tta_threshold(
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the prediction workers size their batches to free memory
     if not sweep.n_true:
-        log.warning("%s: no road in the validation chips: no threshold to choose", tile.out_dir)
+        log.warning(
+            "%s: no road in the validation chips: the threshold for --tta stays the model's",
+            tile.out_dir,
+        )
         return None  # F1 would be best at "nothing is road" (1.0) or "all is road" (0.0)
     return float(best_f1_threshold(sweep.compute()))
