@@ -8,6 +8,7 @@ it becomes ``challenger``. Everything MLflow-specific goes through pipeline/regi
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -175,6 +176,7 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
     # Test IoU at the model's own threshold (chosen on validation), not the optimistic test-best.
     test_iou = float(eval_metrics["iou"])
     views = int(eval_metrics.get("views", 1))  # 8: scored as predict --tta writes it
+    test_set = test_set_id(eval_metrics)
     run_info = json.loads((params.train.out_dir / "run.json").read_text())
     example = _input_example(params, config.in_channels)
 
@@ -205,11 +207,12 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
             "threshold": f"{config.threshold:.4f}",
             "threshold_tta": "-" if config.threshold_tta is None else f"{config.threshold_tta:.4f}",
             "views": str(views),
+            "test_set": test_set,
         }
         version = registry.register_version(model_uri, reg.model_name, tags, description=card)
 
     champion = registry.alias_version(reg.model_name, CHAMPION)
-    alias, champion_iou = _alias(reg.model_name, version, test_iou, views, champion)
+    alias, champion_iou = _alias(reg.model_name, version, test_iou, (views, test_set), champion)
     registry.set_alias(reg.model_name, alias, version)
 
     receipt = {
@@ -218,6 +221,7 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
         "alias": alias,
         "test_iou": test_iou,
         "views": views,
+        "test_set": test_set,
         "previous_champion": champion,
         "previous_champion_iou": champion_iou,
         "run_id": run_id,
@@ -227,27 +231,47 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
     return receipt
 
 
+def test_set_id(eval_metrics: dict) -> str:
+    """A short digest of what the test IoU was measured on: each test scene's name, valid
+    pixels and road pixels (eval.json's ``per_scene``). Another split, other tiles or
+    relabelled roads give another id; a retrained model on the same test data the same."""
+    scenes = eval_metrics.get("per_scene", {})
+    rows = sorted((name, s.get("valid_pixels"), s.get("road_pixels")) for name, s in scenes.items())
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def _not_comparable(tags: dict, views: int, test_set: str) -> str | None:
+    """Why the champion's test IoU (its version ``tags``) cannot be compared with a new one
+    scored over ``views`` on ``test_set``, or None when it can."""
+    champion_views = int(tags.get("views", "1"))  # versions registered before 2026-12-07: 1
+    if champion_views != views:
+        # the eight-view mean scores higher than the same model's single view
+        return f"scored over {views} view(s), the champion over {champion_views}"
+    champion_set = tags.get("test_set")  # absent on versions registered before 2026-12-07
+    if champion_set is not None and champion_set != test_set:
+        return f"scored on other test data (test set {test_set}, the champion's {champion_set})"
+    return None
+
+
 def _alias(
-    model_name: str, version: str, test_iou: float, views: int, champion: str | None
+    model_name: str, version: str, test_iou: float, scoring: tuple[int, str], champion: str | None
 ) -> tuple[str, float | None]:
     """champion when the new version's test IoU is at least the champion's (as the tags keep
     it, 6 decimals: the same model registered again ties), else challenger; the champion's IoU.
 
-    IoUs scored over a different number of views are not compared (the eight-view mean
-    scores higher than the same model's single view): the new version is then a challenger,
-    and the log says how to promote it by hand."""
+    ``scoring`` is (views, test set id) of the new score. IoUs over a different number of views
+    or on different test data are not compared: the new version is then a challenger, and the
+    log says how to promote it by hand."""
     if champion is None or champion == version:
         return CHAMPION, None
     tags = registry.version_tags(model_name, champion)
     champion_iou = float(tags.get("test_iou", "-1"))
-    champion_views = int(tags.get("views", "1"))  # versions registered before 2026-12-07: 1
-    if champion_views != views:
+    reason = _not_comparable(tags, *scoring)
+    if reason is not None:
         log.warning(
-            "%s v%s was scored over %d view(s), champion v%s over %d: their test IoUs (%.4f, "
-            "%.4f) are not comparable, so v%s is the challenger; `pipeline models promote %s` "
-            "makes it the champion",
-            model_name, version, views, champion, champion_views, test_iou, champion_iou,
-            version, version,
+            "%s v%s was %s (champion v%s): their test IoUs (%.4f, %.4f) are not comparable, "
+            "so v%s is the challenger; `pipeline models promote %s` makes it the champion",
+            model_name, version, reason, champion, test_iou, champion_iou, version, version,
         )  # fmt: skip
         return CHALLENGER, champion_iou
     alias = CHAMPION if float(f"{test_iou:.6f}") >= champion_iou else CHALLENGER

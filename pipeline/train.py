@@ -378,6 +378,14 @@ def chip_datasets(
             f"{tile.index_path}: {len(train_ds)} train and {len(val_ds)} val chips; both splits need chips "
             "(check tile.split and data.scenes in params.yaml)"
         )
+    if not val_ds.road_fractions().any():
+        # F1 is 0 at every threshold: the model's threshold would be 0.0 ("all is road") and
+        # no epoch would beat the first, so the saved model would be an untrained one
+        raise ValueError(
+            f"{tile.index_path}: the {len(val_ds)} val chips hold no road pixel, so neither "
+            "the model's threshold nor its best epoch can be chosen on them; put tiles or "
+            "scenes with roads in val (tile.split in params.yaml, or the tile set's `split`)"
+        )
     return train_ds, val_ds
 
 

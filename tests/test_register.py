@@ -48,7 +48,9 @@ def project(tmp_path, monkeypatch):
     return params, release
 
 
-def _register_with_iou(params, release: Path, iou: float, views: int | None = None) -> dict:
+def _register_with_iou(
+    params, release: Path, iou: float, views: int | None = None, scenes: dict | None = None
+) -> dict:
     with registry.tracked_run(
         params.register.experiment, "train", tracking_default=params.register.tracking_uri
     ) as run_id:
@@ -57,7 +59,8 @@ def _register_with_iou(params, release: Path, iou: float, views: int | None = No
     (params.train.out_dir / "run.json").write_text(json.dumps({"mlflow_run_id": run_id}))
     eval_path = Path("metrics/eval.json")
     eval_path.parent.mkdir(exist_ok=True)
-    scores = {"iou": iou, "f1": iou + 0.1, "per_scene": {"held": {"iou": iou}}}
+    per_scene = scenes or {"held": {"valid_pixels": 4096, "road_pixels": 300}}
+    scores = {"iou": iou, "f1": iou + 0.1, "per_scene": per_scene}
     if views is not None:  # eval.json written before 2026-12-07 has no views: 1
         scores["views"] = views
     eval_path.write_text(json.dumps(scores))
@@ -151,6 +154,23 @@ def test_scores_of_eight_views_and_of_one_are_not_compared(project, caplog):
     worse_plain = _register_with_iou(params, release, 0.99, views=1)
     assert worse_plain["alias"] == "challenger", "one view is not compared with eight"
     assert registry.alias_version("road-unet", "champion") == "3"
+
+
+def test_scores_on_other_test_data_are_not_compared(project, caplog):
+    """Another split or relabelled test roads make another test set: a higher IoU there does
+    not take the alias; the same test data scored again is compared as before."""
+    params, release = project
+    first = _register_with_iou(params, release, 0.50)
+    assert first["alias"] == "champion"
+    other = {"held": {"valid_pixels": 4096, "road_pixels": 310}}  # the same tile relabelled
+    easier = _register_with_iou(params, release, 0.70, scenes=other)
+    assert (easier["alias"], easier["previous_champion_iou"]) == ("challenger", 0.5)
+    assert "other test data" in caplog.text and "pipeline models promote 2" in caplog.text
+    assert easier["test_set"] != first["test_set"]
+    tags = registry.list_versions("road-unet")
+    assert [v["tags"]["test_set"] for v in tags] == [easier["test_set"], first["test_set"]]
+    better = _register_with_iou(params, release, 0.55)
+    assert better["alias"] == "champion", "the same test data is compared"
 
 
 def _free_port() -> int:

@@ -374,6 +374,33 @@ def test_threshold_is_f1_best_on_validation_chips(tmp_path, scenes_dir, chips_di
     assert metrics["val_f1_at_threshold"] >= metrics["val_f1"] - 1e-12  # F1-best beats 0.5 on val
 
 
+def test_validation_chips_without_road_are_a_clear_error(
+    tmp_path, scenes_dir, chips_dir, monkeypatch
+):
+    """With no road pixel in val, F1 is 0 at every threshold: the model would be saved with
+    threshold 0.0 ("all is road") from its first epoch. Train refuses before any step."""
+    import shutil
+
+    from pipeline.chip_format import read_chip_index
+    from pipeline.train import run_train
+
+    roadless = tmp_path / "chips"
+    shutil.copytree(chips_dir, roadless)
+    val = read_chip_index(roadless, geometry=False).query("split == 'val'")
+    assert len(val), "the fixture's chips should have a val split"
+    for scene, rows in val.groupby("scene"):
+        path = roadless / f"{scene}.masks.npy"
+        masks = np.load(path)
+        picked = rows["array_index"].astype(int).to_numpy()
+        masks[picked] = np.where(masks[picked] == 1, 0, masks[picked])
+        np.save(path, masks)
+    monkeypatch.chdir(tmp_path)
+    p = load_params(write_params(tmp_path, scenes_dir, roadless))
+    with pytest.raises(ValueError, match=r"index.gpkg: the \d+ val chips hold no road pixel"):
+        run_train(p.train, p.tile, p.pretrain, p.register)
+    assert not p.train.out_dir.exists(), "nothing is saved"
+
+
 def test_repo_weights_load_into_the_encoder(tmp_path, scenes_dir, chips_dir, monkeypatch):
     from backbones import build_backbone
 
