@@ -283,12 +283,36 @@ def band_plan(
             "is a mask, this raster lacks a band"
         )
     else:
-        raise RasterError(
-            f"{path}: has {len(plain)} band(s), but {wanted_by} expects {len(wanted)} "
-            f"({', '.join(wanted)}); its bands: {_describe(names, alpha)}; name them (band "
-            "descriptions) or declare them (predict --bands 5,3,2,7; data.scenes[].bands)"
-        )
+        raise RasterError(_no_reading(path, names, alpha, plain, wanted, wanted_by))
     return _finish_plan(path, bands, how, names, wanted, alpha, values, gdal_alpha_mask)
+
+
+def _no_reading(
+    path: Path,
+    names: list[str],
+    alpha: int | None,
+    plain: list[int],
+    wanted: list[str],
+    wanted_by: str,
+) -> str:
+    """Why no band reading fits: a band the file does not have (every band is named, and
+    none is a wanted one: no declaration can help), or bands it does not name."""
+    head = (
+        f"{path}: has {len(plain)} band(s), but {wanted_by} expects {len(wanted)} "
+        f"({', '.join(wanted)}); its bands: {_describe(names, alpha)}"
+    )
+    absent = [w for w in wanted if w.lower() not in names]
+    if all(names[b - 1] for b in plain) and absent:
+        return (
+            f"{head}: it has no {' or '.join(absent)} band. Use a model trained on the bands "
+            "it has (data.bands), or declare which band stands for each (--bands with "
+            f"{len(wanted)} indexes; data.scenes[].bands)"
+        )
+    return (
+        f"{head}; name them (band descriptions) or declare them (predict --bands with "
+        f"{len(wanted)} indexes in the order {', '.join(wanted)}, e.g. 5,3,2,7 for red, green, "
+        "blue, near-infrared of a WorldView-3 chip; data.scenes[].bands)"
+    )
 
 
 def _values(values: np.ndarray | None) -> str:

@@ -128,8 +128,13 @@ def test_bands_are_picked_by_name_declared_or_refused(tmp_path) -> None:
     )
     with pytest.raises(
         RasterError, match=r"eight\.tif: has 8 band\(s\), but .* its bands: 1=coastal, 2=blue"
-    ):
+    ) as refused:
         band_plan(named, ["red", "green", "blue", "swir"])
+    assert "it has no swir band. Use a model trained on the bands it has" in str(refused.value)
+    # an RGB file for an RGBN model: no declaration can make a near-infrared band
+    rgb = write_default(tmp_path / "rgb.tif", rgbn()[:3], photometric="RGB")
+    with pytest.raises(RasterError, match=r"its bands: 1=red, 2=green, 3=blue: it has no nir band"):
+        band_plan(rgb, BANDS)
     with pytest.raises(RasterError, match=r"declared bands \[5, 3, 2, 9\], but the file has bands"):
         band_plan(named, BANDS, [5, 3, 2, 9])
     with pytest.raises(RasterError, match="name no band for nir"):
@@ -139,8 +144,12 @@ def test_bands_are_picked_by_name_declared_or_refused(tmp_path) -> None:
     rgb8 = write_default(tmp_path / "rgb8.tif", eight, photometric="RGB")
     with rasterio.open(rgb8) as ds:
         assert ds.colorinterp[0] == rasterio.enums.ColorInterp.red
-    with pytest.raises(RasterError, match=r"has 8 band\(s\), .* its bands: 1=\?, 2=\?"):
+    with pytest.raises(RasterError, match=r"has 8 band\(s\), .* its bands: 1=\?, 2=\?") as unnamed:
         band_plan(rgb8, BANDS[:3])
+    assert (
+        "name them (band descriptions) or declare them (predict --bands with 3 indexes in the "
+        "order red, green, blue" in str(unnamed.value)
+    )
     # names that do not match, same count: file order, said in one line
     other = write_default(tmp_path / "other.tif", rgbn(), ["b1", "b2", "b3", "b4"])
     plan = band_plan(other, BANDS)
