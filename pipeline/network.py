@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -235,16 +235,18 @@ def trace_block(view: _View) -> list[Piece]:
     prob_image = np.zeros(image.shape, np.float32)
     prob_image[rows, cols] = view.probs
     skan = SkanSkeleton(image)
-    coords = np.asarray(skan.coordinates).astype(np.int64)
-    pieces: list[Piece] = []
-    for i in range(skan.n_paths):
-        local = coords[skan.path(i)]
-        path = local + (vr0, vc0)
-        first = np.where(_before(path[:-1], path[1:])[:, None], path[:-1], path[1:])
-        own = (first[:, 0] >= r0) & (first[:, 0] < r1) & (first[:, 1] >= c0) & (first[:, 1] < c1)
-        for a, b in _runs(own):
-            pieces.append((path[a : b + 2], prob_image[local[a : b + 2, 0], local[a : b + 2, 1]]))
-    return pieces
+    # every path's pixels end to end (skan's CSR rows), each pixel step judged at once: a
+    # step is owned when its row-major first pixel lies in the block, and never spans two paths
+    order = np.asarray(skan.paths.indices)
+    if len(order) < 2:
+        return []
+    local = np.asarray(skan.coordinates).astype(np.int64)[order]
+    path = local + (vr0, vc0)
+    probs = prob_image[local[:, 0], local[:, 1]]
+    first = np.where(_before(path[:-1], path[1:])[:, None], path[:-1], path[1:])
+    own = (first[:, 0] >= r0) & (first[:, 0] < r1) & (first[:, 1] >= c0) & (first[:, 1] < c1)
+    own[np.asarray(skan.paths.indptr)[1:-1] - 1] = False  # last pixel of a path -> next path
+    return [(path[a : b + 2], probs[a : b + 2]) for a, b in _runs(own)]
 
 
 def _before(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -334,12 +336,30 @@ def trace_network(
             (block_view(skeleton, block, params.seam_margin_px, shape),)
             for block in _blocks(info.height, info.width, params.block_size)
         )
-        traced = parallel.map_ordered(trace_block, views, workers=1, client=client, progress=False)
+        if client is None:
+            traced = _on_threads(trace_block, views)
+        else:
+            traced = parallel.map_ordered(trace_block, views, client=client, progress=False)
         # pieces go into the graph block by block, in block order: never all of them at once
         graph = join_pieces(piece for pieces in traced for piece in pieces)
         del skeleton
     timings = {"skeleton": t1 - t0, "trace_join": time.perf_counter() - t1, "repair": 0.0}
     return RoadNetwork(graph, info, metres_per_pixel(info), threshold, timings)
+
+
+def _on_threads(fn: Any, tasks: Iterable[tuple]) -> Iterable[Any]:
+    """``fn(*task)`` for each task in task order, on as many threads as thinning uses, at
+    most two tasks ahead of the one yielded: skan's numba code releases the GIL, so one
+    block is traced while the graph takes the pieces of the one before."""
+    threads = min(parallel.available_cores(), MAX_THINNING_THREADS)
+    with ThreadPoolExecutor(threads, thread_name_prefix="roadseg-trace") as pool:
+        pending: deque = deque()
+        for task in tasks:
+            pending.append(pool.submit(fn, *task))
+            if len(pending) > threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def repair_network(network: RoadNetwork, path: str | Path, params: NetworkParams) -> None:

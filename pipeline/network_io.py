@@ -38,7 +38,12 @@ def simplify_paths(
     paths: list[np.ndarray], scale: tuple[float, float], tolerance_m: float
 ) -> list[np.ndarray]:
     """Douglas-Peucker in metres, all paths in one call; both ends stay; a ring keeps at
-    least a triangle (else, as a path of fewer than 3 points, it stays as it is)."""
+    least a triangle (else, as a path of fewer than 3 points, it stays as it is).
+
+    Plain Douglas-Peucker first (GEOS's topology-preserving variant costs 16x as much: 1.2 s
+    for the 29,000 edges of a 16384² raster); only the edges it leaves crossing themselves
+    (there, 2 % of them: thin rings folded onto themselves) are simplified again with
+    topology preserved."""
     import shapely
 
     if tolerance_m <= 0 or not paths:
@@ -50,7 +55,10 @@ def simplify_paths(
         return list(paths)
     metric = np.vstack([paths[i] for i in todo]) * scale
     lines = shapely.linestrings(metric, indices=np.repeat(np.arange(len(todo)), counts[todo]))
-    coords, owner = shapely.get_coordinates(shapely.simplify(lines, tolerance_m), return_index=True)
+    simple = shapely.simplify(lines, tolerance_m, preserve_topology=False)
+    crossed = np.flatnonzero(~shapely.is_simple(simple) & shapely.is_simple(lines))
+    simple[crossed] = shapely.simplify(lines[crossed], tolerance_m, preserve_topology=True)
+    coords, owner = shapely.get_coordinates(simple, return_index=True)
     kept = np.bincount(owner, minlength=len(todo))
     pieces = np.split(coords / scale, np.cumsum(kept)[:-1])
     out = list(paths)

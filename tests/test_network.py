@@ -14,7 +14,7 @@ from pipeline import raster
 from pipeline.cli import main
 from pipeline.config import NetworkParams
 from pipeline.network import NetworkError, build_network, metres_per_pixel, network_raster
-from pipeline.network_io import network_frames
+from pipeline.network_io import network_frames, simplify_paths
 
 UTM = "EPSG:32632"
 # small grids so that a 200 px raster spans several blocks and skeleton tiles
@@ -332,3 +332,41 @@ def test_repair_samples_the_probability_the_file_holds_across_tiles(tmp_path):
     want[inside] = expected[points[inside, 0], points[inside, 1]]
     np.testing.assert_allclose(got, want, rtol=1e-6, equal_nan=True)
     np.testing.assert_allclose(one, want[inside][:1], rtol=1e-6)
+
+
+def test_edges_are_simplified_within_the_tolerance_and_rings_stay_rings():
+    """Douglas-Peucker in metres: a pixel staircase becomes its straight line, both ends kept;
+    a thin ring that plain Douglas-Peucker folds onto itself (3 points, there and back) is
+    simplified with topology preserved instead and stays a ring; nothing moves farther than
+    the tolerance."""
+    import shapely
+
+    stairs = np.array([(k // 2, (k + 1) // 2) for k in range(21)], float)  # (0,0) (0,1) (1,1) ...
+    ring = np.array(
+        [
+            (620, 402),
+            (619, 402),
+            (618, 402),
+            (617, 402),
+            (616, 402),
+            (615, 401),
+            (615, 401),
+            (616, 401),
+            (617, 401),
+            (618, 401),
+            (619, 401),
+            (620, 402),
+        ],
+        float,
+    )  # fmt: skip  (a skeleton loop of a 16384² network)
+    folded = shapely.simplify(shapely.LineString(ring), 1.0, preserve_topology=False)
+    assert len(folded.coords) == 3 and not folded.is_simple
+    out_stairs, out_ring, out_short = simplify_paths([stairs, ring, stairs[:2]], (1.0, 1.0), 1.0)
+    assert out_stairs.tolist() == [[0, 0], [10, 10]]
+    assert 4 <= len(out_ring) < len(ring) and (out_ring[0] == out_ring[-1]).all()
+    assert shapely.LineString(out_ring).is_simple
+    assert shapely.hausdorff_distance(shapely.LineString(ring), shapely.LineString(out_ring)) <= 1
+    assert (out_short == stairs[:2]).all()
+    # in metres: at 0.5 m pixels the staircase's 0.7 px wiggle is under 1 m, at 2 m it is not
+    assert len(simplify_paths([stairs], (0.5, 0.5), 1.0)[0]) == 2
+    assert len(simplify_paths([stairs], (2.0, 2.0), 1.0)[0]) > 2
