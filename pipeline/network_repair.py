@@ -131,8 +131,8 @@ def merge_junctions(graph: nx.MultiGraph, scale: tuple[float, float], distance_m
     shorter than twice the distance go, longer ones become loops."""
     if distance_m <= 0:
         return
-    clusters = nx.Graph()
-    for u, v, _, data in sorted_edges(graph):
+    clusters = nx.Graph()  # its components are sorted below: the edges' order does not matter
+    for u, v, data in graph.edges(data=True):
         if (
             u != v
             and graph.degree(u) >= 3
