@@ -257,6 +257,7 @@ def predict_options(args: argparse.Namespace) -> PredictOptions:
         "tta": args.tta,
         "bands": args.bands,
         "resample": False if args.no_resample else None,
+        "pixel_size_m": args.pixel_size,
         "dtype": args.dtype,
         "overwrite": args.overwrite,
         "progress": not args.quiet,
@@ -559,6 +560,14 @@ def _add_predict_run_flags(sp: argparse.ArgumentParser) -> None:
         action="store_true",
         help="predict at the raster's own pixel size even when it differs from the model's by "
         "more than predict.gsd_tolerance (default: resample each window to the model's)",
+    )
+    sp.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="METRES",
+        help="pixel size of rasters without georeferencing (PNG/JPEG tiles: Massachusetts 1, "
+        "DeepGlobe 0.5), so they are resampled to the model's like georeferenced ones "
+        "(default: predict.pixel_size_m; unset: read at the model's pixel size)",
     )
 
 

@@ -997,6 +997,14 @@ class PredictParams(InferenceParams):
     gsd_tolerance: float = Field(
         1.25, ge=1, description="Pixel size ratio (raster / model) tolerated without resampling"
     )
+    pixel_size_m: float | None = Field(
+        None,
+        gt=0,
+        description="Pixel size in metres of rasters without georeferencing (the PNG/JPEG tiles "
+        "public sets ship: Massachusetts 1, DeepGlobe 0.5), so that they are resampled to the "
+        "model's as georeferenced ones are; null: such a raster is read at the model's pixel "
+        "size, with a warning. Georeferenced rasters keep their own",
+    )
     vector_min_spur_m: float = Field(
         10.0, ge=0, description="--vectors: prune dead-end branches shorter than this"
     )

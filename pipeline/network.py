@@ -57,11 +57,13 @@ class NetworkError(ValueError):
 # ----------------------------------------------------------------------------- the grid
 def metres_per_pixel(info: raster.RasterInfo) -> tuple[float, float]:
     """(metres per row, metres per column) at the raster's centre; geodesic for a geographic
-    CRS or a Mercator (EPSG:3857); (1, 1), i.e. pixels, without a CRS."""
+    CRS or a Mercator (EPSG:3857). Without a CRS: the ``pixel_size_m`` tag predict writes for
+    a raster declared with ``--pixel-size``, else (1, 1), i.e. pixels."""
     import shapely
 
     if info.crs is None:
-        return (1.0, 1.0)
+        size = raster.ground_pixel_size(info) or 1.0
+        return (size, size)
     t = info.transform
     col_step, row_step = float(np.hypot(t.a, t.d)), float(np.hypot(t.b, t.e))
     x, y = t * (info.width / 2, info.height / 2)

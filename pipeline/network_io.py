@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.atomic import atomic_path
 from pipeline.network_repair import oriented, path_length, sorted_edges
-from pipeline.raster import RasterInfo, metres_per_unit
+from pipeline.raster import RasterInfo, metres_per_unit, quiet_without_crs
 from pipeline.road_graph import is_mercator
 
 EDGES_LAYER = "edges"
@@ -125,12 +125,14 @@ def network_frames(network: RoadNetwork, simplify_m: float):
         low = float(np.min(probs))
         rows.append((ids[a], ids[b], max(float(np.mean(probs, dtype=float)), low), low))
     lines = list(_lines(simplify_paths(paths, network.scale, simplify_m), info.transform))
+    # without a CRS the lines are in pixels, each network.scale metres (--pixel-size, else 1)
+    no_crs_factor = network.scale[1] if info.crs is None else 1.0
     edges = gpd.GeoDataFrame(
         {
             "edge_id": np.arange(len(rows), dtype=np.int64),
             "u": np.array([r[0] for r in rows], np.int64),
             "v": np.array([r[1] for r in rows], np.int64),
-            "length_m": np.array(ground_lengths(lines, info.crs), float),
+            "length_m": np.array(ground_lengths(lines, info.crs), float) * no_crs_factor,
             "mean_prob": np.array([r[2] for r in rows], float),
             "min_prob": np.array([r[3] for r in rows], float),
         },
@@ -157,7 +159,10 @@ def write_network(
     from pipeline.styles import add_network_styles
 
     edges, nodes = network_frames(network, simplify_m)
-    with atomic_path(Path(out_path), overwrite=overwrite) as tmp:
+    with (
+        atomic_path(Path(out_path), overwrite=overwrite) as tmp,
+        quiet_without_crs(edges.crs is not None),
+    ):
         edges.to_file(tmp, layer=EDGES_LAYER, driver="GPKG", geometry_type="LineString")
         nodes.to_file(tmp, layer=NODES_LAYER, driver="GPKG", geometry_type="Point", mode="a")
         add_network_styles(tmp, threshold=network.threshold)  # QGIS opens both layers styled

@@ -113,14 +113,22 @@ def _check_inputs(
     config: ModelConfig,
     model_ref: str,
     bands: raster.BandSpec | None = None,
+    pixel_size_m: float | None = None,
 ) -> raster.BandPlan:
     """The raster's bands for this model (``raster.band_plan``); warns about what may go wrong."""
     plan = raster.band_plan(image, config.bands, bands, wanted_by=f"the model {model_ref}")
     if plan.note:
         log.info("%s", plan.note)
-    if info.crs is None and not info.gcps:
+    if not _georeferenced(info):
+        unknown = ""
+        if pixel_size_m is None and config.gsd_m:
+            unknown = (
+                f", and its pixel size is unknown: it is read as the model's ({config.gsd_m:g} m); "
+                "pass --pixel-size METRES (predict.pixel_size_m) if it is not"
+            )
         warnings.warn(
-            f"{image}: raster has no CRS; the prediction will have none either", stacklevel=3
+            f"{image}: raster has no CRS; the prediction will have none either{unknown}",
+            stacklevel=3,
         )
     if config.dtype and info.dtype != config.dtype and config.normalisation == "dataset":
         warnings.warn(
@@ -132,6 +140,28 @@ def _check_inputs(
     return plan
 
 
+def _georeferenced(info: raster.RasterInfo) -> bool:
+    return info.crs is not None or bool(info.gcps)
+
+
+def raster_pixel_size(
+    image: Path, info: raster.RasterInfo, pixel_size_m: float | None
+) -> float | None:
+    """The raster's pixel size in metres: from its CRS, else ``pixel_size_m`` (declared for a
+    raster without georeferencing), else None. A declared size that contradicts the CRS's is
+    not used, with a warning."""
+    mpp = info.metres_per_pixel
+    if not _georeferenced(info):
+        return pixel_size_m
+    if pixel_size_m and mpp and not 0.99 <= mpp / pixel_size_m <= 1.01:
+        warnings.warn(
+            f"{image}: georeferenced, with {mpp:.3g} m pixels: --pixel-size {pixel_size_m:g} "
+            "(for rasters without georeferencing) is not used",
+            stacklevel=3,
+        )
+    return mpp
+
+
 def pixel_scale(
     image: Path,
     info: raster.RasterInfo,
@@ -139,11 +169,13 @@ def pixel_scale(
     model_ref: str,
     resample: bool = True,
     tolerance: float = GSD_TOLERANCE,
+    pixel_size_m: float | None = None,
 ) -> float:
-    """Model pixels per raster pixel: 1.0 when the raster's pixel size is within ``tolerance``
-    (a ratio) of the model's ``gsd_m``, or unknown; else ``mpp / gsd_m`` with ``resample``,
-    and 1.0 with a warning (and a resampling command that fits the raster's CRS) without."""
-    mpp = info.metres_per_pixel
+    """Model pixels per raster pixel: 1.0 when the raster's pixel size (its CRS's, else the
+    declared ``pixel_size_m``) is within ``tolerance`` (a ratio) of the model's ``gsd_m``, or
+    unknown; else ``mpp / gsd_m`` with ``resample``, and 1.0 with a warning (and a resampling
+    command that fits the raster's CRS) without."""
+    mpp = raster_pixel_size(image, info, pixel_size_m)
     if not config.gsd_m or not mpp or 1 / tolerance <= mpp / config.gsd_m <= tolerance:
         return 1.0
     if resample:
@@ -462,7 +494,9 @@ def _resolve_model_early(
     if registry.is_model_uri(str(options.model)):
         return resolving, None
     config = resolving.result()[1]
-    return resolving, _check_inputs(target.image, info, config, str(options.model), options.bands)
+    return resolving, _check_inputs(
+        target.image, info, config, str(options.model), options.bands, options.pixel_size_m
+    )
 
 
 # ------------------------------------------------------------------------ phase: the cluster
@@ -500,14 +534,21 @@ def plan_run(
     folder, config, tags = resolved
     image, model_ref = target.image, str(options.model)
     if band_plan is None:
-        band_plan = _check_inputs(image, info, config, model_ref, options.bands)
-    scale = pixel_scale(image, info, config, model_ref, options.resample, options.gsd_tolerance)
+        band_plan = _check_inputs(
+            image, info, config, model_ref, options.bands, options.pixel_size_m
+        )
+    scale = pixel_scale(
+        image, info, config, model_ref, options.resample, options.gsd_tolerance,
+        options.pixel_size_m,
+    )  # fmt: skip
     stretch = None
     if config.normalisation == "percentile":  # this raster's own band range, as in training
         stretch = tuple(raster.band_percentiles(image, band_plan))
     grid = raster_grid(info, options.window, options.overlap, scale)
     encoding = OutputEncoding.of(options.dtype)
     tags.update(_run_tags(options, band_plan, scale, encoding))
+    if not _georeferenced(info) and options.pixel_size_m:
+        tags["pixel_size_m"] = f"{options.pixel_size_m:g}"  # `pipeline network` measures by it
     model_dir = str(folder.resolve())
     link = parallel.dashboard_link(client)
     if options.progress and link:

@@ -589,7 +589,7 @@ def valid_footprint(path: str | Path, max_side: int = 2048) -> Any:
 
 def raster_tags(path: str | Path) -> dict[str, str]:
     """The dataset's GDAL metadata tags (default domain)."""
-    with _open(Path(path)) as ds:
+    with _open(path) as ds:
         return dict(ds.tags())
 
 
@@ -772,6 +772,27 @@ def _describe_band(
         dst.update_tags(**{k: str(v) for k, v in tags.items()})
 
 
+@contextlib.contextmanager
+def quiet_without_crs(georeferenced: bool) -> Iterator[None]:
+    """Writing an output without a CRS, rasterio and pyogrio warn on every open ("'crs' was
+    not provided", "the given matrix is equal to Affine.identity"); predict has said once
+    that its output has no CRS, as its input has none. Georeferenced: nothing is silenced."""
+    with warnings.catch_warnings():
+        if not georeferenced:
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            warnings.filterwarnings("ignore", message="'crs' was not provided")
+        yield
+
+
+def ground_pixel_size(info: RasterInfo) -> float | None:
+    """Metres per pixel: the CRS's, else the ``pixel_size_m`` tag predict writes on the output
+    of a raster declared with ``--pixel-size``; None when neither says."""
+    if info.crs is not None:
+        return info.metres_per_pixel
+    declared = raster_tags(info.path).get("pixel_size_m")
+    return float(declared) if declared else None
+
+
 def copy_to_cog(
     source: str | Path, out: Path, blocksize: int = 512, overview_resampling: str = "average"
 ) -> None:
@@ -833,12 +854,15 @@ def stream_cog(
         try:
             in_body = False
             try:
-                with rasterio.open(staging, "w", **profile) as dst:
+                with quiet_without_crs(bool(georef.get("crs") or georef.get("gcps"))):
+                    dst = rasterio.open(staging, "w", **profile)
+                with dst:
                     _describe_band(dst, description, scale, tags)
                     in_body = True
                     yield BlockWriter(dst, path)
                     in_body = False
-                copy_to_cog(staging, final_tmp, cog_blocksize, overview_resampling)
+                with quiet_without_crs(bool(georef.get("crs") or georef.get("gcps"))):
+                    copy_to_cog(staging, final_tmp, cog_blocksize, overview_resampling)
             except _WRITE_ERRORS as e:
                 if in_body:  # the caller's own error, raised through the yield
                     raise

@@ -307,7 +307,7 @@ def vectorize_raster(
     out_path = Path(out_path)
     refuse_existing(out_path, overwrite)
     info = raster.raster_info(prob_path)
-    mpp = info.metres_per_pixel or 1.0
+    mpp = raster.ground_pixel_size(info) or 1.0  # no CRS: --pixel-size, else pixels
     lines = skeleton_lines(
         skeleton_pixels(prob_path, threshold, tile), min_spur_m / mpp, simplify_m / mpp
     )
@@ -319,11 +319,11 @@ def vectorize_raster(
         lengths = [abs(geod.geometry_length(g)) for g in geoms]
     else:
         factor = (
-            crs.axis_info[0].unit_conversion_factor if crs is not None and crs.axis_info else 1.0
-        )
+            crs.axis_info[0].unit_conversion_factor if crs is not None and crs.axis_info else mpp
+        )  # no CRS: pixel units, mpp metres each
         lengths = [shapely.length(g) * factor for g in geoms]
     frame = gpd.GeoDataFrame({"length_m": np.asarray(lengths, float)}, geometry=geoms, crs=crs)
-    with atomic_path(out_path) as tmp:
+    with atomic_path(out_path) as tmp, raster.quiet_without_crs(crs is not None):
         frame.to_file(tmp, layer="roads", driver="GPKG", geometry_type="LineString")
         add_roads_style(tmp)  # QGIS opens the layer styled
     return out_path

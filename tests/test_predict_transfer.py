@@ -106,6 +106,11 @@ def test_within_tolerance_or_without_gsd_nothing_is_resampled(metre_model, tmp_p
     assert pixel_scale(near, info, cfg, "m") == 1.0
     assert pixel_scale(near, info, cfg, "m", tolerance=1.1) == pytest.approx(1.2)
     assert pixel_scale(near, info, cfg.model_copy(update={"gsd_m": None}), "m") == 1.0
+    # a declared pixel size is for rasters without georeferencing: the CRS's wins, said once
+    with pytest.warns(UserWarning, match=r"near.tif: georeferenced, with 1.2 m pixels: --pixel"):
+        assert pixel_scale(near, info, cfg, "m", tolerance=1.1, pixel_size_m=0.5) == pytest.approx(
+            1.2
+        )
 
 
 def test_the_hint_for_a_raster_in_degrees_reprojects_to_its_utm_zone(metre_model, tmp_path) -> None:
@@ -171,3 +176,59 @@ def test_band_percentiles_come_from_valid_pixels_of_the_planned_bands(tmp_path) 
         150 + 0.98 * 249, abs=2
     )
     assert (flat_lo, flat_hi) == (7.0, 8.0)
+
+
+def test_a_tile_without_georeferencing_is_resampled_by_its_declared_pixel_size(
+    metre_model, scheduler, tmp_path
+) -> None:
+    """Public tile sets ship as PNG/JPEG without georeferencing (DeepGlobe: 0.5 m). Declared
+    with ``pixel_size_m`` such a tile is predicted as a georeferenced 0.5 m raster is, the
+    output records the size for `pipeline network`, whose lengths are then metres; undeclared,
+    the warning says what is assumed. No library warning about the missing CRS reaches the
+    user beyond predict's own."""
+    import warnings
+
+    from PIL import Image
+
+    from pipeline.config import NetworkParams
+    from pipeline.network import build_network
+
+    data = fine_image()
+    png = tmp_path / "tile.png"
+    Image.fromarray(np.moveaxis(data[:3], 0, -1)).save(png)
+    model3 = _with(metre_model, tmp_path / "m3", bands=["red", "green", "blue"])
+    state = model3 / "model.json"
+    cfg = json.loads(state.read_text())
+    state.write_text(json.dumps({**cfg, "mean": cfg["mean"][:3], "std": cfg["std"][:3]}))
+    from pipeline.model import build_unet, save_model
+
+    save_model(build_unet(read_config(model3)), read_config(model3), model3)
+    kw = dict(model=model3, window=64, overlap=16, progress=False, scheduler=scheduler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = predict_raster(
+            png,
+            tmp_path / "a.tif",
+            PredictOptions(pixel_size_m=0.5, **kw),
+            network=tmp_path / "a.gpkg",
+        ).output
+    said = [str(w.message) for w in caught]
+    assert said == [f"{png}: raster has no CRS; the prediction will have none either"], said
+    a, prof = read(out)
+    assert prof["crs"] is None and (prof["height"], prof["width"]) == (256, 320)
+    assert prof["tags"]["model_pixels_per_pixel"] == "0.5" and prof["tags"]["pixel_size_m"] == "0.5"
+    with pytest.warns(
+        UserWarning, match=r"pixel size is unknown: it is read as the model's \(1 m\)"
+    ):
+        b = read(predict_raster(png, tmp_path / "b.tif", PredictOptions(**kw)).output)[0]
+    assert read(tmp_path / "b.tif")[1]["tags"]["model_pixels_per_pixel"] == "1"
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 1, (
+        "0.5 m pixels seen as 1 m: another answer"
+    )
+    # the network of the declared output measures metres, not pixels
+    import geopandas as gpd
+
+    assert build_network(out, NetworkParams(threshold=0.5)).scale == (0.5, 0.5)
+    edges = gpd.read_file(tmp_path / "a.gpkg", layer="edges")
+    assert len(edges) and edges.crs is None
+    assert edges["length_m"].to_numpy() == pytest.approx(0.5 * edges.geometry.length.to_numpy())
