@@ -351,8 +351,8 @@ def trace_network(
 
 def _on_threads(fn: Any, tasks: Iterable[tuple]) -> Iterable[Any]:
     """``fn(*task)`` for each task in task order, on as many threads as thinning uses, at
-    most two tasks ahead of the one yielded: skan's numba code releases the GIL, so one
-    block is traced while the graph takes the pieces of the one before."""
+    most that many tasks ahead of the one yielded: skan's heaviest numba steps release the
+    GIL, so a block is traced while the graph takes the pieces of the one before."""
     threads = min(parallel.available_cores(), MAX_THINNING_THREADS)
     with ThreadPoolExecutor(threads, thread_name_prefix="roadseg-trace") as pool:
         pending: deque = deque()

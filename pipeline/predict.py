@@ -151,9 +151,9 @@ def raster_pixel_size(
     raster without georeferencing), else None. A declared size that contradicts the CRS's is
     not used, with a warning."""
     mpp = info.metres_per_pixel
-    if not _georeferenced(info):
+    if mpp is None:  # no CRS (or only ground control points): the declared size, if any
         return pixel_size_m
-    if pixel_size_m and mpp and not 0.99 <= mpp / pixel_size_m <= 1.01:
+    if pixel_size_m and not 0.99 <= mpp / pixel_size_m <= 1.01:
         warnings.warn(
             f"{image}: georeferenced, with {mpp:.3g} m pixels: --pixel-size {pixel_size_m:g} "
             "(for rasters without georeferencing) is not used",
@@ -191,15 +191,19 @@ def pixel_scale(
         f"{image}: pixels are {mpp:.2f} m, but the model {model_ref} was trained at "
         f"{config.gsd_m:.2f} m; roads will look {'wider' if mpp < config.gsd_m else 'narrower'} "
         f"than it learned them: predict without --no-resample, or resample first "
-        f"({_resample_hint(info, config.gsd_m)})",
+        f"({_resample_hint(info, config.gsd_m, mpp)})",
         stacklevel=3,
     )
     return 1.0
 
 
-def _resample_hint(info: raster.RasterInfo, gsd: float) -> str:
+def _resample_hint(info: raster.RasterInfo, gsd: float, mpp: float | None = None) -> str:
     """A gdalwarp command to the model's pixel size: -tr is in the CRS's units, so a raster in
-    degrees is sent to its UTM zone (in metres) instead."""
+    degrees is sent to its UTM zone (in metres) instead; without a CRS (a declared pixel
+    size), gdal_translate to the size in pixels that the model's pixel size gives."""
+    if info.metres_per_pixel is None and mpp:
+        percent = 100 * mpp / gsd
+        return f"gdal_translate -r average -outsize {percent:.4g}% {percent:.4g}%"
     if info.crs is not None and info.crs.is_geographic:
         left, bottom, right, top = info.bounds
         lon, lat = (left + right) / 2, (bottom + top) / 2
@@ -547,7 +551,7 @@ def plan_run(
     grid = raster_grid(info, options.window, options.overlap, scale)
     encoding = OutputEncoding.of(options.dtype)
     tags.update(_run_tags(options, band_plan, scale, encoding))
-    if not _georeferenced(info) and options.pixel_size_m:
+    if info.metres_per_pixel is None and options.pixel_size_m:
         tags["pixel_size_m"] = f"{options.pixel_size_m:g}"  # `pipeline network` measures by it
     model_dir = str(folder.resolve())
     link = parallel.dashboard_link(client)

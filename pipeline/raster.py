@@ -308,10 +308,14 @@ def _no_reading(
             "it has (data.bands), or declare which band stands for each (--bands with "
             f"{len(wanted)} indexes; data.scenes[].bands)"
         )
+    worldview = {"red": 5, "green": 3, "blue": 2, "nir": 7}  # WorldView-3's 8 bands
+    example = ""
+    if all(w.lower() in worldview for w in wanted):
+        indexes = ",".join(str(worldview[w.lower()]) for w in wanted)
+        example = f", e.g. {indexes} for a WorldView-3 chip"
     return (
         f"{head}; name them (band descriptions) or declare them (predict --bands with "
-        f"{len(wanted)} indexes in the order {', '.join(wanted)}, e.g. 5,3,2,7 for red, green, "
-        "blue, near-infrared of a WorldView-3 chip; data.scenes[].bands)"
+        f"{len(wanted)} indexes in the order {', '.join(wanted)}{example}; data.scenes[].bands)"
     )
 
 
@@ -777,10 +781,12 @@ def quiet_without_crs(georeferenced: bool) -> Iterator[None]:
     """Writing an output without a CRS, rasterio and pyogrio warn on every open ("'crs' was
     not provided", "the given matrix is equal to Affine.identity"); predict has said once
     that its output has no CRS, as its input has none. Georeferenced: nothing is silenced."""
+    if georeferenced:  # warnings' filters are process-wide: left alone where nothing is due
+        yield
+        return
     with warnings.catch_warnings():
-        if not georeferenced:
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            warnings.filterwarnings("ignore", message="'crs' was not provided")
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        warnings.filterwarnings("ignore", message="'crs' was not provided")
         yield
 
 

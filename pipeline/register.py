@@ -19,7 +19,7 @@ from pipeline import registry, tilesets
 from pipeline.atomic import write_text_atomic
 from pipeline.chip_format import open_chip_array
 from pipeline.config import Params
-from pipeline.model_config import read_config
+from pipeline.model_config import ModelConfig, read_config
 
 log = logging.getLogger(__name__)
 
@@ -197,18 +197,7 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
         registry.set_run_description(card)
         registry.set_logged_model_description(model_uri, card)
         log_evaluation(params, Path(eval_path))
-        tags = {
-            "encoder": config.encoder,
-            "encoder_weights": config.encoder_weights,
-            "init_from": config.init_from or "-",
-            "data_fingerprint": config.data_fingerprint,
-            "git_commit": config.git_commit,
-            "test_iou": f"{test_iou:.6f}",
-            "threshold": f"{config.threshold:.4f}",
-            "threshold_tta": "-" if config.threshold_tta is None else f"{config.threshold_tta:.4f}",
-            "views": str(views),
-            "test_set": test_set,
-        }
+        tags = _version_tags(config, test_iou, views, test_set)
         version = registry.register_version(model_uri, reg.model_name, tags, description=card)
 
     champion = registry.alias_version(reg.model_name, CHAMPION)
@@ -229,6 +218,24 @@ def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
     }
     write_text_atomic(reg.receipt_path, json.dumps(receipt, indent=2))
     return receipt
+
+
+def _version_tags(
+    config: ModelConfig, test_iou: float, views: int, test_set: str
+) -> dict[str, str]:
+    """What a registry version is tagged with: the model, its score and how it was scored."""
+    return {
+        "encoder": config.encoder,
+        "encoder_weights": config.encoder_weights,
+        "init_from": config.init_from or "-",
+        "data_fingerprint": config.data_fingerprint,
+        "git_commit": config.git_commit,
+        "test_iou": f"{test_iou:.6f}",
+        "threshold": f"{config.threshold:.4f}",
+        "threshold_tta": "-" if config.threshold_tta is None else f"{config.threshold_tta:.4f}",
+        "views": str(views),
+        "test_set": test_set,
+    }
 
 
 def test_set_id(eval_metrics: dict) -> str:

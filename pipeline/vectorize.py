@@ -291,9 +291,11 @@ def vectorize_raster(
     """Write road centrelines of a probability raster (predict's output) to a GeoPackage.
 
     Layer ``roads``: LineStrings in the raster's CRS with ``length_m`` (geodesic metres for a
-    geographic CRS; CRS units otherwise). Dead-end branches shorter than ``min_spur_m`` are
-    pruned and lines simplified by ``simplify_m``, both in metres on the ground, so the result
-    does not depend on the pixel size (a raster without CRS: pixels). The layer's default QGIS
+    geographic CRS; CRS units otherwise; without a CRS, metres by the ``pixel_size_m`` tag
+    predict writes for a declared ``--pixel-size``, else the transform's units). Dead-end
+    branches shorter than ``min_spur_m`` are pruned and lines simplified by ``simplify_m``,
+    both in metres on the ground, so the result does not depend on the pixel size (a raster
+    without CRS or declared size: pixels). The layer's default QGIS
     style is stored in the GeoPackage (``styles.add_roads_style``). Written to a temporary
     file and renamed.
     """
@@ -307,7 +309,8 @@ def vectorize_raster(
     out_path = Path(out_path)
     refuse_existing(out_path, overwrite)
     info = raster.raster_info(prob_path)
-    mpp = raster.ground_pixel_size(info) or 1.0  # no CRS: --pixel-size, else pixels
+    declared = raster.ground_pixel_size(info)  # no CRS: --pixel-size, else None
+    mpp = declared or 1.0  # undeclared: pixels
     lines = skeleton_lines(
         skeleton_pixels(prob_path, threshold, tile), min_spur_m / mpp, simplify_m / mpp
     )
@@ -318,9 +321,10 @@ def vectorize_raster(
         geod = crs.get_geod()
         lengths = [abs(geod.geometry_length(g)) for g in geoms]
     else:
-        factor = (
-            crs.axis_info[0].unit_conversion_factor if crs is not None and crs.axis_info else mpp
-        )  # no CRS: pixel units, mpp metres each
+        if crs is not None:
+            factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+        else:  # the transform's units: metres by the declared pixel size, else as they are
+            factor = declared / info.res[0] if declared else 1.0
         lengths = [shapely.length(g) * factor for g in geoms]
     frame = gpd.GeoDataFrame({"length_m": np.asarray(lengths, float)}, geometry=geoms, crs=crs)
     with atomic_path(out_path) as tmp, raster.quiet_without_crs(crs is not None):

@@ -232,3 +232,32 @@ def test_a_tile_without_georeferencing_is_resampled_by_its_declared_pixel_size(
     edges = gpd.read_file(tmp_path / "a.gpkg", layer="edges")
     assert len(edges) and edges.crs is None
     assert edges["length_m"].to_numpy() == pytest.approx(0.5 * edges.geometry.length.to_numpy())
+
+
+def test_a_declared_pixel_size_serves_rasters_with_no_metric_grid(metre_model, tmp_path) -> None:
+    """Ground control points without a transform give no pixel size either: the declared one
+    is used; without a CRS and --no-resample the hint resizes in pixels (gdalwarp -tr would
+    do nothing there)."""
+    import rasterio
+    from rasterio.control import GroundControlPoint
+
+    from pipeline.predict import raster_pixel_size
+
+    gcps = [
+        GroundControlPoint(row=r, col=c, x=500000 + c, y=5400000 - r)
+        for r, c in ((0, 0), (0, 31), (31, 0), (31, 31))
+    ]
+    path = tmp_path / "gcps.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=32, height=32, count=4, dtype="uint8",
+        gcps=gcps, crs="EPSG:32632", photometric="MINISBLACK",
+    ) as ds:  # fmt: skip
+        ds.write(smooth_image(32, 32).astype(np.uint8))
+    info = raster.raster_info(path)
+    assert info.gcps and info.metres_per_pixel is None
+    assert raster_pixel_size(path, info, 0.5) == 0.5 and raster_pixel_size(path, info, None) is None
+    bare = write_raster(tmp_path / "bare.tif", smooth_image(32, 32).astype(np.uint8), crs=None)
+    cfg = read_config(metre_model)
+    with pytest.warns(UserWarning, match=r"gdal_translate -r average -outsize 50% 50%"):
+        scale = pixel_scale(bare, raster.raster_info(bare), cfg, "m", False, pixel_size_m=0.5)
+    assert scale == 1.0

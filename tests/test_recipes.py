@@ -126,6 +126,8 @@ def _experiment(shown: list[dict], name: str) -> dict:
 
 
 def test_dvc_exp_run_sets_a_param_and_compares_with_the_commit(massachusetts_repo) -> None:
+    """Runs after the test above (pytest keeps file order): it commits to the shared
+    repository and runs an experiment in it."""
     repo, env, _ = massachusetts_repo
     for rel in COMMITTED:  # DVC does not cache them: git must not ignore them
         assert (repo / rel).is_file(), rel

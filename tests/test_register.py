@@ -18,7 +18,7 @@ from pipeline import registry
 from pipeline.config import load_params
 from pipeline.model import ModelConfig, build_unet, save_model
 from pipeline.model_config import resolve_model
-from pipeline.register import promote, run_register
+from pipeline.register import _not_comparable, promote, run_register
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -171,6 +171,8 @@ def test_scores_on_other_test_data_are_not_compared(project, caplog):
     assert [v["tags"]["test_set"] for v in tags] == [easier["test_set"], first["test_set"]]
     better = _register_with_iou(params, release, 0.55)
     assert better["alias"] == "champion", "the same test data is compared"
+    # a champion registered before versions were tagged with their test set is compared
+    assert _not_comparable({"views": "1", "test_iou": "0.5"}, 1, first["test_set"]) is None
 
 
 def _free_port() -> int:
