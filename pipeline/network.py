@@ -9,7 +9,8 @@ How a raster of any size becomes one network, block by block:
 2. **Trace.** Each block's skeleton, with ``seam_margin_px`` of its neighbours' around it, is
    turned into paths between nodes by skan. A block keeps the pixel steps it owns (a step
    belongs to the block holding its first pixel in row-major order), cut where ownership
-   changes, so every step of the whole skeleton is kept exactly once.
+   changes, so every step of the whole skeleton is kept exactly once. Blocks are traced on
+   threads (or the cluster's workers), a few ahead of the join.
 3. **Join.** The pieces meet at pixels; merging the two edges at every degree-two node gives
    the graph skan would give for the whole skeleton at once: a road crossing a seam is one
    edge.
