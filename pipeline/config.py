@@ -274,16 +274,19 @@ class TileSetSplit(_Section):
 
 
 def stem_pattern(v: str, field: str, example: str) -> str:
-    """``v`` if it is a path pattern whose only placeholder is ``{stem}`` (a tile's name)."""
+    """``v`` if it is a path pattern whose placeholders are ``{stem}`` (a tile's name) and/or
+    ``{dir}`` (the folder of the tile's image below root: RoadNet keeps each scene's labels,
+    under fixed names, beside its image: '{dir}/segmentation.png'), at least one of them."""
     import string
 
     try:
         names = {name for _, name, _, _ in string.Formatter().parse(v) if name is not None}
     except ValueError as e:
         raise ValueError(f"{field} {v!r}: {e}") from None
-    if names != {"stem"}:
+    if not names or not names <= {"stem", "dir"}:
         raise ValueError(
-            f"{field} {v!r}: needs {{stem}} and no other placeholder, e.g. {example!r}"
+            f"{field} {v!r}: needs {{stem}} (or {{dir}}, the image's folder below root) and no "
+            f"other placeholder, e.g. {example!r}"
         )
     return v
 
@@ -327,7 +330,8 @@ class TileSetSource(_Section):
     labels: str | None = Field(
         None,
         description="Label image of a tile below root, with {stem} (e.g. 'masks/{stem}.png', "
-        "'map/{stem}.tif', 'train/{stem}_mask.png')",
+        "'map/{stem}.tif', 'train/{stem}_mask.png') and/or {dir}, the folder of the tile's "
+        "image below root (RoadNet: images '*/Ottawa-*.tif', labels '{dir}/segmentation.png')",
     )
     roads: str | None = Field(
         None,

@@ -57,16 +57,16 @@ def find_tiles(ts: TileSetSource) -> list[tuple[str, Path, Path]]:
     tiles: dict[str, tuple[Path, Path]] = {}
     for image in sorted(root.glob(ts.images)):
         stem = image.name[len(prefix) : len(image.name) - len(suffix)]
-        label = root / ts.truth.format(stem=stem)
+        label = root / ts.truth.format(stem=stem, dir=_dir(root, image))
         if not label.is_file():
             what = "label image" if ts.labels is not None else "road file"
             field = "labels" if ts.labels is not None else "roads"
             raise TileSetError(
                 f"{image}: no {what} {label} (tile set {ts.name!r}, {field} {ts.truth!r})"
             )
-        if ts.pansharpen is not None and not _mul_path(ts, stem).is_file():
+        if ts.pansharpen is not None and not _mul_path(ts, stem, image).is_file():
             raise TileSetError(
-                f"{image}: no multispectral image {_mul_path(ts, stem)} (tile set "
+                f"{image}: no multispectral image {_mul_path(ts, stem, image)} (tile set "
                 f"{ts.name!r}, pansharpen.mul {ts.pansharpen.mul!r})"
             )
         if stem in tiles:
@@ -77,10 +77,16 @@ def find_tiles(ts: TileSetSource) -> list[tuple[str, Path, Path]]:
     return [(stem, image, label) for stem, (image, label) in sorted(tiles.items())]
 
 
-def _mul_path(ts: TileSetSource, stem: str) -> Path:
+def _dir(root: Path, image: Path) -> str:
+    """The folder of ``image`` below ``root``, as ``{dir}`` in a pattern ('.' at the root)."""
+    return image.parent.relative_to(root).as_posix()
+
+
+def _mul_path(ts: TileSetSource, stem: str, image: Path) -> Path:
     """The multispectral image of a pansharpened tile set's tile."""
     assert ts.pansharpen is not None
-    return Path(ts.root) / ts.pansharpen.mul.format(stem=stem)
+    root = Path(ts.root)
+    return root / ts.pansharpen.mul.format(stem=stem, dir=_dir(root, image))
 
 
 def assign_splits(stems: list[str], split: TileSetSplit) -> dict[str, str]:
@@ -234,7 +240,7 @@ def prepare_tile(
 
         pansharpen(
             image,
-            _mul_path(ts, stem),
+            _mul_path(ts, stem, image),
             out / f"{stem}.vrt",
             bands=ts.pansharpen.bands,
             nodata=fill[0] if fill is not None else None,

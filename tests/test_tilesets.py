@@ -163,6 +163,32 @@ def test_tile_sets_tile_through_the_cli(tmp_path, capsys):
     )
 
 
+def test_labels_under_fixed_names_beside_each_image_are_found_by_folder(tmp_path, capsys):
+    """RoadNet ships each scene as a folder (11/Ottawa-11.tif beside 11/segmentation.png):
+    '{dir}' in the labels pattern is the image's folder below root, so one entry takes them
+    all, each tile with its own labels."""
+    rng = np.random.default_rng(2)
+    for k, stem in enumerate(["11", "12", "13"]):
+        write_image(tmp_path / "rn" / stem / f"Ottawa-{stem}.png",
+                    rng.integers(20, 200, (3, SIZE, SIZE), dtype=np.uint8), "PNG")  # fmt: skip
+        label = np.full((3, SIZE, SIZE), 255, np.uint8)
+        label[1:, 8 * k : 8 * k + 4, :] = 0  # a red road, a different row in each scene
+        write_image(tmp_path / "rn" / stem / "segmentation.png", label, "PNG")
+    entry = red_entry(tmp_path / "rn") | {
+        "name": "rn",
+        "images": "*/Ottawa-*.png",
+        "labels": "{dir}/segmentation.png",
+        "split": {"val_fraction": 0.0, "test_fraction": 0.0, "val": ["12"], "test": ["13"]},
+    }
+    assert main(["tile", "-q", "--params", str(params_file(tmp_path, [entry]))]) == 0
+    out = tmp_path / "chips"
+    assert json.loads((out / "stats.json").read_text())["tilesets"]["rn"]["tiles"] == 3
+    for k, stem in enumerate(["11", "12", "13"]):
+        with rasterio.open(out / "tilesets" / "rn" / f"{stem}.labels.tif") as ds:
+            road = ds.read(1) == 1
+        assert road.any(axis=1).nonzero()[0].tolist() == list(range(8 * k, 8 * k + 4)), stem
+
+
 def test_split_is_deterministic_whole_tile_and_exact():
     stems = [f"tile{i:03d}" for i in range(20)]
     split = TileSetSplit(val_fraction=0.1, test_fraction=0.2, seed=0)
@@ -502,7 +528,7 @@ def test_a_tile_set_of_pan_and_mul_chips_is_fused_while_prepared(tmp_path, capsy
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"labels": "masks/{stem}_{x}.png"}, "needs {stem} and no other placeholder"),
+        ({"labels": "masks/{stem}_{x}.png"}, "needs {stem} (or {dir}, the image's folder"),
         ({"pansharpen": {"mul": "MUL/{id}.tif", "bands": {"red": 1}}}, "mul 'MUL/{id}.tif'"),
         ({"pansharpen": {"mul": "M/{stem}.tif", "bands": {"red": 0}}}, "greater than 0"),
         (
