@@ -370,3 +370,53 @@ def test_edges_are_simplified_within_the_tolerance_and_rings_stay_rings():
     # in metres: at 0.5 m pixels the staircase's 0.7 px wiggle is under 1 m, at 2 m it is not
     assert len(simplify_paths([stairs], (0.5, 0.5), 1.0)[0]) == 2
     assert len(simplify_paths([stairs], (2.0, 2.0), 1.0)[0]) > 2
+
+
+def test_a_block_keeps_the_steps_it_owns_as_a_per_path_walk_would():
+    """trace_block judges every path step of a block at once; the pieces must be what walking
+    skan's paths one by one gives (each run of steps whose row-major first pixel lies in the
+    block, the run's pixels and probabilities), in the same order."""
+    from skan import Skeleton as SkanSkeleton
+    from skimage.morphology import skeletonize
+
+    from pipeline.network import _before, _runs, _View, trace_block
+
+    rng = np.random.default_rng(4)
+    mask = np.zeros((96, 96), bool)
+    for _ in range(12):  # random thick strokes: junctions, loops, ends, paths across the block
+        r, c = rng.integers(0, 96, 2)
+        dr, dc = rng.integers(-40, 41, 2)
+        for t in np.linspace(0, 1, 80):
+            rr, cc = int(r + t * dr), int(c + t * dc)
+            mask[max(rr - 1, 0) : rr + 2, max(cc - 1, 0) : cc + 2] = True
+    skeleton = skeletonize(mask)
+    rows, cols = np.nonzero(skeleton)
+    probs = rng.random(len(rows)).astype(np.float32)
+    origin, block = (100, 200), (124, 224, 164, 264)  # the block: 40 x 40 inside the view
+    view = _View(block, origin, skeleton.shape, rows, cols, probs)
+
+    image = np.zeros(skeleton.shape, bool)
+    image[rows, cols] = True
+    prob_image = np.zeros(skeleton.shape, np.float32)
+    prob_image[rows, cols] = probs
+    # isolated pixels are dropped by trace_block before skan; here there are none to drop
+    assert all(
+        image[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].sum() > 1
+        for r, c in zip(rows, cols, strict=True)
+    )
+    skan = SkanSkeleton(image)
+    coords = np.asarray(skan.coordinates).astype(np.int64)
+    expected = []
+    r0, c0, r1, c1 = block
+    for i in range(skan.n_paths):
+        local = coords[skan.path(i)]
+        path = local + origin
+        first = np.where(_before(path[:-1], path[1:])[:, None], path[:-1], path[1:])
+        own = (first[:, 0] >= r0) & (first[:, 0] < r1) & (first[:, 1] >= c0) & (first[:, 1] < c1)
+        for a, b in _runs(own):
+            expected.append((path[a : b + 2], prob_image[local[a : b + 2, 0], local[a : b + 2, 1]]))
+
+    got = trace_block(view)
+    assert len(expected) > 5 and len(got) == len(expected)
+    for (gp, gq), (ep, eq) in zip(got, expected, strict=True):
+        assert (gp == ep).all() and (gq == eq).all()
