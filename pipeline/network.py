@@ -27,9 +27,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,14 +165,11 @@ def skeleton_of(
         params.skeleton_tile,
         params.skeleton_halo_px,
     )
-    blocks = list(_blocks(info.height, info.width, params.block_size))
+    tasks = ((job, b) for b in _blocks(info.height, info.width, params.block_size))
     if client is None:
         # thinning and hole filling release the GIL: threads use the cores without a cluster
-        threads = min(parallel.available_cores(), MAX_THINNING_THREADS, len(blocks))
-        with ThreadPoolExecutor(threads, thread_name_prefix="roadseg-thinning") as pool:
-            found = list(pool.map(lambda b: skeleton_block(job, b), blocks))
+        found = list(parallel.map_ordered_on_threads(skeleton_block, tasks, _threads()))
     else:
-        tasks = ((job, b) for b in blocks)
         found = list(parallel.map_ordered(skeleton_block, tasks, client=client, progress=False))
     rows = np.concatenate([f[0] for f in found]).astype(np.int32)
     cols = np.concatenate([f[1] for f in found]).astype(np.int32)
@@ -339,8 +335,9 @@ def trace_network(
             (block_view(skeleton, block, params.seam_margin_px, shape),)
             for block in _blocks(info.height, info.width, params.block_size)
         )
-        if client is None:
-            traced = _on_threads(trace_block, views)
+        if client is None:  # skan's heaviest numba steps release the GIL: a block is traced
+            # while the graph takes the pieces of the one before
+            traced = parallel.map_ordered_on_threads(trace_block, views, _threads())
         else:
             traced = parallel.map_ordered(trace_block, views, client=client, progress=False)
         # pieces go into the graph block by block, in block order: never all of them at once
@@ -350,19 +347,9 @@ def trace_network(
     return RoadNetwork(graph, info, metres_per_pixel(info), threshold, timings)
 
 
-def _on_threads(fn: Any, tasks: Iterable[tuple]) -> Iterable[Any]:
-    """``fn(*task)`` for each task in task order, on as many threads as thinning uses, at
-    most that many tasks ahead of the one yielded: skan's heaviest numba steps release the
-    GIL, so a block is traced while the graph takes the pieces of the one before."""
-    threads = min(parallel.available_cores(), MAX_THINNING_THREADS)
-    with ThreadPoolExecutor(threads, thread_name_prefix="roadseg-trace") as pool:
-        pending: deque = deque()
-        for task in tasks:
-            pending.append(pool.submit(fn, *task))
-            if len(pending) > threads:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+def _threads() -> int:
+    """Threads for thinning and tracing without a cluster."""
+    return min(parallel.available_cores(), MAX_THINNING_THREADS)
 
 
 def repair_network(network: RoadNetwork, path: str | Path, params: NetworkParams) -> None:

@@ -16,7 +16,13 @@ import numpy as np
 
 from pipeline.atomic import atomic_path
 from pipeline.network_repair import oriented, path_length, sorted_edges
-from pipeline.raster import RasterInfo, ground_pixel_size, metres_per_unit, quiet_without_crs
+from pipeline.raster import (
+    RasterInfo,
+    ground_pixel_size,
+    metres_per_unit,
+    metres_per_unit_without_crs,
+    quiet_without_crs,
+)
 from pipeline.road_graph import is_mercator
 
 EDGES_LAYER = "edges"
@@ -125,11 +131,9 @@ def network_frames(network: RoadNetwork, simplify_m: float):
         low = float(np.min(probs))
         rows.append((ids[a], ids[b], max(float(np.mean(probs, dtype=float)), low), low))
     lines = list(_lines(simplify_paths(paths, network.scale, simplify_m), info.transform))
-    # without a CRS the lines are in the transform's units (pixels, for a bare tile); a pixel
-    # size declared at predict (--pixel-size: network.scale) gives metres per unit
-    no_crs_factor = 1.0
-    if info.crs is None and ground_pixel_size(info):
-        no_crs_factor = network.scale[1] / info.res[0]
+    no_crs_factor = 1.0  # without a CRS the lines are in the transform's units
+    if info.crs is None:
+        no_crs_factor = metres_per_unit_without_crs(info, ground_pixel_size(info))
     edges = gpd.GeoDataFrame(
         {
             "edge_id": np.arange(len(rows), dtype=np.int64),

@@ -136,6 +136,25 @@ def _ordered_on(
             client.cancel([f for f, _ in window])
 
 
+def map_ordered_on_threads(
+    fn: Callable[..., Any], tasks: Iterable[tuple], threads: int
+) -> Iterator[Any]:
+    """``fn(*task)`` for each task, in task order, on ``threads`` threads of this process, at
+    most ``threads`` tasks ahead of the one yielded (``_ordered_on``'s window, for work that
+    releases the GIL: scikit-image's thinning, skan's numba steps), so results do not pile up
+    behind a slow task."""
+    from collections import deque
+
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="roadseg-ordered") as pool:
+        pending: deque[Future] = deque()
+        for task in tasks:
+            pending.append(pool.submit(fn, *task))
+            if len(pending) > threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 # ------------------------------------------------------------------------ clusters (predict)
 _WORKER_ENV_DEFAULTS = {"GDAL_CACHEMAX": "64"}  # MB: GDAL's default is 5 % of RAM per process
 # glibc malloc, read at process start (so set before the worker is spawned): torch's large

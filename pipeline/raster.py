@@ -799,6 +799,13 @@ def ground_pixel_size(info: RasterInfo) -> float | None:
     return float(declared) if declared else None
 
 
+def metres_per_unit_without_crs(info: RasterInfo, declared: float | None) -> float:
+    """Metres per unit of the transform of a raster without a CRS (pixels for a bare tile,
+    world-file units for one with a transform): by its ``declared`` pixel size (metres,
+    ``ground_pixel_size``), else 1, the units taken as they are."""
+    return declared / info.res[0] if declared else 1.0
+
+
 def copy_to_cog(
     source: str | Path, out: Path, blocksize: int = 512, overview_resampling: str = "average"
 ) -> None:
@@ -854,20 +861,21 @@ def stream_cog(
     """
     path = Path(path)
     georef = dict(gcps=list(gcps), crs=gcp_crs) if gcps else dict(crs=crs, transform=transform)
+    georeferenced = crs is not None or bool(gcps)
     profile = _staging_profile(width, height, dtype, nodata, georef, staging_blocksize)
     with atomic_path(path, overwrite=overwrite) as final_tmp, gdal_cache_limit():
         staging = temporary_name(path)
         try:
             in_body = False
             try:
-                with quiet_without_crs(bool(georef.get("crs") or georef.get("gcps"))):
+                with quiet_without_crs(georeferenced):
                     dst = rasterio.open(staging, "w", **profile)
                 with dst:
                     _describe_band(dst, description, scale, tags)
                     in_body = True
                     yield BlockWriter(dst, path)
                     in_body = False
-                with quiet_without_crs(bool(georef.get("crs") or georef.get("gcps"))):
+                with quiet_without_crs(georeferenced):
                     copy_to_cog(staging, final_tmp, cog_blocksize, overview_resampling)
             except _WRITE_ERRORS as e:
                 if in_body:  # the caller's own error, raised through the yield

@@ -323,8 +323,8 @@ def vectorize_raster(
     else:
         if crs is not None:
             factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-        else:  # the transform's units: metres by the declared pixel size, else as they are
-            factor = declared / info.res[0] if declared else 1.0
+        else:
+            factor = raster.metres_per_unit_without_crs(info, declared)
         lengths = [shapely.length(g) * factor for g in geoms]
     frame = gpd.GeoDataFrame({"length_m": np.asarray(lengths, float)}, geometry=geoms, crs=crs)
     with atomic_path(out_path) as tmp, raster.quiet_without_crs(crs is not None):

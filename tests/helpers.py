@@ -22,10 +22,11 @@ CRS = "EPSG:32632"
 def make_model(
     folder: Path, mean: list[float] = MEAN, std: list[float] = STD, seed: int = 0, **config
 ) -> Path:
-    """A small random-weight U-Net model folder (resnet18 encoder, 4 bands); ``config``: more
-    ModelConfig fields (``normalisation="percentile"``, ...)."""
+    """A small random-weight U-Net model folder (resnet18 encoder, 4 bands unless ``config``
+    names others); ``config``: more ModelConfig fields (``normalisation="percentile"``, ...)."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(encoder="resnet18", bands=BANDS, mean=mean, std=std, chip_size=64, **config)
+    config = {"bands": BANDS, **config}
+    cfg = ModelConfig(encoder="resnet18", mean=mean, std=std, chip_size=64, **config)
     return save_model(build_unet(cfg), cfg, folder)
 
 

@@ -17,7 +17,7 @@ from pipeline import parallel, raster
 from pipeline.config import PredictOptions
 from pipeline.model_config import read_config
 from pipeline.predict import pixel_scale, predict_raster
-from tests.helpers import make_model, read, smooth_image, write_raster
+from tests.helpers import MEAN, STD, make_model, read, smooth_image, write_raster
 
 FINE = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 5400000.0)
 COARSE = Affine(1.0, 0.0, 500000.0, 0.0, -1.0, 5400000.0)
@@ -196,13 +196,9 @@ def test_a_tile_without_georeferencing_is_resampled_by_its_declared_pixel_size(
     data = fine_image()
     png = tmp_path / "tile.png"
     Image.fromarray(np.moveaxis(data[:3], 0, -1)).save(png)
-    model3 = _with(metre_model, tmp_path / "m3", bands=["red", "green", "blue"])
-    state = model3 / "model.json"
-    cfg = json.loads(state.read_text())
-    state.write_text(json.dumps({**cfg, "mean": cfg["mean"][:3], "std": cfg["std"][:3]}))
-    from pipeline.model import build_unet, save_model
-
-    save_model(build_unet(read_config(model3)), read_config(model3), model3)
+    model3 = make_model(
+        tmp_path / "m3", MEAN[:3], STD[:3], seed=1, bands=["red", "green", "blue"], gsd_m=1.0
+    )
     kw = dict(model=model3, window=64, overlap=16, progress=False, scheduler=scheduler)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
