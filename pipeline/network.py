@@ -36,10 +36,10 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from pipeline import parallel, raster, windows
+from pipeline import ground, parallel, raster, windows
 from pipeline.atomic import refuse_existing
 from pipeline.config import NetworkParams
-from pipeline.network_io import RoadNetwork, ground_lengths, write_network
+from pipeline.network_io import RoadNetwork, write_network
 from pipeline.network_repair import RepairSettings, add_edge, canonical_rings, contract, repair
 
 log = logging.getLogger(__name__)
@@ -59,22 +59,10 @@ def metres_per_pixel(info: raster.RasterInfo) -> tuple[float, float]:
     """(metres per row, metres per column) at the raster's centre; geodesic for a geographic
     CRS or a Mercator (EPSG:3857). Without a CRS: the ``pixel_size_m`` tag predict writes for
     a raster declared with ``--pixel-size``, else (1, 1), i.e. pixels."""
-    import shapely
-
     if info.crs is None:
         size = raster.ground_pixel_size(info) or 1.0
         return (size, size)
-    t = info.transform
-    col_step, row_step = float(np.hypot(t.a, t.d)), float(np.hypot(t.b, t.e))
-    x, y = t * (info.width / 2, info.height / 2)
-    across, down = ground_lengths(
-        [
-            shapely.LineString([(x, y), (x + col_step, y)]),
-            shapely.LineString([(x, y), (x, y + row_step)]),
-        ],
-        info.crs,
-    )
-    return (float(down), float(across))
+    return ground.pixel_metres(info.crs, info.transform, info.width, info.height)
 
 
 def _blocks(height: int, width: int, size: int) -> list[tuple[int, int, int, int]]:

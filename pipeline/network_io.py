@@ -15,15 +15,14 @@ import networkx as nx
 import numpy as np
 
 from pipeline.atomic import atomic_path
+from pipeline.ground import ground_lengths
 from pipeline.network_repair import oriented, path_length, sorted_edges
 from pipeline.raster import (
     RasterInfo,
     ground_pixel_size,
-    metres_per_unit,
     metres_per_unit_without_crs,
     quiet_without_crs,
 )
-from pipeline.road_graph import is_mercator
 
 EDGES_LAYER = "edges"
 NODES_LAYER = "nodes"
@@ -92,26 +91,6 @@ def _lines(paths: list[np.ndarray], transform) -> np.ndarray:
     counts = [len(p) for p in paths]
     coords = _to_crs(np.vstack(paths), transform)
     return shapely.linestrings(coords, indices=np.repeat(np.arange(len(paths)), counts))
-
-
-def ground_lengths(lines: list, crs) -> list[float]:
-    """Lengths in metres of ``lines`` in ``crs`` (a rasterio CRS or None: the lines' units):
-    on the ellipsoid for a geographic CRS or a Mercator, else scaled by the unit."""
-    import pyproj
-    import shapely
-
-    if crs is not None and (crs.is_geographic or is_mercator(crs)):
-        source = pyproj.CRS.from_user_input(crs.to_wkt())
-        if source.is_projected:  # a Mercator: measure on the ellipsoid
-            to_geo = pyproj.Transformer.from_crs(source, source.geodetic_crs, always_xy=True)
-            lines = [
-                shapely.transform(g, lambda xy: np.column_stack(to_geo.transform(*xy.T)))
-                for g in lines
-            ]
-        geod = source.get_geod()
-        return [abs(geod.geometry_length(g)) for g in lines]
-    factor = metres_per_unit(crs) if crs is not None else 1.0
-    return [float(shapely.length(g)) * factor for g in lines]
 
 
 def network_frames(network: RoadNetwork, simplify_m: float):

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import parallel, raster, registry, sources, stac, styles
+from pipeline import ground, parallel, raster, registry, sources, stac, styles
 from pipeline.atomic import check_free_space
 from pipeline.config import PredictOptions
 from pipeline.model_config import ModelConfig, check_weights, read_config, resolve_model
@@ -199,18 +199,20 @@ def pixel_scale(
 
 def _resample_hint(info: raster.RasterInfo, gsd: float, mpp: float | None = None) -> str:
     """A gdalwarp command to the model's pixel size: -tr is in the CRS's units, so a raster in
-    degrees is sent to its UTM zone (in metres) instead; without a CRS (a declared pixel
-    size), gdal_translate to the size in pixels that the model's pixel size gives."""
+    degrees or in a Mercator's "metres" (not metres on the ground) is sent to its UTM zone
+    instead; without a CRS (a declared pixel size), gdal_translate to the size in pixels that
+    the model's pixel size gives."""
     if info.metres_per_pixel is None and mpp:
         percent = 100 * mpp / gsd
         return f"gdal_translate -r average -outsize {percent:.4g}% {percent:.4g}%"
-    if info.crs is not None and info.crs.is_geographic:
-        left, bottom, right, top = info.bounds
-        lon, lat = (left + right) / 2, (bottom + top) / 2
-        epsg = (32600 if lat >= 0 else 32700) + int((lon + 180) // 6) % 60 + 1
+    if ground.measured_on_ellipsoid(info.crs):
+        grid = (info.crs, info.transform, info.width, info.height)
+        epsg = ground.utm_epsg(*ground.centre_lonlat(*grid))
+        units = "degrees" if info.crs.is_geographic else "Mercator metres"
+        per_unit = ground.pixel_size_m(*grid) / info.res[0]
         return (
-            f"gdalwarp -t_srs EPSG:{epsg} -tr {gsd:g} {gsd:g}; the raster is in degrees, where "
-            f"-tr takes degrees (about {gsd / 111_320:.2g})"
+            f"gdalwarp -t_srs EPSG:{epsg} -tr {gsd:g} {gsd:g}; the raster is in {units}, "
+            f"where -tr would take about {gsd / per_unit:.3g}"
         )
     return f"gdalwarp -tr {gsd:g} {gsd:g}"
 

@@ -22,7 +22,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
-from pipeline import sources
+from pipeline import ground, sources
 from pipeline.atomic import (
     atomic_path,
     error_chain,
@@ -62,13 +62,12 @@ class RasterInfo:
 
     @property
     def metres_per_pixel(self) -> float | None:
-        """Pixel size in metres (approximate for geographic CRSs: 111,320 m per degree); None
-        without a CRS."""
+        """Pixel size in metres on the ground (``ground.pixel_size_m``: measured on the
+        ellipsoid in degrees or a Mercator's units, so an EPSG:3857 export is read at its true
+        scale); None without a CRS."""
         if self.crs is None:
             return None
-        if self.crs.is_geographic:
-            return self.res[0] * 111_320.0
-        return self.res[0] * metres_per_unit(self.crs)
+        return ground.pixel_size_m(self.crs, self.transform, self.width, self.height)
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
@@ -76,12 +75,6 @@ class RasterInfo:
         left, top = self.transform @ (0, 0)
         right, bottom = self.transform @ (self.width, self.height)
         return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
-
-
-def metres_per_unit(crs: CRS) -> float:
-    """Metres in one unit of a projected CRS or of a local engineering one (tile sets:
-    ``LOCAL_GRID_WKT``, which has units but no linear units in PROJ's sense)."""
-    return float((crs.linear_units_factor if crs.is_projected else crs.units_factor)[1])
 
 
 def _open(path: str | Path) -> rasterio.DatasetReader:

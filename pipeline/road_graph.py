@@ -38,6 +38,7 @@ from pyproj.aoi import AreaOfInterest
 from pyproj.database import query_utm_crs_info
 
 from pipeline import raster
+from pipeline.ground import is_mercator
 
 END_SNAP_M = 0.5  # a line end this close to another line (metres) is joined to it
 EDGES_LAYER = "edges"
@@ -181,18 +182,6 @@ def graph_from_lines(lines: gpd.GeoDataFrame, snap_m: float = END_SNAP_M) -> nx.
             ends.append(ids[xy])
         graph.add_edge(ends[0], ends[1], geometry=shapely.force_2d(line))
     return graph
-
-
-def is_mercator(crs: Any) -> bool:
-    """A (non-transverse) Mercator projection, such as the web's EPSG:3857: its metres are
-    1/cos(latitude) of a metre on the ground (any CRS object with ``to_wkt``, or what pyproj
-    reads)."""
-    crs = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
-    if not crs.is_projected:
-        return False
-    operation = crs.coordinate_operation
-    method = operation.method_name.lower() if operation is not None else ""
-    return "mercator" in method and "transverse" not in method
 
 
 def _metres_per_unit(crs: CRS | None) -> float:

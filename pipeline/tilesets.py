@@ -312,7 +312,7 @@ def _road_km(
     from shapely.geometry import box
 
     from pipeline import vectors
-    from pipeline.network_io import ground_lengths
+    from pipeline.ground import ground_lengths
 
     if vectors.is_empty(roads):  # an unreadable file: load_road_lines names it
         return 0.0

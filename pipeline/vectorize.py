@@ -290,42 +290,35 @@ def vectorize_raster(
 ) -> Path:
     """Write road centrelines of a probability raster (predict's output) to a GeoPackage.
 
-    Layer ``roads``: LineStrings in the raster's CRS with ``length_m`` (geodesic metres for a
-    geographic CRS; CRS units otherwise; without a CRS, metres by the ``pixel_size_m`` tag
-    predict writes for a declared ``--pixel-size``, else the transform's units). Dead-end
-    branches shorter than ``min_spur_m`` are pruned and lines simplified by ``simplify_m``,
-    both in metres on the ground, so the result does not depend on the pixel size (a raster
-    without CRS or declared size: pixels). The layer's default QGIS
-    style is stored in the GeoPackage (``styles.add_roads_style``). Written to a temporary
-    file and renamed.
+    Layer ``roads``: LineStrings in the raster's CRS with ``length_m`` (``ground.ground_lengths``:
+    geodesic metres for a geographic CRS or a Mercator, the CRS's units in metres otherwise;
+    without a CRS, metres by the ``pixel_size_m`` tag predict writes for a declared
+    ``--pixel-size``, else the transform's units). Dead-end branches shorter than
+    ``min_spur_m`` are pruned and lines simplified by ``simplify_m``, both in metres on the
+    ground, so the result does not depend on the pixel size (a raster without CRS or
+    declared size: pixels). The layer's default QGIS style is stored in the GeoPackage
+    (``styles.add_roads_style``). Written to a temporary file and renamed.
     """
     import geopandas as gpd
     import pyproj
-    import shapely
     from shapely import affinity
 
     from pipeline import raster
+    from pipeline.ground import ground_lengths
 
     out_path = Path(out_path)
     refuse_existing(out_path, overwrite)
     info = raster.raster_info(prob_path)
-    declared = raster.ground_pixel_size(info)  # no CRS: --pixel-size, else None
-    mpp = declared or 1.0  # undeclared: pixels
+    size = raster.ground_pixel_size(info)  # the CRS's on the ground, else --pixel-size's
+    mpp = size or 1.0  # neither: pixels
     lines = skeleton_lines(
         skeleton_pixels(prob_path, threshold, tile), min_spur_m / mpp, simplify_m / mpp
     )
     t = info.transform
     geoms = [affinity.affine_transform(g, [t.a, t.b, t.d, t.e, t.c, t.f]) for g in lines]
     crs = pyproj.CRS.from_user_input(info.crs.to_wkt()) if info.crs else None
-    if crs is not None and crs.is_geographic:
-        geod = crs.get_geod()
-        lengths = [abs(geod.geometry_length(g)) for g in geoms]
-    else:
-        if crs is not None:
-            factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-        else:
-            factor = raster.metres_per_unit_without_crs(info, declared)
-        lengths = [shapely.length(g) * factor for g in geoms]
+    factor = 1.0 if info.crs else raster.metres_per_unit_without_crs(info, size)
+    lengths = [length * factor for length in ground_lengths(geoms, info.crs)]
     frame = gpd.GeoDataFrame({"length_m": np.asarray(lengths, float)}, geometry=geoms, crs=crs)
     with atomic_path(out_path) as tmp, raster.quiet_without_crs(crs is not None):
         frame.to_file(tmp, layer="roads", driver="GPKG", geometry_type="LineString")

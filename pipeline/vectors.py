@@ -29,6 +29,7 @@ from pyproj import CRS
 from pipeline import osm as osm_module
 from pipeline import raster
 from pipeline.atomic import atomic_path
+from pipeline.ground import is_mercator
 
 log = logging.getLogger(__name__)
 
@@ -378,8 +379,10 @@ def _repair(gdf: gpd.GeoDataFrame, path: Path) -> gpd.GeoDataFrame:
 
 # ---------------------------------------------------------------------------------- buffering
 def _working_crs(gdf: gpd.GeoDataFrame, target: CRS) -> CRS:
-    """A projected CRS to buffer in: the target when projected, else the data's UTM zone."""
-    if target.is_projected:
+    """A CRS to buffer in whose units are ground metres: the target when projected (but not
+    a Mercator such as EPSG:3857, whose metres are 1/cos(latitude) of true ones), else the
+    data's UTM zone."""
+    if target.is_projected and not is_mercator(target):
         return target
     return CRS.from_user_input(gdf.estimate_utm_crs())
 

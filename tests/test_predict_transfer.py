@@ -6,10 +6,12 @@ training imagery (real GeoTIFFs, a real U-Net, real Dask clusters)."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pyproj
 import pytest
 from affine import Affine
 
@@ -124,6 +126,27 @@ def test_the_hint_for_a_raster_in_degrees_reprojects_to_its_utm_zone(metre_model
     info = raster.raster_info(geo)
     with pytest.warns(UserWarning, match=r"gdalwarp -t_srs EPSG:32632 -tr 1 1; the raster is in"):
         assert pixel_scale(geo, info, read_config(tmp_path / "m"), "m", resample=False) == 1.0
+
+
+def test_a_web_mercator_raster_is_read_at_its_ground_pixel_size(metre_model, tmp_path) -> None:
+    """EPSG:3857 "metres" are 1/cos(latitude) of a ground metre: at 48 N a 1.5 unit pixel is
+    1.0 m (nothing to resample for a 1 m model), a 1 unit pixel 0.67 m (resampled)."""
+    x0, y0 = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True).transform(9, 48)
+    cfg = read_config(metre_model)
+    scales = {}
+    for unit in (1.5, 1.0):
+        merc = write_raster(
+            tmp_path / f"merc{unit}.tif",
+            smooth_image(32, 32).astype(np.uint8),
+            crs="EPSG:3857",
+            transform=Affine(unit, 0, x0, 0, -unit, y0),
+        )
+        scales[unit] = pixel_scale(merc, raster.raster_info(merc), cfg, "m")
+    assert scales[1.5] == 1.0
+    assert scales[1.0] == pytest.approx(math.cos(math.radians(48)), rel=0.01)
+    # without resampling, the hint warps to UTM in metres: -tr in Mercator units would be 1.49
+    with pytest.warns(UserWarning, match=r"-t_srs EPSG:32632 -tr 1 1; the raster is in Mercator"):
+        pixel_scale(merc, raster.raster_info(merc), cfg, "m", resample=False)
 
 
 def _with(folder: Path, dest: Path, **fields) -> Path:

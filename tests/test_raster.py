@@ -4,10 +4,12 @@ reader is never checked against its own module's writer alone."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
 import numpy as np
+import pyproj
 import pytest
 import rasterio
 import shapely
@@ -58,9 +60,28 @@ def test_pixel_size_in_metres_for_geographic_and_missing_crs(tmp_path):
     geo = write_raster(
         tmp_path / "geo.tif", img, crs="EPSG:4326", transform=Affine(1e-5, 0, 7, 0, -1e-5, 47)
     )
-    assert raster.raster_info(geo).metres_per_pixel == pytest.approx(1.1132)
+    # measured on the ellipsoid at the centre: 1.112 m north-south but 0.760 m east-west at 47 N,
+    # the side of a square of the same area (not 111,320 m per degree of either)
+    geod = pyproj.Geod(ellps="WGS84")
+    down = geod.inv(7.00004, 46.99996, 7.00004, 46.99995)[2]
+    across = geod.inv(7.00004, 46.99996, 7.00005, 46.99996)[2]
+    assert (down, across) == (pytest.approx(1.1117, abs=1e-3), pytest.approx(0.7600, abs=1e-3))
+    assert raster.raster_info(geo).metres_per_pixel == pytest.approx(math.sqrt(down * across))
     bare = write_raster(tmp_path / "bare.tif", img, crs=None)
     assert raster.raster_info(bare).metres_per_pixel is None
+
+
+def test_web_mercator_pixels_are_measured_on_the_ground(tmp_path):
+    """An EPSG:3857 export (a web map's tiles, QGIS's XYZ layers) in 1.5 "metre" pixels at
+    48 N: the projection's metres are 1/cos(48) of a ground metre, so the pixels are 1.0 m."""
+    x0, y0 = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True).transform(7, 48)
+    merc = write_raster(
+        tmp_path / "merc.tif",
+        np.ones((1, 8, 8), np.uint8),
+        crs="EPSG:3857",
+        transform=Affine(1.5, 0, x0, 0, -1.5, y0),
+    )
+    assert raster.raster_info(merc).metres_per_pixel == pytest.approx(1.0, abs=0.01)
 
 
 def test_an_alpha_band_that_holds_a_mask_is_the_mask_not_data(tmp_path):

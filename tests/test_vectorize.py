@@ -6,6 +6,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pyproj
 import pytest
 import rasterio
 from affine import Affine
@@ -155,6 +156,22 @@ def test_geographic_crs_lengths_are_geodesic_metres(tmp_path: Path) -> None:
     roads = gpd.read_file(out, layer="roads")
     assert len(roads) == 1
     assert roads["length_m"].iloc[0] == pytest.approx(178 * 1.1132, rel=0.03)
+
+
+def test_web_mercator_lengths_and_spurs_are_ground_metres(tmp_path: Path) -> None:
+    """EPSG:3857 at 60 N: a "metre" of the projection is half a metre on the ground. Lengths
+    are measured on the ellipsoid and the spur length is in ground metres (the cross's short
+    arm, 40 px, is 10 m on the ground and 20 in the projection's units: pruned at 15 m)."""
+    to_merc = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
+    x0, y0 = to_merc.transform(10.0, 60.0)
+    src = _write_prob(tmp_path / "m.tif", _cross(), "EPSG:3857", Affine(0.5, 0, x0, 0, -0.5, y0))
+    out = vectorize_raster(src, tmp_path / "m.gpkg", threshold=0.5, min_spur_m=5)
+    roads = gpd.read_file(out, layer="roads")
+    assert len(roads) == 4
+    assert roads["length_m"].sum() == pytest.approx(0.5 * roads.length.sum(), rel=0.01)
+    assert roads["length_m"].sum() == pytest.approx(2 * 180 * 0.25, rel=0.06)
+    pruned = vectorize_raster(src, tmp_path / "p.gpkg", threshold=0.5, min_spur_m=15)
+    assert len(gpd.read_file(pruned, layer="roads")) < 4
 
 
 def test_no_roads_gives_an_empty_layer(tmp_path: Path) -> None:

@@ -102,6 +102,21 @@ def test_geographic_image_crs_buffers_in_the_local_utm_zone(tmp_path):
     assert 5 <= across.min() and across.max() <= 7, across
 
 
+def test_web_mercator_image_crs_buffers_in_ground_metres(tmp_path):
+    """An image in EPSG:3857 at 60 N, where a unit of the projection is half a metre: a 6 m
+    road burns 12 of its 1-unit pixels across, not 6."""
+    path = tmp_path / "ns.gpkg"
+    line = LineString([(10.0, 60.0), (10.0, 60.001)])  # runs north-south for ~110 m
+    gpd.GeoDataFrame({"width_m": [6.0]}, geometry=[line], crs=4326).to_file(path)
+    x0, y0 = gpd.GeoSeries([shapely.Point(10.0, 60.001)], crs=4326).to_crs(3857).iloc[0].coords[0]
+    grid = Affine(1.0, 0.0, x0 - 50, 0.0, -1.0, y0)
+    polys = load_road_polygons(
+        path, "EPSG:3857", width_attribute="width_m", default_half_width_m=2.0
+    )
+    across = burn_mask(polys, grid, (200, 100))[40:160].sum(axis=1)
+    assert 11 <= across.min() and across.max() <= 13, across
+
+
 def test_invalid_geometry_is_repaired_and_reported(tmp_path, caplog):
     bowtie = Polygon([(X0, Y0), (X0 + 10, Y0 - 10), (X0 + 10, Y0), (X0, Y0 - 10)])
     path = tmp_path / "bad_geom.gpkg"
