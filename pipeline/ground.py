@@ -78,6 +78,33 @@ def pixel_size_m(crs: Any, transform: Affine, width: int, height: int) -> float:
     return math.sqrt(down * across)
 
 
+def stretch(crs: Any, transform: Affine, width: int, height: int) -> float:
+    """How much taller than wide (or wider than tall) a pixel is on the ground (>= 1): 1 in a
+    projected CRS with square pixels, 1/cos(latitude) for square-degree pixels."""
+    down, across = pixel_metres(crs, transform, width, height)
+    return max(down, across) / min(down, across)
+
+
+def square_pixel_advice(
+    crs: Any, transform: Affine, width: int, height: int, tolerance: float = 1.25
+) -> str | None:
+    """None for pixels square on the ground within ``tolerance`` (a ratio); else what is wrong
+    and the gdalwarp command to square pixels in the raster's UTM zone. Square-degree pixels
+    away from the equator are not square: an EPSG:4326 export at 50 N has pixels 1.56x as
+    tall as wide, and a model reads them as square."""
+    grid = (crs, transform, width, height)
+    if stretch(*grid) <= tolerance:
+        return None
+    down, across = pixel_metres(*grid)
+    size = pixel_size_m(*grid)
+    return (
+        f"pixels are {across:.3g} m wide and {down:.3g} m tall on the ground, read as square: "
+        "roads running one way look narrower than roads running the other; warp it to square "
+        f"pixels first (gdalwarp -t_srs EPSG:{utm_epsg(*centre_lonlat(*grid))} -tr {size:.3g} "
+        f"{size:.3g} -r bilinear)"
+    )
+
+
 def centre_lonlat(crs: Any, transform: Affine, width: int, height: int) -> tuple[float, float]:
     """(longitude, latitude) of the raster's centre."""
     x, y = transform * (width / 2, height / 2)

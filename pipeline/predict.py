@@ -176,6 +176,8 @@ def pixel_scale(
     unknown; else ``mpp / gsd_m`` with ``resample``, and 1.0 with a warning (and a resampling
     command that fits the raster's CRS) without."""
     mpp = raster_pixel_size(image, info, pixel_size_m)
+    if info.crs is not None:
+        _warn_if_stretched(image, info, tolerance)
     if not config.gsd_m or not mpp or 1 / tolerance <= mpp / config.gsd_m <= tolerance:
         return 1.0
     if resample:
@@ -195,6 +197,15 @@ def pixel_scale(
         stacklevel=3,
     )
     return 1.0
+
+
+def _warn_if_stretched(image: Path, info: raster.RasterInfo, tolerance: float) -> None:
+    """Warn when the raster's pixels are far from square on the ground (``ground.square_pixel_advice``)."""
+    advice = ground.square_pixel_advice(
+        info.crs, info.transform, info.width, info.height, tolerance
+    )
+    if advice:
+        warnings.warn(f"{image}: {advice}", stacklevel=4)
 
 
 def _resample_hint(info: raster.RasterInfo, gsd: float, mpp: float | None = None) -> str:

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from affine import Affine
 
-from pipeline import raster
+from pipeline import ground, raster
 from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.chip_format import (
     INDEX_FILE,
@@ -97,6 +97,7 @@ def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
             raise TilingError(
                 f"{scene.image}: image has no CRS; georeference it (gdal_edit.py -a_srs) first"
             )
+        _warn_if_stretched(scene.image, info)
         if not scene.transfer:
             if chipped and info.dtype != chipped[0].dtype:
                 raise TilingError(
@@ -157,6 +158,14 @@ def grid_difference(label: raster.RasterInfo, image: raster.RasterInfo) -> str:
     if not parts:  # rotation or shear terms
         parts.append(f"transform {tuple(label.transform)[:6]} vs {tuple(image.transform)[:6]}")
     return "; ".join(parts)
+
+
+def _warn_if_stretched(image: Path, info: raster.RasterInfo) -> None:
+    """Say when a scene's pixels are far from square on the ground (square-degree pixels away
+    from the equator): its chips would teach roads narrower one way than the other."""
+    advice = ground.square_pixel_advice(info.crs, info.transform, info.width, info.height)
+    if advice:
+        log.warning("%s: %s", image, advice)
 
 
 def _same_grid(a: raster.RasterInfo, b: raster.RasterInfo) -> bool:

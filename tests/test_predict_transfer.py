@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,9 @@ def test_the_hint_for_a_raster_in_degrees_reprojects_to_its_utm_zone(metre_model
         transform=Affine(4e-6, 0, 9.0, 0, -4e-6, 48.0),  # ~0.45 m, in zone 32 north
     )
     info = raster.raster_info(geo)
-    with pytest.warns(UserWarning, match=r"gdalwarp -t_srs EPSG:32632 -tr 1 1; the raster is in"):
+    hint = r"gdalwarp -t_srs EPSG:32632 -tr 1 1; the raster is in"
+    # at 48 N square-degree pixels are 1.49x as tall as wide: that is said too
+    with pytest.warns(UserWarning, match="read as square"), pytest.warns(UserWarning, match=hint):
         assert pixel_scale(geo, info, read_config(tmp_path / "m"), "m", resample=False) == 1.0
 
 
@@ -147,6 +150,27 @@ def test_a_web_mercator_raster_is_read_at_its_ground_pixel_size(metre_model, tmp
     # without resampling, the hint warps to UTM in metres: -tr in Mercator units would be 1.49
     with pytest.warns(UserWarning, match=r"-t_srs EPSG:32632 -tr 1 1; the raster is in Mercator"):
         pixel_scale(merc, raster.raster_info(merc), cfg, "m", resample=False)
+
+
+def test_pixels_far_from_square_are_said_with_a_warp_to_square(metre_model, tmp_path) -> None:
+    """Square-degree pixels at 60 N are twice as tall as wide on the ground; at 10 N nearly
+    square (1.02), which says nothing."""
+    cfg = read_config(metre_model)
+    for lat, expect in ((60.0, True), (10.0, False)):
+        geo = write_raster(
+            tmp_path / f"lat{lat:g}.tif",
+            smooth_image(32, 32).astype(np.uint8),
+            crs="EPSG:4326",
+            transform=Affine(1e-5, 0, 9.0, 0, -1e-5, lat),
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pixel_scale(geo, raster.raster_info(geo), cfg, "m")
+        said = [str(w.message) for w in caught if "read as square" in str(w.message)]
+        assert bool(said) == expect, said
+        if expect:
+            assert said[0].startswith(f"{geo}: pixels are 0.558 m wide and 1.11 m tall")
+            assert "gdalwarp -t_srs EPSG:32632 -tr 0.788 0.788" in said[0]
 
 
 def _with(folder: Path, dest: Path, **fields) -> Path:

@@ -239,6 +239,23 @@ def test_image_without_crs_is_refused_naming_the_file(tmp_path, scenes_dir):
         check_scenes(DataParams(scenes=entries, bands=BANDS))
 
 
+def test_a_scene_with_pixels_far_from_square_is_said(tmp_path, scenes_dir, caplog):
+    """Square-degree pixels at 60 N: twice as tall as wide on the ground."""
+    geo = tmp_path / "geo.tif"
+    grid = Affine(1e-5, 0, 9.0, 0, -1e-5, 60.0)
+    write_geotiff(geo, np.ones((4, 64, 64), np.uint8), crs="EPSG:4326", transform=grid)
+    write_geotiff(
+        tmp_path / "geo.labels.tif", np.zeros((64, 64), np.uint8), crs="EPSG:4326", transform=grid
+    )
+    entries = scene_entries(scenes_dir, ("s1",))
+    entries.append({"name": "geo", "image": str(geo), "labels": str(tmp_path / "geo.labels.tif")})
+    with caplog.at_level(logging.WARNING, logger="pipeline.tiling"):
+        check_scenes(DataParams(scenes=entries, bands=BANDS))
+    said = [r.getMessage() for r in caplog.records if "read as square" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"{geo}: pixels are 0.558 m wide and 1.11 m tall")
+    assert "gdalwarp -t_srs EPSG:32632 -tr 0.788 0.788" in said[0]
+
+
 def test_band_count_mismatch_is_refused(tmp_path, scenes_dir):
     three = tmp_path / "rgb.tif"
     write_geotiff(three, np.ones((3, 64, 64), np.uint8), crs=UTM, transform=REFUSED_GRID)
