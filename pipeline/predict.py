@@ -144,6 +144,11 @@ def _georeferenced(info: raster.RasterInfo) -> bool:
     return info.crs is not None or bool(info.gcps)
 
 
+def declared_pixel_size(info: raster.RasterInfo, pixel_size_m: float | None) -> float | None:
+    """The declared ``pixel_size_m`` where it is the one used: for a raster without a CRS."""
+    return pixel_size_m if info.metres_per_pixel is None and pixel_size_m else None
+
+
 def raster_pixel_size(
     image: Path, info: raster.RasterInfo, pixel_size_m: float | None
 ) -> float | None:
@@ -152,7 +157,7 @@ def raster_pixel_size(
     not used, with a warning."""
     mpp = info.metres_per_pixel
     if mpp is None:  # no CRS (or only ground control points): the declared size, if any
-        return pixel_size_m
+        return declared_pixel_size(info, pixel_size_m)
     if pixel_size_m and not 0.99 <= mpp / pixel_size_m <= 1.01:
         warnings.warn(
             f"{image}: georeferenced, with {mpp:.3g} m pixels: --pixel-size {pixel_size_m:g} "
@@ -564,8 +569,8 @@ def plan_run(
     grid = raster_grid(info, options.window, options.overlap, scale)
     encoding = OutputEncoding.of(options.dtype)
     tags.update(_run_tags(options, band_plan, scale, encoding))
-    if info.metres_per_pixel is None and options.pixel_size_m:
-        tags["pixel_size_m"] = f"{options.pixel_size_m:g}"  # `pipeline network` measures by it
+    if declared := declared_pixel_size(info, options.pixel_size_m):
+        tags["pixel_size_m"] = f"{declared:g}"  # `pipeline network` measures by it
     model_dir = str(folder.resolve())
     link = parallel.dashboard_link(client)
     if options.progress and link:
