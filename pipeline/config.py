@@ -559,6 +559,18 @@ class TileParams(_Section):
     )
     split: SplitParams = Field(default_factory=SplitParams, description="Spatial split")
     workers: int = Field(2, ge=1, description="Dask workers for tiling")
+    pixel_size_m: float | None = Field(
+        None,
+        gt=0,
+        description="The model's pixel size in metres: scenes whose pixels differ from it by "
+        "more than 1.25x are chipped resampled to it (with resample); null: the median of the "
+        "train and validation scenes' pixel sizes",
+    )
+    resample: bool = Field(
+        True,
+        description="Chip every scene at one pixel size (pixel_size_m), as predict reads rasters "
+        "at the model's; false: each scene at its own, the model's pixel size their median",
+    )
 
     @field_validator("chip_size")
     @classmethod
@@ -566,6 +578,15 @@ class TileParams(_Section):
         if v % 32:
             raise ValueError(f"chip_size must be a multiple of 32 (U-Net depth 5), got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _size_needs_resampling(self) -> TileParams:
+        if self.pixel_size_m is not None and not self.resample:
+            raise ValueError(
+                "pixel_size_m is the size scenes are resampled to: it needs resample: true "
+                "(with resample: false the model's pixel size is the scenes' median)"
+            )
+        return self
 
     @property
     def index_path(self) -> Path:

@@ -643,6 +643,65 @@ def write_vrt(
     return write_text_atomic(path, ET.tostring(root, encoding="unicode"))
 
 
+ResampleKind = Literal["image", "labels", "classes"]
+
+
+def write_resampled_vrt(
+    source: str | Path, path: str | Path, factor: float, kind: ResampleKind
+) -> Path:
+    """A GDAL warped VRT of ``source`` in its own CRS with pixels ``factor`` times as large
+    (the extent kept, the size rounded), referring to ``source`` by absolute path. Imagery is
+    area-averaged down and bilinear up, as predict resamples windows; labels (road = 1) are
+    averaged down (a pixel is road where most of it is) and nearest up; class rasters take
+    the most frequent class down, nearest up. Nodata, masks and band names carry over.
+    Written atomically."""
+    from rasterio.enums import Resampling
+    from rasterio.shutil import copy as gdal_copy
+    from rasterio.vrt import WarpedVRT
+
+    down = factor > 1
+    resampling = {
+        "image": Resampling.average if down else Resampling.bilinear,
+        "labels": Resampling.average if down else Resampling.nearest,
+        "classes": Resampling.mode if down else Resampling.nearest,
+    }[kind]
+    with _open(Path(source).resolve()) as src:
+        width, height = max(1, round(src.width / factor)), max(1, round(src.height / factor))
+        transform = src.transform * Affine.scale(src.width / width, src.height / height)
+        # validity from an alpha band or a per-dataset mask is warped into an alpha band
+        alphas = [i + 1 for i, ci in enumerate(src.colorinterp) if ci == ColorInterp.alpha]
+        masked = src.nodata is None and (
+            bool(alphas) or MaskFlags.per_dataset in src.mask_flag_enums[0]
+        )
+        with (
+            WarpedVRT(
+                src,
+                crs=src.crs,
+                transform=transform,
+                width=width,
+                height=height,
+                resampling=resampling,
+                add_alpha=masked and not alphas,
+                src_alpha=alphas[0] if alphas else 0,
+            ) as vrt,  # fmt: skip
+            atomic_path(path) as tmp,
+        ):
+            gdal_copy(vrt, tmp, driver="VRT")
+            if masked:  # GDAL writes the added alpha band without saying it is alpha
+                _mark_last_band_alpha(tmp)
+    return Path(path)
+
+
+def _mark_last_band_alpha(vrt: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    tree = ET.parse(vrt)
+    last = tree.getroot().findall("VRTRasterBand")[-1]
+    interp = last.find("ColorInterp")
+    (ET.SubElement(last, "ColorInterp") if interp is None else interp).text = "Alpha"
+    tree.write(vrt, encoding="unicode")
+
+
 def read_all(path: str | Path) -> np.ndarray:
     """Every band of a raster, (C, H, W) in its dtype (one tile of a tile set at a time)."""
     with warnings.catch_warnings():

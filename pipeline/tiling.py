@@ -540,6 +540,8 @@ class _TileInputs:
     band_plans: dict[str, raster.BandPlan]
     # each scene's own band range, for models trained with normalisation: percentile
     percentiles: dict[str, list[tuple[float, float]]]
+    gsd_m: float  # the model's pixel size: the chips'
+    resampled: dict[str, float]  # {scene: its own pixel size} of scenes chipped at gsd_m
 
 
 def _prepare_inputs(
@@ -552,6 +554,12 @@ def _prepare_inputs(
         data, Path(tile.out_dir) / tilesets.PREPARED_DIR, workers=workers, progress=progress
     )
     infos = check_scenes(data)
+    gsd = tile.pixel_size_m or _median_gsd(data, infos)
+    resampled: dict[str, float] = {}
+    if tile.resample:
+        data, infos, resampled = resample_scenes(
+            data, infos, gsd, Path(tile.out_dir) / RESAMPLED_DIR
+        )
     band_plans = {s.name: scene_band_plan(s, data) for s in data.scenes}
     for bp in band_plans.values():
         if bp.note:
@@ -561,7 +569,37 @@ def _prepare_inputs(
         for s in data.scenes
         if not s.transfer
     }
-    return _TileInputs(data, tileset_summaries, infos, band_plans, percentiles)
+    return _TileInputs(data, tileset_summaries, infos, band_plans, percentiles, gsd, resampled)
+
+
+RESAMPLED_DIR = "resampled"  # under tile.out_dir: VRTs of scenes chipped at the model's size
+GSD_TOLERANCE = 1.25  # as predict's: pixel sizes within this ratio are read as they are
+
+
+def resample_scenes(
+    data: DataParams, infos: dict[str, raster.RasterInfo], gsd_m: float, folder: Path
+) -> tuple[DataParams, dict[str, raster.RasterInfo], dict[str, float]]:
+    """The scenes with every chipped one whose pixel size differs from ``gsd_m`` by more than
+    ``GSD_TOLERANCE`` replaced by warped VRTs at ``gsd_m`` in ``folder`` (image, label raster
+    and land cover; vectors are burned on the new grid), so chips of sources at 0.3 m and 1 m
+    teach one scale, the one predict resamples rasters to; and {scene: its own pixel size} of
+    those. Transfer scenes are left as they are: evaluate predicts them as predict would."""
+    scenes, infos, resampled = list(data.scenes), dict(infos), {}
+    for k, scene in enumerate(scenes):
+        own = metres_per_pixel(infos[scene.name])
+        if scene.transfer or 1 / GSD_TOLERANCE <= gsd_m / own <= GSD_TOLERANCE:
+            continue
+        update = {}
+        for name, kind in (("image", "image"), ("labels", "labels"), ("landcover", "classes")):
+            if getattr(scene, name) is not None:
+                update[name] = raster.write_resampled_vrt(
+                    getattr(scene, name), folder / f"{scene.name}.{name}.vrt", gsd_m / own, kind
+                )
+        log.info("tile: %s: %.3g m pixels, chipped resampled to %.3g m", scene.name, own, gsd_m)
+        scenes[k] = scene.model_copy(update=update)
+        infos[scene.name] = raster.raster_info(update["image"])
+        resampled[scene.name] = round(own, 4)
+    return data.model_copy(update={"scenes": scenes}), infos, resampled
 
 
 def _tile_scenes(
@@ -709,7 +747,8 @@ def run_tile(
     stats = dict(
         bands=list(inputs.data.bands),
         dtype=first.dtype,
-        gsd_m=_median_gsd(inputs.data, infos),
+        gsd_m=inputs.gsd_m,
+        resampled=inputs.resampled,
         mean=[float(m) for m in mean],
         std=[float(s) for s in std],
         percentiles={name: [list(p) for p in bands] for name, bands in inputs.percentiles.items()},

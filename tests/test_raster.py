@@ -241,3 +241,24 @@ def test_burn_geometries_follows_the_pixel_centre_rule():
     assert (raster.burn_geometries([], transform, (4, 6), fill=2) == 2).all()
     with pytest.raises(ValueError, match="2 geometries but 1 values"):
         raster.burn_geometries([square, line], transform, (10, 10), values=[1])
+
+
+def test_a_resampled_vrt_keeps_the_extent_the_mask_and_the_band_names(tmp_path):
+    """0.5 m RGB with alpha to 1 m: block means, the alpha as the mask, the extent kept."""
+    rgb = np.random.default_rng(0).integers(1, 255, (3, 80, 100)).astype(np.uint8)
+    alpha = np.full((1, 80, 100), 255, np.uint8)
+    alpha[0, :20, :20] = 0
+    grid = Affine(0.5, 0, 500000, 0, -0.5, 5400000)
+    src = tmp_path / "rgba.tif"
+    profile = dict(driver="GTiff", width=100, height=80, count=4, dtype="uint8", crs=CRS)
+    with rasterio.open(src, "w", **profile, transform=grid, photometric="RGB", alpha="YES") as ds:
+        ds.write(np.concatenate([rgb, alpha]))
+    vrt = raster.write_resampled_vrt(src, tmp_path / "r.vrt", 2.0, "image")
+    info = raster.raster_info(vrt)
+    assert (info.width, info.height, info.count, info.res) == (50, 40, 3, (1.0, 1.0))
+    assert info.bounds == raster.raster_info(src).bounds and info.has_mask
+    with raster.open_reader(vrt) as reader:
+        image, valid = raster.read_window(reader, 0, 0, 50, 40)
+    assert not valid[:10, :10].any() and valid[10:, :].all() and valid[:, 10:].all()
+    means = rgb.reshape(3, 40, 2, 50, 2).astype(float).mean(axis=(2, 4))
+    assert np.abs(image[:, 10:, 10:].astype(float) - means[:, 10:, 10:]).max() <= 1

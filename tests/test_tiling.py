@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import re
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -290,3 +291,57 @@ def test_label_raster_on_another_grid_is_refused(tmp_path):
     entry = {"name": "x", "image": scene["image"], "labels": str(shifted)}
     with pytest.raises(TilingError, match="shifted.tif: label raster is on another grid"):
         check_scenes(DataParams(scenes=[entry], bands=BANDS))
+
+
+def _finer_copy(scene: dict, folder: Path, name: str) -> dict:
+    """``scene`` (1 m) at 0.5 m: every pixel of image, labels and land cover as 2 x 2."""
+    fine = {"name": name}
+    for key in ("image", "labels", "landcover"):
+        with rasterio.open(scene[key]) as src:
+            data, t, crs, nodata = src.read(), src.transform, src.crs, src.nodata
+            descriptions = list(src.descriptions) if key == "image" else None
+        data = np.kron(data, np.ones((1, 2, 2), data.dtype))
+        grid = Affine(t.a / 2, 0, t.c, 0, t.e / 2, t.f)
+        fine[key] = folder / f"{name}.{key}.tif"
+        write_geotiff(
+            fine[key], data, crs=crs, transform=grid, nodata=nodata, band_descriptions=descriptions
+        )
+    return fine
+
+
+def test_scenes_at_another_pixel_size_are_chipped_at_the_models(tmp_path):
+    """A 0.5 m copy of a 1 m scene beside two 1 m scenes is chipped resampled to 1 m (the
+    median): the same chips as its 1 m original, and stats.json says so; with `resample:
+    false` it is chipped at 0.5 m, four times the chips."""
+    a = make_scene(tmp_path, "a", seed=1)
+    b = make_scene(tmp_path, "b", seed=2, origin=(501000.0, 5400000.0))
+    fine = _finer_copy(a, tmp_path, "fine")
+    scenes = [{**s, "split": "train"} for s in (a, b, fine)]
+    data = DataParams(scenes=scenes, bands=BANDS)
+    stats = run_tile(data, _tile(tmp_path / "on"), workers=1, progress=False)
+    assert stats["gsd_m"] == 1.0 and stats["resampled"] == {"fine": 0.5}
+    chips = tmp_path / "on"
+    for kind in ("images", "masks"):
+        np.testing.assert_array_equal(
+            np.load(chips / f"fine.{kind}.npy"), np.load(chips / f"a.{kind}.npy")
+        )
+    off = run_tile(data, _tile(tmp_path / "off", resample=False), workers=1, progress=False)
+    assert off["gsd_m"] == 1.0 and off["resampled"] == {}
+    n = len(np.load(chips / "a.masks.npy"))
+    assert n == 49  # 256 px at 64 px chips, a 32 px stride
+    assert len(np.load(tmp_path / "off" / "fine.masks.npy")) > 3 * n
+
+
+def test_a_declared_pixel_size_resamples_every_scene_to_it(tmp_path):
+    a = make_scene(tmp_path, "a", seed=1)
+    stats = run_tile(
+        DataParams(scenes=[{**a, "split": "train"}], bands=BANDS),
+        _tile(tmp_path / "chips", pixel_size_m=2.0),
+        workers=1,
+        progress=False,
+    )
+    assert stats["gsd_m"] == 2.0 and stats["resampled"] == {"a": 1.0}
+    with rasterio.open(tmp_path / "chips" / "resampled" / "a.image.vrt") as vrt:
+        assert (vrt.width, vrt.height, vrt.res) == (128, 128, (2.0, 2.0))
+    with pytest.raises(ValueError, match="pixel_size_m is the size scenes are resampled to"):
+        TileParams(out_dir=tmp_path, pixel_size_m=2.0, resample=False)
