@@ -548,7 +548,7 @@ def transfer_metrics(
             **_mean_network_scores([(networks or {}).get(s.name, {}) for s in scenes]),
             "source_best_threshold": best,
             "scenes": len(scenes),
-            "pixel_size_m": _pixel_width_m(scenes),
+            "pixel_size_m": _pixel_size_m(scenes),
         }
     return out
 
@@ -559,12 +559,10 @@ def _mean_network_scores(scores: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([s[k] for s in scored])) for k in (scored[0] if scored else {})}
 
 
-def _pixel_width_m(scenes: list[SceneSource]) -> float:
-    """The scenes' median pixel width on the ground in metres (geodesic for a geographic CRS,
-    where a degree of longitude is shorter than one of latitude)."""
-    from pipeline.network import metres_per_pixel
-
-    return float(np.median([metres_per_pixel(raster.raster_info(s.image))[1] for s in scenes]))
+def _pixel_size_m(scenes: list[SceneSource]) -> float:
+    """The scenes' median pixel size on the ground in metres, as predict reads it
+    (``ground.pixel_size_m``: measured on the ellipsoid for degrees and Mercators)."""
+    return float(np.median([raster.raster_info(s.image).metres_per_pixel for s in scenes]))
 
 
 def _add_class_recall(result: dict[str, Any], scores: dict[str, SceneScore]) -> None:
