@@ -206,22 +206,39 @@ def extend_ends(
     centreline about half a road width short of where the road ends (the raster's edge, the
     edge of the data, a cul-de-sac).
 
-    The points ahead of every end are sampled in one call; an end whose edge an earlier
-    extension replaced (both ends of one short edge) is planned and sampled again."""
+    The points ahead of every end are sampled in one call; the ends whose edge an earlier
+    extension replaced (both ends of one short edge) are planned and sampled again, together,
+    once the others are done (only the edge's two ends touch it, so the order is the same
+    network's)."""
     ends = sorted(n for n in graph.nodes if graph.degree(n) == 1)
+    while ends:
+        ends = _extend_ends_once(graph, ends, scale, max_m, threshold, sample)
+
+
+def _extend_ends_once(
+    graph: nx.MultiGraph,
+    ends: list[Node],
+    scale: tuple[float, float],
+    max_m: float,
+    threshold: float,
+    sample: Sampler,
+) -> list[Node]:
+    """Extend ``ends`` from one sampling of all their plans; return the ends whose plan an
+    extension of another end made stale."""
     plans = [_extension(graph, end, scale, max_m) for end in ends]
     ahead = [plan.ahead for plan in plans if plan.ahead is not None]
     sampled = sample(np.rint(np.vstack(ahead))) if ahead else np.zeros(0, np.float32)
     values = iter(np.split(sampled, np.cumsum([len(a) for a in ahead])[:-1]) if ahead else [])
+    stale = []
     for end, plan in zip(ends, plans, strict=True):
         planned = next(values) if plan.ahead is not None else None
         if not (end in graph and graph.degree(end) == 1):
             continue
         if graph.get_edge_data(plan.other, end, plan.key) is not plan.data:
-            plan = _extension(graph, end, scale, max_m)
-            planned = sample(np.rint(plan.ahead)) if plan.ahead is not None else None
-        if planned is not None:
+            stale.append(end)
+        elif planned is not None:
             _extend(graph, end, plan, np.nan_to_num(planned, nan=-1.0), threshold)
+    return stale
 
 
 @dataclass(frozen=True)
@@ -420,7 +437,10 @@ def _candidates(
     near, gap, k = near[gap > 0], gap[gap > 0], k[gap > 0]
     edge = vx.owner[near]
     # network distance from each end to both ends of each edge it might bridge to
-    pairs, which = np.unique(np.stack([k, edge], axis=1), axis=0, return_inverse=True)
+    # one int64 key per (end, edge): sorting it is the pairs' lexicographic order, far cheaper
+    # than np.unique(axis=0) over rows
+    keys, which = np.unique(k * len(vx.edges) + edge, return_inverse=True)
+    pairs = np.stack(np.divmod(keys, len(vx.edges)), axis=1)
     to_first, to_last = np.full(len(pairs), np.inf), np.full(len(pairs), np.inf)
     cutoff = settings.bridge_min_detour * settings.bridge_max_m
     searched, reach = -1, {}
