@@ -420,3 +420,36 @@ def test_a_block_keeps_the_steps_it_owns_as_a_per_path_walk_would():
     assert len(expected) > 5 and len(got) == len(expected)
     for (gp, gq), (ep, eq) in zip(got, expected, strict=True):
         assert (gp == ep).all() and (gq == eq).all()
+
+
+def test_dead_ends_are_carried_on_while_the_road_goes_on():
+    """A 20 m piece of a road that runs on both ways (probability 0.9 from column 10 to 90 of
+    row 50): each end is carried on along its direction, at most 30 m, the second end once the
+    first one's extension has replaced the edge they share; a T's spur stops where its road
+    does."""
+    import networkx as nx
+
+    from pipeline.network_repair import add_edge, extend_ends
+
+    def sample(points: np.ndarray) -> np.ndarray:
+        r, c = points[:, 0], points[:, 1]
+        road = ((r == 50) & (c >= 10) & (c <= 90)) | ((c == 150) & (r >= 20) & (r <= 62))
+        return np.where(road, 0.9, 0.05).astype(np.float32)
+
+    graph = nx.MultiGraph()
+    line = np.array([(50.0, c) for c in range(40, 61)])
+    add_edge(graph, (50.0, 40.0), (50.0, 60.0), line, np.full(len(line), 0.9, np.float32))
+    # a T: a spur from (30, 150) down to a road along row 30, ending at row 40
+    spur = np.array([(r, 150.0) for r in range(30, 41)])
+    add_edge(graph, (30.0, 150.0), (40.0, 150.0), spur, np.full(len(spur), 0.9, np.float32))
+    cross = np.array([(30.0, c) for c in range(120, 181)])
+    mid = len(cross) // 2
+    add_edge(graph, (30.0, 120.0), (30.0, 150.0), cross[: mid + 1], np.ones(mid + 1, np.float32))
+    add_edge(
+        graph, (30.0, 150.0), (30.0, 180.0), cross[mid:], np.ones(len(cross) - mid, np.float32)
+    )
+    extend_ends(graph, (1.0, 1.0), max_m=30.0, threshold=0.5, sample=sample)
+    ends = sorted(n for n in graph.nodes if graph.degree(n) == 1)
+    assert (50.0, 10.0) in ends and (50.0, 90.0) in ends  # 30 m each way, to where it stops
+    assert (62.0, 150.0) in ends  # the spur on to row 62, where the probability drops
+    assert graph.number_of_edges() == 4
