@@ -37,7 +37,17 @@ def score(model: Path, tiles: list[Path], extra: list[str], folder: Path) -> tup
     sweep = ThresholdSweep(DEFAULT_THRESHOLDS, rho=3)
     for tile in tiles:
         out = folder / f"{tile.stem}.tif"
-        cmd = [PIPELINE, "predict", str(tile), "-o", str(out), "--model", str(model), "-q"]
+        cmd = [
+            PIPELINE,
+            "predict",
+            str(tile),
+            "-o",
+            str(out),
+            "--model",
+            str(model),
+            "-q",
+            "--no-tta",
+        ]
         subprocess.run([*cmd, "--overwrite", *extra], check=True, capture_output=True)
         with rasterio.open(out) as ds:
             prob = ds.read(1).astype(np.float32) / 254

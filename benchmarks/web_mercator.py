@@ -107,7 +107,17 @@ def score(model: Path, cases: list[tuple[Path, np.ndarray]], folder: Path) -> tu
     sweep = ThresholdSweep(DEFAULT_THRESHOLDS, rho=3)
     for raster_path, truth in cases:
         out = folder / f"{raster_path.stem}.prob.tif"
-        cmd = [PIPELINE, "predict", str(raster_path), "-o", str(out), "--model", str(model), "-q"]
+        cmd = [
+            PIPELINE,
+            "predict",
+            str(raster_path),
+            "-o",
+            str(out),
+            "--model",
+            str(model),
+            "-q",
+            "--no-tta",
+        ]
         subprocess.run([*cmd, "--overwrite"], check=True, capture_output=True)
         with rasterio.open(out) as ds:
             raw = ds.read(1)
