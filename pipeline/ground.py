@@ -18,6 +18,10 @@ import pyproj
 import shapely
 from affine import Affine
 
+# pixel sizes within this ratio of each other are read as they are: a raster of the model's
+# (predict), a training scene of the chips' (tile), a pixel's height of its width
+GSD_TOLERANCE = 1.25
+
 
 def is_mercator(crs: Any) -> bool:
     """A (non-transverse) Mercator projection, such as the web's EPSG:3857: its metres are
@@ -86,7 +90,7 @@ def stretch(crs: Any, transform: Affine, width: int, height: int) -> float:
 
 
 def square_pixel_advice(
-    crs: Any, transform: Affine, width: int, height: int, tolerance: float = 1.25
+    crs: Any, transform: Affine, width: int, height: int, tolerance: float = GSD_TOLERANCE
 ) -> str | None:
     """None for pixels square on the ground within ``tolerance`` (a ratio); else what is wrong
     and the gdalwarp command to square pixels in the raster's UTM zone. Square-degree pixels

@@ -50,9 +50,6 @@ from pipeline.windows import UNET_MULTIPLE, WindowGrid, WindowGroup, window_grou
 log = logging.getLogger(__name__)
 
 BAND_DESCRIPTION = "road_probability"
-# resample (or, with resample off, warn) when the raster's pixel size differs from the model's
-# by more than this factor
-GSD_TOLERANCE = 1.25
 
 
 @dataclass(frozen=True)
@@ -173,7 +170,7 @@ def pixel_scale(
     config: ModelConfig,
     model_ref: str,
     resample: bool = True,
-    tolerance: float = GSD_TOLERANCE,
+    tolerance: float = ground.GSD_TOLERANCE,
     pixel_size_m: float | None = None,
 ) -> float:
     """Model pixels per raster pixel: 1.0 when the raster's pixel size (its CRS's, else the

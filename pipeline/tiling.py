@@ -573,21 +573,21 @@ def _prepare_inputs(
 
 
 RESAMPLED_DIR = "resampled"  # under tile.out_dir: VRTs of scenes chipped at the model's size
-GSD_TOLERANCE = 1.25  # as predict's: pixel sizes within this ratio are read as they are
 
 
 def resample_scenes(
     data: DataParams, infos: dict[str, raster.RasterInfo], gsd_m: float, folder: Path
 ) -> tuple[DataParams, dict[str, raster.RasterInfo], dict[str, float]]:
     """The scenes with every chipped one whose pixel size differs from ``gsd_m`` by more than
-    ``GSD_TOLERANCE`` replaced by warped VRTs at ``gsd_m`` in ``folder`` (image, label raster
-    and land cover; vectors are burned on the new grid), so chips of sources at 0.3 m and 1 m
-    teach one scale, the one predict resamples rasters to; and {scene: its own pixel size} of
-    those. Transfer scenes are left as they are: evaluate predicts them as predict would."""
+    ``ground.GSD_TOLERANCE`` replaced by warped VRTs at ``gsd_m`` in ``folder`` (image, label
+    raster and land cover; vectors are burned on the new grid), so chips of sources at 0.3 m
+    and 1 m teach one scale, the one predict resamples rasters to; and {scene: its own pixel
+    size} of those. Transfer scenes are left as they are: evaluate predicts them as predict
+    would."""
     scenes, infos, resampled = list(data.scenes), dict(infos), {}
     for k, scene in enumerate(scenes):
         own = metres_per_pixel(infos[scene.name])
-        if scene.transfer or 1 / GSD_TOLERANCE <= gsd_m / own <= GSD_TOLERANCE:
+        if scene.transfer or 1 / ground.GSD_TOLERANCE <= gsd_m / own <= ground.GSD_TOLERANCE:
             continue
         update = {}
         for name, kind in (("image", "image"), ("labels", "labels"), ("landcover", "classes")):

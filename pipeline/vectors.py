@@ -29,7 +29,7 @@ from pyproj import CRS
 from pipeline import osm as osm_module
 from pipeline import raster
 from pipeline.atomic import atomic_path
-from pipeline.ground import is_mercator
+from pipeline.ground import is_mercator, metres_per_unit
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def load_road_polygons(
     else:
         half_m = _half_widths_m(gdf, width_attribute, default_half_width_m, path)
     geoms = gdf.to_crs(work).geometry.to_numpy()
-    polygons = _shifted(_to_polygons(geoms, half_m / _metres_per_unit(work)), offset_m, work)
+    polygons = _shifted(_to_polygons(geoms, half_m / metres_per_unit(work)), offset_m, work)
     out = _in_target(gdf, polygons, work, target)
     out = out[~(out.geometry.isna() | out.geometry.is_empty)].reset_index(drop=True)
     if bounds is not None:
@@ -146,7 +146,7 @@ def _shifted(geoms: np.ndarray, offset_m: tuple[float, float] | None, work: CRS)
     scene's declared ``label_offset_m``)."""
     if offset_m is None:
         return geoms
-    shift = np.asarray(offset_m, float) / _metres_per_unit(work)
+    shift = np.asarray(offset_m, float) / metres_per_unit(work)
     return shapely.transform(geoms, lambda xy: xy + shift)
 
 
@@ -385,10 +385,6 @@ def _working_crs(gdf: gpd.GeoDataFrame, target: CRS) -> CRS:
     if target.is_projected and not is_mercator(target):
         return target
     return CRS.from_user_input(gdf.estimate_utm_crs())
-
-
-def _metres_per_unit(crs: CRS) -> float:
-    return float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
 
 
 def _half_widths_m(
