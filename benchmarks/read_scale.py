@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,9 +29,9 @@ import rasterio
 from affine import Affine
 from rasterio.features import rasterize
 
-from pipeline.metrics import DEFAULT_THRESHOLDS, ThresholdSweep, relaxed_break_even
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PIPELINE = str(Path(sys.executable).parent / "pipeline")
+from benchmarks.pooled_scores import PooledScores, predict_probability  # noqa: E402
 
 
 def truth_mask(roads: Path, ds: rasterio.DatasetReader, half_width_m: float) -> np.ndarray:
@@ -60,36 +58,14 @@ def coarser_copy(image: Path, factor: float, out: Path) -> Path:
 
 def score(model: Path, cases: list[tuple[Path, Path]], factor: float, folder: Path, half: float):
     """(IoU, pixel recall, relaxed break-even) of every image read ``factor`` times coarser."""
-    threshold = json.loads((model / "model.json").read_text())["threshold"]
-    tp = fp = fn = 0
-    sweep = ThresholdSweep(DEFAULT_THRESHOLDS, rho=3)
+    scores = PooledScores(model)
     for image, roads in cases:
         copy = coarser_copy(image, factor, folder / f"{image.stem}.x{factor:g}.tif")
         out = folder / f"{image.stem}.x{factor:g}.prob.tif"
-        cmd = [
-            PIPELINE,
-            "predict",
-            str(copy),
-            "-o",
-            str(out),
-            "--model",
-            str(model),
-            "-q",
-            "--no-tta",
-        ]
-        subprocess.run([*cmd, "--overwrite"], check=True, capture_output=True)
+        prob, valid = predict_probability(copy, out, model)
         with rasterio.open(image) as ds:
-            truth = truth_mask(roads, ds, half)
-        with rasterio.open(out) as ds:
-            raw = ds.read(1)
-        valid = raw != 255
-        prob = raw.astype(np.float32) / 254
-        pred = (prob >= threshold) & valid
-        tp += int((pred & truth).sum())
-        fp += int((pred & ~truth & valid).sum())
-        fn += int((~pred & truth & valid).sum())
-        sweep.update(prob, truth, valid)
-    return tp / (tp + fp + fn), tp / (tp + fn), relaxed_break_even(sweep.compute())[0]
+            scores.add(prob, truth_mask(roads, ds, half), valid)
+    return scores.iou, scores.recall, scores.break_even
 
 
 def main() -> None:

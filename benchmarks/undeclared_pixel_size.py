@@ -15,49 +15,26 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from PIL import Image
 
-from pipeline.metrics import DEFAULT_THRESHOLDS, ThresholdSweep, relaxed_break_even
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PIPELINE = str(Path(sys.executable).parent / "pipeline")
+from benchmarks.pooled_scores import PooledScores, predict_probability  # noqa: E402
 
 
 def score(model: Path, tiles: list[Path], extra: list[str], folder: Path) -> tuple[float, float]:
     """(IoU at the model's threshold, relaxed break-even) of the tiles predicted with ``extra``."""
-    threshold = json.loads((model / "model.json").read_text())["threshold"]
-    counts = np.zeros(3)  # tp, fp, fn
-    sweep = ThresholdSweep(DEFAULT_THRESHOLDS, rho=3)
+    scores = PooledScores(model)
     for tile in tiles:
-        out = folder / f"{tile.stem}.tif"
-        cmd = [
-            PIPELINE,
-            "predict",
-            str(tile),
-            "-o",
-            str(out),
-            "--model",
-            str(model),
-            "-q",
-            "--no-tta",
-        ]
-        subprocess.run([*cmd, "--overwrite", *extra], check=True, capture_output=True)
-        with rasterio.open(out) as ds:
-            prob = ds.read(1).astype(np.float32) / 254
+        prob, valid = predict_probability(tile, folder / f"{tile.stem}.tif", model, extra)
         mask = Path(str(tile).replace("_sat.jpg", "_mask.png"))
-        truth = np.asarray(Image.open(mask).convert("L")) > 127
-        pred = prob >= threshold
-        counts += [(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()]
-        sweep.update(prob, truth, np.ones_like(truth))
-    tp, fp, fn = counts
-    return tp / (tp + fp + fn), relaxed_break_even(sweep.compute())[0]
+        scores.add(prob, np.asarray(Image.open(mask).convert("L")) > 127, valid)
+    return scores.iou, scores.break_even
 
 
 def main() -> None:

@@ -25,9 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -39,9 +37,10 @@ from PIL import Image
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.warp import calculate_default_transform, reproject
 
-from pipeline.metrics import DEFAULT_THRESHOLDS, ThresholdSweep, relaxed_break_even
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PIPELINE = str(Path(sys.executable).parent / "pipeline")
+from benchmarks.pooled_scores import PooledScores, predict_probability  # noqa: E402
+
 WEB = "EPSG:3857"
 
 
@@ -102,32 +101,12 @@ def _write(path: Path, data: np.ndarray, crs: str, transform: Affine) -> Path:
 
 def score(model: Path, cases: list[tuple[Path, np.ndarray]], folder: Path) -> tuple[float, float]:
     """(IoU at the model's threshold, relaxed break-even) of the rasters, pooled."""
-    threshold = json.loads((model / "model.json").read_text())["threshold"]
-    counts = np.zeros(3)  # tp, fp, fn
-    sweep = ThresholdSweep(DEFAULT_THRESHOLDS, rho=3)
+    scores = PooledScores(model)
     for raster_path, truth in cases:
         out = folder / f"{raster_path.stem}.prob.tif"
-        cmd = [
-            PIPELINE,
-            "predict",
-            str(raster_path),
-            "-o",
-            str(out),
-            "--model",
-            str(model),
-            "-q",
-            "--no-tta",
-        ]
-        subprocess.run([*cmd, "--overwrite"], check=True, capture_output=True)
-        with rasterio.open(out) as ds:
-            raw = ds.read(1)
-        valid = raw != 255
-        prob = raw.astype(np.float32) / 254
-        pred = (prob >= threshold) & valid
-        counts += [(pred & truth).sum(), (pred & ~truth & valid).sum(), (~pred & truth).sum()]
-        sweep.update(prob, truth, valid)
-    tp, fp, fn = counts
-    return tp / (tp + fp + fn), relaxed_break_even(sweep.compute())[0]
+        prob, valid = predict_probability(raster_path, out, model)
+        scores.add(prob, truth, valid)
+    return scores.iou, scores.break_even
 
 
 def main() -> None:

@@ -1,0 +1,60 @@
+"""What the real-imagery predict benchmarks share: `pipeline predict` run as a user runs it
+(single view, whatever the params.yaml of the folder says), and IoU, pixel recall and the
+relaxed break-even pooled over many rasters."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+from pipeline.metrics import DEFAULT_THRESHOLDS, ThresholdSweep, relaxed_break_even
+
+PIPELINE = str(Path(sys.executable).parent / "pipeline")
+
+
+def predict_probability(
+    raster: Path, out: Path, model: Path, extra: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(probability, validity) of ``raster`` on its own grid, predicted single-view by
+    ``pipeline predict`` into ``out`` with ``model`` and ``extra`` options."""
+    cmd = [PIPELINE, "predict", str(raster), "-o", str(out), "--model", str(model)]
+    cmd += ["-q", "--no-tta", "--overwrite", *(extra or [])]
+    subprocess.run(cmd, check=True, capture_output=True)
+    with rasterio.open(out) as ds:
+        raw = ds.read(1)
+    return raw.astype(np.float32) / 254, raw != 255
+
+
+class PooledScores:
+    """Pixel counts at a model's threshold and a threshold sweep, summed over rasters."""
+
+    def __init__(self, model: Path) -> None:
+        self.threshold = json.loads((model / "model.json").read_text())["threshold"]
+        self.tp = self.fp = self.fn = 0
+        self.sweep = ThresholdSweep(DEFAULT_THRESHOLDS, rho=3)
+
+    def add(self, prob: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> None:
+        """One raster's probability against its truth, over its valid pixels."""
+        pred = (prob >= self.threshold) & valid
+        self.tp += int((pred & truth).sum())
+        self.fp += int((pred & ~truth & valid).sum())
+        self.fn += int((~pred & truth & valid).sum())
+        self.sweep.update(prob, truth, valid)
+
+    @property
+    def iou(self) -> float:
+        return self.tp / (self.tp + self.fp + self.fn)
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn)
+
+    @property
+    def break_even(self) -> float:
+        """The relaxed (3 px) precision-recall break-even."""
+        return relaxed_break_even(self.sweep.compute())[0]
