@@ -58,3 +58,17 @@ class PooledScores:
     def break_even(self) -> float:
         """The relaxed (3 px) precision-recall break-even."""
         return relaxed_break_even(self.sweep.compute())[0]
+
+
+def score_rasters(
+    model: Path, cases: list[tuple[Path, np.ndarray]], folder: Path, extra: list[str] | None = None
+) -> tuple[float, float]:
+    """(IoU at the model's threshold, relaxed break-even) of rasters predicted single-view with
+    ``extra`` options into ``folder``, each against its truth (bool, on its grid), pooled."""
+    scores = PooledScores(model)
+    for k, (raster, truth) in enumerate(cases):
+        prob, valid = predict_probability(
+            raster, folder / f"{raster.stem}.{k}.prob.tif", model, extra
+        )
+        scores.add(prob, truth, valid)
+    return scores.iou, scores.break_even

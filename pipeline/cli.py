@@ -559,7 +559,8 @@ def _add_predict_run_flags(sp: argparse.ArgumentParser) -> None:
         "--no-resample",
         action="store_true",
         help="predict at the raster's own pixel size even when it differs from the model's by "
-        "more than predict.gsd_tolerance (default: resample each window to the model's)",
+        "more than predict.gsd_tolerance, or its pixels are that much taller than wide "
+        "(default: resample each window to the model's, each axis on its own scale)",
     )
     sp.add_argument(
         "--pixel-size",

@@ -563,8 +563,9 @@ class TileParams(_Section):
         None,
         gt=0,
         description="The model's pixel size in metres: scenes whose pixels differ from it by "
-        "more than 1.25x are chipped resampled to it (with resample); null: the median of the "
-        "train and validation scenes' pixel sizes",
+        "more than 1.25x (or are that much taller than wide) are chipped resampled to square "
+        "pixels of it (with resample); null: the median of the train and validation scenes' "
+        "pixel sizes",
     )
     resample: bool = Field(
         True,
@@ -1017,7 +1018,8 @@ class PredictParams(InferenceParams):
     resample: bool = Field(
         True,
         description="Predict a raster whose pixel size differs from the model's (by more than "
-        "gsd_tolerance) at the model's pixel size, window by window; false: as it is, with a warning",
+        "gsd_tolerance, or whose pixels are that much taller than wide) at the model's pixel "
+        "size, window by window, each axis on its own scale; false: as it is, with a warning",
     )
     gsd_tolerance: float = Field(
         1.25, ge=1, description="Pixel size ratio (raster / model) tolerated without resampling"

@@ -109,6 +109,13 @@ def square_pixel_advice(
     )
 
 
+def passes_for(sizes: tuple[float, float], size_m: float, tolerance: float = GSD_TOLERANCE) -> bool:
+    """Whether pixels of ``sizes`` (metres per row, per column) pass for square pixels of
+    ``size_m``: each side within ``tolerance`` (a ratio) of it, and square within it."""
+    sides = all(1 / tolerance <= m / size_m <= tolerance for m in sizes)
+    return sides and max(sizes) / min(sizes) <= tolerance
+
+
 def centre_lonlat(crs: Any, transform: Affine, width: int, height: int) -> tuple[float, float]:
     """(longitude, latitude) of the raster's centre."""
     x, y = transform * (width / 2, height / 2)

@@ -24,7 +24,7 @@ from pipeline import parallel, raster
 from pipeline.model import autocast_dtype, load_model, pick_device
 from pipeline.model_config import WEIGHTS_FILE, ModelConfig, ModelError
 from pipeline.normalise import standardise
-from pipeline.predict_task import GroupResult, PredictJob
+from pipeline.predict_task import AS_IS, GroupResult, PixelScale, PredictJob
 from pipeline.stitching import window_contribution_weight
 from pipeline.windows import UNET_MULTIPLE, Rect, WindowGroup
 
@@ -146,12 +146,12 @@ def forward_padded(
     return forward_probs(model, x, device, tta, precision)[:, :h, :w]
 
 
-def model_shape(height: int, width: int, scale: float) -> tuple[int, int]:
+def model_shape(height: int, width: int, scale: PixelScale) -> tuple[int, int]:
     """The model-pixel shape of a ``height`` x ``width`` raster window at ``scale`` model pixels
-    per raster pixel, each side rounded to the U-Net's multiple of 32."""
+    per raster pixel (down, across), each side rounded to the U-Net's multiple of 32."""
     return tuple(
-        max(UNET_MULTIPLE, round(n * scale / UNET_MULTIPLE) * UNET_MULTIPLE)
-        for n in (height, width)
+        max(UNET_MULTIPLE, round(n * s / UNET_MULTIPLE) * UNET_MULTIPLE)
+        for n, s in zip((height, width), scale, strict=True)
     )
 
 
@@ -279,7 +279,7 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
                 skipped += 1  # all nodata: the model never sees it
                 blend.timings["read"] += time.perf_counter() - t0
                 continue
-            if job.scale != 1.0:
+            if job.scale != AS_IS:
                 shape = model_shape(rect.height, rect.width, job.scale)
                 pixels, model_valid = resample_window(image, valid, shape)
                 x = standardise(pixels, mean, std, model_valid, stretch)
@@ -328,7 +328,7 @@ class _GroupBlend:
             self.contrib = np.zeros((self.region.height, self.region.width), np.float32)
             self.valid = np.zeros((self.region.height, self.region.width), bool)
         for (ij, _, valid), prob in zip(batch, probs, strict=True):
-            if job.scale != 1.0:  # back from the model's pixels onto the raster's
+            if job.scale != AS_IS:  # back from the model's pixels onto the raster's
                 prob = resample_probs(prob[None], valid.shape)[0]
             inside, weight = window_contribution_weight(job.grid, *ij)
             dst = inside.slices_in(self.region)

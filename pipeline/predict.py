@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from pipeline import ground, parallel, raster, registry, sources, stac, styles
 from pipeline.atomic import check_free_space
 from pipeline.config import PredictOptions
 from pipeline.model_config import ModelConfig, check_weights, read_config, resolve_model
-from pipeline.predict_task import GroupResult, PredictJob
+from pipeline.predict_task import AS_IS, GroupResult, PixelScale, PredictJob
 from pipeline.stitching import (
     NODATA_UINT8,
     UINT8_SCALE,
@@ -164,6 +165,18 @@ def raster_pixel_size(
     return mpp
 
 
+def raster_pixel_metres(
+    image: Path, info: raster.RasterInfo, pixel_size_m: float | None
+) -> tuple[float, float] | None:
+    """(metres per row, metres per column) on the ground: from the CRS (a square-degree
+    pixel is taller than wide away from the equator), else the declared ``pixel_size_m``
+    (square), else None."""
+    mpp = raster_pixel_size(image, info, pixel_size_m)
+    if mpp is None or info.crs is None:
+        return None if mpp is None else (mpp, mpp)
+    return info.pixel_metres
+
+
 def pixel_scale(
     image: Path,
     info: raster.RasterInfo,
@@ -172,33 +185,36 @@ def pixel_scale(
     resample: bool = True,
     tolerance: float = ground.GSD_TOLERANCE,
     pixel_size_m: float | None = None,
-) -> float:
-    """Model pixels per raster pixel: 1.0 when the raster's pixel size (its CRS's, else the
-    declared ``pixel_size_m``) is within ``tolerance`` (a ratio) of the model's ``gsd_m``, or
-    unknown; else ``mpp / gsd_m`` with ``resample``, and 1.0 with a warning (and a resampling
-    command that fits the raster's CRS) without."""
-    mpp = raster_pixel_size(image, info, pixel_size_m)
-    if info.crs is not None:
-        _warn_if_stretched(image, info, tolerance)
-    if not config.gsd_m or not mpp or 1 / tolerance <= mpp / config.gsd_m <= tolerance:
-        return 1.0
+) -> PixelScale:
+    """Model pixels per raster pixel, down the rows and across the columns. ``AS_IS`` (1, 1)
+    when the raster's pixel size (its CRS's, else the declared ``pixel_size_m``) is unknown,
+    or within ``tolerance`` (a ratio) of the model's ``gsd_m`` on both axes and square on the
+    ground within it; else each axis's metres / ``gsd_m`` with ``resample``, so the model sees
+    square pixels of its size (an EPSG:4326 export's included), and ``AS_IS`` with a warning
+    (and a resampling command that fits the raster's CRS) without."""
+    sizes = raster_pixel_metres(image, info, pixel_size_m)
+    if not config.gsd_m or sizes is None or ground.passes_for(sizes, config.gsd_m, tolerance):
+        return AS_IS
+    down, across = sizes
     if resample:
         log.info(
-            "%s: pixels are %.3g m, the model's %.3g m: each window is resampled to the model's "
-            "pixel size and its probability back onto the raster's grid",
-            image,
-            mpp,
-            config.gsd_m,
+            "%s: pixels are %.3g m wide and %.3g m tall, the model's %.3g m: each window is "
+            "resampled to the model's pixel size and its probability back onto the raster's grid",
+            image, across, down, config.gsd_m,
+        )  # fmt: skip
+        return (down / config.gsd_m, across / config.gsd_m)
+    if info.crs is not None:
+        _warn_if_stretched(image, info, tolerance)
+    mpp = math.sqrt(down * across)
+    if not 1 / tolerance <= mpp / config.gsd_m <= tolerance:
+        warnings.warn(
+            f"{image}: pixels are {mpp:.2f} m, but the model {model_ref} was trained at "
+            f"{config.gsd_m:.2f} m; roads will look {'wider' if mpp < config.gsd_m else 'narrower'} "
+            f"than it learned them: predict without --no-resample, or resample first "
+            f"({_resample_hint(info, config.gsd_m, mpp)})",
+            stacklevel=3,
         )
-        return mpp / config.gsd_m
-    warnings.warn(
-        f"{image}: pixels are {mpp:.2f} m, but the model {model_ref} was trained at "
-        f"{config.gsd_m:.2f} m; roads will look {'wider' if mpp < config.gsd_m else 'narrower'} "
-        f"than it learned them: predict without --no-resample, or resample first "
-        f"({_resample_hint(info, config.gsd_m, mpp)})",
-        stacklevel=3,
-    )
-    return 1.0
+    return AS_IS
 
 
 def _warn_if_stretched(image: Path, info: raster.RasterInfo, tolerance: float) -> None:
@@ -230,14 +246,23 @@ def _resample_hint(info: raster.RasterInfo, gsd: float, mpp: float | None = None
     return f"gdalwarp -tr {gsd:g} {gsd:g}"
 
 
-def raster_grid(info: raster.RasterInfo, window: int, overlap: int, scale: float) -> WindowGrid:
-    """The fixed window grid over the raster, in raster pixels. Resampled (``scale`` != 1), a
-    window covers what ``window`` model pixels cover (rounded to the U-Net's multiple), so the
-    grid still depends on raster size, window, overlap and scale only."""
-    if scale == 1.0:
+def raster_grid(
+    info: raster.RasterInfo, window: int, overlap: int, scale: PixelScale
+) -> WindowGrid:
+    """The fixed window grid over the raster, in raster pixels. Resampled (``scale`` not
+    ``AS_IS``), a window covers what ``window`` model pixels cover each way (rounded to the
+    U-Net's multiple), and its overlap ``overlap`` model pixels: windows are square on the
+    ground, and the grid still depends on raster size, window, overlap and scale only."""
+    if scale == AS_IS:
         return WindowGrid(info.height, info.width, window, overlap)
+    (rows, row_overlap), (cols, col_overlap) = (_axis_window(window, overlap, s) for s in scale)
+    return WindowGrid(info.height, info.width, rows, row_overlap, UNET_MULTIPLE, cols, col_overlap)
+
+
+def _axis_window(window: int, overlap: int, scale: float) -> tuple[int, int]:
+    """(window, overlap) in raster pixels along an axis of ``scale`` model pixels per pixel."""
     side = max(UNET_MULTIPLE, round(window / scale / UNET_MULTIPLE) * UNET_MULTIPLE)
-    return WindowGrid(info.height, info.width, side, min(round(overlap / scale), side - 1))
+    return side, min(round(overlap / scale), side - 1)
 
 
 def _model_tags(model_ref: str | Path, folder: Path, config: ModelConfig) -> dict[str, str]:
@@ -306,8 +331,14 @@ def plan_line(image: str | Path, grid: WindowGrid, tasks: int, threads: int) -> 
     takes days says so before the first window, not after a silent night."""
     return (
         f"predict {sources.display_name(image)}: {grid.height:,} x {grid.width:,} px, {len(grid):,} windows of "
-        f"{grid.window} px in {tasks:,} tasks on {threads} worker thread(s)"
+        f"{_window_size(grid)} px in {tasks:,} tasks on {threads} worker thread(s)"
     )
+
+
+def _window_size(grid: WindowGrid) -> str:
+    """A window's size in raster pixels: one number when square, else "rows x columns"."""
+    rows, cols = grid.row_axis[0], grid.col_axis[0]
+    return f"{rows}" if rows == cols else f"{rows} x {cols}"
 
 
 def _print_estimate(windows: int, seconds: float, total: int, threads: int) -> None:
@@ -596,7 +627,7 @@ def plan_run(
 
 
 def _run_tags(
-    options: PredictOptions, band_plan: raster.BandPlan, scale: float, encoding: OutputEncoding
+    options: PredictOptions, band_plan: raster.BandPlan, scale: PixelScale, encoding: OutputEncoding
 ) -> dict[str, Any]:
     """The output's tags that record how it was predicted (after those naming the model)."""
     return {
@@ -605,9 +636,15 @@ def _run_tags(
         "tta": options.tta,
         "precision": options.precision,
         "bands": ",".join(str(b) for b in band_plan.bands),
-        "model_pixels_per_pixel": f"{scale:.6g}",
+        "model_pixels_per_pixel": _scale_tag(scale),
         **encoding.tags(),
     }
+
+
+def _scale_tag(scale: PixelScale) -> str:
+    """Model pixels per raster pixel: one number for square pixels, else "down across"."""
+    down, across = scale
+    return f"{down:.6g}" if down == across else f"{down:.6g} {across:.6g}"
 
 
 def _fit_batch_size(

@@ -16,6 +16,10 @@ import numpy as np
 from pipeline.raster import BandPlan
 from pipeline.windows import Rect, WindowGrid
 
+# model pixels per raster pixel (down the rows, across the columns); AS_IS: no resampling
+PixelScale = tuple[float, float]
+AS_IS: PixelScale = (1.0, 1.0)
+
 
 @dataclass(frozen=True)
 class PredictJob:
@@ -30,9 +34,10 @@ class PredictJob:
     precision: str = "auto"
     # the raster's data bands, in the model's order, and where validity comes from
     plan: BandPlan | None = None
-    # model pixels per raster pixel: windows (on ``grid``, in raster pixels) are resampled to
-    # the model's pixel size and their probability back; 1.0 runs them as they are
-    scale: float = 1.0
+    # model pixels per raster pixel, down and across: windows (on ``grid``, in raster pixels)
+    # are resampled to the model's pixel size and their probability back; AS_IS runs them as
+    # they are
+    scale: PixelScale = AS_IS
     # per-band (low, high) raw values mapped to 0..1 before mean/std (percentile normalisation)
     stretch: tuple[tuple[float, float], ...] | None = None
     # names this predict run: workers keep the raster open between its tasks, never into another run

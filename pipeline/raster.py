@@ -61,6 +61,14 @@ class RasterInfo:
         return (abs(self.transform.a), abs(self.transform.e))
 
     @property
+    def pixel_metres(self) -> tuple[float, float] | None:
+        """(metres per row, metres per column) on the ground (``ground.pixel_metres``): they
+        differ for square-degree pixels away from the equator; None without a CRS."""
+        if self.crs is None:
+            return None
+        return ground.pixel_metres(self.crs, self.transform, self.width, self.height)
+
+    @property
     def metres_per_pixel(self) -> float | None:
         """Pixel size in metres on the ground (``ground.pixel_size_m``: measured on the
         ellipsoid in degrees or a Mercator's units, so an EPSG:3857 export is read at its true
@@ -647,10 +655,11 @@ ResampleKind = Literal["image", "labels", "classes"]
 
 
 def write_resampled_vrt(
-    source: str | Path, path: str | Path, factor: float, kind: ResampleKind
+    source: str | Path, path: str | Path, factor: float | tuple[float, float], kind: ResampleKind
 ) -> Path:
     """A GDAL warped VRT of ``source`` in its own CRS with pixels ``factor`` times as large
-    (the extent kept, the size rounded), referring to ``source`` by absolute path. Imagery is
+    (one number, or (down, across): pixels made square on the ground; the extent kept, the size
+    rounded), referring to ``source`` by absolute path. Imagery is
     area-averaged down and bilinear up, as predict resamples windows; labels (road = 1) are
     averaged down (a pixel is road where most of it is) and nearest up; class rasters take
     the most frequent class down, nearest up. Nodata, masks and band names carry over.
@@ -659,14 +668,15 @@ def write_resampled_vrt(
     from rasterio.shutil import copy as gdal_copy
     from rasterio.vrt import WarpedVRT
 
-    down = factor > 1
+    fy, fx = factor if isinstance(factor, tuple) else (factor, factor)
+    down = fy * fx > 1  # fewer pixels: averaged
     resampling = {
         "image": Resampling.average if down else Resampling.bilinear,
         "labels": Resampling.average if down else Resampling.nearest,
         "classes": Resampling.mode if down else Resampling.nearest,
     }[kind]
     with _open(Path(source).resolve()) as src:
-        width, height = max(1, round(src.width / factor)), max(1, round(src.height / factor))
+        width, height = max(1, round(src.width / fx)), max(1, round(src.height / fy))
         transform = src.transform * Affine.scale(src.width / width, src.height / height)
         # validity from an alpha band or a per-dataset mask is warped into an alpha band
         alphas = [i + 1 for i, ci in enumerate(src.colorinterp) if ci == ColorInterp.alpha]

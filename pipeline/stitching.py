@@ -94,11 +94,10 @@ def window_contribution_weight(grid: WindowGrid, i: int, j: int) -> tuple[Rect, 
     """
     rect = grid.rect(i, j)
     inside = rect.intersect(grid.bounds)
-    g = (grid.window, grid.overlap, grid.multiple)
-    wy = axis_weights(grid.height, *g)[i][: inside.height]
-    wx = axis_weights(grid.width, *g)[j][: inside.width]
-    ty = axis_weight_sum(grid.height, *g)[inside.row_off : inside.row_end]
-    tx = axis_weight_sum(grid.width, *g)[inside.col_off : inside.col_end]
+    wy = axis_weights(grid.height, *grid.row_axis)[i][: inside.height]
+    wx = axis_weights(grid.width, *grid.col_axis)[j][: inside.width]
+    ty = axis_weight_sum(grid.height, *grid.row_axis)[inside.row_off : inside.row_end]
+    tx = axis_weight_sum(grid.width, *grid.col_axis)[inside.col_off : inside.col_end]
     return inside, np.outer(wy / ty, wx / tx).astype(np.float32)
 
 

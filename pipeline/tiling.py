@@ -97,7 +97,6 @@ def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
             raise TilingError(
                 f"{scene.image}: image has no CRS; georeference it (gdal_edit.py -a_srs) first"
             )
-        _warn_if_stretched(scene.image, info)
         if not scene.transfer:
             if chipped and info.dtype != chipped[0].dtype:
                 raise TilingError(
@@ -560,6 +559,9 @@ def _prepare_inputs(
         data, infos, resampled = resample_scenes(
             data, infos, gsd, Path(tile.out_dir) / RESAMPLED_DIR
         )
+    else:  # chipped as they are: say which scenes' pixels are far from square
+        for scene in data.scenes:
+            _warn_if_stretched(scene.image, infos[scene.name])
     band_plans = {s.name: scene_band_plan(s, data) for s in data.scenes}
     for bp in band_plans.values():
         if bp.note:
@@ -578,27 +580,32 @@ RESAMPLED_DIR = "resampled"  # under tile.out_dir: VRTs of scenes chipped at the
 def resample_scenes(
     data: DataParams, infos: dict[str, raster.RasterInfo], gsd_m: float, folder: Path
 ) -> tuple[DataParams, dict[str, raster.RasterInfo], dict[str, float]]:
-    """The scenes with every chipped one whose pixel size differs from ``gsd_m`` by more than
-    ``ground.GSD_TOLERANCE`` replaced by warped VRTs at ``gsd_m`` in ``folder`` (image, label
-    raster and land cover; vectors are burned on the new grid), so chips of sources at 0.3 m
-    and 1 m teach one scale, the one predict resamples rasters to; and {scene: its own pixel
-    size} of those. Transfer scenes are left as they are: evaluate predicts them as predict
-    would."""
+    """The scenes with every chipped one whose pixels do not pass for ``gsd_m`` square ones
+    (``ground.passes_for``: a side more than ``ground.GSD_TOLERANCE`` off, or pixels that much
+    taller than wide) replaced by warped VRTs at ``gsd_m`` in ``folder`` (image, label raster
+    and land cover; vectors are burned on the new grid), so chips of sources at 0.3 m and 1 m,
+    or of an EPSG:4326 export, teach one scale, the one predict resamples rasters to; and
+    {scene: its own pixel size} of those. Transfer scenes are left as they are: evaluate
+    predicts them as predict would."""
     scenes, infos, resampled = list(data.scenes), dict(infos), {}
     for k, scene in enumerate(scenes):
-        own = metres_per_pixel(infos[scene.name])
-        if scene.transfer or 1 / ground.GSD_TOLERANCE <= gsd_m / own <= ground.GSD_TOLERANCE:
+        sizes = infos[scene.name].pixel_metres
+        if scene.transfer or sizes is None or ground.passes_for(sizes, gsd_m):
             continue
+        factor = (gsd_m / sizes[0], gsd_m / sizes[1])
+        resampled[scene.name] = round(metres_per_pixel(infos[scene.name]), 4)
         update = {}
         for name, kind in (("image", "image"), ("labels", "labels"), ("landcover", "classes")):
             if getattr(scene, name) is not None:
                 update[name] = raster.write_resampled_vrt(
-                    getattr(scene, name), folder / f"{scene.name}.{name}.vrt", gsd_m / own, kind
+                    getattr(scene, name), folder / f"{scene.name}.{name}.vrt", factor, kind
                 )
-        log.info("tile: %s: %.3g m pixels, chipped resampled to %.3g m", scene.name, own, gsd_m)
+        log.info(
+            "tile: %s: pixels %.3g m wide and %.3g m tall, chipped resampled to %.3g m",
+            scene.name, sizes[1], sizes[0], gsd_m,
+        )  # fmt: skip
         scenes[k] = scene.model_copy(update=update)
         infos[scene.name] = raster.raster_info(update["image"])
-        resampled[scene.name] = round(own, 4)
     return data.model_copy(update={"scenes": scenes}), infos, resampled
 
 

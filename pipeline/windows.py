@@ -113,7 +113,9 @@ class WindowGrid:
     """The fixed grid of prediction windows over a ``height x width`` raster.
 
     Windows are ``window`` pixels square except along the last row and column, which are
-    cropped to the raster (``axis_spans``).
+    cropped to the raster (``axis_spans``). With ``col_window`` (and ``col_overlap``) they are
+    ``window`` tall and ``col_window`` wide: a raster whose pixels are not square on the
+    ground, resampled to square model pixels, is cut into windows that are square there.
     """
 
     height: int
@@ -121,22 +123,39 @@ class WindowGrid:
     window: int
     overlap: int
     multiple: int = UNET_MULTIPLE
+    col_window: int | None = None  # None: ``window``
+    col_overlap: int | None = None  # None: ``overlap``
 
     def __post_init__(self) -> None:
         # validates the arguments early, with the axis named
-        for name, size in (("height", self.height), ("width", self.width)):
+        for name, size, axis in (
+            ("height", self.height, self.row_axis),
+            ("width", self.width, self.col_axis),
+        ):
             try:
-                axis_spans(size, self.window, self.overlap, self.multiple)
+                axis_spans(size, *axis)
             except ValueError as e:
                 raise ValueError(f"window grid, {name}: {e}") from None
 
     @property
+    def row_axis(self) -> tuple[int, int, int]:
+        """(window, overlap, multiple) down the rows."""
+        return self.window, self.overlap, self.multiple
+
+    @property
+    def col_axis(self) -> tuple[int, int, int]:
+        """(window, overlap, multiple) across the columns."""
+        window = self.window if self.col_window is None else self.col_window
+        overlap = self.overlap if self.col_overlap is None else self.col_overlap
+        return window, overlap, self.multiple
+
+    @property
     def row_spans(self) -> list[tuple[int, int]]:
-        return axis_spans(self.height, self.window, self.overlap, self.multiple)
+        return axis_spans(self.height, *self.row_axis)
 
     @property
     def col_spans(self) -> list[tuple[int, int]]:
-        return axis_spans(self.width, self.window, self.overlap, self.multiple)
+        return axis_spans(self.width, *self.col_axis)
 
     @property
     def shape(self) -> tuple[int, int]:

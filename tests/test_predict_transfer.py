@@ -98,6 +98,42 @@ def test_a_finer_raster_is_predicted_at_the_models_pixel_size_on_its_own_grid(
     assert np.abs(d[inside].astype(float) - c[inside]).mean() / 254 > 2 * err.mean()
 
 
+@pytest.mark.slow
+def test_pixels_taller_than_wide_are_resampled_each_way(metre_model, scheduler, tmp_path) -> None:
+    """Pixels 1 m tall and 0.5 m wide (an EPSG:4326 export at 60 N has such pixels): each
+    window is resampled to 1 m square pixels, so the model sees what it sees on a 1 m copy,
+    and the probability comes back on the raster's own grid."""
+    metre = smooth_image(128, 160)
+    narrow = np.kron(metre, np.ones((1, 1, 2))).astype(np.uint8)  # each column twice
+    tall = write_raster(
+        tmp_path / "tall.tif", narrow, transform=Affine(0.5, 0, 500000, 0, -1.0, 5400000)
+    )
+    kw = dict(model=metre_model, window=64, overlap=16, progress=False)
+    a, prof = read(
+        predict_raster(tall, tmp_path / "a.tif", PredictOptions(scheduler=scheduler, **kw)).output
+    )
+    assert (prof["height"], prof["width"]) == (128, 320)
+    assert prof["tags"]["model_pixels_per_pixel"] == "1 0.5"
+    square = write_raster(tmp_path / "square.tif", metre.astype(np.uint8), transform=COARSE)
+    c = read(
+        predict_raster(square, tmp_path / "c.tif", PredictOptions(scheduler=scheduler, **kw)).output
+    )[0]
+    c = np.repeat(c, 2, axis=1)
+    err = np.abs(a.astype(float) - c) / 254
+    assert err.mean() < 0.02 and np.quantile(err, 0.99) < 0.08
+    # read as square (the pixels' mean size, 0.71 m, is within 1.5 of the model's): another
+    # answer, and a warning that says how to square them
+    with pytest.warns(UserWarning, match=r"tall.tif: pixels are 0.5 m wide and 1 m tall"):
+        d = read(
+            predict_raster(
+                tall,
+                tmp_path / "d.tif",
+                PredictOptions(scheduler=scheduler, resample=False, gsd_tolerance=1.5, **kw),
+            ).output
+        )[0]
+    assert np.abs(d.astype(float) - c).mean() / 254 > 2 * err.mean()
+
+
 def test_within_tolerance_or_without_gsd_nothing_is_resampled(metre_model, tmp_path) -> None:
     cfg = read_config(metre_model)
     near = write_raster(
@@ -106,13 +142,13 @@ def test_within_tolerance_or_without_gsd_nothing_is_resampled(metre_model, tmp_p
         transform=Affine(1.2, 0, 500000, 0, -1.2, 5400000),
     )
     info = raster.raster_info(near)
-    assert pixel_scale(near, info, cfg, "m") == 1.0
-    assert pixel_scale(near, info, cfg, "m", tolerance=1.1) == pytest.approx(1.2)
-    assert pixel_scale(near, info, cfg.model_copy(update={"gsd_m": None}), "m") == 1.0
+    assert pixel_scale(near, info, cfg, "m") == (1.0, 1.0)
+    assert pixel_scale(near, info, cfg, "m", tolerance=1.1) == pytest.approx((1.2, 1.2))
+    assert pixel_scale(near, info, cfg.model_copy(update={"gsd_m": None}), "m") == (1.0, 1.0)
     # a declared pixel size is for rasters without georeferencing: the CRS's wins, said once
     with pytest.warns(UserWarning, match=r"near.tif: georeferenced, with 1.2 m pixels: --pixel"):
         assert pixel_scale(near, info, cfg, "m", tolerance=1.1, pixel_size_m=0.5) == pytest.approx(
-            1.2
+            (1.2, 1.2)
         )
 
 
@@ -128,7 +164,7 @@ def test_the_hint_for_a_raster_in_degrees_reprojects_to_its_utm_zone(metre_model
     hint = r"gdalwarp -t_srs EPSG:32632 -tr 1 1; the raster is in"
     # at 48 N square-degree pixels are 1.49x as tall as wide: that is said too
     with pytest.warns(UserWarning, match="read as square"), pytest.warns(UserWarning, match=hint):
-        assert pixel_scale(geo, info, read_config(tmp_path / "m"), "m", resample=False) == 1.0
+        assert pixel_scale(geo, info, read_config(tmp_path / "m"), "m", resample=False) == (1, 1)
 
 
 def test_a_web_mercator_raster_is_read_at_its_ground_pixel_size(metre_model, tmp_path) -> None:
@@ -145,30 +181,37 @@ def test_a_web_mercator_raster_is_read_at_its_ground_pixel_size(metre_model, tmp
             transform=Affine(unit, 0, x0, 0, -unit, y0),
         )
         scales[unit] = pixel_scale(merc, raster.raster_info(merc), cfg, "m")
-    assert scales[1.5] == 1.0
-    assert scales[1.0] == pytest.approx(math.cos(math.radians(48)), rel=0.01)
+    assert scales[1.5] == (1.0, 1.0)  # a Mercator's pixels are square on the ground
+    assert scales[1.0] == pytest.approx((math.cos(math.radians(48)),) * 2, rel=0.01)
     # without resampling, the hint warps to UTM in metres: -tr in Mercator units would be 1.49
     with pytest.warns(UserWarning, match=r"-t_srs EPSG:32632 -tr 1 1; the raster is in Mercator"):
         pixel_scale(merc, raster.raster_info(merc), cfg, "m", resample=False)
 
 
-def test_pixels_far_from_square_are_said_with_a_warp_to_square(metre_model, tmp_path) -> None:
-    """Square-degree pixels at 60 N are twice as tall as wide on the ground; at 10 N nearly
-    square (1.02), which says nothing."""
+def test_pixels_far_from_square_are_resampled_or_said_with_a_warp_to_square(
+    metre_model, tmp_path
+) -> None:
+    """Square-degree pixels at 60 N are twice as tall as wide on the ground: resampled each
+    way to the model's pixel size, or said with --no-resample; at 10 N nearly square (1.02):
+    read as they are, saying nothing."""
     cfg = read_config(metre_model)
-    for lat, expect in ((60.0, True), (10.0, False)):
+    for lat, far in ((60.0, True), (10.0, False)):
         geo = write_raster(
             tmp_path / f"lat{lat:g}.tif",
             smooth_image(32, 32).astype(np.uint8),
             crs="EPSG:4326",
             transform=Affine(1e-5, 0, 9.0, 0, -1e-5, lat),
         )
+        info = raster.raster_info(geo)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            pixel_scale(geo, raster.raster_info(geo), cfg, "m")
+            scale = pixel_scale(geo, info, cfg, "m")
+            as_is = pixel_scale(geo, info, cfg, "m", resample=False)
+        assert scale == (pytest.approx((1.11, 0.558), abs=0.005) if far else (1.0, 1.0))
+        assert as_is == (1.0, 1.0)
         said = [str(w.message) for w in caught if "read as square" in str(w.message)]
-        assert bool(said) == expect, said
-        if expect:
+        assert len(said) == int(far), said  # said only without resampling
+        if far:
             assert said[0].startswith(f"{geo}: pixels are 0.558 m wide and 1.11 m tall")
             assert "gdalwarp -t_srs EPSG:32632 -tr 0.788 0.788" in said[0]
 
@@ -303,4 +346,4 @@ def test_a_declared_pixel_size_serves_rasters_with_no_metric_grid(metre_model, t
     cfg = read_config(metre_model)
     with pytest.warns(UserWarning, match=r"gdal_translate -r average -outsize 50% 50%"):
         scale = pixel_scale(bare, raster.raster_info(bare), cfg, "m", False, pixel_size_m=0.5)
-    assert scale == 1.0
+    assert scale == (1.0, 1.0)

@@ -98,6 +98,23 @@ def test_contributions_reproduce_any_constant(size: int, window: int, overlap: i
     np.testing.assert_allclose(out, 0.7, rtol=1e-6)
 
 
+def test_windows_taller_than_wide_blend_to_any_constant() -> None:
+    """Windows of their own width and overlap across the columns (a raster whose pixels are
+    not square on the ground) still sum to exactly p, with the column ramps of the column
+    overlap."""
+    grid = WindowGrid(300, 410, 64, 16, col_window=128, col_overlap=32)
+    assert {grid.rect(i, j).width for i, j in grid.indices()} >= {128}
+    assert {grid.rect(i, j).height for i, j in grid.indices()} <= {64, 32}
+    out = np.zeros((grid.height, grid.width))
+    for i, j in grid.indices():
+        rect, w = window_contribution_weight(grid, i, j)
+        out[rect.row_off : rect.row_end, rect.col_off : rect.col_end] += 0.7 * w
+    np.testing.assert_allclose(out, 0.7, rtol=1e-6)
+    # a window's weight ramps over the column overlap (32 px), not the row overlap (16 px)
+    _, w = window_contribution_weight(grid, 1, 1)
+    assert (w[32, :32] < w[32, 40]).all() and w[32, 40] == pytest.approx(w[32, 64])
+
+
 def _blend_whole(grid: WindowGrid, probs: dict) -> np.ndarray:
     out = np.zeros((grid.height, grid.width), np.float64)
     for (i, j), p in probs.items():

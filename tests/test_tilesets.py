@@ -317,9 +317,10 @@ def test_local_tile_grids_train_beside_georeferenced_scenes(tmp_path, caplog):
     from affine import Affine
 
     massachusetts_like(tmp_path / "mass")
-    image = np.random.default_rng(3).integers(0, 255, (3, SIZE, SIZE), dtype=np.uint8)
-    labels = np.zeros((SIZE, SIZE), np.uint8)
-    labels[:, 30:34] = 1
+    # 0.24 m wide, 0.33 m tall: chipped through a VRT of square 0.5 m pixels, 60 x 85 of them
+    image = np.random.default_rng(3).integers(0, 255, (3, 2 * SIZE, 2 * SIZE), dtype=np.uint8)
+    labels = np.zeros((2 * SIZE, 2 * SIZE), np.uint8)
+    labels[:, 60:68] = 1
     grid = dict(crs="EPSG:4326", transform=Affine(3e-6, 0, -75.9, 0, -3e-6, 45.33))
     img = raster.write_geotiff(tmp_path / "ottawa.tif", image, **grid)
     lab = raster.write_geotiff(tmp_path / "ottawa.labels.tif", labels, **grid)

@@ -240,23 +240,6 @@ def test_image_without_crs_is_refused_naming_the_file(tmp_path, scenes_dir):
         check_scenes(DataParams(scenes=entries, bands=BANDS))
 
 
-def test_a_scene_with_pixels_far_from_square_is_said(tmp_path, scenes_dir, caplog):
-    """Square-degree pixels at 60 N: twice as tall as wide on the ground."""
-    geo = tmp_path / "geo.tif"
-    grid = Affine(1e-5, 0, 9.0, 0, -1e-5, 60.0)
-    write_geotiff(geo, np.ones((4, 64, 64), np.uint8), crs="EPSG:4326", transform=grid)
-    write_geotiff(
-        tmp_path / "geo.labels.tif", np.zeros((64, 64), np.uint8), crs="EPSG:4326", transform=grid
-    )
-    entries = scene_entries(scenes_dir, ("s1",))
-    entries.append({"name": "geo", "image": str(geo), "labels": str(tmp_path / "geo.labels.tif")})
-    with caplog.at_level(logging.WARNING, logger="pipeline.tiling"):
-        check_scenes(DataParams(scenes=entries, bands=BANDS))
-    said = [r.getMessage() for r in caplog.records if "read as square" in r.getMessage()]
-    assert len(said) == 1 and said[0].startswith(f"{geo}: pixels are 0.558 m wide and 1.11 m tall")
-    assert "gdalwarp -t_srs EPSG:32632 -tr 0.788 0.788" in said[0]
-
-
 def test_band_count_mismatch_is_refused(tmp_path, scenes_dir):
     three = tmp_path / "rgb.tif"
     write_geotiff(three, np.ones((3, 64, 64), np.uint8), crs=UTM, transform=REFUSED_GRID)
@@ -293,15 +276,16 @@ def test_label_raster_on_another_grid_is_refused(tmp_path):
         check_scenes(DataParams(scenes=[entry], bands=BANDS))
 
 
-def _finer_copy(scene: dict, folder: Path, name: str) -> dict:
-    """``scene`` (1 m) at 0.5 m: every pixel of image, labels and land cover as 2 x 2."""
+def _finer_copy(scene: dict, folder: Path, name: str, rows: int = 2) -> dict:
+    """``scene`` (1 m) at 0.5 m: every pixel of image, labels and land cover as ``rows`` x 2
+    (``rows=1``: pixels 1 m tall and 0.5 m wide)."""
     fine = {"name": name}
     for key in ("image", "labels", "landcover"):
         with rasterio.open(scene[key]) as src:
             data, t, crs, nodata = src.read(), src.transform, src.crs, src.nodata
             descriptions = list(src.descriptions) if key == "image" else None
-        data = np.kron(data, np.ones((1, 2, 2), data.dtype))
-        grid = Affine(t.a / 2, 0, t.c, 0, t.e / 2, t.f)
+        data = np.kron(data, np.ones((1, rows, 2), data.dtype))
+        grid = Affine(t.a / 2, 0, t.c, 0, t.e / rows, t.f)
         fine[key] = folder / f"{name}.{key}.tif"
         write_geotiff(
             fine[key], data, crs=crs, transform=grid, nodata=nodata, band_descriptions=descriptions
@@ -330,6 +314,28 @@ def test_scenes_at_another_pixel_size_are_chipped_at_the_models(tmp_path):
     n = len(np.load(chips / "a.masks.npy"))
     assert n == 49  # 256 px at 64 px chips, a 32 px stride
     assert len(np.load(tmp_path / "off" / "fine.masks.npy")) > 3 * n
+
+
+def test_pixels_taller_than_wide_are_chipped_square(tmp_path, caplog):
+    """A copy of a 1 m scene with pixels 0.5 m wide and 1 m tall (an EPSG:4326 export's
+    are such, away from the equator) is chipped through a VRT with square 1 m pixels: the
+    chips of its original; with `resample: false` as it is, and the tile stage says so."""
+    a = make_scene(tmp_path, "a", seed=1)
+    wide = _finer_copy(a, tmp_path, "wide", rows=1)
+    data = DataParams(scenes=[{**s, "split": "train"} for s in (a, wide)], bands=BANDS)
+    stats = run_tile(data, _tile(tmp_path / "on", pixel_size_m=1.0), workers=1, progress=False)
+    assert stats["resampled"] == {"wide": pytest.approx(0.7071, abs=1e-4)}
+    with rasterio.open(tmp_path / "on" / "resampled" / "wide.image.vrt") as vrt:
+        assert (vrt.width, vrt.height, vrt.res) == (256, 256, (1.0, 1.0))
+    for kind in ("images", "masks"):
+        np.testing.assert_array_equal(
+            np.load(tmp_path / "on" / f"wide.{kind}.npy"),
+            np.load(tmp_path / "on" / f"a.{kind}.npy"),
+        )
+    with caplog.at_level("WARNING", logger="pipeline.tiling"):
+        run_tile(data, _tile(tmp_path / "off", resample=False), workers=1, progress=False)
+    assert "wide.image.tif: pixels are 0.5 m wide and 1 m tall on the ground" in caplog.text
+    assert "warp it to square pixels first (gdalwarp -t_srs EPSG:32632 -tr 0.707" in caplog.text
 
 
 def test_a_declared_pixel_size_resamples_every_scene_to_it(tmp_path):

@@ -71,6 +71,8 @@ def test_axis_spans_rejects_bad_arguments(size: int, window: int, overlap: int) 
 def test_grid_rejects_bad_overlap_naming_the_axis() -> None:
     with pytest.raises(ValueError, match="height"):
         WindowGrid(100, 100, 64, 64)
+    with pytest.raises(ValueError, match="width"):
+        WindowGrid(100, 100, 64, 16, col_window=64, col_overlap=64)
 
 
 def test_grid_pixels_counts_what_the_model_computes() -> None:
