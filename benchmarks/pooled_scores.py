@@ -1,12 +1,13 @@
 """What the real-imagery predict benchmarks share: `pipeline predict` run as a user runs it
-(single view, whatever the params.yaml of the folder says), and IoU, pixel recall and the
-relaxed break-even pooled over many rasters."""
+(single view, with predict's defaults whatever the params.yaml of the folder it runs in
+says), and IoU, pixel recall and the relaxed break-even pooled over many rasters."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,14 @@ def predict_probability(
     raster: Path, out: Path, model: Path, extra: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(probability, validity) of ``raster`` on its own grid, predicted single-view by
-    ``pipeline predict`` into ``out`` with ``model`` and ``extra`` options."""
+    ``pipeline predict`` into ``out`` with ``model`` and ``extra`` options. It runs in an empty
+    folder: predict's defaults (window, overlap, precision), not a params.yaml of the folder
+    the benchmark runs in."""
+    raster, out, model = (Path(p).resolve() for p in (raster, out, model))
     cmd = [PIPELINE, "predict", str(raster), "-o", str(out), "--model", str(model)]
     cmd += ["-q", "--no-tta", "--overwrite", *(extra or [])]
-    subprocess.run(cmd, check=True, capture_output=True)
+    with tempfile.TemporaryDirectory(prefix="roadseg-bench-") as empty:
+        subprocess.run(cmd, check=True, capture_output=True, cwd=empty)
     with rasterio.open(out) as ds:
         raw = ds.read(1)
     return raw.astype(np.float32) / 254, raw != 255
