@@ -118,7 +118,7 @@ def passes_for(sizes: tuple[float, float], size_m: float, tolerance: float = GSD
 
 def centre_lonlat(crs: Any, transform: Affine, width: int, height: int) -> tuple[float, float]:
     """(longitude, latitude) of the raster's centre."""
-    x, y = transform * (width / 2, height / 2)
+    x, y = transform @ (width / 2, height / 2)
     source = _pyproj_crs(crs)
     to_geo = pyproj.Transformer.from_crs(source, source.geodetic_crs, always_xy=True)
     lon, lat = to_geo.transform(x, y)
@@ -134,7 +134,7 @@ def utm_epsg(lon: float, lat: float) -> int:
 def _pixel_metres(wkt: str, t: tuple[float, ...], width: int, height: int) -> tuple[float, float]:
     transform = Affine(*t)
     col_step, row_step = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
-    x, y = transform * (width / 2, height / 2)
+    x, y = transform @ (width / 2, height / 2)
     across, down = ground_lengths(
         [
             shapely.LineString([(x, y), (x + col_step, y)]),

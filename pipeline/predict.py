@@ -202,7 +202,9 @@ def pixel_scale(
             "resampled to the model's pixel size and its probability back onto the raster's grid",
             image, across, down, config.gsd_m,
         )  # fmt: skip
-        return (down / config.gsd_m, across / config.gsd_m)
+        scale = (down / config.gsd_m, across / config.gsd_m)
+        _warn_if_far_coarser(image, scale, config.gsd_m)
+        return scale
     if info.crs is not None:
         _warn_if_stretched(image, info, tolerance)
     mpp = math.sqrt(down * across)
@@ -215,6 +217,27 @@ def pixel_scale(
             stacklevel=3,
         )
     return AS_IS
+
+
+# a raster this many times coarser than the model's pixels is upsampled that much each way:
+# detail the model was trained to see is not in it, and it computes that squared per pixel
+COARSER_WARNING = 4.0
+
+
+def _warn_if_far_coarser(image: Path, scale: PixelScale, gsd_m: float) -> None:
+    """Warn when resampling would upsample the raster more than ``COARSER_WARNING`` times (a
+    10 m Sentinel-2 scene for a 1 m aerial model): roads a few metres wide are a fraction of
+    its pixels, and the model computes 100 pixels for each of them."""
+    if max(scale) <= COARSER_WARNING:
+        return
+    size = math.sqrt(scale[0] * scale[1]) * gsd_m
+    warnings.warn(
+        f"{image}: pixels are {size:.3g} m, {size / gsd_m:.3g}x the model's {gsd_m:.3g} m: "
+        f"upsampled to it, a window computes {scale[0] * scale[1]:.0f} model pixels per raster "
+        "pixel and shows no detail finer than the raster's; roads narrower than a pixel are "
+        "unlikely to be found. A model trained at this pixel size suits it better",
+        stacklevel=4,
+    )
 
 
 def _warn_if_stretched(image: Path, info: raster.RasterInfo, tolerance: float) -> None:

@@ -151,7 +151,7 @@ def grid_difference(label: raster.RasterInfo, image: raster.RasterInfo) -> str:
         parts.append(
             f"pixel size {label.res[0]:.10g} x {label.res[1]:.10g} vs {image.res[0]:.10g} x {image.res[1]:.10g}"
         )
-    (lx, ly), (ix, iy) = label.transform * (0, 0), image.transform * (0, 0)
+    (lx, ly), (ix, iy) = label.transform @ (0, 0), image.transform @ (0, 0)
     if not np.allclose((lx, ly), (ix, iy), rtol=0, atol=1e-6 * max(image.res)):
         parts.append(f"origin ({lx:.10g}, {ly:.10g}) vs ({ix:.10g}, {iy:.10g})")
     if not parts:  # rotation or shear terms

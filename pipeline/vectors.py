@@ -205,8 +205,8 @@ def burn_mask(polygons: gpd.GeoDataFrame, transform: Affine, shape: tuple[int, i
     burning many small chips from one scene's roads stays cheap.
     """
     height, width = int(shape[0]), int(shape[1])
-    left, top = transform * (0, 0)
-    right, bottom = transform * (width, height)
+    left, top = transform @ (0, 0)
+    right, bottom = transform @ (width, height)
     frame = shapely.box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
     hits = polygons.sindex.query(frame, predicate="intersects") if len(polygons) else []
     geoms = polygons.geometry.to_numpy()[np.sort(np.asarray(hits, dtype=int))]

@@ -152,6 +152,27 @@ def test_within_tolerance_or_without_gsd_nothing_is_resampled(metre_model, tmp_p
         )
 
 
+def test_a_raster_far_coarser_than_the_model_is_said(metre_model, tmp_path) -> None:
+    """10 m pixels (Sentinel-2) for a 1 m model: resampled, with a warning that says what
+    that costs; 3 m pixels: resampled without one."""
+    cfg = read_config(metre_model)
+    scales, said = {}, {}
+    for size in (10.0, 3.0):
+        coarse = write_raster(
+            tmp_path / f"s{size:g}.tif",
+            smooth_image(32, 32).astype(np.uint8),
+            transform=Affine(size, 0, 500000, 0, -size, 5400000),
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scales[size] = pixel_scale(coarse, raster.raster_info(coarse), cfg, "m")
+        said[size] = [str(w.message) for w in caught if w.category is UserWarning]
+    assert scales == {10.0: (10.0, 10.0), 3.0: (3.0, 3.0)}
+    assert said[3.0] == [] and len(said[10.0]) == 1
+    assert said[10.0][0].startswith(f"{tmp_path / 's10.tif'}: pixels are 10 m, 10x the model's 1 m")
+    assert "100 model pixels per raster pixel" in said[10.0][0]
+
+
 def test_the_hint_for_a_raster_in_degrees_reprojects_to_its_utm_zone(metre_model, tmp_path) -> None:
     shutil.copytree(metre_model, tmp_path / "m")
     geo = write_raster(
