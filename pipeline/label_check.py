@@ -177,10 +177,8 @@ def check_scene(
             response = edge_strength(prob[None], np.ones(big, bool))
         surface += _correlation(response, _label_edges(label), m)
     dr, dc, clarity = _peak(surface, m)
-    east, north = (
-        dc * abs(info.transform.a) * _unit(info),
-        -dr * abs(info.transform.e) * _unit(info),
-    )
+    down, across = _pixel_sides(info)
+    east, north = dc * across, -dr * down
     shift = float(np.hypot(east, north))
     extra = omission.result() if omission is not None else {}
     return SceneLabelCheck(
@@ -198,10 +196,10 @@ def check_scene(
     )
 
 
-def _unit(info: raster.RasterInfo) -> float:
-    """Metres per CRS unit along the axes (pixel sizes in metres over pixel sizes in units)."""
-    mpp = info.metres_per_pixel
-    return mpp / abs(info.transform.a) if mpp else 1.0
+def _pixel_sides(info: raster.RasterInfo) -> tuple[float, float]:
+    """(metres per row, metres per column) on the ground: they differ for square-degree pixels
+    away from the equator; without a CRS, the transform's own units."""
+    return info.pixel_metres or (abs(info.transform.e), abs(info.transform.a))
 
 
 def _read_probability(path: Path, row: int, col: int, shape: tuple[int, int]) -> np.ndarray:

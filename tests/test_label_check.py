@@ -266,3 +266,25 @@ def test_a_road_vector_tile_set_gets_one_offset_for_all_its_tiles(scene_dir, tmp
     rows = json.loads((tmp_path / "check.json").read_text())
     assert [r["flagged"] for r in rows] == [False, False]
     assert all(abs(r["shift_east_m"]) <= 1 and abs(r["shift_north_m"]) <= 1 for r in rows)
+
+
+def test_a_shift_in_degrees_is_measured_along_each_axis(tmp_path):
+    """Square-degree pixels at 60 N are 0.558 m wide and 1.11 m tall: label raster drawn 6 px
+    west and 4 px south of the image's roads is 3.3 m east-west and 4.5 m north-south off."""
+    rng = np.random.default_rng(0)
+    roads = _paint(SIZE, ROADS) > 0
+    img = rng.normal(90, 12, (4, SIZE, SIZE))
+    img[:, roads] = rng.normal(175, 8, (4, int(roads.sum())))
+    labelled = [((x0 - 6, y0 + 4, x1 - 6, y1 + 4), w, h) for (x0, y0, x1, y1), w, h in ROADS]
+    grid = dict(crs="EPSG:4326", transform=Affine(1e-5, 0, 9.0, 0, -1e-5, 60.0))
+    image = write_geotiff(
+        tmp_path / "geo.tif", np.clip(img, 1, 255).astype(np.uint8), band_descriptions=BANDS, **grid
+    )
+    labels = write_geotiff(
+        tmp_path / "geo.labels.tif", (_paint(SIZE, labelled) > 0).astype(np.uint8), **grid
+    )
+    scene = SceneSource(name="geo", image=image, labels=labels)
+    found = check_scene(scene, DataParams(scenes=[scene], bands=BANDS), PARAMS)
+    assert (found.shift_east_m, found.shift_north_m) == pytest.approx(
+        (6 * 0.558, 4 * 1.114), abs=0.3
+    )
