@@ -359,8 +359,10 @@ def plan_line(image: str | Path, grid: WindowGrid, tasks: int, threads: int) -> 
 
 
 def _window_size(grid: WindowGrid) -> str:
-    """A window's size in raster pixels: one number when square, else "rows x columns"."""
-    rows, cols = grid.row_axis[0], grid.col_axis[0]
+    """The first window's size in raster pixels (the raster's, rounded up to the U-Net's
+    multiple, when that is smaller): one number when square, else "rows x columns"."""
+    first = grid.rect(0, 0)
+    rows, cols = first.height, first.width
     return f"{rows}" if rows == cols else f"{rows} x {cols}"
 
 

@@ -368,3 +368,18 @@ def test_a_declared_pixel_size_serves_rasters_with_no_metric_grid(metre_model, t
     with pytest.warns(UserWarning, match=r"gdal_translate -r average -outsize 50% 50%"):
         scale = pixel_scale(bare, raster.raster_info(bare), cfg, "m", False, pixel_size_m=0.5)
     assert scale == (1.0, 1.0)
+
+
+def test_the_plan_line_says_the_windows_as_they_are_cut() -> None:
+    """Windows square on the ground over pixels twice as tall as wide are twice as wide in
+    pixels; a raster smaller than one window is one window of its own size (rounded up to
+    the U-Net's multiple of 32)."""
+    from pipeline.predict import plan_line
+    from pipeline.windows import WindowGrid
+
+    tall = WindowGrid(4000, 4000, 512, 64, col_window=1024, col_overlap=128)
+    assert "windows of 512 x 1024 px" in plan_line("a.tif", tall, 4, 2)
+    small = WindowGrid(1024, 1280, 1728, 256, col_window=2432, col_overlap=300)
+    assert plan_line("o.tif", small, 1, 1) == (
+        "predict o.tif: 1,024 x 1,280 px, 1 windows of 1024 x 1280 px in 1 tasks on 1 worker thread(s)"
+    )
