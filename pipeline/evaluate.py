@@ -548,7 +548,7 @@ def transfer_metrics(
             **_mean_network_scores([(networks or {}).get(s.name, {}) for s in scenes]),
             "source_best_threshold": best,
             "scenes": len(scenes),
-            "pixel_size_m": _pixel_size_m(scenes),
+            **_pixel_sizes(scenes),
         }
     return out
 
@@ -559,10 +559,17 @@ def _mean_network_scores(scores: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([s[k] for s in scored])) for k in (scored[0] if scored else {})}
 
 
-def _pixel_size_m(scenes: list[SceneSource]) -> float:
-    """The scenes' median pixel size on the ground in metres, as predict reads it
-    (``ground.pixel_size_m``: measured on the ellipsoid for degrees and Mercators)."""
-    return float(np.median([raster.raster_info(s.image).metres_per_pixel for s in scenes]))
+def _pixel_sizes(scenes: list[SceneSource]) -> dict[str, float]:
+    """The scenes' median pixel size on the ground in metres (``ground.pixel_size_m``: the
+    side of a square of the same area), and their median pixel width and height, which differ
+    for square-degree pixels away from the equator (predict resamples each axis on its own)."""
+    infos = [raster.raster_info(s.image) for s in scenes]
+    sides = np.median([info.pixel_metres for info in infos], axis=0)
+    return {
+        "pixel_size_m": float(np.median([info.metres_per_pixel for info in infos])),
+        "pixel_width_m": float(sides[1]),
+        "pixel_height_m": float(sides[0]),
+    }
 
 
 def _add_class_recall(result: dict[str, Any], scores: dict[str, SceneScore]) -> None:

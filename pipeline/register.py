@@ -63,11 +63,19 @@ def _transfer_section(metrics: dict, gsd_m: float | None, test_scenes: int | Non
     ]
     for name, m in sources.items():
         lines.append(
-            f"| {name} | {m['scenes']:.0f} | {m['pixel_size_m']:.2g} | {m['iou']:.3f} | "
+            f"| {name} | {m['scenes']:.0f} | {_pixel_size_cell(m)} | {m['iou']:.3f} | "
             f"{m['relaxed_break_even']:.3f} | {m['recall']:.3f} | {m['iou_at_source_best']:.3f} | "
             f"{_apls_cell(m)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _pixel_size_cell(metrics: dict) -> str:
+    """The source's pixel size; "wide x tall" for pixels more than 2 % from square."""
+    width, height = metrics.get("pixel_width_m"), metrics.get("pixel_height_m")
+    if width and height and max(width, height) / min(width, height) > 1.02:
+        return f"{width:.2g} x {height:.2g}"
+    return f"{metrics['pixel_size_m']:.2g}"
 
 
 def _apls_cell(metrics: dict) -> str:

@@ -620,6 +620,7 @@ def test_transfer_sources_are_scored_apart_from_the_test_scenes(tmp_path, isolat
     assert result["valid_pixels"] == scene["valid_pixels"] == int((~_nodata_corner()).sum())
     other = result["transfer"]["elsewhere"]
     assert other["scenes"] == 1 and other["pixel_size_m"] == pytest.approx(1.0)
+    assert (other["pixel_width_m"], other["pixel_height_m"]) == pytest.approx((1.0, 1.0))
     for key in ("iou", "relaxed_break_even", "recall", "valid_pixels", "road_pixels"):
         assert other[key] == pytest.approx(scene[key]), key
     for key in ("apls", "apls_raw", "topo_f1"):  # its road network is scored as the test's

@@ -288,7 +288,18 @@ def test_model_card_describes_this_model_not_the_demo(tmp_path):
                 "scenes": 1,
                 "pixel_size_m": 0.21,
                 "apls": 0.125,
-            }
+            },
+            "ottawa_11": {  # square-degree pixels at 45 N, as RoadNet ships Ottawa-11
+                "iou": 0.36,
+                "relaxed_break_even": 0.658,
+                "recall": 0.376,
+                "iou_at_source_best": 0.444,
+                "scenes": 1,
+                "pixel_size_m": 0.25,
+                "pixel_width_m": 0.21,
+                "pixel_height_m": 0.298,
+                "apls": 0.126,
+            },
         },
     }
     card = model_card(load_params(tmp_path / "params.yaml"), config, metrics, "v9", test_scenes=2)
@@ -297,6 +308,7 @@ def test_model_card_describes_this_model_not_the_demo(tmp_path):
         "| test scenes (this data) | 2 | 0.3 | 0.610 | 0.840 | 0.700 | 0.620 | not scored |" in card
     )
     assert "| ottawa | 1 | 0.21 | 0.240 | 0.730 | 0.300 | 0.310 | 0.125 |" in card
+    assert "| ottawa_11 | 1 | 0.21 x 0.3 | 0.360 | 0.658 | 0.376 | 0.444 | 0.126 |" in card
     assert "| iou | 0.6100 |" in card  # the headline table keeps the test scenes only
     config = config.model_copy(update={"init_from": "models:/city-roads@champion"})
     assert "fine-tuned from models:/city-roads@champion" in model_card(
