@@ -199,7 +199,7 @@ def check_scene(
 def _pixel_sides(info: raster.RasterInfo) -> tuple[float, float]:
     """(metres per row, metres per column) on the ground: they differ for square-degree pixels
     away from the equator; without a CRS, the transform's own units."""
-    return info.pixel_metres or (abs(info.transform.e), abs(info.transform.a))
+    return info.pixel_metres or info.res[::-1]
 
 
 def _read_probability(path: Path, row: int, col: int, shape: tuple[int, int]) -> np.ndarray:

@@ -208,7 +208,7 @@ def pixel_scale(
     if info.crs is not None:
         _warn_if_stretched(image, info, tolerance)
     mpp = math.sqrt(down * across)
-    if not 1 / tolerance <= mpp / config.gsd_m <= tolerance:
+    if not ground.passes_for((mpp, mpp), config.gsd_m, tolerance):
         warnings.warn(
             f"{image}: pixels are {mpp:.2f} m, but the model {model_ref} was trained at "
             f"{config.gsd_m:.2f} m; roads will look {'wider' if mpp < config.gsd_m else 'narrower'} "
