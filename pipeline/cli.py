@@ -338,8 +338,9 @@ def cmd_score_network(args: argparse.Namespace) -> None:
     from pipeline.config import GraphMetricsParams
     from pipeline.graph_metrics import format_scores, score_network_files
 
-    if args.json:
-        refuse_existing(args.json, args.overwrite)
+    for out in (args.json, args.points):
+        if out:
+            refuse_existing(out, args.overwrite)
     params = GraphMetricsParams(
         apls_max_sources=args.max_sources, topo_max_seeds=args.max_sources, seed=args.seed
     )
@@ -350,8 +351,12 @@ def cmd_score_network(args: argparse.Namespace) -> None:
         truth_layer=args.truth_layer,
         proposal_layer=args.proposal_layer,
         within=args.within,
+        points=args.points,
+        overwrite=args.overwrite,
     )
     print(format_scores(scores))
+    if args.points:
+        print(f"wrote {args.points} (APLS control points: truth_points, proposal_points)")
     if args.json:
         write_text_atomic(args.json, json.dumps(scores, indent=2) + "\n", overwrite=args.overwrite)
 
@@ -625,7 +630,16 @@ def _add_score_network(sub: argparse._SubParsersAction) -> None:
         "predicted from), as evaluate does: truth roads where it has no data cannot be found",
     )
     sp.add_argument("--json", help="also write the scores to this JSON file")
-    sp.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    sp.add_argument(
+        "--points",
+        metavar="GPKG",
+        help="also write where APLS is lost: every control point of both networks, whether "
+        "it snapped onto the other and the mean path-length difference of its pairs (layers "
+        "truth_points, proposal_points; QGIS opens them green to red)",
+    )
+    sp.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --json or --points file"
+    )
     sp.add_argument(
         "--max-sources",
         type=_positive_int,

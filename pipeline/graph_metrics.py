@@ -107,20 +107,28 @@ def score_network_files(
     truth_layer: str | None = None,
     proposal_layer: str | None = None,
     within: str | Path | None = None,
+    points: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """:func:`score_networks` of two vector files (see :func:`pipeline.road_graph.read_road_graph`),
     with the lengths of both networks and the CRS they were measured in. With ``within`` (a
     raster: the image the proposal was predicted from), the truth is clipped to its valid
     pixels, as evaluate clips a scene's roads: a road where the image has no data cannot be
-    found. The proposal is scored whole."""
+    found. The proposal is scored whole. With ``points``, the APLS control points of both
+    directions are written there as a GeoPackage (:mod:`pipeline.apls_points`)."""
     params = params or GraphMetricsParams()
     area = raster_valid_area(within) if within is not None else None
     truth_graph = read_road_graph(truth_path, truth_layer, area)
     proposal_graph = read_road_graph(proposal_path, proposal_layer)
     truth = metric_graph(truth_graph, simplify=params.simplify)
     proposal = metric_graph(proposal_graph, None, truth.crs, simplify=params.simplify)
+    directions = apls_points(truth, proposal, params)
+    if points is not None:
+        from pipeline.apls_points import write_control_points
+
+        write_control_points(points, *directions, truth.crs, overwrite=overwrite)
     return {
-        **apls(truth, proposal, params),
+        **apls_scores(*directions),
         **topo(truth, proposal, params),
         "truth_length_m": truth.total_length_m,
         "proposal_length_m": proposal.total_length_m,
@@ -128,6 +136,7 @@ def score_network_files(
         "truth": str(truth_path),
         "proposal": str(proposal_path),
         "within": str(within) if within is not None else None,
+        "points": str(points) if points is not None else None,
         "apls_definition": "SpaceNet APLS (CosmiQ apls.py), not the Sat2Graph variant",
         "params": params.model_dump(),
     }
@@ -230,14 +239,45 @@ def _batches(n_sources: int, n_nodes: int) -> Iterator[slice]:
 # --------------------------------------------------------------------------------------- APLS
 def apls(truth: RoadGraph, proposal: RoadGraph, params: GraphMetricsParams) -> dict[str, float]:
     """APLS of two graphs in the same metric CRS (see the module docstring)."""
-    gt_onto_prop = _apls_one_way(truth, proposal, params)
-    prop_onto_gt = _apls_one_way(proposal, truth, params)
-    both = (
-        0.0
-        if min(gt_onto_prop, prop_onto_gt) <= 0
-        else float(2 * gt_onto_prop * prop_onto_gt / (gt_onto_prop + prop_onto_gt))
-    )
-    return {"apls": both, "apls_gt_onto_prop": gt_onto_prop, "apls_prop_onto_gt": prop_onto_gt}
+    return apls_scores(*apls_points(truth, proposal, params))
+
+
+@dataclass(frozen=True)
+class ControlPoints:
+    """The APLS control points of one graph scored onto the other (one direction): where
+    each point is, whether it snapped onto the other graph, and the path-length differences
+    d of the pairs that start from it (none for a point left out of a sample)."""
+
+    xy: np.ndarray  # (N, 2) in the metric CRS
+    snapped: np.ndarray  # (N,) bool: the other graph within the snap distance
+    pairs: np.ndarray  # (N,) int: pairs counted from the point
+    d_sum: np.ndarray  # (N,) float: their d summed
+
+    @property
+    def score(self) -> float:
+        """C(this graph -> the other): 1 - the mean d over every pair."""
+        count = int(self.pairs.sum())
+        return float(1.0 - self.d_sum.sum() / count) if count else 0.0
+
+    @property
+    def mean_d(self) -> np.ndarray:
+        """Each point's mean d (NaN without pairs): what it costs the score, 0 to 1."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.pairs > 0, self.d_sum / self.pairs, np.nan)
+
+
+def apls_points(
+    truth: RoadGraph, proposal: RoadGraph, params: GraphMetricsParams
+) -> tuple[ControlPoints, ControlPoints]:
+    """The control points of both directions: truth onto proposal, proposal onto truth."""
+    return _control_points(truth, proposal, params), _control_points(proposal, truth, params)
+
+
+def apls_scores(gt_onto_prop: ControlPoints, prop_onto_gt: ControlPoints) -> dict[str, float]:
+    """APLS, the harmonic mean of the two directions (0 when either is 0), and both."""
+    a, b = gt_onto_prop.score, prop_onto_gt.score
+    both = 0.0 if min(a, b) <= 0 else float(2 * a * b / (a + b))
+    return {"apls": both, "apls_gt_onto_prop": a, "apls_prop_onto_gt": b}
 
 
 def control_positions(
@@ -271,26 +311,29 @@ def _bbox_diagonals(lines: np.ndarray) -> np.ndarray:
     return np.hypot(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1])
 
 
-def _apls_one_way(source: RoadGraph, other: RoadGraph, params: GraphMetricsParams) -> float:
-    """C(source -> other): 1 - mean path-length difference over pairs of source control points."""
+def _control_points(
+    source: RoadGraph, other: RoadGraph, params: GraphMetricsParams
+) -> ControlPoints:
+    """``source``'s control points scored onto ``other`` (C(source -> other) is their score)."""
     positions = control_positions(source, params.apls_control_spacing_m, params.apls_curved_eps)
     native = _split(source, *positions)
     n_points = native.n_nodes  # control points: every node of the source with its midpoints
-    if n_points == 0 or len(other.edges) == 0:
-        return 0.0
-    snapped_on = _snap(_node_xy(source, native), other, params.apls_snap_m)
-    prime = _split(other, snapped_on[1], snapped_on[2])
+    xy = _node_xy(source, native).reshape(-1, 2)
     other_node = np.full(n_points, -1, dtype=np.int64)
-    other_node[snapped_on[0]] = prime.point_node
+    prime = None
+    if n_points and len(other.edges):
+        snapped_on = _snap(xy, other, params.apls_snap_m)
+        prime = _split(other, snapped_on[1], snapped_on[2])
+        other_node[snapped_on[0]] = prime.point_node
+    pairs, d_sum = np.zeros(n_points, np.int64), np.zeros(n_points)
     sources = _sample(n_points, params.apls_max_sources, params.seed)
-    total, count = 0.0, 0
-    for batch in _batches(len(sources), max(n_points, prime.n_nodes)):
+    for batch in _batches(len(sources), max(n_points, prime.n_nodes if prime else 0)):
         rows = sources[batch]
         lengths = dijkstra(native.matrix, directed=False, indices=rows)
-        diffs = _path_differences(lengths, rows, other_node, prime.matrix, params.apls_min_path_m)
-        total += diffs.sum()
-        count += diffs.size
-    return float(1.0 - total / count) if count else 0.0
+        d_sum[rows], pairs[rows] = _path_differences(
+            lengths, rows, other_node, prime, params.apls_min_path_m
+        )
+    return ControlPoints(xy, other_node >= 0, pairs, d_sum)
 
 
 def _snap(points: np.ndarray, road: RoadGraph, max_distance: float) -> tuple:
@@ -311,26 +354,35 @@ def _sample(n: int, size: int | None, seed: int) -> np.ndarray:
 
 
 def _path_differences(
-    lengths: np.ndarray, rows: np.ndarray, other_node: np.ndarray, other: csr_matrix, min_m: float
-) -> np.ndarray:
-    """d of every counted pair from the source points ``rows`` (``lengths``: their distances)."""
+    lengths: np.ndarray,
+    rows: np.ndarray,
+    other_node: np.ndarray,
+    other: _Split | None,
+    min_m: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of d, pairs counted) from each of the source points ``rows`` (``lengths``: their
+    distances in the source)."""
     n_points = len(other_node)
     lengths = lengths[:, :n_points]
     reach = np.isfinite(lengths)
     reach[np.arange(len(rows)), rows] = False
     present = other_node[rows] >= 0
-    missing_d = np.ones(int(reach[~present].sum()))  # a missing start: d = 1 for all it reaches
-    if not present.any():
-        return missing_d
+    # a missing start: d = 1 for every point it reaches (the reference skips the 10 m rule)
+    counts = reach.sum(axis=1)
+    sums = counts.astype(float)
+    if not present.any() or other is None:
+        return sums, counts
     starts = other_node[rows[present]]
-    other_lengths = dijkstra(other, directed=False, indices=starts)
+    other_lengths = dijkstra(other.matrix, directed=False, indices=starts)
     ends = np.where(other_node >= 0, other_node, 0)
     alt = np.where(other_node >= 0, other_lengths[:, ends], np.inf)
     truth = lengths[present]
     counted = reach[present] & (truth >= min_m)
-    t, a = truth[counted], alt[counted]
-    d = np.where(np.isfinite(a), np.minimum(1.0, np.abs(t - a) / t), 1.0)
-    return np.concatenate([missing_d, d])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.where(np.isfinite(alt), np.minimum(1.0, np.abs(truth - alt) / truth), 1.0)
+    sums[present] = np.where(counted, d, 0.0).sum(axis=1)
+    counts[present] = counted.sum(axis=1)
+    return sums, counts
 
 
 # --------------------------------------------------------------------------------------- TOPO

@@ -34,6 +34,14 @@ NODE_CLASSES = (
     (2, "through node", "#9e9ac8", 1.0),
     (1000, "junction", "#3f007d", 2.4),
 )
+# (upper mean d, label, colour, size in mm) for APLS control points: ColorBrewer RdYlGn, reversed
+APLS_POINT_CLASSES = (
+    (0.1, "paths kept (d <= 0.1)", "#1a9641", 1.2),
+    (0.25, "0.1 - 0.25", "#a6d96a", 1.6),
+    (0.5, "0.25 - 0.5", "#fdae61", 2.0),
+    (0.99, "0.5 - 0.99", "#f46d43", 2.4),
+    (1.0, "missing or cut off (d = 1)", "#d7191c", 2.8),
+)
 LAYER_STYLES_DDL = """CREATE TABLE layer_styles (
     id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
     f_table_catalog TEXT(256),
@@ -251,6 +259,16 @@ def nodes_qml(field: str = "degree") -> str:
     return _graduated_qml(field, nodes_ranges(), "point")
 
 
+def apls_point_ranges() -> list[Range]:
+    """Control point classes by the mean path-length difference d of their pairs."""
+    lower = 0.0
+    ranges = []
+    for upper, label, colour, size in APLS_POINT_CLASSES:
+        ranges.append(Range(lower, upper, label, colour, size))
+        lower = upper
+    return ranges
+
+
 # ----------------------------------------------------------------------------------- SLD
 def _sld_rule(title: str, symbolizer: str, field: str | None, lower: float, upper: float) -> str:
     condition = ""
@@ -414,3 +432,16 @@ def add_network_styles(
         _graduated_sld(nodes, degree_field, nodes_ranges(), "point"),
         description=f"road network nodes by {degree_field} (roadseg)",
     )
+
+
+def add_apls_point_styles(gpkg: str | Path, layers: tuple[str, ...], field: str = "mean_d") -> None:
+    """Default styles of APLS control point layers: green where paths from the point are kept,
+    red where it is missing from the other network or its paths are cut off."""
+    for layer in layers:
+        add_layer_style(
+            gpkg,
+            layer,
+            _graduated_qml(field, apls_point_ranges(), "point"),
+            _graduated_sld(layer, field, apls_point_ranges(), "point"),
+            description=f"APLS control points by {field} (roadseg)",
+        )

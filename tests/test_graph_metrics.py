@@ -14,7 +14,7 @@ import shapely
 from pyproj import Transformer
 
 from pipeline.config import GraphMetricsParams
-from pipeline.graph_metrics import control_positions, score_networks
+from pipeline.graph_metrics import apls_points, control_positions, score_networks
 from pipeline.road_graph import metric_graph
 
 UTM = "EPSG:32633"
@@ -106,6 +106,24 @@ def test_removed_bridge() -> None:
     assert scores["topo_precision"] == pytest.approx(1.0)
     assert scores["topo_recall"] == pytest.approx(float(recall))
     assert scores["topo_f1"] == pytest.approx(harmonic(Fraction(1), recall))
+
+
+def test_control_points_say_where_the_removed_bridge_costs() -> None:
+    """The removed bridge again, point by point: the bridge's midpoint M is missing (its 10
+    pairs d = 1); each road point keeps its 4 pairs along its road (d = 0) and loses the 5
+    across and the one to M (d = 1): mean d 6/10. The proposal's points keep every pair."""
+    truth, proposal = (metric_graph(g) for g in (road_graph(*H_ROADS), road_graph(*H_ROADS[:4])))
+    onto_prop, onto_truth = apls_points(truth, proposal, WIDE)
+    xy = [(round(x - X0, 6), round(y - Y0, 6)) for x, y in onto_prop.xy]
+    m = xy.index((100.0, 50.0))
+    assert not onto_prop.snapped[m] and onto_prop.snapped.sum() == 10
+    assert onto_prop.pairs[m] == 10 and onto_prop.mean_d[m] == pytest.approx(1.0)
+    roads = [i for i in range(len(xy)) if i != m]
+    assert list(onto_prop.pairs[roads]) == [10] * 10
+    assert onto_prop.mean_d[roads] == pytest.approx([0.6] * 10)
+    assert onto_prop.score == pytest.approx(4 / 11)  # 1 - (10 x 6 + 10) / 110
+    assert onto_truth.snapped.all() and list(onto_truth.pairs) == [4] * 10
+    assert onto_truth.mean_d == pytest.approx([0.0] * 10)
 
 
 def test_spurious_shortcut() -> None:

@@ -166,6 +166,39 @@ def test_score_network_prints_and_writes_json(tmp_path: Path, capsys) -> None:
     assert json.loads(out.read_text())["apls"] == pytest.approx(1.0)
 
 
+def test_score_network_writes_where_apls_is_lost(tmp_path: Path, capsys) -> None:
+    """--points: the control points of both directions, styled for QGIS; the truth's points
+    give back the score printed (the bridge's midpoint missing: 4/11)."""
+    import sqlite3
+
+    truth = write_network(tmp_path / "truth.gpkg")
+    proposal = write_network(tmp_path / "proposal.gpkg", with_bridge=False)
+    out = tmp_path / "points.gpkg"
+    assert main(["score-network", str(truth), str(proposal), "--points", str(out)]) == 0
+    assert "truth->proposal 0.3636" in capsys.readouterr().out
+    points = gpd.read_file(out, layer="truth_points")
+    assert points.crs == UTM and len(points) == 11
+    [missing] = points.index[~points["snapped"]]
+    assert points.geometry[missing].coords[0] == pytest.approx((X0 + 100, Y0 + 50))
+    assert points["mean_d"][missing] == pytest.approx(1.0)
+    weighted = (points["mean_d"] * points["pairs"]).sum() / points["pairs"].sum()
+    assert 1 - weighted == pytest.approx(4 / 11)
+    own = gpd.read_file(out, layer="proposal_points")
+    assert len(own) == 10 and own["snapped"].all() and (own["mean_d"] == 0).all()
+    with sqlite3.connect(out) as con:
+        styled = dict(con.execute("SELECT f_table_name, styleQML FROM layer_styles"))
+    assert set(styled) == {"truth_points", "proposal_points"}
+    assert 'attr="mean_d"' in styled["truth_points"]  # graduated: kept green .. lost red
+    assert '<range lower="0.99" upper="1"' in styled["truth_points"]
+    # not replaced without --overwrite; a sample leaves the other points without pairs (NULL)
+    args = ["score-network", str(truth), str(proposal), "--points", str(out)]
+    assert main(args) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--max-sources", "3"]) == 0
+    sampled = gpd.read_file(out, layer="truth_points")
+    assert (sampled["pairs"] > 0).sum() == 3 and sampled["mean_d"].isna().sum() == 8
+
+
 def test_networks_on_a_local_tile_grid_are_measured_in_its_metres(tmp_path: Path) -> None:
     """The networks of a tile set without georeferencing (Massachusetts Roads) lie on
     roadseg's local metre grid, an engineering CRS: scored in it, not sent to a UTM zone."""
