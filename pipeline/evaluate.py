@@ -3,7 +3,8 @@ score it against the scene's roads.
 
 Writes (see docs/formats.md): ``metrics/eval.json`` (DVC metrics), ``plots/pr.csv`` (DVC plots),
 ``reports/<scene>_error_map.png`` and ``<scene>_quicklook.png`` (drawn by
-``evaluate_figures.py``); merges the test metrics into the model folder's ``model.json``; logs
+``evaluate_figures.py``), and with the road network scored ``<scene>_apls_points.gpkg``
+(where the network loses APLS: ``pipeline.apls_points``); merges the test metrics into the model folder's ``model.json``; logs
 all of it to an MLflow run ``evaluate``.
 
 A scene is scored block by block (``EVAL_BLOCK`` pixels a side, read with a margin of the
@@ -480,8 +481,14 @@ def _score_scenes(
             from pipeline.network_eval import score_scene_network
 
             log.info("evaluate: road network of %s", scene.name)
+            params.reports_dir.mkdir(parents=True, exist_ok=True)
             scored = score_scene_network(
-                scene, prediction, network, network.threshold or threshold, data
+                scene,
+                prediction,
+                network,
+                network.threshold or threshold,
+                data,
+                points=apls_points_path(params, scene),
             )
             if scored:
                 network_scores[scene.name] = scored
@@ -608,6 +615,11 @@ def _add_network_metrics(
     result.update(_mean_network_scores(list(network_scores.values())))
 
 
+def apls_points_path(params: EvaluateParams, scene: SceneSource) -> Path:
+    """Where evaluate writes a test scene's APLS control points (``pipeline.apls_points``)."""
+    return params.reports_dir / f"{scene.name}_apls_points.gpkg"
+
+
 def _write_figures(
     params: EvaluateParams,
     scenes: list[SceneSource],
@@ -638,6 +650,8 @@ def _write_figures(
                 scene.bands,
             )
         )
+        if scene.name in result.get("per_scene", {}) and "apls" in result["per_scene"][scene.name]:
+            figures.append(apls_points_path(params, scene))  # written when it was scored
     return figures
 
 

@@ -91,12 +91,30 @@ def score_networks(
     *,
     truth_crs: Any = None,
     proposal_crs: Any = None,
+    points: str | Path | None = None,
 ) -> dict[str, float]:
-    """APLS (both directions and their harmonic mean) and TOPO precision, recall and F1."""
+    """APLS (both directions and their harmonic mean) and TOPO precision, recall and F1; with
+    ``points``, the APLS control points of both directions written there as a GeoPackage
+    (:mod:`pipeline.apls_points`; an existing file is replaced)."""
     params = params or GraphMetricsParams()
     truth = metric_graph(truth_graph, truth_crs, simplify=params.simplify)
     proposal = metric_graph(proposal_graph, proposal_crs, truth.crs, simplify=params.simplify)
-    return {**apls(truth, proposal, params), **topo(truth, proposal, params)}
+    return _scores(truth, proposal, params, points, overwrite=True)
+
+
+def _scores(
+    truth: RoadGraph,
+    proposal: RoadGraph,
+    params: GraphMetricsParams,
+    points: str | Path | None,
+    overwrite: bool,
+) -> dict[str, float]:
+    directions = apls_points(truth, proposal, params)
+    if points is not None:
+        from pipeline.apls_points import write_control_points
+
+        write_control_points(points, *directions, truth.crs, overwrite=overwrite)
+    return {**apls_scores(*directions), **topo(truth, proposal, params)}
 
 
 def score_network_files(
@@ -122,14 +140,8 @@ def score_network_files(
     proposal_graph = read_road_graph(proposal_path, proposal_layer)
     truth = metric_graph(truth_graph, simplify=params.simplify)
     proposal = metric_graph(proposal_graph, None, truth.crs, simplify=params.simplify)
-    directions = apls_points(truth, proposal, params)
-    if points is not None:
-        from pipeline.apls_points import write_control_points
-
-        write_control_points(points, *directions, truth.crs, overwrite=overwrite)
     return {
-        **apls_scores(*directions),
-        **topo(truth, proposal, params),
+        **_scores(truth, proposal, params, points, overwrite),
         "truth_length_m": truth.total_length_m,
         "proposal_length_m": proposal.total_length_m,
         "metric_crs": truth.crs.to_string() if truth.crs else None,

@@ -128,11 +128,13 @@ def score_scene_network(
     threshold: float,
     data: DataParams | None = None,
     metrics: GraphMetricsParams | None = None,
+    points: Path | None = None,
 ) -> dict[str, float]:
     """APLS and TOPO of the repaired network, ``apls_raw`` of the raw skeleton graph; none
     (an empty dict, with a warning) when the scene has no road in its valid area. The truth of
     a scene without road vectors is traced from its label raster beside ``prediction``, its
-    image read with ``data``'s bands."""
+    image read with ``data``'s bands. With ``points``, the repaired network's APLS control
+    points (:mod:`pipeline.apls_points`) are written there."""
     metrics = metrics or GraphMetricsParams()
     if scene.roads is not None:
         truth = truth_network(scene, data)
@@ -144,11 +146,12 @@ def score_scene_network(
         log.warning("evaluate: %s has no road in its valid area; no network metrics", scene.name)
         return {}
     network = trace_network(prediction, params, threshold)
-    raw_scores = score_networks(truth, _as_graph(network, params), metrics)
+    raw_points = None if params.repair else points
+    raw_scores = score_networks(truth, _as_graph(network, params), metrics, points=raw_points)
     scores = raw_scores
     if params.repair:  # in place, after the raw graph was scored
         repair_network(network, prediction, params)
-        scores = score_networks(truth, _as_graph(network, params), metrics)
+        scores = score_networks(truth, _as_graph(network, params), metrics, points=points)
     out = {k: float(scores[k]) for k in NETWORK_METRICS}
     out["apls_raw"] = float(raw_scores["apls"])
     return out

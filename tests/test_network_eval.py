@@ -125,9 +125,16 @@ def test_evaluate_reports_network_metrics(tmp_path, monkeypatch):
     card = json.loads((model_dir / "model.json").read_text())["metrics"]
     assert card["test_apls"] == pytest.approx(saved["apls"])
     assert card["test_topo_f1"] == pytest.approx(saved["topo_f1"])
-    logged = MlflowClient(tracking_uri=reg.tracking_uri).get_run(result["mlflow_run_id"])
+    client = MlflowClient(tracking_uri=reg.tracking_uri)
+    logged = client.get_run(result["mlflow_run_id"])
     assert logged.data.metrics["apls"] == pytest.approx(saved["apls"])
     assert logged.data.metrics["held_out/topo_recall"] == pytest.approx(saved["topo_recall"])
+    # where the repaired network loses APLS, beside the error map, and in the run
+    points = gpd.read_file(ev.reports_dir / "held_out_apls_points.gpkg", layer="truth_points")
+    kept = 1 - (points["mean_d"] * points["pairs"]).sum() / points["pairs"].sum()
+    assert kept == pytest.approx(saved["apls_gt_onto_prop"])
+    logged_reports = {a.path for a in client.list_artifacts(result["mlflow_run_id"], "reports")}
+    assert "reports/held_out_apls_points.gpkg" in logged_reports
 
 
 def test_scene_without_roads_in_its_valid_area_has_no_network_metrics(tmp_path):
