@@ -55,6 +55,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -353,6 +360,7 @@ def cmd_score_network(args: argparse.Namespace) -> None:
         within=args.within,
         points=args.points,
         overwrite=args.overwrite,
+        pixel_size_m=args.pixel_size,
     )
     print(format_scores(scores))
     if args.points:
@@ -628,6 +636,13 @@ def _add_score_network(sub: argparse._SubParsersAction) -> None:
         metavar="RASTER",
         help="clip the truth to the valid pixels of this raster (the image the proposal was "
         "predicted from), as evaluate does: truth roads where it has no data cannot be found",
+    )
+    sp.add_argument(
+        "--pixel-size",
+        type=_positive_float,
+        metavar="METRES",
+        help="networks without a CRS (of rasters without georeferencing, as `pipeline network` "
+        "writes them for a tile predicted with --pixel-size) are in pixels of this size",
     )
     sp.add_argument("--json", help="also write the scores to this JSON file")
     sp.add_argument(

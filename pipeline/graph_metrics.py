@@ -73,12 +73,19 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import shapely
+from pyproj import CRS
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import dijkstra, maximum_bipartite_matching
 from scipy.spatial import cKDTree
 
 from pipeline.config import GraphMetricsParams
-from pipeline.road_graph import RoadGraph, metric_graph, raster_valid_area, read_road_graph
+from pipeline.road_graph import (
+    GraphInputError,
+    RoadGraph,
+    metric_graph,
+    raster_valid_area,
+    read_road_graph,
+)
 
 _TOL = 1e-6  # metres: points this close to a node or to each other are the same place
 _BATCH_BYTES = 64 * 2**20  # Dijkstra rows held at a time (sources x nodes x 8 bytes)
@@ -127,24 +134,28 @@ def score_network_files(
     within: str | Path | None = None,
     points: str | Path | None = None,
     overwrite: bool = False,
+    pixel_size_m: float | None = None,
 ) -> dict[str, Any]:
     """:func:`score_networks` of two vector files (see :func:`pipeline.road_graph.read_road_graph`),
     with the lengths of both networks and the CRS they were measured in. With ``within`` (a
     raster: the image the proposal was predicted from), the truth is clipped to its valid
     pixels, as evaluate clips a scene's roads: a road where the image has no data cannot be
     found. The proposal is scored whole. With ``points``, the APLS control points of both
-    directions are written there as a GeoPackage (:mod:`pipeline.apls_points`)."""
+    directions are written there as a GeoPackage (:mod:`pipeline.apls_points`). Files
+    without a CRS (networks of rasters without georeferencing, in pixels) are read with
+    ``pixel_size_m`` metres a pixel; both must then be without one."""
     params = params or GraphMetricsParams()
     area = raster_valid_area(within) if within is not None else None
-    truth_graph = read_road_graph(truth_path, truth_layer, area)
-    proposal_graph = read_road_graph(proposal_path, proposal_layer)
+    truth_graph = read_road_graph(truth_path, truth_layer, area, pixel_size_m)
+    proposal_graph = read_road_graph(proposal_path, proposal_layer, None, pixel_size_m)
+    _same_kind_of_grid(truth_graph, proposal_graph, truth_path, proposal_path)
     truth = metric_graph(truth_graph, simplify=params.simplify)
     proposal = metric_graph(proposal_graph, None, truth.crs, simplify=params.simplify)
     return {
         **_scores(truth, proposal, params, points, overwrite),
         "truth_length_m": truth.total_length_m,
         "proposal_length_m": proposal.total_length_m,
-        "metric_crs": truth.crs.to_string() if truth.crs else None,
+        "metric_crs": _crs_name(truth.crs),
         "truth": str(truth_path),
         "proposal": str(proposal_path),
         "within": str(within) if within is not None else None,
@@ -152,6 +163,24 @@ def score_network_files(
         "apls_definition": "SpaceNet APLS (CosmiQ apls.py), not the Sat2Graph variant",
         "params": params.model_dump(),
     }
+
+
+def _crs_name(crs: CRS | None) -> str | None:
+    """A CRS as the scores name it: its code, or the local tile grid's name."""
+    if crs is None:
+        return None
+    return crs.name if crs.is_engineering else crs.to_string()
+
+
+def _same_kind_of_grid(truth: nx.Graph, proposal: nx.Graph, *paths: str | Path) -> None:
+    """Refuse to compare pixels of a raster without georeferencing with a place on Earth."""
+    local = [CRS.from_user_input(g.graph["crs"]).is_engineering for g in (truth, proposal)]
+    if local[0] != local[1]:
+        which = paths[local.index(True)]
+        raise GraphInputError(
+            f"{which}: no CRS (pixels of a raster without georeferencing), while the other "
+            "network has one: they cannot be placed on each other"
+        )
 
 
 def format_scores(scores: dict[str, Any]) -> str:

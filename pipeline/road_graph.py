@@ -75,15 +75,21 @@ class RoadGraph:
 
 # ------------------------------------------------------------------------------------- reading
 def read_road_graph(
-    path: str | Path, layer: str | None = None, within: gpd.GeoSeries | None = None
+    path: str | Path,
+    layer: str | None = None,
+    within: gpd.GeoSeries | None = None,
+    pixel_size_m: float | None = None,
 ) -> nx.MultiGraph:
     """A road graph from a vector file (see the module docstring for the two formats).
 
     ``layer`` picks the line layer; by default the ``edges`` layer when there is one, else the
     only line layer. ``within`` (an area with its CRS) keeps the parts of the lines inside it,
     noded as plain lines (a network GeoPackage's ends meet at its nodes, so its junctions
-    stay). Raises GraphInputError naming ``path`` when the file, the layer or its lines (inside
-    ``within``) are missing, or the data has no CRS.
+    stay). Data without a CRS (the network of a raster without georeferencing, in its pixels)
+    is read with ``pixel_size_m`` metres a unit, on the local tile grid
+    (``raster.LOCAL_GRID_WKT``). Raises GraphInputError naming ``path`` when the file, the
+    layer or its lines (inside ``within``) are missing, or the data has no CRS and no
+    ``pixel_size_m`` is given.
     """
     path = Path(path)
     layers = _line_layers(path)
@@ -92,11 +98,15 @@ def read_road_graph(
         raise GraphInputError(
             f"{path}: no line layer {layer!r} (line layers: {', '.join(layers) or 'none'})"
         )
-    lines = _read_layer(path, layer)
+    lines = _read_layer(path, layer, pixel_size_m)
     if within is not None:
         return graph_from_lines(_clip_lines(lines, within, f"{path}: layer {layer!r}"))
     if {"u", "v"} <= set(lines.columns):
-        nodes = _read_layer(path, NODES_LAYER) if NODES_LAYER in _all_layers(path) else None
+        nodes = (
+            _read_layer(path, NODES_LAYER, pixel_size_m)
+            if NODES_LAYER in _all_layers(path)
+            else None
+        )
         return graph_from_network(lines, nodes, f"{path}: layer {layer!r}")
     return graph_from_lines(lines)
 
@@ -292,13 +302,19 @@ def _default_layer(path: Path, line_layers: list[str]) -> str:
     raise GraphInputError(f"{path}: several line layers ({', '.join(line_layers)}); pick one")
 
 
-def _read_layer(path: Path, layer: str) -> gpd.GeoDataFrame:
+def _read_layer(path: Path, layer: str, pixel_size_m: float | None = None) -> gpd.GeoDataFrame:
     try:
         gdf = gpd.read_file(path, layer=layer, engine="pyogrio")
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, OSError) as e:
         raise GraphInputError(f"{path}: cannot read layer {layer!r} ({e})") from e
-    if gdf.crs is None:
-        raise GraphInputError(f"{path}: layer {layer!r} has no CRS")
+    if gdf.crs is None and pixel_size_m is None:
+        raise GraphInputError(
+            f"{path}: layer {layer!r} has no CRS; for the network of a raster without "
+            "georeferencing give its pixel size in metres (score-network --pixel-size)"
+        )
+    if gdf.crs is None:  # pixels of a raster without georeferencing, pixel_size_m a side
+        geometry = shapely.transform(gdf.geometry.values, lambda xy: xy * pixel_size_m)
+        gdf = gdf.set_geometry(gpd.GeoSeries(geometry, index=gdf.index, crs=raster.LOCAL_GRID_WKT))
     gdf = gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]
     if layer != NODES_LAYER and len(gdf) == 0:
         raise GraphInputError(f"{path}: layer {layer!r} has no lines")

@@ -199,6 +199,43 @@ def test_score_network_writes_where_apls_is_lost(tmp_path: Path, capsys) -> None
     assert (sampled["pairs"] > 0).sum() == 3 and sampled["mean_d"].isna().sum() == 8
 
 
+def _without_crs(path: Path, units_per_m: float) -> Path:
+    """The network GeoPackage at ``path`` as `pipeline network` writes one for a raster
+    without georeferencing: the same layers in pixel coordinates, no CRS."""
+    out = path.with_name(f"{path.stem}.pixels.gpkg")
+    for layer in ("edges", "nodes"):
+        frame = gpd.read_file(path, layer=layer)
+        geometry = shapely.transform(frame.geometry.values, lambda xy: xy * units_per_m)
+        frame = gpd.GeoDataFrame(frame.drop(columns="geometry"), geometry=list(geometry))
+        frame.to_file(out, layer=layer, driver="GPKG", mode="a" if layer == "nodes" else "w")
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:'crs' was not provided")  # as pipeline network writes them
+def test_networks_without_a_crs_are_scored_in_pixels_of_the_size_given(
+    tmp_path: Path, capsys
+) -> None:
+    """Networks of a tile without georeferencing (DeepGlobe's JPEGs, predicted with
+    --pixel-size 0.5): in pixels, no CRS; scored with --pixel-size 0.5 they give what the
+    same networks in metres give (the bridge missing: 8/15), and never against a network
+    placed on Earth."""
+    truth = _without_crs(write_network(tmp_path / "truth.gpkg"), 2.0)
+    proposal = _without_crs(write_network(tmp_path / "prop.gpkg", with_bridge=False), 2.0)
+    out = tmp_path / "scores.json"
+    assert main(["score-network", str(truth), str(proposal)]) == 2
+    err = capsys.readouterr().err
+    assert f"{truth}: layer 'edges' has no CRS" in err and "--pixel-size" in err
+    args = ["score-network", str(truth), str(proposal), "--pixel-size", "0.5", "--json", str(out)]
+    assert main(args) == 0
+    scores = json.loads(out.read_text())
+    assert scores["apls"] == pytest.approx(8 / 15)
+    assert scores["truth_length_m"] == pytest.approx(500.0)
+    assert scores["metric_crs"].startswith("roadseg local tile grid")
+    placed = write_network(tmp_path / "placed.gpkg")
+    assert main(["score-network", str(placed), str(proposal), "--pixel-size", "0.5"]) == 2
+    assert "cannot be placed on each other" in capsys.readouterr().err
+
+
 def test_networks_on_a_local_tile_grid_are_measured_in_its_metres(tmp_path: Path) -> None:
     """The networks of a tile set without georeferencing (Massachusetts Roads) lie on
     roadseg's local metre grid, an engineering CRS: scored in it, not sent to a UTM zone."""
