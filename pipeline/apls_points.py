@@ -27,6 +27,7 @@ import pandas as pd
 
 from pipeline.atomic import atomic_path
 from pipeline.graph_metrics import ControlPoints
+from pipeline.raster import quiet_without_crs
 
 LAYERS = ("truth_points", "proposal_points")
 
@@ -54,10 +55,11 @@ def write_control_points(
     overwrite: bool = False,
 ) -> Path:
     """Both directions' control points into one GeoPackage, written beside ``path`` and
-    renamed into place, with their default QGIS styles."""
+    renamed into place, with their default QGIS styles. Without ``crs`` (graphs given
+    without one, taken to be in metres) the layers have none."""
     from pipeline.styles import add_apls_point_styles
 
-    with atomic_path(Path(path), overwrite=overwrite) as tmp:
+    with atomic_path(Path(path), overwrite=overwrite) as tmp, quiet_without_crs(crs is not None):
         for i, (layer, points) in enumerate(zip(LAYERS, (gt_onto_prop, prop_onto_gt), strict=True)):
             frame = control_point_frame(points, crs)
             frame.to_file(
