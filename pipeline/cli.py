@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -341,6 +342,7 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_score_network(args: argparse.Namespace) -> None:
+    from pipeline.apls_points import write_control_points
     from pipeline.atomic import refuse_existing, write_text_atomic
     from pipeline.config import GraphMetricsParams
     from pipeline.graph_metrics import format_scores, score_network_files
@@ -358,10 +360,14 @@ def cmd_score_network(args: argparse.Namespace) -> None:
         truth_layer=args.truth_layer,
         proposal_layer=args.proposal_layer,
         within=args.within,
-        points=args.points,
-        overwrite=args.overwrite,
+        points=(
+            functools.partial(write_control_points, args.points, overwrite=args.overwrite)
+            if args.points
+            else None
+        ),
         pixel_size_m=args.pixel_size,
     )
+    scores["points"] = args.points
     print(format_scores(scores))
     if args.points:
         print(f"wrote {args.points} (APLS control points: truth_points, proposal_points)")

@@ -65,7 +65,7 @@ by straight-line distance, holes every 30 m); TOPO figures of different codes do
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,9 @@ from pipeline.road_graph import (
     read_road_graph,
 )
 
+# what receives the APLS control points of both directions (truth -> proposal, proposal ->
+# truth) and the CRS they are in: pipeline.apls_points.write_control_points, bound to a path
+PointsSink = Callable[["ControlPoints", "ControlPoints", "CRS | None"], Any]
 _TOL = 1e-6  # metres: points this close to a node or to each other are the same place
 _BATCH_BYTES = 64 * 2**20  # Dijkstra rows held at a time (sources x nodes x 8 bytes)
 
@@ -98,29 +101,23 @@ def score_networks(
     *,
     truth_crs: Any = None,
     proposal_crs: Any = None,
-    points: str | Path | None = None,
+    points: PointsSink | None = None,
 ) -> dict[str, float]:
-    """APLS (both directions and their harmonic mean) and TOPO precision, recall and F1; with
-    ``points``, the APLS control points of both directions written there as a GeoPackage
-    (:mod:`pipeline.apls_points`; an existing file is replaced)."""
+    """APLS (both directions and their harmonic mean) and TOPO precision, recall and F1;
+    ``points``, when given, receives the APLS control points of both directions and the CRS
+    they are in (``pipeline.apls_points.write_control_points`` writes them to a file)."""
     params = params or GraphMetricsParams()
     truth = metric_graph(truth_graph, truth_crs, simplify=params.simplify)
     proposal = metric_graph(proposal_graph, proposal_crs, truth.crs, simplify=params.simplify)
-    return _scores(truth, proposal, params, points, overwrite=True)
+    return _scores(truth, proposal, params, points)
 
 
 def _scores(
-    truth: RoadGraph,
-    proposal: RoadGraph,
-    params: GraphMetricsParams,
-    points: str | Path | None,
-    overwrite: bool,
+    truth: RoadGraph, proposal: RoadGraph, params: GraphMetricsParams, points: PointsSink | None
 ) -> dict[str, float]:
     directions = apls_points(truth, proposal, params)
     if points is not None:
-        from pipeline.apls_points import write_control_points
-
-        write_control_points(points, *directions, truth.crs, overwrite=overwrite)
+        points(*directions, truth.crs)
     return {**apls_scores(*directions), **topo(truth, proposal, params)}
 
 
@@ -132,16 +129,14 @@ def score_network_files(
     truth_layer: str | None = None,
     proposal_layer: str | None = None,
     within: str | Path | None = None,
-    points: str | Path | None = None,
-    overwrite: bool = False,
+    points: PointsSink | None = None,
     pixel_size_m: float | None = None,
 ) -> dict[str, Any]:
     """:func:`score_networks` of two vector files (see :func:`pipeline.road_graph.read_road_graph`),
     with the lengths of both networks and the CRS they were measured in. With ``within`` (a
     raster: the image the proposal was predicted from), the truth is clipped to its valid
     pixels, as evaluate clips a scene's roads: a road where the image has no data cannot be
-    found. The proposal is scored whole. With ``points``, the APLS control points of both
-    directions are written there as a GeoPackage (:mod:`pipeline.apls_points`). Files
+    found. The proposal is scored whole; ``points`` as for :func:`score_networks`. Files
     without a CRS (networks of rasters without georeferencing, in pixels) are read with
     ``pixel_size_m`` metres a pixel; both must then be without one."""
     params = params or GraphMetricsParams()
@@ -152,14 +147,13 @@ def score_network_files(
     truth = metric_graph(truth_graph, simplify=params.simplify)
     proposal = metric_graph(proposal_graph, None, truth.crs, simplify=params.simplify)
     return {
-        **_scores(truth, proposal, params, points, overwrite),
+        **_scores(truth, proposal, params, points),
         "truth_length_m": truth.total_length_m,
         "proposal_length_m": proposal.total_length_m,
         "metric_crs": _crs_name(truth.crs),
         "truth": str(truth_path),
         "proposal": str(proposal_path),
         "within": str(within) if within is not None else None,
-        "points": str(points) if points is not None else None,
         "apls_definition": "SpaceNet APLS (CosmiQ apls.py), not the Sat2Graph variant",
         "params": params.model_dump(),
     }

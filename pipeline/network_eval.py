@@ -16,6 +16,7 @@ are scored with ``graph_metrics.score_networks``: APLS as SpaceNet defines it (C
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 import pyproj
 
 from pipeline import raster, vectors
+from pipeline.apls_points import write_control_points
 from pipeline.config import (
     DataParams,
     GraphMetricsParams,
@@ -145,13 +147,14 @@ def score_scene_network(
     if truth.number_of_edges() == 0:
         log.warning("evaluate: %s has no road in its valid area; no network metrics", scene.name)
         return {}
+    sink = functools.partial(write_control_points, points, overwrite=True) if points else None
     network = trace_network(prediction, params, threshold)
-    raw_points = None if params.repair else points
+    raw_points = None if params.repair else sink
     raw_scores = score_networks(truth, _as_graph(network, params), metrics, points=raw_points)
     scores = raw_scores
     if params.repair:  # in place, after the raw graph was scored
         repair_network(network, prediction, params)
-        scores = score_networks(truth, _as_graph(network, params), metrics, points=points)
+        scores = score_networks(truth, _as_graph(network, params), metrics, points=sink)
     out = {k: float(scores[k]) for k in NETWORK_METRICS}
     out["apls_raw"] = float(raw_scores["apls"])
     return out
