@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -292,6 +293,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_network(args: argparse.Namespace) -> None:
     from pipeline.network import network_raster
+    from pipeline.network_inputs import LABEL_THRESHOLD, network_view
 
     p = _optional_params(args)
     params = p.network if p else NetworkParams()
@@ -301,7 +303,12 @@ def cmd_network(args: argparse.Namespace) -> None:
     params = NetworkParams.model_validate({**params.model_dump(), **changes})
     prob = Path(args.probability)
     out = Path(args.output) if args.output else prob.with_name(prob.stem + "_network.gpkg")
-    network_raster(prob, out, params, threshold=args.threshold, overwrite=args.overwrite)
+    threshold = args.threshold
+    if args.labels and threshold is None:
+        threshold = LABEL_THRESHOLD
+    with tempfile.TemporaryDirectory(prefix="roadseg-network-") as tmp:
+        view = network_view(prob, tmp, labels=args.labels, pixel_size_m=args.pixel_size)
+        network_raster(view, out, params, threshold=threshold, overwrite=args.overwrite)
     print(f"wrote {out}")
 
 
@@ -707,6 +714,20 @@ def _add_network(sub: argparse._SubParsersAction) -> None:
         "params.yaml network (metres).",
     )
     sp.add_argument("probability", help="probability raster (any GDAL raster, one band)")
+    sp.add_argument(
+        "--labels",
+        action="store_true",
+        help="the raster is a road label mask (0/255, 0/1, white roads on black: its first "
+        "band): road where it is at least half its largest value (a truth network for "
+        "score-network)",
+    )
+    sp.add_argument(
+        "--pixel-size",
+        type=_positive_float,
+        metavar="METRES",
+        help="pixel size of a raster without georeferencing (a PNG/JPEG tile or mask), so "
+        "that lengths and the cleaning distances are metres",
+    )
     sp.add_argument(
         "-o", "--output", help="output GeoPackage (default: <probability>_network.gpkg beside it)"
     )

@@ -96,8 +96,8 @@ def _check_range(prob: np.ndarray, path: Path) -> None:
     if low < -_RANGE_SLACK or high > 1 + _RANGE_SLACK:
         raise NetworkError(
             f"{path}: values from {low:g} to {high:g} after the file's scale and offset, not "
-            "probabilities in 0..1; declare the scale (e.g. for 0..255: gdal_edit.py -scale "
-            "0.00392157 FILE) or pass a raster of probabilities"
+            "probabilities in 0..1; for a road label mask (0/255, 0/1) pass --labels, else "
+            "declare the scale (e.g. for 0..255: gdal_edit.py -scale 0.00392157 FILE)"
         )
 
 
@@ -289,7 +289,8 @@ def resolve_threshold(path: Path, threshold: float | None, fallback: float | Non
         return float(fallback)
     raise NetworkError(
         f"{path}: no threshold: the raster has no `threshold` tag (predict writes the model's); "
-        "pass --threshold or set network.threshold in params.yaml"
+        "pass --threshold (--labels for a road label mask) or set network.threshold in "
+        "params.yaml"
     )
 
 

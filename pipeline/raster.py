@@ -619,36 +619,67 @@ def write_vrt(
     path: str | Path,
     source: RasterInfo,
     *,
-    crs: CRS,
-    transform: Affine,
+    crs: CRS | None,
+    transform: Affine | None,
     nodata: list[float] | None = None,
+    bands: list[int] | None = None,
+    scale: float | None = None,
+    tags: dict[str, str] | None = None,
 ) -> Path:
-    """A GDAL VRT that shows ``source`` (by absolute path) on the grid ``crs``/``transform``,
-    with a per-band nodata value: GDAL's dataset mask is then invalid where every band holds
-    its nodata value (a fill colour), valid elsewhere. Written atomically."""
+    """A GDAL VRT that shows ``source`` (by absolute path) on the grid ``crs``/``transform``
+    (none: the source's pixels, without georeferencing), with a per-band nodata value: GDAL's
+    dataset mask is then invalid where every band holds its nodata value (a fill colour),
+    valid elsewhere. ``bands`` picks the source's bands (default: all), ``scale`` declares
+    GDAL's scale of every band (values x scale are what they mean), ``tags`` are dataset
+    metadata. Written atomically."""
     import xml.etree.ElementTree as ET
 
     root = ET.Element("VRTDataset", rasterXSize=str(source.width), rasterYSize=str(source.height))
-    ET.SubElement(root, "SRS").text = crs.to_wkt()
-    ET.SubElement(root, "GeoTransform").text = ", ".join(
-        repr(float(v)) for v in transform.to_gdal()
-    )
+    if crs is not None:
+        ET.SubElement(root, "SRS").text = crs.to_wkt()
+    if transform is not None:
+        ET.SubElement(root, "GeoTransform").text = ", ".join(
+            repr(float(v)) for v in transform.to_gdal()
+        )
+    if tags:
+        metadata = ET.SubElement(root, "Metadata")
+        for key, value in tags.items():
+            ET.SubElement(metadata, "MDI", key=key).text = str(value)
+    bands = bands or list(range(1, source.count + 1))
     gdal_type = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "float32": "Float32"}
-    for band in range(1, source.count + 1):
+    for i, band in enumerate(bands, start=1):
         el = ET.SubElement(
-            root, "VRTRasterBand", dataType=gdal_type.get(source.dtype, "Float32"), band=str(band)
+            root, "VRTRasterBand", dataType=gdal_type.get(source.dtype, "Float32"), band=str(i)
         )
         if nodata is not None:
-            ET.SubElement(el, "NoDataValue").text = repr(float(nodata[band - 1]))
+            ET.SubElement(el, "NoDataValue").text = repr(float(nodata[i - 1]))
+        if scale is not None:
+            ET.SubElement(el, "Scale").text = repr(float(scale))
         src = ET.SubElement(el, "SimpleSource")
         ET.SubElement(src, "SourceFilename", relativeToVRT="0").text = str(
             Path(source.path).resolve()
         )
         ET.SubElement(src, "SourceBand").text = str(band)
-    if source.count == 3:
+    if len(bands) == 3:
         for el, ci in zip(root.iter("VRTRasterBand"), ("Red", "Green", "Blue"), strict=True):
             ET.SubElement(el, "ColorInterp").text = ci
     return write_text_atomic(path, ET.tostring(root, encoding="unicode"))
+
+
+def band_maximum(path: str | Path, band: int = 1) -> float:
+    """The largest valid value of one band, read block by block (it stops at the largest
+    value the data type holds); -inf when the band has no valid pixel."""
+    with _open(Path(path)) as ds:
+        dtype = np.dtype(ds.dtypes[band - 1])
+        top = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else np.inf
+        largest = -np.inf
+        for _, window in ds.block_windows(band):
+            values = ds.read(band, window=window, masked=True).compressed()
+            if values.size:
+                largest = max(largest, float(values.max()))
+            if largest >= top:
+                break
+    return largest
 
 
 ResampleKind = Literal["image", "labels", "classes"]
