@@ -18,18 +18,24 @@ both layers styled green (kept) to red (missing or cut off).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyogrio
 
 from pipeline.atomic import atomic_path
 from pipeline.graph_metrics import ControlPoints
 from pipeline.raster import quiet_without_crs
 
 LAYERS = ("truth_points", "proposal_points")
+# the time the file's tables are dated with (GDAL's OGR_CURRENT_DATE, the styles'): the same
+# scores give the same bytes, so a DVC stage that writes the file is the same output again
+STAMP = "2000-01-01T00:00:00.000Z"
 
 
 def control_point_frame(points: ControlPoints, crs: Any) -> gpd.GeoDataFrame:
@@ -59,11 +65,25 @@ def write_control_points(
     without one, taken to be in metres) the layers have none."""
     from pipeline.styles import add_apls_point_styles
 
-    with atomic_path(Path(path), overwrite=overwrite) as tmp, quiet_without_crs(crs is not None):
+    with (
+        atomic_path(Path(path), overwrite=overwrite) as tmp,
+        quiet_without_crs(crs is not None),
+        _dated(STAMP),
+    ):
         for i, (layer, points) in enumerate(zip(LAYERS, (gt_onto_prop, prop_onto_gt), strict=True)):
             frame = control_point_frame(points, crs)
             frame.to_file(
                 tmp, layer=layer, driver="GPKG", geometry_type="Point", mode="a" if i else "w"
             )
-        add_apls_point_styles(tmp, LAYERS)
+        add_apls_point_styles(tmp, LAYERS, stamp=STAMP)
     return Path(path)
+
+
+@contextlib.contextmanager
+def _dated(stamp: str) -> Iterator[None]:
+    """GeoPackages written inside are dated ``stamp`` (GDAL's ``OGR_CURRENT_DATE``)."""
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": stamp})
+    try:
+        yield
+    finally:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})

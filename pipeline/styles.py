@@ -340,7 +340,7 @@ def _geometry_column(con: sqlite3.Connection, layer: str) -> str:
     return row[0]
 
 
-def _ensure_layer_styles(con: sqlite3.Connection) -> None:
+def _ensure_layer_styles(con: sqlite3.Connection, stamp: str | None = None) -> None:
     """Create ``layer_styles`` and register it as QGIS 3.22 (through OGR) does: an
     ``attributes`` row in gpkg_contents (no gpkg_extensions entry), GDAL's feature count and
     its triggers, so GDAL lists it as a layer and the GeoPackage stays valid."""
@@ -353,7 +353,8 @@ def _ensure_layer_styles(con: sqlite3.Connection) -> None:
     con.execute(
         "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, last_change, "
         "srs_id) VALUES ('layer_styles', 'attributes', 'layer_styles', '', "
-        "strftime('%Y-%m-%dT%H:%M:%fZ','now'), 0)"
+        "coalesce(?, strftime('%Y-%m-%dT%H:%M:%fZ','now')), 0)",
+        (stamp,),
     )
     has_counts = con.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'gpkg_ogr_contents'"
@@ -380,15 +381,17 @@ def add_layer_style(
     *,
     name: str = STYLE_NAME,
     description: str = "",
+    stamp: str | None = None,
 ) -> None:
     """Store ``qml`` as the default style of ``layer`` in the GeoPackage's ``layer_styles``.
 
     A style of the same name for the layer is replaced, and it becomes the only default.
-    Raises LookupError when the GeoPackage has no such vector layer.
+    ``stamp`` (an ISO 8601 time) dates it instead of now, for a file written byte for byte
+    the same each time. Raises LookupError when the GeoPackage has no such vector layer.
     """
     with contextlib.closing(sqlite3.connect(gpkg)) as con, con:
         column = _geometry_column(con, layer)
-        _ensure_layer_styles(con)
+        _ensure_layer_styles(con, stamp)
         con.execute("UPDATE layer_styles SET useAsDefault = 0 WHERE f_table_name = ?", (layer,))
         con.execute(
             "DELETE FROM layer_styles WHERE f_table_name = ? AND styleName = ?", (layer, name)
@@ -396,8 +399,9 @@ def add_layer_style(
         con.execute(
             "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, "
             "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description, "
-            "owner, ui) VALUES ('', '', ?, ?, ?, ?, ?, 1, ?, '', NULL)",
-            (layer, column, name, qml, sld, description),
+            "owner, ui, update_time) VALUES ('', '', ?, ?, ?, ?, ?, 1, ?, '', NULL, "
+            "coalesce(?, strftime('%Y-%m-%dT%H:%M:%fZ','now')))",
+            (layer, column, name, qml, sld, description, stamp),
         )
 
 
@@ -434,7 +438,9 @@ def add_network_styles(
     )
 
 
-def add_apls_point_styles(gpkg: str | Path, layers: tuple[str, ...], field: str = "mean_d") -> None:
+def add_apls_point_styles(
+    gpkg: str | Path, layers: tuple[str, ...], field: str = "mean_d", stamp: str | None = None
+) -> None:
     """Default styles of APLS control point layers: green where paths from the point are kept,
     red where it is missing from the other network or its paths are cut off."""
     for layer in layers:
@@ -444,4 +450,5 @@ def add_apls_point_styles(gpkg: str | Path, layers: tuple[str, ...], field: str 
             _graduated_qml(field, apls_point_ranges(), "point"),
             _graduated_sld(layer, field, apls_point_ranges(), "point"),
             description=f"APLS control points by {field} (roadseg)",
+            stamp=stamp,
         )

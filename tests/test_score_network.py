@@ -190,10 +190,14 @@ def test_score_network_writes_where_apls_is_lost(tmp_path: Path, capsys) -> None
     assert set(styled) == {"truth_points", "proposal_points"}
     assert 'attr="mean_d"' in styled["truth_points"]  # graduated: kept green .. lost red
     assert '<range lower="0.99" upper="1"' in styled["truth_points"]
-    # not replaced without --overwrite; a sample leaves the other points without pairs (NULL)
+    # not replaced without --overwrite; replaced, the same bytes (a DVC output stays the same)
     args = ["score-network", str(truth), str(proposal), "--points", str(out)]
     assert main(args) == 2
     assert "exists" in capsys.readouterr().err
+    written = out.read_bytes()
+    assert main([*args, "--overwrite"]) == 0
+    assert out.read_bytes() == written
+    # a sample leaves the other points without pairs (NULL)
     assert main([*args, "--overwrite", "--max-sources", "3"]) == 0
     sampled = gpd.read_file(out, layer="truth_points")
     assert (sampled["pairs"] > 0).sum() == 3 and sampled["mean_d"].isna().sum() == 8
