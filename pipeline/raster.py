@@ -666,6 +666,19 @@ def write_vrt(
     return write_text_atomic(path, ET.tostring(root, encoding="unicode"))
 
 
+def shown_name(path: str | Path) -> str:
+    """How a message names a raster: a VRT over one file (a tile set's tile, as the tile stage
+    prepares it) by that file, which is the one the user knows; anything else as it is."""
+    if Path(path).suffix.lower() != ".vrt":
+        return str(path)
+    try:
+        with _open(Path(path)) as ds:
+            sources = {f for f in ds.files[1:] if Path(f).suffix.lower() != ".vrt"}
+    except RasterError:
+        return str(path)
+    return f"{sources.pop()} (as {path})" if len(sources) == 1 else str(path)
+
+
 def band_maximum(path: str | Path, band: int = 1) -> float:
     """The largest valid value of one band, read block by block (it stops at the largest
     value the data type holds); -inf when the band has no valid pixel."""

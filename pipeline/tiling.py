@@ -164,7 +164,7 @@ def _warn_if_stretched(image: Path, info: raster.RasterInfo) -> None:
     from the equator): its chips would teach roads narrower one way than the other."""
     advice = ground.square_pixel_advice(info.crs, info.transform, info.width, info.height)
     if advice:
-        log.warning("%s: %s", image, advice)
+        log.warning("%s: %s", raster.shown_name(image), advice)
 
 
 def _same_grid(a: raster.RasterInfo, b: raster.RasterInfo) -> bool:

@@ -342,7 +342,7 @@ SN_PIXEL_DEG = 5e-6  # ~0.5 m at 31 N: SpaceNet's 0.3 m chips, coarser for a sma
 SN_ROAD_ROW = 40
 
 
-def spacenet_like(root: Path, stems: list[str], empty: str) -> None:
+def spacenet_like(root: Path, stems: list[str], empty: str, north: float = 31.2) -> None:
     """Georeferenced EPSG:4326 chips as SpaceNet 3 ships them, each with its centreline
     GeoJSON (a road across the chip at SN_ROAD_ROW); ``empty``'s file has 0 bytes, as
     SpaceNet's files for chips without roads do."""
@@ -351,7 +351,7 @@ def spacenet_like(root: Path, stems: list[str], empty: str) -> None:
 
     rng = np.random.default_rng(4)
     for i, stem in enumerate(stems):
-        west, north = 121.4 + i * 0.01, 31.2
+        west = 121.4 + i * 0.01
         transform = Affine(SN_PIXEL_DEG, 0, west, 0, -SN_PIXEL_DEG, north)
         image = rng.integers(20, 200, (3, SIZE, SIZE), dtype=np.uint8)
         (root / "PS-RGB").mkdir(parents=True, exist_ok=True)
@@ -413,6 +413,21 @@ def test_a_tile_set_with_road_vectors_tiles_as_it_ships(tmp_path):
     assert truth_network(test, data).number_of_edges() == 1
     line = tilesets.describe(load_params(params).data, tilesets.read_summaries(out / "stats.json"))
     assert f"4 tiles, {sn['area_km2']:g} km², {sn['road_km']:g} km of road" in line[0]
+
+
+def test_a_stretched_tile_is_named_by_its_own_file(tmp_path, caplog):
+    """Chips in degrees at 60 N (pixels twice as tall as wide) chipped as they are
+    (`tile.resample: false`): the warning names the user's GeoTIFF, not the VRT the tile
+    stage prepared over it."""
+    spacenet_like(tmp_path / "sn", ["img1", "img2"], empty="", north=60.0)
+    params = params_file(tmp_path, [sn_entry(tmp_path / "sn", split={"test_fraction": 0.0})])
+    settings = yaml.safe_load(params.read_text())
+    settings["tile"]["resample"] = False
+    params.write_text(yaml.safe_dump(settings, sort_keys=False))
+    with caplog.at_level("WARNING", logger="pipeline.tiling"):
+        assert main(["tile", "-q", "--params", str(params)]) == 0
+    image = tmp_path / "sn" / SN_IMAGES.replace("*", "img1")
+    assert f"{image} (as " in caplog.text and "m tall on the ground" in caplog.text
 
 
 def test_a_road_vector_tile_set_needs_georeferenced_images_and_every_road_file(tmp_path, capsys):
