@@ -7,10 +7,10 @@ onto the truth) in the CRS the networks were measured in, with:
 
 - ``snapped``: the other network passes within the snap distance (4 m); a missing point costs
   d = 1 for every pair it starts or ends (a road not found, or a spurious one);
-- ``pairs``: the pairs counted from the point (0: left out of a ``--max-sources`` sample, or
-  nothing reachable from it);
+- ``pairs``: the pairs counted from the point (0: left out of a ``--max-sources`` sample,
+  or no other point 10 m or more away along the roads from it);
 - ``mean_d``: the mean path-length difference of those pairs, 0 (every path kept) to 1
-  (missing, or cut off from the rest of the other network); null without pairs.
+  (missing, or cut off from the rest of the other network); null without pairs (not drawn).
 
 One minus the mean of ``mean_d`` weighted by ``pairs`` is that direction's score. QGIS opens
 both layers styled green (kept) to red (missing or cut off).
@@ -19,6 +19,7 @@ both layers styled green (kept) to red (missing or cut off).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,14 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyogrio
+from pyproj import CRS
 
 from pipeline.atomic import atomic_path
 from pipeline.graph_metrics import ControlPoints
-from pipeline.raster import quiet_without_crs
+from pipeline.raster import PIXEL_GRID_WKT, quiet_without_crs
 
 LAYERS = ("truth_points", "proposal_points")
+PIXEL_GRID = CRS.from_wkt(PIXEL_GRID_WKT)
 # the time the file's tables are dated with (GDAL's OGR_CURRENT_DATE, the styles'): the same
 # scores give the same bytes, so a DVC stage that writes the file is the same output again
 STAMP = "2000-01-01T00:00:00.000Z"
@@ -59,11 +62,20 @@ def write_control_points(
     crs: Any,
     *,
     overwrite: bool = False,
+    pixel_size_m: float | None = None,
 ) -> Path:
     """Both directions' control points into one GeoPackage, written beside ``path`` and
     renamed into place, with their default QGIS styles. Without ``crs`` (graphs given
-    without one, taken to be in metres) the layers have none."""
+    without one, taken to be in metres) the layers have none; on the pixel grid of networks
+    read with ``pixel_size_m`` (``raster.PIXEL_GRID_WKT``) they go back to those networks'
+    pixels, without a CRS, so that they overlay them."""
     from pipeline.styles import add_apls_point_styles
+
+    if crs is not None and pixel_size_m and CRS.from_user_input(crs) == PIXEL_GRID:
+        gt_onto_prop, prop_onto_gt = (
+            dataclasses.replace(p, xy=p.xy / pixel_size_m) for p in (gt_onto_prop, prop_onto_gt)
+        )
+        crs = None
 
     with (
         atomic_path(Path(path), overwrite=overwrite) as tmp,
@@ -82,8 +94,9 @@ def write_control_points(
 @contextlib.contextmanager
 def _dated(stamp: str) -> Iterator[None]:
     """GeoPackages written inside are dated ``stamp`` (GDAL's ``OGR_CURRENT_DATE``)."""
+    before = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
     pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": stamp})
     try:
         yield
     finally:
-        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": before})

@@ -292,7 +292,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_network(args: argparse.Namespace) -> None:
-    from pipeline.network import network_raster
+    from pipeline.network import NetworkError, network_raster
     from pipeline.network_inputs import LABEL_THRESHOLD, network_view
 
     p = _optional_params(args)
@@ -308,7 +308,10 @@ def cmd_network(args: argparse.Namespace) -> None:
         threshold = LABEL_THRESHOLD
     with tempfile.TemporaryDirectory(prefix="roadseg-network-") as tmp:
         view = network_view(prob, tmp, labels=args.labels, pixel_size_m=args.pixel_size)
-        network_raster(view, out, params, threshold=threshold, overwrite=args.overwrite)
+        try:
+            network_raster(view, out, params, threshold=threshold, overwrite=args.overwrite)
+        except NetworkError as e:  # named by the user's file, not the passing VRT
+            raise NetworkError(str(e).replace(str(view), str(prob))) from None
     print(f"wrote {out}")
 
 
@@ -368,7 +371,12 @@ def cmd_score_network(args: argparse.Namespace) -> None:
         proposal_layer=args.proposal_layer,
         within=args.within,
         points=(
-            functools.partial(write_control_points, args.points, overwrite=args.overwrite)
+            functools.partial(
+                write_control_points,
+                args.points,
+                overwrite=args.overwrite,
+                pixel_size_m=args.pixel_size,
+            )
             if args.points
             else None
         ),

@@ -492,6 +492,8 @@ def _score_scenes(
             )
             if scored:
                 network_scores[scene.name] = scored
+            else:  # no road to score: no points, not those of an earlier run
+                apls_points_path(params, scene).unlink(missing_ok=True)
         prediction.unlink()  # a test scene's probability raster can be large
         if scores[scene.name].sweep.n_true == 0:
             log.warning("evaluate: test scene %s has no road pixels in its valid area", scene.name)

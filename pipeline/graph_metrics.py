@@ -75,7 +75,7 @@ import numpy as np
 import shapely
 from pyproj import CRS
 from scipy.sparse import coo_matrix, csr_matrix
-from scipy.sparse.csgraph import dijkstra, maximum_bipartite_matching
+from scipy.sparse.csgraph import connected_components, dijkstra, maximum_bipartite_matching
 from scipy.spatial import cKDTree
 
 from pipeline.config import GraphMetricsParams
@@ -167,13 +167,15 @@ def _crs_name(crs: CRS | None) -> str | None:
 
 
 def _same_kind_of_grid(truth: nx.Graph, proposal: nx.Graph, *paths: str | Path) -> None:
-    """Refuse to compare pixels of a raster without georeferencing with a place on Earth."""
-    local = [CRS.from_user_input(g.graph["crs"]).is_engineering for g in (truth, proposal)]
-    if local[0] != local[1]:
+    """Refuse to compare a network on a grid of its own (the pixels of a raster without
+    georeferencing, a tile set's local grid) with one on another grid or on Earth."""
+    crs = [CRS.from_user_input(g.graph["crs"]) for g in (truth, proposal)]
+    local = [c.is_engineering for c in crs]
+    if any(local) and crs[0] != crs[1]:
         which = paths[local.index(True)]
         raise GraphInputError(
-            f"{which}: no CRS (pixels of a raster without georeferencing), while the other "
-            "network has one: they cannot be placed on each other"
+            f"{which}: on a grid of its own ({crs[local.index(True)].name}), the other network "
+            "on another: they cannot be placed on each other"
         )
 
 
@@ -362,7 +364,14 @@ def _control_points(
         other_node[snapped_on[0]] = prime.point_node
     pairs, d_sum = np.zeros(n_points, np.int64), np.zeros(n_points)
     sources = _sample(n_points, params.apls_max_sources, params.seed)
-    for batch in _batches(len(sources), max(n_points, prime.n_nodes if prime else 0)):
+    if prime is None and n_points:  # nothing to snap onto: every pair reached counts d = 1
+        _, component = connected_components(native.matrix, directed=False)
+        sizes = np.bincount(component)
+        pairs[sources] = sizes[component[sources]] - 1
+        return ControlPoints(xy, other_node >= 0, pairs, pairs.astype(float))
+    if prime is None:
+        return ControlPoints(xy, other_node >= 0, pairs, d_sum)
+    for batch in _batches(len(sources), max(n_points, prime.n_nodes)):
         rows = sources[batch]
         lengths = dijkstra(native.matrix, directed=False, indices=rows)
         d_sum[rows], pairs[rows] = _path_differences(
@@ -392,7 +401,7 @@ def _path_differences(
     lengths: np.ndarray,
     rows: np.ndarray,
     other_node: np.ndarray,
-    other: _Split | None,
+    other: _Split,
     min_m: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(sum of d, pairs counted) from each of the source points ``rows`` (``lengths``: their
@@ -405,7 +414,7 @@ def _path_differences(
     # a missing start: d = 1 for every point it reaches (the reference skips the 10 m rule)
     counts = reach.sum(axis=1)
     sums = counts.astype(float)
-    if not present.any() or other is None:
+    if not present.any():
         return sums, counts
     starts = other_node[rows[present]]
     other_lengths = dijkstra(other.matrix, directed=False, indices=starts)

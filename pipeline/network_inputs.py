@@ -32,18 +32,24 @@ def network_view(
 ) -> Path:
     """``path`` itself, or a VRT in ``folder`` that reads it as a probability raster: a label
     mask's band 1 scaled to 0..1 by its largest value (``labels``), a raster without a CRS
-    with its ``pixel_size_m`` declared (the ``pixel_size_m`` tag predict writes)."""
+    with its ``pixel_size_m`` declared (the ``pixel_size_m`` tag predict writes). The VRT keeps
+    the source's tags (predict's ``threshold``), band scale and offset (predict's 1/254) and
+    dataset mask."""
     path = Path(path)
     info = raster.raster_info(path)
     declare = pixel_size_m is not None and info.crs is None
     if not labels and not declare:
         return path
-    scale = None
+    source = raster.band_scaling(path)
+    scaling = (source.scale, source.offset)
     if labels:
         largest = raster.band_maximum(path)
         if not largest > 0:
             raise LabelMaskError(f"{path}: no road in the mask (its largest value is {largest:g})")
-        scale = 1.0 / largest
+        scaling = (1.0 / largest, 0.0)
+    tags = raster.raster_tags(path)
+    if declare:
+        tags["pixel_size_m"] = f"{pixel_size_m:g}"
     return raster.write_vrt(
         Path(folder) / f"{path.stem}.network-input.vrt",
         info,
@@ -51,6 +57,7 @@ def network_view(
         transform=info.transform,
         nodata=[info.nodata] if info.nodata is not None else None,
         bands=[1],
-        scale=scale,
-        tags={"pixel_size_m": f"{pixel_size_m:g}"} if declare else None,
+        scaling=scaling,
+        tags=tags,
+        source_mask=info.has_mask,
     )

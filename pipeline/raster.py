@@ -607,6 +607,15 @@ LOCAL_GRID_WKT = (
 )
 
 
+# The grid of a network traced from a raster without georeferencing, read in metres of its
+# declared pixel size: x right and y down from the top-left corner, so it is not the local
+# tile grid (y north) and is compared only with networks on the same grid.
+PIXEL_GRID_WKT = (
+    'LOCAL_CS["roadseg pixel grid (metres, y down from the top-left corner)",'
+    'UNIT["metre",1],AXIS["Easting",EAST],AXIS["Southing",SOUTH]]'
+)
+
+
 def local_grid(pixel_size_m: float, height: int) -> tuple[CRS, Affine]:
     """The local grid of an image without georeferencing, ``pixel_size_m`` metres a pixel:
     its lower-left corner at (0, 0), so its coordinates are positive metres."""
@@ -623,15 +632,17 @@ def write_vrt(
     transform: Affine | None,
     nodata: list[float] | None = None,
     bands: list[int] | None = None,
-    scale: float | None = None,
+    scaling: tuple[float, float] | None = None,
     tags: dict[str, str] | None = None,
+    source_mask: bool = False,
 ) -> Path:
     """A GDAL VRT that shows ``source`` (by absolute path) on the grid ``crs``/``transform``
     (none: the source's pixels, without georeferencing), with a per-band nodata value: GDAL's
     dataset mask is then invalid where every band holds its nodata value (a fill colour),
-    valid elsewhere. ``bands`` picks the source's bands (default: all), ``scale`` declares
-    GDAL's scale of every band (values x scale are what they mean), ``tags`` are dataset
-    metadata. Written atomically."""
+    valid elsewhere. ``bands`` picks the source's bands (default: all), ``scaling`` declares
+    GDAL's (scale, offset) of every band (value x scale + offset is what it means), ``tags``
+    are dataset metadata, and ``source_mask`` keeps the source's own dataset mask (an alpha
+    band or a mask file, which a VRT does not pass on by itself). Written atomically."""
     import xml.etree.ElementTree as ET
 
     root = ET.Element("VRTDataset", rasterXSize=str(source.width), rasterYSize=str(source.height))
@@ -653,17 +664,25 @@ def write_vrt(
         )
         if nodata is not None:
             ET.SubElement(el, "NoDataValue").text = repr(float(nodata[i - 1]))
-        if scale is not None:
-            ET.SubElement(el, "Scale").text = repr(float(scale))
-        src = ET.SubElement(el, "SimpleSource")
-        ET.SubElement(src, "SourceFilename", relativeToVRT="0").text = str(
-            Path(source.path).resolve()
-        )
-        ET.SubElement(src, "SourceBand").text = str(band)
+        if scaling is not None:
+            ET.SubElement(el, "Offset").text = repr(float(scaling[1]))
+            ET.SubElement(el, "Scale").text = repr(float(scaling[0]))
+        _vrt_source(el, source.path, str(band))
     if len(bands) == 3:
         for el, ci in zip(root.iter("VRTRasterBand"), ("Red", "Green", "Blue"), strict=True):
             ET.SubElement(el, "ColorInterp").text = ci
+    if source_mask:
+        mask = ET.SubElement(ET.SubElement(root, "MaskBand"), "VRTRasterBand", dataType="Byte")
+        _vrt_source(mask, source.path, "mask,1")
     return write_text_atomic(path, ET.tostring(root, encoding="unicode"))
+
+
+def _vrt_source(band: Any, source: str | Path, source_band: str) -> None:
+    import xml.etree.ElementTree as ET
+
+    src = ET.SubElement(band, "SimpleSource")
+    ET.SubElement(src, "SourceFilename", relativeToVRT="0").text = str(Path(source).resolve())
+    ET.SubElement(src, "SourceBand").text = source_band
 
 
 def shown_name(path: str | Path) -> str:
@@ -680,14 +699,15 @@ def shown_name(path: str | Path) -> str:
 
 
 def band_maximum(path: str | Path, band: int = 1) -> float:
-    """The largest valid value of one band, read block by block (it stops at the largest
-    value the data type holds); -inf when the band has no valid pixel."""
+    """The largest valid value of one band (NaN is not one), read block by block (it stops at
+    the largest value the data type holds); -inf when the band has no valid pixel."""
     with _open(Path(path)) as ds:
         dtype = np.dtype(ds.dtypes[band - 1])
         top = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else np.inf
         largest = -np.inf
         for _, window in ds.block_windows(band):
             values = ds.read(band, window=window, masked=True).compressed()
+            values = values[~np.isnan(values)] if values.dtype.kind == "f" else values
             if values.size:
                 largest = max(largest, float(values.max()))
             if largest >= top:

@@ -86,10 +86,10 @@ def read_road_graph(
     only line layer. ``within`` (an area with its CRS) keeps the parts of the lines inside it,
     noded as plain lines (a network GeoPackage's ends meet at its nodes, so its junctions
     stay). Data without a CRS (the network of a raster without georeferencing, in its pixels)
-    is read with ``pixel_size_m`` metres a unit, on the local tile grid
-    (``raster.LOCAL_GRID_WKT``). Raises GraphInputError naming ``path`` when the file, the
-    layer or its lines (inside ``within``) are missing, or the data has no CRS and no
-    ``pixel_size_m`` is given.
+    is read with ``pixel_size_m`` metres a unit, on the pixel grid (``raster.PIXEL_GRID_WKT``).
+    Raises GraphInputError naming ``path`` when the file, the layer or its lines (inside
+    ``within``) are missing, or the data has no CRS and no ``pixel_size_m`` is given, or its
+    own ``length_m`` says another size.
     """
     path = Path(path)
     layers = _line_layers(path)
@@ -313,12 +313,31 @@ def _read_layer(path: Path, layer: str, pixel_size_m: float | None = None) -> gp
             "georeferencing give its pixel size in metres (score-network --pixel-size)"
         )
     if gdf.crs is None:  # pixels of a raster without georeferencing, pixel_size_m a side
+        _check_units(gdf, pixel_size_m, f"{path}: layer {layer!r}")
         geometry = shapely.transform(gdf.geometry.values, lambda xy: xy * pixel_size_m)
-        gdf = gdf.set_geometry(gpd.GeoSeries(geometry, index=gdf.index, crs=raster.LOCAL_GRID_WKT))
+        gdf = gdf.set_geometry(gpd.GeoSeries(geometry, index=gdf.index, crs=raster.PIXEL_GRID_WKT))
     gdf = gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]
     if layer != NODES_LAYER and len(gdf) == 0:
         raise GraphInputError(f"{path}: layer {layer!r} has no lines")
     return gdf
+
+
+def _check_units(lines: gpd.GeoDataFrame, pixel_size_m: float, what: str) -> None:
+    """Refuse a pixel size that the layer's own ``length_m`` (``pipeline network`` writes it
+    in metres) contradicts: a raster with a world file but no CRS has its network in the
+    world file's units, not in pixels."""
+    if "length_m" not in lines.columns:
+        return
+    units = float(lines.geometry.length.sum())
+    if units <= 0:
+        return
+    per_unit = float(lines["length_m"].sum()) / units
+    if not 0.99 <= per_unit / pixel_size_m <= 1.01:
+        raise GraphInputError(
+            f"{what}: its own lengths (length_m) say {per_unit:.4g} m per coordinate unit, not "
+            f"the {pixel_size_m:g} m given: trace its raster again with `pipeline network "
+            f"--pixel-size {pixel_size_m:g}` (a raster with a world file: give its units' size)"
+        )
 
 
 # ----------------------------------------------------------------------------------- in metres

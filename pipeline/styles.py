@@ -40,7 +40,7 @@ APLS_POINT_CLASSES = (
     (0.25, "0.1 - 0.25", "#a6d96a", 1.6),
     (0.5, "0.25 - 0.5", "#fdae61", 2.0),
     (0.99, "0.5 - 0.99", "#f46d43", 2.4),
-    (1.0, "missing or cut off (d = 1)", "#d7191c", 2.8),
+    (1.0, "0.99 - 1: missing or cut off", "#d7191c", 2.8),
 )
 LAYER_STYLES_DDL = """CREATE TABLE layer_styles (
     id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,

@@ -3,13 +3,17 @@ georeferencing traced as public sets ship them (PNG masks written here, no CRS).
 
 from __future__ import annotations
 
+import json
+
 import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 
+from pipeline import raster
 from pipeline.cli import main
-from tests.test_network import draw
+from tests.test_network import UTM, draw, write_prob
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::rasterio.errors.NotGeoreferencedWarning", "ignore:'crs' was not provided"
@@ -40,7 +44,7 @@ def edges(path) -> gpd.GeoDataFrame:
 
 def test_a_label_mask_is_traced_in_metres_of_the_pixel_size_given(tmp_path, monkeypatch):
     """A 0/255 mask and its 0/1 and white-on-black RGB copies give one network: the L, in
-    pixels (no CRS) and measured in metres, one network `score-network` scores 1.0."""
+    pixels (no CRS) and measured in metres."""
     monkeypatch.chdir(tmp_path)  # no params.yaml here: the default cleaning
     copies = {
         "255": write_png(tmp_path / "m255.png", mask()),
@@ -56,9 +60,47 @@ def test_a_label_mask_is_traced_in_metres_of_the_pixel_size_given(tmp_path, monk
     for name in ("01", "rgb"):
         assert found[name].geometry.geom_equals(found["255"].geometry).all(), name
     assert list(tmp_path.glob("*.vrt")) == []  # the VRT stays in a temporary folder
-    scored = ["score-network", "255.gpkg", "rgb.gpkg", "--pixel-size", "0.5", "--json", "s.json"]
-    assert main(scored) == 0
-    assert '"apls": 1.0' in (tmp_path / "s.json").read_text()
+
+
+def test_networks_in_pixels_score_as_the_same_masks_placed_on_earth(tmp_path, monkeypatch):
+    """The truth L and a proposal that lost half an arm, traced from PNG masks without
+    georeferencing and scored with --pixel-size 0.5, score what the same masks give as
+    GeoTIFFs with 0.5 m UTM pixels (the pixel grid runs y down: distances are the same)."""
+    monkeypatch.chdir(tmp_path)
+    shortened = [ROADS[0], (180, 30, 180, 110, 1.0)]
+    proposal = (draw(SHAPE, shortened, width=7.0) > 0).astype(np.uint8) * 255
+    placed = Affine(0.5, 0, 500000.0, 0, -0.5, 5400000.0)
+    for name, values in (("truth", mask()), ("proposal", proposal)):
+        write_png(tmp_path / f"{name}.png", values)
+        raster.write_geotiff(tmp_path / f"{name}.tif", values, crs=UTM, transform=placed)
+        assert (
+            main(
+                [
+                    "network",
+                    f"{name}.png",
+                    "--labels",
+                    "--pixel-size",
+                    "0.5",
+                    "-o",
+                    f"{name}.px.gpkg",
+                ]
+            )
+            == 0
+        )
+        assert main(["network", f"{name}.tif", "--labels", "-o", f"{name}.utm.gpkg"]) == 0
+    assert main(["score-network", "truth.px.gpkg", "proposal.px.gpkg", "--pixel-size", "0.5",
+                 "--json", "px.json", "--points", "px_points.gpkg"]) == 0  # fmt: skip
+    assert main(["score-network", "truth.utm.gpkg", "proposal.utm.gpkg", "--json", "utm.json"]) == 0
+    px, utm = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("px", "utm"))
+    assert 0.3 < utm["apls"] < 0.9
+    for key in ("apls", "apls_gt_onto_prop", "apls_prop_onto_gt", "topo_f1", "truth_length_m"):
+        assert px[key] == pytest.approx(utm[key], abs=1e-6), key
+    # the points go back to the networks' pixels, without a CRS, so that they overlay them
+    points = gpd.read_file(tmp_path / "px_points.gpkg", layer="truth_points")
+    assert points.crs is None and points.total_bounds[2] <= SHAPE[1]
+    assert points.total_bounds[3] == pytest.approx(
+        edges(tmp_path / "truth.px.gpkg").total_bounds[3], abs=1
+    )
 
 
 def test_a_mask_without_labels_or_without_road_is_refused(tmp_path, capsys, monkeypatch):
@@ -73,12 +115,14 @@ def test_a_mask_without_labels_or_without_road_is_refused(tmp_path, capsys, monk
 
 
 def test_pixel_size_declares_metres_for_a_probability_tile_without_a_crs(tmp_path, monkeypatch):
-    """A probability PNG of another tool (0..1 in 0..255, its scale not declared): pixels
-    of 0.5 m turn the same network's lengths into metres, half the pixel count."""
+    """Predict's output of a tile without georeferencing it was not told the size of: a uint8
+    COG with its 1/254 scale and threshold tag, no CRS. --pixel-size 0.5 keeps both (no
+    --threshold needed) and turns the network's lengths into metres, half the pixel count."""
     monkeypatch.chdir(tmp_path)
-    path = write_png(tmp_path / "p.png", mask())
-    common = ["network", str(path), "--labels", "-o"]
-    assert main([*common, "px.gpkg"]) == 0
-    assert main([*common, "m.gpkg", "--pixel-size", "0.5"]) == 0
+    write_prob(tmp_path / "p.tif", draw(SHAPE, ROADS, width=5.0) * 0.9, crs=None,
+               transform=Affine.identity(), threshold=0.5)  # fmt: skip
+    assert main(["network", "p.tif", "-o", "px.gpkg"]) == 0
+    assert main(["network", "p.tif", "-o", "m.gpkg", "--pixel-size", "0.5"]) == 0
     in_pixels, in_metres = edges(tmp_path / "px.gpkg"), edges(tmp_path / "m.gpkg")
-    assert in_metres["length_m"].sum() == pytest.approx(in_pixels["length_m"].sum() / 2, rel=0.05)
+    assert in_pixels["length_m"].sum() == pytest.approx(320.0, rel=0.04)
+    assert in_metres["length_m"].sum() == pytest.approx(160.0, rel=0.04)

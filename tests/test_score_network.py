@@ -234,7 +234,10 @@ def test_networks_without_a_crs_are_scored_in_pixels_of_the_size_given(
     scores = json.loads(out.read_text())
     assert scores["apls"] == pytest.approx(8 / 15)
     assert scores["truth_length_m"] == pytest.approx(500.0)
-    assert scores["metric_crs"].startswith("roadseg local tile grid")
+    assert scores["metric_crs"].startswith("roadseg pixel grid")
+    # the files' own length_m (metres) say 0.5 m a pixel: another size is refused
+    assert main(["score-network", str(truth), str(proposal), "--pixel-size", "1"]) == 2
+    assert "length_m) say 0.5 m per coordinate unit, not the 1 m given" in capsys.readouterr().err
     placed = write_network(tmp_path / "placed.gpkg")
     assert main(["score-network", str(placed), str(proposal), "--pixel-size", "0.5"]) == 2
     assert "cannot be placed on each other" in capsys.readouterr().err
