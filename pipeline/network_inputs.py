@@ -42,6 +42,12 @@ def network_view(
         return path
     source = raster.band_scaling(path)
     scaling = (source.scale, source.offset)
+    if labels and raster.is_colour(path):
+        raise LabelMaskError(
+            f"{path}: a colour mask (its bands differ): --labels reads grey masks, or white "
+            "roads on black stored as RGB; for roads in a colour (red on white), name it as a "
+            "tile set's labels convention and let the tile stage convert it"
+        )
     if labels:
         largest = raster.band_maximum(path)
         if not largest > 0:

@@ -135,6 +135,7 @@ BandSpec = Sequence[int] | Mapping[str, int]  # declared bands: 1-based indexes,
 
 # colour interpretations that name a band (GDAL >= 3.10 also has nir, rededge, swir, ...)
 _NAMELESS = {ColorInterp.undefined, ColorInterp.gray, ColorInterp.palette, ColorInterp.alpha}
+COLOUR_SAMPLE_PX = 1024  # side of the decimated read that tells a colour mask from a grey one
 ALPHA_SAMPLE_PX = 256  # side of the decimated read that tells a true alpha from a spectral band
 
 
@@ -696,6 +697,23 @@ def shown_name(path: str | Path) -> str:
     except RasterError:
         return str(path)
     return f"{sources.pop()} (as {path})" if len(sources) == 1 else str(path)
+
+
+def is_colour(path: str | Path, bands: int = 3) -> bool:
+    """Whether the first ``bands`` bands differ by more than a quarter of the largest value
+    anywhere in a decimated read (nearest, from overviews where present): a colour image, not
+    a grey one stored as RGB."""
+    from rasterio.enums import Resampling
+
+    with _open(Path(path)) as ds:
+        if ds.count < bands:
+            return False
+        shape = (min(ds.height, COLOUR_SAMPLE_PX), min(ds.width, COLOUR_SAMPLE_PX))
+        values = ds.read(list(range(1, bands + 1)), out_shape=(bands, *shape),
+                         resampling=Resampling.nearest)  # fmt: skip
+    values = values.astype(np.float64)
+    # a quarter of the largest value apart: JPEG's colour noise in a grey mask is not colour
+    return bool(np.abs(values - values[:1]).max() > 0.25 * max(values.max(), 1.0))
 
 
 def band_maximum(path: str | Path, band: int = 1) -> float:

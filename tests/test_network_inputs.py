@@ -108,6 +108,10 @@ def test_a_mask_without_labels_or_without_road_is_refused(tmp_path, capsys, monk
     path = write_png(tmp_path / "m.png", mask())
     assert main(["network", str(path), "--threshold", "0.5", "-o", "n.gpkg"]) == 2
     assert "pass --labels" in capsys.readouterr().err
+    red_on_white = np.stack([np.full(SHAPE, 255, np.uint8), 255 - mask(), 255 - mask()])
+    red = write_png(tmp_path / "red.png", red_on_white)  # would read as road everywhere
+    assert main(["network", str(red), "--labels", "-o", "n.gpkg"]) == 2
+    assert f"{red}: a colour mask (its bands differ)" in capsys.readouterr().err
     empty = write_png(tmp_path / "empty.png", np.zeros(SHAPE, np.uint8))
     assert main(["network", str(empty), "--labels", "-o", "n.gpkg"]) == 2
     assert f"{empty}: no road in the mask" in capsys.readouterr().err
