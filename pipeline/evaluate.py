@@ -481,19 +481,15 @@ def _score_scenes(
             from pipeline.network_eval import score_scene_network
 
             log.info("evaluate: road network of %s", scene.name)
-            params.reports_dir.mkdir(parents=True, exist_ok=True)
+            points = apls_points_path(params, scene)
+            points.parent.mkdir(parents=True, exist_ok=True)
             scored = score_scene_network(
-                scene,
-                prediction,
-                network,
-                network.threshold or threshold,
-                data,
-                points=apls_points_path(params, scene),
+                scene, prediction, network, network.threshold or threshold, data, points=points
             )
             if scored:
                 network_scores[scene.name] = scored
             else:  # no road to score: no points, not those of an earlier run
-                apls_points_path(params, scene).unlink(missing_ok=True)
+                points.unlink(missing_ok=True)
         prediction.unlink()  # a test scene's probability raster can be large
         if scores[scene.name].sweep.n_true == 0:
             log.warning("evaluate: test scene %s has no road pixels in its valid area", scene.name)

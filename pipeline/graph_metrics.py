@@ -160,7 +160,7 @@ def score_network_files(
 
 
 def _crs_name(crs: CRS | None) -> str | None:
-    """A CRS as the scores name it: its code, or the local tile grid's name."""
+    """A CRS as the scores name it: its code, or the name of a grid of its own (engineering)."""
     if crs is None:
         return None
     return crs.name if crs.is_engineering else crs.to_string()
@@ -364,13 +364,11 @@ def _control_points(
         other_node[snapped_on[0]] = prime.point_node
     pairs, d_sum = np.zeros(n_points, np.int64), np.zeros(n_points)
     sources = _sample(n_points, params.apls_max_sources, params.seed)
-    if prime is None and n_points:  # nothing to snap onto: every pair reached counts d = 1
-        _, component = connected_components(native.matrix, directed=False)
-        sizes = np.bincount(component)
-        pairs[sources] = sizes[component[sources]] - 1
+    if prime is None:  # nothing to snap onto: every pair a source reaches counts d = 1
+        if n_points:
+            _, component = connected_components(native.matrix, directed=False)
+            pairs[sources] = np.bincount(component)[component[sources]] - 1
         return ControlPoints(xy, other_node >= 0, pairs, pairs.astype(float))
-    if prime is None:
-        return ControlPoints(xy, other_node >= 0, pairs, d_sum)
     for batch in _batches(len(sources), max(n_points, prime.n_nodes)):
         rows = sources[batch]
         lengths = dijkstra(native.matrix, directed=False, indices=rows)

@@ -41,18 +41,7 @@ def network_view(
     if not labels and not declare:
         return path
     source = raster.band_scaling(path)
-    scaling = (source.scale, source.offset)
-    if labels and raster.is_colour(path):
-        raise LabelMaskError(
-            f"{path}: a colour mask (its bands differ): --labels reads grey masks, or white "
-            "roads on black stored as RGB; for roads in a colour (red on white), name it as a "
-            "tile set's labels convention and let the tile stage convert it"
-        )
-    if labels:
-        largest = raster.band_maximum(path)
-        if not largest > 0:
-            raise LabelMaskError(f"{path}: no road in the mask (its largest value is {largest:g})")
-        scaling = (1.0 / largest, 0.0)
+    scaling = (1.0 / _largest_label(path), 0.0) if labels else (source.scale, source.offset)
     tags = raster.raster_tags(path)
     if declare:
         tags["pixel_size_m"] = f"{pixel_size_m:g}"
@@ -67,3 +56,17 @@ def network_view(
         tags=tags,
         source_mask=info.has_mask,
     )
+
+
+def _largest_label(path: Path) -> float:
+    """The largest value of a grey label mask's first band, the value of road."""
+    if raster.is_colour(path):
+        raise LabelMaskError(
+            f"{path}: a colour mask (its bands differ): --labels reads grey masks, or white "
+            "roads on black stored as RGB; for roads in a colour (red on white), name it as a "
+            "tile set's labels convention and let the tile stage convert it"
+        )
+    largest = raster.band_maximum(path)
+    if not largest > 0:
+        raise LabelMaskError(f"{path}: no road in the mask (its largest value is {largest:g})")
+    return largest

@@ -244,14 +244,19 @@ def edges_qml(field: str = "mean_prob", threshold: float = 0.5) -> str:
     return _graduated_qml(field, edges_ranges(threshold), "line")
 
 
-def nodes_ranges() -> list[Range]:
-    """Node classes by degree: dead ends (1), through nodes (2), junctions (3+)."""
+def _classes_to_ranges(classes: tuple[tuple[float, str, str, float], ...]) -> list[Range]:
+    """Graduated classes given by their upper bounds, each starting where the one before ends."""
     lower = 0.0
     ranges = []
-    for upper, label, colour, size in NODE_CLASSES:
+    for upper, label, colour, size in classes:
         ranges.append(Range(lower, float(upper), label, colour, size))
         lower = float(upper)
     return ranges
+
+
+def nodes_ranges() -> list[Range]:
+    """Node classes by degree: dead ends (1), through nodes (2), junctions (3+)."""
+    return _classes_to_ranges(NODE_CLASSES)
 
 
 def nodes_qml(field: str = "degree") -> str:
@@ -261,12 +266,7 @@ def nodes_qml(field: str = "degree") -> str:
 
 def apls_point_ranges() -> list[Range]:
     """Control point classes by the mean path-length difference d of their pairs."""
-    lower = 0.0
-    ranges = []
-    for upper, label, colour, size in APLS_POINT_CLASSES:
-        ranges.append(Range(lower, upper, label, colour, size))
-        lower = upper
-    return ranges
+    return _classes_to_ranges(APLS_POINT_CLASSES)
 
 
 # ----------------------------------------------------------------------------------- SLD
