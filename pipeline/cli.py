@@ -20,6 +20,7 @@ from typing import Any
 from pipeline.config import (
     PRECISIONS,
     ConfigError,
+    LabelConvention,
     NetworkParams,
     Params,
     PredictOptions,
@@ -303,16 +304,56 @@ def cmd_network(args: argparse.Namespace) -> None:
     params = NetworkParams.model_validate({**params.model_dump(), **changes})
     prob = Path(args.probability)
     out = Path(args.output) if args.output else prob.with_name(prob.stem + "_network.gpkg")
+    colours = _label_colours(args)
     threshold = args.threshold
-    if args.labels and threshold is None:
+    if (args.labels or colours) and threshold is None:
         threshold = LABEL_THRESHOLD
     with tempfile.TemporaryDirectory(prefix="roadseg-network-") as tmp:
-        view = network_view(prob, tmp, labels=args.labels, pixel_size_m=args.pixel_size)
+        view = network_view(
+            prob,
+            tmp,
+            labels=args.labels,
+            pixel_size_m=args.pixel_size,
+            colours=colours,
+            grid_of=args.grid_of,
+        )
         try:
             network_raster(view, out, params, threshold=threshold, overwrite=args.overwrite)
         except NetworkError as e:  # named by the user's file, not the passing VRT
             raise NetworkError(str(e).replace(str(view), str(prob))) from None
     print(f"wrote {out}")
+
+
+def _label_colours(args: argparse.Namespace) -> LabelConvention | None:
+    """The colour convention of ``pipeline network --road-colour``: background white unless
+    given, anti-aliased edges cut at ``--edge-threshold``."""
+    if args.road_colour is None:
+        if args.background_colour is not None or args.edge_threshold is not None:
+            raise ValueError("--background-colour and --edge-threshold go with --road-colour")
+        return None
+    road = args.road_colour
+    background = args.background_colour or [255] * len(road)
+    if len(background) != len(road):
+        raise ValueError(
+            f"--road-colour {road} and --background-colour {background} need as many values"
+        )
+    if road == background:
+        raise ValueError(f"--road-colour and --background-colour are both {road}")
+    edge = 0.5 if args.edge_threshold is None else args.edge_threshold
+    return LabelConvention(road=road, background=background, edge_threshold=edge)
+
+
+def _colour(text: str) -> list[int]:
+    """ "255,0,0" -> [255, 0, 0]: one grey value or three for red, green and blue, 0..255."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 3) or not all(0 <= v <= 255 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected a value or R,G,B between 0 and 255, e.g. 255,0,0; got {text!r}"
+        )
+    return values
 
 
 def cmd_pansharpen(args: argparse.Namespace) -> None:
@@ -722,20 +763,7 @@ def _add_network(sub: argparse._SubParsersAction) -> None:
         "params.yaml network (metres).",
     )
     sp.add_argument("probability", help="probability raster (any GDAL raster, one band)")
-    sp.add_argument(
-        "--labels",
-        action="store_true",
-        help="the raster is a road label mask (0/255, 0/1, white roads on black: its first "
-        "band): road where it is at least half its largest value (a truth network for "
-        "score-network)",
-    )
-    sp.add_argument(
-        "--pixel-size",
-        type=_positive_float,
-        metavar="METRES",
-        help="pixel size of a raster without georeferencing (a PNG/JPEG tile or mask), so "
-        "that lengths and the cleaning distances are metres",
-    )
+    _add_label_mask_arguments(sp)
     sp.add_argument(
         "-o", "--output", help="output GeoPackage (default: <probability>_network.gpkg beside it)"
     )
@@ -754,6 +782,50 @@ def _add_network(sub: argparse._SubParsersAction) -> None:
         help="pixels a side per block (a multiple of network.skeleton_tile)",
     )
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def _add_label_mask_arguments(sp: argparse.ArgumentParser) -> None:
+    """``pipeline network``'s options for a raster that is not a probability: a label mask
+    (grey or in a colour) and a raster without georeferencing."""
+    sp.add_argument(
+        "--labels",
+        action="store_true",
+        help="the raster is a road label mask (0/255, 0/1, white roads on black: its first "
+        "band): road where it is at least half its largest value (a truth network for "
+        "score-network)",
+    )
+    sp.add_argument(
+        "--road-colour",
+        type=_colour,
+        metavar="R,G,B",
+        help="the raster is a label mask that marks road in this colour (RoadNet: 255,0,0 on "
+        "white): road where a pixel is nearer it than the background (see --edge-threshold)",
+    )
+    sp.add_argument(
+        "--background-colour",
+        type=_colour,
+        metavar="R,G,B",
+        help="background colour of a --road-colour mask (default: white)",
+    )
+    sp.add_argument(
+        "--edge-threshold",
+        type=_probability,
+        help="in a --road-colour mask, an anti-aliased pixel is road at least this far from "
+        "background to road (default 0.5); colours off that line are refused",
+    )
+    sp.add_argument(
+        "--grid-of",
+        metavar="IMAGE",
+        help="place a raster without georeferencing (a PNG mask) on the grid of this image of "
+        "the same size, its CRS and transform (RoadNet: the masks beside each GeoTIFF)",
+    )
+    sp.add_argument(
+        "--pixel-size",
+        type=_positive_float,
+        metavar="METRES",
+        help="pixel size of a raster without georeferencing (a PNG/JPEG tile or mask), so "
+        "that lengths and the cleaning distances are metres",
+    )
 
 
 def _add_pansharpen(sub: argparse._SubParsersAction) -> None:

@@ -169,13 +169,20 @@ def has_tilesets(data: DataParams) -> bool:
 
 
 # ----------------------------------------------------------------------------- labels
+LABEL_HINT = "set the tile set's label (road, background, edge_threshold) in params.yaml"
+
+
 def road_mask(
-    label: np.ndarray, conv: LabelConvention, valid: np.ndarray, path: Path
+    label: np.ndarray,
+    conv: LabelConvention,
+    valid: np.ndarray,
+    path: Path,
+    hint: str = LABEL_HINT,
 ) -> np.ndarray:
     """uint8 (H, W), 1 where ``label`` (C, H, W) shows road in convention ``conv``, else 0.
 
     A valid pixel whose colour is neither road nor background (nor, with an edge threshold,
-    between the two) raises TileSetError naming ``path`` and the colours found.
+    between the two) raises TileSetError naming ``path``, the colours found and ``hint``.
     """
     k = len(conv.road)
     if k > 1 and label.shape[0] < k:
@@ -206,7 +213,7 @@ def road_mask(
             f"{path}: {int(bad.sum())} pixels ({100 * bad.mean():.2f} %) have label colours "
             f"outside the declared convention (road {conv.road}, background {conv.background}"
             f"{'' if conv.edge_threshold is None else ', edges between'}), e.g. {colours}; "
-            "set the tile set's label (road, background, edge_threshold) in params.yaml"
+            f"{hint}"
         )
     return is_road.astype(np.uint8)
 

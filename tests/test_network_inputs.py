@@ -118,6 +118,80 @@ def test_a_mask_without_labels_or_without_road_is_refused(tmp_path, capsys, monk
     assert not (tmp_path / "n.gpkg").exists()
 
 
+def anti_aliased() -> np.ndarray:
+    """The L's 0/255 mask with grey edges (a 3 x 3 mean), as drawing programs write masks."""
+    padded = np.pad(mask().astype(np.float32), 1, mode="edge")
+    rows, cols = SHAPE
+    box = sum(padded[i : i + rows, j : j + cols] for i in range(3) for j in range(3)) / 9
+    return np.rint(box).astype(np.uint8)
+
+
+def test_a_colour_mask_is_traced_as_its_grey_twin(tmp_path, monkeypatch):
+    """RoadNet's convention, red road on white with anti-aliased edges: --road-colour 255,0,0
+    cuts the edges half way, as --labels cuts the same mask drawn in grey, so both give one
+    network, of the L's length."""
+    monkeypatch.chdir(tmp_path)
+    grey = anti_aliased()
+    write_png(tmp_path / "grey.png", grey)
+    write_png(
+        tmp_path / "red.png", np.stack([np.full(SHAPE, 255, np.uint8), 255 - grey, 255 - grey])
+    )
+    common = ["--pixel-size", "0.5"]
+    assert main(["network", "grey.png", "--labels", "-o", "grey.gpkg", *common]) == 0
+    assert main(["network", "red.png", "--road-colour", "255,0,0", "-o", "red.gpkg", *common]) == 0
+    red, grey_net = edges(tmp_path / "red.gpkg"), edges(tmp_path / "grey.gpkg")
+    assert red["length_m"].sum() == pytest.approx(160.0, rel=0.04)
+    assert red.geometry.geom_equals(grey_net.geometry).all()
+    assert list(tmp_path.glob("*.tif")) == []  # the converted mask stays in a temporary folder
+
+
+def test_a_mask_is_placed_on_the_grid_of_its_image(tmp_path, monkeypatch):
+    """A PNG mask beside a georeferenced image (RoadNet's layout): --grid-of gives the network
+    the image's CRS and transform, the network the same mask gives written on that grid."""
+    monkeypatch.chdir(tmp_path)
+    placed = Affine(0.5, 0, 500000.0, 0, -0.5, 5400000.0)
+    image = np.zeros((3, *SHAPE), np.uint8)
+    raster.write_geotiff(tmp_path / "image.tif", image, crs=UTM, transform=placed)
+    raster.write_geotiff(tmp_path / "placed.tif", mask(), crs=UTM, transform=placed)
+    red = np.stack([np.full(SHAPE, 255, np.uint8), 255 - mask(), 255 - mask()])
+    write_png(tmp_path / "red.png", red)
+    write_png(tmp_path / "grey.png", mask())
+    assert main(["network", "placed.tif", "--labels", "-o", "placed.gpkg"]) == 0
+    assert main(["network", "grey.png", "--labels", "--grid-of", "image.tif", "-o", "g.gpkg"]) == 0
+    assert main(["network", "red.png", "--road-colour", "255,0,0", "--grid-of", "image.tif",
+                 "-o", "r.gpkg"]) == 0  # fmt: skip
+    expected = edges(tmp_path / "placed.gpkg")
+    for name in ("g", "r"):
+        found = edges(tmp_path / f"{name}.gpkg")
+        assert found.crs == expected.crs, name
+        assert found.geometry.geom_equals(expected.geometry).all(), name
+        assert found["length_m"].sum() == pytest.approx(80 + 80, rel=0.04), name
+
+
+def test_colours_and_grids_that_do_not_fit_are_refused(tmp_path, capsys, monkeypatch):
+    """An unknown colour, an image of another size, a mask with a CRS of its own, colour
+    options without --road-colour: one line naming the file and what to pass; no output."""
+    monkeypatch.chdir(tmp_path)
+    blue = np.stack([255 - mask(), 255 - mask(), np.full(SHAPE, 255, np.uint8)])
+    write_png(tmp_path / "blue.png", blue)
+    assert main(["network", "blue.png", "--road-colour", "255,0,0", "-o", "n.gpkg"]) == 2
+    err = capsys.readouterr().err
+    assert "blue.png: " in err and "outside the declared convention" in err
+    assert "--road-colour, --background-colour" in err
+    raster.write_geotiff(tmp_path / "small.tif", np.zeros((1, 100, 100), np.uint8), crs=UTM,
+                         transform=Affine(1, 0, 500000, 0, -1, 5400000))  # fmt: skip
+    write_png(tmp_path / "grey.png", mask())
+    assert main(["network", "grey.png", "--labels", "--grid-of", "small.tif", "-o", "n.gpkg"]) == 2
+    assert "grey.png: 200x200 pixels, but small.tif (--grid-of) is 100x100" in (
+        capsys.readouterr().err
+    )
+    assert main(["network", "small.tif", "--labels", "--grid-of", "small.tif"]) == 2
+    assert "small.tif: has a CRS of its own" in capsys.readouterr().err
+    assert main(["network", "grey.png", "--edge-threshold", "0.3", "-o", "n.gpkg"]) == 2
+    assert "go with --road-colour" in capsys.readouterr().err
+    assert not (tmp_path / "n.gpkg").exists()
+
+
 def test_pixel_size_declares_metres_for_a_probability_tile_without_a_crs(tmp_path, monkeypatch):
     """Predict's output of a tile without georeferencing it was not told the size of: a uint8
     COG with its 1/254 scale and threshold tag, no CRS. --pixel-size 0.5 keeps both (no
