@@ -810,6 +810,7 @@ def _add_label_mask_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--edge-threshold",
         type=_probability,
+        metavar="FRACTION",
         help="in a --road-colour mask, an anti-aliased pixel is road at least this far from "
         "background to road (default 0.5); colours off that line are refused",
     )
