@@ -331,6 +331,15 @@ def _label_colours(args: argparse.Namespace) -> LabelConvention | None:
         if args.background_colour is not None or args.edge_threshold is not None:
             raise ValueError("--background-colour and --edge-threshold go with --road-colour")
         return None
+    if args.labels:
+        raise ValueError(
+            "--labels reads a grey mask by its largest value, --road-colour names the road's "
+            "colour: pass one of them"
+        )
+    if args.threshold is not None:
+        raise ValueError(
+            "--threshold cuts probabilities; a --road-colour mask is cut by --edge-threshold"
+        )
     road = args.road_colour
     background = args.background_colour or [255] * len(road)
     if len(background) != len(road):
@@ -799,7 +808,8 @@ def _add_label_mask_arguments(sp: argparse.ArgumentParser) -> None:
         type=_colour,
         metavar="R,G,B",
         help="the raster is a label mask that marks road in this colour (RoadNet: 255,0,0 on "
-        "white): road where a pixel is nearer it than the background (see --edge-threshold)",
+        "white; one value for a one-band mask): road where a pixel is nearer it than the "
+        "background (see --edge-threshold); the mask is read whole",
     )
     sp.add_argument(
         "--background-colour",
@@ -817,8 +827,9 @@ def _add_label_mask_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--grid-of",
         metavar="IMAGE",
-        help="place a raster without georeferencing (a PNG mask) on the grid of this image of "
-        "the same size, its CRS and transform (RoadNet: the masks beside each GeoTIFF)",
+        help="place a raster without georeferencing (a PNG mask) on the grid of this "
+        "georeferenced image of the same size, its CRS and transform (RoadNet: the masks beside "
+        "each GeoTIFF)",
     )
     sp.add_argument(
         "--pixel-size",

@@ -31,6 +31,12 @@ from pipeline.tilesets import TileSetError, road_mask
 LABEL_THRESHOLD = 0.5  # road where the mask is at least half its largest value
 
 
+COLOUR_HINT = (
+    "give the mask's colours: --road-colour and --background-colour (one value for a one-band "
+    "mask, R,G,B for a colour or JPEG one)"
+)
+
+
 class LabelMaskError(ValueError):
     """A label mask that cannot be traced; the message names the file."""
 
@@ -53,11 +59,16 @@ def network_view(
     0/1 GeoTIFF instead."""
     path = Path(path)
     info = raster.raster_info(path)
+    if grid_of is not None and pixel_size_m is not None:
+        raise LabelMaskError(
+            f"{path}: --grid-of gives it the image's grid and pixel size; --pixel-size is for "
+            "a raster left without one: pass one of them"
+        )
     crs, transform = _grid(path, info, grid_of)
     declare = pixel_size_m is not None and crs is None
     size_tag = {"pixel_size_m": f"{pixel_size_m:g}"} if declare else {}
     if colours is not None:
-        return _colour_mask_view(path, Path(folder), colours, (crs, transform), size_tag)
+        return _colour_mask_view(path, Path(folder), info, colours, (crs, transform), size_tag)
     if not labels and not size_tag and grid_of is None:
         return path
     source = raster.band_scaling(path)
@@ -83,6 +94,8 @@ def _grid(path: Path, info: raster.RasterInfo, grid_of: str | Path | None) -> tu
     if info.crs is not None:
         raise LabelMaskError(f"{path}: has a CRS of its own; --grid-of places rasters without one")
     grid = raster.raster_info(grid_of)
+    if grid.crs is None:
+        raise LabelMaskError(f"{grid_of} (--grid-of): no CRS of its own to place {path} on")
     if (grid.width, grid.height) != (info.width, info.height):
         raise LabelMaskError(
             f"{path}: {info.width}x{info.height} pixels, but {grid_of} (--grid-of) is "
@@ -108,19 +121,20 @@ def _largest_label(path: Path) -> float:
 def _colour_mask_view(
     path: Path,
     folder: Path,
+    info: raster.RasterInfo,
     colours: LabelConvention,
     grid: tuple[Any, Any],
     tags: dict[str, str],
 ) -> Path:
     """A 0/1 uint8 GeoTIFF in ``folder`` of where ``path`` shows road under ``colours`` (its
     anti-aliased edges cut at the convention's edge threshold), on ``grid`` (CRS, transform).
-    The mask is read whole, as the tile stage reads a tile's labels; a colour outside the
-    convention is refused by name."""
-    hint = "give the mask's colours: --road-colour, --background-colour, --edge-threshold"
+    The mask is read whole, as the tile stage reads a tile's labels, its alpha band left out
+    (it is the dataset mask); a colour outside the convention is refused by name."""
     with raster.quiet_without_crs(grid[0] is not None):
         valid = raster.read_valid_mask(path)
+        bands = raster.read_all(path)[: info.count]
         try:
-            road = road_mask(raster.read_all(path), colours, valid, path, hint=hint)
+            road = road_mask(bands, colours, valid, path, hint=COLOUR_HINT)
         except TileSetError as e:
             raise LabelMaskError(str(e)) from None
         road[~valid] = 0

@@ -188,7 +188,7 @@ def road_mask(
     if k > 1 and label.shape[0] < k:
         raise TileSetError(
             f"{path}: {label.shape[0]} band(s), but the label convention gives {k} values "
-            f"(road {conv.road}); give one value for a single-band label"
+            f"(road {conv.road}), one value is for a single-band label; {hint}"
         )
     bands = label[:k] if k > 1 else label[:1]
     road = np.asarray(conv.road, np.float32)[:, None, None]
@@ -307,7 +307,7 @@ def _label_tile(
             f"{label}: label is {linfo.width}x{linfo.height}, its image {image} is "
             f"{info.width}x{info.height}"
         )
-    road = road_mask(raster.read_all(label), ts.label, valid, label)
+    road = road_mask(raster.read_all(label)[: linfo.count], ts.label, valid, label)
     return np.where(valid, road, MASK_NODATA).astype(np.uint8)
 
 

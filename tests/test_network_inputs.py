@@ -4,6 +4,7 @@ georeferencing traced as public sets ship them (PNG masks written here, no CRS).
 from __future__ import annotations
 
 import json
+import tempfile
 
 import geopandas as gpd
 import numpy as np
@@ -129,8 +130,10 @@ def anti_aliased() -> np.ndarray:
 def test_a_colour_mask_is_traced_as_its_grey_twin(tmp_path, monkeypatch):
     """RoadNet's convention, red road on white with anti-aliased edges: --road-colour 255,0,0
     cuts the edges half way, as --labels cuts the same mask drawn in grey, so both give one
-    network, of the L's length."""
+    network, of the L's length. The converted mask lives in a temporary folder, gone after."""
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     grey = anti_aliased()
     write_png(tmp_path / "grey.png", grey)
     write_png(
@@ -142,7 +145,25 @@ def test_a_colour_mask_is_traced_as_its_grey_twin(tmp_path, monkeypatch):
     red, grey_net = edges(tmp_path / "red.gpkg"), edges(tmp_path / "grey.gpkg")
     assert red["length_m"].sum() == pytest.approx(160.0, rel=0.04)
     assert red.geometry.geom_equals(grey_net.geometry).all()
-    assert list(tmp_path.glob("*.tif")) == []  # the converted mask stays in a temporary folder
+    assert list(tmp_path.glob("*.tif")) == [] and list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_mask_with_an_alpha_band_reads_its_colours_not_its_alpha(tmp_path, monkeypatch):
+    """Black roads on white with an alpha band (transparent in a corner): one value,
+    --road-colour 0, reads the grey band alone (alpha is the mask, not a colour) and gives
+    the network of the same mask without alpha."""
+    monkeypatch.chdir(tmp_path)
+    grey = 255 - mask()
+    alpha = np.full(SHAPE, 255, np.uint8)
+    alpha[:10, :10] = 0
+    write_png(tmp_path / "ga.png", np.stack([grey, alpha]))
+    write_png(tmp_path / "g.png", grey)
+    for name in ("ga", "g"):
+        assert main(["network", f"{name}.png", "--road-colour", "0", "--background-colour",
+                     "255", "--pixel-size", "0.5", "-o", f"{name}.gpkg"]) == 0  # fmt: skip
+    with_alpha, without = edges(tmp_path / "ga.gpkg"), edges(tmp_path / "g.gpkg")
+    assert with_alpha["length_m"].sum() == pytest.approx(160.0, rel=0.04)
+    assert with_alpha.geometry.geom_equals(without.geometry).all()
 
 
 def test_a_mask_is_placed_on_the_grid_of_its_image(tmp_path, monkeypatch):
@@ -177,7 +198,7 @@ def test_colours_and_grids_that_do_not_fit_are_refused(tmp_path, capsys, monkeyp
     assert main(["network", "blue.png", "--road-colour", "255,0,0", "-o", "n.gpkg"]) == 2
     err = capsys.readouterr().err
     assert "blue.png: " in err and "outside the declared convention" in err
-    assert "--road-colour, --background-colour" in err
+    assert "--road-colour and --background-colour" in err
     raster.write_geotiff(tmp_path / "small.tif", np.zeros((1, 100, 100), np.uint8), crs=UTM,
                          transform=Affine(1, 0, 500000, 0, -1, 5400000))  # fmt: skip
     write_png(tmp_path / "grey.png", mask())
@@ -189,6 +210,18 @@ def test_colours_and_grids_that_do_not_fit_are_refused(tmp_path, capsys, monkeyp
     assert "small.tif: has a CRS of its own" in capsys.readouterr().err
     assert main(["network", "grey.png", "--edge-threshold", "0.3", "-o", "n.gpkg"]) == 2
     assert "go with --road-colour" in capsys.readouterr().err
+    cases = {  # options that would be silently ignored, or trace the wrong thing
+        ("--labels", "--road-colour", "0"): "pass one of them",
+        ("--road-colour", "255", "--threshold", "0.3"): "cut by --edge-threshold",
+        ("--labels", "--grid-of", "image.tif", "--pixel-size", "0.5"): "pass one of them",
+        ("--labels", "--grid-of", "blue.png"): "blue.png (--grid-of): no CRS of its own",
+        ("--road-colour", "255,0,0"): "grey.png: 1 band(s), but the label convention gives 3",
+    }
+    raster.write_geotiff(tmp_path / "image.tif", np.zeros((1, *SHAPE), np.uint8), crs=UTM,
+                         transform=Affine(1, 0, 500000, 0, -1, 5400000))  # fmt: skip
+    for options, expected in cases.items():
+        assert main(["network", "grey.png", *options, "-o", "n.gpkg"]) == 2, options
+        assert expected in capsys.readouterr().err, options
     assert not (tmp_path / "n.gpkg").exists()
 
 

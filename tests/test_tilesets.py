@@ -234,6 +234,22 @@ def test_label_colour_outside_the_convention_names_file_and_colour(tmp_path, cap
     assert "[[1]]" in err
 
 
+def test_a_label_image_with_alpha_is_read_by_its_grey_band(tmp_path):
+    """Masks saved with an alpha band (grey + alpha PNG, as image editors save them): the
+    convention's one value is read on the grey band, not required of alpha too, and the
+    labels are those of the same masks without alpha."""
+    massachusetts_like(tmp_path / "mass")
+    for stem in STEMS:
+        path = tmp_path / "mass/masks" / f"{stem}.png"
+        grey = raster.read_all(path)[0]
+        write_image(path, np.stack([grey, np.full_like(grey, 255)]), "PNG")
+    params = params_file(tmp_path, [mass_entry(tmp_path / "mass")])
+    assert main(["tile", "-q", "--params", str(params)]) == 0
+    labels = raster.read_all(tmp_path / "chips/tilesets/mass" / f"{STEMS[0]}.labels.tif")[0]
+    assert (labels[ROAD_ROWS, FILL_COLS:] == 1).all()
+    assert (labels[: ROAD_ROWS.start, FILL_COLS:] == 0).all()
+
+
 def test_image_without_crs_needs_a_pixel_size(tmp_path, capsys):
     massachusetts_like(tmp_path / "mass")
     entry = mass_entry(tmp_path / "mass")
