@@ -18,27 +18,22 @@ both layers styled green (kept) to red (missing or cut off).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import pyogrio
 from pyproj import CRS
 
 from pipeline.atomic import atomic_path
 from pipeline.graph_metrics import ControlPoints
 from pipeline.raster import PIXEL_GRID_WKT, quiet_without_crs
+from pipeline.vectors import GPKG_FIXED_DATE, fixed_gpkg_timestamp
 
 LAYERS = ("truth_points", "proposal_points")
 PIXEL_GRID = CRS.from_wkt(PIXEL_GRID_WKT)
-# the time the file's tables are dated with (GDAL's OGR_CURRENT_DATE, the styles'): the same
-# scores give the same bytes, so a DVC stage that writes the file is the same output again
-STAMP = "2000-01-01T00:00:00.000Z"
 
 
 def control_point_frame(points: ControlPoints, crs: Any) -> gpd.GeoDataFrame:
@@ -80,23 +75,12 @@ def write_control_points(
     with (
         atomic_path(Path(path), overwrite=overwrite) as tmp,
         quiet_without_crs(crs is not None),
-        _dated(STAMP),
+        fixed_gpkg_timestamp(),  # the same scores, the same bytes: DVC sees the same output
     ):
         for i, (layer, points) in enumerate(zip(LAYERS, (gt_onto_prop, prop_onto_gt), strict=True)):
             frame = control_point_frame(points, crs)
             frame.to_file(
                 tmp, layer=layer, driver="GPKG", geometry_type="Point", mode="a" if i else "w"
             )
-        add_apls_point_styles(tmp, LAYERS, stamp=STAMP)
+        add_apls_point_styles(tmp, LAYERS, stamp=GPKG_FIXED_DATE)
     return Path(path)
-
-
-@contextlib.contextmanager
-def _dated(stamp: str) -> Iterator[None]:
-    """GeoPackages written inside are dated ``stamp`` (GDAL's ``OGR_CURRENT_DATE``)."""
-    before = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
-    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": stamp})
-    try:
-        yield
-    finally:
-        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": before})
