@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.pooled_scores import predict_probability  # noqa: E402
 from pipeline import raster  # noqa: E402
+from pipeline.metrics import SweepResult, ThresholdSweep, best_f1_threshold  # noqa: E402
 
 THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)
 
@@ -64,20 +65,15 @@ def predictions(
     return found
 
 
-def pooled_counts(
+def pooled_curve(
     probs: dict, labels: dict, stems: list[str], scales: tuple[float, ...]
-) -> np.ndarray:
-    """(3, thresholds): true positives, false positives, false negatives pooled over tiles."""
-    counts = np.zeros((3, len(THRESHOLDS)))
+) -> SweepResult:
+    """Counts at every threshold of the scales' mean probability, pooled over the tiles."""
+    sweep = ThresholdSweep(THRESHOLDS, rho=0)
     for stem in stems:
-        prob = np.mean([probs[stem, s] for s in scales], axis=0)
         truth, known = labels[stem]
-        ok = known & ~np.isnan(prob)
-        p, y = prob[ok], truth[ok]
-        for i, t in enumerate(THRESHOLDS):
-            road = p >= t
-            counts[:, i] += (road & y).sum(), (road & ~y).sum(), (~road & y).sum()
-    return counts
+        sweep.update(np.mean([probs[stem, s] for s in scales], axis=0), truth, known)
+    return sweep.compute()
 
 
 def read_labels(prepared: Path, stems: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -107,13 +103,13 @@ def main() -> None:
     print("|---|---|---|---|")
     for k in range(1, len(scales) + 1):
         for combo in itertools.combinations(scales, k):
-            tp, fp, fn = pooled_counts(probs, labels, args.val, combo)
-            best = int(np.argmax(2 * tp / np.maximum(2 * tp + fp + fn, 1)))
-            tp, fp, fn = pooled_counts(probs, labels, args.test, combo)
-            iou = tp / np.maximum(tp + fp + fn, 1)
+            threshold = best_f1_threshold(pooled_curve(probs, labels, args.val, combo))
+            test = pooled_curve(probs, labels, args.test, combo)
+            iou = test.iou
             print(
-                f"| {' + '.join(f'{s:g}' for s in combo)} | {THRESHOLDS[best]:.2f} | "
-                f"{iou[best]:.3f} | {iou.max():.3f} ({THRESHOLDS[int(np.argmax(iou))]:.2f}) |"
+                f"| {' + '.join(f'{s:g}' for s in combo)} | {threshold:.2f} | "
+                f"{iou[test.index_of(threshold)]:.3f} | {iou.max():.3f} "
+                f"({THRESHOLDS[int(np.argmax(iou))]:.2f}) |"
             )
 
 
