@@ -26,6 +26,18 @@ def _no_outside_mlflow(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
+@pytest.fixture(scope="session")
+def scheduler():
+    """The address of one 2-worker LocalCluster shared by the tests that predict on it
+    (``scheduler=`` / ``--scheduler``): its workers start and import torch once for the
+    session, not once per test. Tests about starting, sizing or losing clusters start their
+    own."""
+    from pipeline import parallel
+
+    with parallel.local_cluster(2, "cpu") as client:
+        yield client.scheduler.address
+
+
 @pytest.fixture(autouse=True)
 def _own_model_cache(monkeypatch, tmp_path_factory):
     """Registry downloads go to a cache of this test's own, never the developer's ~/.cache."""

@@ -58,12 +58,6 @@ def rgbn(height: int = 96, width: int = 128) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def scheduler() -> str:
-    with parallel.local_cluster(2, "cpu") as client:
-        yield client.scheduler.address
-
-
-@pytest.fixture(scope="module")
 def model4(tmp_path_factory) -> Path:
     return make_model(tmp_path_factory.mktemp("model4") / "unet")
 

@@ -200,7 +200,7 @@ def test_predict_several_images_share_one_cluster_and_report_a_bad_one(
 
 
 def test_predict_several_images_write_into_a_folder_and_refuse_clashes(
-    tmp_path, capsys, monkeypatch
+    tmp_path, capsys, monkeypatch, scheduler
 ):
     from tests.helpers import make_model, smooth_image, write_raster
 
@@ -211,7 +211,17 @@ def test_predict_several_images_write_into_a_folder_and_refuse_clashes(
     a = write_raster(tmp_path / "a.tif", smooth_image(64, 64).astype("uint8"))
     same_name = write_raster(tmp_path / "x" / "a.tif", smooth_image(64, 64).astype("uint8"))
     b = write_raster(tmp_path / "b.tif", smooth_image(64, 64).astype("uint8"))
-    opts = ["--model", str(model), "--window", "64", "--overlap", "16", "--workers", "1", "-q"]
+    opts = [
+        "--model",
+        str(model),
+        "--window",
+        "64",
+        "--overlap",
+        "16",
+        "--scheduler",
+        scheduler,
+        "-q",
+    ]
     # a file name for -o with several images, or two images writing one output: refused before any work
     assert main(["predict", str(a), str(b), "-o", str(tmp_path / "one.tif"), *opts]) == 2
     assert "must be a folder" in capsys.readouterr().err
@@ -232,7 +242,9 @@ def test_predict_several_images_write_into_a_folder_and_refuse_clashes(
     ]
 
 
-def test_predict_skip_existing_resumes_a_run_over_many_images(tmp_path, capsys, monkeypatch):
+def test_predict_skip_existing_resumes_a_run_over_many_images(
+    tmp_path, capsys, monkeypatch, scheduler
+):
     from tests.helpers import make_model, smooth_image, write_raster
 
     monkeypatch.chdir(tmp_path)
@@ -251,8 +263,8 @@ def test_predict_skip_existing_resumes_a_run_over_many_images(tmp_path, capsys, 
         "64",
         "--overlap",
         "16",
-        "--workers",
-        "1",
+        "--scheduler",
+        scheduler,
         "-q",
     ]
     assert main(["predict", *images[:2], *opts]) == 0  # a run stopped after two of three
@@ -276,7 +288,9 @@ def test_predict_skip_existing_resumes_a_run_over_many_images(tmp_path, capsys, 
     assert "contradict" in capsys.readouterr().err
 
 
-def test_predict_leaves_out_inputs_that_are_outputs_of_other_inputs(tmp_path, capsys, monkeypatch):
+def test_predict_leaves_out_inputs_that_are_outputs_of_other_inputs(
+    tmp_path, capsys, monkeypatch, scheduler
+):
     """`pipeline predict tiles/*.tif --skip-existing` a second time: the glob now also matches the
     first run's `*_roads.tif` beside the inputs; they are not predicted as if they were imagery."""
     from tests.helpers import make_model, smooth_image, write_raster
@@ -287,7 +301,17 @@ def test_predict_leaves_out_inputs_that_are_outputs_of_other_inputs(tmp_path, ca
         str(write_raster(tmp_path / f"t{k}.tif", smooth_image(64, 64).astype("uint8")))
         for k in range(2)
     ]
-    opts = ["--model", str(model), "--window", "64", "--overlap", "16", "--workers", "1", "-q"]
+    opts = [
+        "--model",
+        str(model),
+        "--window",
+        "64",
+        "--overlap",
+        "16",
+        "--scheduler",
+        scheduler,
+        "-q",
+    ]
     assert main(["predict", images[0], *opts]) == 0
     capsys.readouterr()
     glob = sorted(str(p) for p in tmp_path.glob("*.tif"))  # t0.tif t0_roads.tif t1.tif

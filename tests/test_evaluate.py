@@ -282,7 +282,7 @@ def test_run_evaluate_scores_a_known_prediction(tmp_path, isolated_mlflow, monke
 
 
 @pytest.mark.slow
-def test_evaluate_tta_scores_what_predict_tta_writes(tmp_path):
+def test_evaluate_tta_scores_what_predict_tta_writes(tmp_path, scheduler):
     """evaluate.tta: the scored probability is predict --tta's, pixel for pixel, not the plain one."""
     from pipeline.config import PredictOptions
     from pipeline.predict import predict_raster
@@ -294,9 +294,16 @@ def test_evaluate_tta_scores_what_predict_tta_writes(tmp_path):
     )
     ev, _, _ = _params(tmp_path)
     with_tta = evaluate.predict_scene(
-        scene, tmp_path / "tta", model_dir, ev.model_copy(update={"tta": True}), workers=1
+        scene,
+        tmp_path / "tta",
+        model_dir,
+        ev.model_copy(update={"tta": True}),
+        workers=1,
+        scheduler=scheduler,
     )
-    plain = evaluate.predict_scene(scene, tmp_path / "plain", model_dir, ev, workers=1)
+    plain = evaluate.predict_scene(
+        scene, tmp_path / "plain", model_dir, ev, workers=1, scheduler=scheduler
+    )
     reference = predict_raster(
         image,
         tmp_path / "reference.tif",
@@ -305,7 +312,7 @@ def test_evaluate_tta_scores_what_predict_tta_writes(tmp_path):
             window=ev.window,
             overlap=ev.overlap,
             batch_size=ev.batch_size,
-            workers=1,
+            scheduler=scheduler,
             tta=True,
             dtype="float32",
             progress=False,

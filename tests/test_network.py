@@ -266,7 +266,9 @@ def test_predict_batch_places_network_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_writes_the_network_with_the_models_threshold(tmp_path, scenes_dir, monkeypatch):
+def test_predict_writes_the_network_with_the_models_threshold(
+    tmp_path, scenes_dir, scheduler, monkeypatch
+):
     from pipeline.model import ModelConfig, build_unet, save_model
 
     monkeypatch.chdir(tmp_path)  # no params.yaml: defaults
@@ -278,12 +280,12 @@ def test_predict_writes_the_network_with_the_models_threshold(tmp_path, scenes_d
     image = scenes_dir / "s1.tif"
     args = ["predict", str(image), "--model", str(model), "-o", "p.tif", "--window", "64"]
     args += ["--overlap", "16"]
-    assert main([*args, "--workers", "1", "-q", "--network", "net.gpkg"]) == 0
+    assert main([*args, "--scheduler", scheduler, "-q", "--network", "net.gpkg"]) == 0
     edges, nodes = layers(tmp_path / "net.gpkg")
     assert edges.crs == pyproj.CRS(UTM) and nodes.crs == pyproj.CRS(UTM)
     assert set(edges.u) | set(edges.v) <= set(nodes.node_id)
     assert raster.raster_tags(tmp_path / "p.tif")["threshold"] == "0.5"
-    assert main([*args, "--workers", "1", "-q", "--network", "net.gpkg"]) == 2  # exists
+    assert main([*args, "--scheduler", scheduler, "-q", "--network", "net.gpkg"]) == 2  # exists
 
 
 def test_loose_end_bridged_onto_an_edge(tmp_path):

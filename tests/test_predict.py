@@ -1,7 +1,7 @@
 """predict_raster end to end on tiny real GeoTIFFs, a real U-Net and real Dask clusters.
 
-One 2-worker LocalCluster is shared by the module (``scheduler=`` its address); the tests that
-are about worker counts start their own clusters.
+The session's 2-worker LocalCluster (conftest's ``scheduler``) runs most of them; the tests
+that are about worker counts or a cluster's own start and stop start their own clusters.
 """
 
 from __future__ import annotations
@@ -53,12 +53,6 @@ def seam_ratio(p: np.ndarray, positions: list[int], axis: int) -> float:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model(tmp_path_factory.mktemp("model") / "unet")
-
-
-@pytest.fixture(scope="module")
-def scheduler() -> str:
-    with parallel.local_cluster(2, "cpu") as client:
-        yield client.scheduler.address
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pyproj
 import pytest
 from affine import Affine
 
-from pipeline import parallel, raster
+from pipeline import raster
 from pipeline.config import PredictOptions
 from pipeline.model_config import read_config
 from pipeline.predict import pixel_scale, predict_raster
@@ -24,12 +24,6 @@ from tests.helpers import MEAN, STD, make_model, read, smooth_image, write_raste
 
 FINE = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 5400000.0)
 COARSE = Affine(1.0, 0.0, 500000.0, 0.0, -1.0, 5400000.0)
-
-
-@pytest.fixture(scope="module")
-def scheduler() -> str:
-    with parallel.local_cluster(2, "cpu") as client:
-        yield client.scheduler.address
 
 
 @pytest.fixture(scope="module")

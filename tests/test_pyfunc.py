@@ -44,12 +44,19 @@ def test_any_height_and_width_gives_one_probability_per_pixel(pyfunc) -> None:
         pyfunc.predict(None, one[:3])
 
 
-def test_pyfunc_predicts_what_pipeline_predict_writes(pyfunc, model_dir, tmp_path) -> None:
+def test_pyfunc_predicts_what_pipeline_predict_writes(
+    pyfunc, model_dir, scheduler, tmp_path
+) -> None:
     """One 64 px window: the same normalisation and forward pass as ``pipeline predict``."""
     image = smooth_image(64, 64).astype(np.uint8)
     path = write_raster(tmp_path / "in.tif", image)
     options = PredictOptions(
-        model=model_dir, window=64, overlap=16, dtype="float32", progress=False
+        model=model_dir,
+        window=64,
+        overlap=16,
+        dtype="float32",
+        scheduler=scheduler,
+        progress=False,
     )
     out = predict_raster(path, tmp_path / "out.tif", options).output
     with rasterio.open(out) as ds:

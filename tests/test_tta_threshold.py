@@ -139,7 +139,7 @@ def test_validation_chips_without_road_choose_no_threshold(tmp_path, chips_dir, 
 
 
 def test_evaluate_with_tta_keeps_its_threshold_and_predict_tta_uses_it(
-    tmp_path, chips_dir, scenes_dir, monkeypatch
+    tmp_path, chips_dir, scenes_dir, scheduler, monkeypatch
 ):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -174,7 +174,7 @@ def test_evaluate_with_tta_keeps_its_threshold_and_predict_tta_uses_it(
     image = Path(test["image"])
     for tta, threshold in ((True, expected), (False, 0.3)):
         out = tmp_path / f"pred_{tta}.tif"
-        options = PredictOptions(model=model_dir, workers=1, tta=tta, progress=False)
+        options = PredictOptions(model=model_dir, scheduler=scheduler, tta=tta, progress=False)
         predict_raster(image, out, options)
         with rasterio.open(out) as dst:
             assert float(dst.tags()["threshold"]) == pytest.approx(threshold)
