@@ -199,6 +199,21 @@ def test_predict_several_images_share_one_cluster_and_report_a_bad_one(
         assert np.array_equal(batch.read(1), single.read(1))
 
 
+def _on_shared_cluster(model: Path, scheduler: str) -> list[str]:
+    """Predict options for 64 px test images on the session's cluster."""
+    return [
+        "--model",
+        str(model),
+        "--window",
+        "64",
+        "--overlap",
+        "16",
+        "--scheduler",
+        scheduler,
+        "-q",
+    ]
+
+
 def test_predict_several_images_write_into_a_folder_and_refuse_clashes(
     tmp_path, capsys, monkeypatch, scheduler
 ):
@@ -211,17 +226,7 @@ def test_predict_several_images_write_into_a_folder_and_refuse_clashes(
     a = write_raster(tmp_path / "a.tif", smooth_image(64, 64).astype("uint8"))
     same_name = write_raster(tmp_path / "x" / "a.tif", smooth_image(64, 64).astype("uint8"))
     b = write_raster(tmp_path / "b.tif", smooth_image(64, 64).astype("uint8"))
-    opts = [
-        "--model",
-        str(model),
-        "--window",
-        "64",
-        "--overlap",
-        "16",
-        "--scheduler",
-        scheduler,
-        "-q",
-    ]
+    opts = _on_shared_cluster(model, scheduler)
     # a file name for -o with several images, or two images writing one output: refused before any work
     assert main(["predict", str(a), str(b), "-o", str(tmp_path / "one.tif"), *opts]) == 2
     assert "must be a folder" in capsys.readouterr().err
@@ -254,19 +259,7 @@ def test_predict_skip_existing_resumes_a_run_over_many_images(
         for k in range(3)
     ]
     (tmp_path / "out").mkdir()
-    opts = [
-        "-o",
-        str(tmp_path / "out"),
-        "--model",
-        str(model),
-        "--window",
-        "64",
-        "--overlap",
-        "16",
-        "--scheduler",
-        scheduler,
-        "-q",
-    ]
+    opts = ["-o", str(tmp_path / "out"), *_on_shared_cluster(model, scheduler)]
     assert main(["predict", *images[:2], *opts]) == 0  # a run stopped after two of three
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
     capsys.readouterr()
@@ -301,17 +294,7 @@ def test_predict_leaves_out_inputs_that_are_outputs_of_other_inputs(
         str(write_raster(tmp_path / f"t{k}.tif", smooth_image(64, 64).astype("uint8")))
         for k in range(2)
     ]
-    opts = [
-        "--model",
-        str(model),
-        "--window",
-        "64",
-        "--overlap",
-        "16",
-        "--scheduler",
-        scheduler,
-        "-q",
-    ]
+    opts = _on_shared_cluster(model, scheduler)
     assert main(["predict", images[0], *opts]) == 0
     capsys.readouterr()
     glob = sorted(str(p) for p in tmp_path.glob("*.tif"))  # t0.tif t0_roads.tif t1.tif
