@@ -11,10 +11,12 @@ returns ``weight * probability`` summed over its area, the weights already norma
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 
 from pipeline import parallel, raster
 from pipeline.model import autocast_dtype, load_model, pick_device
-from pipeline.model_config import WEIGHTS_FILE, ModelConfig, ModelError
+from pipeline.model_config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, ModelError
 from pipeline.normalise import standardise
 from pipeline.predict_task import AS_IS, GroupResult, PixelScale, PredictJob
 from pipeline.stitching import window_contribution_weight
@@ -32,6 +34,9 @@ from pipeline.windows import UNET_MULTIPLE, Rect, WindowGroup
 # at batch 1-2, and a worker then peaks at ~1.0 GiB instead of ~1.4 GiB with batch 4 for
 # 512 px windows (measured; BENCHMARKS.md, issue 6).
 CPU_BATCH_SIZE = 2
+# Models a worker holds at once: a long-lived cluster running model after model (a
+# comparison, a retrain) keeps the latest two in memory (on the GPU: in its memory), not all.
+MODELS_KEPT = 2
 GPU_MEMORY_FRACTION = 0.6  # of the GPU memory free after loading the model, for activations
 MAX_GPU_BATCH_SIZE = 64
 
@@ -51,10 +56,29 @@ def load_for_inference(
 
 
 def worker_model(model_dir: str, device: str) -> tuple[torch.nn.Module, ModelConfig, torch.device]:
-    """The model for this worker process, loaded on first use and reused by later tasks."""
+    """The model for this worker process, loaded on first use and reused by later tasks
+    while its files stay the same: a model written again into its folder (retrained in
+    place, or given evaluate's TTA threshold) is loaded afresh, also by the workers of a
+    long-lived cluster. A worker keeps its ``MODELS_KEPT`` most recently used models."""
+    key = ("model", model_dir, device, model_files_identity(model_dir))
     return parallel.worker_cached(
-        ("model", model_dir, device), lambda: load_for_inference(model_dir, device)
+        key, lambda: load_for_inference(model_dir, device), keep=MODELS_KEPT
     )
+
+
+def model_files_identity(model_dir: str) -> tuple[tuple[int, int, int] | None, ...]:
+    """(inode, size, modification time in ns) of the folder's weights and config, None for a
+    missing one: it changes whenever either is written again (both are replaced by a rename),
+    so the worker cache never serves a model its folder no longer holds."""
+    identity = []
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        try:
+            st = os.stat(Path(model_dir) / name)
+        except OSError:
+            identity.append(None)
+        else:
+            identity.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(identity)
 
 
 def fitted_batch_size(

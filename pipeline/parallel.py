@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -605,23 +606,53 @@ def wait_while_cluster_lives(client: Any, futures: list[Any]) -> None:
 
 
 # ----------------------------------------------------------------------- per-worker caches
-_CACHE: dict[Hashable, Any] = {}
+_CACHE: OrderedDict[Hashable, Any] = OrderedDict()  # least recently used first
 _CACHE_LOCK = threading.Lock()
 CACHE_LOADS: dict[Hashable, int] = {}  # how often each key was built in this process
 
 
-def worker_cached(key: Hashable, factory: Callable[[], Any]) -> Any:
+def worker_cached(key: Hashable, factory: Callable[[], Any], *, keep: int | None = None) -> Any:
     """The value for ``key`` in this worker process, built by ``factory()`` on first use.
 
-    Used for the model (keyed by model folder + device): each worker loads it once and every
-    task it runs afterwards reuses it.
+    Used for the model (keyed by its folder, device and files): each worker loads it once
+    and every task it runs afterwards reuses it. With ``keep``, at most that many values of
+    keys of the same kind (a tuple key's first item) stay, the least recently used dropped:
+    a long-lived cluster (``--scheduler``) running one model after another holds its latest
+    few, not every model it ever ran.
     """
     with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = factory()
-            CACHE_LOADS[key] = CACHE_LOADS.get(key, 0) + 1
-            _freeze_worker_heap()
-        return _CACHE[key]
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+        _CACHE[key] = value = factory()
+        CACHE_LOADS[key] = CACHE_LOADS.get(key, 0) + 1
+        if keep is not None:
+            _drop_least_recent(_kind(key), keep)
+        _freeze_worker_heap()
+        return value
+
+
+def _kind(key: Hashable) -> Hashable:
+    return key[0] if isinstance(key, tuple) and key else key
+
+
+def _drop_least_recent(kind: Hashable, keep: int) -> None:
+    """Drop all but the ``keep`` most recently used values of ``kind`` (under the lock)."""
+    same = [k for k in _CACHE if _kind(k) == kind]
+    for key in same[: max(0, len(same) - keep)]:
+        del _CACHE[key]
+    if len(same) > keep:
+        # the dropped values were frozen after their load (``_freeze_worker_heap``): let the
+        # collector reach them, and whatever cycles they hold, once more
+        gc.unfreeze()
+        gc.collect()
+
+
+def cached_keys(kind: Hashable) -> list[str]:
+    """The keys of ``kind`` this process holds, least recently used first (as text);
+    ``client.run(cached_keys, "model")`` asks workers."""
+    with _CACHE_LOCK:
+        return [repr(k) for k in _CACHE if _kind(k) == kind]
 
 
 def _freeze_heaps(client: Any) -> None:

@@ -132,6 +132,23 @@ def test_worker_cache_builds_once_per_worker(client) -> None:
     assert sum(v.get(repr(("pid",)), 0) for v in loads.values()) == len(set(values))
 
 
+def test_worker_cache_keeps_the_most_recently_used_values_of_a_kind() -> None:
+    """``keep`` bounds the values of one kind (the key's first item), least recently used out;
+    keys of other kinds stay."""
+    built = []
+
+    def get(kind: str, name: str) -> str:
+        return parallel.worker_cached((kind, name), lambda: built.append(name) or name, keep=2)
+
+    parallel.worker_cached(("other-kind", 0), dict)
+    for name in ("a", "b", "a", "c"):  # "a" used again before "c" arrives: "b" goes
+        get("lru-test", name)
+    assert parallel.cached_keys("lru-test") == [repr(("lru-test", n)) for n in ("a", "c")]
+    get("lru-test", "b")  # built again
+    assert built == ["a", "b", "c", "b"]
+    assert parallel.cached_keys("other-kind") == [repr(("other-kind", 0))]
+
+
 def _frozen_after_a_cached_load() -> int:
     parallel.worker_cached(("freeze-check",), lambda: [{} for _ in range(1000)])
     return gc.get_freeze_count()

@@ -20,7 +20,7 @@ import rasterio
 from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 
-from pipeline import parallel
+from pipeline import inference, parallel
 from pipeline.config import PredictOptions
 from pipeline.predict import default_output_path, predict_raster
 from pipeline.raster import RasterError
@@ -596,6 +596,37 @@ def test_a_rewritten_input_is_read_afresh_and_workers_keep_nothing_open(
     assert (
         np.abs(again.astype(int) - first.astype(int)).max() > 10
     )  # the flip changed the prediction
+
+
+def test_a_model_written_again_in_its_folder_is_loaded_afresh(scheduler, tmp_path) -> None:
+    """Workers keep their model between runs; on a long-lived cluster (--scheduler) a model
+    retrained into the same folder must be loaded again, not served from that cache, and a
+    worker keeps only its latest models, not every model it ever ran."""
+    from distributed import Client
+
+    img = write_raster(tmp_path / "in.tif", smooth_image(96, 96).astype(np.uint8))
+    folder = tmp_path / "unet"
+    kw = dict(window=64, overlap=16, dtype="float32", progress=False)
+
+    def predicted(name: str, **where) -> np.ndarray:
+        out = predict_raster(img, tmp_path / name, PredictOptions(model=folder, **kw, **where))
+        return read(out.output)[0]
+
+    make_model(folder, seed=0)
+    first = predicted("first.tif", scheduler=scheduler)
+    make_model(folder, seed=1)  # retrained in place
+    again = predicted("again.tif", scheduler=scheduler)
+    fresh = predicted("fresh.tif", workers=1)  # a cluster of its own loads the new weights
+    np.testing.assert_array_equal(again, fresh)
+    assert np.abs(again - first).max() > 0.01
+
+    for k in range(3):  # three more models in turn
+        other = make_model(tmp_path / f"other{k}", seed=k)
+        options = PredictOptions(model=other, scheduler=scheduler, **kw)
+        predict_raster(img, tmp_path / f"o{k}.tif", options)
+    with Client(scheduler) as client:
+        held = client.run(parallel.cached_keys, "model")
+    assert held and all(len(models) <= inference.MODELS_KEPT for models in held.values())
 
 
 def test_vrt_input_predicts_like_its_source(scene, model_dir, scheduler, tmp_path) -> None:
