@@ -809,7 +809,7 @@ def _add_label_mask_arguments(sp: argparse.ArgumentParser) -> None:
         metavar="R,G,B",
         help="the raster is a label mask that marks road in this colour (RoadNet: 255,0,0 on "
         "white; one value for a one-band mask): road where a pixel is nearer it than the "
-        "background (see --edge-threshold); the mask is read whole",
+        "background (see --edge-threshold); read 1,024 rows at a time",
     )
     sp.add_argument(
         "--background-colour",

@@ -22,13 +22,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline import raster
 from pipeline.config import LabelConvention
 from pipeline.tilesets import TileSetError, road_mask
 
 LABEL_THRESHOLD = 0.5  # road where the mask is at least half its largest value
+COLOUR_STRIP_ROWS = 1024  # rows of a colour mask converted at once: ~0.5 GB at 10k px wide
 
 
 COLOUR_HINT = (
@@ -128,22 +127,30 @@ def _colour_mask_view(
 ) -> Path:
     """A 0/1 uint8 GeoTIFF in ``folder`` of where ``path`` shows road under ``colours`` (its
     anti-aliased edges cut at the convention's edge threshold), on ``grid`` (CRS, transform).
-    The mask is read whole, as the tile stage reads a tile's labels, its alpha band left out
-    (it is the dataset mask); a colour outside the convention is refused by name."""
-    with raster.quiet_without_crs(grid[0] is not None):
-        valid = raster.read_valid_mask(path)
-        bands = raster.read_all(path)[: info.count]
-        try:
-            road = road_mask(bands, colours, valid, path, hint=COLOUR_HINT)
-        except TileSetError as e:
-            raise LabelMaskError(str(e)) from None
-        road[~valid] = 0
-        if not road.any():
+    Read and written ``COLOUR_STRIP_ROWS`` rows at a time, so memory stays flat in the mask's
+    size (a mosaicked mask of 10k x 10k px too); its alpha band is left out (it is the dataset
+    mask); a colour outside the convention is refused by name, with the rows it was found in."""
+    out = folder / f"{path.stem}.network-input.tif"
+    found = False
+    with (
+        raster.quiet_without_crs(grid[0] is not None),
+        raster.open_reader(path) as reader,
+        raster.block_geotiff(
+            out, width=info.width, height=info.height, dtype="uint8", crs=grid[0],
+            transform=grid[1], tags=tags,
+        ) as writer,
+    ):  # fmt: skip
+        for row in range(0, info.height, COLOUR_STRIP_ROWS):
+            rows = min(COLOUR_STRIP_ROWS, info.height - row)
+            bands, valid = raster.read_window(reader, 0, row, info.width, rows)
+            strip = f" (rows {row}-{row + rows - 1})" if rows < info.height else ""
+            try:
+                road = road_mask(bands, colours, valid, path, hint=COLOUR_HINT, where=strip)
+            except TileSetError as e:
+                raise LabelMaskError(str(e)) from None
+            road[~valid] = 0
+            found = found or bool(road.any())
+            writer.write(road, row, 0)
+        if not found:
             raise LabelMaskError(f"{path}: no pixel of the road colour {colours.road}")
-        return raster.write_geotiff(
-            folder / f"{path.stem}.network-input.tif",
-            road.astype(np.uint8),
-            crs=grid[0],
-            transform=grid[1],
-            tags=tags,
-        )
+    return out

@@ -878,6 +878,29 @@ class BlockWriter:
             raise write_error(self._path, e) from None
 
 
+@contextlib.contextmanager
+def block_geotiff(
+    path: str | Path,
+    *,
+    width: int,
+    height: int,
+    dtype: str,
+    crs: CRS | str | None,
+    transform: Affine,
+    tags: dict[str, Any] | None = None,
+    blocksize: int = 256,
+) -> Iterator[BlockWriter]:
+    """A tiled, compressed one-band GeoTIFF written block by block through the yielded
+    ``BlockWriter`` (memory flat in its size), renamed into place when the block ends without
+    an error (removed otherwise)."""
+    georef = dict(crs=crs, transform=transform)
+    profile = _staging_profile(width, height, dtype, None, georef, blocksize)
+    with atomic_path(Path(path)) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        if tags:
+            dst.update_tags(**{k: str(v) for k, v in tags.items()})
+        yield BlockWriter(dst, Path(path))
+
+
 def _staging_profile(
     width: int,
     height: int,

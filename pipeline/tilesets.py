@@ -178,11 +178,13 @@ def road_mask(
     valid: np.ndarray,
     path: Path,
     hint: str = LABEL_HINT,
+    where: str = "",
 ) -> np.ndarray:
     """uint8 (H, W), 1 where ``label`` (C, H, W) shows road in convention ``conv``, else 0.
 
     A valid pixel whose colour is neither road nor background (nor, with an edge threshold,
-    between the two) raises TileSetError naming ``path``, the colours found and ``hint``.
+    between the two) raises TileSetError naming ``path`` (and ``where``: the part of it
+    ``label`` is, e.g. " rows 0-1023"), the colours found and ``hint``.
     """
     k = len(conv.road)
     if k > 1 and label.shape[0] < k:
@@ -210,7 +212,7 @@ def road_mask(
     if bad.any():
         colours = np.unique(label[:, bad].T, axis=0)[:5].tolist()
         raise TileSetError(
-            f"{path}: {int(bad.sum())} pixels ({100 * bad.mean():.2f} %) have label colours "
+            f"{path}{where}: {int(bad.sum())} pixels ({100 * bad.mean():.2f} %) have label colours "
             f"outside the declared convention (road {conv.road}, background {conv.background}"
             f"{'' if conv.edge_threshold is None else ', edges between'}), e.g. {colours}; "
             f"{hint}"

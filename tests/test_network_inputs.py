@@ -148,6 +148,36 @@ def test_a_colour_mask_is_traced_as_its_grey_twin(tmp_path, monkeypatch):
     assert list(tmp_path.glob("*.tif")) == [] and list((tmp_path / "tmp").iterdir()) == []
 
 
+def test_a_colour_mask_is_converted_strip_by_strip(tmp_path, monkeypatch):
+    """The colour mask is read and written a strip of rows at a time (memory flat in its
+    size): the 0/1 raster is the whole mask's, and a colour outside the convention is named
+    with the rows it was found in."""
+    from pipeline import network_inputs
+    from pipeline.config import LabelConvention
+    from pipeline.tilesets import road_mask
+
+    monkeypatch.setattr(network_inputs, "COLOUR_STRIP_ROWS", 16)  # 13 strips of 200 rows
+    grey = anti_aliased()
+    red = np.stack([np.full(SHAPE, 255, np.uint8), 255 - grey, 255 - grey])
+    write_png(tmp_path / "red.png", red)
+    colours = LabelConvention(road=[255, 0, 0], background=[255, 255, 255], edge_threshold=0.5)
+    view = network_inputs.network_view(
+        tmp_path / "red.png", tmp_path, labels=False, pixel_size_m=0.5, colours=colours
+    )
+    whole = road_mask(red, colours, np.ones(SHAPE, bool), tmp_path / "red.png")
+    np.testing.assert_array_equal(raster.read_band_array(view), whole)
+    assert raster.raster_tags(view)["pixel_size_m"] == "0.5"
+    red[:, 100, 50] = (0, 0, 255)  # one blue pixel in rows 96-111
+    write_png(tmp_path / "blue_dot.png", red)
+    with pytest.raises(
+        network_inputs.LabelMaskError, match=r"blue_dot.png \(rows 96-111\): 1 pixels"
+    ):
+        network_inputs.network_view(
+            tmp_path / "blue_dot.png", tmp_path, labels=False, pixel_size_m=0.5, colours=colours
+        )
+    assert not list(tmp_path.glob("blue_dot*.tif"))
+
+
 def test_a_mask_with_an_alpha_band_reads_its_colours_not_its_alpha(tmp_path, monkeypatch):
     """Black roads on white with an alpha band (transparent in a corner): one value,
     --road-colour 0, reads the grey band alone (alpha is the mask, not a colour) and gives
