@@ -107,6 +107,12 @@ class SceneSource(_Section):
         None, description="Road vectors, any OGR format (GeoPackage, GeoJSON, Shapefile)"
     )
     labels: Path | None = Field(None, description="Label raster on the image grid (road = 1)")
+    centrelines: Path | None = Field(
+        None,
+        description="With labels: a raster of the road centrelines on the image grid (road = 1), "
+        "the truth network evaluate scores APLS and TOPO against instead of one traced from "
+        "the labels (RoadNet ships them)",
+    )
     landcover: Path | None = Field(
         None, description="Optional land-cover class raster (for pretraining)"
     )
@@ -159,6 +165,11 @@ class SceneSource(_Section):
             raise ValueError(
                 f"scene {self.name!r}: label_offset_m shifts road vectors; a label raster "
                 "must be resampled onto the image grid instead"
+            )
+        if self.centrelines is not None and self.labels is None:
+            raise ValueError(
+                f"scene {self.name!r}: centrelines go with labels; road vectors are their own "
+                "centrelines"
             )
         return self
 
@@ -341,6 +352,12 @@ class TileSetSource(_Section):
         "as a scene's roads are (data.default_half_width_m, width_attribute), scored as "
         "networks against the centrelines; an empty file is a tile without roads",
     )
+    centrelines: str | None = Field(
+        None,
+        description="With labels: a tile's road centreline image below root, with {stem} and/or "
+        "{dir}, in the label convention (RoadNet: '{dir}/centerline.png'): the truth network "
+        "evaluate scores APLS and TOPO against, instead of one traced from the labels",
+    )
     pixel_size_m: float | None = Field(
         None,
         gt=0,
@@ -384,12 +401,16 @@ class TileSetSource(_Section):
             )
         return v
 
-    @field_validator("labels", "roads")
+    @field_validator("labels", "roads", "centrelines")
     @classmethod
     def _has_stem(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is None:
             return v
-        example = "masks/{stem}.png" if info.field_name == "labels" else "roads/{stem}.geojson"
+        example = {
+            "labels": "masks/{stem}.png",
+            "roads": "roads/{stem}.geojson",
+            "centrelines": "centrelines/{stem}.png",
+        }[str(info.field_name)]
         return stem_pattern(v, str(info.field_name), example)
 
     @model_validator(mode="after")
@@ -401,13 +422,16 @@ class TileSetSource(_Section):
             )
         # settings of the other kind of truth would be silently ignored: say so instead
         unused = (
-            {"label_offset_m"} if self.labels is not None else {"label", "pixel_size_m"}
+            {"label_offset_m"}
+            if self.labels is not None
+            else {"label", "pixel_size_m", "centrelines"}
         ) & self.model_fields_set
         if unused:
             kind = "label images" if self.labels is not None else "road vectors"
             raise ValueError(
                 f"tile set {self.name!r}: {sorted(unused)} do not apply to a tile set with "
-                f"{kind} (label and pixel_size_m go with labels, label_offset_m with roads)"
+                f"{kind} (label, pixel_size_m and centrelines go with labels, label_offset_m "
+                "with roads)"
             )
         return self
 

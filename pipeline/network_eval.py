@@ -7,7 +7,9 @@ label raster (a tile set: Massachusetts Roads, DeepGlobe) has no centrelines: it
 is traced from the road mask evaluate scores pixels against (the labels inside the image's
 valid area) as ``pipeline network`` traces a probability raster, with the default cleaning
 settings whatever the ``network`` section says (so that a sweep of them meets one truth), as
-DeepGlobe's road networks are scored on the skeleton of the ground-truth mask. The proposal
+DeepGlobe's road networks are scored on the skeleton of the ground-truth mask; a scene that
+ships a centreline raster (``centrelines``: RoadNet's ``centerline.png``) is traced from that
+instead, the dataset's own centrelines. The proposal
 is the network ``pipeline network`` builds from the stitched prediction with ``params.yaml``
 ``network`` settings, and, for reference, the raw skeleton graph (``repair: false``). Both
 are scored with ``graph_metrics.score_networks``: APLS as SpaceNet defines it (CosmiQ
@@ -16,6 +18,7 @@ are scored with ``graph_metrics.score_networks``: APLS as SpaceNet defines it (C
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from pathlib import Path
@@ -37,7 +40,7 @@ from pipeline.graph_metrics import score_networks
 from pipeline.network import build_network, repair_network, trace_network
 from pipeline.network_io import RoadNetwork, network_frames
 from pipeline.road_graph import graph_from_lines, graph_from_network
-from pipeline.scene_truth import SceneWindows
+from pipeline.scene_truth import SceneWindows, TruthError
 from pipeline.windows import blocks
 
 log = logging.getLogger(__name__)
@@ -83,19 +86,38 @@ def truth_network(scene: SceneSource, data: DataParams | None = None) -> nx.Mult
 
 def write_truth_mask(scene: SceneSource, data: DataParams, path: Path) -> Path:
     """The scene's pixel truth as evaluate scores it (road 1, background 0, 255 where the image
-    or the labels have no data), written block by block as a GeoTIFF on the image's grid."""
-    with SceneWindows(scene, data) as windows:
+    or the labels have no data), written block by block as a GeoTIFF on the image's grid; for
+    a scene with ``centrelines``, its centreline raster (road = 1) there instead."""
+    with contextlib.ExitStack() as stack:
+        windows = stack.enter_context(SceneWindows(scene, data))
         info = windows.info
-        with raster.stream_cog(
-            path, width=info.width, height=info.height, crs=info.crs,
-            transform=info.transform, dtype="uint8", nodata=MASK_NODATA, overwrite=True,
-        ) as out:  # fmt: skip
-            for b in blocks(info.height, info.width, MASK_BLOCK):
-                _, valid, truth = windows.read(b.col_off, b.row_off, b.width, b.height)
-                out.write(
-                    np.where(valid, truth, MASK_NODATA).astype(np.uint8), b.row_off, b.col_off
-                )
+        centres = None
+        if scene.centrelines is not None:
+            _same_size(scene.centrelines, info, scene.image)
+            centres = stack.enter_context(raster.open_reader(scene.centrelines))
+        out = stack.enter_context(
+            raster.stream_cog(
+                path, width=info.width, height=info.height, crs=info.crs,
+                transform=info.transform, dtype="uint8", nodata=MASK_NODATA, overwrite=True,
+            )
+        )  # fmt: skip
+        for b in blocks(info.height, info.width, MASK_BLOCK):
+            _, valid, truth = windows.read(b.col_off, b.row_off, b.width, b.height)
+            if centres is not None:
+                values, known = raster.read_window(centres, b.col_off, b.row_off, b.width, b.height)
+                truth, valid = (values[0] == 1).astype(np.uint8), valid & known
+            out.write(np.where(valid, truth, MASK_NODATA).astype(np.uint8), b.row_off, b.col_off)
     return path
+
+
+def _same_size(path: Path, info: raster.RasterInfo, image: Path) -> None:
+    """Refuse a raster ``path`` that is not of the size of ``image`` (``info``)."""
+    other = raster.raster_info(path)
+    if (other.width, other.height) != (info.width, info.height):
+        raise TruthError(
+            f"{path}: centreline raster is {other.width}x{other.height}, its image {image} is "
+            f"{info.width}x{info.height}; resample it onto the image grid"
+        )
 
 
 def label_truth_network(

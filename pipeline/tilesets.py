@@ -12,6 +12,8 @@ each tile once, one at a time (memory does not grow with the set):
   (``pipeline.pansharpen``);
 - ``<stem>.labels.tif`` (label images): road = 1, background = 0, 255 (nodata) where the image
   is fill, converted from the declared label convention (a colour outside it is an error);
+- ``<stem>.centrelines.tif`` (a set with ``centrelines``, RoadNet's ``centerline.png``): the
+  same for the tile's centreline image, evaluate's truth network;
 - road vectors (``roads``) are not converted: the tile's scene names its road file, burned by
   the tile stage and scored by evaluate as any scene's roads.
 
@@ -64,6 +66,11 @@ def find_tiles(ts: TileSetSource) -> list[tuple[str, Path, Path]]:
             raise TileSetError(
                 f"{image}: no {what} {label} (tile set {ts.name!r}, {field} {ts.truth!r})"
             )
+        if ts.centrelines is not None and not _centreline_path(ts, stem, image).is_file():
+            raise TileSetError(
+                f"{image}: no centreline image {_centreline_path(ts, stem, image)} (tile set "
+                f"{ts.name!r}, centrelines {ts.centrelines!r})"
+            )
         if ts.pansharpen is not None and not _mul_path(ts, stem, image).is_file():
             raise TileSetError(
                 f"{image}: no multispectral image {_mul_path(ts, stem, image)} (tile set "
@@ -87,6 +94,13 @@ def _mul_path(ts: TileSetSource, stem: str, image: Path) -> Path:
     assert ts.pansharpen is not None
     root = Path(ts.root)
     return root / ts.pansharpen.mul.format(stem=stem, dir=_dir(root, image))
+
+
+def _centreline_path(ts: TileSetSource, stem: str, image: Path) -> Path:
+    """The centreline image of a tile of a set with ``centrelines``."""
+    assert ts.centrelines is not None
+    root = Path(ts.root)
+    return root / ts.centrelines.format(stem=stem, dir=_dir(root, image))
 
 
 def assign_splits(stems: list[str], split: TileSetSplit) -> dict[str, str]:
@@ -123,6 +137,11 @@ def tile_scenes(ts: TileSetSource, prepared_dir: Path) -> list[SceneSource]:
                 if ts.labels is not None
                 else {"roads": truth, "label_offset_m": ts.label_offset_m}
             ),
+            **(
+                {"centrelines": folder / f"{stem}.centrelines.tif"}
+                if ts.centrelines is not None
+                else {}
+            ),
         )
         for stem, _, truth in tiles
     ]
@@ -151,8 +170,8 @@ def expand(data: DataParams, prepared_dir: Path, *, check_prepared: bool = True)
             scenes.append(entry)
             continue
         for scene in tile_scenes(entry, prepared_dir):
-            prepared = [scene.image] + ([scene.labels] if scene.labels is not None else [])
-            if check_prepared and not all(path.exists() for path in prepared):
+            prepared = [scene.image, scene.labels, scene.centrelines]
+            if check_prepared and not all(p.exists() for p in prepared if p is not None):
                 raise TileSetError(
                     f"{scene.image}: tile set {entry.name!r} is not prepared; run `pipeline tile`"
                 )
@@ -224,7 +243,8 @@ def road_mask(
 def prepare_tile(
     ts: TileSetSource, stem: str, image: Path, truth: Path, out: Path, osm: Any = None
 ) -> dict:
-    """Write ``<stem>.vrt`` (and, from a label image, ``<stem>.labels.tif``) of one tile into
+    """Write ``<stem>.vrt`` (and, from a label image, ``<stem>.labels.tif``, and the
+    ``<stem>.centrelines.tif`` of a set with ``centrelines``) of one tile into
     ``out``; return its area in km², its pixel and valid pixel counts, and its road pixels
     (from a label image) or road km (from road vectors, under the OSM rules ``osm``, the
     ``data.osm`` the tile stage burns them with)."""
@@ -237,11 +257,16 @@ def prepare_tile(
         valid = ~(pixels == np.asarray(fill, pixels.dtype)[:, None, None]).all(axis=0)
         del pixels
     if ts.labels is not None:
-        road = _label_tile(ts, image, info, truth, valid)
-        raster.write_geotiff(
-            out / f"{stem}.labels.tif", road, crs=crs, transform=transform, nodata=MASK_NODATA
-        )
-        roads = dict(road_px=int((road == 1).sum()))
+        sources = {"labels": truth}
+        if ts.centrelines is not None:
+            sources["centrelines"] = _centreline_path(ts, stem, image)
+        for kind, source in sources.items():
+            mask = _label_tile(ts, image, info, source, valid)
+            raster.write_geotiff(
+                out / f"{stem}.{kind}.tif", mask, crs=crs, transform=transform, nodata=MASK_NODATA
+            )
+            if kind == "labels":
+                roads = dict(road_px=int((mask == 1).sum()))
     else:
         roads = dict(road_km=_road_km(truth, info, osm, ts.label_offset_m))
     if ts.pansharpen is not None:  # the fused bands, on the panchromatic grid

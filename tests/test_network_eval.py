@@ -150,9 +150,11 @@ TILE = 160  # pixels a side, 1 m each
 FILL = 24  # left columns of the tile are white fill (nodata), the horizontal road runs into it
 
 
-def _tile_set_scene(tmp_path: Path) -> tuple[SceneSource, DataParams]:
+def _tile_set_scene(tmp_path: Path, centrelines: bool = False) -> tuple[SceneSource, DataParams]:
     """A Massachusetts-like tile set (PNG, no georeferencing, 0/255 masks, white fill)
-    prepared by `pipeline tile`: the test tile as evaluate sees it, on its local grid."""
+    prepared by `pipeline tile`: the test tile as evaluate sees it, on its local grid. With
+    ``centrelines``, each tile also ships a centreline mask that draws the horizontal road
+    alone (1 px on row 81), as RoadNet ships `centerline.png` beside its surface labels."""
     from pipeline import tilesets
     from pipeline.cli import main
     from pipeline.config import load_params
@@ -167,12 +169,17 @@ def _tile_set_scene(tmp_path: Path) -> tuple[SceneSource, DataParams]:
         mask[:, 98:105] = 255
         write_image(tmp_path / "set" / "images" / f"{stem}.png", image, "PNG")
         write_image(tmp_path / "set" / "masks" / f"{stem}.png", mask, "PNG")
+        centre = np.zeros((TILE, TILE), np.uint8)
+        centre[81, :] = 255
+        write_image(tmp_path / "set" / "centres" / f"{stem}.png", centre, "PNG")
     entry = {
         "name": "mass", "root": str(tmp_path / "set"), "images": "images/*.png",
         "labels": "masks/{stem}.png", "pixel_size_m": 1.0,
         "label": {"road": [255], "background": [0]}, "fill": [255, 255, 255],
         "split": {"val_fraction": 0.0, "test_fraction": 0.0, "test": ["t1"]},
     }  # fmt: skip
+    if centrelines:
+        entry["centrelines"] = "centres/{stem}.png"
     params = params_file(tmp_path, [entry])
     assert main(["tile", "-q", "--params", str(params)]) == 0
     data = tilesets.expand(load_params(params).data, tmp_path / "chips" / "tilesets")
@@ -217,6 +224,43 @@ def test_a_tile_set_scene_is_scored_against_the_network_of_its_labels(tmp_path):
     assert half["apls_gt_onto_prop"] < 0.6 and half["apls_prop_onto_gt"] > 0.9
     assert half["topo_recall"] < 0.6 < half["topo_precision"]
     assert not list((tmp_path / "b").glob("*truth*"))  # the traced truth mask is removed
+
+
+def test_a_tile_sets_centrelines_are_its_truth_network(tmp_path):
+    """RoadNet's layout: surface labels and a centreline mask per tile. The truth network is
+    the centrelines' (here the horizontal road alone, inside the imagery), not the labels'
+    skeleton: a proposal of that road alone scores as perfect against it."""
+    from pipeline.network_eval import MASK_NODATA, label_truth_network, write_truth_mask
+
+    scene, data = _tile_set_scene(tmp_path, centrelines=True)
+    centres = raster.read_band_array(scene.centrelines)
+    assert (centres[:, :FILL] == MASK_NODATA).all() and (centres[81, FILL:] == 1).all()
+    assert centres[:, FILL:].sum() == TILE - FILL  # one 1 px line
+    mask = raster.read_band_array(write_truth_mask(scene, data, tmp_path / "m.tif"))
+    np.testing.assert_array_equal(mask, centres)
+    truth = label_truth_network(scene, data, PARAMS, tmp_path)
+    length = sum(float(d["length_m"]) for *_, d in truth.edges(data=True))
+    assert length == pytest.approx(TILE - FILL, abs=6)  # the labels' skeleton: 136 + 160 m
+    horizontal = _tile_prediction(scene, tmp_path / "b", drop_vertical=True)
+    scores = score_scene_network(scene, horizontal, PARAMS, 0.5, data)
+    assert scores["apls"] > 0.9 and scores["topo_f1"] > 0.9
+
+
+def test_a_centreline_raster_of_another_size_is_refused(tmp_path):
+    from pipeline.network_eval import write_truth_mask
+    from pipeline.scene_truth import TruthError
+
+    scene, data = _tile_set_scene(tmp_path)
+    small = raster.write_geotiff(
+        tmp_path / "c.tif",
+        np.zeros((1, 10, 10), np.uint8),
+        crs=None,
+        transform=Affine(1, 0, 0, 0, -1, 10),
+    )
+    with pytest.raises(
+        TruthError, match=r"c.tif: centreline raster is 10x10, its image .* is 160x160"
+    ):
+        write_truth_mask(scene.model_copy(update={"centrelines": small}), data, tmp_path / "m.tif")
 
 
 def test_the_truth_of_a_tile_does_not_follow_the_cleaning_settings(tmp_path):

@@ -213,6 +213,33 @@ def test_unmatched_label_names_the_image(tmp_path, capsys):
     assert not (tmp_path / "chips" / "stats.json").exists()
 
 
+def test_centrelines_are_matched_by_name_and_go_with_labels(tmp_path, capsys):
+    """A tile without its centreline image is named before any work; centrelines in a
+    tile set of road vectors (their own centrelines) are refused by the params check."""
+    from pydantic import ValidationError
+
+    from pipeline.config import SceneSource, TileSetSource
+
+    massachusetts_like(tmp_path / "mass")
+    entry = {**mass_entry(tmp_path / "mass"), "centrelines": "masks/{stem}_centre.png"}
+    for stem in STEMS[1:]:
+        write_image(
+            tmp_path / "mass/masks" / f"{stem}_centre.png", np.zeros((SIZE, SIZE), np.uint8), "PNG"
+        )
+    params = params_file(tmp_path, [entry])
+    assert main(["tile", "-q", "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert f"images/{STEMS[0]}.png: no centreline image" in err and "centrelines" in err
+    roads = {"name": "sn", "root": str(tmp_path), "images": "*.tif", "roads": "{stem}.geojson"}
+    with pytest.raises(
+        ValidationError, match=r"\['centrelines'\] do not apply to a tile set with road"
+    ):
+        TileSetSource(**roads, centrelines="{stem}_centre.png")
+    scene = {"name": "s", "image": "s.tif", "roads": "s.gpkg", "centrelines": "c.tif"}
+    with pytest.raises(ValidationError, match="centrelines go with labels"):
+        SceneSource(**scene)
+
+
 def test_size_mismatch_names_the_label(tmp_path, capsys):
     massachusetts_like(tmp_path / "mass")
     write_image(tmp_path / "mass/masks" / f"{STEMS[1]}.png", np.zeros((60, SIZE), np.uint8), "PNG")
