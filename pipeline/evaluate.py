@@ -700,6 +700,8 @@ def run_evaluate(
     scenes = held_out_scenes(data)
     sources = transfer_sources(entries, data)
     others = [s for group in sources.values() for s in group]
+    if network is not None:
+        _check_centrelines(scenes + others)
     threshold_tta = _eight_view_threshold(model_dir, params, tile)
     threshold = read_config(model_dir).threshold if threshold_tta is None else threshold_tta
 
@@ -733,6 +735,16 @@ def run_evaluate(
         params, register, model_dir, result, curve, figures, data_lines, threshold_tta
     )
     return {**result, "mlflow_run_id": run_id}
+
+
+def _check_centrelines(scenes: list[SceneSource]) -> None:
+    """Refuse a scene's centreline raster (its truth network) that does not fit its image
+    before any scene is predicted, not after."""
+    from pipeline.network_eval import check_centrelines
+
+    for scene in scenes:
+        if scene.centrelines is not None:
+            check_centrelines(scene)
 
 
 def _eight_view_threshold(

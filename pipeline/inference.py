@@ -11,7 +11,6 @@ returns ``weight * probability`` summed over its area, the weights already norma
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -24,9 +23,9 @@ import torch.nn.functional as F
 
 from pipeline import parallel, raster
 from pipeline.model import autocast_dtype, load_model, pick_device
-from pipeline.model_config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, ModelError
+from pipeline.model_config import WEIGHTS_FILE, ModelConfig, ModelError, read_config
 from pipeline.normalise import standardise
-from pipeline.predict_task import AS_IS, GroupResult, PixelScale, PredictJob
+from pipeline.predict_task import AS_IS, GroupResult, PixelScale, PredictJob, model_version
 from pipeline.stitching import window_contribution_weight
 from pipeline.windows import UNET_MULTIPLE, Rect, WindowGroup
 
@@ -55,43 +54,48 @@ def load_for_inference(
     return model.to(memory_format=torch.channels_last), config, dev
 
 
-def worker_model(model_dir: str, device: str) -> tuple[torch.nn.Module, ModelConfig, torch.device]:
-    """The model for this worker process, loaded on first use and reused by later tasks
-    while its files stay the same: a model written again into its folder (retrained in
-    place, or given evaluate's TTA threshold) is loaded afresh, also by the workers of a
-    long-lived cluster. A worker keeps its ``MODELS_KEPT`` most recently used models."""
-    key = ("model", model_dir, device, model_files_identity(model_dir))
-    return parallel.worker_cached(
-        key, lambda: load_for_inference(model_dir, device), keep=MODELS_KEPT
-    )
+def worker_model(
+    model_dir: str, device: str, version: str | None = None
+) -> tuple[torch.nn.Module, ModelConfig, torch.device]:
+    """The model for this worker process, loaded on first use and reused by later tasks.
 
+    Keyed by ``version`` (``predict_task.model_version``, what the run was planned with;
+    None: the folder's version now), so a model written again into its folder (retrained in
+    place, or given evaluate's TTA threshold) is loaded afresh by a long-lived cluster's
+    workers, while every window of one run uses the model it was planned with: a folder
+    that changed since raises ModelError. A worker keeps its ``MODELS_KEPT`` most recently
+    used models."""
+    if version is None:
+        version = model_version(read_config(Path(model_dir)))
 
-def model_files_identity(model_dir: str) -> tuple[tuple[int, int, int] | None, ...]:
-    """(inode, size, modification time in ns) of the folder's weights and config, None for a
-    missing one: it changes whenever either is written again (both are replaced by a rename),
-    so the worker cache never serves a model its folder no longer holds."""
-    identity = []
-    for name in (WEIGHTS_FILE, CONFIG_FILE):
-        try:
-            st = os.stat(Path(model_dir) / name)
-        except OSError:
-            identity.append(None)
-        else:
-            identity.append((st.st_ino, st.st_size, st.st_mtime_ns))
-    return tuple(identity)
+    def load() -> tuple[torch.nn.Module, ModelConfig, torch.device]:
+        loaded = load_for_inference(model_dir, device)
+        if model_version(loaded[1]) != version:
+            raise ModelError(
+                f"{model_dir}: the model was written again while this predict ran; run it again"
+            )
+        return loaded
+
+    return parallel.worker_cached(("model", model_dir, device, version), load, keep=MODELS_KEPT)
 
 
 def fitted_batch_size(
-    model_dir: str, device: str, window: int, concurrent: int = 1, precision: str = "auto"
+    model_dir: str,
+    device: str,
+    window: int,
+    concurrent: int = 1,
+    precision: str = "auto",
+    version: str | None = None,
 ) -> int:
-    """Runs on a worker: the batch size it should use for ``window`` x ``window`` windows.
+    """Runs on a worker: the batch size it should use for ``window`` x ``window`` windows
+    (loading the model of ``version``, ``worker_model``).
 
     CPU: ``CPU_BATCH_SIZE``. CUDA: one window is run to measure its activation memory, and
     the batch is what fits in ``GPU_MEMORY_FRACTION`` of the memory still free (what the
     caching allocator holds counts as free), shared by the ``concurrent`` tasks the worker
     runs at once, between 1 and ``MAX_GPU_BATCH_SIZE``.
     """
-    model, config, dev = worker_model(model_dir, device)
+    model, config, dev = worker_model(model_dir, device, version)
     if dev.type != "cuda":
         return CPU_BATCH_SIZE
     torch.cuda.synchronize(dev)
@@ -286,7 +290,7 @@ def check_finite(probs: np.ndarray, job: PredictJob, first: tuple[int, int]) -> 
 
 def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
     """Run one task's windows and return their blended contribution (runs on a worker)."""
-    model, config, device = worker_model(job.model_dir, job.device)
+    model, config, device = worker_model(job.model_dir, job.device, job.model_version)
     mean = np.asarray(config.mean, np.float32)
     std = np.asarray(config.std, np.float32)
     stretch = None if job.stretch is None else np.asarray(job.stretch, np.float32)

@@ -41,7 +41,7 @@ from pipeline.network import build_network, repair_network, trace_network
 from pipeline.network_io import RoadNetwork, network_frames
 from pipeline.road_graph import graph_from_lines, graph_from_network
 from pipeline.scene_truth import SceneWindows, TruthError
-from pipeline.windows import blocks
+from pipeline.windows import Rect, blocks
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def write_truth_mask(scene: SceneSource, data: DataParams, path: Path) -> Path:
         info = windows.info
         centres = None
         if scene.centrelines is not None:
-            _same_size(scene.centrelines, info, scene.image)
+            check_centrelines(scene)
             centres = stack.enter_context(raster.open_reader(scene.centrelines))
         out = stack.enter_context(
             raster.stream_cog(
@@ -104,20 +104,44 @@ def write_truth_mask(scene: SceneSource, data: DataParams, path: Path) -> Path:
         for b in blocks(info.height, info.width, MASK_BLOCK):
             _, valid, truth = windows.read(b.col_off, b.row_off, b.width, b.height)
             if centres is not None:
-                values, known = raster.read_window(centres, b.col_off, b.row_off, b.width, b.height)
-                truth, valid = (values[0] == 1).astype(np.uint8), valid & known
+                truth, valid = _centreline_block(centres, b, valid)
             out.write(np.where(valid, truth, MASK_NODATA).astype(np.uint8), b.row_off, b.col_off)
     return path
 
 
-def _same_size(path: Path, info: raster.RasterInfo, image: Path) -> None:
-    """Refuse a raster ``path`` that is not of the size of ``image`` (``info``)."""
-    other = raster.raster_info(path)
-    if (other.width, other.height) != (info.width, info.height):
+def check_centrelines(scene: SceneSource) -> None:
+    """Refuse a scene's centreline raster that is not one band on its image's grid (size, CRS,
+    transform): read pixel for pixel, it would be a wrong truth network without a word."""
+    assert scene.centrelines is not None
+    image, centres = raster.raster_info(scene.image), raster.raster_info(scene.centrelines)
+    if not raster.same_grid(centres, image):
         raise TruthError(
-            f"{path}: centreline raster is {other.width}x{other.height}, its image {image} is "
-            f"{info.width}x{info.height}; resample it onto the image grid"
+            f"{scene.centrelines}: centreline raster is on another grid than {scene.image} "
+            f"({raster.grid_difference(centres, image)}); resample it onto the image grid"
         )
+    if centres.count != 1:
+        raise TruthError(
+            f"{scene.centrelines}: {centres.count} bands; a scene's centreline raster is one "
+            "band, road = 1 (a tile set's `centrelines` reads colour images under its label "
+            "convention)"
+        )
+
+
+def _centreline_block(
+    centres: raster.WindowReader, block: Rect, valid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(road 0/1, valid) of a block of a centreline raster; values other than 0 and 1 (a
+    0/255 mask) are refused, not read as no road."""
+    values, known = raster.read_window(
+        centres, block.col_off, block.row_off, block.width, block.height
+    )
+    road = values[0]
+    if (known & (road > 1)).any():
+        raise TruthError(
+            f"{centres.path}: values other than 0 and 1 (e.g. {int(road[known & (road > 1)][0])}); "
+            "a centreline raster marks road with 1 (gdal_calc.py --calc 'A>0')"
+        )
+    return road.astype(np.uint8), valid & known
 
 
 def label_truth_network(

@@ -143,7 +143,7 @@ def _colour_mask_view(
         for row in range(0, info.height, COLOUR_STRIP_ROWS):
             rows = min(COLOUR_STRIP_ROWS, info.height - row)
             bands, valid = raster.read_window(reader, 0, row, info.width, rows)
-            strip = f" (rows {row}-{row + rows - 1})" if rows < info.height else ""
+            strip = f"rows {row}-{row + rows - 1}" if rows < info.height else ""
             try:
                 road = road_mask(bands, colours, valid, path, hint=COLOUR_HINT, where=strip)
             except TileSetError as e:

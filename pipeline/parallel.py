@@ -637,15 +637,13 @@ def _kind(key: Hashable) -> Hashable:
 
 
 def _drop_least_recent(kind: Hashable, keep: int) -> None:
-    """Drop all but the ``keep`` most recently used values of ``kind`` (under the lock)."""
+    """Drop all but the ``keep`` most recently used values of ``kind`` (under the lock). A
+    dropped model is freed by reference counting, frozen heap or not (``gc.freeze`` only hides
+    objects from the cyclic collector); a full collection here would hold the lock, and the
+    worker's event loop, for seconds."""
     same = [k for k in _CACHE if _kind(k) == kind]
     for key in same[: max(0, len(same) - keep)]:
         del _CACHE[key]
-    if len(same) > keep:
-        # the dropped values were frozen after their load (``_freeze_worker_heap``): let the
-        # collector reach them, and whatever cycles they hold, once more
-        gc.unfreeze()
-        gc.collect()
 
 
 def cached_keys(kind: Hashable) -> list[str]:

@@ -38,7 +38,7 @@ from pipeline import ground, parallel, raster, registry, sources, stac, styles
 from pipeline.atomic import check_free_space
 from pipeline.config import PredictOptions
 from pipeline.model_config import ModelConfig, check_weights, read_config, resolve_model
-from pipeline.predict_task import AS_IS, GroupResult, PixelScale, PredictJob
+from pipeline.predict_task import AS_IS, GroupResult, PixelScale, PredictJob, model_version
 from pipeline.stitching import (
     NODATA_UINT8,
     UINT8_SCALE,
@@ -88,13 +88,12 @@ def run_group(job: PredictJob, group: WindowGroup) -> GroupResult:
     return inference.run_group(job, group)
 
 
-def fitted_batch_size(
-    model_dir: str, device: str, window: int, concurrent: int = 1, precision: str = "auto"
-) -> int:
-    """On a worker: load the model, return the batch size it can take (``inference``)."""
+def fitted_batch_size(*args: Any) -> int:
+    """On a worker: ``inference.fitted_batch_size(*args)`` (loads the model, returns the batch
+    size it can take); sent by reference to this module, which imports no torch."""
     from pipeline import inference
 
-    return inference.fitted_batch_size(model_dir, device, window, concurrent, precision)
+    return inference.fitted_batch_size(*args)
 
 
 def release_readers() -> int:
@@ -628,7 +627,8 @@ def plan_run(
     link = parallel.dashboard_link(client)
     if options.progress and link:
         print(f"Dask dashboard: {link}")
-    batch_size = _fit_batch_size(client, model_dir, options, timings)
+    version = model_version(config)
+    batch_size = _fit_batch_size(client, model_dir, version, options, timings)
     # a task holds at least one full batch of windows
     groups = window_groups(grid, max(options.windows_per_task, batch_size))
     if options.progress:
@@ -647,6 +647,7 @@ def plan_run(
         plan=band_plan,
         scale=scale,
         stretch=stretch,
+        model_version=version,
     )
     return RunPlan(config, tags, job, groups, assembler, encoding)
 
@@ -673,15 +674,16 @@ def _scale_tag(scale: PixelScale) -> str:
 
 
 def _fit_batch_size(
-    client: Any, model_dir: str, options: PredictOptions, timings: dict[str, float]
+    client: Any, model_dir: str, version: str, options: PredictOptions, timings: dict[str, float]
 ) -> int:
     """``options.batch_size``, else the smallest that every worker says it can take; every
-    worker loads the model now either way (timed as ``model_load``)."""
+    worker loads the model (of ``version``) now either way (timed as ``model_load``)."""
     t_load = time.perf_counter()
     concurrent = parallel.max_threads_per_worker(client)
     fitted = client.run(
-        fitted_batch_size, model_dir, options.device, options.window, concurrent, options.precision
-    )
+        fitted_batch_size, model_dir, options.device, options.window, concurrent,
+        options.precision, version,
+    )  # fmt: skip
     timings["model_load"] = time.perf_counter() - t_load
     return options.batch_size or min(fitted.values())
 

@@ -8,17 +8,25 @@ produces the other. Keeping them here lets both import them without importing ea
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.model_config import ModelConfig, config_json
 from pipeline.raster import BandPlan
 from pipeline.windows import Rect, WindowGrid
 
 # model pixels per raster pixel (down the rows, across the columns); AS_IS: no resampling
 PixelScale = tuple[float, float]
 AS_IS: PixelScale = (1.0, 1.0)
+
+
+def model_version(config: ModelConfig) -> str:
+    """A short digest of a model folder's config, which records its weights' SHA-256: the
+    version of the model a predict run was planned with, which its workers load and check."""
+    return hashlib.sha256(config_json(config).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,8 @@ class PredictJob:
     stretch: tuple[tuple[float, float], ...] | None = None
     # names this predict run: workers keep the raster open between its tasks, never into another run
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # the model's ``model_version`` when the run was planned: every window of the run uses it
+    model_version: str | None = None
 
 
 @dataclass

@@ -617,6 +617,34 @@ PIXEL_GRID_WKT = (
 )
 
 
+def same_grid(a: RasterInfo, b: RasterInfo) -> bool:
+    """Whether two rasters share one grid: size, CRS and transform."""
+    return (
+        (a.width, a.height) == (b.width, b.height)
+        and a.crs == b.crs
+        and a.transform.almost_equals(b.transform, precision=1e-6)
+    )
+
+
+def grid_difference(label: RasterInfo, image: RasterInfo) -> str:
+    """What differs between two grids, label first: size, CRS, pixel size, origin."""
+    parts = []
+    if (label.width, label.height) != (image.width, image.height):
+        parts.append(f"size {label.width}x{label.height} vs {image.width}x{image.height}")
+    if label.crs != image.crs:
+        parts.append(f"CRS {label.crs} vs {image.crs}")
+    if not np.allclose(label.res, image.res, rtol=1e-6, atol=0):
+        parts.append(
+            f"pixel size {label.res[0]:.10g} x {label.res[1]:.10g} vs {image.res[0]:.10g} x {image.res[1]:.10g}"
+        )
+    (lx, ly), (ix, iy) = label.transform @ (0, 0), image.transform @ (0, 0)
+    if not np.allclose((lx, ly), (ix, iy), rtol=0, atol=1e-6 * max(image.res)):
+        parts.append(f"origin ({lx:.10g}, {ly:.10g}) vs ({ix:.10g}, {iy:.10g})")
+    if not parts:  # rotation or shear terms
+        parts.append(f"transform {tuple(label.transform)[:6]} vs {tuple(image.transform)[:6]}")
+    return "; ".join(parts)
+
+
 def local_grid(pixel_size_m: float, height: int) -> tuple[CRS, Affine]:
     """The local grid of an image without georeferencing, ``pixel_size_m`` metres a pixel:
     its lower-left corner at (0, 0), so its coordinates are positive metres."""

@@ -36,7 +36,8 @@ def _network_note(metrics: dict) -> str:
         "harmonic mean of the two directions); `topo_*` is TOPO (Biagioni and Eriksson 2012). Both "
         "score the network `pipeline network` builds from the prediction (params.yaml `network`) "
         "against the scenes' road vectors (a scene with a label raster: against the network "
-        "traced the same way from its labels); `apls_raw` is the raw skeleton graph without repair. "
+        "traced the same way from its labels, or from its centreline raster where it has one); "
+        "`apls_raw` is the raw skeleton graph without repair. "
         "The champion alias is decided on test IoU.\n"
     )
 

@@ -171,9 +171,10 @@ def expand(data: DataParams, prepared_dir: Path, *, check_prepared: bool = True)
             continue
         for scene in tile_scenes(entry, prepared_dir):
             prepared = [scene.image, scene.labels, scene.centrelines]
-            if check_prepared and not all(p.exists() for p in prepared if p is not None):
+            missing = [p for p in prepared if p is not None and not p.exists()]
+            if check_prepared and missing:
                 raise TileSetError(
-                    f"{scene.image}: tile set {entry.name!r} is not prepared; run `pipeline tile`"
+                    f"{missing[0]}: tile set {entry.name!r} is not prepared; run `pipeline tile`"
                 )
             scenes.append(scene)
     names = [s.name for s in scenes]
@@ -203,7 +204,7 @@ def road_mask(
 
     A valid pixel whose colour is neither road nor background (nor, with an edge threshold,
     between the two) raises TileSetError naming ``path`` (and ``where``: the part of it
-    ``label`` is, e.g. " rows 0-1023"), the colours found and ``hint``.
+    ``label`` is, e.g. "rows 0-1023"), the colours found and ``hint``.
     """
     k = len(conv.road)
     if k > 1 and label.shape[0] < k:
@@ -231,7 +232,8 @@ def road_mask(
     if bad.any():
         colours = np.unique(label[:, bad].T, axis=0)[:5].tolist()
         raise TileSetError(
-            f"{path}{where}: {int(bad.sum())} pixels ({100 * bad.mean():.2f} %) have label colours "
+            f"{path}{f' ({where})' if where else ''}: {int(bad.sum())} pixels "
+            f"({100 * bad.mean():.2f} %{f' of {where}' if where else ''}) have label colours "
             f"outside the declared convention (road {conv.road}, background {conv.background}"
             f"{'' if conv.edge_threshold is None else ', edges between'}), e.g. {colours}; "
             f"{hint}"
@@ -261,7 +263,7 @@ def prepare_tile(
         if ts.centrelines is not None:
             sources["centrelines"] = _centreline_path(ts, stem, image)
         for kind, source in sources.items():
-            mask = _label_tile(ts, image, info, source, valid)
+            mask = _label_tile(ts, image, info, source, valid, kind)
             raster.write_geotiff(
                 out / f"{stem}.{kind}.tif", mask, crs=crs, transform=transform, nodata=MASK_NODATA
             )
@@ -325,13 +327,20 @@ def _fill_colour(ts: TileSetSource, image: Path, info: raster.RasterInfo) -> lis
 
 
 def _label_tile(
-    ts: TileSetSource, image: Path, info: raster.RasterInfo, label: Path, valid: np.ndarray
+    ts: TileSetSource,
+    image: Path,
+    info: raster.RasterInfo,
+    label: Path,
+    valid: np.ndarray,
+    kind: str = "labels",
 ) -> np.ndarray:
-    """The tile's labels: road 1, background 0, nodata where the image is fill."""
+    """The tile's labels (or its centrelines, ``kind``): road 1, background 0, nodata where
+    the image is fill."""
     linfo = raster.raster_info(label)
     if (linfo.width, linfo.height) != (info.width, info.height):
+        what = "label" if kind == "labels" else "centreline image"
         raise TileSetError(
-            f"{label}: label is {linfo.width}x{linfo.height}, its image {image} is "
+            f"{label}: {what} is {linfo.width}x{linfo.height}, its image {image} is "
             f"{info.width}x{info.height}"
         )
     road = road_mask(raster.read_all(label)[: linfo.count], ts.label, valid, label)

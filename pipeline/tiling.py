@@ -115,16 +115,14 @@ def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
                 f"{scene.negatives}: file not found (scene {scene.name}'s negatives); "
                 "re-run `pipeline synth` for a synthetic scene, or fix the path"
             )
-        for label_path in (scene.labels, scene.landcover):
+        for label_path in (scene.labels, scene.landcover, scene.centrelines):
             if label_path is None:
                 continue
             linfo = raster.raster_info(label_path)
-            if (linfo.width, linfo.height) != (info.width, info.height) or not _same_grid(
-                linfo, info
-            ):
+            if not raster.same_grid(linfo, info):
                 raise TilingError(
                     f"{label_path}: label raster is on another grid than {scene.image} "
-                    f"({grid_difference(linfo, info)}); resample it onto the image grid "
+                    f"({raster.grid_difference(linfo, info)}); resample it onto the image grid "
                     "(gdalwarp -te/-tr)"
                 )
         infos[scene.name] = info
@@ -140,35 +138,12 @@ def scene_band_plan(scene: SceneSource, data: DataParams) -> raster.BandPlan:
         raise TilingError(f"{e}; every scene must have the same bands") from None
 
 
-def grid_difference(label: raster.RasterInfo, image: raster.RasterInfo) -> str:
-    """What differs between two grids, label first: size, CRS, pixel size, origin."""
-    parts = []
-    if (label.width, label.height) != (image.width, image.height):
-        parts.append(f"size {label.width}x{label.height} vs {image.width}x{image.height}")
-    if label.crs != image.crs:
-        parts.append(f"CRS {label.crs} vs {image.crs}")
-    if not np.allclose(label.res, image.res, rtol=1e-6, atol=0):
-        parts.append(
-            f"pixel size {label.res[0]:.10g} x {label.res[1]:.10g} vs {image.res[0]:.10g} x {image.res[1]:.10g}"
-        )
-    (lx, ly), (ix, iy) = label.transform @ (0, 0), image.transform @ (0, 0)
-    if not np.allclose((lx, ly), (ix, iy), rtol=0, atol=1e-6 * max(image.res)):
-        parts.append(f"origin ({lx:.10g}, {ly:.10g}) vs ({ix:.10g}, {iy:.10g})")
-    if not parts:  # rotation or shear terms
-        parts.append(f"transform {tuple(label.transform)[:6]} vs {tuple(image.transform)[:6]}")
-    return "; ".join(parts)
-
-
 def _warn_if_stretched(image: Path, info: raster.RasterInfo) -> None:
     """Say when a scene's pixels are far from square on the ground (square-degree pixels away
     from the equator): its chips would teach roads narrower one way than the other."""
     advice = ground.square_pixel_advice(info.crs, info.transform, info.width, info.height)
     if advice:
         log.warning("%s: %s", raster.shown_name(image), advice)
-
-
-def _same_grid(a: raster.RasterInfo, b: raster.RasterInfo) -> bool:
-    return a.crs == b.crs and a.transform.almost_equals(b.transform, precision=1e-6)
 
 
 def metres_per_pixel(info: raster.RasterInfo) -> float:

@@ -522,7 +522,8 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path):
 
 
 # ------------------------------------------------------------------------ the tile stage
-def test_label_grid_error_says_what_differs(project, capsys):
+@pytest.mark.parametrize("field", ["labels", "centrelines"])
+def test_label_grid_error_says_what_differs(project, capsys, field):
     from affine import Affine
 
     from pipeline.raster import write_geotiff
@@ -532,8 +533,11 @@ def test_label_grid_error_says_what_differs(project, capsys):
     labels = project / "coarse.tif"  # same size and CRS; 2 m pixels, origin 10 m east
     grid = Affine(2, 0, 500010, 0, -2, 5400000)
     write_geotiff(labels, np.ones((256, 256), np.uint8), crs="EPSG:32632", transform=grid)
+    entry = {"name": "x", "image": scene["image"], "labels": str(labels)}
+    if field == "centrelines":  # labels on the grid, the centrelines (evaluate's truth) not
+        entry.update(labels=scene["labels"], centrelines=str(labels))
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"]["scenes"] = [{"name": "x", "image": scene["image"], "labels": str(labels)}]
+    params["data"]["scenes"] = [entry]
     params["tile"]["out_dir"] = str(project / "chips")
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     assert main(["tile", "-q"]) == 2

@@ -246,21 +246,35 @@ def test_a_tile_sets_centrelines_are_its_truth_network(tmp_path):
     assert scores["apls"] > 0.9 and scores["topo_f1"] > 0.9
 
 
-def test_a_centreline_raster_of_another_size_is_refused(tmp_path):
-    from pipeline.network_eval import write_truth_mask
+def test_a_centreline_raster_that_does_not_fit_is_refused(tmp_path):
+    """Read pixel for pixel, a centreline raster on another grid, of several bands or marking
+    road with 255 would be a wrong (or an empty) truth network without a word: refused,
+    naming the file and what differs."""
+    from pipeline.network_eval import check_centrelines, write_truth_mask
     from pipeline.scene_truth import TruthError
 
     scene, data = _tile_set_scene(tmp_path)
-    small = raster.write_geotiff(
-        tmp_path / "c.tif",
-        np.zeros((1, 10, 10), np.uint8),
-        crs=None,
-        transform=Affine(1, 0, 0, 0, -1, 10),
-    )
-    with pytest.raises(
-        TruthError, match=r"c.tif: centreline raster is 10x10, its image .* is 160x160"
-    ):
-        write_truth_mask(scene.model_copy(update={"centrelines": small}), data, tmp_path / "m.tif")
+    info = raster.raster_info(scene.image)
+    line = np.zeros((1, TILE, TILE), np.uint8)
+    line[0, 81] = 1
+
+    def centrelines(name, values, crs=info.crs, transform=info.transform):
+        path = raster.write_geotiff(tmp_path / name, values, crs=crs, transform=transform)
+        return scene.model_copy(update={"centrelines": path})
+
+    shifted = info.transform * Affine.translation(5, 0)
+    cases = {
+        "size.tif": (line[:, :10, :10], {}, "size 10x10 vs 160x160"),
+        "crs.tif": (line, {"crs": "EPSG:32632"}, "CRS EPSG:32632 vs"),
+        "origin.tif": (line, {"transform": shifted}, "origin"),
+        "rgb.tif": (np.concatenate([line] * 3), {}, "3 bands; a scene's centreline raster is one"),
+    }
+    for name, (values, grid, said) in cases.items():
+        with pytest.raises(TruthError, match=f"{name}: .*{said}"):
+            check_centrelines(centrelines(name, values, **grid))
+    with pytest.raises(TruthError, match=r"255.tif: values other than 0 and 1 \(e.g. 255\)"):
+        write_truth_mask(centrelines("255.tif", line * 255), data, tmp_path / "m.tif")
+    assert not (tmp_path / "m.tif").exists()
 
 
 def test_the_truth_of_a_tile_does_not_follow_the_cleaning_settings(tmp_path):

@@ -629,6 +629,22 @@ def test_a_model_written_again_in_its_folder_is_loaded_afresh(scheduler, tmp_pat
     assert held and all(len(models) <= inference.MODELS_KEPT for models in held.values())
 
 
+def test_a_worker_refuses_a_model_other_than_the_runs(tmp_path) -> None:
+    """A worker loads the model of the version its run was planned with; a folder written
+    again since (another version) is refused, so one output never mixes two models."""
+    from pipeline.model_config import ModelError, read_config
+    from pipeline.predict_task import model_version
+
+    folder = make_model(tmp_path / "unet", seed=0)
+    planned = model_version(read_config(folder))
+    model, _, _ = inference.worker_model(str(folder), "cpu", planned)
+    assert inference.worker_model(str(folder), "cpu")[0] is model  # the folder's version now
+    make_model(folder, seed=1)
+    with pytest.raises(ModelError, match="written again while this predict ran"):
+        inference.worker_model(str(folder), "cpu", "0" * 16)
+    assert inference.worker_model(str(folder), "cpu", planned)[0] is model  # cached, as planned
+
+
 def test_vrt_input_predicts_like_its_source(scene, model_dir, scheduler, tmp_path) -> None:
     with rasterio.open(scene) as ds:
         w, h = ds.width, ds.height
