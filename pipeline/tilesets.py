@@ -425,7 +425,8 @@ def describe(data: DataParams, tilesets: dict[str, dict] | None = None) -> list[
     lines = []
     for entry in data.scenes:
         if not isinstance(entry, TileSetSource):
-            lines.append(f"{entry.name} ({'transfer' if entry.transfer else entry.split})")
+            centres = f", truth network from {entry.centrelines}" if entry.centrelines else ""
+            lines.append(f"{entry.name} ({'transfer' if entry.transfer else entry.split}){centres}")
             continue
         s = (tilesets or {}).get(entry.name)
         if s is None:
@@ -438,6 +439,8 @@ def describe(data: DataParams, tilesets: dict[str, dict] | None = None) -> list[
         if entry.pansharpen is not None:
             mul = ", ".join(f"{k}={v}" for k, v in entry.pansharpen.bands.items())
             area += f", pansharpened ({mul} of {entry.pansharpen.mul})"
+        if entry.centrelines is not None:  # what its APLS and TOPO are scored against
+            area += f", truth networks from {entry.centrelines}"
         counts = " / ".join(f"{s['splits'][k]} {k}" for k in SPLITS)
         if entry.transfer:
             counts = "all held out: transfer"

@@ -230,6 +230,19 @@ def test_centrelines_are_matched_by_name_and_go_with_labels(tmp_path, capsys):
     assert main(["tile", "-q", "--params", str(params)]) == 2
     err = capsys.readouterr().err
     assert f"images/{STEMS[0]}.png: no centreline image" in err and "centrelines" in err
+    line = np.zeros((SIZE, SIZE), np.uint8)
+    line[32, :] = 255  # inside the road rows
+    write_image(tmp_path / "mass/masks" / f"{STEMS[0]}_centre.png", line, "PNG")
+    assert main(["tile", "-q", "--params", str(params)]) == 0
+    centres = raster.read_all(tmp_path / "chips/tilesets/mass" / f"{STEMS[0]}.centrelines.tif")[0]
+    assert (centres[32, FILL_COLS:] == 1).all() and (centres[:, :FILL_COLS] == MASK_NODATA).all()
+    assert centres[:, FILL_COLS:].sum() == SIZE - FILL_COLS
+    described = tilesets.describe(
+        load_params(params).data, tilesets.read_summaries(tmp_path / "chips/stats.json")
+    )
+    assert described[0].endswith(
+        "truth networks from masks/{stem}_centre.png (3 train / 1 val / 1 test)"
+    )
     roads = {"name": "sn", "root": str(tmp_path), "images": "*.tif", "roads": "{stem}.geojson"}
     with pytest.raises(
         ValidationError, match=r"\['centrelines'\] do not apply to a tile set with road"
