@@ -177,11 +177,39 @@ at a pixel size close to {gsd}, for mapping teams to review in a GIS.
 """
 
 
+class RegisterError(ValueError):
+    """The model cannot be registered as it stands; the message names the file."""
+
+
+def read_evaluation(eval_path: Path, config: ModelConfig, model_dir: Path) -> dict:
+    """evaluate's metrics, refused (one line naming the files) when they are not JSON, lack
+    the test IoU, or belong to another evaluation than the model's: an evaluate stopped after
+    writing them (its MLflow run failed) leaves the previous release beside new scores, which
+    must not be registered together."""
+    try:
+        metrics = json.loads(eval_path.read_text())
+    except json.JSONDecodeError as e:
+        raise RegisterError(f"{eval_path}: not JSON ({e}); run `pipeline evaluate` again") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("iou"), int | float):
+        raise RegisterError(
+            f"{eval_path}: no test IoU ('iou'): not evaluate's metrics, or those of an older "
+            "roadseg; run `pipeline evaluate` again"
+        )
+    recorded = config.metrics.get("test_iou")
+    if recorded is not None and abs(recorded - metrics["iou"]) > 1e-9:
+        raise RegisterError(
+            f"{eval_path}: test IoU {metrics['iou']:.6g}, but the model in {model_dir} was "
+            f"evaluated at {recorded:.6g}: the two come from different evaluations (one that "
+            "stopped part way?); run `pipeline evaluate` again"
+        )
+    return metrics
+
+
 def run_register(params: Params, *, model_dir: Path, eval_path: Path) -> dict:
     """Register ``model_dir`` (evaluated) as a new version; returns what was done."""
     reg = params.register
     config = read_config(model_dir)
-    eval_metrics = json.loads(Path(eval_path).read_text())
+    eval_metrics = read_evaluation(Path(eval_path), config, Path(model_dir))
     # Test IoU at the model's own threshold (chosen on validation), not the optimistic test-best.
     test_iou = float(eval_metrics["iou"])
     views = int(eval_metrics.get("views", 1))  # 8: scored as predict --tta writes it

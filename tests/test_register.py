@@ -17,7 +17,7 @@ import yaml
 from pipeline import registry
 from pipeline.config import load_params
 from pipeline.model import ModelConfig, build_unet, save_model
-from pipeline.model_config import resolve_model
+from pipeline.model_config import read_config, resolve_model
 from pipeline.register import _not_comparable, promote, run_register
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +133,27 @@ def test_registry_with_sqlite_store(project):
     _check_registry_flow(params, release, dict(os.environ))
     card = registry.list_versions("road-unet")[0]
     assert card["run_id"]
+
+
+def test_scores_of_another_evaluation_or_not_evaluates_are_refused(project):
+    """An evaluate that stopped after writing eval.json (its MLflow run failed) leaves the
+    previous release beside the new scores: registering them together would give the old
+    weights the new model's test IoU. Refused, as is an eval.json that is not evaluate's."""
+    from pipeline.register import RegisterError
+
+    params, release = project
+    config = read_config(release).model_copy(update={"metrics": {"test_iou": 0.41}})
+    save_model(build_unet(config), config, release)  # the release evaluated at 0.41
+    with pytest.raises(
+        RegisterError, match=r"test IoU 0.6, but the model in .*release was evaluated at 0.41"
+    ):
+        _register_with_iou(params, release, 0.6)
+    assert _register_with_iou(params, release, 0.41)["version"] == "1"  # its own scores
+    eval_path = Path("metrics/eval.json")
+    for text, said in (("{not json", "not JSON"), ('{"f1": 0.5}', "no test IoU")):
+        eval_path.write_text(text)
+        with pytest.raises(RegisterError, match=f"eval.json: {said}"):
+            run_register(params, model_dir=release, eval_path=eval_path)
 
 
 def test_scores_of_eight_views_and_of_one_are_not_compared(project, caplog):
