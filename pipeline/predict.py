@@ -30,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -312,18 +312,24 @@ def _model_tags(model_ref: str | Path, folder: Path, config: ModelConfig) -> dic
     return tags
 
 
-def _resolve_model(
-    model: str | Path, tracking_default: str, tta: bool = False
-) -> tuple[Path, ModelConfig, dict[str, str]]:
-    """(model folder, its config, the output's tags naming it) for a folder or a registry URI.
-    With ``tta`` the config's threshold is the eight-view mean's own (``threshold_tta``) where
+class ResolvedModel(NamedTuple):
+    folder: Path
+    config: ModelConfig  # as the run uses it (the TTA threshold with ``tta``)
+    tags: dict[str, str]  # the output's tags naming the model
+    version: str  # ``predict_task.model_version`` of the folder as read: what workers load
+
+
+def _resolve_model(model: str | Path, tracking_default: str, tta: bool = False) -> ResolvedModel:
+    """The model folder of a folder or a registry URI, its config, tags and version. With
+    ``tta`` the config's threshold is the eight-view mean's own (``threshold_tta``) where
     evaluate chose one: the COG's tag, its style, centrelines and network all cut there."""
     folder = Path(resolve_model(model, tracking_default))
     config = read_config(folder)
     check_weights(folder, config)  # a corrupt file stops here, before any worker loads it
+    version = model_version(config)  # of the folder's config, before the run's changes
     if tta and config.threshold_tta is not None:
         config = config.model_copy(update={"threshold": config.threshold_tta})
-    return folder, config, _model_tags(model, folder, config)
+    return ResolvedModel(folder, config, _model_tags(model, folder, config), version)
 
 
 def min_output_bytes(width: int, height: int, dtype: str) -> int:
@@ -567,7 +573,7 @@ def _resolve_model_early(
     pool.shutdown(wait=False)
     if registry.is_model_uri(str(options.model)):
         return resolving, None
-    config = resolving.result()[1]
+    config = resolving.result().config
     return resolving, _check_inputs(
         target.image, info, config, str(options.model), options.bands, options.pixel_size_m
     )
@@ -599,13 +605,13 @@ def plan_run(
     target: Target,
     info: raster.RasterInfo,
     options: PredictOptions,
-    resolved: tuple[Path, ModelConfig, dict[str, str]],
+    resolved: ResolvedModel,
     band_plan: raster.BandPlan | None,
     timings: dict[str, float],
 ) -> RunPlan:
     """The run's bands, pixel scale, window grid, tags, batch size and tasks, once the model
     is known and its workers are up."""
-    folder, config, tags = resolved
+    folder, config, tags, version = resolved
     image, model_ref = target.image, str(options.model)
     if band_plan is None:
         band_plan = _check_inputs(
@@ -627,7 +633,6 @@ def plan_run(
     link = parallel.dashboard_link(client)
     if options.progress and link:
         print(f"Dask dashboard: {link}")
-    version = model_version(config)
     batch_size = _fit_batch_size(client, model_dir, version, options, timings)
     # a task holds at least one full batch of windows
     groups = window_groups(grid, max(options.windows_per_task, batch_size))
