@@ -463,6 +463,7 @@ def _score_scenes(
     """Predict and score each test scene in turn, at the model's ``threshold``; (pixel
     scores, road network scores) by scene."""
     thresholds = sweep_thresholds(threshold)
+    gsd_m = read_config(model_dir).gsd_m
     scores: dict[str, SceneScore] = {}
     network_scores: dict[str, dict[str, float]] = {}
     for scene in scenes:
@@ -473,7 +474,7 @@ def _score_scenes(
             prediction,
             data,
             thresholds,
-            params.relaxed_slack_px,
+            scene_slack_px(params.relaxed_slack_px, gsd_m, scene),
             threshold,
             class_attribute=params.class_attribute,
         )
@@ -494,6 +495,17 @@ def _score_scenes(
         if scores[scene.name].sweep.n_true == 0:
             log.warning("evaluate: test scene %s has no road pixels in its valid area", scene.name)
     return scores, network_scores
+
+
+def scene_slack_px(rho: int, gsd_m: float | None, scene: SceneSource) -> int:
+    """The relaxed slack on a scene's own grid: ``rho`` pixels of the model's pixel size
+    (``gsd_m``), so that a source of another pixel size (0.3 m against a 1 m model: 10 px)
+    is given the same slack on the ground (Mnih's 3 px at 1 m are 3 m); ``rho`` itself for a
+    model or a scene without a pixel size in metres."""
+    mpp = raster.raster_info(scene.image).metres_per_pixel
+    if not gsd_m or not mpp:
+        return rho
+    return max(1, round(rho * gsd_m / mpp)) if rho > 0 else 0
 
 
 def _pooled_metrics(
@@ -553,6 +565,8 @@ def transfer_metrics(
             **_mean_network_scores([(networks or {}).get(s.name, {}) for s in scenes]),
             "source_best_threshold": best,
             "scenes": len(scenes),
+            # the slack on its scenes' own grids (``scene_slack_px``): rho at the model's size
+            "relaxed_slack_px": float(np.median([scores[s.name].sweep.rho for s in scenes])),
             **_pixel_sizes(scenes),
         }
     return out
@@ -713,6 +727,8 @@ def run_evaluate(
             scenes, model_dir, params, data, tile, network, threshold, scheduler, Path(tmp)
         )
         result, curve = _pooled_metrics(scores, threshold, params.relaxed_slack_px)
+        if gsd_m := read_config(model_dir).gsd_m:  # every scene's slack on the ground
+            result["relaxed_slack_m"] = params.relaxed_slack_px * gsd_m
         if others:
             other_scores, other_networks = _score_scenes(
                 others, model_dir, params, data, tile, network, threshold, scheduler, Path(tmp)

@@ -328,8 +328,10 @@ class ThresholdSweep:
         self.n_true += int(np.count_nonzero(t))
 
     def __iadd__(self, other: ThresholdSweep) -> ThresholdSweep:
-        if not np.array_equal(self.thresholds, other.thresholds) or self.rho != other.rho:
-            raise ValueError("can only pool sweeps with the same thresholds and rho")
+        """Pool ``other``'s counts into these. Its ``rho`` may differ: scenes on grids of other
+        pixel sizes are scored with the same slack in metres, so another in pixels."""
+        if not np.array_equal(self.thresholds, other.thresholds):
+            raise ValueError("can only pool sweeps with the same thresholds")
         self._predicted += other._predicted
         self._tp += other._tp
         self._near += other._near
@@ -376,10 +378,17 @@ def relaxed_break_even(curve: SweepResult) -> tuple[float, float]:
 
     Scanning thresholds upwards, the first sign change of precision - recall is interpolated
     linearly between the two neighbouring thresholds (both curves take the same value there).
-    When the curves never cross, the threshold where they are closest is used and the value is
-    their mean there.
+    Only thresholds at which something is predicted count: above the highest probability
+    precision is 1 by convention (nothing predicted, nothing wrong), a point not on the
+    model's curve, whose "crossing" would invent a break-even. When the curves never cross,
+    the threshold where they are closest is used and the value is their mean there; with
+    nothing predicted at any threshold, 0.
     """
-    p, r, t = curve.relaxed_precision, curve.relaxed_recall, curve.thresholds
+    predicted = int(np.count_nonzero(curve.tp + curve.fp > 0))  # a prefix: thresholds ascend
+    if predicted == 0:
+        return 0.0, float(curve.thresholds[0])
+    p, r = curve.relaxed_precision[:predicted], curve.relaxed_recall[:predicted]
+    t = curve.thresholds[:predicted]
     d = p - r
     for k in range(len(d)):
         if d[k] == 0:

@@ -55,7 +55,9 @@ def _transfer_section(metrics: dict, gsd_m: float | None, test_scenes: int | Non
         "\n## Other sources (held out whole, never trained on; `transfer: true`)",
         "Predicted as `pipeline predict` would (resampled to the model's pixel size), at the "
         "model's threshold, but \"IoU at its best threshold\" at the source's own F1-best "
-        "threshold; APLS of the road network, the mean over the scenes.\n",
+        "threshold; APLS of the road network, the mean over the scenes. The relaxed slack is "
+        "the same on the ground for every source (`relaxed_slack_px` pixels of the model's "
+        "pixel size).\n",
         "| source | scenes | pixel size (m) | IoU | relaxed break-even | recall | IoU at its best threshold | APLS |",
         "|---|---|---|---|---|---|---|---|",
         f"| test scenes (this data) | {test_scenes if test_scenes is not None else '?'} | {gsd} | "

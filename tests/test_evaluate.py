@@ -633,10 +633,36 @@ def test_transfer_sources_are_scored_apart_from_the_test_scenes(tmp_path, isolat
     for key in ("apls", "apls_raw", "topo_f1"):  # its road network is scored as the test's
         assert other[key] == pytest.approx(scene[key]), key
     assert other["iou_at_source_best"] >= other["iou"] - 1e-9
+    assert other["relaxed_slack_px"] == 3  # a model without a pixel size: rho as given
     assert json.loads(ev.metrics_path.read_text())["transfer"] == result["transfer"]
     logged = MlflowClient(tracking_uri=reg.tracking_uri).get_run(result["mlflow_run_id"])
     assert logged.data.metrics["transfer/elsewhere/iou"] == pytest.approx(other["iou"])
     assert logged.data.metrics["iou"] == pytest.approx(result["iou"])
+
+
+def test_the_relaxed_slack_is_the_same_on_the_ground_for_every_source(tmp_path):
+    """Mnih's 3 px at a 1 m model's pixel size are 3 m: 10 px on a 0.3 m source, 1 px at 3 m;
+    rho itself for a model without a pixel size (older models) or rho = 0."""
+    from affine import Affine
+
+    from pipeline.evaluate import scene_slack_px
+
+    def scene(size_m: float) -> SceneSource:
+        grid = Affine(size_m, 0, 500000, 0, -size_m, 5400000)
+        image = raster.write_geotiff(
+            tmp_path / f"{size_m}.tif", np.ones((1, 8, 8), np.uint8), crs=CRS, transform=grid
+        )
+        return SceneSource(name=f"s{size_m}", image=image, labels=image)
+
+    assert [scene_slack_px(3, 1.0, scene(m)) for m in (1.0, 0.3, 0.5, 3.0, 10.0)] == [
+        3,
+        10,
+        6,
+        1,
+        1,
+    ]
+    assert scene_slack_px(3, 0.5, scene(1.0)) == 2  # round(1.5): a 0.5 m model's 1.5 m
+    assert scene_slack_px(3, None, scene(0.3)) == 3 and scene_slack_px(0, 1.0, scene(0.3)) == 0
 
 
 def test_a_transfer_scene_cannot_be_trained_on():

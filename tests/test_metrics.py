@@ -252,12 +252,16 @@ def test_accumulator_pools_scenes_and_sweeps():
     assert both.n_valid == int(a[2].sum() + b[2].sum())
 
 
-def test_pooling_needs_the_same_thresholds():
+def test_pooling_needs_the_same_thresholds_not_the_same_rho():
+    """Scenes on grids of other pixel sizes are scored with one slack in metres, so another
+    rho in pixels: their counts pool all the same."""
     s = ThresholdSweep(np.array([0.0, 0.5]))
     with pytest.raises(ValueError, match="same thresholds"):
         s += ThresholdSweep(np.array([0.0, 0.6]))
-    with pytest.raises(ValueError, match="same thresholds"):
-        s += ThresholdSweep(np.array([0.0, 0.5]), rho=1)
+    other = ThresholdSweep(np.array([0.0, 0.5]), rho=10)
+    other.update(np.full((4, 4), 0.7, np.float32), np.eye(4, dtype=np.uint8))
+    s += other
+    assert s.n_valid == 16 and s.n_true == 4
 
 
 def test_bad_sweep_inputs_are_refused():
@@ -319,6 +323,18 @@ def test_break_even_without_crossing_uses_the_closest_point():
     c = _curve([2, 3], [10, 10], [9, 8], [10, 10], [0.4, 0.6])
     value, threshold = relaxed_break_even(c)
     assert value == pytest.approx((0.3 + 0.8) / 2) and threshold == 0.6
+
+
+def test_break_even_is_never_taken_from_beyond_the_highest_prediction():
+    """Above the highest probability nothing is predicted: precision 1 by convention, recall
+    0. A model whose precision stays below its recall wherever it predicts anything (many
+    false alarms: another source) has no break-even on its curve; the "crossing" into that
+    convention point would invent one (0.46 at 0.62 here). Its closest point is used."""
+    # relaxed precision 0.2, 0.3, then nothing predicted; relaxed recall 0.9, 0.6, 0
+    c = _curve([2, 3, 0], [10, 10, 0], [9, 6, 0], [10, 10, 10], [0.0, 0.5, 1.0])
+    assert relaxed_break_even(c) == (pytest.approx((0.3 + 0.6) / 2), 0.5)
+    nothing = _curve([0, 0], [0, 0], [0, 0], [10, 10], [0.0, 0.5])
+    assert relaxed_break_even(nothing) == (0.0, 0.0)
 
 
 def test_break_even_of_a_shifted_line_is_perfect_with_slack():
