@@ -614,7 +614,7 @@ CACHE_LOADS: dict[Hashable, int] = {}  # how often each key was built in this pr
 def worker_cached(key: Hashable, factory: Callable[[], Any], *, keep: int | None = None) -> Any:
     """The value for ``key`` in this worker process, built by ``factory()`` on first use.
 
-    Used for the model (keyed by its folder, device and files): each worker loads it once
+    Used for the model (keyed by its folder, device and version): each worker loads it once
     and every task it runs afterwards reuses it. With ``keep``, at most that many values of
     keys of the same kind (a tuple key's first item) stay, the least recently used dropped:
     a long-lived cluster (``--scheduler``) running one model after another holds its latest
