@@ -677,19 +677,24 @@ def _write_outputs(
     data_lines: list[str],
     threshold_tta: float | None = None,
 ) -> str:
-    """eval.json, pr.csv, the test metrics (and the eight-view threshold) in model.json, and
-    the MLflow run; its id."""
-    metrics_path = write_text_atomic(params.metrics_path, json.dumps(result, indent=2) + "\n")
+    """pr.csv, the test metrics (and the eight-view threshold) in model.json, the MLflow run
+    (its id returned), and eval.json last: when the run fails, eval.json still describes the
+    previous evaluation, the one of the release ``pipeline evaluate`` then keeps."""
+    text = json.dumps(result, indent=2) + "\n"
     pr_path = write_pr_csv(params.plots_dir / "pr.csv", curve)
     update_model_config(model_dir, model_metrics(result), threshold_tta)
-    return log_run(
-        register,
-        params,
-        result,
-        {"metrics": [metrics_path], "plots": [pr_path], "reports": figures},
-        model_dir,
-        data_lines,
-    )
+    with tempfile.TemporaryDirectory(prefix="roadseg-eval-") as tmp:
+        logged = write_text_atomic(Path(tmp) / params.metrics_path.name, text)
+        run_id = log_run(
+            register,
+            params,
+            result,
+            {"metrics": [logged], "plots": [pr_path], "reports": figures},
+            model_dir,
+            data_lines,
+        )
+    write_text_atomic(params.metrics_path, text)
+    return run_id
 
 
 def run_evaluate(

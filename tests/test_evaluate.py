@@ -234,6 +234,30 @@ def test_run_evaluate_end_to_end(tmp_path, isolated_mlflow):
 
 
 @pytest.mark.slow
+def test_eval_json_is_written_only_once_the_mlflow_run_is(tmp_path, isolated_mlflow):
+    """The tracking server down at the end of an evaluate: the run fails, and eval.json still
+    holds the previous evaluation's scores (those of the release `pipeline evaluate` keeps),
+    not new ones beside an old model."""
+    import socket
+
+    image = _write_image(tmp_path / "scene.tif")
+    roads = _write_roads(tmp_path / "scene.roads.gpkg")
+    data = DataParams(
+        scenes=[SceneSource(name="held_out", image=image, roads=roads, split="test")], bands=BANDS
+    )
+    ev, tile, reg = _params(tmp_path)
+    ev.metrics_path.parent.mkdir(parents=True)
+    ev.metrics_path.write_text('{"iou": 0.41}\n')  # the previous evaluation's
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    down = reg.model_copy(update={"tracking_uri": f"http://127.0.0.1:{closed}"})
+    with pytest.raises(LookupError, match="tracking server is unreachable"):
+        run_evaluate(ev, data, tile, _write_model(tmp_path / "model"), down)
+    assert ev.metrics_path.read_text() == '{"iou": 0.41}\n'
+    assert not list(ev.metrics_path.parent.glob("*.tmp*"))
+
+
 def test_run_evaluate_scores_a_known_prediction(tmp_path, isolated_mlflow, monkeypatch):
     """Label raster truth, a prediction shifted by one pixel: exact expected numbers."""
     image = _write_image(tmp_path / "scene.tif")
