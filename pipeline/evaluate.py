@@ -721,8 +721,9 @@ def run_evaluate(
     others = [s for group in sources.values() for s in group]
     if network is not None:
         _check_centrelines(scenes + others)
+    config = read_config(model_dir)
     threshold_tta = _eight_view_threshold(model_dir, params, tile)
-    threshold = read_config(model_dir).threshold if threshold_tta is None else threshold_tta
+    threshold = config.threshold if threshold_tta is None else threshold_tta
 
     with (
         tempfile.TemporaryDirectory(prefix="roadseg-evaluate-") as tmp,
@@ -732,8 +733,8 @@ def run_evaluate(
             scenes, model_dir, params, data, tile, network, threshold, scheduler, Path(tmp)
         )
         result, curve = _pooled_metrics(scores, threshold, params.relaxed_slack_px)
-        if gsd_m := read_config(model_dir).gsd_m:  # every scene's slack on the ground
-            result["relaxed_slack_m"] = params.relaxed_slack_px * gsd_m
+        if config.gsd_m:  # every scene's slack on the ground
+            result["relaxed_slack_m"] = params.relaxed_slack_px * config.gsd_m
         if others:
             other_scores, other_networks = _score_scenes(
                 others, model_dir, params, data, tile, network, threshold, scheduler, Path(tmp)

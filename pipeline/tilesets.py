@@ -259,16 +259,15 @@ def prepare_tile(
         valid = ~(pixels == np.asarray(fill, pixels.dtype)[:, None, None]).all(axis=0)
         del pixels
     if ts.labels is not None:
-        sources = {"labels": truth}
+        masks = {"labels": _label_tile(ts, image, info, truth, valid)}
+        roads = dict(road_px=int((masks["labels"] == 1).sum()))
         if ts.centrelines is not None:
-            sources["centrelines"] = _centreline_path(ts, stem, image)
-        for kind, source in sources.items():
-            mask = _label_tile(ts, image, info, source, valid, kind)
+            centres = _centreline_path(ts, stem, image)
+            masks["centrelines"] = _label_tile(ts, image, info, centres, valid, "centrelines")
+        for kind, mask in masks.items():
             raster.write_geotiff(
                 out / f"{stem}.{kind}.tif", mask, crs=crs, transform=transform, nodata=MASK_NODATA
             )
-            if kind == "labels":
-                roads = dict(road_px=int((mask == 1).sum()))
     else:
         roads = dict(road_km=_road_km(truth, info, osm, ts.label_offset_m))
     if ts.pansharpen is not None:  # the fused bands, on the panchromatic grid
