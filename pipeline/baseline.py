@@ -155,6 +155,16 @@ def add_baseline_metrics(
         )
         return
     baseline = fit_baseline(chips_dir)
+    if baseline.model.n_features_in_ != len(data.bands):
+        log.warning(
+            "evaluate: the chips in %s have %d band(s), data.bands names %d (%s): they were "
+            "tiled with other bands; run `pipeline tile` again; per-pixel baseline skipped",
+            chips_dir,
+            baseline.model.n_features_in_,
+            len(data.bands),
+            ", ".join(data.bands),
+        )
+        return
     log.info(
         "baseline: logistic regression on %d train pixels, threshold %.3f (train IoU %.3f)",
         baseline.train_pixels,

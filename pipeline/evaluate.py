@@ -497,6 +497,26 @@ def _score_scenes(
     return scores, network_scores
 
 
+def _scored_scenes(
+    scenes: list[SceneSource],
+    scores: dict[str, SceneScore],
+    network_scores: dict[str, dict[str, float]],
+) -> tuple[list[SceneSource], list[str]]:
+    """The test scenes with at least one valid pixel, and the names of those without (all
+    nodata), taken out of ``scores`` and ``network_scores``: a scene with nothing to score
+    would get 0/0 as a perfect 1.0 in its per-scene figures. Refuses when none is left."""
+    unscored = [s.name for s in scenes if scores[s.name].sweep.n_valid == 0]
+    if len(unscored) == len(scenes):
+        raise EvaluateError(
+            "the test scenes have no valid pixel (all nodata?): nothing to evaluate"
+        )
+    for name in unscored:
+        log.warning("evaluate: test scene %s has no valid pixel (all nodata?); not scored", name)
+        del scores[name]
+        network_scores.pop(name, None)
+    return [s for s in scenes if s.name not in unscored], unscored
+
+
 def scene_slack_px(rho: int, gsd_m: float | None, scene: SceneSource) -> int:
     """The relaxed slack on a scene's own grid: ``rho`` pixels of the model's pixel size
     (``gsd_m``), so that a source of another pixel size (0.3 m against a 1 m model: 10 px)
@@ -517,10 +537,6 @@ def _pooled_metrics(
     pooled = ThresholdSweep(sweep_thresholds(threshold), rho)
     for sweep in sweeps.values():
         pooled += sweep
-    if pooled.n_valid == 0:
-        raise EvaluateError(
-            "the test scenes have no valid pixel (all nodata?): nothing to evaluate"
-        )
     curve = pooled.compute()
     test_best = best_f1_threshold(curve)  # an optimistic reference, never the model's
     result: dict[str, Any] = {
@@ -592,14 +608,21 @@ def _pixel_sizes(scenes: list[SceneSource]) -> dict[str, float]:
 
 
 def _add_class_recall(result: dict[str, Any], scores: dict[str, SceneScore]) -> None:
-    """Recall by road class, per scene and pooled over the scenes."""
+    """Recall by road class, per scene and pooled over the scenes that have classes (road
+    vectors with the attribute); ``recall_by_class_scenes`` names those scenes, as a label
+    raster or vectors without the attribute give none."""
     pooled_by_class: dict[str, tuple[int, int]] = {}
+    covered = []
     for name, score in scores.items():
         result["per_scene"][name].update(recall_by_class(score.by_class))
+        if any(road for road, _ in score.by_class.values()):
+            covered.append(name)
         for cls, (road, found) in score.by_class.items():
             old = pooled_by_class.get(cls, (0, 0))
             pooled_by_class[cls] = (old[0] + road, old[1] + found)
     result.update(recall_by_class(pooled_by_class))
+    if covered:
+        result["recall_by_class_scenes"] = covered
 
 
 def _add_negative_false_alarms(result: dict[str, Any], scores: dict[str, SceneScore]) -> None:
@@ -732,7 +755,10 @@ def run_evaluate(
         scores, network_scores = _score_scenes(
             scenes, model_dir, params, data, tile, network, threshold, scheduler, Path(tmp)
         )
+        scenes, unscored = _scored_scenes(scenes, scores, network_scores)
         result, curve = _pooled_metrics(scores, threshold, params.relaxed_slack_px)
+        if unscored:
+            result["unscored_scenes"] = unscored
         if config.gsd_m:  # every scene's slack on the ground
             result["relaxed_slack_m"] = params.relaxed_slack_px * config.gsd_m
         if others:

@@ -92,15 +92,25 @@ def _metric_rows(m: dict, class_attribute: str | None) -> str:
         for k, v in m.items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     )
+    if m.get("unscored_scenes"):
+        rows += f"\n\nNot scored (no valid pixel): {_names(m['unscored_scenes'])}"
     by_class = m.get("recall_by_class") or {}
     if by_class:
         pixels = m.get("road_pixels_by_class", {})
+        covered = m.get("recall_by_class_scenes") or []
+        over = f", over the test scenes with road classes: {_names(covered)}" if covered else ""
         rows += (
-            f"\n\nRecall by road class (`{class_attribute}`), at the decision threshold:\n\n"
+            f"\n\nRecall by road class (`{class_attribute}`), at the decision threshold{over}:\n\n"
             "| road class | road pixels | recall |\n|---|---|---|\n"
             + "\n".join(f"| {c} | {pixels.get(c, '')} | {r:.3f} |" for c, r in by_class.items())
         )
     return rows
+
+
+def _names(names: list[str], shown: int = 5) -> str:
+    """Scene names for a card line: the first ``shown``, then how many more."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _tta_threshold_note(config) -> str:

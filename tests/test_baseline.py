@@ -114,3 +114,20 @@ def test_evaluate_writes_the_baseline_and_warns_when_it_is_too_strong(
     )
     assert metrics["baseline_logreg_iou"] == pytest.approx(on_disk["baseline_logreg_iou"])
     assert metrics["held/iou_vs_baseline"] == pytest.approx(scene["iou_vs_baseline"])
+
+
+def test_chips_of_other_bands_skip_the_baseline_with_a_warning(chips_dir, scenes_dir, caplog):
+    """Chips tiled with four bands, evaluate asked for three: the baseline cannot score the
+    scene (a raw scikit-learn error after every scene was predicted, before); it is left out,
+    and the warning says to tile again."""
+    data = DataParams(scenes=scene_entries(scenes_dir), bands=BANDS[:3])
+    held = data.scenes[-1]
+    result = {"iou": 0.5, "per_scene": {"held": {"iou": 0.5}}}
+    with caplog.at_level(logging.WARNING, logger="pipeline.baseline"):
+        baseline.add_baseline_metrics(result, [held], data, chips_dir)
+    assert (
+        "baseline_logreg_iou" not in result
+        and "baseline_logreg_iou" not in result["per_scene"]["held"]
+    )
+    assert f"the chips in {chips_dir} have 4 band(s), data.bands names 3" in caplog.text
+    assert "run `pipeline tile` again" in caplog.text

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from pipeline import evaluate, raster
+from pipeline import evaluate, raster, register
 from pipeline.config import DataParams, EvaluateParams, RegisterParams, SceneSource, TileParams
 from pipeline.evaluate import (
     EvaluateError,
@@ -207,6 +207,7 @@ def test_run_evaluate_end_to_end(tmp_path, isolated_mlflow):
     _check_outputs(tmp_path, ev, reg, result, "held_out")
     by_class = result["per_scene"]["held_out"]["recall_by_class"]
     assert list(by_class) == ["residential"] and result["recall_by_class"] == by_class
+    assert result["recall_by_class_scenes"] == ["held_out"]  # the scenes the card names
     assert result["road_pixels_by_class"]["residential"] == result["road_pixels"]  # the only road
     saved = json.loads(ev.metrics_path.read_text())
     assert saved["recall_by_class"] == pytest.approx(by_class)
@@ -501,6 +502,69 @@ def _write_two_class_roads(path: Path) -> Path:
     ).to_crs("EPSG:4326")
     gdf.to_file(path, layer="roads", driver="GPKG")
     return path
+
+
+def test_a_test_scene_without_a_valid_pixel_is_named_not_scored_as_perfect(
+    tmp_path, isolated_mlflow, monkeypatch
+):
+    """Beside a scored scene, one that is all nodata: its 0/0 figures were a perfect 1.0 in
+    per_scene (and in the MLflow run); it is now left out of them and named."""
+    image = _write_image(tmp_path / "scene.tif")
+    truth = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    truth[ROAD_ROW - 2 : ROAD_ROW + 2, :] = 1
+    raster.write_geotiff(tmp_path / "labels.tif", truth, crs=CRS, transform=TRANSFORM, nodata=255)
+    empty = raster.write_geotiff(
+        tmp_path / "empty.tif",
+        np.zeros((4, SIZE, SIZE), np.uint8),
+        crs=CRS,
+        transform=TRANSFORM,
+        nodata=0,
+        band_descriptions=BANDS,
+    )
+    prob = np.full((SIZE, SIZE), 0.1, dtype=np.float32)
+    prob[ROAD_ROW - 1 : ROAD_ROW + 3, :] = 0.9
+
+    def fake_predict(scene, out_dir, model_dir, params, workers, scheduler=None):
+        values = prob if scene.name == "labelled" else np.full_like(prob, np.nan)
+        return raster.write_geotiff(
+            Path(out_dir) / "p.tif", values, crs=CRS, transform=TRANSFORM, nodata=float("nan")
+        )
+
+    monkeypatch.setattr(evaluate, "predict_scene", fake_predict)
+    labels = tmp_path / "labels.tif"
+    scenes = [
+        SceneSource(name="labelled", image=image, labels=labels, split="test"),
+        SceneSource(name="blank", image=empty, labels=labels, split="test"),
+    ]
+    ev, tile, reg = _params(tmp_path)
+    model_dir = _write_model(tmp_path / "model")
+
+    result = run_evaluate(ev, DataParams(scenes=scenes), tile, model_dir, reg)
+
+    valid = ~_nodata_corner()
+    assert set(result["per_scene"]) == {"labelled"}
+    assert result["unscored_scenes"] == ["blank"]
+    assert result["iou"] == pytest.approx(confusion(prob >= 0.5, truth == 1, valid).iou)
+    assert not (ev.reports_dir / "blank_error_map.png").exists()
+    card = register._metric_rows(result, None)
+    assert "Not scored (no valid pixel): blank" in card
+    # every scene without a valid pixel: nothing to evaluate, said as before
+    with pytest.raises(EvaluateError, match="no valid pixel"):
+        run_evaluate(ev, DataParams(scenes=scenes[1:]), tile, model_dir, reg)
+
+
+def test_the_card_names_the_scenes_recall_by_class_covers():
+    rows = register._metric_rows(
+        {
+            "iou": 0.5,
+            "recall_by_class": {"track": 0.25},
+            "road_pixels_by_class": {"track": 40},
+            "recall_by_class_scenes": [f"s{i}" for i in range(7)],
+        },
+        "road_class",
+    )
+    assert "over the test scenes with road classes: s0, s1, s2, s3, s4 and 2 more:" in rows
+    assert "| track | 40 | 0.250 |" in rows
 
 
 @pytest.mark.parametrize("block", [4096, 64])
