@@ -116,6 +116,23 @@ def fit_baseline(
     return PixelBaseline(model=model, threshold=threshold, train_pixels=len(y), train_iou=iou)
 
 
+def _bands_differ(baseline: PixelBaseline, data: DataParams, chips_dir: Path) -> bool:
+    """Warn (and say True) when the chips the baseline was fitted on have another number of
+    bands than the scenes are read with: chips tiled before ``data.bands`` changed."""
+    fitted = baseline.model.n_features_in_
+    if fitted == len(data.bands):
+        return False
+    log.warning(
+        "evaluate: the chips in %s have %d band(s), data.bands names %d (%s): they were "
+        "tiled with other bands; run `pipeline tile` again; per-pixel baseline skipped",
+        chips_dir,
+        fitted,
+        len(data.bands),
+        ", ".join(data.bands),
+    )
+    return True
+
+
 def score_scene(
     baseline: PixelBaseline, scene: SceneSource, data: DataParams, window: int = SCORE_WINDOW
 ) -> Confusion:
@@ -155,15 +172,7 @@ def add_baseline_metrics(
         )
         return
     baseline = fit_baseline(chips_dir)
-    if baseline.model.n_features_in_ != len(data.bands):
-        log.warning(
-            "evaluate: the chips in %s have %d band(s), data.bands names %d (%s): they were "
-            "tiled with other bands; run `pipeline tile` again; per-pixel baseline skipped",
-            chips_dir,
-            baseline.model.n_features_in_,
-            len(data.bands),
-            ", ".join(data.bands),
-        )
+    if _bands_differ(baseline, data, chips_dir):
         return
     log.info(
         "baseline: logistic regression on %d train pixels, threshold %.3f (train IoU %.3f)",

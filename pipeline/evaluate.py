@@ -607,6 +607,20 @@ def _pixel_sizes(scenes: list[SceneSource]) -> dict[str, float]:
     }
 
 
+def _add_scene_reports(
+    result: dict[str, Any],
+    scores: dict[str, SceneScore],
+    network_scores: dict[str, dict[str, float]],
+    class_attribute: str | None,
+) -> None:
+    """Beside the pixel metrics: recall by road class (with ``class_attribute``), hard
+    negatives called road, and the road network metrics."""
+    if class_attribute:
+        _add_class_recall(result, scores)
+    _add_negative_false_alarms(result, scores)
+    _add_network_metrics(result, network_scores)
+
+
 def _add_class_recall(result: dict[str, Any], scores: dict[str, SceneScore]) -> None:
     """Recall by road class, per scene and pooled over the scenes that have classes (road
     vectors with the attribute); ``recall_by_class_scenes`` names those scenes, as a label
@@ -768,10 +782,7 @@ def run_evaluate(
             result["transfer"] = transfer_metrics(
                 other_scores, sources, threshold, params.relaxed_slack_px, other_networks
             )
-        if params.class_attribute:
-            _add_class_recall(result, scores)
-        _add_negative_false_alarms(result, scores)
-        _add_network_metrics(result, network_scores)
+        _add_scene_reports(result, scores, network_scores, params.class_attribute)
         # Issue 3: how far the U-Net is above band values alone (per-pixel logistic regression).
         add_baseline_metrics(result, scenes, data, tile.out_dir)
         figures = _write_figures(params, scenes, scores, result, threshold, data.bands)
