@@ -133,12 +133,12 @@ def utm_epsg(lon: float, lat: float) -> int:
 @functools.lru_cache(maxsize=256)
 def _pixel_metres(wkt: str, t: tuple[float, ...], width: int, height: int) -> tuple[float, float]:
     transform = Affine(*t)
-    col_step, row_step = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
     x, y = transform @ (width / 2, height / 2)
+    # one column and one row on: the steps follow the grid, also where it is rotated
     across, down = ground_lengths(
         [
-            shapely.LineString([(x, y), (x + col_step, y)]),
-            shapely.LineString([(x, y), (x, y + row_step)]),
+            shapely.LineString([(x, y), transform @ (width / 2 + 1, height / 2)]),
+            shapely.LineString([(x, y), transform @ (width / 2, height / 2 + 1)]),
         ],
         _pyproj_crs(wkt),
     )

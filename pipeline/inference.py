@@ -189,7 +189,8 @@ def resample_window(
     """A window (C, H, W) and its validity resampled to ``shape``: area average (down) or
     bilinear (up) over valid pixels only, so nodata never bleeds into values; a model pixel is
     valid when at least half of what it covers is. Deterministic: it depends on the window."""
-    x = torch.from_numpy(image.astype(np.float32))[None]
+    # invalid pixels zeroed first: a float raster's NaN nodata times a zero weight is NaN
+    x = torch.from_numpy(np.where(valid, image, 0).astype(np.float32))[None]
     v = torch.from_numpy(valid.astype(np.float32))[None, None]
     down = shape[0] * shape[1] <= image.shape[1] * image.shape[2]
     kwargs = {"mode": "area"} if down else {"mode": "bilinear", "align_corners": False}

@@ -115,7 +115,15 @@ def _check_inputs(
     """The raster's bands for this model (``raster.band_plan``); warns about what may go wrong."""
     plan = raster.band_plan(image, config.bands, bands, wanted_by=f"the model {model_ref}")
     if plan.note:
-        log.info("%s", plan.note)
+        (log.warning if plan.warn else log.info)("%s", plan.note)
+    _warn_of_fill(image, plan)
+    if info.crs is None and info.gcps and pixel_size_m is None and config.gsd_m:
+        warnings.warn(
+            f"{image}: georeferenced by ground control points only: its pixel size is read as "
+            f"the model's ({config.gsd_m:g} m); warp it to a grid (gdalwarp -t_srs ...) or pass "
+            "--pixel-size METRES if it is not",
+            stacklevel=3,
+        )
     if not _georeferenced(info):
         unknown = ""
         if pixel_size_m is None and config.gsd_m:
@@ -135,6 +143,23 @@ def _check_inputs(
             stacklevel=3,
         )
     return plan
+
+
+FILL_WARN_SHARE = 0.01  # an undeclared fill border over this share of the raster is warned of
+
+
+def _warn_of_fill(image: Path, plan: raster.BandPlan) -> None:
+    """Warn of a fill border the raster does not declare as nodata (``raster.fill_border``)."""
+    found = raster.fill_border(image, plan)
+    if found is None or found[1] < FILL_WARN_SHARE:
+        return
+    value, share = found
+    warnings.warn(
+        f"{image}: {share:.0%} of it is a border of {value:g} on every band, and it declares no "
+        "nodata: predicted as imagery (its edge may come out as road). Declare it and predict "
+        f"that: gdal_translate -of VRT -a_nodata {value:g} {image.name} masked.vrt",
+        stacklevel=4,
+    )
 
 
 def _georeferenced(info: raster.RasterInfo) -> bool:

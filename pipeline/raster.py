@@ -7,6 +7,7 @@ error messages and atomic writes live in one place.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
-from pipeline import ground, sources
+from pipeline import band_matching, ground, sources
 from pipeline.atomic import (
     atomic_path,
     error_chain,
@@ -58,7 +59,9 @@ class RasterInfo:
 
     @property
     def res(self) -> tuple[float, float]:
-        return (abs(self.transform.a), abs(self.transform.e))
+        """(width, height) of a pixel in the CRS's units, also for a rotated grid."""
+        t = self.transform
+        return (math.hypot(t.a, t.d), math.hypot(t.b, t.e))
 
     @property
     def pixel_metres(self) -> tuple[float, float] | None:
@@ -147,12 +150,14 @@ class BandPlan:
     ``validity``: ``dataset`` is GDAL's dataset mask (a per-dataset mask, else the nodata
     value, else an alpha band); ``all`` counts every pixel inside the raster as valid, used
     when the band GDAL would take as the mask is flagged alpha but holds data.
-    ``note``: one line for the user when the plan is not the plain file order ('' otherwise).
+    ``note``: one line for the user when the plan is not the plain file order ('' otherwise);
+    ``warn`` when it is a doubt to warn of, not a fact to note.
     """
 
     bands: tuple[int, ...]
     validity: Literal["dataset", "all"] = "dataset"
     note: str = ""
+    warn: bool = False  # the note is a warning: bands in file order that their names do not confirm
 
 
 def parse_band_spec(text: str) -> list[int] | dict[str, int]:
@@ -200,6 +205,39 @@ def _alpha_values(ds: rasterio.DatasetReader, band: int) -> np.ndarray:
     return np.unique(ds.read(band, out_shape=shape, resampling=Resampling.nearest))
 
 
+def fill_border(path: str | Path, plan: BandPlan) -> tuple[float, float] | None:
+    """(value, share of the raster) of an undeclared fill around the imagery: pixels where
+    every data band holds 0, or the sample type's largest value (white), and that reach the
+    raster's edge, on a decimated read; None when the file declares nodata or a mask, or has
+    no such border. A warped or mosaicked raster's collar read as imagery is predicted as
+    imagery, its straight edge often as a road."""
+    from rasterio.enums import Resampling
+    from scipy import ndimage
+
+    with _open(sources.gdal_name(path)) as ds:
+        if ds.nodata is not None or plan.validity == "all" or _declares_mask(ds):
+            return None
+        shape = (min(ds.height, COLOUR_SAMPLE_PX), min(ds.width, COLOUR_SAMPLE_PX))
+        image = ds.read(
+            list(plan.bands), out_shape=(len(plan.bands), *shape), resampling=Resampling.nearest
+        )
+    fills = [0] + ([np.iinfo(image.dtype).max] if image.dtype.kind in "ui" else [])
+    best: tuple[float, float] | None = None
+    for value in fills:
+        labels, _ = ndimage.label((image == value).all(axis=0))
+        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        share = float(np.isin(labels, edge[edge > 0]).mean())
+        if share > 0 and (best is None or share > best[1]):
+            best = (float(value), share)
+    return best
+
+
+def _declares_mask(ds: rasterio.DatasetReader) -> bool:
+    """A per-dataset mask or an alpha band: validity the file declares beyond nodata."""
+    flags = ds.mask_flag_enums[0]
+    return MaskFlags.per_dataset in flags or MaskFlags.alpha in flags
+
+
 def _is_mask(values: np.ndarray) -> bool:
     """A true alpha holds one value, or 0 and one other (0/255); a spectral band has a spread."""
     return len(values) == 1 or (len(values) == 2 and values[0] == 0)
@@ -230,16 +268,36 @@ def _declared(path: Path, count: int, wanted: list[str] | None, declared: BandSp
 
 
 def _by_name(names: list[str], wanted: list[str] | None) -> list[int] | None:
-    """Bands picked by name when every wanted name names exactly one band; else None."""
-    if not wanted:
-        return None
-    picked = []
-    for w in wanted:
-        hits = [i for i, n in enumerate(names, start=1) if n == w.lower()]
-        if len(hits) != 1:
-            return None
-        picked.append(hits[0])
-    return picked
+    """Bands picked by name (``band_matching.pick_by_name``); None without wanted names."""
+    return band_matching.pick_by_name(names, wanted) if wanted else None
+
+
+def _in_file_order(
+    path: Path, names: list[str], plain: list[int], wanted: list[str] | None
+) -> list[int]:
+    """The data bands in file order, refused (naming the bands) where their own names say
+    they are other wanted bands: a blue, green, red, swir file read as red, green, blue, nir
+    would feed blue as red without a word."""
+    if wanted:
+        wrong = band_matching.contradiction(names, plain, wanted)
+        if wrong:
+            raise RasterError(
+                f"{path}: its bands ({_describe(names, None)}) do not name every band of "
+                f"{', '.join(wanted)}, and in file order they would be read against their "
+                f"names: {wrong}. Declare which band stands for each (--bands with "
+                f"{len(wanted)} indexes; data.scenes[].bands)"
+            )
+    return plain
+
+
+def _paletted(path: Path, palette: list[int], bands: list[int]) -> None:
+    """Refuse a paletted band as data: its values index a colour table, they are no colour."""
+    used = [b for b in palette if b in bands]
+    if used:
+        raise RasterError(
+            f"{path}: band {used[0]} is paletted (colour-table indexes, not colours); expand it "
+            f"to red, green, blue first: gdal_translate -expand rgb {path.name} rgb.tif"
+        )
 
 
 def band_plan(
@@ -265,6 +323,7 @@ def band_plan(
         names = _band_names(ds)
         alphas = [i for i, ci in enumerate(ds.colorinterp, start=1) if ci == ColorInterp.alpha]
         alpha = alphas[-1] if alphas else None
+        palette = [i for i, ci in enumerate(ds.colorinterp, start=1) if ci == ColorInterp.palette]
         gdal_alpha_mask = MaskFlags.alpha in ds.mask_flag_enums[0]
         values = _alpha_values(ds, alpha) if alpha else None
         count = ds.count
@@ -275,7 +334,7 @@ def band_plan(
     elif (bands := _by_name(names, wanted)) is not None:
         how = "by name"
     elif wanted is None or len(plain) == len(wanted):
-        bands, how = plain, "in file order"
+        bands, how = _in_file_order(path, names, plain, wanted), "in file order"
     elif alpha and len(plain) + 1 == len(wanted):
         raise RasterError(
             f"{path}: band {alpha} is flagged alpha and holds a mask ({_values(values)}): read as "
@@ -286,6 +345,7 @@ def band_plan(
         )
     else:
         raise RasterError(_no_reading(path, names, alpha, plain, wanted, wanted_by))
+    _paletted(path, palette, bands)
     return _finish_plan(path, bands, how, names, wanted, alpha, values, gdal_alpha_mask)
 
 
@@ -303,7 +363,7 @@ def _no_reading(
         f"{path}: has {len(plain)} band(s), but {wanted_by} expects {len(wanted)} "
         f"({', '.join(wanted)}); its bands: {_describe(names, alpha)}"
     )
-    absent = [w for w in wanted if w.lower() not in names]
+    absent = [w for w in wanted if not any(band_matching.names_band(n, w) for n in names)]
     if all(names[b - 1] for b in plain) and absent:
         return (
             f"{head}: it has no {' or '.join(absent)} band. Use a model trained on the bands "
@@ -338,6 +398,7 @@ def _finish_plan(
     gdal_alpha_mask: bool,
 ) -> BandPlan:
     notes = []
+    warn = False
     validity: Literal["dataset", "all"] = "dataset"
     if alpha is not None and gdal_alpha_mask and (alpha in bands or not _is_mask(values)):
         validity = "all"
@@ -348,16 +409,18 @@ def _finish_plan(
         )
     if how == "in file order" and wanted:
         used = [names[b - 1] for b in bands]
-        if any(u and u != w.lower() for u, w in zip(used, wanted, strict=True)):
+        if any(u and not band_matching.names_band(u, w) for u, w in zip(used, wanted, strict=True)):
+            warn = True
             notes.append(
                 f"band names ({_describe(names, alpha)}) do not match {', '.join(wanted)}; "
-                "bands are used in file order"
+                "bands are used in file order (declare them if that is not their order: "
+                "--bands, data.scenes[].bands)"
             )
     elif how != "in file order" and bands != list(range(1, len(bands) + 1)):
         picked = ", ".join(f"{w}=band {b}" for w, b in zip(wanted or bands, bands, strict=True))
         notes.append(f"bands picked {how}: {picked}")
     note = f"{path}: " + "; ".join(notes) if notes else ""
-    return BandPlan(tuple(bands), validity, note)
+    return BandPlan(tuple(bands), validity, note, warn)
 
 
 PERCENTILE_SAMPLE_PX = 1024  # longer side of the decimated read the percentiles come from
@@ -396,6 +459,17 @@ def open_reader(path: str | Path, plan: BandPlan | None = None) -> Iterator[Wind
         yield WindowReader(ds, path, plan)
     finally:
         ds.close()
+
+
+def _finite(image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A float window's NaN and infinite pixels as invalid (zeroed): nodata a file does not
+    declare, which would otherwise reach the model as values."""
+    if image.dtype.kind != "f":
+        return image, valid
+    finite = np.isfinite(image).all(axis=0)
+    if finite.all():
+        return image, valid
+    return np.where(finite, image, 0), valid & finite
 
 
 class WindowReader:
@@ -441,7 +515,7 @@ class WindowReader:
         """
         win = Window(col_off, row_off, width, height)
         img = self.ds.read(self._bands, window=win, boundless=True, fill_value=0)
-        return img, self._valid(win, boundless=True)
+        return _finite(img, self._valid(win, boundless=True))
 
     def read_band(
         self, band: int, col_off: int, row_off: int, width: int, height: int
@@ -1101,7 +1175,7 @@ def read_window(
         if not inside:
             return reader.read(col_off, row_off, width, height)
         win = Window(col_off, row_off, width, height)
-        return ds.read(reader._bands, window=win), reader._valid(win, boundless=False)
+        return _finite(ds.read(reader._bands, window=win), reader._valid(win, boundless=False))
     except RasterioIOError as e:
         reason = str(e)
     # raised outside the except block: no unpicklable RasterioIOError rides along as context

@@ -540,7 +540,7 @@ def _prepare_inputs(
     band_plans = {s.name: scene_band_plan(s, data) for s in data.scenes}
     for bp in band_plans.values():
         if bp.note:
-            log.info("%s", bp.note)
+            (log.warning if bp.warn else log.info)("%s", bp.note)
     percentiles = {  # the chips' stretch: transfer scenes give none
         s.name: raster.band_percentiles(s.image, band_plans[s.name])
         for s in data.scenes

@@ -242,3 +242,61 @@ def test_predict_cli_takes_declared_bands_and_no_resample(capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["predict", "x.tif", "--bands", "red,green"])
     assert "1-based band indexes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("descriptions", "expected"),
+    [
+        (["B2 (blue)", "B3 (green)", "B4 (red)", "B8 (nir)"], (3, 2, 1, 4)),
+        (["Blue", "Green", "Red", "Near Infrared"], (3, 2, 1, 4)),
+        (["blue", "green", "red", "nir08"], (3, 2, 1, 4)),
+    ],
+)
+def test_bands_named_in_other_words_are_picked_by_name(tmp_path, descriptions, expected):
+    """Sentinel-2 and Landsat style descriptions in blue, green, red, nir order: picked by
+    their words (the bands were read in file order before, blue as red, with a log line)."""
+    path = write_default(tmp_path / "bgrn.tif", rgbn(), descriptions)
+    plan = band_plan(path, BANDS)
+    assert plan.bands == expected and "picked by name" in plan.note and not plan.warn
+
+
+def test_file_order_against_the_bands_own_names_is_refused(tmp_path):
+    """Blue, green, red, swir for a red, green, blue, nir model: the count matches, but file
+    order would read blue as red; refused with the bands named, not predicted."""
+    path = write_default(tmp_path / "bgrs.tif", rgbn(), ["blue", "green", "red", "swir16"])
+    with pytest.raises(
+        RasterError,
+        match=r"bgrs\.tif: its bands \(1=blue, .*band 1 \(blue\) as red, band 3 \(red\) as blue\. Declare",
+    ):
+        band_plan(path, BANDS)
+    assert band_plan(path, BANDS, [3, 2, 1, 4]).bands == (3, 2, 1, 4)  # declared: as asked
+
+
+def test_red_edge_is_not_red_and_unmatched_names_are_a_warning(tmp_path):
+    path = write_default(tmp_path / "s2.tif", rgbn(), ["Red Edge 1", "B3", "B2", "B8"])
+    plan = band_plan(path, BANDS)
+    assert plan.bands == (1, 2, 3, 4)
+    assert plan.warn and "bands are used in file order (declare them" in plan.note
+
+
+def test_a_paletted_band_is_refused_with_the_command_that_expands_it(tmp_path):
+    data = rgbn()[:1]
+    path = tmp_path / "palette.tif"
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=1,
+        dtype="uint8",
+        crs=CRS,
+        transform=TRANSFORM,
+        photometric="palette",
+    ) as ds:
+        ds.write(data)
+        ds.write_colormap(1, {i: (i, 255 - i, 0, 255) for i in range(256)})
+    with pytest.raises(
+        RasterError, match=r"palette\.tif: band 1 is paletted .*gdal_translate -expand rgb"
+    ):
+        band_plan(path, ["red", "green", "blue"], [1, 1, 1])

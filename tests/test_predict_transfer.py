@@ -314,7 +314,9 @@ def test_a_tile_without_georeferencing_is_resampled_by_its_declared_pixel_size(
             network=tmp_path / "a.gpkg",
         ).output
     said = [str(w.message) for w in caught]
-    assert said == [f"{png}: raster has no CRS; the prediction will have none either"], said
+    assert said[1:] == [f"{png}: raster has no CRS; the prediction will have none either"], said
+    # the image's zero corner, which a PNG cannot declare as nodata
+    assert said[0].startswith(f"{png}: 3% of it is a border of 0 on every band"), said
     a, prof = read(out)
     assert prof["crs"] is None and (prof["height"], prof["width"]) == (256, 320)
     assert prof["tags"]["model_pixels_per_pixel"] == "0.5" and prof["tags"]["pixel_size_m"] == "0.5"
@@ -377,3 +379,40 @@ def test_the_plan_line_says_the_windows_as_they_are_cut() -> None:
     assert plan_line("o.tif", small, 1, 1) == (
         "predict o.tif: 1,024 x 1,280 px, 1 windows of 1024 x 1280 px in 1 tasks on 1 worker thread(s)"
     )
+
+
+def test_resampling_keeps_nan_nodata_out_of_valid_pixels() -> None:
+    """A float window with NaN where it is invalid, resampled up and down: the valid pixels
+    stay finite (NaN times a zero weight spread into them before)."""
+    from pipeline.inference import resample_window
+
+    image = np.full((2, 33, 33), 50.0, np.float32)
+    valid = np.ones((33, 33), bool)
+    image[:, :, :7] = np.nan
+    valid[:, :7] = False
+    for shape in ((64, 64), (16, 16)):
+        out, ok = resample_window(image, valid, shape)
+        assert ok.any() and np.isfinite(out[:, ok]).all()
+        assert out[:, ok] == pytest.approx(50.0)
+
+
+def test_an_undeclared_white_collar_is_warned_of_before_predicting(
+    metre_model, scheduler, tmp_path
+) -> None:
+    """A mosaic's white collar without nodata is predicted as imagery: predict says so, with
+    the command that declares it; declared, the collar is nodata in the output and nothing is
+    said."""
+    import warnings
+
+    data = fine_image().clip(1, 254)
+    data[:, :, :80] = 255
+    kw = dict(model=metre_model, window=64, overlap=16, progress=False, scheduler=scheduler)
+    bare = write_raster(tmp_path / "bare.tif", data)
+    with pytest.warns(UserWarning, match=r"bare\.tif: 25% of it is a border of 255 on every band"):
+        predict_raster(bare, tmp_path / "a.tif", PredictOptions(**kw))
+    declared = write_raster(tmp_path / "declared.tif", data, nodata=255)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = predict_raster(declared, tmp_path / "b.tif", PredictOptions(**kw)).output
+    prob, prof = read(out)
+    assert (prob[:, :80] == prof["nodata"]).all() and (prob[:, 80:] != prof["nodata"]).all()

@@ -262,3 +262,48 @@ def test_a_resampled_vrt_keeps_the_extent_the_mask_and_the_band_names(tmp_path):
     assert not valid[:10, :10].any() and valid[10:, :].all() and valid[:, 10:].all()
     means = rgb.reshape(3, 40, 2, 50, 2).astype(float).mean(axis=(2, 4))
     assert np.abs(image[:, 10:, 10:].astype(float) - means[:, 10:, 10:]).max() <= 1
+
+
+def test_undeclared_nan_in_a_float_raster_reads_as_invalid(tmp_path):
+    """NaN without a nodata value is what float imagery often holds outside its footprint:
+    read as invalid and zeroed, so it never reaches the model as values."""
+    data = smooth_image(40, 50).astype(np.float32)
+    data[:, :, :10] = np.nan
+    path = write_raster(tmp_path / "f.tif", data)
+    with raster.open_reader(path) as reader:
+        for col in (0, -5):  # inside the raster, and reaching past its edge
+            image, valid = raster.read_window(reader, col, 0, 40, 40)
+            assert np.isfinite(image).all()
+            inside = slice(max(0, -col), None)
+            assert not valid[:, inside][:, : 10 - max(0, col)].any()
+            assert valid[:, 10 - col :].all()
+
+
+def test_a_rotated_grid_has_its_pixel_size_along_its_own_axes(tmp_path):
+    """A grid turned by 90 degrees: 0.5 m across and 2 m down whichever way it points (the
+    sizes were 0 and a division by zero, or swapped on the ground)."""
+    turned = Affine(0.0, 2.0, 500000.0, 0.5, 0.0, 5400000.0)
+    path = write_raster(tmp_path / "r.tif", smooth_image(30, 20), transform=turned)
+    info = raster.raster_info(path)
+    assert info.res == pytest.approx((0.5, 2.0))
+    assert info.pixel_metres == pytest.approx((2.0, 0.5), rel=1e-3)  # (down, across)
+    # in degrees at 60 N, where a degree east is half a degree north on the ground: a column
+    # steps 1e-5 degrees north (1.11 m), a row 4e-5 degrees east (2.23 m)
+    degrees = Affine(0.0, 4e-5, 10.0, 1e-5, 0.0, 60.0)
+    path = write_raster(
+        tmp_path / "d.tif", smooth_image(30, 20), crs="EPSG:4326", transform=degrees
+    )
+    assert raster.raster_info(path).pixel_metres == pytest.approx((2.23, 1.11), abs=0.01)
+
+
+def test_an_undeclared_fill_border_is_found_and_a_declared_one_is_not(tmp_path):
+    data = smooth_image(64, 64).astype(np.uint8).clip(1, 254)
+    data[:, :, :16] = 255  # a white collar on the left quarter
+    data[:, 30:34, 30:34] = 0  # dark pixels inside the imagery: no border
+    plan = raster.BandPlan((1, 2, 3, 4))
+    found = raster.fill_border(write_raster(tmp_path / "w.tif", data), plan)
+    assert found == (255.0, pytest.approx(0.25))
+    assert raster.fill_border(write_raster(tmp_path / "n.tif", data, nodata=255), plan) is None
+    inner = data.copy()
+    inner[:, :, :16] = 100
+    assert raster.fill_border(write_raster(tmp_path / "i.tif", inner), plan) is None
