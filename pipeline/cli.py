@@ -29,6 +29,7 @@ from pipeline.config import (
     TileSetSource,
     load_params,
 )
+from pipeline.output_checks import GEOPACKAGE, GEOTIFF, check_output
 from pipeline.parallel import ClusterError, DeviceError
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -295,6 +296,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_network(args: argparse.Namespace) -> None:
     from pipeline.network import NetworkError, network_raster
     from pipeline.network_inputs import LABEL_THRESHOLD, network_view
+    from pipeline.network_io import EDGES_LAYER, NODES_LAYER
 
     p = _optional_params(args)
     params = p.network if p else NetworkParams()
@@ -303,7 +305,13 @@ def cmd_network(args: argparse.Namespace) -> None:
         changes["block_size"] = args.block_size
     params = NetworkParams.model_validate({**params.model_dump(), **changes})
     prob = Path(args.probability)
-    out = Path(args.output) if args.output else prob.with_name(prob.stem + "_network.gpkg")
+    out = check_output(
+        args.output or prob.with_name(prob.stem + "_network.gpkg"),  # "nets/" kept as given
+        suffixes=GEOPACKAGE,
+        overwrite=args.overwrite,
+        inputs=[prob, args.grid_of],
+        own_layers=(EDGES_LAYER, NODES_LAYER),
+    )
     colours = _label_colours(args)
     threshold = args.threshold
     if (args.labels or colours) and threshold is None:
@@ -369,7 +377,13 @@ def cmd_pansharpen(args: argparse.Namespace) -> None:
     from pipeline.pansharpen import pansharpen
 
     pan = Path(args.pan)
-    out = Path(args.output) if args.output else pan.with_name(pan.stem + "_pansharpened.tif")
+    out = check_output(
+        args.output or pan.with_name(pan.stem + "_pansharpened.tif"),
+        suffixes=(*GEOTIFF, ".vrt"),
+        formats="a .tif (a COG) or a .vrt",
+        overwrite=args.overwrite,
+        inputs=[pan, args.mul],
+    )
     pansharpen(pan, args.mul, out, bands=args.bands, nodata=args.nodata, overwrite=args.overwrite)
     print(f"wrote {out}")
 
@@ -402,14 +416,23 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_score_network(args: argparse.Namespace) -> None:
+    from pipeline.apls_points import LAYERS as APLS_POINT_LAYERS
     from pipeline.apls_points import write_control_points
-    from pipeline.atomic import refuse_existing, write_text_atomic
+    from pipeline.atomic import write_text_atomic
     from pipeline.config import GraphMetricsParams
     from pipeline.graph_metrics import format_scores, score_network_files
 
-    for out in (args.json, args.points):
-        if out:
-            refuse_existing(out, args.overwrite)
+    inputs = [args.truth, args.proposal, args.within]
+    if args.points:
+        check_output(
+            args.points,
+            suffixes=GEOPACKAGE,
+            overwrite=args.overwrite,
+            inputs=inputs,
+            own_layers=APLS_POINT_LAYERS,
+        )
+    if args.json:
+        check_output(args.json, suffixes=(".json",), overwrite=args.overwrite, inputs=inputs)
     params = GraphMetricsParams(
         apls_max_sources=args.max_sources, topo_max_seeds=args.max_sources, seed=args.seed
     )
@@ -939,31 +962,34 @@ _CLEANED = "its temporary files are removed and no output was left half-written"
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a timeout, systemd, Kubernetes, SLURM), raised like Ctrl-C so that the same
-    cleanup runs: temporaries removed, our own Dask cluster stopped, locks released."""
+    """SIGTERM (a timeout, systemd, Kubernetes, SLURM) or SIGHUP (the terminal or ssh session
+    gone), raised like Ctrl-C so that the same cleanup runs: temporaries removed, our own Dask
+    cluster stopped, locks released. ``args[0]`` is the signal's number."""
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
-EXIT_TERMINATED = 143  # 128 + SIGTERM
+_STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-    raise Terminated
+    for sig in _STOPPING_SIGNALS:  # a second signal ends the process at once
+        signal.signal(sig, signal.SIG_DFL)
+    raise Terminated(signum)
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` (in the main thread only: Python
-    delivers signals there)."""
+    """Within the block, SIGTERM and SIGHUP raise :class:`Terminated` (in the main thread
+    only: Python delivers signals there)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {sig: signal.signal(sig, _raise_terminated) for sig in _STOPPING_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -978,9 +1004,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sigterm_as_interrupt():
             args.func(args)
-    except Terminated:
-        print(f"error: {args.command} stopped by SIGTERM; {_CLEANED}", file=sys.stderr)
-        return EXIT_TERMINATED
+    except Terminated as stop:
+        signum = stop.args[0] if stop.args else signal.SIGTERM
+        name = signal.Signals(signum).name
+        print(f"error: {args.command} stopped by {name}; {_CLEANED}", file=sys.stderr)
+        return 128 + int(signum)
     except KeyboardInterrupt:
         print(f"error: {args.command} interrupted; {_CLEANED}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -992,6 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         DeviceError,
         ClusterError,
+        OSError,  # a folder that cannot be written, found only when writing: one line
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,7 @@ from pipeline import ground, parallel, raster, registry, sources, stac, styles
 from pipeline.atomic import check_free_space
 from pipeline.config import PredictOptions
 from pipeline.model_config import ModelConfig, check_weights, read_config, resolve_model
+from pipeline.output_checks import GEOPACKAGE, GEOTIFF, check_output
 from pipeline.predict_task import AS_IS, GroupResult, PixelScale, PredictJob, model_version
 from pipeline.stitching import (
     NODATA_UINT8,
@@ -545,7 +546,8 @@ def predict_raster(
     resolving, band_plan = _resolve_model_early(target, info, options)
     WindowGrid(info.height, info.width, options.window, options.overlap)  # checks both
     run, ran, skipped, timings = _predict_on_cluster(target, info, options, resolving, band_plan)
-    vectors_out = _publish(target, info, options, run, timings, network_warm_up)
+    with _one_set(target):
+        vectors_out = _publish(target, info, options, run, timings, network_warm_up)
     seconds = time.perf_counter() - t0
     return PredictResult(
         output=target.output,
@@ -573,6 +575,7 @@ def check_target(target: Target, options: PredictOptions) -> raster.RasterInfo:
     for path in (output, target.vectors, target.network, style, target.stac_item):
         if path is not None and path.exists() and not options.overwrite:
             raise FileExistsError(f"{path}: exists; pass --overwrite to replace it")
+    _check_output_formats(target, options.overwrite)
     if sources.absolute(target.image) == str(output.resolve()):
         raise ValueError(f"{output}: the output would replace the input image")
     info = raster.raster_info(target.image)
@@ -582,6 +585,25 @@ def check_target(target: Target, options: PredictOptions) -> raster.RasterInfo:
             f"{target.image}: no CRS, so no STAC Item (its footprint is in EPSG:4326)"
         )
     return info
+
+
+def _check_output_formats(target: Target, overwrite: bool) -> None:
+    """Each output named for what is written into it (a GeoTIFF, GeoPackages, a JSON Item);
+    a GeoPackage with layers of its own is not replaced (``output_checks.check_output``)."""
+    from pipeline.network_io import EDGES_LAYER, NODES_LAYER
+
+    image = target.image if Path(target.image).exists() else None  # not a /vsicurl/ URL
+    check_output(target.output, suffixes=GEOTIFF, overwrite=True)
+    for path, layers in (
+        (target.vectors, ("roads",)),
+        (target.network, (EDGES_LAYER, NODES_LAYER)),
+    ):
+        if path is not None:
+            check_output(
+                path, suffixes=GEOPACKAGE, overwrite=overwrite, inputs=[image], own_layers=layers
+            )
+    if target.stac_item is not None:
+        check_output(target.stac_item, suffixes=(".json",), overwrite=True, inputs=[image])
 
 
 def _resolve_model_early(
@@ -774,6 +796,20 @@ def _write_cog(
 
 
 # ------------------------------------------------------------------------ phase: publishing
+@contextlib.contextmanager
+def _one_set(target: Target) -> Iterator[None]:
+    """The target's outputs as one set while they are published: a failure or Ctrl-C part way
+    removes all of them (with ``overwrite``, those of the run they were to replace too), so a
+    set is never left with its COG but not its network, nor a new COG beside an older run's
+    network; run it again."""
+    try:
+        yield
+    except BaseException:
+        for path in (*target.outputs(), styles.style_path(target.output)):
+            path.unlink(missing_ok=True)
+        raise
+
+
 def _publish(
     target: Target,
     info: raster.RasterInfo,

@@ -218,9 +218,14 @@ def fill_border(path: str | Path, plan: BandPlan) -> tuple[float, float] | None:
         if ds.nodata is not None or plan.validity == "all" or _declares_mask(ds):
             return None
         shape = (min(ds.height, COLOUR_SAMPLE_PX), min(ds.width, COLOUR_SAMPLE_PX))
-        image = ds.read(
-            list(plan.bands), out_shape=(len(plan.bands), *shape), resampling=Resampling.nearest
-        )
+        try:
+            image = ds.read(
+                list(plan.bands),
+                out_shape=(len(plan.bands), *shape),
+                resampling=Resampling.nearest,
+            )
+        except RasterioError:  # a corrupt block: predict names it when it reads that window
+            return None
     fills = [0] + ([np.iinfo(image.dtype).max] if image.dtype.kind in "ui" else [])
     best: tuple[float, float] | None = None
     for value in fills:

@@ -238,7 +238,11 @@ def start_cli(args: list[str], **env: str) -> subprocess.Popen:
 
 @pytest.mark.parametrize(
     ("sig", "code", "said"),
-    [(signal.SIGTERM, 143, "stopped by SIGTERM"), (signal.SIGINT, 130, "interrupted")],
+    [
+        (signal.SIGTERM, 143, "stopped by SIGTERM"),
+        (signal.SIGINT, 130, "interrupted"),
+        (signal.SIGHUP, 129, "stopped by SIGHUP"),  # the ssh session that ran it dropped
+    ],
 )
 def test_signal_mid_predict_cleans_up(model, scheduler, tmp_path, sig, code, said):
     # ~1,900 windows: still running when the signal comes, also on a quiet machine (a 512^2
@@ -621,6 +625,30 @@ def test_an_existing_output_is_kept_unless_overwrite(image, model, scheduler, tm
     with rasterio.open(out) as ds:
         assert ds.driver == "GTiff" and ds.shape == (96, 128)
     assert leftovers(tmp_path) == []
+
+
+def test_outputs_named_for_another_format_are_refused_before_any_work(
+    image, model, tmp_path, capsys
+):
+    """A GeoTIFF written under .png, a GeoPackage under .shp: refused, with the suffix to use."""
+    cases = {
+        (tmp_path / "out.png",): "out.png: this output is written as .tif or .tiff",
+        (
+            tmp_path / "o.tif",
+            "--vectors",
+            str(tmp_path / "roads.shp"),
+        ): "roads.shp: this output is written as .gpkg",
+        (
+            tmp_path / "o.tif",
+            "--network",
+            str(tmp_path / "net.geojson"),
+        ): "net.geojson: this output is written as .gpkg",
+    }
+    for (out, *extra), said in cases.items():
+        assert main(predict_args(image, out, model, None, *extra)) == 2
+        assert said in capsys.readouterr().err
+    assert leftovers(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", model.name]  # nothing new
 
 
 def test_a_raster_of_another_band_count_is_refused(model, tmp_path, capsys):

@@ -6,6 +6,7 @@ import math
 
 import geopandas as gpd
 import numpy as np
+import pyogrio
 import pyproj
 import pytest
 from affine import Affine
@@ -243,6 +244,40 @@ def test_cli_writes_once_and_needs_overwrite(tmp_path, capsys, monkeypatch):
     assert main(["network", "p.tif", "-o", "n.gpkg"]) == 2
     assert "exists" in capsys.readouterr().err
     assert main(["network", "p.tif", "-o", "n.gpkg", "--overwrite", "--no-repair"]) == 0
+
+
+def test_cli_refuses_outputs_it_would_write_wrongly_before_any_work(tmp_path, capsys, monkeypatch):
+    """A folder, a name of another format, the input itself, and a GeoPackage holding a layer
+    of the user's: each refused in one line, nothing written (a folder came out as a file
+    named like it, net.geojson as a GeoPackage, prob.tif replaced by one, the user's layer
+    deleted by --overwrite)."""
+    import geopandas as gpd
+    from shapely.geometry import Point
+
+    monkeypatch.chdir(tmp_path)
+    write_prob(tmp_path / "p.tif", draw((100, 100), [(50, 5, 50, 95, 0.9)]))
+    before = (tmp_path / "p.tif").read_bytes()
+    (tmp_path / "nets").mkdir()
+    parcels = gpd.GeoDataFrame({"id": [1]}, geometry=[Point(500010, 5399990)], crs=UTM)
+    parcels.to_file(tmp_path / "project.gpkg", layer="parcels", driver="GPKG")
+    cases = {
+        "nets/": "is a folder; name the file to write in it",
+        "new/": "is a folder",
+        "net.geojson": "this output is written as .gpkg; give it that suffix",
+        "p.tif": "this output is written as .gpkg",
+        "project.gpkg": "holds layers this command does not write (parcels)",
+    }
+    for out, said in cases.items():
+        assert main(["network", "p.tif", "-o", out, "--overwrite"]) == 2, out
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, (out, err)
+    assert (tmp_path / "p.tif").read_bytes() == before
+    assert not (tmp_path / "new").exists() and not (tmp_path / "net.geojson").exists()
+    assert list((tmp_path / "nets").iterdir()) == []
+    assert [n for n, _ in pyogrio.list_layers(tmp_path / "project.gpkg")] == ["parcels"]
+    # a GeoPackage of this command's own layers is replaced as asked
+    assert main(["network", "p.tif", "-o", "n.gpkg"]) == 0
+    assert main(["network", "p.tif", "-o", "n.gpkg", "--overwrite"]) == 0
 
 
 def test_empty_raster_gives_empty_layers(tmp_path):

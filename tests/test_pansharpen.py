@@ -105,6 +105,11 @@ def test_the_cli_writes_a_cog_and_refuses_to_overwrite(tmp_path, capsys):
     assert main(args) == 2
     assert "PAN_pansharpened.tif" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
+    # --overwrite replaces an output, never an input: the MUL as the output is refused
+    before = mul_path.read_bytes()
+    assert main(args + ["-o", str(mul_path), "--overwrite"]) == 2
+    assert "is also an input of this command" in capsys.readouterr().err
+    assert mul_path.read_bytes() == before
 
 
 @pytest.mark.parametrize(
@@ -117,7 +122,7 @@ def test_the_cli_writes_a_cog_and_refuses_to_overwrite(tmp_path, capsys):
         ("pan_bands", "MUL.tif: 4 bands; the panchromatic image has one"),
         ("twice", "MUL.tif: bands [1, 1, 2] give 2 distinct names for 3 bands"),
         ("nan", "PAN.tif: nodata nan cannot mark uint16 pixels"),
-        ("png", "ps.png: write a .tif (a COG) or a .vrt"),
+        ("png", "ps.png: this output is written as a .tif (a COG) or a .vrt"),
     ],
 )
 def test_pairs_that_cannot_be_fused_name_the_file(tmp_path, capsys, case, message):

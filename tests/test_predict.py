@@ -715,6 +715,40 @@ def test_vectors_are_written_as_linestrings(scene, model_dir, scheduler, tmp_pat
     assert "layer_styles" in dict(pyogrio.list_layers(vec))
 
 
+def test_a_set_stopped_part_way_leaves_none_of_its_outputs(
+    scene, model_dir, scheduler, tmp_path, monkeypatch
+) -> None:
+    """Ctrl-C while the network is built, after the COG and the centrelines were written:
+    neither is left without the rest (a COG alone made a second run refuse it without
+    --overwrite, and an overwritten COG sat beside the older run's network); run again, the
+    whole set is written."""
+    from pipeline import network
+
+    outputs = [tmp_path / n for n in ("o.tif", "o.qml", "roads.gpkg", "net.gpkg")]
+
+    def run(**kw):
+        options = PredictOptions(
+            model=model_dir, window=64, overlap=16, scheduler=scheduler, progress=False, **kw
+        )
+        return predict_raster(scene, outputs[0], options, vectors=outputs[2], network=outputs[3])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    real = network.network_raster
+    monkeypatch.setattr(network, "network_raster", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert [p for p in outputs if p.exists()] == [] and list(tmp_path.glob(".*")) == []
+    monkeypatch.setattr(network, "network_raster", real)
+    run()
+    assert all(p.exists() for p in outputs)
+    monkeypatch.setattr(network, "network_raster", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(overwrite=True)  # the older set goes with the new one: never a mixed pair
+    assert [p for p in outputs if p.exists()] == []
+
+
 def test_default_output_path() -> None:
     assert default_output_path(Path("/data/region.tif")) == Path("/data/region_roads.tif")
 

@@ -155,6 +155,12 @@ def test_score_network_prints_and_writes_json(tmp_path: Path, capsys) -> None:
     scores = json.loads(out.read_text())
     assert scores["apls"] == pytest.approx(8 / 15)
     assert scores["apls_gt_onto_prop"] == pytest.approx(4 / 11)
+    # control points written over the truth network it reads: refused, even with --overwrite
+    before = truth.read_bytes()
+    args = ["score-network", str(truth), str(proposal), "--points", str(truth), "--overwrite"]
+    assert main(args) == 2
+    assert "is also an input of this command" in capsys.readouterr().err
+    assert truth.read_bytes() == before
     assert scores["topo_precision"] == pytest.approx(1.0)
     assert scores["truth_length_m"] == pytest.approx(500.0)
     assert scores["proposal_length_m"] == pytest.approx(400.0, abs=1e-3)
