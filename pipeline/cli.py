@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import exclusive_output
 from pipeline.config import (
     PRECISIONS,
     ConfigError,
@@ -316,7 +317,7 @@ def cmd_network(args: argparse.Namespace) -> None:
     threshold = args.threshold
     if (args.labels or colours) and threshold is None:
         threshold = LABEL_THRESHOLD
-    with tempfile.TemporaryDirectory(prefix="roadseg-network-") as tmp:
+    with exclusive_output(out), tempfile.TemporaryDirectory(prefix="roadseg-network-") as tmp:
         view = network_view(
             prob,
             tmp,
@@ -384,7 +385,10 @@ def cmd_pansharpen(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         inputs=[pan, args.mul],
     )
-    pansharpen(pan, args.mul, out, bands=args.bands, nodata=args.nodata, overwrite=args.overwrite)
+    with exclusive_output(out):  # a killed run's temporaries of it are removed
+        pansharpen(
+            pan, args.mul, out, bands=args.bands, nodata=args.nodata, overwrite=args.overwrite
+        )
     print(f"wrote {out}")
 
 
@@ -417,10 +421,6 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def cmd_score_network(args: argparse.Namespace) -> None:
     from pipeline.apls_points import LAYERS as APLS_POINT_LAYERS
-    from pipeline.apls_points import write_control_points
-    from pipeline.atomic import write_text_atomic
-    from pipeline.config import GraphMetricsParams
-    from pipeline.graph_metrics import format_scores, score_network_files
 
     inputs = [args.truth, args.proposal, args.within]
     if args.points:
@@ -433,6 +433,20 @@ def cmd_score_network(args: argparse.Namespace) -> None:
         )
     if args.json:
         check_output(args.json, suffixes=(".json",), overwrite=args.overwrite, inputs=inputs)
+    with contextlib.ExitStack() as outputs:
+        for out in (args.points, args.json):
+            if out:
+                outputs.enter_context(exclusive_output(out))
+        _score_networks(args)
+
+
+def _score_networks(args: argparse.Namespace) -> None:
+    """``pipeline score-network`` once its outputs are checked and held."""
+    from pipeline.apls_points import write_control_points
+    from pipeline.atomic import write_text_atomic
+    from pipeline.config import GraphMetricsParams
+    from pipeline.graph_metrics import format_scores, score_network_files
+
     params = GraphMetricsParams(
         apls_max_sources=args.max_sources, topo_max_seeds=args.max_sources, seed=args.seed
     )

@@ -238,7 +238,10 @@ def test_unscaled_byte_raster_is_refused(tmp_path, capsys):
 def test_cli_writes_once_and_needs_overwrite(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no params.yaml here: defaults
     write_prob(tmp_path / "p.tif", draw((100, 100), [(50, 5, 50, 95, 0.9)]))
+    killed = tmp_path / ".n.gpkg.0badf00d.part.gpkg"  # what a run killed by SIGKILL leaves
+    killed.write_bytes(b"half a GeoPackage")
     assert main(["network", "p.tif", "-o", "n.gpkg"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n.gpkg", "p.tif"]  # no lock either
     edges, nodes = layers(tmp_path / "n.gpkg")
     assert len(edges) == 1 and list(nodes.degree) == [1, 1]
     assert main(["network", "p.tif", "-o", "n.gpkg"]) == 2
