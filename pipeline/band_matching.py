@@ -2,7 +2,8 @@
 
 GDAL band descriptions come in many spellings: ``red``, ``Red``, ``B4 (red)``, ``nir08``,
 ``Near Infrared``. A wanted name is matched exactly first (ignoring case), then as a whole
-word of the description (``B4 (red)`` names red), with ``near infrared`` standing for ``nir``.
+word of the description (``B4 (red)`` names red), with ``near infrared`` (or ``Near Infra-Red``)
+standing for ``nir`` and ``short-wave infrared`` for ``swir``; infrared never names red.
 A description with ``edge`` in it (Sentinel-2's ``Red Edge 1``) names no colour: a red-edge
 band is not red. Codes alone (``B4``) name nothing: Sentinel-2's B4 is red, Landsat 8's is red
 too but its B5 is near infrared where Sentinel-2's is red edge, so codes need a declaration.
@@ -28,9 +29,22 @@ def names_band(name: str, wanted: str) -> bool:
     if "edge" in name:
         return False
     words = _words(name)
-    if wanted == "nir" and "near" in words and "infrared" in words:
-        return True
+    infrared = _infrared(words)
+    if infrared is not None:  # "Near Infra-Red" names nir, never red
+        return wanted == infrared
     return wanted in words
+
+
+def _infrared(words: list[str]) -> str | None:
+    """``nir`` for near infrared, ``swir`` for short-wave infrared, '' for infrared of no
+    named kind; None for a name that is not of an infrared band."""
+    if "infrared" not in words and not ("infra" in words and "red" in words):
+        return None
+    if "near" in words:
+        return "nir"
+    if "short" in words or "shortwave" in words:
+        return "swir"
+    return ""
 
 
 def pick_by_name(names: list[str], wanted: list[str]) -> list[int] | None:

@@ -270,6 +270,7 @@ def predict_options(args: argparse.Namespace) -> PredictOptions:
         "bands": args.bands,
         "resample": False if args.no_resample else None,
         "pixel_size_m": args.pixel_size,
+        "fill": args.nodata,
         "dtype": args.dtype,
         "overwrite": args.overwrite,
         "progress": not args.quiet,
@@ -629,6 +630,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="output GeoTIFF (default: <image>_roads.tif beside it); with several images, a folder",
     )
     _add_predict_run_flags(sp)
+    _add_predict_raster_flags(sp)
     _add_predict_output_flags(sp)
 
 
@@ -670,6 +672,10 @@ def _add_predict_run_flags(sp: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         help="average the eight dihedral transforms, 8x the model time (default: predict.tta)",
     )
+
+
+def _add_predict_raster_flags(sp: argparse.ArgumentParser) -> None:
+    """predict's flags that say how the raster is read: its bands, pixel size and fill."""
     sp.add_argument(
         "--bands",
         type=_band_spec,
@@ -690,6 +696,14 @@ def _add_predict_run_flags(sp: argparse.ArgumentParser) -> None:
         help="pixel size of rasters without georeferencing (PNG/JPEG tiles: Massachusetts 1, "
         "DeepGlobe 0.5), so they are resampled to the model's like georeferenced ones "
         "(default: predict.pixel_size_m; unset: read at the model's pixel size)",
+    )
+    sp.add_argument(
+        "--nodata",
+        type=float,
+        metavar="VALUE",
+        help="pixels holding this value on every band are nodata, beside what the raster "
+        "declares: the white fill of Massachusetts tiles (255), a black mosaic collar (0), in a "
+        "PNG or JPEG that cannot declare it (default: predict.fill)",
     )
 
 
@@ -994,11 +1008,13 @@ def _raise_terminated(signum: int, frame: object) -> None:
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM and SIGHUP raise :class:`Terminated` (in the main thread
-    only: Python delivers signals there)."""
+    only: Python delivers signals there), unless ignored already (``nohup``)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, _raise_terminated) for sig in _STOPPING_SIGNALS}
+    # a signal ignored where the command was started (nohup ignores SIGHUP) stays ignored
+    stopping = [sig for sig in _STOPPING_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, _raise_terminated) for sig in stopping}
     try:
         yield
     finally:

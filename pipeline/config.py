@@ -1056,6 +1056,12 @@ class PredictParams(InferenceParams):
         "model's as georeferenced ones are; null: such a raster is read at the model's pixel "
         "size, with a warning. Georeferenced rasters keep their own",
     )
+    fill: float | None = Field(
+        None,
+        description="Pixels holding this value on every band are nodata, beside what the raster "
+        "declares (--nodata): a fill colour a PNG/JPEG tile cannot declare (Massachusetts: "
+        "255); null: only what the raster declares",
+    )
     vector_min_spur_m: float = Field(
         10.0, ge=0, description="--vectors: prune dead-end branches shorter than this"
     )

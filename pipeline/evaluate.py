@@ -556,20 +556,22 @@ def transfer_metrics(
     threshold: float,
     rho: int,
     networks: dict[str, dict[str, float]] | None = None,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Per transfer source, the metrics over its scenes' pixels together at the model's
     ``threshold``; suffixed ``_at_source_best``, at that source's own F1-best threshold (how
     much of the loss a threshold chosen for the source would win back); and, from
     ``networks`` (road network scores by scene), the mean over its scenes as for the test
-    scenes."""
-    out: dict[str, dict[str, float]] = {}
-    for name, scenes in sources.items():
+    scenes. Scenes without a valid pixel are left out and named (``unscored_scenes``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, given in sources.items():
+        scenes = [s for s in given if scores[s.name].sweep.n_valid]
+        if not scenes:
+            log.warning("evaluate: transfer source %s has no valid pixel; not scored", name)
+            continue
         pooled = ThresholdSweep(sweep_thresholds(threshold), rho)
         for scene in scenes:
             pooled += scores[scene.name].sweep
-        if pooled.n_valid == 0:
-            log.warning("evaluate: transfer source %s has no valid pixel; not scored", name)
-            continue
+        unscored = [s.name for s in given if s not in scenes]
         curve = pooled.compute()
         best = best_f1_threshold(curve)
         metrics = {
@@ -584,6 +586,7 @@ def transfer_metrics(
             # the slack on its scenes' own grids (``scene_slack_px``): rho at the model's size
             "relaxed_slack_px": float(np.median([scores[s.name].sweep.rho for s in scenes])),
             **_pixel_sizes(scenes),
+            **({"unscored_scenes": unscored} if unscored else {}),  # no valid pixel
         }
     return out
 

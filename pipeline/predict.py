@@ -22,6 +22,7 @@ A pixel's value is the same sum whatever the block size or the number of workers
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -110,11 +111,13 @@ def _check_inputs(
     info: raster.RasterInfo,
     config: ModelConfig,
     model_ref: str,
-    bands: raster.BandSpec | None = None,
-    pixel_size_m: float | None = None,
+    options: PredictOptions,
 ) -> raster.BandPlan:
-    """The raster's bands for this model (``raster.band_plan``); warns about what may go wrong."""
-    plan = raster.band_plan(image, config.bands, bands, wanted_by=f"the model {model_ref}")
+    """The raster's bands for this model (``raster.band_plan``, with the declared fill value
+    ``options.fill``); warns about what may go wrong."""
+    pixel_size_m = options.pixel_size_m
+    plan = raster.band_plan(image, config.bands, options.bands, wanted_by=f"the model {model_ref}")
+    plan = dataclasses.replace(plan, fill=options.fill)
     if plan.note:
         (log.warning if plan.warn else log.info)("%s", plan.note)
     _warn_of_fill(image, plan)
@@ -157,8 +160,8 @@ def _warn_of_fill(image: Path, plan: raster.BandPlan) -> None:
     value, share = found
     warnings.warn(
         f"{image}: {share:.0%} of it is a border of {value:g} on every band, and it declares no "
-        "nodata: predicted as imagery (its edge may come out as road). Declare it and predict "
-        f"that: gdal_translate -of VRT -a_nodata {value:g} {image.name} masked.vrt",
+        f"nodata: predicted as imagery (its edge may come out as road). Pass --nodata {value:g} "
+        "(predict.fill), or declare it in the file",
         stacklevel=4,
     )
 
@@ -546,8 +549,8 @@ def predict_raster(
     resolving, band_plan = _resolve_model_early(target, info, options)
     WindowGrid(info.height, info.width, options.window, options.overlap)  # checks both
     run, ran, skipped, timings = _predict_on_cluster(target, info, options, resolving, band_plan)
-    with _one_set(target):
-        vectors_out = _publish(target, info, options, run, timings, network_warm_up)
+    with _one_set(target, options.overwrite) as written:
+        vectors_out = _publish(target, info, options, run, timings, network_warm_up, written)
     seconds = time.perf_counter() - t0
     return PredictResult(
         output=target.output,
@@ -621,9 +624,7 @@ def _resolve_model_early(
     if registry.is_model_uri(str(options.model)):
         return resolving, None
     config = resolving.result().config
-    return resolving, _check_inputs(
-        target.image, info, config, str(options.model), options.bands, options.pixel_size_m
-    )
+    return resolving, _check_inputs(target.image, info, config, str(options.model), options)
 
 
 # ------------------------------------------------------------------------ phase: the cluster
@@ -661,9 +662,7 @@ def plan_run(
     folder, config, tags, version = resolved
     image, model_ref = target.image, str(options.model)
     if band_plan is None:
-        band_plan = _check_inputs(
-            image, info, config, model_ref, options.bands, options.pixel_size_m
-        )
+        band_plan = _check_inputs(image, info, config, model_ref, options)
     scale = pixel_scale(
         image, info, config, model_ref, options.resample, options.gsd_tolerance,
         options.pixel_size_m,
@@ -715,6 +714,7 @@ def _run_tags(
         "precision": options.precision,
         "bands": ",".join(str(b) for b in band_plan.bands),
         "model_pixels_per_pixel": _scale_tag(scale),
+        **({"fill": f"{band_plan.fill:g}"} if band_plan.fill is not None else {}),
         **encoding.tags(),
     }
 
@@ -797,15 +797,18 @@ def _write_cog(
 
 # ------------------------------------------------------------------------ phase: publishing
 @contextlib.contextmanager
-def _one_set(target: Target) -> Iterator[None]:
+def _one_set(target: Target, overwrite: bool) -> Iterator[list[Path]]:
     """The target's outputs as one set while they are published: a failure or Ctrl-C part way
-    removes all of them (with ``overwrite``, those of the run they were to replace too), so a
-    set is never left with its COG but not its network, nor a new COG beside an older run's
-    network; run it again."""
+    removes what this run wrote (the COG, then each path added to the yielded list) and, with
+    ``overwrite``, the rest of the set it was to replace, so a set is never left with its COG
+    but not its network, nor a new COG beside an older run's network; run it again. Without
+    ``overwrite`` a file that another process put at one of the names meanwhile is kept."""
+    written = [target.output]
     try:
-        yield
+        yield written
     except BaseException:
-        for path in (*target.outputs(), styles.style_path(target.output)):
+        doomed = [*target.outputs(), styles.style_path(target.output)] if overwrite else written
+        for path in doomed:
             path.unlink(missing_ok=True)
         raise
 
@@ -817,11 +820,13 @@ def _publish(
     run: RunPlan,
     timings: dict[str, float],
     network_warm_up: Future | None,
+    written: list[Path],
 ) -> Path | None:
     """Beside the written COG: its QGIS style, then the centrelines, the road network and the
-    STAC Item asked for. Returns the centrelines' path (None when not asked for)."""
+    STAC Item asked for, each added to ``written`` once written. Returns the centrelines'
+    path (None when not asked for)."""
     output, threshold = target.output, run.config.threshold
-    styles.write_probability_style(output, threshold, overwrite=options.overwrite)
+    written.append(styles.write_probability_style(output, threshold, overwrite=options.overwrite))
     vectors_out = None
     if target.vectors is not None:
         from pipeline.vectorize import vectorize_raster
@@ -834,6 +839,7 @@ def _publish(
             min_spur_m=options.vector_min_spur_m,
             simplify_m=options.vector_simplify_m,
         )
+        written.append(vectors_out)
     if target.network is not None:
         from pipeline.network import network_raster
 
@@ -847,6 +853,7 @@ def _publish(
             threshold=net.threshold or threshold,
             overwrite=options.overwrite,
         )
+        written.append(target.network)
         timings["network"] = time.perf_counter() - t_network
     if target.stac_item is not None:
         encoding = run.encoding

@@ -158,6 +158,7 @@ class BandPlan:
     validity: Literal["dataset", "all"] = "dataset"
     note: str = ""
     warn: bool = False  # the note is a warning: bands in file order that their names do not confirm
+    fill: float | None = None  # pixels with this value on every data band are nodata too
 
 
 def parse_band_spec(text: str) -> list[int] | dict[str, int]:
@@ -207,13 +208,15 @@ def _alpha_values(ds: rasterio.DatasetReader, band: int) -> np.ndarray:
 
 def fill_border(path: str | Path, plan: BandPlan) -> tuple[float, float] | None:
     """(value, share of the raster) of an undeclared fill around the imagery: pixels where
-    every data band holds 0, or the sample type's largest value (white), and that reach the
+    every data band holds one fill value (``_fill_candidates``), and that reach the
     raster's edge, on a decimated read; None when the file declares nodata or a mask, or has
     no such border. A warped or mosaicked raster's collar read as imagery is predicted as
     imagery, its straight edge often as a road."""
     from rasterio.enums import Resampling
     from scipy import ndimage
 
+    if plan.fill is not None:  # declared by the user
+        return None
     with _open(sources.gdal_name(path)) as ds:
         if ds.nodata is not None or plan.validity == "all" or _declares_mask(ds):
             return None
@@ -226,7 +229,7 @@ def fill_border(path: str | Path, plan: BandPlan) -> tuple[float, float] | None:
             )
         except RasterioError:  # a corrupt block: predict names it when it reads that window
             return None
-    fills = [0] + ([np.iinfo(image.dtype).max] if image.dtype.kind in "ui" else [])
+    fills = _fill_candidates(image.dtype)
     best: tuple[float, float] | None = None
     for value in fills:
         labels, _ = ndimage.label((image == value).all(axis=0))
@@ -235,6 +238,15 @@ def fill_border(path: str | Path, plan: BandPlan) -> tuple[float, float] | None:
         if share > 0 and (best is None or share > best[1]):
             best = (float(value), share)
     return best
+
+
+def _fill_candidates(dtype: np.dtype) -> list[float]:
+    """Values fills are written with: 0, white (an unsigned type's largest value), and the
+    negative fills of signed and float data (-9999, the type's lowest)."""
+    if dtype.kind == "u":
+        return [0, np.iinfo(dtype).max]
+    low = np.iinfo(dtype).min if dtype.kind == "i" else np.finfo(dtype).min
+    return [0, -9999, low] if low < -9999 else [0, low]
 
 
 def _declares_mask(ds: rasterio.DatasetReader) -> bool:
@@ -280,9 +292,11 @@ def _by_name(names: list[str], wanted: list[str] | None) -> list[int] | None:
 def _in_file_order(
     path: Path, names: list[str], plain: list[int], wanted: list[str] | None
 ) -> list[int]:
-    """The data bands in file order, refused (naming the bands) where their own names say
-    they are other wanted bands: a blue, green, red, swir file read as red, green, blue, nir
-    would feed blue as red without a word."""
+    """The data bands in file order, refused (naming the bands) where their descriptions
+    say they are other wanted bands: a blue, green, red, swir file read as red, green, blue,
+    nir would feed blue as red without a word. Descriptions only: the red, green, blue
+    colour interpretation GDAL gives any 3-band uint8 file by default says nothing of a
+    colour-infrared (nir, red, green) file's bands; there the note warns."""
     if wanted:
         wrong = band_matching.contradiction(names, plain, wanted)
         if wrong:
@@ -326,6 +340,7 @@ def band_plan(
     path = sources.gdal_name(path)
     with _open(path) as ds:
         names = _band_names(ds)
+        described = [(d or "").strip().lower() for d in ds.descriptions]
         alphas = [i for i, ci in enumerate(ds.colorinterp, start=1) if ci == ColorInterp.alpha]
         alpha = alphas[-1] if alphas else None
         palette = [i for i, ci in enumerate(ds.colorinterp, start=1) if ci == ColorInterp.palette]
@@ -339,7 +354,7 @@ def band_plan(
     elif (bands := _by_name(names, wanted)) is not None:
         how = "by name"
     elif wanted is None or len(plain) == len(wanted):
-        bands, how = _in_file_order(path, names, plain, wanted), "in file order"
+        bands, how = _in_file_order(path, described, plain, wanted), "in file order"
     elif alpha and len(plain) + 1 == len(wanted):
         raise RasterError(
             f"{path}: band {alpha} is flagged alpha and holds a mask ({_values(values)}): read as "
@@ -446,6 +461,7 @@ def band_percentiles(
             valid = np.ones(shape, bool)
         else:
             valid = ds.dataset_mask(out_shape=shape) > 0
+    img, valid = _screen(img, valid, plan.fill)
     if not valid.any():
         raise RasterError(f"{path}: no valid pixel to take band percentiles from")
     return percentile_stretch(img[:, valid])
@@ -464,6 +480,17 @@ def open_reader(path: str | Path, plan: BandPlan | None = None) -> Iterator[Wind
         yield WindowReader(ds, path, plan)
     finally:
         ds.close()
+
+
+def _screen(
+    image: np.ndarray, valid: np.ndarray, fill: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Values and validity with NaN/inf (``_finite``) and, where given, ``fill`` on every band
+    taken out of the valid pixels."""
+    image, valid = _finite(image, valid)
+    if fill is not None:
+        valid = valid & ~(image == fill).all(axis=0)
+    return image, valid
 
 
 def _finite(image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -492,6 +519,11 @@ class WindowReader:
             raise RasterError(f"{path}: has {ds.count} bands, cannot read band {max(plan.bands)}")
         self._bands = list(plan.bands)
         self._all_valid = plan.validity == "all"
+        self._fill = plan.fill
+
+    def screen(self, image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A window's values and validity, screened (``_screen``) with the plan's fill."""
+        return _screen(image, valid, self._fill)
 
     def _valid(self, win: Window, boundless: bool) -> np.ndarray:
         if not self._all_valid:
@@ -520,7 +552,7 @@ class WindowReader:
         """
         win = Window(col_off, row_off, width, height)
         img = self.ds.read(self._bands, window=win, boundless=True, fill_value=0)
-        return _finite(img, self._valid(win, boundless=True))
+        return self.screen(img, self._valid(win, boundless=True))
 
     def read_band(
         self, band: int, col_off: int, row_off: int, width: int, height: int
@@ -1180,7 +1212,9 @@ def read_window(
         if not inside:
             return reader.read(col_off, row_off, width, height)
         win = Window(col_off, row_off, width, height)
-        return _finite(ds.read(reader._bands, window=win), reader._valid(win, boundless=False))
+        return reader.screen(
+            ds.read(reader._bands, window=win), reader._valid(win, boundless=False)
+        )
     except RasterioIOError as e:
         reason = str(e)
     # raised outside the except block: no unpicklable RasterioIOError rides along as context

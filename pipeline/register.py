@@ -292,7 +292,9 @@ def test_set_id(eval_metrics: dict) -> str:
     pixels and road pixels (eval.json's ``per_scene``). Another split, other tiles or
     relabelled roads give another id; a retrained model on the same test data the same."""
     scenes = eval_metrics.get("per_scene", {})
-    rows = sorted((name, s.get("valid_pixels"), s.get("road_pixels")) for name, s in scenes.items())
+    rows = [(name, s.get("valid_pixels"), s.get("road_pixels")) for name, s in scenes.items()]
+    # scenes without a valid pixel, in per_scene as (name, 0, 0) before 2026-12-08: same ids
+    rows = sorted(rows + [(name, 0, 0) for name in eval_metrics.get("unscored_scenes", [])])
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 

@@ -250,6 +250,7 @@ def test_predict_cli_takes_declared_bands_and_no_resample(capsys) -> None:
         (["B2 (blue)", "B3 (green)", "B4 (red)", "B8 (nir)"], (3, 2, 1, 4)),
         (["Blue", "Green", "Red", "Near Infrared"], (3, 2, 1, 4)),
         (["blue", "green", "red", "nir08"], (3, 2, 1, 4)),
+        (["Blue", "Green", "Red", "Near Infra-Red"], (3, 2, 1, 4)),  # infra-red is not red
     ],
 )
 def test_bands_named_in_other_words_are_picked_by_name(tmp_path, descriptions, expected):
@@ -300,3 +301,12 @@ def test_a_paletted_band_is_refused_with_the_command_that_expands_it(tmp_path):
         RasterError, match=r"palette\.tif: band 1 is paletted .*gdal_translate -expand rgb"
     ):
         band_plan(path, ["red", "green", "blue"], [1, 1, 1])
+
+
+def test_a_colour_infrared_file_with_gdals_default_colours_goes_in_file_order(tmp_path):
+    """Three uint8 bands get red, green, blue by GDAL's default photometric, not by their
+    author: a nir, red, green file for a nir, red, green model is read in file order with a
+    warning, not refused as contradicting those colours."""
+    path = write_default(tmp_path / "cir.tif", rgbn()[:3], photometric="RGB")
+    plan = band_plan(path, ["nir", "red", "green"])
+    assert plan.bands == (1, 2, 3) and plan.warn

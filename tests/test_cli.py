@@ -405,3 +405,28 @@ def test_label_check_says_where_an_offset_goes():
     assert "label_offset_m: [1.5, -2] on this scene in data.scenes" in scene
     raster = _offset_hint(SimpleNamespace(**shifted, labels="raster"), "mass")
     assert "moves road vectors only" in raster
+
+
+def test_sighup_stops_like_sigterm_unless_nohup_ignores_it() -> None:
+    """SIGHUP (the ssh session gone) runs the same cleanup as SIGTERM; under nohup, which
+    ignores SIGHUP before the command starts, the command keeps running as it always did."""
+    import os
+    import signal
+    import time
+
+    from pipeline.cli import Terminated, sigterm_as_interrupt
+
+    previous = signal.getsignal(signal.SIGHUP)
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with pytest.raises(Terminated) as stopped, sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(1)
+        assert stopped.value.args == (signal.SIGHUP,)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+        with sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.2)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)

@@ -748,6 +748,16 @@ def test_a_set_stopped_part_way_leaves_none_of_its_outputs(
         run(overwrite=True)  # the older set goes with the new one: never a mixed pair
     assert [p for p in outputs if p.exists()] == []
 
+    def taken_meanwhile(prob, out, *args, **kwargs):  # another program wrote it during the run
+        Path(out).write_bytes(b"someone else's network")
+        raise FileExistsError(f"{out}: appeared while this run wrote it")
+
+    monkeypatch.setattr(network, "network_raster", taken_meanwhile)
+    with pytest.raises(FileExistsError):
+        run()
+    assert [p for p in outputs if p.exists()] == [outputs[3]]  # theirs is kept, ours removed
+    assert outputs[3].read_bytes() == b"someone else's network"
+
 
 def test_default_output_path() -> None:
     assert default_output_path(Path("/data/region.tif")) == Path("/data/region_roads.tif")

@@ -283,6 +283,7 @@ def test_band_percentiles_come_from_valid_pixels_of_the_planned_bands(tmp_path) 
     assert (flat_lo, flat_hi) == (7.0, 8.0)
 
 
+@pytest.mark.filterwarnings("ignore:.*border of 0 on every band:UserWarning")  # said below
 def test_a_tile_without_georeferencing_is_resampled_by_its_declared_pixel_size(
     metre_model, scheduler, tmp_path
 ) -> None:
@@ -400,15 +401,17 @@ def test_an_undeclared_white_collar_is_warned_of_before_predicting(
     metre_model, scheduler, tmp_path
 ) -> None:
     """A mosaic's white collar without nodata is predicted as imagery: predict says so, with
-    the command that declares it; declared, the collar is nodata in the output and nothing is
-    said."""
+    the option that declares it; declared, in the file or by --nodata, the collar is nodata in
+    the output and nothing is said."""
     import warnings
 
     data = fine_image().clip(1, 254)
     data[:, :, :80] = 255
     kw = dict(model=metre_model, window=64, overlap=16, progress=False, scheduler=scheduler)
     bare = write_raster(tmp_path / "bare.tif", data)
-    with pytest.warns(UserWarning, match=r"bare\.tif: 25% of it is a border of 255 on every band"):
+    with pytest.warns(
+        UserWarning, match=r"bare\.tif: 25% of it is a border of 255 on every band.*--nodata 255"
+    ):
         predict_raster(bare, tmp_path / "a.tif", PredictOptions(**kw))
     declared = write_raster(tmp_path / "declared.tif", data, nodata=255)
     with warnings.catch_warnings():
@@ -416,3 +419,8 @@ def test_an_undeclared_white_collar_is_warned_of_before_predicting(
         out = predict_raster(declared, tmp_path / "b.tif", PredictOptions(**kw)).output
     prob, prof = read(out)
     assert (prob[:, :80] == prof["nodata"]).all() and (prob[:, 80:] != prof["nodata"]).all()
+    # --nodata 255 (predict.fill) on the bare raster: what declaring it in the file gives
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        given = predict_raster(bare, tmp_path / "c.tif", PredictOptions(fill=255, **kw)).output
+    assert np.array_equal(read(given)[0], prob) and read(given)[1]["tags"]["fill"] == "255"

@@ -307,3 +307,21 @@ def test_an_undeclared_fill_border_is_found_and_a_declared_one_is_not(tmp_path):
     inner = data.copy()
     inner[:, :, :16] = 100
     assert raster.fill_border(write_raster(tmp_path / "i.tif", inner), plan) is None
+    signed = data.astype(np.int16)
+    signed[:, :8] = -9999  # the fill of much elevation and reflectance data
+    assert raster.fill_border(write_raster(tmp_path / "s.tif", signed), plan) == (
+        -9999.0,
+        pytest.approx(0.125),
+    )
+
+
+def test_band_percentiles_leave_undeclared_nan_and_a_declared_fill_out(tmp_path):
+    data = smooth_image(64, 64).astype(np.float32)
+    plain = raster.band_percentiles(write_raster(tmp_path / "p.tif", data), raster.BandPlan((1, 2)))
+    holed = data.copy()
+    holed[:, :10] = np.nan
+    holed[:, 50:] = 255.0  # a white fill, given as predict --nodata 255
+    plan = raster.BandPlan((1, 2), fill=255.0)
+    stretch = raster.band_percentiles(write_raster(tmp_path / "h.tif", holed), plan)
+    assert np.isfinite(stretch).all()
+    assert all(high < 255 for _, high in stretch) and stretch != plain

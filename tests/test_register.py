@@ -400,3 +400,15 @@ def test_the_versions_run_shows_the_model_card_and_the_evaluation(project):
     }
     figure = Path(client.download_artifacts(receipt["run_id"], "evaluation/pr_curve.png"))
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_test_set_with_an_unscored_scene_keeps_its_id():
+    """A scene without a valid pixel was a (name, 0, 0) row of per_scene before 2026-12-08
+    and is named in unscored_scenes since: the test set's id, which register compares with
+    the champion's, stays the same."""
+    from pipeline.register import test_set_id
+
+    scored = {"a": {"valid_pixels": 10, "road_pixels": 3, "iou": 0.5}}
+    before = {"per_scene": {**scored, "b": {"valid_pixels": 0, "road_pixels": 0, "iou": 1.0}}}
+    since = {"per_scene": scored, "unscored_scenes": ["b"]}
+    assert test_set_id(since) == test_set_id(before) != test_set_id({"per_scene": scored})
