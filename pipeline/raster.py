@@ -463,7 +463,10 @@ def band_percentiles(
             valid = ds.dataset_mask(out_shape=shape) > 0
     img, valid = _screen(img, valid, plan.fill)
     if not valid.any():
-        raise RasterError(f"{path}: no valid pixel to take band percentiles from")
+        raise RasterError(
+            f"{shown_name(path)}: no valid pixel to take band percentiles from (all nodata or "
+            "fill?); leave it out"
+        )
     return percentile_stretch(img[:, valid])
 
 
@@ -944,8 +947,10 @@ def read_all(path: str | Path) -> np.ndarray:
 # ---------------------------------------------------------------- whole-raster reads (evaluate)
 def read_valid_mask(path: str | Path) -> np.ndarray:
     """GDAL's dataset mask of the whole raster as a bool array (True = valid pixel)."""
-    with _open(Path(path)) as ds:
-        return ds.dataset_mask() > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with _open(Path(path)) as ds:
+            return ds.dataset_mask() > 0
 
 
 def read_band_array(path: str | Path, band: int = 1) -> np.ndarray:

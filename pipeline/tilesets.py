@@ -23,7 +23,9 @@ split. Every later stage sees ordinary georeferenced scenes (``expand``).
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,8 @@ from pipeline.config import (
     TileSetSource,
     TileSetSplit,
 )
+
+log = logging.getLogger(__name__)
 
 PREPARED_DIR = "tilesets"  # below tile.out_dir: <set>/<stem>.vrt (and <stem>.labels.tif)
 SPLITS = ("train", "val", "test")
@@ -78,10 +82,45 @@ def find_tiles(ts: TileSetSource) -> list[tuple[str, Path, Path]]:
             )
         if stem in tiles:
             raise TileSetError(f"{image}: tile name {stem!r} also names {tiles[stem][0]}")
+        _refuse_shared_truth(ts, tiles, image, label)
         tiles[stem] = (image, label)
     if not tiles:
         raise TileSetError(f"{root}: no image matches {ts.images!r} (tile set {ts.name!r})")
+    _warn_of_unmatched_case(ts, root, {image for image, _ in tiles.values()})
     return [(stem, image, label) for stem, (image, label) in sorted(tiles.items())]
+
+
+def _refuse_shared_truth(
+    ts: TileSetSource, tiles: dict[str, tuple[Path, Path]], image: Path, truth: Path
+) -> None:
+    """One label (or road file) for two images: a stray copy of a tile beside its original
+    would put the same truth in two splits, train and test."""
+    for other, other_truth in tiles.values():
+        if other_truth == truth:
+            raise TileSetError(
+                f"{image}: its truth {truth} is also that of {other} (tile set {ts.name!r}): "
+                "remove the extra image or narrow images"
+            )
+
+
+def _warn_of_unmatched_case(ts: TileSetSource, root: Path, matched: set[Path]) -> None:
+    """Files the images pattern misses only by case (b.PNG beside a.png, .TIF among .tif):
+    left out of the set, said once with examples."""
+    pattern = Path(ts.images)
+    missed = sorted(
+        p
+        for p in root.glob(str(pattern.parent / "*"))
+        if p not in matched and fnmatch.fnmatchcase(p.name.lower(), pattern.name.lower())
+    )
+    if missed:
+        log.warning(
+            "tile set %s: %d file(s) differ from images %r only in case and are left out, "
+            "e.g. %s; rename them or widen the pattern",
+            ts.name,
+            len(missed),
+            ts.images,
+            ", ".join(str(p) for p in missed[:3]),
+        )
 
 
 def _dir(root: Path, image: Path) -> str:
@@ -253,11 +292,7 @@ def prepare_tile(
     info = raster.raster_info(image)
     crs, transform = _grid(ts, image, info)
     fill = _fill_colour(ts, image, info)
-    valid = np.ones((info.height, info.width), bool)
-    if fill is not None:
-        pixels = raster.read_all(image)
-        valid = ~(pixels == np.asarray(fill, pixels.dtype)[:, None, None]).all(axis=0)
-        del pixels
+    valid = _tile_validity(image, info, fill)
     if ts.labels is not None:
         masks = {"labels": _label_tile(ts, image, info, truth, valid)}
         roads = dict(road_px=int((masks["labels"] == 1).sum()))
@@ -282,7 +317,15 @@ def prepare_tile(
             overwrite=True,
         )
     else:
-        raster.write_vrt(out / f"{stem}.vrt", info, crs=crs, transform=transform, nodata=fill)
+        own_nodata = [info.nodata] * info.count if info.nodata is not None else None
+        raster.write_vrt(
+            out / f"{stem}.vrt",
+            info,
+            crs=crs,
+            transform=transform,
+            nodata=fill or own_nodata,
+            source_mask=info.has_mask and fill is None,
+        )
     mpp = info.metres_per_pixel if info.crs is not None else ts.pixel_size_m
     return dict(
         area_km2=info.width * info.height * (mpp or 0.0) ** 2 / 1e6,
@@ -312,6 +355,24 @@ def _grid(ts: TileSetSource, image: Path, info: raster.RasterInfo) -> tuple[Any,
             f"{image}: no georeferencing; give the tile set {ts.name!r} a pixel_size_m"
         )
     return raster.local_grid(ts.pixel_size_m, info.height)
+
+
+def _tile_validity(image: Path, info: raster.RasterInfo, fill: list[int] | None) -> np.ndarray:
+    """A tile's valid pixels: its own (nodata, an alpha band, a mask) and, with the tile
+    set's ``fill``, those not of the fill colour. A tile whose own validity leaves pixels out
+    and a fill is refused: the prepared VRT carries one of them (an opaque alpha is no
+    matter)."""
+    own = raster.read_valid_mask(image)
+    if fill is None:
+        return own
+    if not own.all():
+        what = f"nodata {info.nodata:g}" if info.nodata is not None else "an alpha band or mask"
+        raise TileSetError(
+            f"{image}: its {what} leaves pixels out, and the tile set declares fill {fill} "
+            "too: drop `fill` (the tile's own validity is used) or the tile's own"
+        )
+    pixels = raster.read_all(image)[: info.count]  # an alpha band left out
+    return ~(pixels == np.asarray(fill, pixels.dtype)[:, None, None]).all(axis=0)
 
 
 def _fill_colour(ts: TileSetSource, image: Path, info: raster.RasterInfo) -> list[int] | None:

@@ -93,19 +93,23 @@ def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
     chipped: list[raster.RasterInfo] = []
     for scene in data.scenes:
         info = raster.raster_info(scene.image)
+        shown = raster.shown_name(scene.image)  # a tile set's tile by its own image
         if info.crs is None:
             raise TilingError(
-                f"{scene.image}: image has no CRS; georeference it (gdal_edit.py -a_srs) first"
+                f"{shown}: image has no CRS; georeference it (gdal_edit.py -a_srs) first"
             )
         if not scene.transfer:
             if chipped and info.dtype != chipped[0].dtype:
                 raise TilingError(
-                    f"{scene.image}: sample type {info.dtype}, but {chipped[0].path} is "
-                    f"{chipped[0].dtype}; every scene must share one sample type (band "
+                    f"{shown}: sample type {info.dtype}, but {raster.shown_name(chipped[0].path)} "
+                    f"is {chipped[0].dtype}; every scene must share one sample type (band "
                     "statistics are pooled over them)"
                 )
             chipped.append(info)
-        scene_band_plan(scene, data)  # raises when the scene lacks one of data.bands
+        try:
+            scene_band_plan(scene, data)  # raises when the scene lacks one of data.bands
+        except raster.RasterError as e:
+            raise raster.RasterError(str(e).replace(str(scene.image), shown)) from None
         if scene.roads is not None:
             from pipeline import vectors
 
@@ -196,7 +200,38 @@ def plan_chips(
             stride=tile.stride,
             split_of=split_of,
         )
+    _warn_of_small_scenes(data, infos, plans, tile.chip_size)
     return plans
+
+
+def _warn_of_small_scenes(
+    data: DataParams,
+    infos: dict[str, raster.RasterInfo],
+    plans: dict[str, list[ChipWindow]],
+    chip_size: int,
+) -> None:
+    """Say which scenes are smaller than one chip, and so give none (a tile set's odd small
+    tile would otherwise count as a train tile without a chip of it)."""
+    small = [
+        s
+        for s in data.scenes
+        if not s.transfer
+        and not plans[s.name]
+        and min(infos[s.name].height, infos[s.name].width) < chip_size
+    ]
+    if small:
+        sizes = ", ".join(
+            f"{raster.shown_name(s.image)} ({infos[s.name].width}x{infos[s.name].height})"
+            for s in small[:3]
+        )
+        log.warning(
+            "%d scene(s) smaller than a chip (%d px) give no chips: %s%s; use a smaller "
+            "tile.chip_size or leave them out",
+            len(small),
+            chip_size,
+            sizes,
+            " ..." if len(small) > 3 else "",
+        )
 
 
 # ----------------------------------------------------------------------------- one scene

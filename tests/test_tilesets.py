@@ -631,3 +631,67 @@ def test_a_pansharpened_tile_without_crs_stops_before_writing(tmp_path, capsys):
     assert main(["tile", "-q", "--params", str(params_file(tmp_path, [entry]))]) == 2
     assert "no CRS; a panchromatic image is fused" in capsys.readouterr().err
     assert not list((tmp_path / "chips" / "tilesets" / "mass").glob("*"))
+
+
+def test_tiles_keep_their_own_transparency_and_an_opaque_alpha_goes_with_fill(tmp_path, capsys):
+    """RGBA tiles: with `fill`, an opaque alpha is no matter (the broadcast error of a 4-band
+    tile against a 3-value fill, before); without `fill`, a transparent strip is nodata in the
+    prepared tile and its labels (it was valid black imagery with background labels); a
+    transparent strip and a fill are refused, naming the tile."""
+    massachusetts_like(tmp_path / "mass")
+    for stem in STEMS:
+        path = tmp_path / "mass/images" / f"{stem}.png"
+        rgb = raster.read_all(path)
+        write_image(path, np.concatenate([rgb, np.full_like(rgb[:1], 255)]), "PNG")
+    params = params_file(tmp_path, [mass_entry(tmp_path / "mass")])
+    assert main(["tile", "-q", "--params", str(params)]) == 0
+    prepared = tmp_path / "chips/tilesets/mass" / f"{STEMS[0]}.vrt"
+    assert (raster.read_valid_mask(prepared)[:, :FILL_COLS] == 0).all()
+    # transparent where the white fill was, no `fill` declared
+    for stem in STEMS:
+        path = tmp_path / "mass/images" / f"{stem}.png"
+        rgba = raster.read_all(path)
+        rgba[3, :, :FILL_COLS] = 0
+        rgba[:3, :, :FILL_COLS] = 0
+        write_image(path, rgba, "PNG")
+    params = params_file(tmp_path, [mass_entry(tmp_path / "mass", fill=None)])
+    assert main(["tile", "-q", "--params", str(params)]) == 0
+    valid = raster.read_valid_mask(prepared)
+    assert not valid[:, :FILL_COLS].any() and valid[:, FILL_COLS:].all()
+    labels = raster.read_all(tmp_path / "chips/tilesets/mass" / f"{STEMS[0]}.labels.tif")[0]
+    assert (labels[:, :FILL_COLS] == 255).all()  # MASK_NODATA, not background
+    params = params_file(tmp_path, [mass_entry(tmp_path / "mass")])
+    assert main(["tile", "-q", "--params", str(params)]) == 2
+    assert "its an alpha band or mask leaves pixels out" in capsys.readouterr().err
+
+
+def test_one_label_for_two_images_is_refused(tmp_path, capsys):
+    """A stray copy of an image beside its original would put one label in two splits."""
+    ottawa = tmp_path / "ottawa"
+    rng = np.random.default_rng(2)
+    for name in ("Ottawa-11.png", "Ottawa-11-copy.png"):
+        write_image(
+            ottawa / "11" / name, rng.integers(20, 200, (3, SIZE, SIZE), dtype=np.uint8), "PNG"
+        )
+    write_image(ottawa / "11/segmentation.png", np.zeros((SIZE, SIZE), np.uint8), "PNG")
+    entry = mass_entry(ottawa, images="*/Ottawa-*.png", labels="{dir}/segmentation.png", fill=None)
+    params = params_file(tmp_path, [entry])
+    assert main(["tile", "-q", "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert "segmentation.png is also that of" in err and "Ottawa-11" in err
+
+
+def test_files_missed_by_case_and_tiles_smaller_than_a_chip_are_said(tmp_path, caplog):
+    massachusetts_like(tmp_path / "mass")
+    images = tmp_path / "mass/images"
+    (images / f"{STEMS[0]}.png").rename(images / f"{STEMS[0]}.PNG")
+    small = raster.read_all(images / f"{STEMS[1]}.png")[:, :20, -20:]  # imagery, no fill
+    write_image(images / f"{STEMS[1]}.png", small, "PNG")
+    write_image(tmp_path / "mass/masks" / f"{STEMS[1]}.png", np.zeros((20, 20), np.uint8), "PNG")
+    params = params_file(tmp_path, [mass_entry(tmp_path / "mass")])
+    with caplog.at_level("WARNING"):
+        assert main(["tile", "-q", "--params", str(params)]) == 0
+    case = f"differ from images 'images/*.png' only in case and are left out, e.g. {images}"
+    assert f"1 file(s) {case}/{STEMS[0]}.PNG" in caplog.text
+    said = f"1 scene(s) smaller than a chip (32 px) give no chips: {images / STEMS[1]}.png (as "
+    assert said in caplog.text and ".vrt) (20x20); use a smaller tile.chip_size" in caplog.text
