@@ -140,7 +140,7 @@ def score_network_files(
     without a CRS (networks of rasters without georeferencing, in pixels) are read with
     ``pixel_size_m`` metres a pixel; both must then be without one."""
     params = params or GraphMetricsParams()
-    area = raster_valid_area(within) if within is not None else None
+    area = raster_valid_area(within, pixel_size_m) if within is not None else None
     truth_graph = read_road_graph(truth_path, truth_layer, area, pixel_size_m)
     proposal_graph = read_road_graph(proposal_path, proposal_layer, None, pixel_size_m)
     _same_kind_of_grid(truth_graph, proposal_graph, truth_path, proposal_path)

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import pyogrio
 import shapely
+from affine import Affine
 from pyproj import CRS, Transformer
 from pyproj.aoi import AreaOfInterest
 from pyproj.database import query_utm_crs_info
@@ -111,17 +112,31 @@ def read_road_graph(
     return graph_from_lines(lines)
 
 
-def raster_valid_area(path: str | Path) -> gpd.GeoSeries:
-    """The valid pixels of a raster (its dataset mask) as an area with the raster's CRS."""
+def raster_valid_area(path: str | Path, pixel_size_m: float | None = None) -> gpd.GeoSeries:
+    """The valid pixels of a raster (its dataset mask) as an area with the raster's CRS; for a
+    raster without georeferencing (a PNG tile, or predict's output of one), on the pixel grid
+    with ``pixel_size_m`` metres a pixel, as the networks of such rasters are read."""
     info = raster.raster_info(path)
-    if info.crs is None:
-        raise GraphInputError(f"{path}: the raster has no CRS: its area cannot be placed")
-    return gpd.GeoSeries([raster.valid_footprint(path)], crs=info.crs.to_wkt())
+    if info.crs is not None:
+        return gpd.GeoSeries([raster.valid_footprint(path)], crs=info.crs.to_wkt())
+    if pixel_size_m is None:
+        raise GraphInputError(
+            f"{path}: the raster has no CRS: give its pixel size (score-network --pixel-size) "
+            "to place its area on the pixel grid the networks are read on"
+        )
+    if info.transform != Affine.identity():
+        raise GraphInputError(
+            f"{path}: no CRS, but a grid of its own (a world file): its area cannot be placed "
+            "on the networks' pixel grid; give it a CRS"
+        )
+    footprint = shapely.transform(raster.valid_footprint(path), lambda xy: xy * pixel_size_m)
+    return gpd.GeoSeries([footprint], crs=raster.PIXEL_GRID_WKT)
 
 
 def _clip_lines(lines: gpd.GeoDataFrame, area: gpd.GeoSeries, source: str) -> gpd.GeoDataFrame:
     """The parts of ``lines`` inside ``area`` (reprojected to the lines' CRS)."""
-    inside = lines.clip(area.to_crs(lines.crs).union_all())
+    placed = area if area.crs == lines.crs else area.to_crs(lines.crs)
+    inside = lines.clip(placed.union_all())
     inside = inside[inside.geom_type.isin(_LINES) & ~inside.geometry.is_empty]
     if len(inside) == 0:
         raise GraphInputError(f"{source}: no line inside the area to score")

@@ -96,6 +96,21 @@ def test_networks_in_pixels_score_as_the_same_masks_placed_on_earth(tmp_path, mo
     assert 0.3 < utm["apls"] < 0.9
     for key in ("apls", "apls_gt_onto_prop", "apls_prop_onto_gt", "topo_f1", "truth_length_m"):
         assert px[key] == pytest.approx(utm[key], abs=1e-6), key
+    # the truth clipped to an image's valid area, the image without a CRS (a PNG tile's
+    # prediction) as with one: the same scores (a raster without a CRS was refused)
+    valid = np.ones(SHAPE, np.uint8)
+    valid[:, : SHAPE[1] // 3] = 0
+    raster.write_geotiff(
+        tmp_path / "within.px.tif", valid, crs=None, transform=Affine.identity(), nodata=0
+    )
+    raster.write_geotiff(tmp_path / "within.utm.tif", valid, crs=UTM, transform=placed, nodata=0)
+    for grid, extra in (("px", ["--pixel-size", "0.5"]), ("utm", [])):
+        args = ["score-network", f"truth.{grid}.gpkg", f"proposal.{grid}.gpkg", *extra]
+        assert main([*args, "--within", f"within.{grid}.tif", "--json", f"w{grid}.json"]) == 0
+    wpx, wutm = (json.loads((tmp_path / f"w{n}.json").read_text()) for n in ("px", "utm"))
+    assert wutm["truth_length_m"] < 0.9 * utm["truth_length_m"]
+    for key in ("apls", "topo_f1", "truth_length_m"):
+        assert wpx[key] == pytest.approx(wutm[key], abs=1e-6), key
     # the points go back to the networks' pixels, without a CRS, so that they overlay them
     points = gpd.read_file(tmp_path / "px_points.gpkg", layer="truth_points")
     assert points.crs is None and points.total_bounds[2] <= SHAPE[1]
