@@ -157,6 +157,19 @@ def assign_splits(stems: list[str], split: TileSetSplit) -> dict[str, str]:
     n_val = max(0, round(split.val_fraction * len(stems)) - len(split.val))
     for i, stem in enumerate(rest):
         assigned[stem] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    for name, fraction in (("val", split.val_fraction), ("test", split.test_fraction)):
+        if fraction > 0 and name not in assigned.values():
+            log.warning(
+                "%d tiles: %s_fraction %g gives no %s tile (round(%g x %d) = 0); name one in "
+                "split.%s",
+                len(stems),
+                name,
+                fraction,
+                name,
+                fraction,
+                len(stems),
+                name,
+            )
     return assigned
 
 
@@ -451,7 +464,20 @@ def prepare(
         )
         per_tile = [(splits[stem], r) for (stem, _, _), r in zip(tiles, results, strict=True)]
         summaries[ts.name] = summary(ts, per_tile)
+        _remove_removed_tiles(out, {stem for stem, _, _ in tiles})
     return expand(data, prepared_dir), summaries
+
+
+PREPARED_SUFFIXES = (".vrt", ".labels.tif", ".centrelines.tif")  # what prepare_tile writes
+
+
+def _remove_removed_tiles(out: Path, stems: set[str]) -> None:
+    """The prepared files of tiles no longer in the set (removed from its folder since the
+    last ``pipeline tile``), which a ``predict <set>/*.vrt`` would still pick up."""
+    for path in out.iterdir():
+        suffix = next((x for x in PREPARED_SUFFIXES if path.name.endswith(x)), None)
+        if suffix is not None and path.name[: -len(suffix)] not in stems:
+            path.unlink()
 
 
 def summary(ts: TileSetSource, per_tile: list[tuple[str, dict[str, Any]]]) -> dict:

@@ -695,3 +695,24 @@ def test_files_missed_by_case_and_tiles_smaller_than_a_chip_are_said(tmp_path, c
     assert f"1 file(s) {case}/{STEMS[0]}.PNG" in caplog.text
     said = f"1 scene(s) smaller than a chip (32 px) give no chips: {images / STEMS[1]}.png (as "
     assert said in caplog.text and ".vrt) (20x20); use a smaller tile.chip_size" in caplog.text
+
+
+def test_a_removed_tile_leaves_no_prepared_files_and_a_split_left_empty_is_said(tmp_path, caplog):
+    """Tiled again after one tile was taken out of the set, its prepared VRT and labels are
+    gone (a `predict <set>/*.vrt` picked them up); 4 tiles at val_fraction 0.1 give no val
+    tile, which is said at tile time, not found out in train."""
+    massachusetts_like(tmp_path / "mass")
+    params = params_file(tmp_path, [mass_entry(tmp_path / "mass")])
+    assert main(["tile", "-q", "--params", str(params)]) == 0
+    prepared = tmp_path / "chips/tilesets/mass"
+    assert (prepared / f"{STEMS[0]}.vrt").exists()
+    for folder in ("images", "masks"):
+        (tmp_path / "mass" / folder / f"{STEMS[0]}.png").unlink()
+    split = {"val_fraction": 0.1, "test_fraction": 0.25, "seed": 3}
+    params = params_file(tmp_path, [mass_entry(tmp_path / "mass", split=split)])
+    with caplog.at_level("WARNING"):
+        assert main(["tile", "-q", "--params", str(params)]) == 0
+    assert sorted(p.name for p in prepared.iterdir()) == sorted(
+        f"{stem}{suffix}" for stem in STEMS[1:] for suffix in (".vrt", ".labels.tif")
+    )
+    assert "4 tiles: val_fraction 0.1 gives no val tile (round(0.1 x 4) = 0)" in caplog.text
