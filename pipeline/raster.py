@@ -944,6 +944,24 @@ def read_all(path: str | Path) -> np.ndarray:
             return ds.read()
 
 
+def read_colours(path: str | Path) -> np.ndarray:
+    """The data bands of a label image as colours (C, H, W): a paletted band's indexes looked
+    up in its colour table (red, green, blue; a paint program's palette PNG), alpha left out."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with _open(Path(path)) as ds:
+            data = ds.read()
+            paletted = ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette
+            table = ds.colormap(1) if paletted else None
+    if table is not None:
+        lut = np.zeros((256, 3), np.uint8)
+        for index, rgba in table.items():
+            if 0 <= index < 256:
+                lut[index] = rgba[:3]
+        return np.moveaxis(lut[data[0]], -1, 0)
+    return data[: raster_info(path).count]
+
+
 # ---------------------------------------------------------------- whole-raster reads (evaluate)
 def read_valid_mask(path: str | Path) -> np.ndarray:
     """GDAL's dataset mask of the whole raster as a bool array (True = valid pixel)."""

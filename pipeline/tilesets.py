@@ -416,7 +416,7 @@ def _label_tile(
             f"{label}: {what} is {linfo.width}x{linfo.height}, its image {image} is "
             f"{info.width}x{info.height}"
         )
-    road = road_mask(raster.read_all(label)[: linfo.count], ts.label, valid, label)
+    road = road_mask(raster.read_colours(label), ts.label, valid, label)
     return np.where(valid, road, MASK_NODATA).astype(np.uint8)
 
 

@@ -716,3 +716,25 @@ def test_a_removed_tile_leaves_no_prepared_files_and_a_split_left_empty_is_said(
         f"{stem}{suffix}" for stem in STEMS[1:] for suffix in (".vrt", ".labels.tif")
     )
     assert "4 tiles: val_fraction 0.1 gives no val tile (round(0.1 x 4) = 0)" in caplog.text
+
+
+def test_a_paletted_label_image_is_read_by_its_colours(tmp_path):
+    """Red roads on white saved as a palette PNG (what paint programs write): read by the
+    colours of its table, as the same mask in RGB (its indexes were read as grey values)."""
+    red_on_white(tmp_path / "dg")
+    for stem in ["104", "113", "343"]:
+        path = tmp_path / "dg/train" / f"{stem}_mask.png"
+        rgb = raster.read_all(path)
+        colours, index = np.unique(rgb.reshape(3, -1).T, axis=0, return_inverse=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(
+                path, "w", driver="PNG", width=SIZE, height=SIZE, count=1, dtype="uint8",
+                photometric="palette",
+            ) as dst:  # fmt: skip
+                dst.write(index.reshape(1, SIZE, SIZE).astype(np.uint8))
+                dst.write_colormap(1, {i: (*map(int, c), 255) for i, c in enumerate(colours)})
+    params = params_file(tmp_path, [red_entry(tmp_path / "dg")])
+    assert main(["tile", "-q", "--params", str(params)]) == 0
+    labels = raster.read_all(tmp_path / "chips/tilesets/dg/104.labels.tif")[0]
+    assert (labels[10:21] == 1).all() and (labels[21:] == 0).all() and (labels[:10] == 0).all()
