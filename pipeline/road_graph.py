@@ -135,6 +135,11 @@ def raster_valid_area(path: str | Path, pixel_size_m: float | None = None) -> gp
 
 def _clip_lines(lines: gpd.GeoDataFrame, area: gpd.GeoSeries, source: str) -> gpd.GeoDataFrame:
     """The parts of ``lines`` inside ``area`` (reprojected to the lines' CRS)."""
+    if area.crs != lines.crs and (area.crs.is_engineering or lines.crs.is_engineering):
+        raise GraphInputError(
+            f"{source}: on {lines.crs.name}, the --within area on {area.crs.name}: one is a "
+            "grid of its own, they cannot be placed on each other"
+        )
     placed = area if area.crs == lines.crs else area.to_crs(lines.crs)
     inside = lines.clip(placed.union_all())
     inside = inside[inside.geom_type.isin(_LINES) & ~inside.geometry.is_empty]

@@ -82,7 +82,8 @@ def find_tiles(ts: TileSetSource) -> list[tuple[str, Path, Path]]:
             )
         if stem in tiles:
             raise TileSetError(f"{image}: tile name {stem!r} also names {tiles[stem][0]}")
-        _refuse_shared_truth(ts, tiles, image, label)
+        if ts.labels is not None:  # road files may be shared: each tile takes its bounds
+            _refuse_shared_truth(ts, tiles, image, label)
         tiles[stem] = (image, label)
     if not tiles:
         raise TileSetError(f"{root}: no image matches {ts.images!r} (tile set {ts.name!r})")
@@ -378,14 +379,15 @@ def _tile_validity(image: Path, info: raster.RasterInfo, fill: list[int] | None)
     own = raster.read_valid_mask(image)
     if fill is None:
         return own
-    if not own.all():
-        what = f"nodata {info.nodata:g}" if info.nodata is not None else "an alpha band or mask"
-        raise TileSetError(
-            f"{image}: its {what} leaves pixels out, and the tile set declares fill {fill} "
-            "too: drop `fill` (the tile's own validity is used) or the tile's own"
-        )
     pixels = raster.read_all(image)[: info.count]  # an alpha band left out
-    return ~(pixels == np.asarray(fill, pixels.dtype)[:, None, None]).all(axis=0)
+    is_fill = (pixels == np.asarray(fill, pixels.dtype)[:, None, None]).all(axis=0)
+    if (~own & ~is_fill).any():  # its own nodata the fill colour (SpaceNet's 0) is no matter
+        what = f"nodata {info.nodata:g}" if info.nodata is not None else "alpha band or mask"
+        raise TileSetError(
+            f"{image}: its {what} leaves out pixels that are not of the fill colour {fill}: "
+            "drop the tile set's `fill` (the tile's own validity is used) or the tile's own"
+        )
+    return ~is_fill
 
 
 def _fill_colour(ts: TileSetSource, image: Path, info: raster.RasterInfo) -> list[int] | None:

@@ -662,7 +662,9 @@ def test_tiles_keep_their_own_transparency_and_an_opaque_alpha_goes_with_fill(tm
     assert (labels[:, :FILL_COLS] == 255).all()  # MASK_NODATA, not background
     params = params_file(tmp_path, [mass_entry(tmp_path / "mass")])
     assert main(["tile", "-q", "--params", str(params)]) == 2
-    assert "its an alpha band or mask leaves pixels out" in capsys.readouterr().err
+    assert "its alpha band or mask leaves out pixels that are not of the fill colour" in (
+        capsys.readouterr().err
+    )
 
 
 def test_one_label_for_two_images_is_refused(tmp_path, capsys):
@@ -738,3 +740,19 @@ def test_a_paletted_label_image_is_read_by_its_colours(tmp_path):
     assert main(["tile", "-q", "--params", str(params)]) == 0
     labels = raster.read_all(tmp_path / "chips/tilesets/dg/104.labels.tif")[0]
     assert (labels[10:21] == 1).all() and (labels[21:] == 0).all() and (labels[:10] == 0).all()
+
+
+def test_a_fill_that_is_the_tiles_own_nodata_is_no_conflict(tmp_path):
+    """GeoTIFF tiles declaring nodata 255 in a set with fill [255, 255, 255] (SpaceNet's recipe
+    declares fill 0 for tiles that declare nodata 0): prepared as before, the fill nodata."""
+    massachusetts_like(tmp_path / "mass")
+    for stem in STEMS:
+        png = tmp_path / "mass/images" / f"{stem}.png"
+        raster.write_geotiff(
+            png.with_suffix(".tif"), raster.read_all(png), crs=None, transform=None, nodata=255
+        )
+        png.unlink()
+    params = params_file(tmp_path, [mass_entry(tmp_path / "mass", images="images/*.tif")])
+    assert main(["tile", "-q", "--params", str(params)]) == 0
+    valid = raster.read_valid_mask(tmp_path / "chips/tilesets/mass" / f"{STEMS[0]}.vrt")
+    assert not valid[:, :FILL_COLS].any() and valid[:, FILL_COLS:].all()
