@@ -578,7 +578,7 @@ def check_target(target: Target, options: PredictOptions) -> raster.RasterInfo:
     for path in (output, target.vectors, target.network, style, target.stac_item):
         if path is not None and path.exists() and not options.overwrite:
             raise FileExistsError(f"{path}: exists; pass --overwrite to replace it")
-    _check_output_formats(target, options.overwrite)
+    _check_output_formats(target)
     if sources.absolute(target.image) == str(output.resolve()):
         raise ValueError(f"{output}: the output would replace the input image")
     info = raster.raster_info(target.image)
@@ -590,9 +590,10 @@ def check_target(target: Target, options: PredictOptions) -> raster.RasterInfo:
     return info
 
 
-def _check_output_formats(target: Target, overwrite: bool) -> None:
+def _check_output_formats(target: Target) -> None:
     """Each output named for what is written into it (a GeoTIFF, GeoPackages, a JSON Item);
-    a GeoPackage with layers of its own is not replaced (``output_checks.check_output``)."""
+    a GeoPackage with layers of its own is not replaced (``output_checks.check_output``).
+    Existing outputs without ``--overwrite`` were refused already (``check_target``)."""
     from pipeline.network_io import EDGES_LAYER, NODES_LAYER
 
     image = target.image if Path(target.image).exists() else None  # not a /vsicurl/ URL
@@ -603,7 +604,7 @@ def _check_output_formats(target: Target, overwrite: bool) -> None:
     ):
         if path is not None:
             check_output(
-                path, suffixes=GEOPACKAGE, overwrite=overwrite, inputs=[image], own_layers=layers
+                path, suffixes=GEOPACKAGE, overwrite=True, inputs=[image], own_layers=layers
             )
     if target.stac_item is not None:
         check_output(target.stac_item, suffixes=(".json",), overwrite=True, inputs=[image])

@@ -61,6 +61,7 @@ def find_tiles(ts: TileSetSource) -> list[tuple[str, Path, Path]]:
         raise TileSetError(f"{root}: tile set {ts.name!r}: folder not found (data.scenes root)")
     prefix, suffix = Path(ts.images).name.split("*")
     tiles: dict[str, tuple[Path, Path]] = {}
+    image_of: dict[Path, Path] = {}  # label image -> the image it was matched to
     for image in sorted(root.glob(ts.images)):
         stem = image.name[len(prefix) : len(image.name) - len(suffix)]
         label = root / ts.truth.format(stem=stem, dir=_dir(root, image))
@@ -82,32 +83,24 @@ def find_tiles(ts: TileSetSource) -> list[tuple[str, Path, Path]]:
             )
         if stem in tiles:
             raise TileSetError(f"{image}: tile name {stem!r} also names {tiles[stem][0]}")
-        if ts.labels is not None:  # road files may be shared: each tile takes its bounds
-            _refuse_shared_truth(ts, tiles, image, label)
+        # one label image for two images: a stray copy of a tile beside its original would put
+        # the same truth in two splits (road files may be shared: each tile takes its bounds)
+        if ts.labels is not None and label in image_of:
+            raise TileSetError(
+                f"{image}: its truth {label} is also that of {image_of[label]} (tile set "
+                f"{ts.name!r}): remove the extra image or narrow images"
+            )
+        image_of[label] = image
         tiles[stem] = (image, label)
     if not tiles:
         raise TileSetError(f"{root}: no image matches {ts.images!r} (tile set {ts.name!r})")
-    _warn_of_unmatched_case(ts, root, {image for image, _ in tiles.values()})
     return [(stem, image, label) for stem, (image, label) in sorted(tiles.items())]
 
 
-def _refuse_shared_truth(
-    ts: TileSetSource, tiles: dict[str, tuple[Path, Path]], image: Path, truth: Path
-) -> None:
-    """One label (or road file) for two images: a stray copy of a tile beside its original
-    would put the same truth in two splits, train and test."""
-    for other, other_truth in tiles.values():
-        if other_truth == truth:
-            raise TileSetError(
-                f"{image}: its truth {truth} is also that of {other} (tile set {ts.name!r}): "
-                "remove the extra image or narrow images"
-            )
-
-
-def _warn_of_unmatched_case(ts: TileSetSource, root: Path, matched: set[Path]) -> None:
+def _warn_of_unmatched_case(ts: TileSetSource, matched: set[Path]) -> None:
     """Files the images pattern misses only by case (b.PNG beside a.png, .TIF among .tif):
     left out of the set, said once with examples."""
-    pattern = Path(ts.images)
+    root, pattern = Path(ts.root), Path(ts.images)
     missed = sorted(
         p
         for p in root.glob(str(pattern.parent / "*"))
@@ -158,20 +151,24 @@ def assign_splits(stems: list[str], split: TileSetSplit) -> dict[str, str]:
     n_val = max(0, round(split.val_fraction * len(stems)) - len(split.val))
     for i, stem in enumerate(rest):
         assigned[stem] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return assigned
+
+
+def _warn_of_empty_splits(split: TileSetSplit, splits: dict[str, str]) -> None:
+    """Say when a val or test fraction is too small to give one tile (a few tiles at 0.1)."""
     for name, fraction in (("val", split.val_fraction), ("test", split.test_fraction)):
-        if fraction > 0 and name not in assigned.values():
+        if fraction > 0 and name not in splits.values():
             log.warning(
                 "%d tiles: %s_fraction %g gives no %s tile (round(%g x %d) = 0); name one in "
                 "split.%s",
-                len(stems),
+                len(splits),
                 name,
                 fraction,
                 name,
                 fraction,
-                len(stems),
+                len(splits),
                 name,
             )
-    return assigned
 
 
 def tile_scenes(ts: TileSetSource, prepared_dir: Path) -> list[SceneSource]:
@@ -455,6 +452,10 @@ def prepare(
         out.mkdir(parents=True, exist_ok=True)
         tiles = find_tiles(ts)
         splits = tile_splits(ts, [stem for stem, _, _ in tiles])
+        # said once, by the tile stage (find_tiles and tile_splits run in every stage)
+        _warn_of_unmatched_case(ts, {image for _, image, _ in tiles})
+        if not ts.transfer:
+            _warn_of_empty_splits(ts.split, splits)
         results = map_ordered(
             prepare_tile,
             [(ts, stem, image, label, out, data.osm) for stem, image, label in tiles],

@@ -93,15 +93,17 @@ def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
     chipped: list[raster.RasterInfo] = []
     for scene in data.scenes:
         info = raster.raster_info(scene.image)
-        shown = raster.shown_name(scene.image)  # a tile set's tile by its own image
+        # errors name a tile set's tile by its own image (raster.shown_name), not its VRT
         if info.crs is None:
             raise TilingError(
-                f"{shown}: image has no CRS; georeference it (gdal_edit.py -a_srs) first"
+                f"{raster.shown_name(scene.image)}: image has no CRS; georeference it "
+                "(gdal_edit.py -a_srs) first"
             )
         if not scene.transfer:
             if chipped and info.dtype != chipped[0].dtype:
+                first = raster.shown_name(chipped[0].path)
                 raise TilingError(
-                    f"{shown}: sample type {info.dtype}, but {raster.shown_name(chipped[0].path)} "
+                    f"{raster.shown_name(scene.image)}: sample type {info.dtype}, but {first} "
                     f"is {chipped[0].dtype}; every scene must share one sample type (band "
                     "statistics are pooled over them)"
                 )
@@ -109,7 +111,9 @@ def check_scenes(data: DataParams) -> dict[str, raster.RasterInfo]:
         try:
             scene_band_plan(scene, data)  # raises when the scene lacks one of data.bands
         except raster.RasterError as e:
-            raise raster.RasterError(str(e).replace(str(scene.image), shown)) from None
+            raise raster.RasterError(
+                str(e).replace(str(scene.image), raster.shown_name(scene.image))
+            ) from None
         if scene.roads is not None:
             from pipeline import vectors
 

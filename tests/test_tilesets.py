@@ -742,6 +742,7 @@ def test_a_paletted_label_image_is_read_by_its_colours(tmp_path):
     assert (labels[10:21] == 1).all() and (labels[21:] == 0).all() and (labels[:10] == 0).all()
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # the writing
 def test_a_fill_that_is_the_tiles_own_nodata_is_no_conflict(tmp_path):
     """GeoTIFF tiles declaring nodata 255 in a set with fill [255, 255, 255] (SpaceNet's recipe
     declares fill 0 for tiles that declare nodata 0): prepared as before, the fill nodata."""
